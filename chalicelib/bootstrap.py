@@ -1,0 +1,94 @@
+"""Composition root: builds each client lazily, once per process, so warm
+Lambda invocations reuse connections and a cold start pays only for what it uses."""
+import threading
+
+from .settings import get_settings, reset_settings
+
+_lock = threading.RLock()
+_instances = {}
+
+
+def _once(name, factory):
+    instance = _instances.get(name)
+    if instance is None:
+        with _lock:
+            instance = _instances.get(name)
+            if instance is None:
+                instance = _instances[name] = factory()
+    return instance
+
+
+def settings():
+    return get_settings()
+
+
+def database():
+    from .db import Database
+
+    s = settings()
+    return _once("db", lambda: Database(
+        s.database,
+        connect_timeout=s.number("DB_CONNECT_TIMEOUT"),
+        read_timeout=s.number("DB_READ_TIMEOUT"),
+        max_in_flight=int(s.number("DB_MAX_IN_FLIGHT")),
+    ))
+
+
+def redis_gateway():
+    from .cache import RedisGateway
+
+    s = settings()
+    return _once("redis", lambda: RedisGateway(s.redis_url, timeout=s.number("REDIS_TIMEOUT"), prefix=s.get("REDIS_KEY_PREFIX")))
+
+
+def product_cache():
+    from .cache import ProductCache
+
+    s = settings()
+    return _once("product_cache", lambda: ProductCache(
+        redis_gateway(), ttl_seconds=s.number("CACHE_TTL_SECONDS"), stale_seconds=int(s.number("CACHE_STALE_SECONDS"))
+    ))
+
+
+def search_generation():
+    from .cache import SearchGeneration
+
+    return _once("search_generation", lambda: SearchGeneration(redis_gateway()))
+
+
+def publisher():
+    from .queues import QueuePublisher
+
+    s = settings()
+    return _once("publisher", lambda: QueuePublisher(s.aws_endpoint_url, s.region))
+
+
+def invalidator():
+    from .invalidation import Invalidator
+
+    s = settings()
+    return _once("invalidator", lambda: Invalidator(
+        product_cache(), search_generation(), publisher(), s.get("INVALIDATION_QUEUE_NAME")
+    ))
+
+
+def catalog():
+    from .catalog import Catalog
+
+    return _once("catalog", lambda: Catalog(database(), product_cache(), invalidator()))
+
+
+def reset():
+    """Forget every client (tests switch databases and Redis instances)."""
+    with _lock:
+        db = _instances.get("db")
+        if db is not None:
+            db.close()
+        _instances.clear()
+        reset_settings()
+
+
+def rate_limiter():
+    from .ratelimit import RateLimiter
+
+    return _once("rate_limiter", lambda: RateLimiter(redis_gateway(), settings().plans))

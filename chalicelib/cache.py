@@ -1,0 +1,179 @@
+"""Redis: product cache, search cache generation, short timeouts and a breaker.
+
+Freshness (DESIGN invariant 5): every cached product carries its version, and
+each product has a version *fence* that writers raise after commit. A reader
+that loaded an old row before a write can never put it back: the Lua script
+refuses any copy older than the fence or than the copy already cached.
+"""
+import json
+import logging
+import random
+import time
+
+import redis
+
+from .breaker import CircuitBreaker, CircuitOpen
+
+log = logging.getLogger(__name__)
+
+
+class CacheUnavailable(Exception):
+    pass
+
+
+# KEYS: data key, fence key. ARGV: version, soft expiry (ms epoch), json, data ttl ms, fence ttl ms
+_PUT_IF_NEWER = """
+local v = tonumber(ARGV[1])
+local fence = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if v < fence then return 0 end
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local cv = tonumber(string.match(cur, '^(%d+)|'))
+  if cv and cv >= v then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3], 'PX', ARGV[4])
+return 1
+"""
+
+# KEYS: pairs of (data key, fence key). ARGV: versions, then fence ttl ms (last).
+_INVALIDATE = """
+local ttl = ARGV[#ARGV]
+for i = 1, #KEYS, 2 do
+  local v = tonumber(ARGV[(i + 1) / 2])
+  local fence = tonumber(redis.call('GET', KEYS[i + 1]) or '-1')
+  if v > fence then redis.call('SET', KEYS[i + 1], v, 'PX', ttl) end
+  local cur = redis.call('GET', KEYS[i])
+  if cur then
+    local cv = tonumber(string.match(cur, '^(%d+)|'))
+    if (not cv) or cv < v then redis.call('DEL', KEYS[i]) end
+  end
+end
+return 1
+"""
+
+SEARCH_GENERATION_KEY = "product_search:generation"
+
+
+class RedisGateway:
+    """Every Redis call goes through `call`: short socket timeouts plus a
+    breaker, so a dead Redis costs a request microseconds, not a timeout."""
+
+    def __init__(self, url, timeout=0.25, prefix=""):
+        self.url = url
+        # Every key starts with `prefix`, so test runs share a Redis without touching each other.
+        self.prefix = prefix
+        self.breaker = CircuitBreaker("redis", failure_threshold=2, reset_after=1.0)
+        self.client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry_on_timeout=False,
+            health_check_interval=30,
+            decode_responses=True,
+        )
+        self._scripts = {}
+
+    def key(self, name):
+        return self.prefix + name
+
+    def script(self, source):
+        if source not in self._scripts:
+            self._scripts[source] = self.client.register_script(source)
+        return self._scripts[source]
+
+    def call(self, fn):
+        try:
+            self.breaker.before_call()
+        except CircuitOpen as exc:
+            raise CacheUnavailable(str(exc)) from None
+        try:
+            result = fn(self.client)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            self.breaker.record_failure()
+            log.warning("redis unavailable: %s", exc)
+            raise CacheUnavailable(str(exc)) from exc
+        self.breaker.record_success()
+        return result
+
+    def ping(self):
+        try:
+            return bool(self.call(lambda r: r.ping()))
+        except CacheUnavailable:
+            return False
+
+
+def _jitter(seconds):
+    return int(seconds * 1000 * random.uniform(0.9, 1.1))
+
+
+class ProductCache:
+    """`product:{id}` -> "version|soft_expiry_ms|json". Past the soft expiry the
+    copy is reloaded from MySQL; it is kept (hard TTL) only to answer STALE
+    while MySQL is down."""
+
+    def __init__(self, gateway, ttl_seconds=300, stale_seconds=86400):
+        self.gateway = gateway
+        self.ttl_seconds = ttl_seconds
+        self.stale_seconds = stale_seconds
+
+    def key(self, product_id):
+        return self.gateway.key(f"product:{product_id}")
+
+    def fence_key(self, product_id):
+        return self.gateway.key(f"product:{product_id}:fence")
+
+    def get(self, product_id):
+        """(product dict or None, fresh: bool). Raises CacheUnavailable."""
+        raw = self.gateway.call(lambda r: r.get(self.key(product_id)))
+        if raw is None:
+            return None, False
+        _, soft_expiry, payload = raw.split("|", 2)
+        return json.loads(payload), int(soft_expiry) > time.time() * 1000
+
+    def put(self, product):
+        """Cache `product` unless a newer version is cached or fenced; True if stored."""
+        soft_expiry = int(time.time() * 1000) + _jitter(self.ttl_seconds)
+        script = self.gateway.script(_PUT_IF_NEWER)
+        pid = product["id"]
+        stored = self.gateway.call(
+            lambda r: script(
+                keys=[self.key(pid), self.fence_key(pid)],
+                args=[product["version"], soft_expiry, json.dumps(product, separators=(",", ":")),
+                      _jitter(self.stale_seconds), _jitter(self.stale_seconds)],
+                client=r,
+            )
+        )
+        return bool(stored)
+
+    def invalidate(self, versions):
+        """Raise each product's fence to its committed version and drop older copies.
+        `versions` maps product id -> version now in MySQL."""
+        if not versions:
+            return
+        keys, args = [], []
+        for pid, version in sorted(versions.items()):
+            keys += [self.key(pid), self.fence_key(pid)]
+            args.append(int(version))
+        args.append(self.stale_seconds * 1000 * 2)
+        script = self.gateway.script(_INVALIDATE)
+        self.gateway.call(lambda r: script(keys=keys, args=args, client=r))
+
+    def acquire_loader(self, product_id, lease_ms=2000):
+        """One loader per hot key on a miss: True for the caller that should load."""
+        return bool(self.gateway.call(lambda r: r.set(f"{self.key(product_id)}:loading", "1", nx=True, px=lease_ms)))
+
+    def release_loader(self, product_id):
+        self.gateway.call(lambda r: r.delete(f"{self.key(product_id)}:loading"))
+
+
+class SearchGeneration:
+    """One INCR invalidates every cached search: keys embed the generation."""
+
+    def __init__(self, gateway):
+        self.gateway = gateway
+
+    def current(self):
+        return int(self.gateway.call(lambda r: r.get(self.gateway.key(SEARCH_GENERATION_KEY))) or 0)
+
+    def bump(self):
+        return self.gateway.call(lambda r: r.incr(self.gateway.key(SEARCH_GENERATION_KEY)))

@@ -1,0 +1,235 @@
+"""Catalog: product writes (each bumps `version`) and cached reads."""
+import logging
+import time
+
+import pymysql
+
+from . import search as search_index
+from .cache import CacheUnavailable
+from .db import DUPLICATE_KEY
+from .errors import DuplicateSku, InsufficientStock, ProductNotFound, ServiceUnavailable, ValidationError, VersionConflict
+from . import validation as v
+
+log = logging.getLogger(__name__)
+
+PRODUCT_COLUMNS = "id, sku, name, description, category, price_cents, stock, version, status, created_at, updated_at"
+STATUSES = ("active", "inactive")
+MAX_PRICE_CENTS = 10**12
+MAX_STOCK = 10**9
+BULK_LIMIT = 1000
+CREATE_FIELDS = ("sku", "name", "description", "category", "price_cents", "stock")
+PATCH_FIELDS = ("name", "description", "category", "price_cents", "status", "expected_version")
+
+
+def iso(ts):
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def to_api(row):
+    product = dict(row)
+    product["created_at"] = iso(row["created_at"])
+    product["updated_at"] = iso(row["updated_at"])
+    return product
+
+
+def validate_new_product(body, what="product"):
+    v.require_object(body, what)
+    v.reject_unknown(body, CREATE_FIELDS, what)
+    for field in ("sku", "name", "category", "price_cents", "stock"):
+        if field not in body:
+            raise ValidationError(f"'{field}' is required.", details={"field": field})
+    return {
+        "sku": v.string(body["sku"], "sku", 1, 64),
+        "name": v.string(body["name"], "name", 1, 255),
+        "description": v.string(body.get("description", ""), "description", 0, 10000),
+        "category": v.string(body["category"], "category", 1, 64),
+        "price_cents": v.integer(body["price_cents"], "price_cents", 0, MAX_PRICE_CENTS),
+        "stock": v.integer(body["stock"], "stock", 0, MAX_STOCK),
+    }
+
+
+def validate_patch(body):
+    v.require_object(body)
+    v.reject_unknown(body, PATCH_FIELDS)
+    changes = {}
+    if "name" in body:
+        changes["name"] = v.string(body["name"], "name", 1, 255)
+    if "description" in body:
+        changes["description"] = v.string(body["description"], "description", 0, 10000)
+    if "category" in body:
+        changes["category"] = v.string(body["category"], "category", 1, 64)
+    if "price_cents" in body:
+        changes["price_cents"] = v.integer(body["price_cents"], "price_cents", 0, MAX_PRICE_CENTS)
+    if "status" in body:
+        changes["status"] = v.choice(body["status"], "status", STATUSES)
+    if not changes:
+        raise ValidationError("Nothing to change: give at least one of name, description, category, price_cents, status.")
+    expected = body.get("expected_version")
+    if expected is not None:
+        expected = v.integer(expected, "expected_version", 1)
+    return changes, expected
+
+
+def validate_delta(body):
+    v.require_object(body)
+    v.reject_unknown(body, ("delta",))
+    if "delta" not in body:
+        raise ValidationError("'delta' is required.", details={"field": "delta"})
+    delta = v.integer(body["delta"], "delta", -MAX_STOCK, MAX_STOCK)
+    if delta == 0:
+        raise ValidationError("'delta' must not be 0.", details={"field": "delta"})
+    return delta
+
+
+class Catalog:
+    def __init__(self, db, cache, invalidator):
+        self.db = db
+        self.cache = cache
+        self.invalidator = invalidator
+
+    # --- writes -------------------------------------------------------------
+
+    def _select(self, cur, product_id, lock=False):
+        cur.execute(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id = %s" + (" FOR UPDATE" if lock else ""),
+                    (product_id,))
+        row = cur.fetchone()
+        if row is None:
+            raise ProductNotFound(f"Product {product_id} does not exist.", product_id=product_id)
+        return row
+
+    def create(self, body):
+        product = validate_new_product(body)
+        return self.create_many([product], validated=True)[0]
+
+    def create_many(self, products, validated=False):
+        """All or nothing; returns the created products in request order."""
+        if not validated:
+            products = [validate_new_product(p, f"products[{i}]") for i, p in enumerate(products)]
+        skus = [p["sku"] for p in products]
+        if len(set(skus)) != len(skus):
+            seen, dupes = set(), []
+            for sku in skus:
+                if sku in seen:
+                    dupes.append(sku)
+                seen.add(sku)
+            raise DuplicateSku("The same sku appears more than once in the request.", details={"skus": sorted(set(dupes))})
+
+        def work(cur):
+            try:
+                cur.executemany(
+                    "INSERT INTO products (sku, name, description, category, price_cents, stock) "
+                    "VALUES (%(sku)s, %(name)s, %(description)s, %(category)s, %(price_cents)s, %(stock)s)",
+                    products,
+                )
+            except pymysql.err.IntegrityError as exc:
+                if exc.args[0] == DUPLICATE_KEY:
+                    raise DuplicateSku("A product with this sku already exists.", details={"error": str(exc.args[1])})
+                raise
+            placeholders = ",".join(["%s"] * len(skus))
+            cur.execute(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE sku IN ({placeholders})", skus)
+            by_sku = {row["sku"]: row for row in cur.fetchall()}
+            rows = [by_sku[sku] for sku in skus]
+            search_index.index_products(cur, rows)
+            return rows
+
+        rows = self.db.run(work)
+        self.invalidator.after_commit({row["id"]: row["version"] for row in rows})
+        return [to_api(row) for row in rows]
+
+    def update(self, product_id, body):
+        changes, expected_version = validate_patch(body)
+
+        def work(cur):
+            row = self._select(cur, product_id, lock=True)
+            if expected_version is not None and row["version"] != expected_version:
+                raise VersionConflict(
+                    f"Product {product_id} is at version {row['version']}, not {expected_version}.",
+                    product_id=product_id, current_version=row["version"],
+                )
+            assignments = ", ".join(f"{column} = %s" for column in changes)
+            cur.execute(
+                f"UPDATE products SET {assignments}, version = version + 1, updated_at = CURRENT_TIMESTAMP(6) "
+                "WHERE id = %s",
+                (*changes.values(), product_id),
+            )
+            row = self._select(cur, product_id)
+            search_index.index_products(cur, [row])
+            return row
+
+        row = self.db.run(work)
+        self.invalidator.after_commit({row["id"]: row["version"]})
+        return to_api(row)
+
+    def adjust_stock(self, product_id, body):
+        delta = validate_delta(body)
+
+        def work(cur):
+            changed = cur.execute(
+                "UPDATE products SET stock = stock + %s, version = version + 1, updated_at = CURRENT_TIMESTAMP(6) "
+                "WHERE id = %s AND stock + %s >= 0",
+                (delta, product_id, delta),
+            )
+            row = self._select(cur, product_id)
+            if not changed:
+                raise InsufficientStock(
+                    f"Product {product_id} has {row['stock']} in stock; a change of {delta} would go below zero.",
+                    product_id=product_id,
+                )
+            return row
+
+        row = self.db.run(work)
+        self.invalidator.after_commit({row["id"]: row["version"]})
+        return to_api(row)
+
+    # --- reads --------------------------------------------------------------
+
+    def load(self, product_id):
+        rows = self.db.query(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id = %s", (product_id,))
+        if not rows:
+            raise ProductNotFound(f"Product {product_id} does not exist.", product_id=product_id)
+        return to_api(rows[0])
+
+    def get(self, product_id):
+        """(product, X-Cache value)."""
+        try:
+            cached, fresh = self.cache.get(product_id)
+        except CacheUnavailable:
+            return self.load(product_id), "BYPASS"
+        if cached is not None and fresh:
+            return cached, "HIT"
+        try:
+            return self._load_through_cache(product_id), "MISS"
+        except ServiceUnavailable:
+            if cached is not None:
+                return cached, "STALE"
+            raise
+
+    def _load_through_cache(self, product_id, wait_seconds=0.2):
+        """One loader per hot key: others wait briefly for its copy, then load themselves."""
+        try:
+            leader = self.cache.acquire_loader(product_id)
+        except CacheUnavailable:
+            return self.load(product_id)
+        if not leader:
+            deadline = time.monotonic() + wait_seconds
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+                try:
+                    cached, fresh = self.cache.get(product_id)
+                except CacheUnavailable:
+                    break
+                if cached is not None and fresh:
+                    return cached
+        try:
+            product = self.load(product_id)
+            try:
+                self.cache.put(product)
+            except CacheUnavailable:
+                pass
+            return product
+        finally:
+            if leader:
+                try:
+                    self.cache.release_loader(product_id)
+                except CacheUnavailable:
+                    pass

@@ -1,0 +1,167 @@
+"""MySQL access: one lazily created connection per thread (reused across warm
+Lambda invocations), a bound on transactions in flight (what RDS Proxy does
+for a fleet), a circuit breaker, and bounded retries of deadlocks and
+lock-wait timeouts."""
+import logging
+import random
+import threading
+import time
+from contextlib import contextmanager
+
+import pymysql
+import pymysql.cursors
+
+from .breaker import CircuitBreaker, CircuitOpen
+from .errors import ConcurrencyExhausted, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+DEADLOCK = 1213
+LOCK_WAIT_TIMEOUT = 1205
+RETRYABLE_ERRNOS = frozenset({DEADLOCK, LOCK_WAIT_TIMEOUT})
+# The server is unreachable or the connection died (restart, kill, idle cut).
+CONNECTION_ERRNOS = frozenset({0, 1053, 1927, 2003, 2006, 2013, 2014, 2055, 4031})
+DUPLICATE_KEY = 1062
+
+
+def is_connection_error(exc):
+    if isinstance(exc, (pymysql.err.InterfaceError, ConnectionError, OSError)):
+        return True
+    return isinstance(exc, pymysql.err.OperationalError) and exc.args and exc.args[0] in CONNECTION_ERRNOS
+
+
+def is_retryable(exc):
+    return isinstance(exc, pymysql.err.MySQLError) and bool(exc.args) and exc.args[0] in RETRYABLE_ERRNOS
+
+
+class Database:
+    def __init__(self, target, connect_timeout=2.0, read_timeout=10.0, max_in_flight=16):
+        self.target = target
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.breaker = CircuitBreaker("mysql", failure_threshold=2, reset_after=1.0)
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._local = threading.local()
+
+    def connect(self, database=True):
+        return pymysql.connect(
+            host=self.target.host,
+            port=self.target.port,
+            user=self.target.user,
+            password=self.target.password,
+            database=self.target.database if database else None,
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            write_timeout=self.read_timeout,
+            cursorclass=pymysql.cursors.DictCursor,
+        )
+
+    def _connection(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.connect()
+        return conn
+
+    def discard_connection(self):
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def close(self):
+        self.discard_connection()
+
+    def _open(self, begin):
+        """This thread's connection, healthy, optionally inside BEGIN.
+
+        A connection found dead (server restart, frozen container) is replaced
+        once: nothing has run on it yet, so a retry is always safe."""
+        try:
+            self.breaker.before_call()
+        except CircuitOpen:
+            raise ServiceUnavailable("The database is unavailable; retry shortly.")
+        for attempt in (1, 2):
+            reused = getattr(self._local, "conn", None) is not None
+            try:
+                conn = self._connection()
+                if begin:
+                    conn.begin()
+                self.breaker.record_success()
+                return conn
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                self.discard_connection()
+                if reused and attempt == 1:
+                    continue
+                self.breaker.record_failure()
+                log.warning("mysql unavailable: %s", exc)
+                raise ServiceUnavailable("The database is unavailable; retry shortly.") from exc
+        raise AssertionError("unreachable")
+
+    @contextmanager
+    def transaction(self):
+        """One transaction on this thread's connection, rolled back on any error."""
+        with self._slots:
+            conn = self._open(begin=True)
+            try:
+                with conn.cursor() as cur:
+                    yield cur
+                conn.commit()
+            except BaseException as exc:
+                self._after_failure(conn, exc)
+                raise
+
+    def _after_failure(self, conn, exc):
+        if is_connection_error(exc):
+            self.discard_connection()
+            self.breaker.record_failure()
+            return
+        try:
+            conn.rollback()
+        except Exception:
+            self.discard_connection()
+
+    def run(self, work, attempts=6):
+        """Run `work(cursor)` in a transaction, retrying deadlocks and lock-wait
+        timeouts with jittered backoff; a cut connection becomes a 503."""
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.transaction() as cur:
+                    return work(cur)
+            except pymysql.err.MySQLError as exc:
+                if is_retryable(exc):
+                    if attempt == attempts:
+                        raise ConcurrencyExhausted("Too much contention; retry shortly.") from exc
+                    time.sleep(random.uniform(0, 0.005 * 2 ** attempt))
+                    continue
+                if is_connection_error(exc):
+                    raise ServiceUnavailable("The database connection was lost; retry shortly.") from exc
+                raise
+
+    def query(self, sql, args=None):
+        """Autocommit read outside any transaction."""
+        with self._slots:
+            conn = self._open(begin=False)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(sql, args)
+                    return cur.fetchall()
+            except pymysql.err.MySQLError as exc:
+                if is_connection_error(exc):
+                    self.discard_connection()
+                    self.breaker.record_failure()
+                    raise ServiceUnavailable("The database connection was lost; retry shortly.") from exc
+                raise
+
+    def ping(self):
+        try:
+            self.query("SELECT 1")
+            return True
+        except ServiceUnavailable:
+            return False

@@ -1,0 +1,82 @@
+"""Business errors with stable codes; `app.py` maps them to the API.md error body."""
+
+
+class ShopError(Exception):
+    status = 500
+    code = "INTERNAL"
+
+    def __init__(self, message, **extra):
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def body(self):
+        error = {"code": self.code, "message": self.message}
+        error.update(self.extra)
+        return {"error": error}
+
+
+class ValidationError(ShopError):
+    status, code = 400, "VALIDATION_ERROR"
+
+
+class Forbidden(ShopError):
+    status, code = 403, "FORBIDDEN"
+
+
+class NotFound(ShopError):
+    status, code = 404, "NOT_FOUND"
+
+
+class ProductNotFound(NotFound):
+    code = "PRODUCT_NOT_FOUND"
+
+
+class OrderNotFound(NotFound):
+    code = "ORDER_NOT_FOUND"
+
+
+class BatchNotFound(NotFound):
+    code = "BATCH_NOT_FOUND"
+
+
+class DuplicateSku(ShopError):
+    status, code = 409, "DUPLICATE_SKU"
+
+
+class VersionConflict(ShopError):
+    status, code = 409, "VERSION_CONFLICT"
+
+
+class InsufficientStock(ShopError):
+    status, code = 409, "INSUFFICIENT_STOCK"
+
+
+class IdempotencyConflict(ShopError):
+    status, code = 409, "IDEMPOTENCY_CONFLICT"
+
+
+class PayloadTooLarge(ShopError):
+    status, code = 413, "PAYLOAD_TOO_LARGE"
+
+
+class RateLimited(ShopError):
+    status, code = 429, "RATE_LIMITED"
+
+    def __init__(self, message, retry_after=1, **extra):
+        super().__init__(message, **extra)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(ShopError):
+    """A dependency is down; the client should retry after `retry_after` seconds."""
+
+    status, code = 503, "SERVICE_UNAVAILABLE"
+
+    def __init__(self, message, retry_after=2, **extra):
+        super().__init__(message, **extra)
+        self.retry_after = retry_after
+
+
+class ConcurrencyExhausted(ServiceUnavailable):
+    """Optimistic retries or deadlock retries ran out: transient, safe to retry."""

@@ -1,0 +1,51 @@
+"""SQS access through the LocalStack-compatible endpoint locally, real SQS in AWS."""
+import json
+import logging
+import threading
+
+log = logging.getLogger(__name__)
+
+
+class QueuePublisher:
+    def __init__(self, endpoint_url, region):
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self._client = None
+        self._urls = {}
+        self._lock = threading.Lock()
+
+    @property
+    def client(self):
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    import boto3  # lazy: keeps cold start short
+                    from botocore.config import Config
+
+                    self._client = boto3.client(
+                        "sqs",
+                        endpoint_url=self.endpoint_url,
+                        region_name=self.region,
+                        config=Config(connect_timeout=1, read_timeout=3, retries={"max_attempts": 2}),
+                    )
+        return self._client
+
+    def queue_url(self, name):
+        if name not in self._urls:
+            self._urls[name] = self.client.get_queue_url(QueueName=name)["QueueUrl"]
+        return self._urls[name]
+
+    def send(self, queue_name, body):
+        return self.client.send_message(QueueUrl=self.queue_url(queue_name), MessageBody=json.dumps(body))["MessageId"]
+
+    def send_batch(self, queue_name, bodies):
+        """Send up to 10 bodies per SQS call; raises if any message was refused."""
+        url = self.queue_url(queue_name)
+        for start in range(0, len(bodies), 10):
+            chunk = bodies[start:start + 10]
+            response = self.client.send_message_batch(
+                QueueUrl=url,
+                Entries=[{"Id": str(i), "MessageBody": json.dumps(b)} for i, b in enumerate(chunk)],
+            )
+            if response.get("Failed"):
+                raise RuntimeError(f"SQS refused {len(response['Failed'])} message(s): {response['Failed']}")

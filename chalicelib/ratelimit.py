@@ -1,0 +1,52 @@
+"""Per-API-key token bucket in Redis, one atomic Lua call per request.
+In the cloud API Gateway usage plans do this; APP_RATE_LIMIT switches it off."""
+import logging
+import time
+
+from .cache import CacheUnavailable
+
+log = logging.getLogger(__name__)
+
+# KEYS[1]: bucket. ARGV: rate/s, burst, now (ms). Returns {allowed, retry_after_ms}.
+_TAKE = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local now = tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1]) or burst
+local ts = tonumber(state[2]) or now
+if now > ts then tokens = math.min(burst, tokens + (now - ts) * rate / 1000) end
+local allowed = 0
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  wait = math.ceil((1 - tokens) * 1000 / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', math.max(now, ts))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+return {allowed, wait}
+"""
+
+
+class RateLimiter:
+    def __init__(self, gateway, plans, clock=time.time):
+        self.gateway = gateway
+        self.plans = plans
+        self.clock = clock
+
+    def check(self, api_key, plan_name):
+        """(allowed, retry_after_seconds). Fails open when Redis is unavailable."""
+        plan = self.plans[plan_name]
+        script = self.gateway.script(_TAKE)
+        try:
+            allowed, wait_ms = self.gateway.call(lambda r: script(
+                keys=[self.gateway.key(f"ratelimit:{api_key}")],
+                args=[plan["rate_per_second"], plan["burst"], int(self.clock() * 1000)],
+                client=r,
+            ))
+        except CacheUnavailable as exc:
+            log.warning("rate limiting failed open (redis unavailable): %s", exc)
+            return True, 0
+        return bool(allowed), max(1, -(-int(wait_ms) // 1000)) if not allowed else 0

@@ -1,0 +1,152 @@
+"""One place for configuration.
+
+Precedence: process environment > `.chalice/config.json` stage values >
+its top-level values > built-in defaults. In Lambda the config file is not
+deployed; Chalice has already turned it into environment variables.
+"""
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+CONFIG_FILE = PROJECT_DIR / ".chalice" / "config.json"
+PLANS_FILE = Path(__file__).resolve().parent / "usage_plans.json"
+
+DEFAULTS = {
+    "STAGE": "local",
+    "DATABASE_URL": "mysql://root:@127.0.0.1:3306/shop",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "AWS_ENDPOINT_URL": "http://127.0.0.1:4566",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "INVENTORY_STRATEGY": "guarded",
+    "ORDER_QUEUE_NAME": "shop-order-ingest",
+    "INVALIDATION_QUEUE_NAME": "shop-cache-invalidation",
+    "APP_RATE_LIMIT": "true",
+    "APP_API_KEYS": "true",
+    "ADMIN_API_KEY_IDS": "",
+    "PORT": "8000",
+    "DB_CONNECT_TIMEOUT": "2",
+    "DB_READ_TIMEOUT": "10",
+    "DB_MAX_IN_FLIGHT": "16",
+    "REDIS_TIMEOUT": "0.25",
+    "REDIS_KEY_PREFIX": "",
+    "CACHE_TTL_SECONDS": "300",
+    "CACHE_STALE_SECONDS": "86400",
+    "SEARCH_TTL_SECONDS": "60",
+}
+
+
+def _config_file_values(stage):
+    if not CONFIG_FILE.exists():
+        return {}
+    config = json.loads(CONFIG_FILE.read_text())
+    values = dict(config.get("environment_variables", {}))
+    values.update(config.get("stages", {}).get(stage, {}).get("environment_variables", {}))
+    return values
+
+
+def _truthy(value):
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class MySQLTarget:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+
+def parse_database_url(url):
+    parsed = urlparse(url)
+    if parsed.scheme not in ("mysql", "mysql+pymysql", "mariadb"):
+        raise ValueError(f"DATABASE_URL must start with mysql://, got {url!r}")
+    return MySQLTarget(
+        host=parsed.hostname or "127.0.0.1",
+        port=parsed.port or 3306,
+        user=unquote(parsed.username or "root"),
+        password=unquote(parsed.password or ""),
+        database=(parsed.path or "/shop").lstrip("/") or "shop",
+    )
+
+
+class Settings:
+    def __init__(self, environ=None):
+        environ = os.environ if environ is None else environ
+        stage = environ.get("STAGE") or DEFAULTS["STAGE"]
+        merged = dict(DEFAULTS)
+        merged.update(_config_file_values(stage))
+        merged.update({k: v for k, v in environ.items() if k in DEFAULTS or k.startswith("SHOP_")})
+        self.values = merged
+        self.stage = stage
+
+    def get(self, name):
+        return self.values.get(name)
+
+    @property
+    def database(self):
+        return parse_database_url(self.values["DATABASE_URL"])
+
+    @property
+    def redis_url(self):
+        return self.values["REDIS_URL"]
+
+    @property
+    def aws_endpoint_url(self):
+        return self.values["AWS_ENDPOINT_URL"] or None
+
+    @property
+    def region(self):
+        return self.values["AWS_DEFAULT_REGION"]
+
+    @property
+    def inventory_strategy(self):
+        return self.values["INVENTORY_STRATEGY"]
+
+    @property
+    def rate_limit_enabled(self):
+        return _truthy(self.values["APP_RATE_LIMIT"])
+
+    @property
+    def api_keys_enabled(self):
+        return _truthy(self.values["APP_API_KEYS"])
+
+    def number(self, name):
+        return float(self.values[name])
+
+    @property
+    def plans(self):
+        return load_plans()["plans"]
+
+    @property
+    def api_keys(self):
+        """Key -> plan name. Locally from configuration; in the cloud API Gateway checks keys."""
+        return load_plans()["local_keys"]
+
+
+_plans_cache = None
+
+
+def load_plans():
+    global _plans_cache
+    if _plans_cache is None:
+        _plans_cache = json.loads(PLANS_FILE.read_text())
+    return _plans_cache
+
+
+_settings = None
+
+
+def get_settings():
+    global _settings
+    if _settings is None:
+        _settings = Settings()
+    return _settings
+
+
+def reset_settings():
+    global _settings
+    _settings = None

@@ -1,0 +1,30 @@
+"""`chalice local --stage <stage>` whose stage variables do not overwrite the
+process environment: `.chalice/config.json` holds the defaults, the
+environment wins (chalicelib.settings applies that precedence itself)."""
+import argparse
+import logging
+import os
+import sys
+
+from chalice.cli import factory as chalice_factory
+from chalice.cli import run_local_server
+
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--stage", default="local")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    args = parser.parse_args()
+    os.environ.setdefault("STAGE", args.stage)
+    os.environ["AWS_CHALICE_CLI_MODE"] = "true"
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
+    # A copy: Chalice writes the stage variables into it, not into os.environ.
+    cli_factory = chalice_factory.CLIFactory(PROJECT_DIR, environ=dict(os.environ))
+    run_local_server(cli_factory, args.host, args.port, args.stage)
+
+
+if __name__ == "__main__":
+    main()
