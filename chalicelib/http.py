@@ -1,0 +1,102 @@
+"""The one place HTTP concerns live: API key and plan check, rate limit,
+JSON body parsing, mapping every exception to the API.md error body, metrics.
+Route modules in chalicelib/routes/ declare views with `endpoint`."""
+import functools
+import json
+import time
+import uuid
+
+from chalice import Response
+
+from . import auth, bootstrap
+from .errors import PayloadTooLarge, RateLimited, ServiceUnavailable, ShopError, ValidationError
+from .observability import emit, logger
+
+MAX_BODY_BYTES = 1_000_000
+# Bodies are parsed as JSON whatever the client labels them, so a wrong label
+# gets our VALIDATION_ERROR body instead of Chalice's own 415 shape.
+ACCEPTED_CONTENT_TYPES = ["application/json", "text/plain", "application/x-www-form-urlencoded",
+                          "application/octet-stream"]
+
+
+def _request_id(request):
+    return (request.context or {}).get("requestId") or str(uuid.uuid4())
+
+
+def json_response(status, body, headers=None, request_id=None):
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    return Response(body=json.dumps(body, ensure_ascii=False), status_code=status, headers=headers)
+
+
+def error_response(exc, request_id):
+    headers = {}
+    if isinstance(exc, (RateLimited, ServiceUnavailable)):
+        headers["Retry-After"] = str(exc.retry_after)
+    body = exc.body()
+    body["error"]["request_id"] = request_id
+    return json_response(exc.status, body, headers, request_id)
+
+
+def json_body(request):
+    """The parsed JSON body: 413 if huge, 400 if missing or not JSON."""
+    raw = request.raw_body or b""
+    if len(raw) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES} bytes.")
+    if not raw.strip():
+        raise ValidationError("A JSON request body is required.")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"The request body is not valid JSON: {exc}.") from None
+
+
+def query_params(request):
+    return dict(request.query_params or {})
+
+
+def endpoint(routes, path, methods=("GET",), admin=False, public=False):
+    """Declare a view on `routes` (an app or Blueprint). The view gets the
+    request first and returns (status, body) or (status, body, headers)."""
+
+    def decorate(view):
+        @functools.wraps(view)
+        def handler(*args, **kwargs):
+            request = routes.current_request
+            request_id = _request_id(request)
+            logger.append_keys(request_id=request_id)
+            started = time.perf_counter()
+            route = f"{request.method} {path}"
+            try:
+                if not public:
+                    settings = bootstrap.settings()
+                    key, plan = auth.plan_for_request(settings, request.headers, request.context or {})
+                    if settings.rate_limit_enabled:
+                        allowed, retry_after = bootstrap.rate_limiter().check(key, plan)
+                        if not allowed:
+                            raise RateLimited("Too many requests for this API key.", retry_after=retry_after)
+                    if admin:
+                        auth.require_admin(plan)
+                status, body, *rest = view(request, *args, **kwargs)
+                response = json_response(status, body, rest[0] if rest else None, request_id)
+            except ShopError as exc:
+                if exc.status >= 500:
+                    logger.warning("request failed", extra={"route": route, "code": exc.code})
+                response = error_response(exc, request_id)
+                emit("Errors", 1, code=exc.code)
+            except Exception:
+                logger.exception("unhandled error", extra={"route": route})
+                response = json_response(500, {"error": {"code": "INTERNAL", "message": "Internal error; quote the request id.",
+                                                         "request_id": request_id}}, request_id=request_id)
+                emit("Errors", 1, code="INTERNAL")
+            finally:
+                logger.remove_keys(["request_id"])
+            emit("RequestLatency", (time.perf_counter() - started) * 1000, unit="Milliseconds", route=route)
+            return response
+
+        routes.route(path, methods=list(methods), api_key_required=not public,
+                     content_types=ACCEPTED_CONTENT_TYPES)(handler)
+        return view
+
+    return decorate

@@ -1,0 +1,180 @@
+"""Shared fixtures. Integration and e2e tests run against the real MariaDB and
+Redis on this machine, in a database and a Redis key prefix of their own
+(created here, dropped afterwards); the shared services are never flushed."""
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pymysql
+import pytest
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from chalicelib import bootstrap  # noqa: E402
+from chalicelib.migrate import migrate  # noqa: E402
+from chalicelib.settings import parse_database_url  # noqa: E402
+
+BASE_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "mysql://root:@127.0.0.1:3306/")
+BASE_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ADMIN_KEY = "shop-local-admin-key-0001"
+DEV_KEY = "shop-local-dev-key-0001"
+LIMITED_KEY = "shop-local-limited-key-0001"
+TABLES = ("order_items", "orders", "batch_results", "batches", "products")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _database_url(name):
+    return BASE_DATABASE_URL.rstrip("/") + "/" + name
+
+
+def _drop_database(url):
+    target = parse_database_url(url)
+    conn = pymysql.connect(host=target.host, port=target.port, user=target.user, password=target.password)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{target.database}`")
+    finally:
+        conn.close()
+
+
+def delete_prefix(redis_url, prefix):
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start:start + 500])
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def test_env(tmp_path_factory):
+    """Environment for this test session: its own database, key prefix and queues."""
+    run_id = uuid.uuid4().hex[:10]
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    env = {
+        "STAGE": "local",
+        "DATABASE_URL": _database_url(f"shop_test_{worker}_{run_id}"),
+        "REDIS_URL": BASE_REDIS_URL,
+        "REDIS_KEY_PREFIX": f"test:{run_id}:",
+        "AWS_ENDPOINT_URL": os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "ORDER_QUEUE_NAME": f"test-{run_id}-order-ingest",
+        "INVALIDATION_QUEUE_NAME": f"test-{run_id}-cache-invalidation",
+        "APP_RATE_LIMIT": "true",
+        "APP_API_KEYS": "true",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    bootstrap.reset()
+    migrate(bootstrap.database())
+    yield env
+    bootstrap.reset()
+    _drop_database(env["DATABASE_URL"])
+    delete_prefix(BASE_REDIS_URL, env["REDIS_KEY_PREFIX"])
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def clean_db(test_env):
+    """An empty catalog and order book, and no cached copies, for each test."""
+    conn = bootstrap.database().connect()
+    try:
+        with conn.cursor() as cur:
+            for table in TABLES:
+                cur.execute(f"DELETE FROM {table}")
+            cur.execute("SHOW TABLES LIKE 'search_terms'")
+            if cur.fetchone():
+                cur.execute("DELETE FROM search_terms")
+    finally:
+        conn.close()
+    delete_prefix(test_env["REDIS_URL"], test_env["REDIS_KEY_PREFIX"])
+    bootstrap.reset()
+    yield test_env
+
+
+@pytest.fixture
+def catalog(clean_db):
+    return bootstrap.catalog()
+
+
+def make_product(catalog, **overrides):
+    body = {"sku": f"SKU-{uuid.uuid4().hex[:12]}", "name": "Test product", "description": "",
+            "category": "test", "price_cents": 1000, "stock": 10}
+    body.update(overrides)
+    return catalog.create(body)
+
+
+class ApiClient:
+    def __init__(self, base_url):
+        self.base_url = base_url
+        self.session = requests.Session()
+
+    def request(self, method, path, key=DEV_KEY, **kwargs):
+        headers = kwargs.pop("headers", {})
+        if key:
+            headers["x-api-key"] = key
+        return self.session.request(method, self.base_url + path, headers=headers, timeout=30, **kwargs)
+
+    def get(self, path, **kwargs):
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path, **kwargs):
+        return self.request("POST", path, **kwargs)
+
+    def patch(self, path, **kwargs):
+        return self.request("PATCH", path, **kwargs)
+
+
+def start_server(env, port, log_path):
+    """`scripts/serve.py` (chalice local) on `port`; returns the process once /health answers."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "serve.py"), "--port", str(port)],
+        cwd=ROOT, env={**os.environ, **env, "PORT": str(port)}, stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early; see {log_path}")
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except requests.RequestException:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"server did not start; see {log_path}")
+
+
+@pytest.fixture(scope="session")
+def live_server(test_env, tmp_path_factory):
+    """The API over real HTTP: chalice local on a free port, on this session's database."""
+    port = free_port()
+    proc = start_server(test_env, port, tmp_path_factory.mktemp("server") / "server.log")
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def api(live_server, clean_db):
+    return ApiClient(live_server)
