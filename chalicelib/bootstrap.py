@@ -92,3 +92,17 @@ def rate_limiter():
     from .ratelimit import RateLimiter
 
     return _once("rate_limiter", lambda: RateLimiter(redis_gateway(), settings().plans))
+
+
+def inventory_strategy(name=None):
+    from .inventory import make_strategy
+
+    name = name or settings().inventory_strategy
+    return _once(f"strategy:{name}", lambda: make_strategy(name, redis_gateway()))
+
+
+def orders(strategy_name=None):
+    from .orders import OrderService
+
+    strategy = inventory_strategy(strategy_name)
+    return _once(f"orders:{strategy.name}", lambda: OrderService(database(), strategy, invalidator()))

@@ -1,8 +1,9 @@
-"""MySQL access: one lazily created connection per thread (reused across warm
-Lambda invocations), a bound on transactions in flight (what RDS Proxy does
-for a fleet), a circuit breaker, and bounded retries of deadlocks and
-lock-wait timeouts."""
+"""MySQL access: a small pool of lazily created connections (reused across
+warm Lambda invocations and across the threads of the local server), whose
+size bounds the transactions in flight the way RDS Proxy does for a fleet; a
+circuit breaker; bounded retries of deadlocks and lock-wait timeouts."""
 import logging
+import queue
 import random
 import threading
 import time
@@ -20,7 +21,8 @@ DEADLOCK = 1213
 LOCK_WAIT_TIMEOUT = 1205
 RETRYABLE_ERRNOS = frozenset({DEADLOCK, LOCK_WAIT_TIMEOUT})
 # The server is unreachable or the connection died (restart, kill, idle cut).
-CONNECTION_ERRNOS = frozenset({0, 1053, 1927, 2003, 2006, 2013, 2014, 2055, 4031})
+# 1040 (too many connections) is transient in the same way.
+CONNECTION_ERRNOS = frozenset({0, 1040, 1053, 1927, 2003, 2006, 2013, 2014, 2055, 4031})
 DUPLICATE_KEY = 1062
 
 
@@ -41,7 +43,7 @@ class Database:
         self.read_timeout = read_timeout
         self.breaker = CircuitBreaker("mysql", failure_threshold=2, reset_after=1.0)
         self._slots = threading.BoundedSemaphore(max_in_flight)
-        self._local = threading.local()
+        self._idle = queue.LifoQueue()
 
     def connect(self, database=True):
         return pymysql.connect(
@@ -58,45 +60,41 @@ class Database:
             cursorclass=pymysql.cursors.DictCursor,
         )
 
-    def _connection(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self.connect()
-        return conn
-
-    def discard_connection(self):
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass
-
     def close(self):
-        self.discard_connection()
+        while True:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            _close_quietly(conn)
 
-    def _open(self, begin):
-        """This thread's connection, healthy, optionally inside BEGIN.
+    def _checkout(self, begin):
+        """A healthy pooled connection, optionally inside BEGIN.
 
-        A connection found dead (server restart, frozen container) is replaced
-        once: nothing has run on it yet, so a retry is always safe."""
+        An idle connection found dead (server restart, frozen container) is
+        replaced once: nothing has run on it yet, so a retry is always safe."""
         try:
             self.breaker.before_call()
         except CircuitOpen:
-            raise ServiceUnavailable("The database is unavailable; retry shortly.")
+            raise ServiceUnavailable("The database is unavailable; retry shortly.") from None
         for attempt in (1, 2):
-            reused = getattr(self._local, "conn", None) is not None
             try:
-                conn = self._connection()
+                conn = self._idle.get_nowait()
+                reused = True
+            except queue.Empty:
+                conn, reused = None, False
+            try:
+                if conn is None:
+                    conn = self.connect()
                 if begin:
                     conn.begin()
                 self.breaker.record_success()
                 return conn
             except Exception as exc:
+                if conn is not None:
+                    _close_quietly(conn)
                 if not is_connection_error(exc):
                     raise
-                self.discard_connection()
                 if reused and attempt == 1:
                     continue
                 self.breaker.record_failure()
@@ -105,27 +103,41 @@ class Database:
         raise AssertionError("unreachable")
 
     @contextmanager
-    def transaction(self):
-        """One transaction on this thread's connection, rolled back on any error."""
+    def connection(self, begin=False):
+        """A pooled connection for the duration of the block; a connection that
+        failed is closed, a healthy one goes back to the pool."""
         with self._slots:
-            conn = self._open(begin=True)
+            conn = self._checkout(begin)
+            healthy = True
             try:
-                with conn.cursor() as cur:
-                    yield cur
-                conn.commit()
+                yield conn
             except BaseException as exc:
-                self._after_failure(conn, exc)
+                healthy = self._recover(conn, exc)
                 raise
+            finally:
+                if healthy:
+                    self._idle.put(conn)
+                else:
+                    _close_quietly(conn)
 
-    def _after_failure(self, conn, exc):
+    def _recover(self, conn, exc):
+        """Roll back after a failure; False if the connection must be dropped."""
         if is_connection_error(exc):
-            self.discard_connection()
             self.breaker.record_failure()
-            return
+            return False
         try:
             conn.rollback()
+            return True
         except Exception:
-            self.discard_connection()
+            return False
+
+    @contextmanager
+    def transaction(self):
+        """One transaction, committed at the end of the block, rolled back on any error."""
+        with self.connection(begin=True) as conn:
+            with conn.cursor() as cur:
+                yield cur
+            conn.commit()
 
     def run(self, work, attempts=6):
         """Run `work(cursor)` in a transaction, retrying deadlocks and lock-wait
@@ -146,18 +158,15 @@ class Database:
 
     def query(self, sql, args=None):
         """Autocommit read outside any transaction."""
-        with self._slots:
-            conn = self._open(begin=False)
-            try:
+        try:
+            with self.connection() as conn:
                 with conn.cursor() as cur:
                     cur.execute(sql, args)
                     return cur.fetchall()
-            except pymysql.err.MySQLError as exc:
-                if is_connection_error(exc):
-                    self.discard_connection()
-                    self.breaker.record_failure()
-                    raise ServiceUnavailable("The database connection was lost; retry shortly.") from exc
-                raise
+        except pymysql.err.MySQLError as exc:
+            if is_connection_error(exc):
+                raise ServiceUnavailable("The database connection was lost; retry shortly.") from exc
+            raise
 
     def ping(self):
         try:
@@ -165,3 +174,10 @@ class Database:
             return True
         except ServiceUnavailable:
             return False
+
+
+def _close_quietly(conn):
+    try:
+        conn.close()
+    except Exception:
+        pass

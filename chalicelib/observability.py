@@ -6,6 +6,7 @@ from collections import deque
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 
 logger = Logger(service="shop")
 NAMESPACE = "Shop"
@@ -13,10 +14,12 @@ NAMESPACE = "Shop"
 
 def emit(name, value, unit=MetricUnit.Count, **dimensions):
     """One EMF metric line; safe from any thread (no shared metric buffer)."""
+    LOCAL_STATS.record(name, value, dimensions)
+    if is_metrics_disabled():
+        return
     with single_metric(name=name, unit=unit, value=value, namespace=NAMESPACE) as metric:
         for key, dim in dimensions.items():
             metric.add_dimension(name=key, value=str(dim))
-    LOCAL_STATS.record(name, value, dimensions)
 
 
 class LocalStats:

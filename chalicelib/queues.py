@@ -1,6 +1,7 @@
 """SQS access through the LocalStack-compatible endpoint locally, real SQS in AWS."""
 import json
 import logging
+import os
 import threading
 
 log = logging.getLogger(__name__)
@@ -22,9 +23,13 @@ class QueuePublisher:
                     import boto3  # lazy: keeps cold start short
                     from botocore.config import Config
 
+                    # A local endpoint (moto/LocalStack) accepts any credentials.
+                    local_credentials = {} if not self.endpoint_url or os.environ.get("AWS_ACCESS_KEY_ID") else {
+                        "aws_access_key_id": "test", "aws_secret_access_key": "test"}
                     self._client = boto3.client(
                         "sqs",
                         endpoint_url=self.endpoint_url,
+                        **local_credentials,
                         region_name=self.region,
                         config=Config(connect_timeout=1, read_timeout=3, retries={"max_attempts": 2}),
                     )

@@ -1,0 +1,238 @@
+"""Stock reservation strategies, selected by INVENTORY_STRATEGY.
+
+Every strategy reserves the merged lines of one order in product-id order
+(one global lock order: no deadlock between orders), inside the order's
+transaction, and every one keeps a MySQL guard (`stock >= q` or a version
+compare) so stock can never go negative whatever happens around it.
+
+`transact(db, quantities, work)` runs `work(cur, reserver)` in a transaction;
+`work` calls `reserver.reserve(cur, quantities)`, which returns
+{product_id: {"price_cents", "version"}} or raises ProductNotFound /
+InsufficientStock.
+"""
+import logging
+import random
+import time
+import uuid
+
+from .cache import CacheUnavailable
+from .errors import ConcurrencyExhausted, InsufficientStock, ProductNotFound
+
+log = logging.getLogger(__name__)
+
+
+def _placeholders(n):
+    return ",".join(["%s"] * n)
+
+
+def _explain_shortfall(cur, quantities, product_id=None):
+    """Raise the precise business error for a reservation that could not be made."""
+    ids = [product_id] if product_id is not None else list(quantities)
+    cur.execute(f"SELECT id, stock, status FROM products WHERE id IN ({_placeholders(len(ids))})", ids)
+    rows = {row["id"]: row for row in cur.fetchall()}
+    for pid in ids:
+        row = rows.get(pid)
+        if row is None or row["status"] != "active":
+            raise ProductNotFound(f"Product {pid} does not exist or is not for sale.", product_id=pid)
+        if row["stock"] < quantities[pid]:
+            raise InsufficientStock(
+                f"Product {pid} has {row['stock']} in stock; {quantities[pid]} requested.", product_id=pid
+            )
+
+
+def _reserved_rows(cur, quantities):
+    """Price and new version of rows this transaction has just updated (its own writes)."""
+    ids = list(quantities)
+    cur.execute(f"SELECT id, price_cents, version FROM products WHERE id IN ({_placeholders(len(ids))})", ids)
+    return {row["id"]: {"price_cents": row["price_cents"], "version": row["version"]} for row in cur.fetchall()}
+
+
+class GuardedStrategy:
+    """The simplest correct baseline: one guarded UPDATE per line."""
+
+    name = "guarded"
+
+    def transact(self, db, quantities, work):
+        return db.run(lambda cur: work(cur, self))
+
+    def reserve(self, cur, quantities):
+        for pid, qty in quantities.items():
+            changed = cur.execute(
+                "UPDATE products SET stock = stock - %s, version = version + 1, updated_at = CURRENT_TIMESTAMP(6) "
+                "WHERE id = %s AND status = 'active' AND stock >= %s",
+                (qty, pid, qty),
+            )
+            if not changed:
+                _explain_shortfall(cur, quantities, pid)
+        return _reserved_rows(cur, quantities)
+
+
+class PessimisticStrategy:
+    """SELECT ... FOR UPDATE on the order's products in id order, check, update."""
+
+    name = "pessimistic"
+
+    def transact(self, db, quantities, work):
+        return db.run(lambda cur: work(cur, self))
+
+    def reserve(self, cur, quantities):
+        ids = list(quantities)
+        cur.execute(
+            f"SELECT id, stock, status, price_cents, version FROM products WHERE id IN ({_placeholders(len(ids))}) "
+            "ORDER BY id FOR UPDATE",
+            ids,
+        )
+        rows = {row["id"]: row for row in cur.fetchall()}
+        for pid in ids:
+            row = rows.get(pid)
+            if row is None or row["status"] != "active":
+                raise ProductNotFound(f"Product {pid} does not exist or is not for sale.", product_id=pid)
+            if row["stock"] < quantities[pid]:
+                raise InsufficientStock(
+                    f"Product {pid} has {row['stock']} in stock; {quantities[pid]} requested.", product_id=pid
+                )
+        for pid, qty in quantities.items():
+            cur.execute(
+                "UPDATE products SET stock = stock - %s, version = version + 1, updated_at = CURRENT_TIMESTAMP(6) "
+                "WHERE id = %s",
+                (qty, pid),
+            )
+        return {pid: {"price_cents": rows[pid]["price_cents"], "version": rows[pid]["version"] + 1} for pid in ids}
+
+
+class OptimisticConflict(Exception):
+    """A version compare-and-set lost a race; the whole order is retried."""
+
+
+class OptimisticStrategy:
+    """Read stock and version without locks, then compare-and-set each row.
+
+    A lost race retries the whole order in a NEW transaction (under REPEATABLE
+    READ a retry inside the old one would re-read its old snapshot)."""
+
+    name = "optimistic"
+
+    def __init__(self, max_attempts=40, base_delay=0.002, max_delay=0.05):
+        self.max_attempts = max_attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+
+    def transact(self, db, quantities, work):
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return db.run(lambda cur: work(cur, self))
+            except OptimisticConflict:
+                time.sleep(random.uniform(0, min(self.max_delay, self.base_delay * 2 ** min(attempt, 10))))
+        raise ConcurrencyExhausted(
+            f"Gave up after {self.max_attempts} optimistic attempts on a contended product; retry shortly."
+        )
+
+    def reserve(self, cur, quantities):
+        ids = list(quantities)
+        cur.execute(
+            f"SELECT id, stock, status, price_cents, version FROM products WHERE id IN ({_placeholders(len(ids))})",
+            ids,
+        )
+        rows = {row["id"]: row for row in cur.fetchall()}
+        for pid in ids:
+            row = rows.get(pid)
+            if row is None or row["status"] != "active":
+                raise ProductNotFound(f"Product {pid} does not exist or is not for sale.", product_id=pid)
+            if row["stock"] < quantities[pid]:
+                raise InsufficientStock(
+                    f"Product {pid} has {row['stock']} in stock; {quantities[pid]} requested.", product_id=pid
+                )
+        for pid, qty in quantities.items():
+            changed = cur.execute(
+                "UPDATE products SET stock = stock - %s, version = version + 1, updated_at = CURRENT_TIMESTAMP(6) "
+                "WHERE id = %s AND version = %s AND stock >= %s",
+                (qty, pid, rows[pid]["version"], qty),
+            )
+            if not changed:
+                raise OptimisticConflict(pid)
+        return {pid: {"price_cents": rows[pid]["price_cents"], "version": rows[pid]["version"] + 1} for pid in ids}
+
+
+# KEYS: lock keys. ARGV[1]: token. Deletes only locks still holding our token.
+_RELEASE = """
+local released = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('DEL', key)
+    released = released + 1
+  end
+end
+return released
+"""
+
+
+class RedisLockStrategy:
+    """Per-product Redis locks (id order, random token, lease, compare-and-delete
+    release) in front of the guarded UPDATE. A lease can expire, so the MySQL
+    guard stays underneath; if Redis is unavailable it falls back to row locks."""
+
+    name = "redis_lock"
+
+    def __init__(self, gateway, lease_ms=5000, wait_seconds=5.0):
+        self.gateway = gateway
+        self.lease_ms = lease_ms
+        self.wait_seconds = wait_seconds
+        self._guarded = GuardedStrategy()
+        self._fallback = PessimisticStrategy()
+
+    def _lock_key(self, pid):
+        return self.gateway.key(f"lock:product:{pid}")
+
+    def _acquire(self, keys, token):
+        acquired = []
+        deadline = time.monotonic() + self.wait_seconds
+        try:
+            for key in keys:
+                delay = 0.001
+                while not self.gateway.call(lambda r: r.set(key, token, nx=True, px=self.lease_ms)):
+                    if time.monotonic() > deadline:
+                        raise ConcurrencyExhausted("Timed out waiting for a product lock; retry shortly.")
+                    time.sleep(random.uniform(0, delay))
+                    delay = min(delay * 2, 0.02)
+                acquired.append(key)
+        except BaseException:
+            self._release(acquired, token)
+            raise
+        return acquired
+
+    def _release(self, keys, token):
+        if not keys:
+            return
+        script = self.gateway.script(_RELEASE)
+        try:
+            self.gateway.call(lambda r: script(keys=keys, args=[token], client=r))
+        except CacheUnavailable:
+            log.warning("could not release %d product lock(s); their lease will expire", len(keys))
+
+    def transact(self, db, quantities, work):
+        token = uuid.uuid4().hex
+        keys = [self._lock_key(pid) for pid in quantities]
+        try:
+            held = self._acquire(keys, token)
+        except CacheUnavailable as exc:
+            log.warning("redis_lock: Redis unavailable (%s); falling back to MySQL row locks", exc)
+            return self._fallback.transact(db, quantities, work)
+        try:
+            return self._guarded.transact(db, quantities, work)
+        finally:
+            self._release(held, token)
+
+
+STRATEGIES = ("guarded", "pessimistic", "optimistic", "redis_lock")
+
+
+def make_strategy(name, redis_gateway=None):
+    if name == "guarded":
+        return GuardedStrategy()
+    if name == "pessimistic":
+        return PessimisticStrategy()
+    if name == "optimistic":
+        return OptimisticStrategy()
+    if name == "redis_lock":
+        return RedisLockStrategy(redis_gateway)
+    raise ValueError(f"unknown INVENTORY_STRATEGY {name!r}; choose one of {', '.join(STRATEGIES)}")

@@ -1,0 +1,234 @@
+"""Batch orders: each order all-or-nothing, each batch partial, exactly-once
+effect per (user_id, client_order_id), enforced by a unique key inside the
+order's own transaction."""
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+import pymysql
+
+from . import validation as v
+from .catalog import iso
+from .db import DUPLICATE_KEY
+from .errors import (ConcurrencyExhausted, IdempotencyConflict, OrderNotFound, PayloadTooLarge, ServiceUnavailable, ShopError,
+                     ValidationError)
+from .observability import emit
+
+log = logging.getLogger(__name__)
+
+MAX_ORDERS_PER_BATCH = 100
+MAX_LINES_PER_ORDER = 50
+MAX_QUANTITY = 1000
+ORDER_FIELDS = ("client_order_id", "user_id", "items")
+LINE_FIELDS = ("product_id", "quantity")
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    client_order_id: str
+    user_id: int
+    quantities: dict  # product_id -> merged quantity, ascending product id (the global lock order)
+
+    @property
+    def request_hash(self):
+        canonical = json.dumps(sorted(self.quantities.items()), separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class InvalidOrder:
+    client_order_id: object
+    error: ValidationError
+
+
+def parse_batch(body):
+    """Whole-request problems raise; per-order problems become InvalidOrder entries."""
+    v.require_object(body)
+    v.reject_unknown(body, ("orders", "batch_id"))
+    orders = body.get("orders")
+    if not isinstance(orders, list) or not orders:
+        raise ValidationError("'orders' must be a non-empty list of orders.", details={"field": "orders"})
+    if len(orders) > MAX_ORDERS_PER_BATCH:
+        raise PayloadTooLarge(f"At most {MAX_ORDERS_PER_BATCH} orders per batch; got {len(orders)}.")
+    return [parse_order(raw, i) for i, raw in enumerate(orders)]
+
+
+def parse_order(raw, index=0):
+    client_order_id = raw.get("client_order_id") if isinstance(raw, dict) else None
+    try:
+        v.require_object(raw, f"orders[{index}]")
+        v.reject_unknown(raw, ORDER_FIELDS, f"orders[{index}]")
+        for field in ORDER_FIELDS:
+            if field not in raw:
+                raise ValidationError(f"'{field}' is required.", details={"field": field})
+        coid = raw["client_order_id"]
+        if not isinstance(coid, str) or not 1 <= len(coid) <= 64 or not coid.isprintable():
+            raise ValidationError("'client_order_id' must be a string of 1 to 64 printable characters.",
+                                  details={"field": "client_order_id"})
+        user_id = v.integer(raw["user_id"], "user_id", 1)
+        items = raw["items"]
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_LINES_PER_ORDER:
+            raise ValidationError(f"'items' must be a list of 1 to {MAX_LINES_PER_ORDER} lines.",
+                                  details={"field": "items"})
+        quantities = {}
+        for n, line in enumerate(items):
+            v.require_object(line, f"items[{n}]")
+            v.reject_unknown(line, LINE_FIELDS, f"items[{n}]")
+            for field in LINE_FIELDS:
+                if field not in line:
+                    raise ValidationError(f"'items[{n}].{field}' is required.", details={"field": field})
+            pid = v.integer(line["product_id"], "product_id", 1)
+            qty = v.integer(line["quantity"], "quantity", 1, MAX_QUANTITY)
+            # Duplicate lines of one product are merged: one lock, one update per product.
+            quantities[pid] = quantities.get(pid, 0) + qty
+        return OrderRequest(coid, user_id, dict(sorted(quantities.items())))
+    except ValidationError as exc:
+        return InvalidOrder(client_order_id if isinstance(client_order_id, str) else None, exc)
+
+
+def failed(client_order_id, exc):
+    error = {"code": exc.code, "message": exc.message}
+    if "product_id" in exc.extra:
+        error["product_id"] = exc.extra["product_id"]
+    return {"client_order_id": client_order_id, "status": "failed", "error": error}
+
+
+class OrderService:
+    def __init__(self, db, strategy, invalidator):
+        self.db = db
+        self.strategy = strategy
+        self.invalidator = invalidator
+
+    def place_batch(self, parsed, batch_id=None):
+        """Place each order on its own; results in request order."""
+        results, versions = [], {}
+        for order in parsed:
+            if isinstance(order, InvalidOrder):
+                result = failed(order.client_order_id, order.error)
+            else:
+                result, reserved = self.place(order, batch_id)
+                for pid, row in reserved.items():
+                    versions[pid] = max(versions.get(pid, 0), row["version"])
+            results.append(result)
+        if versions:
+            # Orders are the hot path: the queue is used only if Redis did not take it.
+            self.invalidator.after_commit(versions, search=True, enqueue=False)
+        created = sum(1 for r in results if r["status"] == "created")
+        return {"results": results, "summary": {"created": created, "failed": len(results) - created}}
+
+    def place(self, order, batch_id=None):
+        """(result, reserved rows). Business failures are results; infrastructure
+        failures (ServiceUnavailable) propagate so the caller can answer 503 or retry."""
+        started = time.perf_counter()
+        try:
+            result, reserved = self.strategy.transact(self.db, order.quantities,
+                                                      lambda cur, reserver: self._place(cur, reserver, order, batch_id))
+        except ConcurrencyExhausted as exc:
+            # Contention, not an outage: this order fails retryably, the batch goes on.
+            result, reserved = failed(order.client_order_id, exc), {}
+        except ServiceUnavailable:
+            raise
+        except ShopError as exc:
+            result, reserved = failed(order.client_order_id, exc), {}
+        if result["status"] == "created" and not result["duplicate"]:
+            emit("OrdersCreated", 1)
+            emit("OrderLatency", (time.perf_counter() - started) * 1000, unit="Milliseconds")
+        elif result["status"] == "failed":
+            emit("OrdersFailed", 1, code=result["error"]["code"])
+        return result, reserved
+
+    def _place(self, cur, reserver, order, batch_id):
+        try:
+            # The unique key makes a concurrent duplicate wait here until we commit
+            # or roll back, before either of us touches stock.
+            cur.execute(
+                "INSERT INTO orders (user_id, client_order_id, request_hash, total_cents, batch_id) "
+                "VALUES (%s, %s, %s, 0, %s)",
+                (order.user_id, order.client_order_id, order.request_hash, batch_id),
+            )
+        except pymysql.err.IntegrityError as exc:
+            if exc.args[0] != DUPLICATE_KEY:
+                raise
+            return self._replay(cur, order), {}
+        order_id = cur.lastrowid
+        reserved = reserver.reserve(cur, order.quantities)
+        cur.executemany(
+            "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents) VALUES (%s, %s, %s, %s)",
+            [(order_id, pid, qty, reserved[pid]["price_cents"]) for pid, qty in order.quantities.items()],
+        )
+        total = sum(qty * reserved[pid]["price_cents"] for pid, qty in order.quantities.items())
+        cur.execute("UPDATE orders SET total_cents = %s WHERE id = %s", (total, order_id))
+        return {"client_order_id": order.client_order_id, "status": "created", "order_id": order_id,
+                "total_cents": total, "duplicate": False}, reserved
+
+    def _replay(self, cur, order):
+        cur.execute(
+            "SELECT id, request_hash, total_cents FROM orders WHERE user_id = %s AND client_order_id = %s",
+            (order.user_id, order.client_order_id),
+        )
+        existing = cur.fetchone()
+        if existing["request_hash"] != order.request_hash:
+            raise IdempotencyConflict(
+                f"client_order_id {order.client_order_id!r} was already used by user {order.user_id} "
+                "for different lines."
+            )
+        return {"client_order_id": order.client_order_id, "status": "created", "order_id": existing["id"],
+                "total_cents": existing["total_cents"], "duplicate": True}
+
+    # --- reads and cancel ---------------------------------------------------
+
+    def _load(self, cur, order_id, lock=False):
+        cur.execute(
+            "SELECT id, client_order_id, user_id, status, total_cents, created_at FROM orders WHERE id = %s"
+            + (" FOR UPDATE" if lock else ""),
+            (order_id,),
+        )
+        row = cur.fetchone()
+        if row is None:
+            raise OrderNotFound(f"Order {order_id} does not exist.", order_id=order_id)
+        cur.execute(
+            "SELECT product_id, quantity, unit_price_cents FROM order_items WHERE order_id = %s ORDER BY product_id",
+            (order_id,),
+        )
+        return row, cur.fetchall()
+
+    @staticmethod
+    def _to_api(row, items):
+        return {"order_id": row["id"], "client_order_id": row["client_order_id"], "user_id": row["user_id"],
+                "status": row["status"], "total_cents": row["total_cents"],
+                "items": [dict(item) for item in items], "created_at": iso(row["created_at"])}
+
+    def get(self, order_id):
+        return self.db.run(lambda cur: self._to_api(*self._load(cur, order_id)))
+
+    def cancel(self, order_id):
+        """Return the stock exactly once: the order row lock serialises cancels,
+        and only the one that sees status 'created' restocks."""
+
+        def work(cur):
+            row, items = self._load(cur, order_id, lock=True)
+            if row["status"] == "cancelled":
+                return row, items, {}
+            versions = {}
+            for item in items:  # ascending product id: the global lock order
+                cur.execute(
+                    "UPDATE products SET stock = stock + %s, version = version + 1, "
+                    "updated_at = CURRENT_TIMESTAMP(6) WHERE id = %s",
+                    (item["quantity"], item["product_id"]),
+                )
+            if items:
+                ids = [item["product_id"] for item in items]
+                cur.execute(f"SELECT id, version FROM products WHERE id IN ({','.join(['%s'] * len(ids))})", ids)
+                versions = {r["id"]: r["version"] for r in cur.fetchall()}
+            cur.execute("UPDATE orders SET status = 'cancelled', cancelled_at = CURRENT_TIMESTAMP(6) WHERE id = %s",
+                        (order_id,))
+            row = dict(row, status="cancelled")
+            return row, items, versions
+
+        row, items, versions = self.db.run(work)
+        if versions:
+            self.invalidator.after_commit(versions, search=True, enqueue=False)
+            emit("OrdersCancelled", 1)
+        return self._to_api(row, items)

@@ -1,0 +1,144 @@
+"""DESIGN.md invariants 1-4 against the real MariaDB and Redis, for every
+inventory strategy: hammer one hot product and many products from threads and
+processes, then reconcile every order line against stock."""
+import multiprocessing
+import random
+import threading
+
+import pytest
+
+from chalicelib import bootstrap
+from chalicelib.inventory import STRATEGIES
+from chalicelib.orders import parse_batch
+from tests.conftest import make_product
+from tests.support.order_load import process_main, run_buyers
+
+pytestmark = pytest.mark.parametrize("strategy", STRATEGIES)
+
+
+def _stock(product_id):
+    return bootstrap.database().query("SELECT stock FROM products WHERE id = %s", (product_id,))[0]["stock"]
+
+
+def _sold(product_id):
+    row = bootstrap.database().query(
+        "SELECT COALESCE(SUM(i.quantity), 0) AS sold FROM order_items i JOIN orders o ON o.id = i.order_id "
+        "WHERE i.product_id = %s AND o.status = 'created'", (product_id,))[0]
+    return int(row["sold"])
+
+
+def _run_everywhere(test_env, strategy, orders, processes, threads_per_worker):
+    """Split `orders` over this process (threads) and `processes` spawned processes."""
+    shares = [orders[i::processes + 1] for i in range(processes + 1)]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(processes) as pool:
+        pending = pool.map_async(process_main, [(test_env, strategy, share, threads_per_worker) for share in shares[1:]])
+        local_results, local_errors = run_buyers(strategy, shares[0], threads_per_worker)
+        remote = pending.get(timeout=240)
+    results = list(local_results)
+    errors = list(local_errors)
+    for remote_results, remote_errors in remote:
+        results += remote_results
+        errors += remote_errors
+    return results, errors
+
+
+@pytest.mark.slow
+def test_hot_product_never_oversells(clean_db, strategy):
+    stock = 100
+    product = make_product(bootstrap.catalog(), stock=stock)
+    buyers = [{"client_order_id": f"hot-{i}", "user_id": i + 1,
+               "items": [{"product_id": product["id"], "quantity": 1}]} for i in range(500)]
+
+    results, errors = _run_everywhere(clean_db, strategy, buyers, processes=3, threads_per_worker=125)
+
+    assert errors == []
+    created = [r for r in results if r["status"] == "created"]
+    failed = [r for r in results if r["status"] == "failed"]
+    assert len(created) == stock
+    assert {r["error"]["code"] for r in failed} == {"INSUFFICIENT_STOCK"}
+    assert _stock(product["id"]) == 0
+    assert _sold(product["id"]) == stock
+
+
+@pytest.mark.slow
+def test_many_products_reconcile_without_deadlock(clean_db, strategy):
+    catalog = bootstrap.catalog()
+    initial = {make_product(catalog, stock=40)["id"]: 40 for _ in range(12)}
+    rng = random.Random(7)
+    ids = list(initial)
+    orders = []
+    for i in range(400):
+        lines = [{"product_id": pid, "quantity": rng.randint(1, 3)} for pid in rng.sample(ids, rng.randint(1, 5))]
+        rng.shuffle(lines)  # any line order in the request; locking must still be in id order
+        if rng.random() < 0.2:
+            lines.append(dict(lines[0]))  # duplicate line of one product: merged
+        orders.append({"client_order_id": f"multi-{i}", "user_id": 1, "items": lines})
+
+    results, errors = _run_everywhere(clean_db, strategy, orders, processes=2, threads_per_worker=16)
+
+    assert errors == []
+    assert len(results) == len(orders)
+    codes = {r["error"]["code"] for r in results if r["status"] == "failed"}
+    assert codes <= {"INSUFFICIENT_STOCK"}
+    assert any(r["status"] == "created" for r in results)
+    for pid, stocked in initial.items():
+        left = _stock(pid)
+        assert left >= 0
+        assert _sold(pid) + left == stocked, f"product {pid} does not reconcile"
+    created_ids = {r["order_id"] for r in results if r["status"] == "created"}
+    rows = bootstrap.database().query("SELECT id FROM orders")
+    assert {row["id"] for row in rows} == created_ids
+
+
+def test_concurrent_duplicates_create_one_order(clean_db, strategy):
+    product = make_product(bootstrap.catalog(), stock=10)
+    order = {"client_order_id": "same", "user_id": 42, "items": [{"product_id": product["id"], "quantity": 2}]}
+    results, errors = run_buyers(strategy, [order] * 24, threads=24)
+
+    assert errors == []
+    assert {r["status"] for r in results} == {"created"}
+    assert len({r["order_id"] for r in results}) == 1
+    assert sum(1 for r in results if not r["duplicate"]) == 1
+    assert _stock(product["id"]) == 8
+
+
+def test_concurrent_cancels_restock_once(clean_db, strategy):
+    product = make_product(bootstrap.catalog(), stock=10)
+    service = bootstrap.orders(strategy)
+    placed = service.place_batch(parse_batch({"orders": [
+        {"client_order_id": "c1", "user_id": 1, "items": [{"product_id": product["id"], "quantity": 3}]}]}))
+    order_id = placed["results"][0]["order_id"]
+    assert _stock(product["id"]) == 7
+
+    outcomes, errors = [], []
+    barrier = threading.Barrier(16)
+
+    def cancel():
+        try:
+            barrier.wait(10)
+            outcomes.append(service.cancel(order_id)["status"])
+        except Exception as exc:
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=cancel) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert errors == []
+    assert outcomes == ["cancelled"] * 16
+    assert _stock(product["id"]) == 10
+    assert service.get(order_id)["status"] == "cancelled"
+
+
+def test_replay_after_cancel_is_a_duplicate_not_a_new_reservation(clean_db, strategy):
+    product = make_product(bootstrap.catalog(), stock=5)
+    service = bootstrap.orders(strategy)
+    order = {"client_order_id": "r1", "user_id": 9, "items": [{"product_id": product["id"], "quantity": 5}]}
+    first = service.place_batch(parse_batch({"orders": [order]}))["results"][0]
+    service.cancel(first["order_id"])
+    again = service.place_batch(parse_batch({"orders": [order]}))["results"][0]
+    assert again["duplicate"] is True and again["order_id"] == first["order_id"]
+    assert _stock(product["id"]) == 5

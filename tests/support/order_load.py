@@ -1,0 +1,54 @@
+"""Order load for the invariant tests: buyers in threads and in separate
+processes, each process with its own connections, as Lambda instances would be."""
+import os
+import random
+import threading
+import time
+
+from chalicelib import bootstrap
+from chalicelib.orders import parse_batch
+
+RETRYABLE = {"SERVICE_UNAVAILABLE"}
+
+
+def place_with_retry(service, order, attempts=30):
+    """Place one order as a well-behaved client: retry transient failures."""
+    for _ in range(attempts):
+        result = service.place_batch(parse_batch({"orders": [order]}))["results"][0]
+        if result["status"] == "created" or result["error"]["code"] not in RETRYABLE:
+            return result
+        time.sleep(random.uniform(0.001, 0.02))
+    return result
+
+
+def run_buyers(strategy, orders, threads):
+    """Place `orders` from `threads` threads, all released at once; returns results."""
+    bootstrap.reset()
+    service = bootstrap.orders(strategy)
+    results = [None] * len(orders)
+    errors = []
+    start = threading.Barrier(threads)
+    chunks = [list(range(i, len(orders), threads)) for i in range(threads)]
+
+    def buyer(indexes):
+        try:
+            start.wait(30)
+            for i in indexes:
+                results[i] = place_with_retry(service, orders[i])
+        except Exception as exc:  # a surfaced deadlock or any bug fails the test
+            errors.append(repr(exc))
+
+    workers = [threading.Thread(target=buyer, args=(chunk,)) for chunk in chunks]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    bootstrap.reset()
+    return results, errors
+
+
+def process_main(args):
+    """Entry point of a spawned buyer process."""
+    env, strategy, orders, threads = args
+    os.environ.update(env)
+    return run_buyers(strategy, orders, threads)
