@@ -1,0 +1,366 @@
+"""Build one deployable CloudFormation (SAM) template: the Chalice app plus infra/.
+
+    .venv/bin/python scripts/package.py [--stage dev] [--out build]
+
+Steps:
+1. Load infra/template.yml and add the API keys, usage plans and usage plan
+   keys generated from chalicelib/usage_plans.json (the same plan definitions
+   the local stage enforces with its Redis token bucket): one usage plan per
+   plan with Throttle RateLimit = rate_per_second, BurstLimit = burst (and an
+   optional Quota), one API key per plan. Written to <out>/merge-template.json.
+2. `chalice package --stage <stage> --merge-template <that file> <out>/package`.
+3. Post-process the packaged template, because Chalice 1.34 cannot express it:
+   - every SQS event source / event source mapping gets
+     FunctionResponseTypes: [ReportBatchItemFailures], and its queue is the
+     infra queue (GetAtt ...Arn), not an ARN built from a name;
+   - the queues' VisibilityTimeout is raised to >= 6x the longest consumer timeout;
+   - every function runs in the private subnets with the Lambda security group,
+     active tracing, and the environment that points it at RDS Proxy, Redis (TLS),
+     the queues and the database secret (DATABASE_SECRET_ARN; no credentials);
+   - every role the functions use gets the infra LambdaAccessPolicy;
+   - every API route except /health (and CORS preflight) requires an API key.
+   Then it checks that no credential-looking value reached the template.
+4. Writes <out>/sam.json (+ <out>/deployment.zip), ready for
+   `aws cloudformation package` / `sam deploy`.
+"""
+import argparse
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+INFRA_TEMPLATE = PROJECT_DIR / "infra" / "template.yml"
+PLANS_FILE = PROJECT_DIR / "chalicelib" / "usage_plans.json"
+
+# Queue name used in `@app.on_sqs_message(queue=...)` -> infra logical id.
+QUEUES = {
+    "shop-order-ingest": "OrderIngestQueue",
+    "shop-cache-invalidation": "CacheInvalidationQueue",
+}
+# Environment variable naming each queue -> infra logical id.
+QUEUE_ENV = {"ORDER_QUEUE_NAME": "OrderIngestQueue", "INVALIDATION_QUEUE_NAME": "CacheInvalidationQueue"}
+VISIBILITY_FACTOR = 6
+PUBLIC_PATHS = {"/health"}
+API_RESOURCE = "RestAPI"  # Chalice's logical id of the REST API
+ACCESS_POLICY = "LambdaAccessPolicy"
+# Lambda sets these itself and refuses a function that sets them.
+RESERVED_ENV = {"_HANDLER", "_X_AMZN_TRACE_ID", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EXECUTION_ENV",
+                "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION",
+                "AWS_LAMBDA_INITIALIZATION_TYPE", "AWS_LAMBDA_LOG_GROUP_NAME", "AWS_LAMBDA_LOG_STREAM_NAME",
+                "AWS_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                "AWS_LAMBDA_RUNTIME_API", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR"}
+
+
+# ------------------------------------------------------------------ YAML
+class _CfnLoader(yaml.SafeLoader):
+    """SafeLoader that understands CloudFormation short-form tags (!Ref, !Sub, ...)."""
+
+
+def _cfn_tag(loader, tag_suffix, node):
+    name = tag_suffix
+    key = "Ref" if name == "Ref" else f"Fn::{name}"
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        if name == "GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {key: value}
+
+
+_CfnLoader.add_multi_constructor("!", _cfn_tag)
+
+
+def load_template(path):
+    text = Path(path).read_text()
+    if str(path).endswith(".json"):
+        return json.loads(text)
+    return yaml.load(text, Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+
+
+# ------------------------------------------------------------------ plans
+def load_plans(path=PLANS_FILE):
+    return json.loads(Path(path).read_text())
+
+
+def logical_suffix(name):
+    return "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", name) if part)
+
+
+def usage_plan_definitions(plans):
+    """Plain data per plan (shared by the template generator and the local deploy test)."""
+    out = []
+    for name, plan in plans["plans"].items():
+        rate, burst = plan["rate_per_second"], plan["burst"]
+        if rate <= 0 or burst < 1:
+            raise ValueError(f"plan {name}: rate_per_second must be > 0 and burst >= 1")
+        definition = {
+            "plan": name,
+            "suffix": logical_suffix(name),
+            "admin": bool(plan.get("admin")),
+            "throttle": {"RateLimit": float(rate), "BurstLimit": int(burst)},
+        }
+        if plan.get("quota"):
+            definition["quota"] = {"Limit": int(plan["quota"]["limit"]), "Period": plan["quota"].get("period", "DAY")}
+        out.append(definition)
+    return out
+
+
+def api_gateway_resources(plans, api_resource=API_RESOURCE):
+    """CloudFormation resources: per plan an API key, a usage plan on the API's stage, and the link."""
+    resources = {}
+    for d in usage_plan_definitions(plans):
+        suffix = d["suffix"]
+        resources[f"ApiKey{suffix}"] = {
+            "Type": "AWS::ApiGateway::ApiKey",
+            "Properties": {
+                "Name": {"Fn::Sub": "${ServiceName}-${Stage}-" + d["plan"]},
+                "Description": f"shop API key on the {d['plan']} usage plan (value generated by API Gateway)",
+                "Enabled": True,
+            },
+        }
+        plan_props = {
+            "UsagePlanName": {"Fn::Sub": "${ServiceName}-${Stage}-" + d["plan"]},
+            "Description": f"{d['plan']}: {d['throttle']['RateLimit']:g} requests/s, burst {d['throttle']['BurstLimit']}"
+                           " (chalicelib/usage_plans.json)",
+            "Throttle": dict(d["throttle"]),
+            "ApiStages": [{"ApiId": {"Ref": api_resource}, "Stage": {"Ref": f"{api_resource}.Stage"}}],
+        }
+        if "quota" in d:
+            plan_props["Quota"] = dict(d["quota"])
+        resources[f"UsagePlan{suffix}"] = {"Type": "AWS::ApiGateway::UsagePlan", "Properties": plan_props}
+        resources[f"UsagePlanKey{suffix}"] = {
+            "Type": "AWS::ApiGateway::UsagePlanKey",
+            "Properties": {"KeyId": {"Ref": f"ApiKey{suffix}"}, "KeyType": "API_KEY",
+                           "UsagePlanId": {"Ref": f"UsagePlan{suffix}"}},
+        }
+    return resources
+
+
+def admin_key_ids(plans):
+    refs = [{"Ref": f"ApiKey{d['suffix']}"} for d in usage_plan_definitions(plans) if d["admin"]]
+    return {"Fn::Join": [",", refs]} if refs else ""
+
+
+def build_merge_template(infra_path=INFRA_TEMPLATE, plans=None, with_api=True):
+    """infra/ plus the generated API Gateway resources: what `--merge-template` gets."""
+    template = load_template(infra_path)
+    if with_api:
+        plans = plans or load_plans()
+        template["Resources"].update(api_gateway_resources(plans))
+        outputs = template.setdefault("Outputs", {})
+        for d in usage_plan_definitions(plans):
+            outputs[f"ApiKey{d['suffix']}Id"] = {"Description": f"API key id, plan {d['plan']} "
+                                                 "(value: aws apigateway get-api-key --include-value)",
+                                                 "Value": {"Ref": f"ApiKey{d['suffix']}"}}
+    return template
+
+
+# ------------------------------------------------------------------ post-processing
+def function_environment(plans):
+    return {
+        "DATABASE_SECRET_ARN": {"Ref": "DatabaseSecret"},
+        "DATABASE_HOST": {"Fn::GetAtt": ["DatabaseProxy", "Endpoint"]},
+        "DATABASE_PORT": "3306",
+        "DATABASE_NAME": {"Ref": "DatabaseName"},
+        "DATABASE_TLS": "true",
+        "REDIS_URL": {"Fn::Sub": "rediss://${Redis.PrimaryEndPoint.Address}:${Redis.PrimaryEndPoint.Port}/0"},
+        "ORDER_QUEUE_NAME": {"Fn::GetAtt": [QUEUE_ENV["ORDER_QUEUE_NAME"], "QueueName"]},
+        "INVALIDATION_QUEUE_NAME": {"Fn::GetAtt": [QUEUE_ENV["INVALIDATION_QUEUE_NAME"], "QueueName"]},
+        "AWS_ENDPOINT_URL": "",  # real AWS endpoints in the cloud
+        "APP_API_KEYS": "false",  # API Gateway checks keys in the cloud
+        "ADMIN_API_KEY_IDS": admin_key_ids(plans),
+        "POWERTOOLS_METRICS_NAMESPACE": "Shop",
+    }
+
+
+def _queue_logical_id(queue, template):
+    """The infra queue an SQS event source points at, or None."""
+    if isinstance(queue, dict) and "Fn::GetAtt" in queue:
+        return queue["Fn::GetAtt"][0]
+    text = queue.get("Fn::Sub") if isinstance(queue, dict) else queue
+    if isinstance(text, str):
+        name = text.rsplit(":", 1)[-1]
+        if name in QUEUES:
+            return QUEUES[name]
+        if name in template["Resources"] and template["Resources"][name]["Type"] == "AWS::SQS::Queue":
+            return name
+    return None
+
+
+def _consumer_timeouts(template):
+    timeouts = []
+    for res in template["Resources"].values():
+        if res["Type"] == "AWS::Serverless::Function":
+            events = res["Properties"].get("Events") or {}
+            if any(e.get("Type") == "SQS" for e in events.values()):
+                timeouts.append(int(res["Properties"].get("Timeout", 3)))
+    return timeouts
+
+
+def postprocess(template, plans, api_stage=None):
+    """Mutate the packaged template in place; returns a list of notes (what was changed)."""
+    notes = []
+    resources = template["Resources"]
+    env = function_environment(plans)
+
+    for logical_id, res in resources.items():
+        props = res.get("Properties", {})
+        if res["Type"] == "AWS::Serverless::Function":
+            for event_id, event in (props.get("Events") or {}).items():
+                if event.get("Type") != "SQS":
+                    continue
+                ep = event["Properties"]
+                queue_id = _queue_logical_id(ep["Queue"], template)
+                if queue_id is None:
+                    raise SystemExit(f"{logical_id}.{event_id}: SQS queue {ep['Queue']!r} is not an infra queue "
+                                     f"(known: {sorted(QUEUES)})")
+                ep["Queue"] = {"Fn::GetAtt": [queue_id, "Arn"]}
+                ep["FunctionResponseTypes"] = ["ReportBatchItemFailures"]
+                notes.append(f"{logical_id}: SQS {queue_id} with ReportBatchItemFailures")
+            props["VpcConfig"] = {
+                "SubnetIds": [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}],
+                "SecurityGroupIds": [{"Ref": "LambdaSecurityGroup"}],
+            }
+            props["Tracing"] = "Active"
+            variables = props.setdefault("Environment", {}).setdefault("Variables", {})
+            variables.pop("DATABASE_URL", None)
+            for name in sorted(RESERVED_ENV & set(variables)):
+                del variables[name]
+                notes.append(f"WARNING {logical_id}: dropped reserved Lambda variable {name} "
+                             "(set by Lambda; move it to the local stage in .chalice/config.json)")
+            variables.update(copy.deepcopy(env))
+            role = props.get("Role")
+            if isinstance(role, dict) and "Fn::GetAtt" in role:
+                role_res = resources.get(role["Fn::GetAtt"][0])
+                if role_res and role_res["Type"] == "AWS::IAM::Role":
+                    arns = role_res["Properties"].setdefault("ManagedPolicyArns", [])
+                    if {"Ref": ACCESS_POLICY} not in arns:
+                        arns.append({"Ref": ACCESS_POLICY})
+            else:
+                notes.append(f"WARNING {logical_id}: role {role!r} not managed here; attach {ACCESS_POLICY} yourself")
+        elif res["Type"] == "AWS::Lambda::EventSourceMapping":
+            source = json.dumps(props.get("EventSourceArn"))
+            if ":sqs:" in source or "Queue" in source:
+                props["FunctionResponseTypes"] = ["ReportBatchItemFailures"]
+                notes.append(f"{logical_id}: event source mapping with ReportBatchItemFailures")
+
+    timeouts = _consumer_timeouts(template)
+    params = template.setdefault("Parameters", {})
+    if timeouts:
+        needed = VISIBILITY_FACTOR * max(timeouts)
+        current = int(params["QueueVisibilityTimeout"]["Default"])
+        params["QueueVisibilityTimeout"]["Default"] = max(current, needed)
+        params["QueueVisibilityTimeout"]["MinValue"] = max(int(params["QueueVisibilityTimeout"].get("MinValue", 0)),
+                                                           needed)
+    if api_stage:
+        params["Stage"]["Default"] = api_stage
+
+    api = resources.get(API_RESOURCE)
+    if api is not None:
+        body = api["Properties"]["DefinitionBody"]
+        body.setdefault("securityDefinitions", {})["api_key"] = {"type": "apiKey", "name": "x-api-key", "in": "header"}
+        for path, methods in body.get("paths", {}).items():
+            for method, operation in methods.items():
+                if not isinstance(operation, dict) or method.startswith("x-"):
+                    continue
+                if path in PUBLIC_PATHS or method == "options":
+                    if operation.pop("security", None):
+                        notes.append(f"WARNING {method.upper()} {path}: API key requirement removed (public route)")
+                elif {"api_key": []} not in (operation.get("security") or []):
+                    operation.setdefault("security", []).append({"api_key": []})
+                    notes.append(f"WARNING {method.upper()} {path}: had no api_key_required; added")
+    check_no_credentials(template)
+    return notes
+
+
+_SECRET_NAMES = re.compile(r"(PASSWORD|SECRET_ACCESS_KEY|ACCESS_KEY_ID|AUTH_TOKEN|PRIVATE_KEY)$", re.I)
+_URL_WITH_PASSWORD = re.compile(r"^[a-z+]+://[^/@\s:]*:[^/@\s]+@")
+
+
+def check_no_credentials(template):
+    """Fail if a function environment or any string carries a credential."""
+    for logical_id, res in template["Resources"].items():
+        variables = ((res.get("Properties") or {}).get("Environment") or {}).get("Variables") or {}
+        for name, value in variables.items():
+            if _SECRET_NAMES.search(name):
+                raise SystemExit(f"{logical_id}: environment variable {name} looks like a credential")
+            if isinstance(value, str) and _URL_WITH_PASSWORD.match(value):
+                raise SystemExit(f"{logical_id}: {name} embeds a password")
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{where}[{i}]")
+        elif isinstance(node, str) and _URL_WITH_PASSWORD.match(node):
+            raise SystemExit(f"{where} embeds a password")
+
+    walk(template, "template")
+
+
+# ------------------------------------------------------------------ driver
+def api_stage_name(project_dir, stage):
+    config = json.loads((Path(project_dir) / ".chalice" / "config.json").read_text())
+    return config.get("stages", {}).get(stage, {}).get("api_gateway_stage") or config.get("api_gateway_stage") or "api"
+
+
+def run_chalice_package(project_dir, stage, merge_template, outdir):
+    env = dict(os.environ)
+    env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    cmd = [sys.executable, "-c", "import sys; from chalice.cli import main; sys.exit(main())",
+           "--project-dir", str(project_dir), "package", "--stage", stage,
+           "--merge-template", str(merge_template), str(outdir)]
+    subprocess.run(cmd, check=True, env=env)
+
+
+def package(stage="dev", out="build", project_dir=PROJECT_DIR, infra=INFRA_TEMPLATE, plans_file=PLANS_FILE,
+            quiet=False):
+    project_dir = Path(project_dir).resolve()
+    out = Path(out)
+    if not out.is_absolute():
+        out = project_dir / out
+    out.mkdir(parents=True, exist_ok=True)
+    plans = load_plans(plans_file)
+    merge_path = out / "merge-template.json"
+    merge_path.write_text(json.dumps(build_merge_template(infra, plans), indent=2))
+    chalice_out = out / "package"
+    if chalice_out.exists():
+        shutil.rmtree(chalice_out)
+    run_chalice_package(project_dir, stage, merge_path, chalice_out)
+    template = json.loads((chalice_out / "sam.json").read_text())
+    notes = postprocess(template, plans, api_stage=api_stage_name(project_dir, stage))
+    result = out / "sam.json"
+    result.write_text(json.dumps(template, indent=2))
+    shutil.copy(chalice_out / "deployment.zip", out / "deployment.zip")
+    if not quiet:
+        for note in notes:
+            print(note)
+        print(f"wrote {result} and {out / 'deployment.zip'}")
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", default="dev")
+    parser.add_argument("--out", default="build")
+    parser.add_argument("--project-dir", default=str(PROJECT_DIR))
+    parser.add_argument("--infra", default=str(INFRA_TEMPLATE))
+    parser.add_argument("--plans", default=str(PLANS_FILE))
+    args = parser.parse_args(argv)
+    package(args.stage, args.out, args.project_dir, args.infra, args.plans)
+
+
+if __name__ == "__main__":
+    main()
