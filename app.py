@@ -7,6 +7,5 @@ from chalicelib.routes import search
 
 app = Chalice(app_name="shop")
 app.register_blueprint(search.routes)
-app.register_blueprint(search.routes)
 app.register_blueprint(catalog.routes)
 app.register_blueprint(orders.routes)
