@@ -1,0 +1,70 @@
+# shop: local stack and test entry points (DESIGN.md section 5).
+#   make run        API on http://127.0.0.1:$(PORT) with SQS pollers, on MariaDB/Redis/AWS endpoint
+#   make test       the whole test suite (ARGS="-k foo" passes arguments to pytest)
+#   make queues     queue and DLQ depths, DLQ bodies      make redrive   DLQ -> source queue
+#   make seed       add missing demo products             make package   deployment package
+#   make bench-orders | bench-search | bench-ingest  (ARGS passed through)
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.requirements.stamp
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+ARGS   ?=
+PORT   ?= 8000
+# pytest-xdist workers for `make test` (empty or 1: one process).
+TEST_WORKERS ?=
+
+export PORT TEST_WORKERS
+export AWS_ACCESS_KEY_ID ?= test
+export AWS_SECRET_ACCESS_KEY ?= test
+export AWS_DEFAULT_REGION ?= us-east-1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help venv run test setup queues redrive seed package bench-orders bench-search bench-ingest clean-venv
+
+help:
+	@sed -n '2,6p' Makefile | sed 's/^# \{0,1\}//'
+
+# Re-installs only when a requirements file changed (or the venv is new).
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -q -r requirements-dev.txt
+	@touch $@
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	$(PY) scripts/stack.py run $(ARGS)
+
+test: $(STAMP)
+	$(PY) scripts/stack.py test -- $(ARGS)
+
+setup: $(STAMP)
+	$(PY) scripts/stack.py setup $(ARGS)
+
+queues: $(STAMP)
+	@$(PY) scripts/stack.py queues $(ARGS)
+
+redrive: $(STAMP)
+	@$(PY) scripts/stack.py redrive $(ARGS)
+
+seed: $(STAMP)
+	$(PY) scripts/stack.py seed $(ARGS)
+
+package: $(STAMP)
+	$(PY) scripts/package.py $(ARGS)
+
+bench-orders: $(STAMP)
+	$(PY) bench/orders $(ARGS)
+
+bench-search: $(STAMP)
+	$(PY) bench/search $(ARGS)
+
+bench-ingest: $(STAMP)
+	$(PY) bench/ingest $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

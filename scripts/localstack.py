@@ -1,0 +1,445 @@
+"""The LocalStack-compatible AWS endpoint and the SQS queues (DESIGN.md section 5).
+
+`aws_endpoint(url)` uses whatever already answers SQS calls at `url` (a real
+LocalStack, or a moto server someone else started) and otherwise starts
+`python -m moto.server` there, waits until it answers, and stops it when the
+last user leaves. Several commands (`make run`, two `make test` runs from two
+checkouts) may share one endpoint: each holds a shared flock on a lock file
+for the port while it uses the endpoint, and a moto started by any of them is
+stopped only by whoever finds itself the last holder. Without that, the first
+`make test` to finish would pull moto away from the others mid-run.
+
+Queues: `ensure_queue(sqs, spec)` creates the queue and its dead-letter queue
+(`<name>-dlq`) with the redrive policy, or brings an existing pair to the
+wanted attributes (safe to run any number of times). `inspect_queues` and
+`redrive` back `make queues` and `make redrive`.
+"""
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("localstack")
+
+DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+REGION = "us-east-1"
+DLQ_RETENTION_SECONDS = 14 * 24 * 3600
+# Cloud: consumer (Lambda) timeout 30 s, visibility 6x that.
+CONSUMER_TIMEOUT_SECONDS = 30
+CLOUD_VISIBILITY_TIMEOUT = 6 * CONSUMER_TIMEOUT_SECONDS
+# Local: short, so redelivery and DLQ can be watched (env SQS_VISIBILITY_TIMEOUT).
+LOCAL_VISIBILITY_TIMEOUT = 30
+
+
+def aws_env(endpoint_url=None):
+    """Variables every process of the local stack gets (dummy credentials, region, endpoint)."""
+    env = dict(DUMMY_CREDENTIALS)
+    env["AWS_DEFAULT_REGION"] = os.environ.get("AWS_DEFAULT_REGION") or REGION
+    if endpoint_url:
+        env["AWS_ENDPOINT_URL"] = endpoint_url
+    return env
+
+
+def sqs_client(endpoint_url, region=REGION, timeout=5):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "sqs",
+        endpoint_url=endpoint_url,
+        region_name=region,
+        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID") or "test",
+        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or "test",
+        config=Config(connect_timeout=timeout, read_timeout=timeout + 25, retries={"max_attempts": 3}),
+    )
+
+
+# --- endpoint ---------------------------------------------------------------
+
+
+def endpoint_answers(endpoint_url, timeout=1.0):
+    """True when an SQS API answers at `endpoint_url`."""
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client(
+        "sqs", endpoint_url=endpoint_url, region_name=REGION,
+        aws_access_key_id="test", aws_secret_access_key="test",
+        config=Config(connect_timeout=timeout, read_timeout=timeout * 3, retries={"max_attempts": 1}),
+    )
+    try:
+        client.list_queues(MaxResults=1)
+        return True
+    except Exception:
+        return False
+
+
+def _host_port(endpoint_url):
+    parsed = urlparse(endpoint_url)
+    return parsed.hostname or "127.0.0.1", parsed.port or 4566
+
+
+def _state_paths(port):
+    base = Path(tempfile.gettempdir())
+    stem = f"shop-aws-endpoint-{port}"
+    return base / f"{stem}.lock", base / f"{stem}.users", base / f"{stem}.pid"
+
+
+def set_parent_death_signal():
+    """Runs in the child before exec: if the parent dies without cleaning up
+    (SIGKILL), the kernel sends the child SIGTERM. Linux only; harmless elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _is_our_moto(pid):
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"moto.server" in cmdline
+
+
+def _stop_pid(pid, name, timeout=10):
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.1)
+    log.warning("%s (pid %s) did not stop; killing it", name, pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+class Endpoint:
+    """A handle on the endpoint for as long as the caller uses it."""
+
+    def __init__(self, url, started_pid=None):
+        self.url = url
+        self.started_pid = started_pid
+
+
+def start_moto(host, port, log_path, python=sys.executable, wait_seconds=30):
+    """Start moto in server mode at host:port; returns the Popen once it answers SQS calls."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = open(log_path, "ab")
+    env = {**os.environ, **aws_env()}
+    proc = subprocess.Popen(
+        [python, "-m", "moto.server", "-H", host, "-p", str(port)],
+        stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+        # Own session: a Ctrl-C meant for us must not kill moto before the
+        # processes that use it are stopped; the last user stops it. No
+        # parent-death signal either: other commands may still be using it
+        # when the one that started it exits (a leftover moto is found and
+        # reused, and stopped, by the next shop command).
+        start_new_session=True,
+    )
+    log_file.close()
+    url = f"http://{host}:{port}"
+    deadline = time.time() + wait_seconds
+    try:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"moto_server exited with {proc.returncode} (port {port} taken?); see {log_path}")
+            if endpoint_answers(url, timeout=0.5):
+                return proc
+            time.sleep(0.2)
+        raise RuntimeError(f"moto_server did not answer on {url} within {wait_seconds}s; see {log_path}")
+    except BaseException:  # including Ctrl-C while waiting: never leave it behind
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+        raise
+
+
+@contextlib.contextmanager
+def aws_endpoint(endpoint_url="http://127.0.0.1:4566", log_path=None):
+    """Yield an Endpoint that answers SQS at `endpoint_url` for the duration of the block.
+
+    Uses an endpoint already there; otherwise starts moto. On exit, stops a
+    moto that this or another shop stack started if nobody else still uses it.
+    A non-local endpoint (a real LocalStack elsewhere) is only checked."""
+    host, port = _host_port(endpoint_url)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        if not endpoint_answers(endpoint_url, timeout=3):
+            raise RuntimeError(f"No AWS endpoint answers at {endpoint_url}")
+        yield Endpoint(endpoint_url)
+        return
+    lock_path, users_path, pid_path = _state_paths(port)
+    log_path = Path(log_path or (ROOT / ".run" / "moto.log"))
+    decide = open(lock_path, "a+")
+    users = open(users_path, "a+")
+    try:
+        # `decide` (exclusive, held briefly) serialises starting and stopping;
+        # `users` is held shared for as long as the endpoint is in use.
+        fcntl.flock(decide, fcntl.LOCK_EX)
+        try:
+            started = None
+            if endpoint_answers(endpoint_url):
+                log.info("AWS endpoint already answering at %s; using it", endpoint_url)
+                if not _is_our_moto(_read_pid(pid_path)):
+                    pid_path.unlink(missing_ok=True)
+            else:
+                log.info("starting moto_server on %s:%s (log: %s)", host, port, log_path)
+                proc = start_moto(host, port, log_path)
+                started = proc.pid
+                pid_path.write_text(str(proc.pid))
+                log.info("moto_server is up (pid %s)", proc.pid)
+            fcntl.flock(users, fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(decide, fcntl.LOCK_UN)
+        try:
+            yield Endpoint(endpoint_url, started)
+        finally:
+            _release(decide, users, pid_path)
+    finally:
+        users.close()
+        decide.close()
+
+
+def _read_pid(pid_path):
+    try:
+        return int(pid_path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _release(decide, users, pid_path):
+    """Leave the endpoint; the last user stops a moto that a shop stack started."""
+    fcntl.flock(decide, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(users, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("AWS endpoint still in use by another shop command; leaving it running")
+            return
+        pid = _read_pid(pid_path)
+        if pid is not None and _is_our_moto(pid):
+            log.info("stopping moto_server (pid %s)", pid)
+            _stop_pid(pid, "moto_server")
+        pid_path.unlink(missing_ok=True)
+        fcntl.flock(users, fcntl.LOCK_UN)
+    finally:
+        fcntl.flock(decide, fcntl.LOCK_UN)
+
+
+# --- queues -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    max_receive_count: int = 5
+    visibility_timeout: int = LOCAL_VISIBILITY_TIMEOUT
+
+    @property
+    def dlq_name(self):
+        return f"{self.name}-dlq"
+
+
+def local_visibility_timeout(environ=None):
+    environ = os.environ if environ is None else environ
+    return int(environ.get("SQS_VISIBILITY_TIMEOUT") or LOCAL_VISIBILITY_TIMEOUT)
+
+
+def queue_specs(settings, visibility_timeout=None):
+    """The shop's queues as configured: order ingest and cache invalidation."""
+    visibility = local_visibility_timeout() if visibility_timeout is None else visibility_timeout
+    return [
+        QueueSpec(settings.get("ORDER_QUEUE_NAME"), max_receive_count=5, visibility_timeout=visibility),
+        QueueSpec(settings.get("INVALIDATION_QUEUE_NAME"), max_receive_count=5, visibility_timeout=visibility),
+    ]
+
+
+def queue_url(sqs, name):
+    """The queue's URL, or None when it does not exist."""
+    try:
+        return sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    except sqs.exceptions.QueueDoesNotExist:
+        return None
+    except Exception as exc:  # some emulators answer with a generic error code
+        if "NonExistentQueue" in str(exc) or "QueueDoesNotExist" in str(exc):
+            return None
+        raise
+
+
+def _create_or_update(sqs, name, attributes):
+    url = queue_url(sqs, name)
+    if url is None:
+        try:
+            url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        except Exception as exc:  # created concurrently, with other attributes
+            url = queue_url(sqs, name)
+            if url is None:
+                raise exc
+    # Real SQS refuses CreateQueue on an existing queue with other attributes,
+    # so converge with SetQueueAttributes (idempotent).
+    sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+    return url
+
+
+def queue_arn(sqs, url):
+    return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+
+def ensure_queue(sqs, spec):
+    """Create (or converge) `spec.name` and its DLQ with redrive; returns (url, dlq_url)."""
+    dlq_url = _create_or_update(sqs, spec.dlq_name, {
+        "MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS),
+        "VisibilityTimeout": str(spec.visibility_timeout),
+    })
+    redrive = json.dumps({"deadLetterTargetArn": queue_arn(sqs, dlq_url), "maxReceiveCount": str(spec.max_receive_count)})
+    url = _create_or_update(sqs, spec.name, {
+        "VisibilityTimeout": str(spec.visibility_timeout),
+        "MessageRetentionPeriod": str(4 * 24 * 3600),
+        "RedrivePolicy": redrive,
+    })
+    return url, dlq_url
+
+
+def ensure_queues(sqs, specs):
+    return {spec.name: ensure_queue(sqs, spec) for spec in specs}
+
+
+def _depth(sqs, url):
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed",
+    ])["Attributes"]
+    return {
+        "visible": int(attrs.get("ApproximateNumberOfMessages", 0)),
+        "in_flight": int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+        "delayed": int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
+    }
+
+
+def peek(sqs, url, limit=100):
+    """Up to `limit` visible messages, left visible afterwards (receive, then visibility 0)."""
+    seen = {}
+    handles = []
+    while len(seen) < limit:
+        batch = sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=30,
+            AttributeNames=["All"], MessageAttributeNames=["All"],
+        ).get("Messages", [])
+        fresh = [m for m in batch if m["MessageId"] not in seen]
+        if not fresh:
+            break
+        for message in fresh:
+            seen[message["MessageId"]] = message
+            handles.append(message["ReceiptHandle"])
+    for start in range(0, len(handles), 10):
+        sqs.change_message_visibility_batch(QueueUrl=url, Entries=[
+            {"Id": str(i), "ReceiptHandle": h, "VisibilityTimeout": 0}
+            for i, h in enumerate(handles[start:start + 10])
+        ])
+    return list(seen.values())[:limit]
+
+
+def inspect_queues(sqs, specs, bodies=True, limit=100):
+    """Depth of each queue and its DLQ, plus the DLQ message bodies."""
+    report = []
+    for spec in specs:
+        url, dlq_url = queue_url(sqs, spec.name), queue_url(sqs, spec.dlq_name)
+        entry = {"name": spec.name, "exists": url is not None, "dlq": spec.dlq_name}
+        if url:
+            entry["depth"] = _depth(sqs, url)
+        if dlq_url:
+            entry["dlq_depth"] = _depth(sqs, dlq_url)
+            if bodies:
+                entry["dlq_messages"] = [
+                    {"messageId": m["MessageId"], "body": m["Body"],
+                     "receiveCount": m.get("Attributes", {}).get("ApproximateReceiveCount")}
+                    for m in peek(sqs, dlq_url, limit)
+                ]
+        report.append(entry)
+    return report
+
+
+def format_report(report):
+    lines = []
+    for entry in report:
+        if not entry["exists"]:
+            lines.append(f"{entry['name']}: (does not exist)")
+            continue
+        d = entry["depth"]
+        lines.append(f"{entry['name']}: {d['visible']} visible, {d['in_flight']} in flight, {d['delayed']} delayed")
+        if "dlq_depth" in entry:
+            dd = entry["dlq_depth"]
+            lines.append(f"  {entry['dlq']}: {dd['visible']} visible, {dd['in_flight']} in flight")
+            for message in entry.get("dlq_messages", []):
+                lines.append(f"    [{message['messageId']}] (received {message['receiveCount']}x) {message['body']}")
+        else:
+            lines.append(f"  {entry['dlq']}: (does not exist)")
+    return "\n".join(lines)
+
+
+def _to_send_attributes(message_attributes):
+    out = {}
+    for key, value in (message_attributes or {}).items():
+        item = {"DataType": value["DataType"]}
+        for field in ("StringValue", "BinaryValue"):
+            if field in value:
+                item[field] = value[field]
+        out[key] = item
+    return out
+
+
+def redrive(sqs, spec, limit=None):
+    """Move the DLQ's visible messages back to the source queue; returns how many moved.
+
+    Done by hand (receive, send, delete) because emulators do not all
+    implement StartMessageMoveTask. A message is deleted from the DLQ only
+    after the source queue accepted it (at-least-once: a crash in between
+    duplicates, never loses, which the idempotent consumers absorb)."""
+    url, dlq_url = queue_url(sqs, spec.name), queue_url(sqs, spec.dlq_name)
+    if url is None or dlq_url is None:
+        raise RuntimeError(f"queue {spec.name} or {spec.dlq_name} does not exist")
+    moved = 0
+    while limit is None or moved < limit:
+        batch = sqs.receive_message(
+            QueueUrl=dlq_url, MaxNumberOfMessages=10, WaitTimeSeconds=0, VisibilityTimeout=60,
+            MessageAttributeNames=["All"],
+        ).get("Messages", [])
+        if not batch:
+            break
+        entries = [{"Id": str(i), "MessageBody": m["Body"], "MessageAttributes": _to_send_attributes(m.get("MessageAttributes"))}
+                   for i, m in enumerate(batch)]
+        for entry in entries:
+            if not entry["MessageAttributes"]:
+                del entry["MessageAttributes"]
+        sent = sqs.send_message_batch(QueueUrl=url, Entries=entries)
+        ok = {e["Id"] for e in sent.get("Successful", [])}
+        if sent.get("Failed"):
+            log.error("source queue refused %d message(s): %s", len(sent["Failed"]), sent["Failed"])
+        done = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch) if str(i) in ok]
+        if done:
+            sqs.delete_message_batch(QueueUrl=dlq_url, Entries=done)
+        moved += len(done)
+        if not done:
+            break
+    return moved
