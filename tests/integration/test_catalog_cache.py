@@ -1,0 +1,162 @@
+"""Product cache against real Redis and MariaDB: X-Cache states, stampede
+protection, and read-your-writes even when readers race writers."""
+import random
+import socket
+import threading
+import time
+
+import pytest
+
+from chalicelib import bootstrap
+from chalicelib.errors import ServiceUnavailable
+from tests.conftest import make_product
+
+
+def test_miss_then_hit_then_fresh_after_write(catalog):
+    product = make_product(catalog, name="Kettle")
+    assert catalog.get(product["id"])[1] == "MISS"
+    cached, state = catalog.get(product["id"])
+    assert state == "HIT" and cached["name"] == "Kettle"
+
+    catalog.update(product["id"], {"name": "Kettle Pro"})
+    fresh, state = catalog.get(product["id"])
+    assert fresh["name"] == "Kettle Pro" and fresh["version"] == 2
+    assert state == "MISS"
+
+
+def test_slow_reader_cannot_put_back_an_old_copy(catalog):
+    """The classic race: a reader loads v1, the write commits v2 and
+    invalidates, then the slow reader tries to cache v1."""
+    product = make_product(catalog, price_cents=100)
+    old_copy = catalog.load(product["id"])
+    catalog.update(product["id"], {"price_cents": 200})
+
+    assert bootstrap.product_cache().put(old_copy) is False
+    fresh, _ = catalog.get(product["id"])
+    assert fresh["price_cents"] == 200
+
+
+def test_newer_copy_is_never_replaced_by_older(catalog):
+    product = make_product(catalog)
+    v1 = catalog.load(product["id"])
+    catalog.update(product["id"], {"name": "second"})
+    v2 = catalog.load(product["id"])
+    cache = bootstrap.product_cache()
+    assert cache.put(v2) is True
+    assert cache.put(v1) is False
+    assert cache.get(product["id"])[0]["name"] == "second"
+
+
+def test_stock_changes_invalidate(catalog):
+    product = make_product(catalog, stock=5)
+    catalog.get(product["id"])
+    catalog.adjust_stock(product["id"], {"delta": 7})
+    assert catalog.get(product["id"])[0]["stock"] == 12
+
+
+@pytest.mark.slow
+def test_racing_readers_never_see_a_value_older_than_the_last_completed_write(catalog, monkeypatch):
+    product = make_product(catalog, price_cents=0)
+    pid = product["id"]
+    committed = {"version": product["version"]}
+    stop = threading.Event()
+    violations, errors = [], []
+
+    real_load = catalog.load
+
+    def slow_load(product_id):
+        row = real_load(product_id)
+        time.sleep(random.uniform(0, 0.004))  # widen the window between MySQL read and cache put
+        return row
+
+    monkeypatch.setattr(catalog, "load", slow_load)
+
+    def reader():
+        try:
+            while not stop.is_set():
+                floor = committed["version"]
+                seen, _ = catalog.get(pid)
+                if seen["version"] < floor:
+                    violations.append((floor, seen["version"]))
+        except Exception as exc:
+            errors.append(repr(exc))
+
+    readers = [threading.Thread(target=reader) for _ in range(8)]
+    for t in readers:
+        t.start()
+    try:
+        for price in range(1, 121):
+            updated = catalog.update(pid, {"price_cents": price})
+            committed["version"] = updated["version"]
+            seen, _ = catalog.get(pid)
+            assert seen["price_cents"] == price, "a read right after the write returned an old value"
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+    assert errors == []
+    assert violations == []
+
+
+def _closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_redis_down_reads_bypass_quickly(clean_db, monkeypatch):
+    product = make_product(bootstrap.catalog(), name="Lamp")
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{_closed_port()}/0")
+    bootstrap.reset()
+    catalog = bootstrap.catalog()
+    started = time.perf_counter()
+    for _ in range(20):
+        found, state = catalog.get(product["id"])
+        assert state == "BYPASS" and found["name"] == "Lamp"
+    # The breaker opens after the first failures: 20 reads cost far less than 20 timeouts.
+    assert time.perf_counter() - started < 20 * 0.25
+    updated = catalog.update(product["id"], {"name": "Lamp 2"})
+    assert updated["version"] == 2
+    bootstrap.reset()
+
+
+def test_mysql_down_serves_stale_copy_and_503_when_uncached(clean_db, monkeypatch):
+    monkeypatch.setenv("CACHE_TTL_SECONDS", "0")  # every copy is due for reload at once
+    bootstrap.reset()
+    product = make_product(bootstrap.catalog(), name="Chair")
+    bootstrap.catalog().get(product["id"])
+
+    monkeypatch.setenv("DATABASE_URL", f"mysql://root:@127.0.0.1:{_closed_port()}/nowhere")
+    bootstrap.reset()
+    found, state = bootstrap.catalog().get(product["id"])
+    assert state == "STALE" and found["name"] == "Chair"
+    with pytest.raises(ServiceUnavailable):
+        bootstrap.catalog().get(product["id"] + 1000)
+    bootstrap.reset()
+
+
+def test_one_loader_per_hot_key(catalog, monkeypatch):
+    product = make_product(catalog)
+    loads = []
+    real_load = catalog.load
+
+    def counting_load(product_id):
+        loads.append(product_id)
+        time.sleep(0.05)
+        return real_load(product_id)
+
+    monkeypatch.setattr(catalog, "load", counting_load)
+    barrier = threading.Barrier(10)
+    states = []
+
+    def read():
+        barrier.wait()
+        states.append(catalog.get(product["id"])[1])
+
+    threads = [threading.Thread(target=read) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1
+    assert len(states) == 10
