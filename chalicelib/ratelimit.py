@@ -3,11 +3,13 @@ In the cloud API Gateway usage plans do this; APP_RATE_LIMIT switches it off."""
 import logging
 import time
 
+import redis
+
 from .cache import CacheUnavailable
 
 log = logging.getLogger(__name__)
 
-# KEYS[1]: bucket. ARGV: rate/s, burst, now (ms). Returns {allowed, retry_after_ms}.
+# KEYS[1]: bucket. ARGV: rate/s, burst, now (ms, fractional). Returns {allowed, retry_after_ms}.
 _TAKE = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
@@ -43,10 +45,16 @@ class RateLimiter:
         try:
             allowed, wait_ms = self.gateway.call(lambda r: script(
                 keys=[self.gateway.key(f"ratelimit:{api_key}")],
-                args=[plan["rate_per_second"], plan["burst"], int(self.clock() * 1000)],
+                # Fractional milliseconds: truncating to whole ms would under-credit
+                # fast plans (1/50 s = 19.99.. ms -> 19 ms -> 0.95 of a token).
+                args=[plan["rate_per_second"], plan["burst"], round(self.clock() * 1000, 3)],
                 client=r,
             ))
         except CacheUnavailable as exc:
             log.warning("rate limiting failed open (redis unavailable): %s", exc)
+            return True, 0
+        except redis.exceptions.RedisError as exc:
+            # e.g. READONLY from a replica mid-failover, OOM: limit nothing rather than fail every request.
+            log.warning("rate limiting failed open (redis error): %s", exc)
             return True, 0
         return bool(allowed), max(1, -(-int(wait_ms) // 1000)) if not allowed else 0
