@@ -1,0 +1,98 @@
+"""Unit tests of pure logic: no services."""
+import pytest
+
+from chalicelib.breaker import CircuitBreaker, CircuitOpen
+from chalicelib.errors import PayloadTooLarge, ValidationError
+from chalicelib.orders import InvalidOrder, OrderRequest, parse_batch
+from chalicelib.settings import Settings, parse_database_url
+from chalicelib import validation as v
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_breaker_opens_after_threshold_and_lets_one_probe_through():
+    clock = FakeClock()
+    breaker = CircuitBreaker("x", failure_threshold=2, reset_after=1.0, clock=clock)
+    breaker.before_call()
+    breaker.record_failure()
+    breaker.before_call()
+    breaker.record_failure()
+    assert breaker.state == "open"
+    with pytest.raises(CircuitOpen):
+        breaker.before_call()
+    clock.now = 1.5
+    breaker.before_call()  # the probe
+    with pytest.raises(CircuitOpen):
+        breaker.before_call()  # only one probe at a time
+    breaker.record_failure()
+    assert breaker.state == "open"
+    clock.now = 3.0
+    breaker.before_call()
+    breaker.record_success()
+    assert breaker.state == "closed"
+    breaker.before_call()
+
+
+def test_parse_batch_merges_duplicate_lines_in_id_order():
+    [order] = parse_batch({"orders": [{"client_order_id": "a", "user_id": 1, "items": [
+        {"product_id": 9, "quantity": 1}, {"product_id": 3, "quantity": 2}, {"product_id": 9, "quantity": 4}]}]})
+    assert isinstance(order, OrderRequest)
+    assert list(order.quantities.items()) == [(3, 2), (9, 5)]
+
+
+def test_request_hash_ignores_line_order_but_not_quantities():
+    def parsed(items):
+        return parse_batch({"orders": [{"client_order_id": "a", "user_id": 1, "items": items}]})[0]
+
+    one = parsed([{"product_id": 1, "quantity": 1}, {"product_id": 2, "quantity": 1}])
+    same = parsed([{"product_id": 2, "quantity": 1}, {"product_id": 1, "quantity": 1}])
+    other = parsed([{"product_id": 1, "quantity": 2}, {"product_id": 2, "quantity": 1}])
+    assert one.request_hash == same.request_hash != other.request_hash
+
+
+def test_invalid_order_keeps_its_client_order_id():
+    [bad] = parse_batch({"orders": [{"client_order_id": "keep", "user_id": "x", "items": []}]})
+    assert isinstance(bad, InvalidOrder) and bad.client_order_id == "keep"
+    assert "user_id" in bad.error.message
+
+
+@pytest.mark.parametrize("body,error", [
+    ([], ValidationError), ({}, ValidationError), ({"orders": []}, ValidationError),
+    ({"orders": [{}] * 101}, PayloadTooLarge), ({"orders": [], "x": 1}, ValidationError),
+])
+def test_whole_request_errors(body, error):
+    with pytest.raises(error):
+        parse_batch(body)
+
+
+@pytest.mark.parametrize("value", [True, False, 1.0, "1", None, 2**60])
+def test_integer_rejects_non_integers_and_huge_numbers(value):
+    with pytest.raises(ValidationError):
+        v.integer(value, "n", 0)
+
+
+@pytest.mark.parametrize("raw", ["", "0", "-3", "1.0", "x", "١٢", "9" * 19])
+def test_path_id_rejects(raw):
+    with pytest.raises(ValidationError):
+        v.path_id(raw)
+
+
+def test_settings_environment_overrides_stage_config():
+    settings = Settings({"STAGE": "local", "INVENTORY_STRATEGY": "pessimistic"})
+    assert settings.inventory_strategy == "pessimistic"
+    assert settings.get("DATABASE_URL") == "mysql://root:@127.0.0.1:3306/shop"  # from .chalice/config.json
+    assert Settings({"STAGE": "prod"}).rate_limit_enabled is False
+
+
+def test_database_url_parsing():
+    target = parse_database_url("mysql://app:p%40ss@db.example:3307/shop")
+    assert (target.user, target.password, target.host, target.port, target.database) == (
+        "app", "p@ss", "db.example", 3307, "shop")
+    with pytest.raises(ValueError):
+        parse_database_url("postgres://x/y")
