@@ -39,7 +39,9 @@ class Stop(Exception):
 
 
 def _raise_stop(signum, frame):
-    raise Stop(signal.Signals(signum).name)
+    name = signal.Signals(signum).name
+    log.info("%s: stopping everything this command started", name)
+    raise Stop(name)
 
 
 def base_environment():
@@ -121,7 +123,8 @@ class Child:
     def stop(self, timeout=10):
         if self.proc is None or self.proc.poll() is not None:
             return
-        for sig, wait in ((signal.SIGINT, timeout / 2), (signal.SIGTERM, timeout / 2), (signal.SIGKILL, 5)):
+        # SIGTERM: pollers finish their batch and exit; chalice local just exits.
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
@@ -210,8 +213,8 @@ def run(args):
                     child.stop()
                 if children:
                     log.info("stopped the API server and pollers")
-    except Stop as stop:
-        log.info("stopping (%s)", stop)
+    except Stop:
+        log.info("stopped")
         return 0
     except KeyboardInterrupt:
         return 0
