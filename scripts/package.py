@@ -25,6 +25,7 @@ Steps:
 """
 import argparse
 import copy
+import importlib.util
 import json
 import os
 import re
@@ -183,15 +184,16 @@ def function_environment(plans):
     }
 
 
-def _queue_logical_id(queue, template):
+def _queue_logical_id(queue, template, queue_names=None):
     """The infra queue an SQS event source points at, or None."""
+    queue_names = queue_names or QUEUES
     if isinstance(queue, dict) and "Fn::GetAtt" in queue:
         return queue["Fn::GetAtt"][0]
     text = queue.get("Fn::Sub") if isinstance(queue, dict) else queue
     if isinstance(text, str):
         name = text.rsplit(":", 1)[-1]
-        if name in QUEUES:
-            return QUEUES[name]
+        if name in queue_names:
+            return queue_names[name]
         if name in template["Resources"] and template["Resources"][name]["Type"] == "AWS::SQS::Queue":
             return name
     return None
@@ -207,7 +209,7 @@ def _consumer_timeouts(template):
     return timeouts
 
 
-def postprocess(template, plans, api_stage=None):
+def postprocess(template, plans, api_stage=None, queue_names=None):
     """Mutate the packaged template in place; returns a list of notes (what was changed)."""
     notes = []
     resources = template["Resources"]
@@ -220,10 +222,10 @@ def postprocess(template, plans, api_stage=None):
                 if event.get("Type") != "SQS":
                     continue
                 ep = event["Properties"]
-                queue_id = _queue_logical_id(ep["Queue"], template)
+                queue_id = _queue_logical_id(ep["Queue"], template, queue_names)
                 if queue_id is None:
                     raise SystemExit(f"{logical_id}.{event_id}: SQS queue {ep['Queue']!r} is not an infra queue "
-                                     f"(known: {sorted(QUEUES)})")
+                                     f"(known: {sorted(queue_names or QUEUES)})")
                 ep["Queue"] = {"Fn::GetAtt": [queue_id, "Arn"]}
                 ep["FunctionResponseTypes"] = ["ReportBatchItemFailures"]
                 notes.append(f"{logical_id}: SQS {queue_id} with ReportBatchItemFailures")
@@ -316,8 +318,38 @@ def api_stage_name(project_dir, stage):
     return config.get("stages", {}).get(stage, {}).get("api_gateway_stage") or config.get("api_gateway_stage") or "api"
 
 
+def _settings_names(project_dir):
+    """Names chalicelib.settings lets the process environment override."""
+    path = Path(project_dir) / "chalicelib" / "settings.py"
+    if not path.exists():
+        return set()
+    spec = importlib.util.spec_from_file_location("_shop_settings_for_package", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return set(getattr(module, "DEFAULTS", {}))
+
+
+def stage_queue_names(project_dir, stage):
+    """Queue names the app uses in `stage` (config file values), -> infra logical id."""
+    config_path = Path(project_dir) / ".chalice" / "config.json"
+    names = dict(QUEUES)
+    if config_path.exists():
+        config = json.loads(config_path.read_text())
+        values = dict(config.get("environment_variables", {}))
+        values.update(config.get("stages", {}).get(stage, {}).get("environment_variables", {}))
+        for env_name, logical_id in QUEUE_ENV.items():
+            if values.get(env_name):
+                names[values[env_name]] = logical_id
+    return names
+
+
 def run_chalice_package(project_dir, stage, merge_template, outdir):
-    env = dict(os.environ)
+    # The app is imported while packaging (queue names in decorators may come from
+    # settings), so it must see the stage's configuration, not this shell's
+    # local/test overrides such as ORDER_QUEUE_NAME=test-...
+    drop = _settings_names(project_dir)
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("SHOP_")}
+    env["STAGE"] = stage
     env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     cmd = [sys.executable, "-c", "import sys; from chalice.cli import main; sys.exit(main())",
            "--project-dir", str(project_dir), "package", "--stage", stage,
@@ -340,7 +372,8 @@ def package(stage="dev", out="build", project_dir=PROJECT_DIR, infra=INFRA_TEMPL
         shutil.rmtree(chalice_out)
     run_chalice_package(project_dir, stage, merge_path, chalice_out)
     template = json.loads((chalice_out / "sam.json").read_text())
-    notes = postprocess(template, plans, api_stage=api_stage_name(project_dir, stage))
+    notes = postprocess(template, plans, api_stage=api_stage_name(project_dir, stage),
+                        queue_names=stage_queue_names(project_dir, stage))
     result = out / "sam.json"
     result.write_text(json.dumps(template, indent=2))
     shutil.copy(chalice_out / "deployment.zip", out / "deployment.zip")

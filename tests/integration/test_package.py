@@ -1,0 +1,317 @@
+"""scripts/package.py: one deployable template (Chalice app + infra/), checked by
+cfn-lint and by reading it: usage plans with the configured limits, partial
+batch responses on every SQS mapping, an API key on every route but /health,
+and no credentials anywhere. Packages the real app and a throwaway app that
+already has the two SQS consumers."""
+import importlib.util
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CFN_LINT = Path(sys.executable).with_name("cfn-lint")
+# cfn-lint checks to ignore, each with the reason. Empty: the templates lint clean.
+IGNORED_CHECKS = {}
+
+
+def _load_package_module():
+    spec = importlib.util.spec_from_file_location("shop_package_script", ROOT / "scripts" / "package.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+package = _load_package_module()
+PLANS = json.loads((ROOT / "chalicelib" / "usage_plans.json").read_text())
+
+TINY_APP = textwrap.dedent('''
+    from chalice import Chalice
+
+    app = Chalice(app_name="shop")
+
+
+    @app.route("/health")
+    def health():
+        return {"status": "ok"}
+
+
+    @app.route("/products/{product_id}", methods=["GET"], api_key_required=True)
+    def get_product(product_id):
+        return {}
+
+
+    @app.route("/forgotten", methods=["POST"])
+    def forgotten():
+        return {}
+
+
+    @app.on_sqs_message(queue="shop-order-ingest", batch_size=10)
+    def handle_order_ingest(event):
+        return None
+
+
+    @app.on_sqs_message(queue="shop-cache-invalidation", batch_size=10)
+    def handle_cache_invalidation(event):
+        return None
+''')
+
+TINY_CONFIG = {
+    "version": "2.0",
+    "app_name": "shop",
+    "lambda_timeout": 45,
+    "environment_variables": {"AWS_DEFAULT_REGION": "us-east-1", "POWERTOOLS_SERVICE_NAME": "shop"},
+    "stages": {"dev": {"api_gateway_stage": "dev",
+                       "environment_variables": {"STAGE": "dev", "DATABASE_SECRET_ARN": "", "REDIS_URL": "",
+                                                 "DATABASE_URL": "mysql://root:@127.0.0.1:3306/shop"}}},
+}
+
+
+def lint(path):
+    cmd = [str(CFN_LINT), "--format", "parseable"]
+    if IGNORED_CHECKS:
+        cmd += ["--ignore-checks", *IGNORED_CHECKS]
+    result = subprocess.run(cmd + [str(path)], capture_output=True, text=True)
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def real_template(tmp_path_factory):
+    out = tmp_path_factory.mktemp("package-real")
+    path = package.package(stage="dev", out=out, quiet=True)
+    return path, json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny_template(tmp_path_factory):
+    project = tmp_path_factory.mktemp("tiny-app")
+    (project / ".chalice").mkdir()
+    (project / ".chalice" / "config.json").write_text(json.dumps(TINY_CONFIG))
+    (project / "app.py").write_text(TINY_APP)
+    (project / "requirements.txt").write_text("")
+    out = project / "build"
+    path = package.package(stage="dev", out=out, project_dir=project, quiet=True)
+    return path, json.loads(path.read_text())
+
+
+@pytest.fixture(params=["real", "tiny"])
+def packaged(request, real_template, tiny_template):
+    return real_template if request.param == "real" else tiny_template
+
+
+def functions(template):
+    return {k: r for k, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
+
+
+def sqs_events(template):
+    for name, fn in functions(template).items():
+        for event_id, event in (fn["Properties"].get("Events") or {}).items():
+            if event["Type"] == "SQS":
+                yield name, event_id, event["Properties"]
+
+
+# ------------------------------------------------------------------ cfn-lint
+def test_infra_template_alone_passes_cfn_lint():
+    code, output = lint(ROOT / "infra" / "template.yml")
+    assert code == 0, output
+
+
+def test_packaged_template_passes_cfn_lint(packaged):
+    path, _ = packaged
+    code, output = lint(path)
+    assert code == 0, output
+
+
+def test_lint_would_catch_a_broken_template(real_template, tmp_path):
+    _, template = real_template
+    broken = json.loads(json.dumps(template))
+    broken["Resources"]["UsagePlanLimited"]["Properties"]["Throttle"]["BurstLimit"] = "five"
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(broken))
+    code, output = lint(path)
+    assert code != 0 and "E3012" in output
+
+
+# ------------------------------------------------------------------ contents
+def test_one_template_holds_app_and_infra(real_template):
+    path, template = real_template
+    assert (path.parent / "deployment.zip").exists()
+    assert template["Transform"] == "AWS::Serverless-2016-10-31"
+    types = {r["Type"] for r in template["Resources"].values()}
+    for required in ("AWS::Serverless::Api", "AWS::Serverless::Function", "AWS::EC2::VPC", "AWS::RDS::DBInstance",
+                     "AWS::RDS::DBProxy", "AWS::ElastiCache::ReplicationGroup", "AWS::SQS::Queue",
+                     "AWS::SecretsManager::Secret", "AWS::ApiGateway::UsagePlan", "AWS::ApiGateway::ApiKey",
+                     "AWS::CloudWatch::Alarm", "AWS::CloudWatch::Dashboard"):
+        assert required in types, required
+
+
+def test_usage_plans_and_keys_have_the_configured_limits(packaged):
+    _, template = packaged
+    resources = template["Resources"]
+    plans = [r for r in resources.values() if r["Type"] == "AWS::ApiGateway::UsagePlan"]
+    assert len(plans) == len(PLANS["plans"])
+    for name, plan in PLANS["plans"].items():
+        suffix = package.logical_suffix(name)
+        props = resources[f"UsagePlan{suffix}"]["Properties"]
+        assert props["Throttle"] == {"RateLimit": plan["rate_per_second"], "BurstLimit": plan["burst"]}
+        assert props["ApiStages"] == [{"ApiId": {"Ref": "RestAPI"}, "Stage": {"Ref": "RestAPI.Stage"}}]
+        if plan.get("quota"):
+            assert props["Quota"]["Limit"] == plan["quota"]["limit"]
+        assert resources[f"ApiKey{suffix}"]["Type"] == "AWS::ApiGateway::ApiKey"
+        assert "Value" not in resources[f"ApiKey{suffix}"]["Properties"]  # generated by API Gateway
+        link = resources[f"UsagePlanKey{suffix}"]["Properties"]
+        assert link == {"KeyId": {"Ref": f"ApiKey{suffix}"}, "KeyType": "API_KEY",
+                        "UsagePlanId": {"Ref": f"UsagePlan{suffix}"}}
+
+
+def test_every_route_but_health_requires_an_api_key(packaged):
+    _, template = packaged
+    body = template["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]
+    assert body["securityDefinitions"]["api_key"] == {"type": "apiKey", "name": "x-api-key", "in": "header"}
+    seen = []
+    for path, methods in body["paths"].items():
+        for method, op in methods.items():
+            if method.startswith("x-") or method == "options":
+                continue
+            seen.append((method, path))
+            if path == "/health":
+                assert "security" not in op
+            else:
+                assert {"api_key": []} in op.get("security", []), (method, path)
+    assert ("get", "/health") in seen and len(seen) > 1
+
+
+def test_tiny_app_route_without_api_key_required_gets_one(tiny_template):
+    _, template = tiny_template
+    op = template["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["paths"]["/forgotten"]["post"]
+    assert op["security"] == [{"api_key": []}]
+
+
+def test_sqs_mappings_report_batch_item_failures_on_the_infra_queues(tiny_template):
+    _, template = tiny_template
+    events = {fn: props for fn, _, props in sqs_events(template)}
+    assert set(events) == {"HandleOrderIngest", "HandleCacheInvalidation"}
+    assert events["HandleOrderIngest"]["Queue"] == {"Fn::GetAtt": ["OrderIngestQueue", "Arn"]}
+    assert events["HandleCacheInvalidation"]["Queue"] == {"Fn::GetAtt": ["CacheInvalidationQueue", "Arn"]}
+    for props in events.values():
+        assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+        assert props["BatchSize"] == 10
+
+
+def test_real_app_sqs_consumers_if_any_are_wired_the_same_way(real_template):
+    _, template = real_template
+    declared = "on_sqs_message" in "".join(p.read_text() for p in [ROOT / "app.py", *ROOT.glob("chalicelib/**/*.py")])
+    events = list(sqs_events(template))
+    if declared:
+        assert events, "app declares SQS handlers but the template has no SQS event"
+    for fn, _, props in events:
+        assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"], fn
+        assert props["Queue"]["Fn::GetAtt"][0] in ("OrderIngestQueue", "CacheInvalidationQueue"), fn
+    by_handler = {r["Properties"]["Handler"]: r for r in functions(template).values()}
+    for handler, queue in (("app.handle_order_ingest", "OrderIngestQueue"),
+                           ("app.handle_cache_invalidation", "CacheInvalidationQueue")):
+        if handler in by_handler:
+            queues = [e["Properties"]["Queue"] for e in by_handler[handler]["Properties"]["Events"].values()]
+            assert queues == [{"Fn::GetAtt": [queue, "Arn"]}]
+
+
+def test_queues_have_dlq_redrive_and_visibility_of_six_consumer_timeouts(packaged):
+    _, template = packaged
+    resources = template["Resources"]
+    visibility = template["Parameters"]["QueueVisibilityTimeout"]["Default"]
+    consumer_timeouts = [fn["Properties"]["Timeout"] for fn in functions(template).values()
+                         if any(e["Type"] == "SQS" for e in (fn["Properties"].get("Events") or {}).values())]
+    assert visibility >= 6 * max(consumer_timeouts, default=0)
+    for queue, dlq in (("OrderIngestQueue", "OrderIngestDeadLetterQueue"),
+                       ("CacheInvalidationQueue", "CacheInvalidationDeadLetterQueue")):
+        props = resources[queue]["Properties"]
+        assert props["VisibilityTimeout"] == {"Ref": "QueueVisibilityTimeout"}
+        assert props["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": [dlq, "Arn"]}
+        assert resources[dlq]["Properties"]["MessageRetentionPeriod"] == 1209600
+
+
+def test_tiny_app_visibility_follows_a_longer_consumer_timeout(tmp_path):
+    template = {"Parameters": {"QueueVisibilityTimeout": {"Type": "Number", "Default": 360, "MinValue": 30},
+                               "Stage": {"Type": "String", "Default": "dev"}},
+                "Resources": {"Consumer": {"Type": "AWS::Serverless::Function", "Properties": {
+                    "Timeout": 120, "Role": "arn:aws:iam::123456789012:role/x",
+                    "Events": {"Q": {"Type": "SQS", "Properties": {"Queue": "shop-order-ingest", "BatchSize": 10}}}}}}}
+    package.postprocess(template, PLANS)
+    assert template["Parameters"]["QueueVisibilityTimeout"]["Default"] == 720
+    assert template["Parameters"]["QueueVisibilityTimeout"]["MinValue"] == 720
+
+
+def test_plain_event_source_mappings_get_partial_batch_responses_too():
+    template = {"Parameters": {"QueueVisibilityTimeout": {"Default": 360}, "Stage": {"Default": "dev"}},
+                "Resources": {"Mapping": {"Type": "AWS::Lambda::EventSourceMapping", "Properties": {
+                    "EventSourceArn": {"Fn::GetAtt": ["OrderIngestQueue", "Arn"]}, "FunctionName": "f"}}}}
+    package.postprocess(template, PLANS)
+    assert template["Resources"]["Mapping"]["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_sqs_handler_on_an_unknown_queue_fails_packaging():
+    template = {"Parameters": {"QueueVisibilityTimeout": {"Default": 360}, "Stage": {"Default": "dev"}},
+                "Resources": {"Consumer": {"Type": "AWS::Serverless::Function", "Properties": {
+                    "Timeout": 60, "Events": {"Q": {"Type": "SQS", "Properties": {
+                        "Queue": {"Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:no-such-queue"}}}}}}}}
+    with pytest.raises(SystemExit, match="not an infra queue"):
+        package.postprocess(template, PLANS)
+
+
+def test_functions_run_in_the_vpc_with_secret_not_credentials(packaged):
+    _, template = packaged
+    for name, fn in functions(template).items():
+        props = fn["Properties"]
+        assert props["VpcConfig"]["SubnetIds"] == [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
+        assert props["VpcConfig"]["SecurityGroupIds"] == [{"Ref": "LambdaSecurityGroup"}]
+        env = props["Environment"]["Variables"]
+        assert env["DATABASE_SECRET_ARN"] == {"Ref": "DatabaseSecret"}
+        assert env["DATABASE_HOST"] == {"Fn::GetAtt": ["DatabaseProxy", "Endpoint"]}
+        assert env["REDIS_URL"]["Fn::Sub"].startswith("rediss://")  # TLS: transit encryption is on
+        assert env["ORDER_QUEUE_NAME"] == {"Fn::GetAtt": ["OrderIngestQueue", "QueueName"]}
+        assert "DATABASE_URL" not in env
+        assert not (set(env) & package.RESERVED_ENV), name
+        assert env["ADMIN_API_KEY_IDS"] == {"Fn::Join": [",", [{"Ref": "ApiKeyAdmin"}]]}
+        role = template["Resources"][props["Role"]["Fn::GetAtt"][0]]
+        assert {"Ref": "LambdaAccessPolicy"} in role["Properties"]["ManagedPolicyArns"]
+    text = json.dumps(template)
+    for needle in ("shop-local-", "AWS_SECRET_ACCESS_KEY", "MasterUserPassword\": \"", "root:@"):
+        assert needle not in text, needle
+    db = template["Resources"]["Database"]["Properties"]
+    assert db["MasterUserPassword"]["Fn::Sub"].startswith("{{resolve:secretsmanager:")
+
+
+def test_credentials_check_rejects_a_password_in_the_environment():
+    template = {"Resources": {"F": {"Type": "AWS::Serverless::Function", "Properties": {
+        "Environment": {"Variables": {"DATABASE_URL": "mysql://shop:hunter2@db:3306/shop"}}}}}}
+    with pytest.raises(SystemExit, match="embeds a password"):
+        package.check_no_credentials(template)
+    template["Resources"]["F"]["Properties"]["Environment"]["Variables"] = {"DB_PASSWORD": "x"}
+    with pytest.raises(SystemExit, match="credential"):
+        package.check_no_credentials(template)
+
+
+def test_multi_az_is_a_parameter_and_alarms_watch_the_documented_metrics(real_template):
+    _, template = real_template
+    params, resources = template["Parameters"], template["Resources"]
+    assert params["DatabaseMultiAZ"]["AllowedValues"] == ["true", "false"]
+    assert resources["Database"]["Properties"]["MultiAZ"] == {"Fn::If": ["IsMultiAZ", True, False]}
+    assert resources["Database"]["Properties"]["EngineVersion"] == {"Ref": "DatabaseEngineVersion"}
+    assert params["DatabaseEngineVersion"]["Default"].startswith("8.")
+    assert resources["Redis"]["Properties"]["TransitEncryptionEnabled"] is True
+    latency = resources["OrderLatencyP99Alarm"]["Properties"]
+    assert (latency["Namespace"], latency["MetricName"], latency["ExtendedStatistic"]) == ("Shop", "OrderLatency", "p99")
+    cache_metrics = {(m["MetricStat"]["Metric"]["MetricName"], m["MetricStat"]["Metric"]["Dimensions"][0]["Value"])
+                     for m in resources["CacheHitRatioLowAlarm"]["Properties"]["Metrics"] if "MetricStat" in m}
+    assert cache_metrics == {(metric, result) for metric in ("ProductCache", "SearchCache")
+                             for result in ("HIT", "MISS", "BYPASS", "STALE")}
+    for dlq in ("OrderIngestDeadLetterAlarm", "CacheInvalidationDeadLetterAlarm"):
+        assert resources[dlq]["Properties"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert resources["Api5xxRateAlarm"]["Properties"]["MetricName"] == "5XXError"
+    dashboard = json.dumps(resources["Dashboard"]["Properties"]["DashboardBody"])
+    for needle in ("OrderLatency", "ProductCache", "SearchCache", "Errors", "RequestLatency", "5XXError"):
+        assert needle in dashboard
+    assert params["Stage"]["Default"] == "dev"  # the API Gateway stage the 5xx alarm watches
