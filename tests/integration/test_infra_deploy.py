@@ -1,0 +1,286 @@
+"""Deploy to the local AWS endpoint what it supports, from the same generated
+template scripts/package.py builds, and check queues, keys and usage plans.
+
+moto's CloudFormation implements AWS::SQS::Queue, VPC/subnets/security groups
+and route tables but not API Gateway API keys, usage plans or usage plan keys
+(nor RDS Proxy, ElastiCache, Secrets Manager, alarms). So: a CloudFormation
+stack of the supported resources (those whose references stay inside the
+supported set), and the generated AWS::ApiGateway::ApiKey / UsagePlan /
+UsagePlanKey resources replayed as the equivalent boto3 calls.
+
+The endpoint is $AWS_ENDPOINT_URL (default http://127.0.0.1:4566); if nothing
+answers there, this module starts its own `python -m moto.server` on a free port."""
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+ROOT = Path(__file__).resolve().parents[2]
+PLANS = json.loads((ROOT / "chalicelib" / "usage_plans.json").read_text())
+# Resource types the local endpoint (moto 5) creates through CloudFormation.
+CFN_SUPPORTED = {
+    "AWS::SQS::Queue", "AWS::EC2::VPC", "AWS::EC2::Subnet", "AWS::EC2::SecurityGroup",
+    "AWS::EC2::RouteTable", "AWS::EC2::SubnetRouteTableAssociation",
+}
+API_TYPES = ("AWS::ApiGateway::ApiKey", "AWS::ApiGateway::UsagePlan", "AWS::ApiGateway::UsagePlanKey")
+
+
+def _load_package_module():
+    spec = importlib.util.spec_from_file_location("shop_package_script_deploy", ROOT / "scripts" / "package.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+package = _load_package_module()
+
+
+def _client(service, endpoint, timeout=5):
+    return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                        aws_secret_access_key="test",
+                        config=Config(connect_timeout=timeout, read_timeout=30, retries={"max_attempts": 1}))
+
+
+def _answers(endpoint):
+    try:
+        _client("sqs", endpoint, timeout=1).list_queues()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory):
+    url = os.environ.get("AWS_ENDPOINT_URL") or "http://127.0.0.1:4566"
+    if _answers(url):
+        yield url
+        return
+    from tests.conftest import free_port
+
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while not _answers(url):
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail("could not start a moto server")
+        time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+# ------------------------------------------------------------------ template subset
+def references(node):
+    """Logical ids a template fragment refers to (Ref, GetAtt, ${...} in Sub)."""
+    found = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref" and isinstance(value, str):
+                found.add(value.split(".")[0])
+            elif key == "Fn::GetAtt":
+                found.add(value[0] if isinstance(value, list) else value.split(".")[0])
+            elif key == "Fn::Sub":
+                text = value[0] if isinstance(value, list) else value
+                found |= {m.split(".")[0] for m in re.findall(r"\$\{([^!}][^}]*)\}", text)}
+                if isinstance(value, list):
+                    found |= references(value[1])
+            else:
+                found |= references(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= references(item)
+    return found
+
+
+def supported_subset(template):
+    """The resources of supported types whose references stay within the subset, to a fixed point."""
+    params = set(template.get("Parameters", {}))
+    chosen = {k for k, r in template["Resources"].items() if r["Type"] in CFN_SUPPORTED}
+    while True:
+        keep = {k for k in chosen
+                if all(ref in chosen or ref in params or ref.startswith("AWS::")
+                       for ref in references(template["Resources"][k]))}
+        if keep == chosen:
+            break
+        chosen = keep
+    return {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Parameters": template["Parameters"],
+        "Conditions": template.get("Conditions", {}),
+        "Resources": {k: template["Resources"][k] for k in sorted(chosen)},
+    }
+
+
+def resolve(node, params, ids):
+    """Enough intrinsic-function evaluation for the generated API Gateway resources."""
+    if isinstance(node, dict):
+        if "Ref" in node:
+            return {**params, **ids}[node["Ref"]]
+        if "Fn::Sub" in node:
+            values = {**params, **ids}
+            return re.sub(r"\$\{([^}]+)\}", lambda m: str(values[m.group(1)]), node["Fn::Sub"])
+        return {k: resolve(v, params, ids) for k, v in node.items()}
+    if isinstance(node, list):
+        return [resolve(v, params, ids) for v in node]
+    return node
+
+
+def replay_api_gateway(apigw, resources, params, rest_api_id, stage_name):
+    """Create the generated ApiKey / UsagePlan / UsagePlanKey resources with boto3, in dependency order."""
+    ids = {"RestAPI": rest_api_id, "RestAPI.Stage": stage_name}
+    for type_ in API_TYPES:
+        for logical_id, res in resources.items():
+            if res["Type"] != type_:
+                continue
+            props = resolve(res["Properties"], params, ids)
+            if type_ == "AWS::ApiGateway::ApiKey":
+                created = apigw.create_api_key(name=props["Name"], description=props.get("Description", ""),
+                                               enabled=props.get("Enabled", True))
+            elif type_ == "AWS::ApiGateway::UsagePlan":
+                kwargs = {
+                    "name": props["UsagePlanName"],
+                    "description": props.get("Description", ""),
+                    "throttle": {"rateLimit": props["Throttle"]["RateLimit"],
+                                 "burstLimit": props["Throttle"]["BurstLimit"]},
+                    "apiStages": [{"apiId": s["ApiId"], "stage": s["Stage"]} for s in props["ApiStages"]],
+                }
+                if "Quota" in props:
+                    kwargs["quota"] = {"limit": props["Quota"]["Limit"], "period": props["Quota"]["Period"]}
+                created = apigw.create_usage_plan(**kwargs)
+            else:
+                created = apigw.create_usage_plan_key(usagePlanId=props["UsagePlanId"], keyId=props["KeyId"],
+                                                      keyType=props["KeyType"])
+            ids[logical_id] = created["id"]
+    return ids
+
+
+# ------------------------------------------------------------------ the deployment
+@pytest.fixture(scope="module")
+def deployed(endpoint):
+    run = uuid.uuid4().hex[:8]
+    template = package.build_merge_template(plans=PLANS)
+    params = {p: spec.get("Default") for p, spec in template["Parameters"].items()}
+    params.update({"Stage": f"t{run}", "QueuePrefix": f"it-{run}-shop", "QueueVisibilityTimeout": 360,
+                   "MaxReceiveCount": 5})
+    subset = supported_subset(template)
+    cfn = _client("cloudformation", endpoint)
+    stack_name = f"shop-infra-test-{run}"
+    cfn.create_stack(StackName=stack_name, TemplateBody=json.dumps(subset),
+                     Parameters=[{"ParameterKey": k, "ParameterValue": str(params[k])}
+                                 for k in ("Stage", "QueuePrefix", "QueueVisibilityTimeout", "MaxReceiveCount")])
+    deadline = time.time() + 60
+    while True:
+        stack = cfn.describe_stacks(StackName=stack_name)["Stacks"][0]
+        if not stack["StackStatus"].endswith("IN_PROGRESS") or time.time() > deadline:
+            break
+        time.sleep(0.5)
+
+    apigw = _client("apigateway", endpoint)
+    api = apigw.create_rest_api(name=f"shop-test-{run}")
+    root = next(r["id"] for r in apigw.get_resources(restApiId=api["id"])["items"] if r["path"] == "/")
+    apigw.put_method(restApiId=api["id"], resourceId=root, httpMethod="GET", authorizationType="NONE",
+                     apiKeyRequired=True)
+    apigw.put_integration(restApiId=api["id"], resourceId=root, httpMethod="GET", type="MOCK")
+    apigw.create_deployment(restApiId=api["id"], stageName=params["Stage"])
+    api_resources = {k: r for k, r in template["Resources"].items() if r["Type"] in API_TYPES}
+    ids = replay_api_gateway(apigw, api_resources, params, api["id"], params["Stage"])
+
+    yield {"stack": stack, "stack_name": stack_name, "subset": subset, "params": params, "api_id": api["id"],
+           "ids": ids, "endpoint": endpoint, "template": template}
+
+    for logical_id, res in api_resources.items():
+        if res["Type"] == "AWS::ApiGateway::UsagePlan":
+            for key in apigw.get_usage_plan_keys(usagePlanId=ids[logical_id])["items"]:
+                apigw.delete_usage_plan_key(usagePlanId=ids[logical_id], keyId=key["id"])
+            apigw.delete_usage_plan(usagePlanId=ids[logical_id])
+        elif res["Type"] == "AWS::ApiGateway::ApiKey":
+            apigw.delete_api_key(apiKey=ids[logical_id])
+    apigw.delete_rest_api(restApiId=api["id"])
+    try:
+        cfn.delete_stack(StackName=stack_name)
+    except ClientError:
+        # moto deletes the VPC before its security groups and gives up
+        # (DependencyViolation); at least leave no queues on a shared endpoint.
+        sqs = _client("sqs", endpoint)
+        for url in sqs.list_queues(QueueNamePrefix=params["QueuePrefix"]).get("QueueUrls", []):
+            sqs.delete_queue(QueueUrl=url)
+
+
+def test_stack_of_supported_resources_is_created(deployed):
+    assert deployed["stack"]["StackStatus"] == "CREATE_COMPLETE", deployed["stack"].get("StackStatusReason")
+    chosen = set(deployed["subset"]["Resources"])
+    assert {"OrderIngestQueue", "OrderIngestDeadLetterQueue", "CacheInvalidationQueue",
+            "CacheInvalidationDeadLetterQueue"} <= chosen
+    # The network came along too: VPC, private subnets, Lambda security group.
+    assert {"Vpc", "PrivateSubnetA", "PrivateSubnetB", "LambdaSecurityGroup"} <= chosen
+    cfn = _client("cloudformation", deployed["endpoint"])
+    created = {r["LogicalResourceId"] for r in
+               cfn.list_stack_resources(StackName=deployed["stack_name"])["StackResourceSummaries"]}
+    assert chosen <= created
+
+
+def test_queues_exist_with_dead_letter_redrive_and_visibility(deployed):
+    sqs = _client("sqs", deployed["endpoint"])
+    prefix = deployed["params"]["QueuePrefix"]
+    for base in ("order-ingest", "cache-invalidation"):
+        url = sqs.get_queue_url(QueueName=f"{prefix}-{base}")["QueueUrl"]
+        dlq_url = sqs.get_queue_url(QueueName=f"{prefix}-{base}-dlq")["QueueUrl"]
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        dlq_attrs = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["All"])["Attributes"]
+        redrive = json.loads(attrs["RedrivePolicy"])
+        assert redrive["deadLetterTargetArn"] == dlq_attrs["QueueArn"]
+        assert int(redrive["maxReceiveCount"]) == 5
+        assert int(attrs["VisibilityTimeout"]) == 360
+        assert int(dlq_attrs["MessageRetentionPeriod"]) == 14 * 24 * 3600
+
+
+def test_a_message_that_keeps_failing_lands_in_the_dead_letter_queue(deployed):
+    """The redrive really works on the endpoint: receive without deleting maxReceiveCount times."""
+    sqs = _client("sqs", deployed["endpoint"])
+    prefix = deployed["params"]["QueuePrefix"]
+    url = sqs.get_queue_url(QueueName=f"{prefix}-order-ingest")["QueueUrl"]
+    dlq_url = sqs.get_queue_url(QueueName=f"{prefix}-order-ingest-dlq")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"orders": []}))
+    for _ in range(5):
+        got = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1, VisibilityTimeout=0)["Messages"]
+        assert len(got) == 1
+    assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages") is None
+    moved = sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=1)["Messages"]
+    assert json.loads(moved[0]["Body"]) == {"orders": []}
+
+
+def test_usage_plans_exist_with_the_configured_limits(deployed):
+    apigw = _client("apigateway", deployed["endpoint"])
+    plans = {p["name"]: p for p in apigw.get_usage_plans(limit=500)["items"]}
+    stage = deployed["params"]["Stage"]
+    for name, plan in PLANS["plans"].items():
+        got = plans[f"shop-{stage}-{name}"]
+        assert got["throttle"] == {"rateLimit": plan["rate_per_second"], "burstLimit": plan["burst"]}
+        assert got["apiStages"] == [{"apiId": deployed["api_id"], "stage": stage}]
+
+
+def test_each_plan_has_its_enabled_api_key(deployed):
+    apigw = _client("apigateway", deployed["endpoint"])
+    stage = deployed["params"]["Stage"]
+    for name in PLANS["plans"]:
+        suffix = package.logical_suffix(name)
+        plan_id = deployed["ids"][f"UsagePlan{suffix}"]
+        keys = apigw.get_usage_plan_keys(usagePlanId=plan_id)["items"]
+        assert [k["name"] for k in keys] == [f"shop-{stage}-{name}"]
+        key = apigw.get_api_key(apiKey=keys[0]["id"], includeValue=True)
+        assert key["enabled"] is True
+        assert key["value"] and not key["value"].startswith("shop-local-")  # generated, not the local key
