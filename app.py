@@ -2,10 +2,26 @@
 chalicelib/routes; handlers only parse, call the core, and map results."""
 from chalice import Chalice
 
-from chalicelib.routes import catalog, orders
+from chalicelib import bootstrap, ingest
+from chalicelib.routes import batches, catalog, orders
 from chalicelib.routes import search
 
 app = Chalice(app_name="shop")
 app.register_blueprint(search.routes)
 app.register_blueprint(catalog.routes)
 app.register_blueprint(orders.routes)
+app.register_blueprint(batches.routes)
+
+
+# SQS consumers. Chalice passes an SQSEvent; the raw Lambda event is
+# event.to_dict(). Chalice returns what the function returns, which is the
+# partial-batch response ({"batchItemFailures": [...]}) Lambda acts on once the
+# event source mapping has FunctionResponseTypes [ReportBatchItemFailures].
+@app.on_sqs_message(queue=bootstrap.settings().get("ORDER_QUEUE_NAME"), batch_size=10)
+def handle_order_ingest(event):
+    return ingest.handle_order_event(event.to_dict(), event.context)
+
+
+@app.on_sqs_message(queue=bootstrap.settings().get("INVALIDATION_QUEUE_NAME"), batch_size=10)
+def handle_cache_invalidation(event):
+    return ingest.handle_invalidation_event(event.to_dict(), event.context)

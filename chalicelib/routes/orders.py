@@ -1,8 +1,9 @@
 """Order routes (API.md: Orders)."""
 from chalice import Blueprint
 
-from .. import bootstrap
-from ..http import endpoint, json_body
+from .. import bootstrap, ingest
+from ..errors import ValidationError
+from ..http import endpoint, json_body, query_params
 from ..orders import parse_batch
 from ..validation import path_id
 
@@ -11,8 +12,14 @@ routes = Blueprint(__name__)
 
 @endpoint(routes, "/orders/batch", methods=("POST",))
 def place_batch(request):
-    parsed = parse_batch(json_body(request))
-    return 200, bootstrap.orders().place_batch(parsed)
+    mode = query_params(request).get("mode", "sync")
+    if mode not in ("sync", "async"):
+        raise ValidationError("'mode' must be 'sync' or 'async'.", details={"field": "mode"})
+    body = json_body(request)
+    if mode == "async":
+        # Same whole-request validation; the orders go through the order-ingest queue.
+        return 202, ingest.submit(body)
+    return 200, bootstrap.orders().place_batch(parse_batch(body))
 
 
 @endpoint(routes, "/orders/{order_id}", methods=("GET",))

@@ -1,0 +1,329 @@
+"""The order-ingest path against the real LocalStack-compatible endpoint (moto
+server on 127.0.0.1:4566; started if nothing answers), MariaDB and Redis:
+duplicate delivery, redelivery after a crash, poison messages, transient
+failures into the DLQ, partial batch failure. Messages are received from real
+queues and handed to app.py's handler in the Lambda SQS event shape by the
+local stack's poller."""
+import contextlib
+import json
+import os
+import socket
+import time
+import uuid
+
+import pytest
+
+import app as shop_app
+from chalicelib import bootstrap, ingest
+from chalicelib.errors import ConcurrencyExhausted, ServiceUnavailable
+from chalicelib.orders import failed
+from scripts import localstack
+from scripts.poller import Poller
+from tests.conftest import make_product
+
+
+@pytest.fixture(scope="module")
+def endpoint(test_env):
+    with localstack.aws_endpoint(test_env["AWS_ENDPOINT_URL"]) as ep:
+        yield ep
+
+
+@pytest.fixture(scope="module")
+def sqs(endpoint):
+    client = localstack.sqs_client(endpoint.url)
+    # This session's order-ingest and cache-invalidation queues (with DLQs).
+    localstack.ensure_queues(client, localstack.queue_specs(bootstrap.settings()))
+    return client
+
+
+@pytest.fixture
+def queue(sqs, test_env):
+    """A fresh order-ingest queue with a DLQ: 1 s visibility, DLQ after 3 receives."""
+    spec = localstack.QueueSpec(f"{test_env['ORDER_QUEUE_NAME']}-{uuid.uuid4().hex[:8]}",
+                                max_receive_count=3, visibility_timeout=1)
+    url, dlq_url = localstack.ensure_queue(sqs, spec)
+    yield spec, url, dlq_url
+    for u in (url, dlq_url):
+        with contextlib.suppress(Exception):
+            sqs.delete_queue(QueueUrl=u)
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+@contextlib.contextmanager
+def mysql_down(test_env):
+    """The app's configuration points at a port where no MySQL answers."""
+    dead = f"mysql://root:@127.0.0.1:{closed_port()}/{test_env['DATABASE_URL'].rsplit('/', 1)[1]}"
+    os.environ["DATABASE_URL"] = dead
+    os.environ["DB_CONNECT_TIMEOUT"] = "0.5"
+    bootstrap.reset()
+    try:
+        yield
+    finally:
+        os.environ["DATABASE_URL"] = test_env["DATABASE_URL"]
+        os.environ.pop("DB_CONNECT_TIMEOUT", None)
+        bootstrap.reset()
+
+
+def send(sqs, url, *bodies):
+    return [sqs.send_message(QueueUrl=url, MessageBody=b if isinstance(b, str) else json.dumps(b))["MessageId"]
+            for b in bodies]
+
+
+def receive_all(poller, count, timeout=15):
+    """Receive until `count` distinct messages are in hand (not deleted)."""
+    seen = {}
+    deadline = time.time() + timeout
+    while len(seen) < count and time.time() < deadline:
+        for m in poller.receive():
+            seen[m["MessageId"]] = m
+    assert len(seen) == count, f"received {len(seen)} of {count}"
+    return list(seen.values())
+
+
+def depth(sqs, url):
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
+                                                                   "ApproximateNumberOfMessagesNotVisible"])
+    return sum(int(v) for v in attrs["Attributes"].values())
+
+
+def orders_for(prefix):
+    return bootstrap.database().query(
+        "SELECT id, user_id, client_order_id, batch_id FROM orders WHERE client_order_id LIKE %s ORDER BY id",
+        (prefix + "%",))
+
+
+def stock(product_id):
+    return bootstrap.database().query("SELECT stock FROM products WHERE id = %s", (product_id,))[0]["stock"]
+
+
+def order(coid, product_id, quantity=1, user_id=1):
+    return {"client_order_id": coid, "user_id": user_id, "items": [{"product_id": product_id, "quantity": quantity}]}
+
+
+def test_duplicate_delivery_creates_each_order_once(clean_db, sqs, queue):
+    spec, url, _ = queue
+    product = make_product(bootstrap.catalog(), stock=50)
+    body = {"batch_id": "dup-1", "orders": [order(f"dup-{i}", product["id"], 2) for i in range(3)],
+            "positions": [0, 1, 2], "order_count": 3}
+    send(sqs, url, body)
+    poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
+    messages = receive_all(poller, 1)
+
+    assert poller.invoke(messages) == set()
+    assert poller.invoke(messages) == set()  # the same delivery handed over twice
+
+    assert len(orders_for("dup-")) == 3
+    assert stock(product["id"]) == 50 - 6
+    batch = ingest.get_batch("dup-1")
+    assert batch["status"] == "done"
+    assert [r["client_order_id"] for r in batch["results"]] == ["dup-0", "dup-1", "dup-2"]
+    assert all(r["status"] == "created" and r["duplicate"] is False for r in batch["results"])
+    assert batch["summary"] == {"created": 3, "failed": 0, "pending": 0}
+
+
+def test_redelivery_after_crash_between_commit_and_delete(clean_db, sqs, queue):
+    spec, url, _ = queue
+    product = make_product(bootstrap.catalog(), stock=10)
+    send(sqs, url, {"batch_id": "crash-1", "orders": [order("crash-a", product["id"]), order("crash-b", product["id"])]})
+    poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
+    first = receive_all(poller, 1)
+    assert poller.invoke(first) == set()  # committed ... and the process dies before deleting
+    first_ids = [r["order_id"] for r in ingest.get_batch("crash-1")["results"]]
+
+    time.sleep(1.2)  # visibility timeout: SQS hands the message out again
+    again = receive_all(poller, 1)
+    assert again[0]["MessageId"] == first[0]["MessageId"]
+    assert int(again[0]["Attributes"]["ApproximateReceiveCount"]) == 2
+    assert poller.invoke(again) == set()
+    poller.delete(again)
+
+    assert len(orders_for("crash-")) == 2
+    assert stock(product["id"]) == 8
+    results = ingest.get_batch("crash-1")["results"]
+    assert [r["order_id"] for r in results] == first_ids
+    assert depth(sqs, url) == 0
+
+
+def test_same_orders_by_api_and_by_queue_are_created_once(clean_db, sqs, queue):
+    spec, url, _ = queue
+    product = make_product(bootstrap.catalog(), stock=10)
+    orders = [order("both-1", product["id"], 3), order("both-2", product["id"], 1)]
+    sync = bootstrap.orders().place_batch(ingest.parse_batch({"orders": orders}))
+    send(sqs, url, {"orders": orders})
+    poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
+    result = poller.poll_once()
+    assert result.received == 1 and result.failed == []
+
+    assert stock(product["id"]) == 6
+    assert len(orders_for("both-")) == 2
+    [row] = bootstrap.database().query("SELECT id FROM batches")
+    batch = ingest.get_batch(row["id"])
+    assert batch["status"] == "done"
+    assert [(r["order_id"], r["duplicate"]) for r in batch["results"]] == \
+        [(r["order_id"], True) for r in sync["results"]]
+
+
+def test_foreign_message_without_batch_id_is_processed_and_readable(clean_db, sqs, queue):
+    spec, url, _ = queue
+    product = make_product(bootstrap.catalog(), stock=5)
+    [message_id] = send(sqs, url, {"orders": [order("ext-1", product["id"], 2), order("ext-2", product["id"], 9)]})
+    poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
+    assert poller.poll_once().failed == []
+
+    batch = ingest.get_batch(f"sqs-{message_id}")
+    assert batch["status"] == "done"
+    created, short = batch["results"]
+    assert created["status"] == "created"
+    assert short["status"] == "failed" and short["error"]["code"] == "INSUFFICIENT_STOCK"
+    assert bootstrap.orders().get(created["order_id"])["client_order_id"] == "ext-1"
+    assert orders_for("ext-")[0]["batch_id"] == f"sqs-{message_id}"
+
+
+def test_poison_message_is_recorded_and_never_retried(clean_db, sqs, queue):
+    spec, url, dlq_url = queue
+    product = make_product(bootstrap.catalog(), stock=5)
+    poison, bad_order, bad_shape = send(sqs, url, "{not json", {"orders": [{"client_order_id": "p-1", "user_id": 1}]},
+                                        {"orders": "nope"})
+    poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
+    messages = receive_all(poller, 3)
+    assert poller.invoke(messages) == set()  # all done: permanent failures are results, not retries
+    poller.delete(messages)
+
+    batch = ingest.get_batch(f"sqs-{poison}")
+    assert batch["status"] == "done"
+    assert batch["results"] == [{"client_order_id": None, "status": "failed",
+                                 "error": {"code": "VALIDATION_ERROR", "message": batch["results"][0]["error"]["message"]}}]
+    assert "not valid JSON" in batch["results"][0]["error"]["message"]
+    invalid = ingest.get_batch(f"sqs-{bad_order}")["results"][0]
+    assert (invalid["client_order_id"], invalid["error"]["code"]) == ("p-1", "VALIDATION_ERROR")
+    assert ingest.get_batch(f"sqs-{bad_shape}")["results"][0]["error"]["code"] == "VALIDATION_ERROR"
+
+    time.sleep(1.5)
+    assert poller.receive() == []
+    assert depth(sqs, url) == 0 and depth(sqs, dlq_url) == 0
+    assert stock(product["id"]) == 5
+
+
+def test_transient_failure_is_retried_then_lands_in_the_dlq(clean_db, sqs, queue, test_env):
+    spec, url, dlq_url = queue
+    product = make_product(bootstrap.catalog(), stock=5)
+    [message_id] = send(sqs, url, {"batch_id": "down-1", "orders": [order("down-1", product["id"])]})
+    poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
+    attempts = 0
+    with mysql_down(test_env):
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            result = poller.poll_once()
+            if result.received:
+                attempts += 1
+                assert result.failed == [message_id]  # reported as failed, left for SQS to redeliver
+            elif depth(sqs, dlq_url):
+                break
+            time.sleep(0.3)
+    assert attempts == spec.max_receive_count
+    dead = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
+    assert [m["MessageId"] for m in dead] == [message_id]
+    assert depth(sqs, url) == 0
+    assert not orders_for("down-") and stock(product["id"]) == 5
+
+    # Redrive once MySQL is back: processed exactly once.
+    send(sqs, url, dead[0]["Body"])
+    assert Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1).poll_once().failed == []
+    assert len(orders_for("down-")) == 1 and stock(product["id"]) == 4
+    assert ingest.get_batch("down-1")["status"] == "done"
+
+
+class FlakyOrders:
+    """The real OrderService, except that chosen users hit an outage or run out of retries."""
+
+    def __init__(self, real, outage_users=(), contention_users=()):
+        self.real = real
+        self.invalidator = real.invalidator
+        self.outage_users = set(outage_users)
+        self.contention_users = set(contention_users)
+
+    def place(self, order, batch_id=None):
+        if order.user_id in self.outage_users:
+            raise ServiceUnavailable("simulated outage")
+        if order.user_id in self.contention_users:
+            return failed(order.client_order_id, ConcurrencyExhausted("Too much contention; retry shortly.")), {}
+        return self.real.place(order, batch_id)
+
+
+def test_mixed_batch_reports_only_the_failed_ids(clean_db, sqs, queue):
+    spec, url, _ = queue
+    product = make_product(bootstrap.catalog(), stock=1000)
+    # Ten messages of two orders each; message 3 hits an outage, message 7 contention (in its second order).
+    bodies = [{"batch_id": "mixed", "orders": [order(f"mix-{i}-a", product["id"], 1, user_id=100 + i),
+                                              order(f"mix-{i}-b", product["id"], 1, user_id=i + 1)],
+               "positions": [2 * i, 2 * i + 1], "order_count": 20} for i in range(10)]
+    ids = send(sqs, url, *bodies)
+    poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
+    messages = receive_all(poller, 10)
+    flaky = ingest.OrderIngest(FlakyOrders(bootstrap.orders(), outage_users={4}, contention_users={8}),
+                               ingest.BatchStore(bootstrap.database()))
+    poller.handler = lambda event, context: ingest.handle_order_event(event, context, ingest=flaky)
+
+    response_ids = poller.invoke(messages)
+    assert response_ids == {ids[3], ids[7]}
+    poller.delete([m for m in messages if m["MessageId"] not in response_ids])
+
+    batch = ingest.get_batch("mixed")
+    assert batch["status"] == "processing"
+    # The first order of each failed message was placed and recorded; only the failed one is missing.
+    assert batch["summary"] == {"created": 18, "failed": 0, "pending": 2}, [r for r in batch["results"] if r["status"] != "created"]
+
+    poller.handler = shop_app.handle_order_ingest  # the outage is over
+    time.sleep(1.2)
+    again = receive_all(poller, 2)
+    assert {m["MessageId"] for m in again} == {ids[3], ids[7]}
+    assert poller.invoke(again) == set()
+    poller.delete(again)
+
+    batch = ingest.get_batch("mixed")
+    assert batch["status"] == "done" and batch["summary"] == {"created": 20, "failed": 0, "pending": 0}
+    assert [r["client_order_id"] for r in batch["results"]] == [f"mix-{i}-{s}" for i in range(10) for s in "ab"]
+    assert all(r["duplicate"] is False for r in batch["results"])
+    assert len(orders_for("mix-")) == 20 and stock(product["id"]) == 980
+
+
+def test_async_submit_while_mysql_is_down_is_accepted_and_processed_later(clean_db, sqs, queue, test_env):
+    spec, url, _ = queue
+    product = make_product(bootstrap.catalog(), stock=100)
+    body = {"orders": [order(f"late-{i}", product["id"], 2) for i in range(15)]}
+    with mysql_down(test_env):
+        accepted = ingest.submit(body, queue_name=spec.name)
+        assert accepted["status"] == "queued"
+        with pytest.raises(ServiceUnavailable):
+            ingest.get_batch(accepted["batch_id"])
+        poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
+        down = poller.poll_once()
+        assert down.received and down.deleted == 0  # nothing is lost while MySQL is down
+    deadline = time.time() + 20
+    poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
+    while time.time() < deadline and depth(sqs, url):
+        poller.poll_once()
+    batch = ingest.get_batch(accepted["batch_id"])
+    assert batch["status"] == "done" and batch["summary"]["created"] == 15
+    assert [r["client_order_id"] for r in batch["results"]] == [f"late-{i}" for i in range(15)]
+    assert len(orders_for("late-")) == 15 and stock(product["id"]) == 70
+
+
+def test_cache_invalidation_handler_reports_partial_failures(clean_db, sqs, test_env):
+    product = make_product(bootstrap.catalog(), stock=3)
+    event = {"Records": [
+        {"messageId": "m-ok", "receiptHandle": "r1", "body": json.dumps({"product_ids": [product["id"]], "search": True}),
+         "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}, "md5OfBody": "",
+         "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:q", "awsRegion": "us-east-1"},
+        {"messageId": "m-junk", "receiptHandle": "r2", "body": "junk",
+         "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}, "md5OfBody": "",
+         "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:q", "awsRegion": "us-east-1"},
+    ]}
+    assert shop_app.handle_cache_invalidation(event, None) == {"batchItemFailures": []}
+    with mysql_down(test_env):
+        assert shop_app.handle_cache_invalidation(event, None) == {"batchItemFailures": [{"itemIdentifier": "m-ok"}]}
