@@ -1,0 +1,243 @@
+"""Async batches over real HTTP (chalice local), the real order-ingest queue on
+the LocalStack-compatible endpoint, and app.py's SQS handler driven by the
+local stack's poller; MySQL cut and restored through a TCP proxy of our own
+(the shared MariaDB is never touched)."""
+import contextlib
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+import app as shop_app
+from chalicelib import bootstrap
+from scripts import localstack
+from scripts.poller import Poller
+from tests.conftest import ApiClient, free_port, make_product, start_server
+
+
+@pytest.fixture(scope="module")
+def sqs(test_env):
+    with localstack.aws_endpoint(test_env["AWS_ENDPOINT_URL"]) as ep:
+        client = localstack.sqs_client(ep.url)
+        localstack.ensure_queues(client, localstack.queue_specs(bootstrap.settings(), visibility_timeout=2))
+        yield client
+
+
+@pytest.fixture
+def ingest_queue(sqs, test_env):
+    """This session's order-ingest queue, emptied, and a poller on it calling app.py's handler."""
+    url = localstack.queue_url(sqs, test_env["ORDER_QUEUE_NAME"])
+    while True:  # PurgeQueue is allowed once a minute only; delete what is left instead
+        left = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", [])
+        if not left:
+            break
+        sqs.delete_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                                                        for i, m in enumerate(left)])
+    return url, Poller(sqs, test_env["ORDER_QUEUE_NAME"], shop_app.handle_order_ingest, wait_seconds=1)
+
+
+def drain(poller, until, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        poller.poll_once()
+        if until():
+            return True
+    return False
+
+
+def orders(coids, product_id, quantity=1):
+    return [{"client_order_id": c, "user_id": 7, "items": [{"product_id": product_id, "quantity": quantity}]}
+            for c in coids]
+
+
+def queued(sqs, url):
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
+                                                                   "ApproximateNumberOfMessagesNotVisible"])
+    return sum(int(v) for v in attrs["Attributes"].values())
+
+
+def test_async_batch_end_to_end(api, sqs, ingest_queue):
+    url, poller = ingest_queue
+    hot = make_product(bootstrap.catalog(), stock=20, price_cents=250)
+    scarce = make_product(bootstrap.catalog(), stock=1)
+    body = {"orders": orders([f"e2e-{i}" for i in range(22)], hot["id"])}
+    body["orders"][5] = {"client_order_id": "e2e-bad", "user_id": 7, "items": []}  # invalid order
+    body["orders"][17] = orders(["e2e-scarce"], scarce["id"], 2)[0]  # insufficient stock
+
+    response = api.post("/orders/batch?mode=async", json=body)
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert set(accepted) == {"batch_id", "status"} and accepted["status"] == "queued"
+    batch_id = accepted["batch_id"]
+
+    status = api.get(f"/batches/{batch_id}")
+    assert status.status_code == 200
+    assert status.json()["status"] == "queued" and status.json()["results"] == []
+
+    assert drain(poller, lambda: api.get(f"/batches/{batch_id}").json()["status"] == "done")
+    batch = api.get(f"/batches/{batch_id}").json()
+    results = batch["results"]
+    assert [r["client_order_id"] for r in results] == [o["client_order_id"] for o in body["orders"]]
+    assert results[5]["status"] == "failed" and results[5]["error"]["code"] == "VALIDATION_ERROR"
+    assert results[17]["error"] == {"code": "INSUFFICIENT_STOCK", "message": results[17]["error"]["message"],
+                                    "product_id": scarce["id"]}
+    created = [r for r in results if r["status"] == "created"]
+    assert len(created) == 20 and all(set(r) == {"client_order_id", "status", "order_id", "total_cents", "duplicate"}
+                                      for r in created)
+    assert batch["summary"] == {"created": 20, "failed": 2, "pending": 0}
+    order = api.get(f"/orders/{created[0]['order_id']}").json()["order"]
+    assert order["client_order_id"] == "e2e-0" and order["total_cents"] == 250
+    assert api.get(f"/products/{hot['id']}").json()["product"]["stock"] == 0
+    assert queued(sqs, url) == 0
+
+    # The same batch again synchronously: every order is a replay.
+    sync = api.post("/orders/batch", json=body).json()
+    assert [r.get("order_id") for r in sync["results"]] == [r.get("order_id") for r in results]
+    assert all(r["duplicate"] for r in sync["results"] if r["status"] == "created")
+
+
+def test_async_whole_request_errors_queue_nothing(api, sqs, ingest_queue):
+    url, _ = ingest_queue
+    product = make_product(bootstrap.catalog())
+    cases = [(b"not json", 400), (b'{"orders": []}', 400), (b'{"orders": "x"}', 400), (b'{"order": []}', 400)]
+    for raw, status in cases:
+        response = api.post("/orders/batch?mode=async", data=raw, headers={"Content-Type": "application/json"})
+        assert response.status_code == status, raw
+        assert response.json()["error"]["code"] == "VALIDATION_ERROR"
+    too_many = api.post("/orders/batch?mode=async", json={"orders": orders([f"x{i}" for i in range(101)], product["id"])})
+    assert too_many.status_code == 413 and too_many.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    unknown = api.post("/orders/batch?mode=later", json={"orders": orders(["m1"], product["id"])})
+    assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "VALIDATION_ERROR"
+    assert queued(sqs, url) == 0
+
+    missing = api.get("/batches/no-such-batch")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "BATCH_NOT_FOUND"
+    assert api.get("/batches/x", key=None).status_code == 403
+
+
+class MySQLProxy:
+    """A TCP proxy to the shared MariaDB that the test can cut (connections
+    reset, new ones refused) and restore on the same port."""
+
+    def __init__(self, target=("127.0.0.1", 3306)):
+        self.target = target
+        self.port = free_port()
+        self._server = None
+        self._conns = set()
+        self._lock = threading.Lock()
+        self.restore()
+
+    def restore(self):
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(64)
+        self._server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def cut(self):
+        server, self._server = self._server, None
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        with self._lock:
+            conns, self._conns = self._conns, set()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def _accept(self, server):
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=2)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._conns.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture
+def proxied(clean_db, tmp_path):
+    """The API server and this process's handler both reach MySQL through the proxy."""
+    proxy = MySQLProxy()
+    db_name = clean_db["DATABASE_URL"].rsplit("/", 1)[1]
+    env = {**clean_db, "DATABASE_URL": f"mysql://root:@127.0.0.1:{proxy.port}/{db_name}", "DB_CONNECT_TIMEOUT": "1"}
+    port = free_port()
+    server = start_server(env, port, tmp_path / "server.log")
+    saved = {k: os.environ.get(k) for k in ("DATABASE_URL", "DB_CONNECT_TIMEOUT")}
+    os.environ.update({k: env[k] for k in saved})
+    bootstrap.reset()
+    try:
+        yield proxy, ApiClient(f"http://127.0.0.1:{port}")
+    finally:
+        server.terminate()
+        server.wait(10)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        bootstrap.reset()
+        with contextlib.suppress(Exception):
+            proxy.cut()
+
+
+def test_mysql_down_async_batches_are_accepted_and_processed_once_it_is_back(proxied, sqs, ingest_queue):
+    proxy, api = proxied
+    url, poller = ingest_queue
+    product = make_product(bootstrap.catalog(), stock=100)
+
+    proxy.cut()
+    sync = api.post("/orders/batch", json={"orders": orders(["sync-down"], product["id"])})
+    assert sync.status_code == 503 and "Retry-After" in sync.headers
+    accepted = []
+    for n in range(3):  # 3 batches x 12 orders = 6 messages
+        response = api.post("/orders/batch?mode=async", json={"orders": orders([f"down-{n}-{i}" for i in range(12)],
+                                                                               product["id"])})
+        assert response.status_code == 202, response.text
+        accepted.append(response.json()["batch_id"])
+    assert api.get(f"/batches/{accepted[0]}").status_code == 503
+
+    # The consumer cannot reach MySQL either: every message is reported failed and stays queued.
+    result = poller.poll_once()
+    assert result.received and result.deleted == 0 and len(result.failed) == result.received
+    assert queued(sqs, url) == 6
+
+    proxy.restore()
+    time.sleep(1.2)  # the circuit breaker's reset window
+    assert drain(poller, lambda: queued(sqs, url) == 0, timeout=40)
+    for batch_id in accepted:
+        response = api.get(f"/batches/{batch_id}")
+        assert response.status_code == 200
+        batch = response.json()
+        assert batch["status"] == "done" and batch["summary"] == {"created": 12, "failed": 0, "pending": 0}
+    rows = bootstrap.database().query("SELECT client_order_id, COUNT(*) AS n FROM orders "
+                                      "WHERE client_order_id LIKE 'down-%%' GROUP BY client_order_id")
+    assert len(rows) == 36 and all(r["n"] == 1 for r in rows)
+    assert api.get(f"/products/{product['id']}").json()["product"]["stock"] == 64
