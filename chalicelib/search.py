@@ -374,11 +374,33 @@ class MySQLSearchBackend:
         row = cur.fetchone()
         return [int(row[f"c{i}"]) for i in range(len(atoms))]
 
-    def _match_sql(self, query, atoms, driver, with_score):
+    def _merge_source(self, query):
+        """Broad queries: read every term's posting range once (index-only,
+        sequential) and intersect by grouping, instead of probing per row."""
+        branches, args = [], []
+        for term in query.terms:
+            if term.kind == "substr":
+                for _, gram in term.atoms():
+                    branches.append("SELECT product_id, 0 AS h FROM search_terms WHERE term = %s")
+                    args.append(gram)
+            elif term.kind == "exact":
+                branches.append("SELECT product_id, in_name AS h FROM search_terms WHERE term = %s")
+                args.append(term.text)
+            else:
+                cond, arg = self._atom_sql("search_terms", ("prefix", term.text))
+                branches.append(f"SELECT product_id, MAX(in_name) AS h FROM search_terms WHERE {cond} GROUP BY product_id")
+                args.append(arg)
+        source = (f"(SELECT product_id, SUM(h) AS score FROM ({' UNION ALL '.join(branches)}) u "
+                  f"GROUP BY product_id HAVING COUNT(*) = {len(branches)}) c JOIN products p ON p.id = c.product_id")
+        return source, args
+
+    def _match_sql(self, query, atoms, driver, with_score, merge=False):
         """SELECT id, price_cents, created_at, score of every match (no paging)."""
         args = []
         verify = [t for t in query.terms if t.kind == "substr"]
-        if driver is not None:
+        if merge:
+            source, source_args = self._merge_source(query)
+        elif driver is not None:
             cond, arg = self._atom_sql("s", driver)
             source = (f"(SELECT DISTINCT s.product_id FROM search_terms s WHERE {cond}) c "
                       "JOIN products p ON p.id = c.product_id")
@@ -399,7 +421,7 @@ class MySQLSearchBackend:
             where_args.append(query.max_price)
         if query.in_stock:
             where.append("p.stock > 0")
-        for atom in atoms:
+        for atom in ([] if merge else atoms):
             if atom == driver:
                 continue
             cond, arg = self._atom_sql("t", atom)
@@ -409,7 +431,13 @@ class MySQLSearchBackend:
             where.append("(LOCATE(%s, d.name_norm) > 0 OR LOCATE(%s, d.body_norm) > 0)")
             where_args += [term.text, term.text]
         score, score_args = "0", []
-        if with_score and query.terms:
+        if with_score and merge:
+            pieces = ["c.score"]
+            for term in verify:
+                pieces.append("(LOCATE(%s, d.name_norm) > 0)")
+                score_args.append(term.text)
+            score = "(" + " + ".join(pieces) + ")"
+        elif with_score and query.terms:
             pieces = []
             for term in query.terms:
                 if term.kind == "substr":
@@ -421,7 +449,8 @@ class MySQLSearchBackend:
                                   f"AND {cond} AND n.in_name = 1)")
                     score_args.append(arg)
             score = "(" + " + ".join(pieces) + ")"
-        sql = (f"SELECT p.id AS id, p.price_cents AS price_cents, p.created_at AS created_at, {score} AS score "
+        hint = "STRAIGHT_JOIN " if merge else ""
+        sql = (f"SELECT {hint}p.id AS id, p.price_cents AS price_cents, p.created_at AS created_at, {score} AS score "
                f"FROM {source} WHERE {' AND '.join(where)}")
         args = score_args + source_args + where_args
         return sql, args
@@ -434,14 +463,17 @@ class MySQLSearchBackend:
 
     def _search(self, cur, query):
         atoms = list(dict.fromkeys(atom for term in query.terms for atom in term.atoms()))
-        driver = None
+        driver, merge = None, False
         if atoms:
-            counts = self._estimate(cur, atoms) if len(atoms) > 1 else [1]
+            # Selective: drive from the rarest term and probe the others per
+            # candidate. Broad (every term has DRIVER_SAMPLE+ postings): merge.
+            counts = self._estimate(cur, atoms)
             if min(counts) == 0:
                 return SearchPage([], 0, None)
             driver = atoms[counts.index(min(counts))]
+            merge = min(counts) >= self.DRIVER_SAMPLE
         order, after_sql, first_col = _ORDER[query.sort]
-        match_sql, match_args = self._match_sql(query, atoms, driver, with_score=query.sort == "relevance")
+        match_sql, match_args = self._match_sql(query, atoms, driver, query.sort == "relevance", merge)
         sql, args = f"SELECT id, price_cents, created_at, score FROM ({match_sql}) m", list(match_args)
         if query.after is not None:
             first, last_id = query.after
@@ -453,7 +485,7 @@ class MySQLSearchBackend:
         keys = cur.fetchall()
         more = len(keys) > query.limit
         keys = keys[:query.limit]
-        count_sql, count_args = self._match_sql(query, atoms, driver, with_score=False)
+        count_sql, count_args = self._match_sql(query, atoms, driver, False, merge)
         cur.execute(f"SELECT COUNT(*) AS n FROM ({count_sql}) m", count_args)
         total = int(cur.fetchone()["n"])
         items = []

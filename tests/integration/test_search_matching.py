@@ -9,6 +9,15 @@ from chalicelib.search import MySQLSearchBackend, parse_query
 from tests.conftest import make_product
 
 
+@pytest.fixture(params=["probe", "merge"], autouse=True)
+def plan(request, monkeypatch):
+    """Run every rule under both query plans: probing from the rarest term
+    (selective queries) and merging posting ranges (broad queries)."""
+    if request.param == "merge":
+        monkeypatch.setattr(MySQLSearchBackend, "DRIVER_SAMPLE", 1)
+    return request.param
+
+
 @pytest.fixture
 def shop(catalog):
     """An empty catalog, search index included."""
