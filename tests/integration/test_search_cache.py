@@ -1,0 +1,268 @@
+"""Search cache on the real MariaDB and Redis: HIT/MISS, generation
+invalidation, read-your-writes under racing readers, one loader per hot key,
+STALE when MySQL is down, BYPASS (and fast) when Redis is killed."""
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+import redis
+
+from chalicelib import bootstrap, search
+from chalicelib.errors import ServiceUnavailable
+from tests.conftest import free_port, make_product
+
+
+@pytest.fixture
+def shop(catalog):
+    return catalog
+
+
+def svc():
+    return search.service()
+
+
+def q(**params):
+    return svc().search_params({k: str(v) for k, v in params.items()})
+
+
+def names(page):
+    return [item["name"] for item in page["items"]]
+
+
+def test_miss_then_hit_then_invalidated_by_a_write(shop):
+    p = make_product(shop, name="Teapot", price_cents=1200)
+    page, state = q(q="teapot")
+    assert state == "MISS" and names(page) == ["Teapot"] and page["total"] == 1
+    assert q(q="teapot") == (page, "HIT")
+    assert q(q="TEAPOT!!")[1] == "HIT"   # same normalised query, same key
+    generation = bootstrap.search_generation().current()
+    shop.update(p["id"], {"name": "Teapot deluxe"})
+    assert bootstrap.search_generation().current() > generation
+    page, state = q(q="teapot")
+    assert state == "MISS" and names(page) == ["Teapot deluxe"]
+
+
+def test_cache_key_embeds_generation_and_hash(shop):
+    make_product(shop, name="Vase")
+    query = search.parse_query({"q": "vase"})
+    q(q="vase")
+    gateway = bootstrap.redis_gateway()
+    generation = bootstrap.search_generation().current()
+    key = gateway.key(f"product_search:{generation}:{query.cache_hash}")
+    assert svc().key(generation, query) == key
+    ttl = gateway.call(lambda r: r.pttl(key))
+    configured = bootstrap.settings().number("SEARCH_TTL_SECONDS") * 1000
+    assert 0.85 * configured < ttl <= 1.1 * configured
+
+
+def test_stock_change_and_order_like_update_are_seen(shop):
+    p = make_product(shop, name="Lantern", stock=1)
+    assert q(q="lantern", in_stock="true")[0]["total"] == 1
+    shop.adjust_stock(p["id"], {"delta": -1})
+    page, state = q(q="lantern", in_stock="true")
+    assert state == "MISS" and page["total"] == 0
+
+
+def test_read_your_writes_while_readers_race(shop):
+    """Writers rename and reprice; readers hammer the same searches trying to
+    put old pages back. After every write returns, a search reflects it."""
+    products = [make_product(shop, name=f"Racer{i} v0", price_cents=100) for i in range(3)]
+    stop = threading.Event()
+    failures = []
+
+    def reader():
+        while not stop.is_set():
+            for p in products:
+                try:
+                    q(q=f"racer{products.index(p)}")
+                    q(q="racer", max_price=10_000)
+                except Exception as exc:  # pragma: no cover
+                    failures.append(f"reader: {exc!r}")
+
+    def writer(idx):
+        p = products[idx]
+        for version in range(1, 16):
+            shop.update(p["id"], {"name": f"Racer{idx} v{version}", "price_cents": 100 + version})
+            page, state = q(q=f"racer{idx}")
+            got = [(i["name"], i["price_cents"]) for i in page["items"]]
+            if got != [(f"Racer{idx} v{version}", 100 + version)]:
+                failures.append(f"after write {version} of {idx}: {got} ({state})")
+            page, _ = q(q="racer", max_price=10_000)
+            mine = [i for i in page["items"] if i["id"] == p["id"]]
+            if [m["name"] for m in mine] != [f"Racer{idx} v{version}"]:
+                failures.append(f"broad search after write {version} of {idx}: {mine}")
+            page, _ = q(q=f"v{version - 1}")  # the old name must be gone
+            if any(i["id"] == p["id"] for i in page["items"]):
+                failures.append(f"old name v{version - 1} of {idx} still found")
+
+    readers = [threading.Thread(target=reader) for _ in range(4)]
+    writers = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert not failures, failures[:5]
+
+
+class SlowCountingBackend:
+    def __init__(self, inner, delay=0.15):
+        self.inner, self.delay, self.calls = inner, delay, 0
+        self.lock = threading.Lock()
+
+    def search(self, query):
+        with self.lock:
+            self.calls += 1
+        time.sleep(self.delay)
+        return self.inner.search(query)
+
+    def index(self, cur, rows):
+        self.inner.index(cur, rows)
+
+
+def test_one_loader_per_hot_key(shop):
+    make_product(shop, name="Hot item")
+    service = svc()
+    counting = SlowCountingBackend(service.backend)
+    service.backend = counting
+    states, barrier = [], threading.Barrier(12)
+
+    def hit():
+        barrier.wait()
+        states.append(q(q="hot")[1])
+
+    threads = [threading.Thread(target=hit) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert counting.calls == 1
+    assert sorted(states) == ["HIT"] * 11 + ["MISS"]
+
+
+@pytest.fixture
+def mysql_down(shop):
+    """Point the app at a port where no MySQL listens (the shared server is untouched)."""
+    saved = os.environ["DATABASE_URL"]
+
+    def cut():
+        os.environ["DATABASE_URL"] = f"mysql://root:@127.0.0.1:{free_port()}/nowhere"
+        bootstrap.reset()
+
+    yield cut
+    os.environ["DATABASE_URL"] = saved
+    bootstrap.reset()
+
+
+def test_stale_when_mysql_is_down(shop, mysql_down):
+    make_product(shop, name="Umbrella")
+    before, state = q(q="umbrella")
+    assert state == "MISS"
+    bootstrap.search_generation().bump()   # e.g. a write happened: the fresh copy is unreachable
+    mysql_down()
+    page, state = q(q="umbrella")
+    assert state == "STALE" and page == before
+    with pytest.raises(ServiceUnavailable):
+        q(q="never searched before")
+    # A fresh HIT still answers as a HIT.
+    page2, state2 = q(q="umbrella")
+    assert state2 == "STALE" and page2 == before
+
+
+class OwnRedis:
+    """A throwaway redis-server of this test, which the test may kill."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                client.ping()
+                return
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("throwaway redis did not start")
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def own_redis(shop):
+    if not shutil.which("redis-server"):
+        pytest.skip("redis-server not installed")
+    server = OwnRedis()
+    server.start()
+    saved = os.environ["REDIS_URL"]
+    os.environ["REDIS_URL"] = f"redis://127.0.0.1:{server.port}/0"
+    bootstrap.reset()
+    yield server
+    server.kill()
+    os.environ["REDIS_URL"] = saved
+    bootstrap.reset()
+
+
+def test_redis_killed_searches_still_correct_bypass_and_fast(shop, own_redis):
+    make_product(shop, name="Compass", description="brass", price_cents=900)
+    make_product(shop, name="Compass mini", description="plastic", price_cents=300)
+    assert q(q="compass")[1] == "MISS"
+    assert q(q="compass")[1] == "HIT"
+    own_redis.kill()
+    started = time.perf_counter()
+    latencies = []
+    for i in range(40):
+        t = time.perf_counter()
+        page, state = q(q="compass", sort="price_asc")
+        latencies.append(time.perf_counter() - t)
+        assert state == "BYPASS"
+        assert names(page) == ["Compass mini", "Compass"] and page["total"] == 2
+    total = time.perf_counter() - started
+    # The breaker opens after two failures: the rest pay no Redis timeout.
+    assert sorted(latencies)[len(latencies) // 2] < 0.1, latencies
+    assert total < 5, total
+    # Writes still commit and the next searches reflect them (served from MySQL).
+    product = q(q="compass mini")[0]["items"][0]
+    bootstrap.catalog().update(product["id"], {"name": "Compass micro"})
+    assert names(q(q="compass", sort="price_asc")[0]) == ["Compass micro", "Compass"]
+
+
+def test_redis_back_after_kill_cache_resumes(shop, own_redis):
+    make_product(shop, name="Sextant")
+    assert q(q="sextant")[1] == "MISS"
+    own_redis.kill()
+    assert q(q="sextant")[1] == "BYPASS"
+    own_redis.start()                 # same port, empty
+    time.sleep(1.1)                   # breaker half-open
+    states = [q(q="sextant")[1] for _ in range(3)]
+    assert states[-1] == "HIT" and "MISS" in states
+
+
+def test_popular_searches_recorded_and_warmed(shop):
+    make_product(shop, name="Kite")
+    make_product(shop, name="Drone")
+    for _ in range(3):
+        q(q="kite")
+    q(q="drone")
+    popular = svc().popular_searches(10)
+    assert popular[0]["q"] == "kite" and {p["q"] for p in popular} == {"kite", "drone"}
+    bootstrap.search_generation().bump()
+    summary = search.warm_caches(top_products=5, searches=[{"q": "kite", "sort": "price_asc"}])
+    assert summary["errors"] == 0
+    assert summary["searches"] == {"MISS": 3}
+    assert sum(summary["products"].values()) == 2
+    assert q(q="kite")[1] == "HIT" and q(q="kite", sort="price_asc")[1] == "HIT"
+    assert bootstrap.catalog().get(shop.load(q(q="drone")[0]["items"][0]["id"])["id"])[1] == "HIT"
