@@ -68,7 +68,7 @@ def invalidator():
 
     s = settings()
     return _once("invalidator", lambda: Invalidator(
-        product_cache(), search_generation(), publisher(), s.get("INVALIDATION_QUEUE_NAME")
+        product_cache(), publisher(), s.get("INVALIDATION_QUEUE_NAME")
     ))
 
 

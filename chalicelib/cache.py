@@ -35,11 +35,13 @@ redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3], 'PX', AR
 return 1
 """
 
-# KEYS: pairs of (data key, fence key). ARGV: versions, then fence ttl ms (last).
+# One round trip for a whole write: KEYS[1] is the search generation, then
+# (data key, fence key) pairs. ARGV: bump search (1/0), fence ttl ms, versions.
 _INVALIDATE = """
-local ttl = ARGV[#ARGV]
-for i = 1, #KEYS, 2 do
-  local v = tonumber(ARGV[(i + 1) / 2])
+if ARGV[1] == '1' then redis.call('INCR', KEYS[1]) end
+local ttl = ARGV[2]
+for i = 2, #KEYS, 2 do
+  local v = tonumber(ARGV[i / 2 + 2])
   local fence = tonumber(redis.call('GET', KEYS[i + 1]) or '-1')
   if v > fence then redis.call('SET', KEYS[i + 1], v, 'PX', ttl) end
   local cur = redis.call('GET', KEYS[i])
@@ -58,19 +60,23 @@ class RedisGateway:
     """Every Redis call goes through `call`: short socket timeouts plus a
     breaker, so a dead Redis costs a request microseconds, not a timeout."""
 
-    def __init__(self, url, timeout=0.25, prefix=""):
+    def __init__(self, url, timeout=0.25, prefix="", max_connections=64):
         self.url = url
         # Every key starts with `prefix`, so test runs share a Redis without touching each other.
         self.prefix = prefix
         self.breaker = CircuitBreaker("redis", failure_threshold=2, reset_after=1.0)
-        self.client = redis.Redis.from_url(
+        # A bounded pool that waits for a free connection: many threads share
+        # it (local server, benchmarks) without opening a connection each.
+        pool = redis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=1.0,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry_on_timeout=False,
             health_check_interval=30,
             decode_responses=True,
         )
+        self.client = redis.Redis(connection_pool=pool, retry_on_timeout=False)
         self._scripts = {}
 
     def key(self, name):
@@ -88,7 +94,9 @@ class RedisGateway:
             raise CacheUnavailable(str(exc)) from None
         try:
             result = fn(self.client)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        except (redis.exceptions.RedisError, OSError) as exc:
+            # Any Redis failure (unreachable, READONLY replica mid-failover, pool
+            # exhausted) degrades to "no cache"; the breaker always learns the outcome.
             self.breaker.record_failure()
             log.warning("redis unavailable: %s", exc)
             raise CacheUnavailable(str(exc)) from exc
@@ -145,16 +153,16 @@ class ProductCache:
         )
         return bool(stored)
 
-    def invalidate(self, versions):
-        """Raise each product's fence to its committed version and drop older copies.
+    def invalidate(self, versions, bump_search=False):
+        """Raise each product's fence to its committed version, drop older
+        copies and, with `bump_search`, invalidate every cached search.
         `versions` maps product id -> version now in MySQL."""
-        if not versions:
+        if not versions and not bump_search:
             return
-        keys, args = [], []
+        keys, args = [self.gateway.key(SEARCH_GENERATION_KEY)], ["1" if bump_search else "0", self.stale_seconds * 2000]
         for pid, version in sorted(versions.items()):
             keys += [self.key(pid), self.fence_key(pid)]
             args.append(int(version))
-        args.append(self.stale_seconds * 1000 * 2)
         script = self.gateway.script(_INVALIDATE)
         self.gateway.call(lambda r: script(keys=keys, args=args, client=r))
 

@@ -58,6 +58,8 @@ class Database:
             read_timeout=self.read_timeout,
             write_timeout=self.read_timeout,
             cursorclass=pymysql.cursors.DictCursor,
+            # RDS Proxy requires TLS; the Lambda runtime trusts the Amazon root CAs.
+            ssl={"check_hostname": True} if self.target.tls else None,
         )
 
     def close(self):

@@ -9,17 +9,14 @@ log = logging.getLogger(__name__)
 
 
 class Invalidator:
-    def __init__(self, product_cache, search_generation, publisher, queue_name):
+    def __init__(self, product_cache, publisher, queue_name):
         self.product_cache = product_cache
-        self.search_generation = search_generation
         self.publisher = publisher
         self.queue_name = queue_name
 
     def apply(self, versions, search=True):
         """Invalidate now; raises CacheUnavailable if Redis did not take it."""
-        self.product_cache.invalidate(versions)
-        if search:
-            self.search_generation.bump()
+        self.product_cache.invalidate(versions, bump_search=search)
 
     def after_commit(self, versions, search=True, enqueue=True):
         """Best effort, never raises: the write already committed.

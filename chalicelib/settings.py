@@ -27,6 +27,11 @@ DEFAULTS = {
     "APP_API_KEYS": "true",
     "ADMIN_API_KEY_IDS": "",
     "PORT": "8000",
+    "DATABASE_SECRET_ARN": "",
+    "DATABASE_HOST": "",
+    "DATABASE_PORT": "3306",
+    "DATABASE_NAME": "shop",
+    "DATABASE_TLS": "false",
     "DB_CONNECT_TIMEOUT": "2",
     "DB_READ_TIMEOUT": "10",
     "DB_MAX_IN_FLIGHT": "16",
@@ -58,9 +63,17 @@ class MySQLTarget:
     user: str
     password: str
     database: str
+    tls: bool = False
 
 
-def parse_database_url(url):
+def _read_secret(arn, region):
+    import boto3  # lazy: only the cloud stages read secrets
+
+    value = boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=arn)["SecretString"]
+    return json.loads(value)
+
+
+def parse_database_url(url, tls=False):
     parsed = urlparse(url)
     if parsed.scheme not in ("mysql", "mysql+pymysql", "mariadb"):
         raise ValueError(f"DATABASE_URL must start with mysql://, got {url!r}")
@@ -70,6 +83,7 @@ def parse_database_url(url):
         user=unquote(parsed.username or "root"),
         password=unquote(parsed.password or ""),
         database=(parsed.path or "/shop").lstrip("/") or "shop",
+        tls=tls,
     )
 
 
@@ -79,7 +93,8 @@ class Settings:
         stage = environ.get("STAGE") or DEFAULTS["STAGE"]
         merged = dict(DEFAULTS)
         merged.update(_config_file_values(stage))
-        merged.update({k: v for k, v in environ.items() if k in DEFAULTS or k.startswith("SHOP_")})
+        self._explicit = {k: v for k, v in environ.items() if k in DEFAULTS}
+        merged.update(self._explicit)
         self.values = merged
         self.stage = stage
 
@@ -88,7 +103,19 @@ class Settings:
 
     @property
     def database(self):
-        return parse_database_url(self.values["DATABASE_URL"])
+        """Where MySQL is. In AWS the credentials come from Secrets Manager
+        (DATABASE_SECRET_ARN) and the host is the RDS Proxy endpoint."""
+        if self.values.get("DATABASE_SECRET_ARN") and "DATABASE_URL" not in self._explicit:
+            secret = _read_secret(self.values["DATABASE_SECRET_ARN"], self.region)
+            return MySQLTarget(
+                host=self.values["DATABASE_HOST"],
+                port=int(self.values["DATABASE_PORT"]),
+                user=secret["username"],
+                password=secret["password"],
+                database=self.values["DATABASE_NAME"],
+                tls=_truthy(self.values["DATABASE_TLS"]),
+            )
+        return parse_database_url(self.values["DATABASE_URL"], tls=_truthy(self.values["DATABASE_TLS"]))
 
     @property
     def redis_url(self):

@@ -6,8 +6,13 @@ import logging
 import os
 import sys
 
+from chalice import local as chalice_local
 from chalice.cli import factory as chalice_factory
 from chalice.cli import run_local_server
+
+# socketserver's default listen backlog of 5 turns a burst of clients into
+# SYN retries of a second or more; API Gateway has no such queue.
+chalice_local.ThreadedHTTPServer.request_queue_size = 1024
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
