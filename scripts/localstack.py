@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ log = logging.getLogger("localstack")
 
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
 REGION = "us-east-1"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 DLQ_RETENTION_SECONDS = 14 * 24 * 3600
 # Cloud: consumer (Lambda) timeout 30 s, visibility 6x that.
 CONSUMER_TIMEOUT_SECONDS = 30
@@ -67,15 +69,30 @@ def sqs_client(endpoint_url, region=REGION, timeout=5):
 # --- endpoint ---------------------------------------------------------------
 
 
-def endpoint_answers(endpoint_url, timeout=1.0):
-    """True when an SQS API answers at `endpoint_url`."""
+def port_open(host, port, timeout=1.0):
+    """True when something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def endpoint_answers(endpoint_url, timeout=10.0):
+    """True when an SQS API answers at `endpoint_url`.
+
+    A closed port fails at once; an open one gets `timeout` seconds to answer
+    (a busy machine can make moto slow, and slow is not absent)."""
     import boto3
     from botocore.config import Config
 
+    host, port = _host_port(endpoint_url)
+    if host in LOCAL_HOSTS and not port_open(host, port):
+        return False
     client = boto3.client(
         "sqs", endpoint_url=endpoint_url, region_name=REGION,
         aws_access_key_id="test", aws_secret_access_key="test",
-        config=Config(connect_timeout=timeout, read_timeout=timeout * 3, retries={"max_attempts": 1}),
+        config=Config(connect_timeout=min(timeout, 3), read_timeout=timeout, retries={"max_attempts": 2}),
     )
     try:
         client.list_queues(MaxResults=1)
@@ -143,7 +160,7 @@ class Endpoint:
         self.started_pid = started_pid
 
 
-def start_moto(host, port, log_path, python=sys.executable, wait_seconds=30):
+def start_moto(host, port, log_path, python=sys.executable, wait_seconds=60):
     """Start moto in server mode at host:port; returns the Popen once it answers SQS calls."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = open(log_path, "ab")
@@ -165,7 +182,7 @@ def start_moto(host, port, log_path, python=sys.executable, wait_seconds=30):
         while time.time() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"moto_server exited with {proc.returncode} (port {port} taken?); see {log_path}")
-            if endpoint_answers(url, timeout=0.5):
+            if port_open(host, port, timeout=0.5) and endpoint_answers(url, timeout=5):
                 return proc
             time.sleep(0.2)
         raise RuntimeError(f"moto_server did not answer on {url} within {wait_seconds}s; see {log_path}")
@@ -184,8 +201,8 @@ def aws_endpoint(endpoint_url="http://127.0.0.1:4566", log_path=None):
     moto that this or another shop stack started if nobody else still uses it.
     A non-local endpoint (a real LocalStack elsewhere) is only checked."""
     host, port = _host_port(endpoint_url)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        if not endpoint_answers(endpoint_url, timeout=3):
+    if host not in LOCAL_HOSTS:
+        if not endpoint_answers(endpoint_url):
             raise RuntimeError(f"No AWS endpoint answers at {endpoint_url}")
         yield Endpoint(endpoint_url)
         return
@@ -199,7 +216,10 @@ def aws_endpoint(endpoint_url="http://127.0.0.1:4566", log_path=None):
         fcntl.flock(decide, fcntl.LOCK_EX)
         try:
             started = None
-            if endpoint_answers(endpoint_url):
+            if port_open(host, port):
+                if not endpoint_answers(endpoint_url, timeout=30):
+                    raise RuntimeError(f"something listens on {host}:{port} but does not answer SQS calls "
+                                       "(not LocalStack/moto?); free the port or set AWS_ENDPOINT_URL")
                 log.info("AWS endpoint already answering at %s; using it", endpoint_url)
                 if not _is_our_moto(_read_pid(pid_path)):
                     pid_path.unlink(missing_ok=True)

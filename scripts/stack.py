@@ -12,6 +12,7 @@ Everything it starts (moto, API server, pollers) is stopped on exit, Ctrl-C
 or SIGTERM; moto only if this command started it and nobody else still uses it.
 """
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -125,6 +126,8 @@ class Child:
             return
         # SIGTERM: pollers finish their batch and exit; chalice local just exits.
         for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
+            if sig == signal.SIGTERM and not timeout:
+                continue
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
@@ -134,6 +137,21 @@ class Child:
                 return
             except subprocess.TimeoutExpired:
                 continue
+
+
+def stop_all(children, timeout=10):
+    """SIGTERM to every child at once, then wait; SIGKILL whatever is left."""
+    live = [c for c in children if c.proc is not None and c.proc.poll() is None]
+    for child in live:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in live:
+        try:
+            child.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %ss; killing it", child.name, timeout)
+            child.stop(timeout=0)
 
 
 def port_free(port, host="127.0.0.1"):
@@ -209,8 +227,7 @@ def run(args):
             finally:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                for child in reversed(children):
-                    child.stop()
+                stop_all(children)
                 if children:
                     log.info("stopped the API server and pollers")
     except Stop:
