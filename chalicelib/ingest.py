@@ -57,6 +57,9 @@ ORDERS_PER_MESSAGE = 10
 MAX_MESSAGE_BYTES = 200_000
 MESSAGE_FIELDS = ("batch_id", "orders", "positions", "order_count", "enqueued_at")
 TRANSIENT_CODE = "SERVICE_UNAVAILABLE"
+# Records not started with less than this left of the invocation are handed back
+# to SQS (reported failed) instead of being cut off by the Lambda timeout.
+TIME_RESERVE_MS = 5000
 
 
 class TransientFailure(Exception):
@@ -345,6 +348,10 @@ def handle_order_event(event, context=None, ingest=None):
     ingest = ingest or order_ingest()
 
     def record_handler(record):
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        if remaining is not None and remaining() < TIME_RESERVE_MS:
+            emit("IngestRecordsDeferred", 1)
+            raise TransientFailure("Too little time left in this invocation; SQS will redeliver the message.")
         try:
             return ingest.process(record.body, record.message_id)
         except Exception as exc:

@@ -58,3 +58,24 @@ def test_bad_orders_list_with_valid_positions_fails_those_positions_of_the_batch
     m = ingest.decode_message(body, "mid")
     assert m.error is not None
     assert (m.batch_id, m.positions, m.order_count) == ("b", [20, 21], 30)
+
+
+class _Context:
+    def __init__(self, remaining_ms):
+        self.remaining_ms = remaining_ms
+
+    def get_remaining_time_in_millis(self):
+        return self.remaining_ms
+
+
+def test_records_are_handed_back_when_the_invocation_is_almost_out_of_time():
+    class Never:
+        def process(self, body, message_id):  # pragma: no cover - must not be reached
+            raise AssertionError("processed with no time left")
+
+    event = {"Records": [{"messageId": f"m{i}", "receiptHandle": "r", "body": "{}", "attributes": {},
+                          "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+                          "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:q", "awsRegion": "us-east-1"}
+                         for i in range(2)]}
+    response = ingest.handle_order_event(event, _Context(1000), ingest=Never())
+    assert response == {"batchItemFailures": [{"itemIdentifier": "m0"}, {"itemIdentifier": "m1"}]}
