@@ -5,12 +5,14 @@ from chalice import Chalice
 from chalicelib import bootstrap, ingest
 from chalicelib.routes import batches, catalog, orders
 from chalicelib.routes import search
+from chalicelib.routes import ops
 
 app = Chalice(app_name="shop")
 app.register_blueprint(search.routes)
 app.register_blueprint(catalog.routes)
 app.register_blueprint(orders.routes)
 app.register_blueprint(batches.routes)
+app.register_blueprint(ops.routes)
 
 
 # SQS consumers. Chalice passes an SQSEvent; the raw Lambda event is

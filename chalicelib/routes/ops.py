@@ -1,0 +1,78 @@
+"""Operations routes: `GET /admin/stats` (admin) and `GET /dashboard`.
+
+`/admin/stats?window=300&step=1` -> the last `window` seconds (1..300) of
+order latency, orders, cache hit rates, requests, errors and per-route
+latency across every process, with per-`step`-second series for charts.
+
+`/dashboard` is a static HTML page (no data in it). The page asks for the
+admin key (field, or `#key=...` in the URL; a fragment never reaches the
+server or its logs) and polls `/admin/stats` with it, so the numbers stay
+admin-only. The HTML itself is served without a key check by the app: locally
+anyone on the machine can open http://127.0.0.1:8000/dashboard; in the cloud
+the route is `api_key_required` like every route but /health, so API Gateway
+only serves it to callers with a key (operators use the CloudWatch dashboard
+from infra/ there).
+"""
+import time
+
+from chalice import Blueprint, Response
+
+from .. import observability
+from ..errors import ShopError
+from ..http import _request_id, endpoint, error_response, json_response, query_params
+from ..observability import emit, logger
+from ..static.dashboard import DASHBOARD_HTML
+from ..validation import query_int
+
+routes = Blueprint(__name__)
+
+HTML_HEADERS = {
+    "Content-Type": "text/html; charset=utf-8",
+    "Cache-Control": "no-store",
+    # Everything is inline; the page only talks to this origin.
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                               "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+@endpoint(routes, "/admin/stats", admin=True)
+def admin_stats(request):
+    params = query_params(request)
+    window = query_int(params, "window", observability.WINDOW_SECONDS, 1, observability.WINDOW_SECONDS)
+    step = query_int(params, "step", 1, 1, 60)
+    return 200, observability.stats(window, step), {"Cache-Control": "no-store"}
+
+
+def html_endpoint(path, body):
+    """Like chalicelib.http.endpoint, for a static HTML page: same request id,
+    error body and metrics, no key check in the app (see module docstring)."""
+
+    def view():
+        request = routes.current_request
+        request_id = _request_id(request)
+        logger.append_keys(request_id=request_id)
+        started = time.perf_counter()
+        route = f"{request.method} {path}"
+        try:
+            response = Response(body=body, status_code=200, headers={**HTML_HEADERS, "X-Request-Id": request_id})
+        except ShopError as exc:
+            response = error_response(exc, request_id)
+            emit("Errors", 1, code=exc.code)
+        except Exception:
+            logger.exception("unhandled error", extra={"route": route})
+            response = json_response(500, {"error": {"code": "INTERNAL", "message": "Internal error; quote the request id.",
+                                                     "request_id": request_id}}, request_id=request_id)
+            emit("Errors", 1, code="INTERNAL")
+        finally:
+            logger.remove_keys(["request_id"])
+        emit("RequestLatency", (time.perf_counter() - started) * 1000, unit="Milliseconds", route=route)
+        return response
+
+    view.__name__ = "page_" + path.strip("/").replace("/", "_")
+    routes.route(path, methods=["GET"], api_key_required=True)(view)
+    return view
+
+
+dashboard = html_endpoint("/dashboard", DASHBOARD_HTML)
