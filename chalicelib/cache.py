@@ -10,8 +10,6 @@ import logging
 import random
 import time
 
-import redis
-
 from .breaker import CircuitBreaker, CircuitOpen
 
 log = logging.getLogger(__name__)
@@ -61,6 +59,10 @@ class RedisGateway:
     breaker, so a dead Redis costs a request microseconds, not a timeout."""
 
     def __init__(self, url, timeout=0.25, prefix="", max_connections=64):
+        import redis  # lazy: a third of app.py's import time; only paid once Redis is used
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
         self.url = url
         # Every key starts with `prefix`, so test runs share a Redis without touching each other.
         self.prefix = prefix
@@ -76,7 +78,10 @@ class RedisGateway:
             health_check_interval=30,
             decode_responses=True,
         )
-        self.client = redis.Redis(connection_pool=pool, retry_on_timeout=False)
+        # No client-side retries (redis-py retries 3 times with backoff by
+        # default): the breaker decides, and a dead Redis must cost one timeout.
+        self.client = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+        self._errors = (redis.exceptions.RedisError, OSError)
         self._scripts = {}
 
     def key(self, name):
@@ -94,7 +99,7 @@ class RedisGateway:
             raise CacheUnavailable(str(exc)) from None
         try:
             result = fn(self.client)
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except self._errors as exc:
             # Any Redis failure (unreachable, READONLY replica mid-failover, pool
             # exhausted) degrades to "no cache"; the breaker always learns the outcome.
             self.breaker.record_failure()
