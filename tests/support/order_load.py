@@ -6,19 +6,26 @@ import threading
 import time
 
 from chalicelib import bootstrap
+from chalicelib.errors import ServiceUnavailable
 from chalicelib.orders import parse_batch
 
 RETRYABLE = {"SERVICE_UNAVAILABLE"}
 
 
 def place_with_retry(service, order, attempts=30):
-    """Place one order as a well-behaved client: retry transient failures."""
+    """Place one order as a well-behaved client: retry transient failures (a
+    retryable per-order result, or a 503 for the whole request). A retry is
+    safe whatever happened: the same client_order_id is never placed twice."""
     for _ in range(attempts):
-        result = service.place_batch(parse_batch({"orders": [order]}))["results"][0]
+        try:
+            result = service.place_batch(parse_batch({"orders": [order]}))["results"][0]
+        except ServiceUnavailable:
+            time.sleep(random.uniform(0.01, 0.05))
+            continue
         if result["status"] == "created" or result["error"]["code"] not in RETRYABLE:
             return result
         time.sleep(random.uniform(0.001, 0.02))
-    return result
+    raise AssertionError(f"order {order['client_order_id']} still failing transiently after {attempts} attempts")
 
 
 def run_buyers(strategy, orders, threads):
