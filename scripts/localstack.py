@@ -40,7 +40,7 @@ DLQ_RETENTION_SECONDS = 14 * 24 * 3600
 CONSUMER_TIMEOUT_SECONDS = 30
 CLOUD_VISIBILITY_TIMEOUT = 6 * CONSUMER_TIMEOUT_SECONDS
 # Local: short, so redelivery and DLQ can be watched (env SQS_VISIBILITY_TIMEOUT).
-LOCAL_VISIBILITY_TIMEOUT = 30
+LOCAL_VISIBILITY_TIMEOUT = 180  # 6x the 30 s consumer timeout (DESIGN.md); tests set short ones themselves
 
 
 def aws_env(endpoint_url=None):

@@ -19,7 +19,9 @@ sys.path.insert(0, str(ROOT))
 
 from chalicelib import bootstrap  # noqa: E402
 from chalicelib.migrate import migrate  # noqa: E402
-from chalicelib.settings import parse_database_url  # noqa: E402
+from chalicelib.settings import Settings, parse_database_url  # noqa: E402
+from scripts import localstack  # noqa: E402
+from scripts.stack import setup_queues  # noqa: E402
 
 BASE_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "mysql://root:@127.0.0.1:3306/")
 BASE_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -47,6 +49,16 @@ def _drop_database(url):
             cur.execute(f"DROP DATABASE IF EXISTS `{target.database}`")
     finally:
         conn.close()
+
+
+def _delete_queues(specs):
+    settings = Settings()
+    sqs = localstack.sqs_client(settings.aws_endpoint_url, settings.region)
+    for spec in specs:
+        for name in (spec.name, spec.dlq_name):
+            url = localstack.queue_url(sqs, name)
+            if url:
+                sqs.delete_queue(QueueUrl=url)
 
 
 def delete_prefix(redis_url, prefix):
@@ -83,7 +95,11 @@ def test_env(tmp_path_factory):
     os.environ.update(env)
     bootstrap.reset()
     migrate(bootstrap.database())
-    yield env
+    # The AWS endpoint (moto unless one answers already) and this session's queues.
+    with localstack.aws_endpoint(env["AWS_ENDPOINT_URL"]):
+        specs = setup_queues(Settings())
+        yield env
+        _delete_queues(specs)
     bootstrap.reset()
     _drop_database(env["DATABASE_URL"])
     delete_prefix(BASE_REDIS_URL, env["REDIS_KEY_PREFIX"])
