@@ -19,6 +19,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = None
         self._probe_in_flight = False
+        self._probe_started = 0.0
 
     @property
     def state(self):
@@ -34,9 +35,16 @@ class CircuitBreaker:
         with self._lock:
             if self._opened_at is None:
                 return
-            if self._clock() - self._opened_at < self.reset_after or self._probe_in_flight:
+            now = self._clock()
+            if now - self._opened_at < self.reset_after:
+                raise CircuitOpen(f"{self.name} circuit open")
+            # One probe at a time; a probe whose caller never reported (it died
+            # of an unexpected exception) is replaced after another window, or
+            # the circuit would stay open forever.
+            if self._probe_in_flight and now - self._probe_started < self.reset_after:
                 raise CircuitOpen(f"{self.name} circuit open")
             self._probe_in_flight = True
+            self._probe_started = now
 
     def record_success(self):
         with self._lock:

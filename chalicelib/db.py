@@ -46,6 +46,15 @@ class Database:
         self._idle = queue.LifoQueue()
 
     def connect(self, database=True):
+        conn = self._open(database)
+        # pymysql reads the handshake under read_timeout: a server that accepts
+        # but never answers (partition, a proxy in front of a dead database)
+        # would cost the full read timeout per connect. Connect under the short
+        # connect timeout, then give queries their read/write timeouts.
+        conn._read_timeout = conn._write_timeout = self.read_timeout
+        return conn
+
+    def _open(self, database):
         return pymysql.connect(
             host=self.target.host,
             port=self.target.port,
@@ -55,8 +64,8 @@ class Database:
             charset="utf8mb4",
             autocommit=True,
             connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            write_timeout=self.read_timeout,
+            read_timeout=self.connect_timeout,
+            write_timeout=self.connect_timeout,
             cursorclass=pymysql.cursors.DictCursor,
             # RDS Proxy requires TLS; the Lambda runtime trusts the Amazon root CAs.
             ssl={"check_hostname": True} if self.target.tls else None,
@@ -73,36 +82,51 @@ class Database:
     def _checkout(self, begin):
         """A healthy pooled connection, optionally inside BEGIN.
 
-        An idle connection found dead (server restart, frozen container) is
-        replaced once: nothing has run on it yet, so a retry is always safe."""
+        An idle connection found dead (server restart, frozen container, idle
+        connections reaped) says nothing about the server now: it is closed
+        with all its idle siblings (they almost always died together; trying
+        them one by one would fail one request per dead connection) and a
+        fresh connection is made. Only a failed fresh connect counts against
+        the breaker. Nothing has run on the connection yet, so this is safe."""
         try:
             self.breaker.before_call()
         except CircuitOpen:
             raise ServiceUnavailable("The database is unavailable; retry shortly.") from None
-        for attempt in (1, 2):
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            conn = None
+        if conn is not None:
             try:
-                conn = self._idle.get_nowait()
-                reused = True
-            except queue.Empty:
-                conn, reused = None, False
-            try:
-                if conn is None:
-                    conn = self.connect()
                 if begin:
                     conn.begin()
                 self.breaker.record_success()
                 return conn
             except Exception as exc:
-                if conn is not None:
-                    _close_quietly(conn)
+                _close_quietly(conn)
                 if not is_connection_error(exc):
+                    self.breaker.record_success()  # the server answered
                     raise
-                if reused and attempt == 1:
-                    continue
-                self.breaker.record_failure()
-                log.warning("mysql unavailable: %s", exc)
-                raise ServiceUnavailable("The database is unavailable; retry shortly.") from exc
-        raise AssertionError("unreachable")
+                log.info("dropping dead pooled mysql connections: %s", exc)
+                self.close()
+        conn = None
+        try:
+            conn = self.connect()
+            if begin:
+                conn.begin()
+        except Exception as exc:
+            if conn is not None:
+                _close_quietly(conn)
+            if not is_connection_error(exc):
+                # The server answered (bad credentials, unknown database): it is
+                # up. Report it, or a half-open probe would never finish.
+                self.breaker.record_success()
+                raise
+            self.breaker.record_failure()
+            log.warning("mysql unavailable: %s", exc)
+            raise ServiceUnavailable("The database is unavailable; retry shortly.") from exc
+        self.breaker.record_success()
+        return conn
 
     @contextmanager
     def connection(self, begin=False):
@@ -126,6 +150,7 @@ class Database:
         """Roll back after a failure; False if the connection must be dropped."""
         if is_connection_error(exc):
             self.breaker.record_failure()
+            self.close()  # the idle ones most likely died with it (restart, cut)
             return False
         try:
             conn.rollback()
@@ -159,16 +184,19 @@ class Database:
                 raise
 
     def query(self, sql, args=None):
-        """Autocommit read outside any transaction."""
-        try:
-            with self.connection() as conn:
-                with conn.cursor() as cur:
-                    cur.execute(sql, args)
-                    return cur.fetchall()
-        except pymysql.err.MySQLError as exc:
-            if is_connection_error(exc):
-                raise ServiceUnavailable("The database connection was lost; retry shortly.") from exc
-            raise
+        """Autocommit read (reads only) outside any transaction. A read on a pooled
+        connection that turns out dead is repeated once on a fresh one."""
+        for attempt in (1, 2):
+            try:
+                with self.connection() as conn:
+                    with conn.cursor() as cur:
+                        cur.execute(sql, args)
+                        return cur.fetchall()
+            except pymysql.err.MySQLError as exc:
+                if not is_connection_error(exc):
+                    raise
+                if attempt == 2:
+                    raise ServiceUnavailable("The database connection was lost; retry shortly.") from exc
 
     def ping(self):
         try:

@@ -1,0 +1,224 @@
+"""Dependencies die under a running order load and come back (DESIGN.md
+invariant 6). After each: reconciliation (0 oversold, 0 lost, 0 duplicated,
+nothing partial), fresh reads, only the documented 503s, and a bounded time
+per request on the dead dependency.
+
+The latency bounds are correctness bounds for degradation (a dead dependency
+must not cost every request its full timeout), generous on purpose."""
+import logging
+import time
+
+import pytest
+
+from chalicelib import bootstrap
+from chalicelib.errors import ServiceUnavailable
+from tests.faults.conftest import seed_products
+from tests.faults.harness import OrderLoad, percentile, reconcile
+
+# Once a breaker is open a request must not wait on the dead dependency.
+OPEN_BREAKER_BOUND = 0.100
+
+
+def _mysql_rows(ids):
+    rows = bootstrap.database().query(
+        f"SELECT id, stock, version FROM products WHERE id IN ({','.join(['%s'] * len(ids))})", list(ids))
+    return {r["id"]: (r["stock"], r["version"]) for r in rows}
+
+
+def _assert_reads_fresh(ids):
+    truth = _mysql_rows(ids)
+    catalog = bootstrap.catalog()
+    for pid in ids:
+        product, state = catalog.get(pid)
+        assert (product["stock"], product["version"]) == truth[pid], (pid, state, product, truth[pid])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["guarded", "redis_lock"])
+def test_redis_killed_under_load(stack, strategy, caplog):
+    """Redis dies: orders, reads and writes go on from MySQL (BYPASS), redis_lock
+    falls back to row locks, rate limiting fails open; when Redis comes back
+    EMPTY, no read shows a pre-crash copy."""
+    initial = seed_products(8, stock=300)
+    ids = list(initial)
+    for pid in ids:
+        bootstrap.catalog().get(pid)  # cache every product (pre-crash copies)
+        assert bootstrap.catalog().get(pid)[1] == "HIT"
+    load = OrderLoad(initial, threads=6, strategy=strategy, prefix=f"r-{strategy}").start()
+    try:
+        time.sleep(0.5)
+        stack.redis.kill()
+        down_at = time.perf_counter()
+        time.sleep(0.4)
+        with caplog.at_level(logging.WARNING):
+            limiter = bootstrap.rate_limiter()
+            started = time.perf_counter()
+            assert limiter.check("shop-local-limited-key-0001", "limited") == (True, 0)
+            assert time.perf_counter() - started < OPEN_BREAKER_BOUND
+        assert "failed open" in caplog.text
+        for pid in ids[:3]:
+            started = time.perf_counter()
+            product, state = bootstrap.catalog().get(pid)
+            assert state == "BYPASS"
+            assert time.perf_counter() - started < OPEN_BREAKER_BOUND
+        # a product write with Redis down: committed, invalidation deferred
+        bootstrap.catalog().update(ids[0], {"name": "renamed while redis was down"})
+        time.sleep(0.8)
+        stack.redis.start()  # back, empty
+        up_at = time.perf_counter()
+        time.sleep(1.5)  # breaker reset window + some orders on the recovered Redis
+    finally:
+        load.stop()
+    load.drain()
+    report = reconcile(load, initial)
+    assert report["problems"] == [], report
+
+    during = [a for a in load.window(down_at + 0.1, up_at)]
+    assert during, "no orders were attempted while Redis was down"
+    assert all(a.outcome in ("created", "duplicate", "INSUFFICIENT_STOCK") for a in during), \
+        {a.outcome for a in during}  # Redis down is not a reason to refuse an order
+    # Redis costs nothing once its breaker is open; what remains is MySQL and
+    # the deferred invalidation's SQS send. Far below one Redis timeout per call.
+    assert percentile([a.seconds for a in during], 50) < 0.25, percentile([a.seconds for a in during], 50)
+    after = load.window(up_at + 1.2, float("inf"))
+    assert after and all(a.outcome != "SERVICE_UNAVAILABLE" for a in after)
+
+    _assert_reads_fresh(ids)
+    assert bootstrap.catalog().get(ids[0])[0]["name"] == "renamed while redis was down"
+    assert bootstrap.catalog().get(ids[1])[1] == "HIT"  # the cache is in use again
+    if strategy == "redis_lock":
+        assert "falling back to MySQL row locks" in caplog.text or during
+
+
+@pytest.mark.slow
+def test_mysql_killed_under_load(stack):
+    """mariadbd is SIGKILLed and restarted under load: sync orders get fast 503s
+    while it is down, cached reads answer (HIT while fresh, STALE once due),
+    uncached reads 503, and everything recovers by itself."""
+    initial = seed_products(6, stock=300)  # ordered: their cached copies get invalidated
+    ids = list(initial)
+    shelf = list(seed_products(4, stock=5))  # read-only during the test
+    catalog = bootstrap.catalog()
+    for pid in ids + shelf[:3]:
+        catalog.get(pid)
+    cache = bootstrap.product_cache()
+    # two cached copies due for reload (as if their TTL had passed)
+    for pid in shelf[:2]:
+        product = catalog.load(pid)
+        bootstrap.redis_gateway().call(lambda r, pid=pid: r.delete(cache.key(pid)))
+        cache.ttl_seconds = -1
+        cache.put(product)
+        cache.ttl_seconds = 300
+    load = OrderLoad(initial, threads=6, prefix="m").start()
+    try:
+        time.sleep(0.5)
+        stack.mariadb.kill()
+        down_at = time.perf_counter()
+        time.sleep(0.5)
+        product, state = catalog.get(shelf[0])
+        assert state == "STALE" and product["id"] == shelf[0]
+        assert catalog.get(shelf[1])[1] == "STALE"
+        assert catalog.get(shelf[2])[1] == "HIT"  # fresh copies never touch MySQL
+        started = time.perf_counter()
+        with pytest.raises(ServiceUnavailable) as info:
+            catalog.get(shelf[3])  # never cached
+        assert time.perf_counter() - started < OPEN_BREAKER_BOUND
+        assert info.value.retry_after >= 1
+        time.sleep(1.0)
+        stack.mariadb.start()
+        up_at = time.perf_counter()
+        time.sleep(2.0)
+    finally:
+        load.stop()
+    load.drain()
+    report = reconcile(load, initial)
+    assert report["problems"] == [], report
+
+    during = load.window(down_at + 0.3, up_at)
+    assert during and {a.outcome for a in during} <= {"SERVICE_UNAVAILABLE", "created", "duplicate"}
+    unavailable = [a.seconds for a in during if a.outcome == "SERVICE_UNAVAILABLE"]
+    assert unavailable, "no request saw the outage"
+    # Half-open probes (one per reset window) pay a connect attempt; the rest fail fast.
+    assert percentile(unavailable, 95) < OPEN_BREAKER_BOUND, percentile(unavailable, 95)
+    recovered = [a for a in load.window(up_at, float("inf")) if a.outcome in ("created", "duplicate")]
+    assert recovered, "no order succeeded after MySQL came back"
+    assert recovered[0].started - up_at < 3.0
+    _assert_reads_fresh(ids + shelf)
+
+
+@pytest.mark.slow
+def test_mysql_blackholed_costs_a_bounded_time(stack, monkeypatch):
+    """A partition (connections accepted, never answered) is the worst case:
+    the first callers pay the connect timeout, then the breaker answers at once."""
+    monkeypatch.setenv("DB_CONNECT_TIMEOUT", "0.5")
+    bootstrap.reset()
+    pid = next(iter(seed_products(1, stock=10)))
+    bootstrap.database().close()
+    stack.mysql_proxy.blackhole()
+    stack.mysql_proxy.cut()
+    costs = []
+    for i in range(10):
+        started = time.perf_counter()
+        with pytest.raises(ServiceUnavailable):
+            bootstrap.orders().place_batch(
+                __import__("chalicelib.orders", fromlist=["parse_batch"]).parse_batch(
+                    {"orders": [{"client_order_id": f"bh-{i}", "user_id": 1,
+                                 "items": [{"product_id": pid, "quantity": 1}]}]}))
+        costs.append(time.perf_counter() - started)
+    # the handshake is bounded by the connect timeout, not the 10 s read timeout
+    assert max(costs[:2]) < 0.5 + 0.5, costs
+    assert max(costs[2:]) < OPEN_BREAKER_BOUND, costs
+    stack.mysql_proxy.restore()
+    time.sleep(1.1)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            bootstrap.database().query("SELECT 1")
+            break
+        except ServiceUnavailable:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_redis_blackholed_costs_a_bounded_time(stack):
+    pid = next(iter(seed_products(1)))
+    bootstrap.catalog().get(pid)
+    stack.redis_proxy.blackhole()
+    stack.redis_proxy.cut()
+    costs = []
+    for _ in range(10):
+        started = time.perf_counter()
+        product, state = bootstrap.catalog().get(pid)
+        costs.append(time.perf_counter() - started)
+        assert state == "BYPASS" and product["id"] == pid
+    assert max(costs[:2]) < 0.25 * 2 + 0.3, costs  # REDIS_TIMEOUT per attempt
+    assert max(costs[2:]) < OPEN_BREAKER_BOUND, costs
+    stack.redis_proxy.restore()
+    time.sleep(1.1)
+    bootstrap.catalog().get(pid)
+    assert bootstrap.catalog().get(pid)[1] == "HIT"
+
+
+@pytest.mark.slow
+def test_connections_cut_repeatedly_under_load(stack):
+    """The proxy in front of MySQL cuts every connection every ~100 ms while
+    buyers run, with a little latency so cuts land inside transactions and
+    COMMITs. Any order the client was told to retry either committed (its retry
+    says duplicate) or reserved nothing."""
+    initial = seed_products(6, stock=400)
+    load = OrderLoad(initial, threads=8, prefix="cut").start()
+    try:
+        time.sleep(0.3)
+        stack.mysql_proxy.delay(0.001)
+        for _ in range(20):
+            time.sleep(0.1)
+            stack.mysql_proxy.cut()
+        stack.mysql_proxy.restore()
+        time.sleep(0.5)
+    finally:
+        load.stop()
+    load.drain()
+    report = reconcile(load, initial)
+    assert report["problems"] == [], report
+    assert sum(s.unavailable for s in load.orders) > 0, "the cuts never hit a request"

@@ -1,0 +1,181 @@
+"""Throwaway dependencies for fault tests: a `redis-server` and a `mariadbd`
+of the test's own, on free ports, in temporary directories, which the test may
+kill and restart at will. The shared MariaDB (3306) and Redis (6379) are never
+touched.
+
+    redis = ThrowawayRedis(); redis.start(); redis.url; redis.kill(); redis.start()
+    db = ThrowawayMariaDB(tmpdir); db.start(); db.url("shop"); db.kill(); db.start()
+
+A restarted Redis comes back EMPTY (no RDB, no AOF); a restarted MariaDB keeps
+its data directory (InnoDB crash recovery), as a real server restart would.
+"""
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pymysql
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port_closed(port, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.settimeout(0.1)
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        time.sleep(0.05)
+
+
+class _Process:
+    proc = None
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig=signal.SIGKILL):
+        """Die at once (SIGKILL: no clean shutdown, sockets reset)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+        _wait_port_closed(self.port)
+
+    def stop(self):
+        self.kill(signal.SIGTERM)
+
+
+class ThrowawayRedis(_Process):
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="throwaway-redis-")
+
+    @property
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout=10):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.dir, "--protected-mode", "no", "--maxmemory", "64mb"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError("redis-server exited at start")
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def close(self):
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ThrowawayMariaDB(_Process):
+    """mariadbd in a temporary datadir, root without password, small memory."""
+
+    def __init__(self, base_dir=None, port=None):
+        self.base = Path(base_dir or tempfile.mkdtemp(prefix="throwaway-mariadb-"))
+        self.datadir = self.base / "data"
+        self.port = port or free_port()
+        self.log = self.base / "error.log"
+        self._installed = False
+
+    def url(self, database):
+        return f"mysql://root:@127.0.0.1:{self.port}/{database}"
+
+    def install(self):
+        self.base.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mariadb-install-db", "--no-defaults", f"--datadir={self.datadir}", "--user=root",
+             "--auth-root-authentication-method=normal", "--skip-test-db"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self._installed = True
+
+    def start(self, timeout=30):
+        if not self._installed:
+            self.install()
+        self.proc = subprocess.Popen(
+            ["mariadbd", "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.base}/sock",
+             f"--port={self.port}", "--bind-address=127.0.0.1", "--user=root", "--skip-name-resolve",
+             f"--pid-file={self.base}/pid", f"--log-error={self.log}",
+             "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M", "--innodb-log-buffer-size=4M",
+             "--key-buffer-size=1M", "--performance-schema=OFF", "--max-connections=200",
+             "--innodb-lock-wait-timeout=10", "--innodb-flush-log-at-trx-commit=1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                pymysql.connect(host="127.0.0.1", port=self.port, user="root", password="",
+                                connect_timeout=0.5).close()
+                return self
+            except pymysql.err.MySQLError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mariadbd exited at start; see {self.log}")
+                time.sleep(0.05)
+        raise RuntimeError(f"mariadbd did not start; see {self.log}")
+
+    def execute(self, sql, args=None, database=None):
+        conn = pymysql.connect(host="127.0.0.1", port=self.port, user="root", password="", database=database,
+                               autocommit=True, cursorclass=pymysql.cursors.DictCursor)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, args)
+                return cur.fetchall()
+        finally:
+            conn.close()
+
+    def close(self):
+        self.kill()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def kill_connections(port, database, exclude_id=None):
+    """`KILL` every client connection to `database` on the server at `port`
+    (what an operator or a failover does to sessions mid-transaction)."""
+    conn = pymysql.connect(host="127.0.0.1", port=port, user="root", password="", autocommit=True)
+    killed = 0
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()",
+                        (database,))
+            for (pid,) in cur.fetchall():
+                if pid == exclude_id:
+                    continue
+                try:
+                    cur.execute(f"KILL {int(pid)}")
+                    killed += 1
+                except pymysql.err.MySQLError:
+                    pass  # already gone
+    finally:
+        conn.close()
+    return killed
+
+
+__all__ = ["ThrowawayRedis", "ThrowawayMariaDB", "kill_connections", "free_port"]
