@@ -290,6 +290,26 @@ def _format_ts(ts):
     return ts.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+_SORT_KEYS = {
+    "relevance": lambda m: (-int(m["score"]), m["id"]),
+    "price_asc": lambda m: (m["price_cents"], m["id"]),
+    "price_desc": lambda m: (-m["price_cents"], m["id"]),
+    "newest": lambda m: (m["created_at"], m["id"]),   # sorted in reverse
+}
+
+
+def _is_after(query, m):
+    """The Python twin of the SQL keyset conditions below."""
+    first, last_id = query.after
+    if query.sort == "newest":
+        ts = _format_ts(m["created_at"])
+        return ts < first or (ts == first and m["id"] < last_id)
+    value = int(m["score"]) if query.sort == "relevance" else m["price_cents"]
+    if query.sort == "price_asc":
+        return value > first or (value == first and m["id"] > last_id)
+    return value < first or (value == first and m["id"] > last_id)
+
+
 # ORDER BY and the keyset condition "strictly after the cursor" for each sort.
 _ORDER = {
     "relevance": ("score DESC, id ASC", "(score < %s OR (score = %s AND id > %s))", "score"),
@@ -474,6 +494,18 @@ class MySQLSearchBackend:
             merge = min(counts) >= self.DRIVER_SAMPLE
         order, after_sql, first_col = _ORDER[query.sort]
         match_sql, match_args = self._match_sql(query, atoms, driver, query.sort == "relevance", merge)
+        if driver is not None and not merge:
+            # Selective: fewer than DRIVER_SAMPLE candidates. One pass yields
+            # every match's sort key; total, order and keyset are done here
+            # instead of probing the candidates twice (page + count).
+            cur.execute(match_sql, match_args)
+            matches = list(cur.fetchall())
+            total = len(matches)
+            matches.sort(key=_SORT_KEYS[query.sort], reverse=query.sort == "newest")
+            if query.after is not None:
+                matches = [m for m in matches if _is_after(query, m)]
+            keys = matches[:query.limit + 1]
+            return self._page(cur, query, keys, total, first_col)
         sql, args = f"SELECT id, price_cents, created_at, score FROM ({match_sql}) m", list(match_args)
         if query.after is not None:
             first, last_id = query.after
@@ -488,6 +520,12 @@ class MySQLSearchBackend:
         count_sql, count_args = self._match_sql(query, atoms, driver, False, merge)
         cur.execute(f"SELECT COUNT(*) AS n FROM ({count_sql}) m", count_args)
         total = int(cur.fetchone()["n"])
+        return self._page(cur, query, list(keys) + ([None] if more else []), total, first_col)
+
+    def _page(self, cur, query, keys, total, first_col):
+        """keys: up to limit+1 sort-key rows (an extra one means there is more)."""
+        more = len(keys) > query.limit
+        keys = keys[:query.limit]
         items = []
         if keys:
             from .catalog import to_api
