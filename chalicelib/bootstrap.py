@@ -105,4 +105,5 @@ def orders(strategy_name=None):
     from .orders import OrderService
 
     strategy = inventory_strategy(strategy_name)
-    return _once(f"orders:{strategy.name}", lambda: OrderService(database(), strategy, invalidator()))
+    return _once(f"orders:{strategy.name}", lambda: OrderService(
+        database(), strategy, invalidator(), max_in_flight=int(settings().number("ORDERS_MAX_IN_FLIGHT"))))
