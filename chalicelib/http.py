@@ -56,9 +56,11 @@ def query_params(request):
     return dict(request.query_params or {})
 
 
-def endpoint(routes, path, methods=("GET",), admin=False, public=False):
+def endpoint(routes, path, methods=("GET",), admin=False, public=False, check_key_in_app=True):
     """Declare a view on `routes` (an app or Blueprint). The view gets the
-    request first and returns (status, body) or (status, body, headers)."""
+    request first and returns (status, body), (status, body, headers) or a
+    ready Response (a page). `public` routes need no key anywhere;
+    `check_key_in_app=False` leaves the key to API Gateway alone."""
 
     def decorate(view):
         @functools.wraps(view)
@@ -69,7 +71,7 @@ def endpoint(routes, path, methods=("GET",), admin=False, public=False):
             started = time.perf_counter()
             route = f"{request.method} {path}"
             try:
-                if not public:
+                if not public and check_key_in_app:
                     settings = bootstrap.settings()
                     key, plan = auth.plan_for_request(settings, request.headers, request.context or {})
                     if settings.rate_limit_enabled:
@@ -78,8 +80,13 @@ def endpoint(routes, path, methods=("GET",), admin=False, public=False):
                             raise RateLimited("Too many requests for this API key.", retry_after=retry_after)
                     if admin:
                         auth.require_admin(plan)
-                status, body, *rest = view(request, *args, **kwargs)
-                response = json_response(status, body, rest[0] if rest else None, request_id)
+                result = view(request, *args, **kwargs)
+                if isinstance(result, Response):
+                    response = result
+                    response.headers["X-Request-Id"] = request_id
+                else:
+                    status, body, *rest = result
+                    response = json_response(status, body, rest[0] if rest else None, request_id)
             except ShopError as exc:
                 if exc.status >= 500:
                     logger.warning("request failed", extra={"route": route, "code": exc.code})

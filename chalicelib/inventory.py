@@ -25,10 +25,15 @@ def _placeholders(n):
     return ",".join(["%s"] * n)
 
 
-def _explain_shortfall(cur, quantities, product_id=None):
-    """Raise the precise business error for a reservation that could not be made."""
-    ids = [product_id] if product_id is not None else list(quantities)
-    cur.execute(f"SELECT id, stock, status FROM products WHERE id IN ({_placeholders(len(ids))})", ids)
+def _read_sellable(cur, quantities, lock):
+    """The order's product rows (locked FOR UPDATE in id order if `lock`),
+    or the business error that stops the order."""
+    ids = list(quantities)
+    cur.execute(
+        f"SELECT id, stock, status, price_cents, version FROM products WHERE id IN ({_placeholders(len(ids))}) "
+        + ("ORDER BY id FOR UPDATE" if lock else ""),
+        ids,
+    )
     rows = {row["id"]: row for row in cur.fetchall()}
     for pid in ids:
         row = rows.get(pid)
@@ -38,6 +43,7 @@ def _explain_shortfall(cur, quantities, product_id=None):
             raise InsufficientStock(
                 f"Product {pid} has {row['stock']} in stock; {quantities[pid]} requested.", product_id=pid
             )
+    return rows
 
 
 def _reserved_rows(cur, quantities):
@@ -57,14 +63,21 @@ class GuardedStrategy:
 
     def reserve(self, cur, quantities):
         for pid, qty in quantities.items():
-            changed = cur.execute(
-                "UPDATE products SET stock = stock - %s, version = version + 1, updated_at = CURRENT_TIMESTAMP(6) "
-                "WHERE id = %s AND status = 'active' AND stock >= %s",
-                (qty, pid, qty),
-            )
-            if not changed:
-                _explain_shortfall(cur, quantities, pid)
+            if not self._take(cur, pid, qty):
+                # Raises why the line cannot be sold; if it can after all (restocked
+                # between the two statements), we now hold the row lock and retake.
+                _read_sellable(cur, {pid: qty}, lock=True)
+                if not self._take(cur, pid, qty):
+                    raise AssertionError(f"guarded update of locked product {pid} failed")
         return _reserved_rows(cur, quantities)
+
+    @staticmethod
+    def _take(cur, pid, qty):
+        return cur.execute(
+            "UPDATE products SET stock = stock - %s, version = version + 1, updated_at = CURRENT_TIMESTAMP(6) "
+            "WHERE id = %s AND status = 'active' AND stock >= %s",
+            (qty, pid, qty),
+        )
 
 
 class PessimisticStrategy:
@@ -76,28 +89,14 @@ class PessimisticStrategy:
         return db.run(lambda cur: work(cur, self))
 
     def reserve(self, cur, quantities):
-        ids = list(quantities)
-        cur.execute(
-            f"SELECT id, stock, status, price_cents, version FROM products WHERE id IN ({_placeholders(len(ids))}) "
-            "ORDER BY id FOR UPDATE",
-            ids,
-        )
-        rows = {row["id"]: row for row in cur.fetchall()}
-        for pid in ids:
-            row = rows.get(pid)
-            if row is None or row["status"] != "active":
-                raise ProductNotFound(f"Product {pid} does not exist or is not for sale.", product_id=pid)
-            if row["stock"] < quantities[pid]:
-                raise InsufficientStock(
-                    f"Product {pid} has {row['stock']} in stock; {quantities[pid]} requested.", product_id=pid
-                )
+        rows = _read_sellable(cur, quantities, lock=True)
         for pid, qty in quantities.items():
             cur.execute(
                 "UPDATE products SET stock = stock - %s, version = version + 1, updated_at = CURRENT_TIMESTAMP(6) "
                 "WHERE id = %s",
                 (qty, pid),
             )
-        return {pid: {"price_cents": rows[pid]["price_cents"], "version": rows[pid]["version"] + 1} for pid in ids}
+        return {pid: {"price_cents": rows[pid]["price_cents"], "version": rows[pid]["version"] + 1} for pid in quantities}
 
 
 class OptimisticConflict(Exception):
@@ -128,20 +127,7 @@ class OptimisticStrategy:
         )
 
     def reserve(self, cur, quantities):
-        ids = list(quantities)
-        cur.execute(
-            f"SELECT id, stock, status, price_cents, version FROM products WHERE id IN ({_placeholders(len(ids))})",
-            ids,
-        )
-        rows = {row["id"]: row for row in cur.fetchall()}
-        for pid in ids:
-            row = rows.get(pid)
-            if row is None or row["status"] != "active":
-                raise ProductNotFound(f"Product {pid} does not exist or is not for sale.", product_id=pid)
-            if row["stock"] < quantities[pid]:
-                raise InsufficientStock(
-                    f"Product {pid} has {row['stock']} in stock; {quantities[pid]} requested.", product_id=pid
-                )
+        rows = _read_sellable(cur, quantities, lock=False)
         for pid, qty in quantities.items():
             changed = cur.execute(
                 "UPDATE products SET stock = stock - %s, version = version + 1, updated_at = CURRENT_TIMESTAMP(6) "
@@ -150,7 +136,7 @@ class OptimisticStrategy:
             )
             if not changed:
                 raise OptimisticConflict(pid)
-        return {pid: {"price_cents": rows[pid]["price_cents"], "version": rows[pid]["version"] + 1} for pid in ids}
+        return {pid: {"price_cents": rows[pid]["price_cents"], "version": rows[pid]["version"] + 1} for pid in quantities}
 
 
 # KEYS: lock keys. ARGV[1]: token. Deletes only locks still holding our token.

@@ -13,14 +13,10 @@ the route is `api_key_required` like every route but /health, so API Gateway
 only serves it to callers with a key (operators use the CloudWatch dashboard
 from infra/ there).
 """
-import time
-
 from chalice import Blueprint, Response
 
 from .. import observability
-from ..errors import ShopError
-from ..http import _request_id, endpoint, error_response, json_response, query_params
-from ..observability import emit, logger
+from ..http import endpoint, query_params
 from ..static.dashboard import DASHBOARD_HTML
 from ..validation import query_int
 
@@ -45,34 +41,6 @@ def admin_stats(request):
     return 200, observability.stats(window, step), {"Cache-Control": "no-store"}
 
 
-def html_endpoint(path, body):
-    """Like chalicelib.http.endpoint, for a static HTML page: same request id,
-    error body and metrics, no key check in the app (see module docstring)."""
-
-    def view():
-        request = routes.current_request
-        request_id = _request_id(request)
-        logger.append_keys(request_id=request_id)
-        started = time.perf_counter()
-        route = f"{request.method} {path}"
-        try:
-            response = Response(body=body, status_code=200, headers={**HTML_HEADERS, "X-Request-Id": request_id})
-        except ShopError as exc:
-            response = error_response(exc, request_id)
-            emit("Errors", 1, code=exc.code)
-        except Exception:
-            logger.exception("unhandled error", extra={"route": route})
-            response = json_response(500, {"error": {"code": "INTERNAL", "message": "Internal error; quote the request id.",
-                                                     "request_id": request_id}}, request_id=request_id)
-            emit("Errors", 1, code="INTERNAL")
-        finally:
-            logger.remove_keys(["request_id"])
-        emit("RequestLatency", (time.perf_counter() - started) * 1000, unit="Milliseconds", route=route)
-        return response
-
-    view.__name__ = "page_" + path.strip("/").replace("/", "_")
-    routes.route(path, methods=["GET"], api_key_required=True)(view)
-    return view
-
-
-dashboard = html_endpoint("/dashboard", DASHBOARD_HTML)
+@endpoint(routes, "/dashboard", check_key_in_app=False)
+def dashboard(request):
+    return Response(body=DASHBOARD_HTML, status_code=200, headers=dict(HTML_HEADERS))
