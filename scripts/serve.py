@@ -13,6 +13,9 @@ from chalice.cli import run_local_server
 # socketserver's default listen backlog of 5 turns a burst of clients into
 # SYN retries of a second or more; API Gateway has no such queue.
 chalice_local.ThreadedHTTPServer.request_queue_size = 1024
+# Headers and body go out in separate writes; with Nagle on, keep-alive clients
+# wait for a delayed ACK (~40 ms) on every request.
+chalice_local.ChaliceRequestHandler.disable_nagle_algorithm = True
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
