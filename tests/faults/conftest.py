@@ -63,7 +63,9 @@ def _create_queues(env):
         return None, []
 
 
-@pytest.fixture(scope="session")
+# Package scope: the throwaway servers and the environment pointing at them are
+# gone once tests/faults is done, so later tests see their own session's settings.
+@pytest.fixture(scope="package")
 def fault_stack(tmp_path_factory):
     mariadb = ThrowawayMariaDB(tmp_path_factory.mktemp("mariadb"))
     redis_server = ThrowawayRedis()

@@ -117,28 +117,32 @@ class ThrowawayMariaDB(_Process):
         )
         self._installed = True
 
-    def start(self, timeout=30):
+    def start(self, timeout=60):
+        """Start (or restart) the server and wait until it answers. A restart
+        right after SIGKILL can find the port or the datadir lock still held
+        for a moment: mariadbd then exits, and is launched again."""
         if not self._installed:
             self.install()
-        self.proc = subprocess.Popen(
-            ["mariadbd", "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.base}/sock",
-             f"--port={self.port}", "--bind-address=127.0.0.1", "--user=root", "--skip-name-resolve",
-             f"--pid-file={self.base}/pid", f"--log-error={self.log}",
-             "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M", "--innodb-log-buffer-size=4M",
-             "--key-buffer-size=1M", "--performance-schema=OFF", "--max-connections=200",
-             "--innodb-lock-wait-timeout=10", "--innodb-flush-log-at-trx-commit=1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                pymysql.connect(host="127.0.0.1", port=self.port, user="root", password="",
-                                connect_timeout=0.5).close()
-                return self
-            except pymysql.err.MySQLError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"mariadbd exited at start; see {self.log}")
-                time.sleep(0.05)
+            self.proc = subprocess.Popen(
+                ["mariadbd", "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.base}/sock",
+                 f"--port={self.port}", "--bind-address=127.0.0.1", "--user=root", "--skip-name-resolve",
+                 f"--pid-file={self.base}/pid", f"--log-error={self.log}",
+                 "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M", "--innodb-log-buffer-size=4M",
+                 "--key-buffer-size=1M", "--performance-schema=OFF", "--max-connections=200",
+                 "--innodb-lock-wait-timeout=10", "--innodb-flush-log-at-trx-commit=1"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    pymysql.connect(host="127.0.0.1", port=self.port, user="root", password="",
+                                    connect_timeout=0.5).close()
+                    return self
+                except pymysql.err.MySQLError:
+                    time.sleep(0.05)
+            time.sleep(0.5)
+        self.kill()
         raise RuntimeError(f"mariadbd did not start; see {self.log}")
 
     def execute(self, sql, args=None, database=None):
