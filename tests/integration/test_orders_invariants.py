@@ -142,3 +142,23 @@ def test_replay_after_cancel_is_a_duplicate_not_a_new_reservation(clean_db, stra
     again = service.place_batch(parse_batch({"orders": [order]}))["results"][0]
     assert again["duplicate"] is True and again["order_id"] == first["order_id"]
     assert _stock(product["id"]) == 5
+
+
+GARBAGE_ORDERS = [
+    None, [], {}, {"client_order_id": "g", "user_id": 1, "items": []},
+    {"client_order_id": "g", "user_id": 1, "items": [{"product_id": "{pid}", "quantity": 1}]},
+    {"client_order_id": "g", "user_id": 1, "items": [{"product_id": 1, "quantity": -1}]},
+    {"client_order_id": "g", "user_id": True, "items": [{"product_id": 1, "quantity": 1}]},
+    {"client_order_id": "g" * 65, "user_id": 1, "items": [{"product_id": 1, "quantity": 1}]},
+    {"client_order_id": "g", "user_id": 1, "items": [{"product_id": 10**30, "quantity": 1}]},
+]
+
+
+def test_garbage_orders_never_raise_and_never_change_stock(clean_db, strategy):
+    product = make_product(bootstrap.catalog(), stock=5)
+    service = bootstrap.orders(strategy)
+    result = service.place_batch(parse_batch({"orders": GARBAGE_ORDERS}))
+    assert result["summary"] == {"created": 0, "failed": len(GARBAGE_ORDERS)}
+    assert {r["error"]["code"] for r in result["results"]} == {"VALIDATION_ERROR"}
+    assert _stock(product["id"]) == 5
+    assert bootstrap.database().query("SELECT COUNT(*) AS n FROM orders")[0]["n"] == 0
