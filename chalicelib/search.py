@@ -290,26 +290,6 @@ def _format_ts(ts):
     return ts.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-_SORT_KEYS = {
-    "relevance": lambda m: (-int(m["score"]), m["id"]),
-    "price_asc": lambda m: (m["price_cents"], m["id"]),
-    "price_desc": lambda m: (-m["price_cents"], m["id"]),
-    "newest": lambda m: (m["created_at"], m["id"]),   # sorted in reverse
-}
-
-
-def _is_after(query, m):
-    """The Python twin of the SQL keyset conditions below."""
-    first, last_id = query.after
-    if query.sort == "newest":
-        ts = _format_ts(m["created_at"])
-        return ts < first or (ts == first and m["id"] < last_id)
-    value = int(m["score"]) if query.sort == "relevance" else m["price_cents"]
-    if query.sort == "price_asc":
-        return value > first or (value == first and m["id"] > last_id)
-    return value < first or (value == first and m["id"] > last_id)
-
-
 # ORDER BY and the keyset condition "strictly after the cursor" for each sort.
 _ORDER = {
     "relevance": ("score DESC, id ASC", "(score < %s OR (score = %s AND id > %s))", "score"),
@@ -319,10 +299,19 @@ _ORDER = {
 }
 
 
+def _meta(row):
+    """The search_meta values of a full product row."""
+    return (1 if str(row["status"]).strip().lower() == "active" else 0, row["category"],
+            int(row["price_cents"]), row["created_at"])
+
+
 class MySQLSearchBackend:
-    """Search over the search_terms index; the products table is joined only
-    for the candidates (filters, status and sort keys stay exact even though
-    orders change stock with plain UPDATEs)."""
+    """Search over the search_terms index. Status, category, price and
+    created_at of the candidates come from search_meta (a compact copy kept
+    in the product write transaction), so totals, filters, sorts and keysets
+    are answered without the wide products rows; products is read for the
+    page only, plus the stock of the surviving candidates when in_stock=true
+    (orders change stock with plain UPDATEs, so it is never copied)."""
 
     DRIVER_SAMPLE = 5000   # cap when estimating how selective each term is
 
@@ -371,6 +360,21 @@ class MySQLSearchBackend:
                         + ",".join(["(%s,%s,%s)"] * len(chunk))
                         + " ON DUPLICATE KEY UPDATE name_norm = VALUES(name_norm), body_norm = VALUES(body_norm)",
                         [value for triple in chunk for value in triple])
+        # What filters and sorts read (search_meta); rewritten whenever the
+        # product's status, category, price or created_at differ from it.
+        metas = {int(r["id"]): _meta(r) for r in rows}
+        cur.execute(f"SELECT product_id, active, category, price_cents, created_at FROM search_meta "
+                    f"WHERE product_id IN ({marks})", ids)
+        have_meta = {int(r["product_id"]): (int(r["active"]), r["category"], int(r["price_cents"]), r["created_at"])
+                     for r in cur.fetchall()}
+        changed = [(pid, *metas[pid]) for pid in ids if have_meta.get(pid) != metas[pid]]
+        for start in range(0, len(changed), 500):
+            chunk = changed[start:start + 500]
+            cur.execute("INSERT INTO search_meta (product_id, active, category, price_cents, created_at) VALUES "
+                        + ",".join(["(%s,%s,%s,%s,%s)"] * len(chunk))
+                        + " ON DUPLICATE KEY UPDATE active = VALUES(active), category = VALUES(category), "
+                        "price_cents = VALUES(price_cents), created_at = VALUES(created_at)",
+                        [value for row in chunk for value in row])
 
     # --- reads ------------------------------------------------------------
 
@@ -411,25 +415,35 @@ class MySQLSearchBackend:
                 branches.append(f"SELECT product_id, MAX(in_name) AS h FROM search_terms WHERE {cond} GROUP BY product_id")
                 args.append(arg)
         source = (f"(SELECT product_id, SUM(h) AS score FROM ({' UNION ALL '.join(branches)}) u "
-                  f"GROUP BY product_id HAVING COUNT(*) = {len(branches)}) c JOIN products p ON p.id = c.product_id")
+                  f"GROUP BY product_id HAVING COUNT(*) = {len(branches)}) c "
+                  "JOIN search_meta p ON p.product_id = c.product_id")
         return source, args
 
     def _match_sql(self, query, atoms, driver, with_score, merge=False):
-        """SELECT id, price_cents, created_at, score of every match (no paging)."""
-        args = []
+        """SELECT id, price_cents, created_at, score of every match (no paging).
+
+        With terms, everything but the stock comes from search_meta (compact,
+        stays in the buffer pool); `products` is probed for stock only, and
+        only for candidates that pass every other condition (it is the last
+        condition of the WHERE). Without terms (browsing by filters), the
+        products indexes on (status, price|created_at) serve the query."""
         verify = [t for t in query.terms if t.kind == "substr"]
         if merge:
             source, source_args = self._merge_source(query)
         elif driver is not None:
+            # One range read of the rarest atom; MAX(in_name) is that term's
+            # name hit, so relevance needs no probe for it.
             cond, arg = self._atom_sql("s", driver)
-            source = (f"(SELECT DISTINCT s.product_id FROM search_terms s WHERE {cond}) c "
-                      "JOIN products p ON p.id = c.product_id")
+            source = (f"(SELECT s.product_id, MAX(s.in_name) AS h FROM search_terms s WHERE {cond} "
+                      "GROUP BY s.product_id) c JOIN search_meta p ON p.product_id = c.product_id")
             source_args = [arg]
         else:
             source, source_args = "products p", []
+        indexed = merge or driver is not None
+        pid = "p.product_id" if indexed else "p.id"
         if verify:
-            source += " JOIN search_docs d ON d.product_id = p.id"
-        where, where_args = ["p.status = 'active'"], []
+            source += f" JOIN search_docs d ON d.product_id = {pid}"
+        where, where_args = ["p.active = 1" if indexed else "p.status = 'active'"], []
         if query.category is not None:
             where.append("p.category = %s")
             where_args.append(query.category)
@@ -439,17 +453,21 @@ class MySQLSearchBackend:
         if query.max_price is not None:
             where.append("p.price_cents <= %s")
             where_args.append(query.max_price)
-        if query.in_stock:
-            where.append("p.stock > 0")
         for atom in ([] if merge else atoms):
             if atom == driver:
                 continue
             cond, arg = self._atom_sql("t", atom)
-            where.append(f"EXISTS (SELECT 1 FROM search_terms t WHERE t.product_id = p.id AND {cond})")
+            where.append(f"EXISTS (SELECT 1 FROM search_terms t WHERE t.product_id = {pid} AND {cond})")
             where_args.append(arg)
         for term in verify:
             where.append("(LOCATE(%s, d.name_norm) > 0 OR LOCATE(%s, d.body_norm) > 0)")
             where_args += [term.text, term.text]
+        if query.in_stock:
+            # Last: stock is not denormalised (orders change it with plain UPDATEs).
+            if indexed:
+                where.append("EXISTS (SELECT 1 FROM products ps WHERE ps.id = p.product_id AND ps.stock > 0)")
+            else:
+                where.append("p.stock > 0")
         score, score_args = "0", []
         if with_score and merge:
             pieces = ["c.score"]
@@ -463,14 +481,16 @@ class MySQLSearchBackend:
                 if term.kind == "substr":
                     pieces.append("(LOCATE(%s, d.name_norm) > 0)")
                     score_args.append(term.text)
+                elif term.atoms()[0] == driver:
+                    pieces.append("c.h")
                 else:
                     cond, arg = self._atom_sql("n", term.atoms()[0])
-                    pieces.append(f"EXISTS (SELECT 1 FROM search_terms n WHERE n.product_id = p.id "
+                    pieces.append(f"EXISTS (SELECT 1 FROM search_terms n WHERE n.product_id = {pid} "
                                   f"AND {cond} AND n.in_name = 1)")
                     score_args.append(arg)
             score = "(" + " + ".join(pieces) + ")"
-        hint = "STRAIGHT_JOIN " if merge else ""
-        sql = (f"SELECT {hint}p.id AS id, p.price_cents AS price_cents, p.created_at AS created_at, {score} AS score "
+        hint = "STRAIGHT_JOIN " if indexed else ""
+        sql = (f"SELECT {hint}{pid} AS id, p.price_cents AS price_cents, p.created_at AS created_at, {score} AS score "
                f"FROM {source} WHERE {' AND '.join(where)}")
         args = score_args + source_args + where_args
         return sql, args
@@ -495,16 +515,29 @@ class MySQLSearchBackend:
         order, after_sql, first_col = _ORDER[query.sort]
         match_sql, match_args = self._match_sql(query, atoms, driver, query.sort == "relevance", merge)
         if driver is not None and not merge:
-            # Selective: fewer than DRIVER_SAMPLE candidates. One pass yields
-            # every match's sort key; total, order and keyset are done here
-            # instead of probing the candidates twice (page + count).
-            cur.execute(match_sql, match_args)
-            matches = list(cur.fetchall())
-            total = len(matches)
-            matches.sort(key=_SORT_KEYS[query.sort], reverse=query.sort == "newest")
+            # Selective: fewer than DRIVER_SAMPLE candidates. One pass over
+            # them: the server counts (a window over every match, taken
+            # before the keyset condition), sorts and keeps the page, so only
+            # limit+1 rows cross the wire (decoding every match in Python
+            # cost more than the query itself).
+            sql = (f"SELECT id, price_cents, created_at, score, total FROM "
+                   f"(SELECT m.*, COUNT(*) OVER () AS total FROM ({match_sql}) m) w")
+            args = list(match_args)
             if query.after is not None:
-                matches = [m for m in matches if _is_after(query, m)]
-            keys = matches[:query.limit + 1]
+                first, last_id = query.after
+                sql += " WHERE " + after_sql
+                args += [first, first, last_id]
+            sql += f" ORDER BY {order} LIMIT %s"
+            args.append(query.limit + 1)
+            cur.execute(sql, args)
+            keys = list(cur.fetchall())
+            if keys:
+                total = int(keys[0]["total"])
+            elif query.after is None:
+                total = 0
+            else:  # past the last match: the window saw no row to carry the count
+                cur.execute(f"SELECT COUNT(*) AS n FROM ({match_sql}) m", match_args)
+                total = int(cur.fetchone()["n"])
             return self._page(cur, query, keys, total, first_col)
         sql, args = f"SELECT id, price_cents, created_at, score FROM ({match_sql}) m", list(match_args)
         if query.after is not None:

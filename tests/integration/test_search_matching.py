@@ -25,6 +25,7 @@ def shop(catalog):
     try:
         with conn.cursor() as cur:
             cur.execute("DELETE FROM search_docs")
+            cur.execute("DELETE FROM search_meta")
     finally:
         conn.close()
     return catalog
@@ -240,3 +241,43 @@ def test_concurrent_creates_index_without_deadlocks(shop):
         t.join()
     assert not errors
     assert find(q="东西 same", limit=1)[1].total == 300
+
+
+def test_patched_price_category_and_status_reach_filters_sorts_and_totals(shop):
+    """Filters and sorts read search_meta (a copy of status, category, price,
+    created_at); every PATCH must rewrite it in the same transaction."""
+    a = make_product(shop, name="Lamp a", category="desk", price_cents=100, stock=0)
+    b = make_product(shop, name="Lamp b", category="desk", price_cents=200, stock=4)
+    c = make_product(shop, name="Lamp c", category="desk", price_cents=150, stock=2)
+    shop.update(a["id"], {"price_cents": 300, "category": "Floor"})
+    assert find(q="lamp", sort="price_asc")[0] == ids(c, b, a)
+    assert find(q="lamp", sort="price_desc")[0] == ids(a, b, c)
+    assert find(q="lamp", category="floor")[0] == ids(a)
+    assert find(q="lamp", category="desk")[0] == ids(b, c)
+    assert find(q="lamp", min_price=250)[0] == ids(a)
+    assert find(q="lamp", max_price=150)[0] == ids(c)
+    shop.update(c["id"], {"status": "inactive"})
+    assert find(q="lamp")[1].total == 2
+    assert find(q="lamp", category="desk", in_stock="true")[0] == ids(b)
+    shop.adjust_stock(a["id"], {"delta": 5})      # stock is read from products, not copied
+    assert find(q="lamp", in_stock="true", sort="price_desc")[0] == ids(a, b)
+    got = find(q="lamp", sort="price_desc")[1].items[0]
+    assert (got["id"], got["price_cents"], got["category"], got["stock"]) == (a["id"], 300, "Floor", 5)
+    conn = bootstrap.database().connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT COUNT(*) AS n FROM products p JOIN search_meta m ON m.product_id = p.id "
+                        "WHERE m.active = (p.status = 'active') AND BINARY m.category = BINARY p.category "
+                        "AND m.price_cents = p.price_cents AND m.created_at = p.created_at")
+            assert cur.fetchone()["n"] == 3
+    finally:
+        conn.close()
+
+
+def test_a_cursor_past_the_last_match_still_reports_the_total(shop):
+    made = [make_product(shop, name=f"Nail {i}", price_cents=10 + i) for i in range(3)]
+    got, page = find(q="nail", sort="price_asc", limit=2)
+    assert got == ids(*made[:2]) and page.total == 3 and page.next_cursor
+    shop.update(made[2]["id"], {"status": "inactive"})   # the only match after the cursor
+    got, page = find(q="nail", sort="price_asc", limit=2, cursor=page.next_cursor)
+    assert got == [] and page.total == 2 and page.next_cursor is None
