@@ -520,17 +520,10 @@ class MySQLSearchBackend:
             # before the keyset condition), sorts and keeps the page, so only
             # limit+1 rows cross the wire (decoding every match in Python
             # cost more than the query itself).
-            sql = (f"SELECT id, price_cents, created_at, score, total FROM "
-                   f"(SELECT m.*, COUNT(*) OVER () AS total FROM ({match_sql}) m) w")
-            args = list(match_args)
-            if query.after is not None:
-                first, last_id = query.after
-                sql += " WHERE " + after_sql
-                args += [first, first, last_id]
-            sql += f" ORDER BY {order} LIMIT %s"
-            args.append(query.limit + 1)
-            cur.execute(sql, args)
-            keys = list(cur.fetchall())
+            keys = self._keyset_rows(
+                cur, query, order, after_sql, match_args,
+                f"SELECT id, price_cents, created_at, score, total FROM "
+                f"(SELECT m.*, COUNT(*) OVER () AS total FROM ({match_sql}) m) w")
             if keys:
                 total = int(keys[0]["total"])
             elif query.after is None:
@@ -539,21 +532,25 @@ class MySQLSearchBackend:
                 cur.execute(f"SELECT COUNT(*) AS n FROM ({match_sql}) m", match_args)
                 total = int(cur.fetchone()["n"])
             return self._page(cur, query, keys, total, first_col)
-        sql, args = f"SELECT id, price_cents, created_at, score FROM ({match_sql}) m", list(match_args)
-        if query.after is not None:
-            first, last_id = query.after
-            sql += " WHERE " + after_sql
-            args += [first, first, last_id]
-        sql += f" ORDER BY {order} LIMIT %s"
-        args.append(query.limit + 1)
-        cur.execute(sql, args)
-        keys = cur.fetchall()
+        keys = self._keyset_rows(cur, query, order, after_sql, match_args,
+                                 f"SELECT id, price_cents, created_at, score FROM ({match_sql}) m")
         more = len(keys) > query.limit
         keys = keys[:query.limit]
         count_sql, count_args = self._match_sql(query, atoms, driver, False, merge)
         cur.execute(f"SELECT COUNT(*) AS n FROM ({count_sql}) m", count_args)
         total = int(cur.fetchone()["n"])
         return self._page(cur, query, list(keys) + ([None] if more else []), total, first_col)
+
+    @staticmethod
+    def _keyset_rows(cur, query, order, after_sql, match_args, base_sql):
+        """Up to limit+1 sort-key rows of `base_sql` after the cursor, in sort order."""
+        sql, args = base_sql, list(match_args)
+        if query.after is not None:
+            first, last_id = query.after
+            sql += " WHERE " + after_sql
+            args += [first, first, last_id]
+        cur.execute(sql + f" ORDER BY {order} LIMIT %s", args + [query.limit + 1])
+        return list(cur.fetchall())
 
     def _page(self, cur, query, keys, total, first_col):
         """keys: up to limit+1 sort-key rows (an extra one means there is more)."""
