@@ -5,13 +5,13 @@ circuit breaker; bounded retries of deadlocks and lock-wait timeouts."""
 import logging
 import queue
 import random
-import threading
 import time
 from contextlib import contextmanager
 
 import pymysql
 import pymysql.cursors
 
+from .admission import InFlightLimit
 from .breaker import CircuitBreaker, CircuitOpen
 from .errors import ConcurrencyExhausted, ServiceUnavailable
 
@@ -42,7 +42,7 @@ class Database:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.breaker = CircuitBreaker("mysql", failure_threshold=2, reset_after=1.0)
-        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._slots = InFlightLimit(max_in_flight)
         self._idle = queue.LifoQueue()
 
     def connect(self, database=True):
