@@ -53,31 +53,59 @@ def _reserved_rows(cur, quantities):
     return {row["id"]: {"price_cents": row["price_cents"], "version": row["version"]} for row in cur.fetchall()}
 
 
+class _PartlyTaken(Exception):
+    """A multi-line guarded UPDATE took some lines but not all."""
+
+
 class GuardedStrategy:
-    """The simplest correct baseline: one guarded UPDATE per line."""
+    """The simplest correct baseline: one guarded UPDATE takes every line of the
+    order (`stock >= q` per row, rows locked in id order by the IN range scan).
+
+    An order that cannot be sold fails on the update itself, without a lock
+    taken first. The rare order whose lines were taken only in part (another
+    line ran out or went inactive) starts over in a new transaction with its
+    rows locked first, so the update that follows cannot fall short again."""
 
     name = "guarded"
 
     def transact(self, db, quantities, work):
-        return db.run(lambda cur: work(cur, self))
+        try:
+            return db.run(lambda cur: work(cur, self))
+        except _PartlyTaken:
+            return db.run(lambda cur: work(cur, _LockedFirst))
 
     def reserve(self, cur, quantities):
-        for pid, qty in quantities.items():
-            if not self._take(cur, pid, qty):
-                # Raises why the line cannot be sold; if it can after all (restocked
-                # between the two statements), we now hold the row lock and retake.
-                _read_sellable(cur, {pid: qty}, lock=True)
-                if not self._take(cur, pid, qty):
-                    raise AssertionError(f"guarded update of locked product {pid} failed")
+        taken = _take(cur, quantities)
+        if taken == 0:
+            # Raises why the order cannot be sold; if it can after all (restocked
+            # between the two statements), we now hold the row locks and retake.
+            _read_sellable(cur, quantities, lock=True)
+            taken = _take(cur, quantities)
+        if taken != len(quantities):
+            raise _PartlyTaken()
         return _reserved_rows(cur, quantities)
 
+
+class _LockedFirst:
     @staticmethod
-    def _take(cur, pid, qty):
-        return cur.execute(
-            "UPDATE products SET stock = stock - %s, version = version + 1, updated_at = CURRENT_TIMESTAMP(6) "
-            "WHERE id = %s AND status = 'active' AND stock >= %s",
-            (qty, pid, qty),
-        )
+    def reserve(cur, quantities):
+        _read_sellable(cur, quantities, lock=True)
+        if _take(cur, quantities) != len(quantities):
+            raise AssertionError(f"guarded update of locked products {sorted(quantities)} fell short")
+        return _reserved_rows(cur, quantities)
+
+
+def _take(cur, quantities):
+    """Take every line whose row is active with enough stock; the number of rows taken."""
+    ids = sorted(quantities)
+    by_id = " ".join(["WHEN %s THEN %s"] * len(ids))
+    cases = [value for pid in ids for value in (pid, quantities[pid])]
+    return cur.execute(
+        f"UPDATE products SET stock = stock - CASE id {by_id} END, version = version + 1, "
+        f"updated_at = CURRENT_TIMESTAMP(6) WHERE id IN ({_placeholders(len(ids))}) AND status = 'active' "
+        f"AND stock >= CASE id {by_id} END",
+        cases + ids + cases,
+    )
 
 
 class PessimisticStrategy:

@@ -91,6 +91,79 @@ def test_many_products_reconcile_without_deadlock(clean_db, strategy):
     assert {row["id"] for row in rows} == created_ids
 
 
+def test_an_order_with_one_unsellable_line_takes_nothing(clean_db, strategy):
+    catalog = bootstrap.catalog()
+    plenty, empty, hidden = (make_product(catalog, stock=s)["id"] for s in (5, 0, 5))
+    catalog.update(hidden, {"status": "inactive"})
+    service = bootstrap.orders(strategy)
+    results = service.place_batch(parse_batch({"orders": [
+        {"client_order_id": "no-stock", "user_id": 1,
+         "items": [{"product_id": plenty, "quantity": 2}, {"product_id": empty, "quantity": 1}]},
+        {"client_order_id": "inactive", "user_id": 1,
+         "items": [{"product_id": hidden, "quantity": 1}, {"product_id": plenty, "quantity": 2}]},
+        {"client_order_id": "ok", "user_id": 1, "items": [{"product_id": plenty, "quantity": 5}]},
+    ]}))["results"]
+
+    assert [r["status"] for r in results] == ["failed", "failed", "created"]
+    assert (results[0]["error"]["code"], results[0]["error"]["product_id"]) == ("INSUFFICIENT_STOCK", empty)
+    assert (results[1]["error"]["code"], results[1]["error"]["product_id"]) == ("PRODUCT_NOT_FOUND", hidden)
+    assert (_stock(plenty), _stock(empty), _stock(hidden)) == (0, 0, 5)
+
+
+@pytest.mark.slow
+def test_orders_racing_restocks_and_status_flips_reconcile(clean_db, strategy):
+    """Multi-line orders while other writers restock and hide/show products:
+    the paths where a line is short or gone after others were taken."""
+    catalog = bootstrap.catalog()
+    ids = [make_product(catalog, stock=3)["id"] for _ in range(6)]
+    restocked = {pid: 0 for pid in ids}
+    done = threading.Event()
+    writer_errors = []
+
+    def restocker(seed):
+        rng = random.Random(seed)
+        while not done.is_set():
+            pid = rng.choice(ids)
+            try:
+                bootstrap.catalog().adjust_stock(pid, {"delta": 1})
+                restocked[pid] += 1
+            except Exception as exc:
+                writer_errors.append(repr(exc))
+
+    def flipper():
+        rng = random.Random(99)
+        while not done.is_set():
+            pid = rng.choice(ids)
+            try:
+                bootstrap.catalog().update(pid, {"status": "inactive"})
+                bootstrap.catalog().update(pid, {"status": "active"})
+            except Exception as exc:
+                writer_errors.append(repr(exc))
+
+    rng = random.Random(3)
+    orders = [{"client_order_id": f"race-{i}", "user_id": 1,
+               "items": [{"product_id": pid, "quantity": rng.randint(1, 2)} for pid in rng.sample(ids, rng.randint(2, 4))]}
+              for i in range(300)]
+    writers = [threading.Thread(target=restocker, args=(1,)), threading.Thread(target=flipper)]
+    for w in writers:
+        w.start()
+    try:
+        results, errors = run_buyers(strategy, orders, threads=16)
+    finally:
+        done.set()
+        for w in writers:
+            w.join()
+
+    assert errors == [] and writer_errors == []
+    codes = {r["error"]["code"] for r in results if r["status"] == "failed"}
+    assert codes <= {"INSUFFICIENT_STOCK", "PRODUCT_NOT_FOUND"}
+    assert any(r["status"] == "created" for r in results)
+    for pid in ids:
+        left = _stock(pid)
+        assert left >= 0
+        assert _sold(pid) + left == 3 + restocked[pid], f"product {pid} does not reconcile"
+
+
 def test_concurrent_duplicates_create_one_order(clean_db, strategy):
     product = make_product(bootstrap.catalog(), stock=10)
     order = {"client_order_id": "same", "user_id": 42, "items": [{"product_id": product["id"], "quantity": 2}]}
