@@ -81,9 +81,10 @@ def catalog():
 def reset():
     """Forget every client (tests switch databases and Redis instances)."""
     with _lock:
-        db = _instances.get("db")
-        if db is not None:
-            db.close()
+        for name in ("db", "redis"):
+            client = _instances.get(name)
+            if client is not None:
+                client.close()
         _instances.clear()
         reset_settings()
 

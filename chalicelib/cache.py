@@ -87,6 +87,11 @@ class RedisGateway:
     def key(self, name):
         return self.prefix + name
 
+    def close(self):
+        """Close the idle pooled connections (one still in use closes when it is
+        released and dropped; the pool stays usable and reconnects on demand)."""
+        self.client.connection_pool.disconnect(inuse_connections=False)
+
     def script(self, source):
         if source not in self._scripts:
             self._scripts[source] = self.client.register_script(source)

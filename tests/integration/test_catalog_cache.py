@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import redis
 
 from chalicelib import bootstrap
 from chalicelib.errors import ServiceUnavailable
@@ -160,3 +161,18 @@ def test_one_loader_per_hot_key(catalog, monkeypatch):
         t.join()
     assert len(loads) == 1
     assert len(states) == 10
+
+
+def test_reset_closes_the_idle_redis_connections_it_forgets(clean_db):
+    gateway = bootstrap.redis_gateway()
+    client_id = gateway.call(lambda r: r.client_id())
+    server = redis.Redis.from_url(gateway.url)
+
+    bootstrap.reset()
+
+    deadline = time.monotonic() + 5
+    while str(client_id) in {str(c["id"]) for c in server.client_list()} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert str(client_id) not in {str(c["id"]) for c in server.client_list()}
+    assert gateway.call(lambda r: r.ping())  # an old reference still works: it reconnects
+    server.close()
