@@ -110,6 +110,13 @@ def test_env(tmp_path_factory):
             os.environ[key] = value
 
 
+@pytest.fixture(scope="module")
+def aws_endpoint(test_env):
+    """The LocalStack-compatible endpoint (moto in server mode, started if nothing answers)."""
+    with localstack.aws_endpoint(test_env["AWS_ENDPOINT_URL"]) as endpoint:
+        yield endpoint
+
+
 @pytest.fixture
 def clean_db(test_env):
     """An empty catalog and order book, and no cached copies, for each test."""

@@ -14,15 +14,15 @@ import app as shop_app
 from chalicelib import bootstrap
 from scripts import localstack
 from scripts.poller import Poller
+from tests.support.sqs import drain
 from tests.conftest import ApiClient, free_port, make_product, start_server
 
 
 @pytest.fixture(scope="module")
-def sqs(test_env):
-    with localstack.aws_endpoint(test_env["AWS_ENDPOINT_URL"]) as ep:
-        client = localstack.sqs_client(ep.url)
-        localstack.ensure_queues(client, localstack.queue_specs(bootstrap.settings(), visibility_timeout=2))
-        yield client
+def sqs(aws_endpoint):
+    client = localstack.sqs_client(aws_endpoint.url)
+    localstack.ensure_queues(client, localstack.queue_specs(bootstrap.settings(), visibility_timeout=2))
+    return client
 
 
 @pytest.fixture
@@ -36,15 +36,6 @@ def ingest_queue(sqs, test_env):
         sqs.delete_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
                                                         for i, m in enumerate(left)])
     return url, Poller(sqs, test_env["ORDER_QUEUE_NAME"], shop_app.handle_order_ingest, wait_seconds=1)
-
-
-def drain(poller, until, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        poller.poll_once()
-        if until():
-            return True
-    return False
 
 
 def orders(coids, product_id, quantity=1):

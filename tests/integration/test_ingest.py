@@ -23,14 +23,8 @@ from tests.conftest import make_product
 
 
 @pytest.fixture(scope="module")
-def endpoint(test_env):
-    with localstack.aws_endpoint(test_env["AWS_ENDPOINT_URL"]) as ep:
-        yield ep
-
-
-@pytest.fixture(scope="module")
-def sqs(endpoint):
-    client = localstack.sqs_client(endpoint.url)
+def sqs(aws_endpoint):
+    client = localstack.sqs_client(aws_endpoint.url)
     # This session's order-ingest and cache-invalidation queues (with DLQs).
     localstack.ensure_queues(client, localstack.queue_specs(bootstrap.settings()))
     return client

@@ -12,17 +12,12 @@ from chalice import Chalice
 from scripts import localstack
 from scripts.poller import FakeLambdaContext, Poller, failed_message_ids, resolve_handler
 from scripts.stack import setup_queues
+from tests.support.sqs import drain
 
 
 @pytest.fixture(scope="module")
-def endpoint(test_env):
-    with localstack.aws_endpoint(test_env["AWS_ENDPOINT_URL"]) as ep:
-        yield ep
-
-
-@pytest.fixture(scope="module")
-def sqs(endpoint):
-    return localstack.sqs_client(endpoint.url)
+def sqs(aws_endpoint):
+    return localstack.sqs_client(aws_endpoint.url)
 
 
 @pytest.fixture
@@ -42,15 +37,6 @@ def attributes(sqs, url):
 
 def send(sqs, url, *bodies):
     return [sqs.send_message(QueueUrl=url, MessageBody=json.dumps(b))["MessageId"] for b in bodies]
-
-
-def drain(poller, until, timeout=15):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        poller.poll_once()
-        if until():
-            return True
-    return False
 
 
 def test_configured_queues_have_dlq_and_redrive(sqs, test_env, monkeypatch):
