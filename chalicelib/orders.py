@@ -115,17 +115,29 @@ class OrderService:
 
     def _place_batch(self, parsed, batch_id):
         results, versions = [], {}
-        for order in parsed:
-            if isinstance(order, InvalidOrder):
-                result = failed(order.client_order_id, order.error)
-            else:
-                result, reserved = self.place(order, batch_id)
-                for pid, row in reserved.items():
-                    versions[pid] = max(versions.get(pid, 0), row["version"])
-            results.append(result)
-        if versions:
-            # Orders are the hot path: the queue is used only if Redis did not take it.
-            self.invalidator.after_commit(versions, search=True, enqueue=False)
+        try:
+            for order in parsed:
+                if isinstance(order, InvalidOrder):
+                    result = failed(order.client_order_id, order.error)
+                else:
+                    result, reserved = self.place(order, batch_id)
+                    for pid, row in reserved.items():
+                        versions[pid] = max(versions.get(pid, 0), row["version"])
+                results.append(result)
+        except ServiceUnavailable as exc:
+            # The batch answers 503, but the orders before the outage are committed:
+            # say which, so the client knows its retry will find them (duplicate: true).
+            committed = [r["client_order_id"] for r in results if r["status"] == "created"]
+            if committed:
+                exc.extra["details"] = {"committed_client_order_ids": committed}
+                exc.message = exc.message + (" Orders listed in details were committed before the failure;"
+                                             " retrying the batch returns them as duplicates.")
+            raise
+        finally:
+            if versions:
+                # Also after an outage mid-batch: what did commit must not stay stale in the cache.
+                # Orders are the hot path: the queue is used only if Redis did not take it.
+                self.invalidator.after_commit(versions, search=True, enqueue=False)
         created = sum(1 for r in results if r["status"] == "created")
         return {"results": results, "summary": {"created": created, "failed": len(results) - created}}
 

@@ -12,6 +12,7 @@ import pytest
 
 from chalicelib import bootstrap
 from chalicelib.errors import ServiceUnavailable
+from chalicelib.orders import parse_batch
 from tests.faults.conftest import seed_products
 from tests.faults.harness import OrderLoad, percentile, reconcile
 
@@ -31,6 +32,17 @@ def _assert_reads_fresh(ids):
     for pid in ids:
         product, state = catalog.get(pid)
         assert (product["stock"], product["version"]) == truth[pid], (pid, state, product, truth[pid])
+
+
+def _wait_for_mysql(seconds=5):
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            bootstrap.database().query("SELECT 1")
+            return
+        except ServiceUnavailable:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
 
 
 @pytest.mark.slow
@@ -161,7 +173,7 @@ def test_mysql_blackholed_costs_a_bounded_time(stack, monkeypatch):
         started = time.perf_counter()
         with pytest.raises(ServiceUnavailable):
             bootstrap.orders().place_batch(
-                __import__("chalicelib.orders", fromlist=["parse_batch"]).parse_batch(
+                parse_batch(
                     {"orders": [{"client_order_id": f"bh-{i}", "user_id": 1,
                                  "items": [{"product_id": pid, "quantity": 1}]}]}))
         costs.append(time.perf_counter() - started)
@@ -170,14 +182,48 @@ def test_mysql_blackholed_costs_a_bounded_time(stack, monkeypatch):
     assert max(costs[2:]) < OPEN_BREAKER_BOUND, costs
     stack.mysql_proxy.restore()
     time.sleep(1.1)
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            bootstrap.database().query("SELECT 1")
-            break
-        except ServiceUnavailable:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+    _wait_for_mysql()
+
+
+@pytest.mark.slow
+def test_sync_batch_cut_mid_way_names_what_committed_and_leaves_no_stale_copy(stack, monkeypatch):
+    """MySQL drops between two orders of one sync batch: the 503 says which
+    orders were committed, their products' cached copies are not left stale,
+    and the client's retry finds them as duplicates and places the rest."""
+    monkeypatch.setenv("DB_CONNECT_TIMEOUT", "0.5")
+    bootstrap.reset()
+    first, second = seed_products(2, stock=10)
+    catalog = bootstrap.catalog()
+    for pid in (first, second):
+        catalog.get(pid)
+        assert catalog.get(pid)[1] == "HIT"
+    batch = parse_batch({"orders": [
+        {"client_order_id": "mid-1", "user_id": 1, "items": [{"product_id": first, "quantity": 2}]},
+        {"client_order_id": "mid-2", "user_id": 1, "items": [{"product_id": second, "quantity": 3}]}]})
+    service = bootstrap.orders()
+    place = service.place
+
+    def place_then_lose_mysql(order, batch_id=None):
+        outcome = place(order, batch_id)
+        if order.client_order_id == "mid-1":
+            stack.mysql_proxy.blackhole()
+            stack.mysql_proxy.cut()
+        return outcome
+
+    monkeypatch.setattr(service, "place", place_then_lose_mysql)
+    with pytest.raises(ServiceUnavailable) as info:
+        service.place_batch(batch)
+    assert info.value.body()["error"]["details"] == {"committed_client_order_ids": ["mid-1"]}
+
+    monkeypatch.setattr(service, "place", place)
+    stack.mysql_proxy.restore()
+    time.sleep(1.1)  # the breaker's reset window
+    _wait_for_mysql()
+    assert catalog.get(first)[0]["stock"] == 8  # not the cached 10
+    _assert_reads_fresh([first, second])
+    retry = service.place_batch(batch)["results"]
+    assert [(r["status"], r["duplicate"]) for r in retry] == [("created", True), ("created", False)]
+    assert [catalog.get(pid)[0]["stock"] for pid in (first, second)] == [8, 7]
 
 
 @pytest.mark.slow
