@@ -15,7 +15,6 @@ class InFlightLimit:
     def __init__(self, limit):
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        self.limit = limit
         self._tokens = queue.SimpleQueue()
         for _ in range(limit):
             self._tokens.put(None)
