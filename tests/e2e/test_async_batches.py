@@ -1,11 +1,8 @@
 """Async batches over real HTTP (chalice local), the real order-ingest queue on
 the LocalStack-compatible endpoint, and app.py's SQS handler driven by the
-local stack's poller; MySQL cut and restored through a TCP proxy of our own
+local stack's poller; MySQL taken down and restored through a TCP proxy of our own
 (the shared MariaDB is never touched)."""
-import contextlib
 import os
-import socket
-import threading
 import time
 
 import pytest
@@ -15,6 +12,7 @@ from chalicelib import bootstrap
 from scripts import localstack
 from scripts.poller import Poller
 from tests.support.sqs import drain
+from tests.support.tcp_proxy import TcpProxy
 from tests.conftest import ApiClient, free_port, make_product, start_server
 
 
@@ -108,75 +106,10 @@ def test_async_whole_request_errors_queue_nothing(api, sqs, ingest_queue):
     assert api.get("/batches/x", key=None).status_code == 403
 
 
-class MySQLProxy:
-    """A TCP proxy to the shared MariaDB that the test can cut (connections
-    reset, new ones refused) and restore on the same port."""
-
-    def __init__(self, target=("127.0.0.1", 3306)):
-        self.target = target
-        self.port = free_port()
-        self._server = None
-        self._conns = set()
-        self._lock = threading.Lock()
-        self.restore()
-
-    def restore(self):
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
-        server.listen(64)
-        self._server = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def cut(self):
-        server, self._server = self._server, None
-        with contextlib.suppress(OSError):
-            server.shutdown(socket.SHUT_RDWR)
-        server.close()
-        with self._lock:
-            conns, self._conns = self._conns, set()
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-
-    def _accept(self, server):
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=2)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._conns.update((client, upstream))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src, dst):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-
 @pytest.fixture
 def proxied(clean_db, tmp_path):
     """The API server and this process's handler both reach MySQL through the proxy."""
-    proxy = MySQLProxy()
+    proxy = TcpProxy(3306)
     db_name = clean_db["DATABASE_URL"].rsplit("/", 1)[1]
     env = {**clean_db, "DATABASE_URL": f"mysql://root:@127.0.0.1:{proxy.port}/{db_name}", "DB_CONNECT_TIMEOUT": "1"}
     port = free_port()
@@ -195,8 +128,7 @@ def proxied(clean_db, tmp_path):
             else:
                 os.environ[key] = value
         bootstrap.reset()
-        with contextlib.suppress(Exception):
-            proxy.cut()
+        proxy.close()
 
 
 def test_mysql_down_async_batches_are_accepted_and_processed_once_it_is_back(proxied, sqs, ingest_queue):
@@ -204,7 +136,7 @@ def test_mysql_down_async_batches_are_accepted_and_processed_once_it_is_back(pro
     url, poller = ingest_queue
     product = make_product(bootstrap.catalog(), stock=100)
 
-    proxy.cut()
+    proxy.down()
     sync = api.post("/orders/batch", json={"orders": orders(["sync-down"], product["id"])})
     assert sync.status_code == 503 and "Retry-After" in sync.headers
     accepted = []
