@@ -1,6 +1,7 @@
 """Shared fixtures. Integration and e2e tests run against the real MariaDB and
 Redis on this machine, in a database and a Redis key prefix of their own
 (created here, dropped afterwards); the shared services are never flushed."""
+import contextlib
 import os
 import socket
 import subprocess
@@ -115,6 +116,19 @@ def aws_endpoint(test_env):
     """The LocalStack-compatible endpoint (moto in server mode, started if nothing answers)."""
     with localstack.aws_endpoint(test_env["AWS_ENDPOINT_URL"]) as endpoint:
         yield endpoint
+
+
+@pytest.fixture
+def fast_queue(sqs, test_env):
+    """A queue of its own with its DLQ: 1 s visibility, DLQ after 3 receives
+    (`sqs` is the requesting module's client fixture)."""
+    spec = localstack.QueueSpec(f"{test_env['ORDER_QUEUE_NAME']}-{uuid.uuid4().hex[:8]}",
+                                max_receive_count=3, visibility_timeout=1)
+    url, dlq_url = localstack.ensure_queue(sqs, spec)
+    yield spec, url, dlq_url
+    for u in (url, dlq_url):
+        with contextlib.suppress(Exception):
+            sqs.delete_queue(QueueUrl=u)
 
 
 @pytest.fixture

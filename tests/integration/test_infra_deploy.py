@@ -10,7 +10,6 @@ UsagePlanKey resources replayed as the equivalent boto3 calls.
 
 The endpoint is $AWS_ENDPOINT_URL (default http://127.0.0.1:4566); if nothing
 answers there, this module starts its own `python -m moto.server` on a free port."""
-import importlib.util
 import json
 import os
 import re
@@ -25,6 +24,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from scripts import package
+
 ROOT = Path(__file__).resolve().parents[2]
 PLANS = json.loads((ROOT / "chalicelib" / "usage_plans.json").read_text())
 # Resource types the local endpoint (moto 5) creates through CloudFormation.
@@ -35,14 +36,6 @@ CFN_SUPPORTED = {
 API_TYPES = ("AWS::ApiGateway::ApiKey", "AWS::ApiGateway::UsagePlan", "AWS::ApiGateway::UsagePlanKey")
 
 
-def _load_package_module():
-    spec = importlib.util.spec_from_file_location("shop_package_script_deploy", ROOT / "scripts" / "package.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-package = _load_package_module()
 
 
 def _client(service, endpoint, timeout=5):

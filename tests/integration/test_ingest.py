@@ -9,7 +9,6 @@ import json
 import os
 import socket
 import time
-import uuid
 
 import pytest
 
@@ -28,18 +27,6 @@ def sqs(aws_endpoint):
     # This session's order-ingest and cache-invalidation queues (with DLQs).
     localstack.ensure_queues(client, localstack.queue_specs(bootstrap.settings()))
     return client
-
-
-@pytest.fixture
-def queue(sqs, test_env):
-    """A fresh order-ingest queue with a DLQ: 1 s visibility, DLQ after 3 receives."""
-    spec = localstack.QueueSpec(f"{test_env['ORDER_QUEUE_NAME']}-{uuid.uuid4().hex[:8]}",
-                                max_receive_count=3, visibility_timeout=1)
-    url, dlq_url = localstack.ensure_queue(sqs, spec)
-    yield spec, url, dlq_url
-    for u in (url, dlq_url):
-        with contextlib.suppress(Exception):
-            sqs.delete_queue(QueueUrl=u)
 
 
 def closed_port():
@@ -99,8 +86,8 @@ def order(coid, product_id, quantity=1, user_id=1):
     return {"client_order_id": coid, "user_id": user_id, "items": [{"product_id": product_id, "quantity": quantity}]}
 
 
-def test_duplicate_delivery_creates_each_order_once(clean_db, sqs, queue):
-    spec, url, _ = queue
+def test_duplicate_delivery_creates_each_order_once(clean_db, sqs, fast_queue):
+    spec, url, _ = fast_queue
     product = make_product(bootstrap.catalog(), stock=50)
     body = {"batch_id": "dup-1", "orders": [order(f"dup-{i}", product["id"], 2) for i in range(3)],
             "positions": [0, 1, 2], "order_count": 3}
@@ -120,8 +107,8 @@ def test_duplicate_delivery_creates_each_order_once(clean_db, sqs, queue):
     assert batch["summary"] == {"created": 3, "failed": 0, "pending": 0}
 
 
-def test_redelivery_after_crash_between_commit_and_delete(clean_db, sqs, queue):
-    spec, url, _ = queue
+def test_redelivery_after_crash_between_commit_and_delete(clean_db, sqs, fast_queue):
+    spec, url, _ = fast_queue
     product = make_product(bootstrap.catalog(), stock=10)
     send(sqs, url, {"batch_id": "crash-1", "orders": [order("crash-a", product["id"]), order("crash-b", product["id"])]})
     poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
@@ -143,8 +130,8 @@ def test_redelivery_after_crash_between_commit_and_delete(clean_db, sqs, queue):
     assert depth(sqs, url) == 0
 
 
-def test_same_orders_by_api_and_by_queue_are_created_once(clean_db, sqs, queue):
-    spec, url, _ = queue
+def test_same_orders_by_api_and_by_queue_are_created_once(clean_db, sqs, fast_queue):
+    spec, url, _ = fast_queue
     product = make_product(bootstrap.catalog(), stock=10)
     orders = [order("both-1", product["id"], 3), order("both-2", product["id"], 1)]
     sync = bootstrap.orders().place_batch(ingest.parse_batch({"orders": orders}))
@@ -162,8 +149,8 @@ def test_same_orders_by_api_and_by_queue_are_created_once(clean_db, sqs, queue):
         [(r["order_id"], True) for r in sync["results"]]
 
 
-def test_foreign_message_without_batch_id_is_processed_and_readable(clean_db, sqs, queue):
-    spec, url, _ = queue
+def test_foreign_message_without_batch_id_is_processed_and_readable(clean_db, sqs, fast_queue):
+    spec, url, _ = fast_queue
     product = make_product(bootstrap.catalog(), stock=5)
     [message_id] = send(sqs, url, {"orders": [order("ext-1", product["id"], 2), order("ext-2", product["id"], 9)]})
     poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
@@ -178,8 +165,8 @@ def test_foreign_message_without_batch_id_is_processed_and_readable(clean_db, sq
     assert orders_for("ext-")[0]["batch_id"] == f"sqs-{message_id}"
 
 
-def test_poison_message_is_recorded_and_never_retried(clean_db, sqs, queue):
-    spec, url, dlq_url = queue
+def test_poison_message_is_recorded_and_never_retried(clean_db, sqs, fast_queue):
+    spec, url, dlq_url = fast_queue
     product = make_product(bootstrap.catalog(), stock=5)
     poison, bad_order, bad_shape = send(sqs, url, "{not json", {"orders": [{"client_order_id": "p-1", "user_id": 1}]},
                                         {"orders": "nope"})
@@ -203,8 +190,8 @@ def test_poison_message_is_recorded_and_never_retried(clean_db, sqs, queue):
     assert stock(product["id"]) == 5
 
 
-def test_transient_failure_is_retried_then_lands_in_the_dlq(clean_db, sqs, queue, test_env):
-    spec, url, dlq_url = queue
+def test_transient_failure_is_retried_then_lands_in_the_dlq(clean_db, sqs, fast_queue, test_env):
+    spec, url, dlq_url = fast_queue
     product = make_product(bootstrap.catalog(), stock=5)
     [message_id] = send(sqs, url, {"batch_id": "down-1", "orders": [order("down-1", product["id"])]})
     poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
@@ -249,8 +236,8 @@ class FlakyOrders:
         return self.real.place(order, batch_id)
 
 
-def test_mixed_batch_reports_only_the_failed_ids(clean_db, sqs, queue):
-    spec, url, _ = queue
+def test_mixed_batch_reports_only_the_failed_ids(clean_db, sqs, fast_queue):
+    spec, url, _ = fast_queue
     product = make_product(bootstrap.catalog(), stock=1000)
     # Ten messages of two orders each; message 3 hits an outage, message 7 contention (in its second order).
     bodies = [{"batch_id": "mixed", "orders": [order(f"mix-{i}-a", product["id"], 1, user_id=100 + i),
@@ -286,8 +273,8 @@ def test_mixed_batch_reports_only_the_failed_ids(clean_db, sqs, queue):
     assert len(orders_for("mix-")) == 20 and stock(product["id"]) == 980
 
 
-def test_async_submit_while_mysql_is_down_is_accepted_and_processed_later(clean_db, sqs, queue, test_env):
-    spec, url, _ = queue
+def test_async_submit_while_mysql_is_down_is_accepted_and_processed_later(clean_db, sqs, fast_queue, test_env):
+    spec, url, _ = fast_queue
     product = make_product(bootstrap.catalog(), stock=100)
     body = {"orders": [order(f"late-{i}", product["id"], 2) for i in range(15)]}
     with mysql_down(test_env):

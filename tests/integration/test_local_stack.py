@@ -4,7 +4,6 @@ with DLQ and redrive, the SQS poller's partial-batch contract, redelivery into
 the DLQ, inspection and redrive. No mocks."""
 import json
 import time
-import uuid
 
 import pytest
 from chalice import Chalice
@@ -18,17 +17,6 @@ from tests.support.sqs import drain
 @pytest.fixture(scope="module")
 def sqs(aws_endpoint):
     return localstack.sqs_client(aws_endpoint.url)
-
-
-@pytest.fixture
-def fast_queue(sqs, test_env):
-    """A queue of its own with a 1 s visibility timeout and a small maxReceiveCount."""
-    spec = localstack.QueueSpec(f"{test_env['ORDER_QUEUE_NAME']}-{uuid.uuid4().hex[:6]}",
-                                max_receive_count=3, visibility_timeout=1)
-    url, dlq_url = localstack.ensure_queue(sqs, spec)
-    yield spec, url, dlq_url
-    for u in (url, dlq_url):
-        sqs.delete_queue(QueueUrl=u)
 
 
 def attributes(sqs, url):

@@ -3,7 +3,6 @@ cfn-lint and by reading it: usage plans with the configured limits, partial
 batch responses on every SQS mapping, an API key on every route but /health,
 and no credentials anywhere. Packages the real app and a throwaway app that
 already has the two SQS consumers."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,20 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from scripts import package
+
 ROOT = Path(__file__).resolve().parents[2]
 CFN_LINT = Path(sys.executable).with_name("cfn-lint")
 # cfn-lint checks to ignore, each with the reason. Empty: the templates lint clean.
 IGNORED_CHECKS = {}
-
-
-def _load_package_module():
-    spec = importlib.util.spec_from_file_location("shop_package_script", ROOT / "scripts" / "package.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-package = _load_package_module()
 PLANS = json.loads((ROOT / "chalicelib" / "usage_plans.json").read_text())
 
 TINY_APP = textwrap.dedent('''
