@@ -271,6 +271,9 @@ def test(args):
     workers = os.environ.get("TEST_WORKERS", "").strip()
     if workers and workers not in ("0", "1") and not any(a == "-n" or a.startswith("-n") for a in pytest_args):
         pytest_args = ["-n", workers] + pytest_args
+    report = ROOT / ".run" / "failed-tests.txt"
+    report.parent.mkdir(exist_ok=True)
+    report.unlink(missing_ok=True)
     cmd = [PYTHON, "-m", "pytest"] + pytest_args
     signal.signal(signal.SIGTERM, _raise_stop)
     proc = None
@@ -278,10 +281,12 @@ def test(args):
         with localstack.aws_endpoint(settings.aws_endpoint_url):
             log.info("running: %s", " ".join(cmd))
             # Same process group as us: a Ctrl-C reaches pytest directly.
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=os.environ.copy(), stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "SHOP_FAILED_TESTS_FILE": str(report)},
+                                    stdin=subprocess.DEVNULL)
             while True:
                 try:
-                    return proc.wait()
+                    code = proc.wait()
+                    break
                 except KeyboardInterrupt:
                     continue  # pytest got it too; wait for it to finish its teardown
     except Stop:
@@ -292,6 +297,20 @@ def test(args):
     except RuntimeError as exc:
         log.error("%s", exc)
         return 1
+    # Stopping the endpoint logs after pytest's own summary: repeat what failed
+    # so that the last lines of a red run name every failed test.
+    if code != 0:
+        print(failure_summary(report, code), flush=True)
+    return code
+
+
+def failure_summary(report, code):
+    """Closing lines naming each failed test, from the list tests/conftest.py writes."""
+    try:
+        failed = report.read_text().splitlines()
+    except OSError:
+        return f"pytest exited with {code} and left no list of failed tests; see its output above"
+    return "\n".join([f"pytest exited with {code}; {len(failed)} failed:"] + [f"FAILED {line}" for line in failed])
 
 
 def _require_endpoint(settings):

@@ -29,6 +29,7 @@ BASE_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ADMIN_KEY = "shop-local-admin-key-0001"
 DEV_KEY = "shop-local-dev-key-0001"
 LIMITED_KEY = "shop-local-limited-key-0001"
+pytest_plugins = ["tests.support.failed_tests"]
 TABLES = ("order_items", "orders", "batch_results", "batches", "products")
 
 
