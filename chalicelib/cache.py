@@ -7,6 +7,7 @@ refuses any copy older than the fence or than the copy already cached.
 """
 import json
 import logging
+import queue
 import random
 import time
 
@@ -88,9 +89,25 @@ class RedisGateway:
         return self.prefix + name
 
     def close(self):
-        """Close the idle pooled connections (one still in use closes when it is
-        released and dropped; the pool stays usable and reconnects on demand)."""
-        self.client.connection_pool.disconnect(inuse_connections=False)
+        """Close the idle pooled connections; the pool stays usable and reconnects on demand.
+
+        Not redis-py's `disconnect(inuse_connections=False)`: it lists the idle
+        connections under its lock but closes them after releasing it, so one
+        handed to another thread in between is closed under that thread's
+        command (AttributeError: 'NoneType' object has no attribute 'readline').
+        Taking them out of the pool's queue first means nobody else holds them."""
+        idle = self.client.connection_pool.pool
+        taken = []
+        while True:
+            try:
+                taken.append(idle.get_nowait())
+            except queue.Empty:
+                break
+        for connection in taken:
+            if connection is not None:
+                connection.disconnect()
+        for connection in taken:
+            idle.put_nowait(connection)
 
     def script(self, source):
         if source not in self._scripts:

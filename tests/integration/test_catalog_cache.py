@@ -2,6 +2,7 @@
 protection, and read-your-writes even when readers race writers."""
 import random
 import socket
+import sys
 import threading
 import time
 
@@ -176,3 +177,38 @@ def test_reset_closes_the_idle_redis_connections_it_forgets(clean_db):
     assert str(client_id) not in {str(c["id"]) for c in server.client_list()}
     assert gateway.call(lambda r: r.ping())  # an old reference still works: it reconnects
     server.close()
+
+
+def test_closing_the_gateway_never_breaks_a_command_in_flight(clean_db):
+    """Tests (and bootstrap.reset()) close the idle connections while other
+    threads still use the gateway: a connection handed out in between must not
+    be closed under its command. redis-py's own disconnect(inuse_connections=False)
+    did exactly that (AttributeError ... 'readline' in a racing writer)."""
+    gateway = bootstrap.redis_gateway()
+    errors, done = [], threading.Event()
+
+    def user():
+        while not done.is_set():
+            try:
+                gateway.call(lambda r: r.get(gateway.key("close-race")))
+            except Exception as exc:  # CacheUnavailable or the AttributeError of a closed socket
+                errors.append(repr(exc))
+
+    users = [threading.Thread(target=user) for _ in range(16)]
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads constantly, so any unguarded window gets hit
+    try:
+        for t in users:
+            t.start()
+        deadline = time.monotonic() + 3
+        closes = 0
+        while time.monotonic() < deadline and not errors:
+            gateway.close()
+            closes += 1
+    finally:
+        done.set()
+        for t in users:
+            t.join()
+        sys.setswitchinterval(switch_interval)
+    assert errors == [], (closes, errors[:3])
+    assert gateway.call(lambda r: r.ping())
