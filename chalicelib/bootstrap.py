@@ -72,10 +72,17 @@ def invalidator():
     ))
 
 
+def product_writes():
+    from .search import MySQLSearchBackend
+    from .unit_of_work import ProductWrites
+
+    return _once("product_writes", lambda: ProductWrites(database(), invalidator(), MySQLSearchBackend(database())))
+
+
 def catalog():
     from .catalog import Catalog
 
-    return _once("catalog", lambda: Catalog(database(), product_cache(), invalidator()))
+    return _once("catalog", lambda: Catalog(database(), product_cache(), product_writes()))
 
 
 def reset():
@@ -107,4 +114,4 @@ def orders(strategy_name=None):
 
     strategy = inventory_strategy(strategy_name)
     return _once(f"orders:{strategy.name}", lambda: OrderService(
-        database(), strategy, invalidator(), max_in_flight=int(settings().number("ORDERS_MAX_IN_FLIGHT"))))
+        database(), strategy, product_writes(), max_in_flight=int(settings().number("ORDERS_MAX_IN_FLIGHT"))))

@@ -4,15 +4,14 @@ import time
 
 import pymysql
 
-from . import search as search_index
 from .cache import CacheUnavailable
 from .db import DUPLICATE_KEY
 from .errors import DuplicateSku, InsufficientStock, ProductNotFound, ServiceUnavailable, ValidationError, VersionConflict
 from . import validation as v
+from .unit_of_work import PRODUCT_COLUMNS, ProductTransaction, ProductWrites
 
 log = logging.getLogger(__name__)
 
-PRODUCT_COLUMNS = "id, sku, name, description, category, price_cents, stock, version, status, created_at, updated_at"
 STATUSES = ("active", "inactive")
 MAX_PRICE_CENTS = 10**12
 MAX_STOCK = 10**9
@@ -82,17 +81,16 @@ def validate_delta(body):
 
 
 class Catalog:
-    def __init__(self, db, cache, invalidator):
+    def __init__(self, db, cache, writes: ProductWrites):
         self.db = db
         self.cache = cache
-        self.invalidator = invalidator
+        self.writes = writes
 
     # --- writes -------------------------------------------------------------
 
-    def _select(self, cur, product_id, lock=False):
-        cur.execute(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id = %s" + (" FOR UPDATE" if lock else ""),
-                    (product_id,))
-        row = cur.fetchone()
+    @staticmethod
+    def _locked_row(tx: ProductTransaction, product_id):
+        row = tx.select([product_id], lock=True).get(product_id)
         if row is None:
             raise ProductNotFound(f"Product {product_id} does not exist.", product_id=product_id)
         return row
@@ -114,62 +112,41 @@ class Catalog:
                 seen.add(sku)
             raise DuplicateSku("The same sku appears more than once in the request.", details={"skus": sorted(set(dupes))})
 
-        def work(cur):
+        def work(tx: ProductTransaction):
             try:
-                cur.executemany(
-                    "INSERT INTO products (sku, name, description, category, price_cents, stock) "
-                    "VALUES (%(sku)s, %(name)s, %(description)s, %(category)s, %(price_cents)s, %(stock)s)",
-                    products,
-                )
+                return tx.insert(products)
             except pymysql.err.IntegrityError as exc:
                 if exc.args[0] == DUPLICATE_KEY:
                     raise DuplicateSku("A product with this sku already exists.", details={"error": str(exc.args[1])})
                 raise
-            placeholders = ",".join(["%s"] * len(skus))
-            cur.execute(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE sku IN ({placeholders})", skus)
-            by_sku = {row["sku"]: row for row in cur.fetchall()}
-            rows = [by_sku[sku] for sku in skus]
-            search_index.index_products(cur, rows)
-            return rows
 
-        rows = self.db.run(work)
-        self.invalidator.after_commit({row["id"]: row["version"] for row in rows})
-        return [to_api(row) for row in rows]
+        return [to_api(row) for row in self.writes.run(work)]
 
     def update(self, product_id, body):
         changes, expected_version = validate_patch(body)
 
-        def work(cur):
-            row = self._select(cur, product_id, lock=True)
+        def work(tx: ProductTransaction):
+            row = self._locked_row(tx, product_id)
             if expected_version is not None and row["version"] != expected_version:
                 raise VersionConflict(
                     f"Product {product_id} is at version {row['version']}, not {expected_version}.",
                     product_id=product_id, current_version=row["version"],
                 )
-            assignments = ", ".join(f"{column} = %s" for column in changes)
-            cur.execute(
-                f"UPDATE products SET {assignments}, version = version + 1, updated_at = CURRENT_TIMESTAMP(6) "
-                "WHERE id = %s",
-                (*changes.values(), product_id),
-            )
-            row = self._select(cur, product_id)
-            search_index.index_products(cur, [row])
-            return row
+            tx.update([product_id], ", ".join(f"{column} = %s" for column in changes), list(changes.values()),
+                      reindex=True)
+            return tx.select([product_id])[product_id]
 
-        row = self.db.run(work)
-        self.invalidator.after_commit({row["id"]: row["version"]})
-        return to_api(row)
+        return to_api(self.writes.run(work))
 
     def adjust_stock(self, product_id, body):
         delta = validate_delta(body)
 
-        def work(cur):
-            changed = cur.execute(
-                "UPDATE products SET stock = stock + %s, version = version + 1, updated_at = CURRENT_TIMESTAMP(6) "
-                "WHERE id = %s AND stock + %s >= 0",
-                (delta, product_id, delta),
-            )
-            row = self._select(cur, product_id)
+        def work(tx: ProductTransaction):
+            changed = tx.update([product_id], "stock = stock + %s", [delta], where="stock + %s >= 0",
+                                where_params=[delta])
+            row = tx.select([product_id]).get(product_id)
+            if row is None:
+                raise ProductNotFound(f"Product {product_id} does not exist.", product_id=product_id)
             if not changed:
                 raise InsufficientStock(
                     f"Product {product_id} has {row['stock']} in stock; a change of {delta} would go below zero.",
@@ -177,9 +154,7 @@ class Catalog:
                 )
             return row
 
-        row = self.db.run(work)
-        self.invalidator.after_commit({row["id"]: row["version"]})
-        return to_api(row)
+        return to_api(self.writes.run(work))
 
     # --- reads --------------------------------------------------------------
 

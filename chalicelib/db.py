@@ -5,6 +5,7 @@ circuit breaker; bounded retries of deadlocks and lock-wait timeouts."""
 import logging
 import queue
 import random
+import re
 import time
 from contextlib import contextmanager
 
@@ -24,6 +25,33 @@ RETRYABLE_ERRNOS = frozenset({DEADLOCK, LOCK_WAIT_TIMEOUT})
 # 1040 (too many connections) is transient in the same way.
 CONNECTION_ERRNOS = frozenset({0, 1040, 1053, 1927, 2003, 2006, 2013, 2014, 2055, 4031})
 DUPLICATE_KEY = 1062
+
+
+# A statement that changes product rows (see unit_of_work.py).
+_PRODUCT_WRITE = re.compile(
+    r"^\s*(?:(?:INSERT|REPLACE)(?:\s+(?:LOW_PRIORITY|DELAYED|HIGH_PRIORITY|IGNORE))*(?:\s+INTO)?"
+    r"|UPDATE(?:\s+(?:LOW_PRIORITY|IGNORE))*|DELETE(?:\s+(?:LOW_PRIORITY|QUICK|IGNORE))*\s+FROM|TRUNCATE(?:\s+TABLE)?)"
+    r"\s+(?:`?\w+`?\.)?`?products`?(?![\w`])", re.IGNORECASE)
+
+
+class ProductWriteOutsideUnitOfWork(RuntimeError):
+    """A statement tried to change `products` without going through unit_of_work.ProductTransaction."""
+
+
+class Cursor(pymysql.cursors.DictCursor):
+    """The cursor of every transaction and query: product rows change only
+    through a ProductTransaction, which keeps versions, the search index and
+    the caches in step (executemany of an INSERT ends in execute, so it is covered)."""
+
+    products_writable = False
+
+    def execute(self, query, args=None):
+        # executemany hands its multi-row INSERT back here as bytes
+        head = query if isinstance(query, str) else query[:128].decode("utf-8", "replace")
+        if not self.products_writable and _PRODUCT_WRITE.match(head):
+            raise ProductWriteOutsideUnitOfWork(
+                "products is written only through unit_of_work.ProductTransaction: " + head[:120])
+        return super().execute(query, args)
 
 
 def is_connection_error(exc):
@@ -66,7 +94,7 @@ class Database:
             connect_timeout=self.connect_timeout,
             read_timeout=self.connect_timeout,
             write_timeout=self.connect_timeout,
-            cursorclass=pymysql.cursors.DictCursor,
+            cursorclass=Cursor,
             # RDS Proxy requires TLS; the Lambda runtime trusts the Amazon root CAs.
             ssl={"check_hostname": True} if self.target.tls else None,
         )

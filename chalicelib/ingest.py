@@ -31,7 +31,8 @@ Failure classes (what the handler reports to SQS):
   `sqs-<messageId>` when it carries none), and per-order business failures
   (VALIDATION_ERROR, PRODUCT_NOT_FOUND, INSUFFICIENT_STOCK, IDEMPOTENCY_CONFLICT).
 
-Exactly-once effect: orders are placed through `OrderService.place`, whose
+Exactly-once effect: orders are placed through `OrderService.place_all` (the
+same loop as sync batches), whose
 unique key (user_id, client_order_id) makes a second placement a replay
 (`duplicate: true`, original order_id, nothing reserved). Positions that already
 have a recorded result are not placed again, and results are upserted per
@@ -56,7 +57,6 @@ ORDERS_PER_MESSAGE = 10
 # SQS takes 256 KiB per message (and per SendMessageBatch call); keep a margin.
 MAX_MESSAGE_BYTES = 200_000
 MESSAGE_FIELDS = ("batch_id", "orders", "positions", "order_count", "enqueued_at")
-TRANSIENT_CODE = "SERVICE_UNAVAILABLE"
 # Records not started with less than this left of the invocation are handed back
 # to SQS (reported failed) instead of being cut off by the Lambda timeout.
 TIME_RESERVE_MS = 5000
@@ -153,7 +153,7 @@ class BatchStore:
         return {row["position"] for row in rows}
 
     def record(self, batch_id, order_count, results):
-        """Record {position: result} for the batch (creating its row if needed) and
+        """Record {position: OrderResult} for the batch (creating its row if needed) and
         bring its status up to date, in one transaction. Returns the status.
 
         A position's result is written once: when two deliveries of one message
@@ -168,7 +168,7 @@ class BatchStore:
                 cur.executemany(
                     "INSERT INTO batch_results (batch_id, position, result) VALUES (%s, %s, %s) "
                     "ON DUPLICATE KEY UPDATE batch_id = batch_id",
-                    [(batch_id, pos, json.dumps(res, ensure_ascii=False)) for pos, res in sorted(results.items())],
+                    [(batch_id, pos, json.dumps(res.to_api(), ensure_ascii=False)) for pos, res in sorted(results.items())],
                 )
             cur.execute("SELECT COUNT(*) AS n FROM batch_results WHERE batch_id = %s LOCK IN SHARE MODE", (batch_id,))
             count = cur.fetchone()["n"]
@@ -294,34 +294,24 @@ class OrderIngest:
             return {"batch_id": message.batch_id, "recorded": len(message.positions), "rejected": True}
 
         done = self.batches.recorded_positions(message.batch_id, message.positions)
-        results, versions, transient = {}, {}, []
-        try:
-            for position, order in zip(message.positions, parsed):
-                if position in done:
-                    continue  # already placed and recorded by an earlier delivery
-                if isinstance(order, InvalidOrder):
-                    results[position] = failed(order.client_order_id, order.error)
-                    continue
-                result, reserved = self.orders.place(order, message.batch_id)
-                if result["status"] == "failed" and result["error"]["code"] == TRANSIENT_CODE:
-                    transient.append(position)  # not recorded: the message is retried
-                    continue
-                results[position] = result
-                for pid, row in reserved.items():
-                    versions[pid] = max(versions.get(pid, 0), row["version"])
-                if message.enqueued_at and result["status"] == "created" and not result["duplicate"]:
+        # Positions already placed and recorded by an earlier delivery are skipped.
+        outcome = self.orders.place_all(((position, order) for position, order in zip(message.positions, parsed)
+                                         if position not in done), message.batch_id)
+        # A transient failure is not recorded: the message is retried.
+        results = {pos: r for pos, r in outcome.results.items() if not r.transient}
+        transient = [pos for pos, r in outcome.results.items() if r.transient]
+        if message.enqueued_at:
+            for result in results.values():
+                if result.created and not result.duplicate:
                     emit("IngestLatency", max(0.0, (time.time() - message.enqueued_at) * 1000), unit="Milliseconds")
-        except ServiceUnavailable:
+        if outcome.interrupted is not None:
             # Keep what was placed before the outage, if MySQL still takes it.
             if results:
                 try:
                     self.batches.record(message.batch_id, message.order_count, results)
                 except Exception:
                     log.warning("could not record partial results of batch %s", message.batch_id)
-            raise
-        finally:
-            if versions:
-                self.orders.invalidator.after_commit(versions, search=True, enqueue=False)
+            raise outcome.interrupted
         status = self.batches.record(message.batch_id, message.order_count, results)
         if transient:
             raise TransientFailure(f"{len(transient)} order(s) of batch {message.batch_id} hit contention "

@@ -5,37 +5,45 @@ Every strategy reserves the merged lines of one order in product-id order
 transaction, and every one keeps a MySQL guard (`stock >= q` or a version
 compare) so stock can never go negative whatever happens around it.
 
-`transact(db, quantities, work)` runs `work(cur, reserver)` in a transaction;
-`work` calls `reserver.reserve(cur, quantities)`, which returns
-{product_id: {"price_cents", "version"}} or raises ProductNotFound /
-InsufficientStock.
+`transact(session, quantities, work)` runs `work(tx, reserver)` in a
+transaction of the write session (unit_of_work.py); `work` calls
+`reserver.reserve(tx, quantities)`, which returns {product_id: unit price}
+or raises ProductNotFound / InsufficientStock.
 """
 import logging
 import random
 import time
 import uuid
+from typing import Callable, Mapping, Protocol, TypeVar
 
 from .cache import CacheUnavailable
 from .errors import ConcurrencyExhausted, InsufficientStock, ProductNotFound
+from .unit_of_work import ProductTransaction, WriteSession
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+Quantities = Mapping[int, int]  # product id -> merged quantity, ascending id
 
-def _placeholders(n):
-    return ",".join(["%s"] * n)
+
+class Reserver(Protocol):
+    def reserve(self, tx: ProductTransaction, quantities: Quantities) -> dict[int, int]:
+        """Take the stock of every line or none; {product_id: unit price in cents}."""
 
 
-def _read_sellable(cur, quantities, lock):
+class InventoryStrategy(Protocol):
+    name: str
+
+    def transact(self, session: WriteSession, quantities: Quantities,
+                 work: Callable[[ProductTransaction, Reserver], T]) -> T:
+        """Run `work(tx, reserver)` in a transaction of `session` (retrying as the strategy needs)."""
+
+
+def _read_sellable(tx: ProductTransaction, quantities, lock):
     """The order's product rows (locked FOR UPDATE in id order if `lock`),
     or the business error that stops the order."""
-    ids = list(quantities)
-    cur.execute(
-        f"SELECT id, stock, status, price_cents, version FROM products WHERE id IN ({_placeholders(len(ids))}) "
-        + ("ORDER BY id FOR UPDATE" if lock else ""),
-        ids,
-    )
-    rows = {row["id"]: row for row in cur.fetchall()}
-    for pid in ids:
+    rows = tx.select(quantities, "id, stock, status, price_cents, version", lock=lock)
+    for pid in quantities:
         row = rows.get(pid)
         if row is None or row["status"] != "active":
             raise ProductNotFound(f"Product {pid} does not exist or is not for sale.", product_id=pid)
@@ -46,11 +54,9 @@ def _read_sellable(cur, quantities, lock):
     return rows
 
 
-def _reserved_rows(cur, quantities):
-    """Price and new version of rows this transaction has just updated (its own writes)."""
-    ids = list(quantities)
-    cur.execute(f"SELECT id, price_cents, version FROM products WHERE id IN ({_placeholders(len(ids))})", ids)
-    return {row["id"]: {"price_cents": row["price_cents"], "version": row["version"]} for row in cur.fetchall()}
+def _prices(tx: ProductTransaction, quantities):
+    """Unit prices of rows this transaction has just updated (its own writes; records their versions)."""
+    return {pid: row["price_cents"] for pid, row in tx.select(quantities, "price_cents").items()}
 
 
 class _PartlyTaken(Exception):
@@ -68,44 +74,40 @@ class GuardedStrategy:
 
     name = "guarded"
 
-    def transact(self, db, quantities, work):
+    def transact(self, session, quantities, work):
         try:
-            return db.run(lambda cur: work(cur, self))
+            return session.run(lambda tx: work(tx, self))
         except _PartlyTaken:
-            return db.run(lambda cur: work(cur, _LockedFirst))
+            return session.run(lambda tx: work(tx, _LockedFirst))
 
-    def reserve(self, cur, quantities):
-        taken = _take(cur, quantities)
+    def reserve(self, tx, quantities):
+        taken = _take(tx, quantities)
         if taken == 0:
             # Raises why the order cannot be sold; if it can after all (restocked
             # between the two statements), we now hold the row locks and retake.
-            _read_sellable(cur, quantities, lock=True)
-            taken = _take(cur, quantities)
+            _read_sellable(tx, quantities, lock=True)
+            taken = _take(tx, quantities)
         if taken != len(quantities):
             raise _PartlyTaken()
-        return _reserved_rows(cur, quantities)
+        return _prices(tx, quantities)
 
 
 class _LockedFirst:
     @staticmethod
-    def reserve(cur, quantities):
-        _read_sellable(cur, quantities, lock=True)
-        if _take(cur, quantities) != len(quantities):
+    def reserve(tx, quantities):
+        _read_sellable(tx, quantities, lock=True)
+        if _take(tx, quantities) != len(quantities):
             raise AssertionError(f"guarded update of locked products {sorted(quantities)} fell short")
-        return _reserved_rows(cur, quantities)
+        return _prices(tx, quantities)
 
 
-def _take(cur, quantities):
+def _take(tx: ProductTransaction, quantities):
     """Take every line whose row is active with enough stock; the number of rows taken."""
     ids = sorted(quantities)
     by_id = " ".join(["WHEN %s THEN %s"] * len(ids))
     cases = [value for pid in ids for value in (pid, quantities[pid])]
-    return cur.execute(
-        f"UPDATE products SET stock = stock - CASE id {by_id} END, version = version + 1, "
-        f"updated_at = CURRENT_TIMESTAMP(6) WHERE id IN ({_placeholders(len(ids))}) AND status = 'active' "
-        f"AND stock >= CASE id {by_id} END",
-        cases + ids + cases,
-    )
+    return tx.update(ids, f"stock = stock - CASE id {by_id} END", cases,
+                     where=f"status = 'active' AND stock >= CASE id {by_id} END", where_params=cases)
 
 
 class PessimisticStrategy:
@@ -113,18 +115,14 @@ class PessimisticStrategy:
 
     name = "pessimistic"
 
-    def transact(self, db, quantities, work):
-        return db.run(lambda cur: work(cur, self))
+    def transact(self, session, quantities, work):
+        return session.run(lambda tx: work(tx, self))
 
-    def reserve(self, cur, quantities):
-        rows = _read_sellable(cur, quantities, lock=True)
+    def reserve(self, tx, quantities):
+        rows = _read_sellable(tx, quantities, lock=True)
         for pid, qty in quantities.items():
-            cur.execute(
-                "UPDATE products SET stock = stock - %s, version = version + 1, updated_at = CURRENT_TIMESTAMP(6) "
-                "WHERE id = %s",
-                (qty, pid),
-            )
-        return {pid: {"price_cents": rows[pid]["price_cents"], "version": rows[pid]["version"] + 1} for pid in quantities}
+            tx.update([pid], "stock = stock - %s", [qty])
+        return {pid: rows[pid]["price_cents"] for pid in quantities}
 
 
 class OptimisticConflict(Exception):
@@ -144,27 +142,23 @@ class OptimisticStrategy:
         self.base_delay = base_delay
         self.max_delay = max_delay
 
-    def transact(self, db, quantities, work):
+    def transact(self, session, quantities, work):
         for attempt in range(1, self.max_attempts + 1):
             try:
-                return db.run(lambda cur: work(cur, self))
+                return session.run(lambda tx: work(tx, self))
             except OptimisticConflict:
                 time.sleep(random.uniform(0, min(self.max_delay, self.base_delay * 2 ** min(attempt, 10))))
         raise ConcurrencyExhausted(
             f"Gave up after {self.max_attempts} optimistic attempts on a contended product; retry shortly."
         )
 
-    def reserve(self, cur, quantities):
-        rows = _read_sellable(cur, quantities, lock=False)
+    def reserve(self, tx, quantities):
+        rows = _read_sellable(tx, quantities, lock=False)
         for pid, qty in quantities.items():
-            changed = cur.execute(
-                "UPDATE products SET stock = stock - %s, version = version + 1, updated_at = CURRENT_TIMESTAMP(6) "
-                "WHERE id = %s AND version = %s AND stock >= %s",
-                (qty, pid, rows[pid]["version"], qty),
-            )
-            if not changed:
+            if not tx.compare_and_set(pid, rows[pid]["version"], "stock = stock - %s", [qty],
+                                      where="stock >= %s", where_params=[qty]):
                 raise OptimisticConflict(pid)
-        return {pid: {"price_cents": rows[pid]["price_cents"], "version": rows[pid]["version"] + 1} for pid in quantities}
+        return {pid: rows[pid]["price_cents"] for pid in quantities}
 
 
 # KEYS: lock keys. ARGV[1]: token. Deletes only locks still holding our token.
@@ -223,16 +217,16 @@ class RedisLockStrategy:
         except CacheUnavailable:
             log.warning("could not release %d product lock(s); their lease will expire", len(keys))
 
-    def transact(self, db, quantities, work):
+    def transact(self, session, quantities, work):
         token = uuid.uuid4().hex
         keys = [self._lock_key(pid) for pid in quantities]
         try:
             held = self._acquire(keys, token)
         except CacheUnavailable as exc:
             log.warning("redis_lock: Redis unavailable (%s); falling back to MySQL row locks", exc)
-            return self._fallback.transact(db, quantities, work)
+            return self._fallback.transact(session, quantities, work)
         try:
-            return self._guarded.transact(db, quantities, work)
+            return self._guarded.transact(session, quantities, work)
         finally:
             self._release(held, token)
 
@@ -240,7 +234,7 @@ class RedisLockStrategy:
 STRATEGIES = ("guarded", "pessimistic", "optimistic", "redis_lock")
 
 
-def make_strategy(name, redis_gateway=None):
+def make_strategy(name, redis_gateway=None) -> InventoryStrategy:
     if name == "guarded":
         return GuardedStrategy()
     if name == "pessimistic":

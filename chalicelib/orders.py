@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Generic, Iterable, Optional, TypeVar, Union
 
 import pymysql
 
@@ -15,7 +16,9 @@ from .catalog import iso
 from .db import DUPLICATE_KEY
 from .errors import (ConcurrencyExhausted, IdempotencyConflict, OrderNotFound, PayloadTooLarge, ServiceUnavailable, ShopError,
                      ValidationError)
+from .inventory import InventoryStrategy, Reserver
 from .observability import emit
+from .unit_of_work import ProductTransaction, ProductWrites, WriteSession
 
 log = logging.getLogger(__name__)
 
@@ -89,18 +92,58 @@ def parse_order(raw, index=0):
         return InvalidOrder(client_order_id if isinstance(client_order_id, str) else None, exc)
 
 
-def failed(client_order_id, exc):
-    error = {"code": exc.code, "message": exc.message}
-    if "product_id" in exc.extra:
-        error["product_id"] = exc.extra["product_id"]
-    return {"client_order_id": client_order_id, "status": "failed", "error": error}
+@dataclass(frozen=True)
+class OrderResult:
+    """What became of one order of a batch (the API's per-order result)."""
+    client_order_id: Optional[str]
+    order_id: Optional[int] = None
+    total_cents: Optional[int] = None
+    duplicate: bool = False
+    error: Optional[ShopError] = None
+
+    @property
+    def created(self) -> bool:
+        return self.error is None
+
+    @property
+    def transient(self) -> bool:
+        """Failed for a reason that a retry can cure (contention outlived its retries)."""
+        return isinstance(self.error, ServiceUnavailable)
+
+    def to_api(self) -> dict:
+        if self.created:
+            return {"client_order_id": self.client_order_id, "status": "created", "order_id": self.order_id,
+                    "total_cents": self.total_cents, "duplicate": self.duplicate}
+        error = {"code": self.error.code, "message": self.error.message}
+        if "product_id" in self.error.extra:
+            error["product_id"] = self.error.extra["product_id"]
+        return {"client_order_id": self.client_order_id, "status": "failed", "error": error}
+
+
+def failed(client_order_id, exc: ShopError) -> OrderResult:
+    return OrderResult(client_order_id, error=exc)
+
+
+K = TypeVar("K")
+
+
+@dataclass
+class BatchOutcome(Generic[K]):
+    """The results of a run of orders, keyed as given, in the order they were placed.
+    `interrupted` is the outage that stopped the run; `results` then hold what
+    happened before it (committed orders included)."""
+    results: dict
+    interrupted: Optional[ServiceUnavailable] = None
+
+    def committed_client_order_ids(self) -> list:
+        return [r.client_order_id for r in self.results.values() if r.created]
 
 
 class OrderService:
-    def __init__(self, db, strategy, invalidator, max_in_flight=16):
+    def __init__(self, db, strategy: InventoryStrategy, writes: ProductWrites, max_in_flight=16):
         self.db = db
         self.strategy = strategy
-        self.invalidator = invalidator
+        self.writes = writes
         # Admission control: at most this many batches are being worked on in a
         # process; the rest wait asleep. Hundreds of runnable threads fighting
         # for the GIL (and for Redis/MySQL connections) collapse throughput;
@@ -108,61 +151,63 @@ class OrderService:
         # Lambda concurrency would.
         self._admission = InFlightLimit(max_in_flight)
 
-    def place_batch(self, parsed, batch_id=None):
-        """Place each order on its own; results in request order."""
-        with self._admission:
-            return self._place_batch(parsed, batch_id)
+    def place_all(self, orders: Iterable[tuple[K, Union[OrderRequest, InvalidOrder]]],
+                  batch_id=None) -> BatchOutcome[K]:
+        """The one batch loop (sync batches and SQS ingestion): each order on its
+        own, in order. The products of every committed order are invalidated once
+        at the end, also when an outage stops the run half-way."""
+        results = {}
+        with self._admission, self.writes.session(enqueue=False) as session:
+            try:
+                for key, order in orders:
+                    if isinstance(order, InvalidOrder):
+                        results[key] = failed(order.client_order_id, order.error)
+                    else:
+                        results[key] = self.place(session, order, batch_id)
+            except ServiceUnavailable as exc:
+                return BatchOutcome(results, exc)
+        return BatchOutcome(results)
 
-    def _place_batch(self, parsed, batch_id):
-        results, versions = [], {}
-        try:
-            for order in parsed:
-                if isinstance(order, InvalidOrder):
-                    result = failed(order.client_order_id, order.error)
-                else:
-                    result, reserved = self.place(order, batch_id)
-                    for pid, row in reserved.items():
-                        versions[pid] = max(versions.get(pid, 0), row["version"])
-                results.append(result)
-        except ServiceUnavailable as exc:
-            # The batch answers 503, but the orders before the outage are committed:
-            # say which, so the client knows its retry will find them (duplicate: true).
-            committed = [r["client_order_id"] for r in results if r["status"] == "created"]
+    def place_batch(self, parsed, batch_id=None):
+        """A sync batch: results in request order, or a 503 that says which orders committed."""
+        outcome = self.place_all(enumerate(parsed), batch_id)
+        if outcome.interrupted is not None:
+            exc = outcome.interrupted
+            committed = outcome.committed_client_order_ids()
             if committed:
+                # The client's retry of the batch finds these as duplicates.
                 exc.extra["details"] = {"committed_client_order_ids": committed}
                 exc.message = exc.message + (" Orders listed in details were committed before the failure;"
                                              " retrying the batch returns them as duplicates.")
-            raise
-        finally:
-            if versions:
-                # Also after an outage mid-batch: what did commit must not stay stale in the cache.
-                # Orders are the hot path: the queue is used only if Redis did not take it.
-                self.invalidator.after_commit(versions, search=True, enqueue=False)
-        created = sum(1 for r in results if r["status"] == "created")
+            raise exc
+        results = [r.to_api() for r in outcome.results.values()]
+        created = sum(1 for r in outcome.results.values() if r.created)
         return {"results": results, "summary": {"created": created, "failed": len(results) - created}}
 
-    def place(self, order, batch_id=None):
-        """(result, reserved rows). Business failures are results; infrastructure
-        failures (ServiceUnavailable) propagate so the caller can answer 503 or retry."""
+    def place(self, session: WriteSession, order: OrderRequest, batch_id=None) -> OrderResult:
+        """One order in its own transaction of `session`. Business failures are
+        results; infrastructure failures (ServiceUnavailable) propagate so the
+        caller can answer 503 or retry."""
         started = time.perf_counter()
         try:
-            result, reserved = self.strategy.transact(self.db, order.quantities,
-                                                      lambda cur, reserver: self._place(cur, reserver, order, batch_id))
+            result = self.strategy.transact(session, order.quantities,
+                                            lambda tx, reserver: self._place(tx, reserver, order, batch_id))
         except ConcurrencyExhausted as exc:
             # Contention, not an outage: this order fails retryably, the batch goes on.
-            result, reserved = failed(order.client_order_id, exc), {}
+            result = failed(order.client_order_id, exc)
         except ServiceUnavailable:
             raise
         except ShopError as exc:
-            result, reserved = failed(order.client_order_id, exc), {}
-        if result["status"] == "created" and not result["duplicate"]:
+            result = failed(order.client_order_id, exc)
+        if result.created and not result.duplicate:
             emit("OrdersCreated", 1)
             emit("OrderLatency", (time.perf_counter() - started) * 1000, unit="Milliseconds")
-        elif result["status"] == "failed":
-            emit("OrdersFailed", 1, code=result["error"]["code"])
-        return result, reserved
+        elif not result.created:
+            emit("OrdersFailed", 1, code=result.error.code)
+        return result
 
-    def _place(self, cur, reserver, order, batch_id):
+    def _place(self, tx: ProductTransaction, reserver: Reserver, order: OrderRequest, batch_id) -> OrderResult:
+        cur = tx.cursor
         try:
             # The unique key makes a concurrent duplicate wait here until we commit
             # or roll back, before either of us touches stock.
@@ -174,19 +219,18 @@ class OrderService:
         except pymysql.err.IntegrityError as exc:
             if exc.args[0] != DUPLICATE_KEY:
                 raise
-            return self._replay(cur, order), {}
+            return self._replay(cur, order)
         order_id = cur.lastrowid
-        reserved = reserver.reserve(cur, order.quantities)
+        prices = reserver.reserve(tx, order.quantities)
         cur.executemany(
             "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents) VALUES (%s, %s, %s, %s)",
-            [(order_id, pid, qty, reserved[pid]["price_cents"]) for pid, qty in order.quantities.items()],
+            [(order_id, pid, qty, prices[pid]) for pid, qty in order.quantities.items()],
         )
-        total = sum(qty * reserved[pid]["price_cents"] for pid, qty in order.quantities.items())
+        total = sum(qty * prices[pid] for pid, qty in order.quantities.items())
         cur.execute("UPDATE orders SET total_cents = %s WHERE id = %s", (total, order_id))
-        return {"client_order_id": order.client_order_id, "status": "created", "order_id": order_id,
-                "total_cents": total, "duplicate": False}, reserved
+        return OrderResult(order.client_order_id, order_id, total)
 
-    def _replay(self, cur, order):
+    def _replay(self, cur, order) -> OrderResult:
         cur.execute(
             "SELECT id, request_hash, total_cents FROM orders WHERE user_id = %s AND client_order_id = %s",
             (order.user_id, order.client_order_id),
@@ -197,8 +241,7 @@ class OrderService:
                 f"client_order_id {order.client_order_id!r} was already used by user {order.user_id} "
                 "for different lines."
             )
-        return {"client_order_id": order.client_order_id, "status": "created", "order_id": existing["id"],
-                "total_cents": existing["total_cents"], "duplicate": True}
+        return OrderResult(order.client_order_id, existing["id"], existing["total_cents"], duplicate=True)
 
     # --- reads and cancel ---------------------------------------------------
 
@@ -230,28 +273,17 @@ class OrderService:
         """Return the stock exactly once: the order row lock serialises cancels,
         and only the one that sees status 'created' restocks."""
 
-        def work(cur):
-            row, items = self._load(cur, order_id, lock=True)
+        def work(tx: ProductTransaction):
+            row, items = self._load(tx.cursor, order_id, lock=True)
             if row["status"] == "cancelled":
-                return row, items, {}
-            versions = {}
+                return row, items, False
             for item in items:  # ascending product id: the global lock order
-                cur.execute(
-                    "UPDATE products SET stock = stock + %s, version = version + 1, "
-                    "updated_at = CURRENT_TIMESTAMP(6) WHERE id = %s",
-                    (item["quantity"], item["product_id"]),
-                )
-            if items:
-                ids = [item["product_id"] for item in items]
-                cur.execute(f"SELECT id, version FROM products WHERE id IN ({','.join(['%s'] * len(ids))})", ids)
-                versions = {r["id"]: r["version"] for r in cur.fetchall()}
-            cur.execute("UPDATE orders SET status = 'cancelled', cancelled_at = CURRENT_TIMESTAMP(6) WHERE id = %s",
-                        (order_id,))
-            row = dict(row, status="cancelled")
-            return row, items, versions
+                tx.update([item["product_id"]], "stock = stock + %s", [item["quantity"]])
+            tx.cursor.execute("UPDATE orders SET status = 'cancelled', cancelled_at = CURRENT_TIMESTAMP(6) "
+                              "WHERE id = %s", (order_id,))
+            return dict(row, status="cancelled"), items, True
 
-        row, items, versions = self.db.run(work)
-        if versions:
-            self.invalidator.after_commit(versions, search=True, enqueue=False)
+        row, items, restocked = self.writes.run(work, enqueue=False)
+        if restocked:
             emit("OrdersCancelled", 1)
         return self._to_api(row, items)

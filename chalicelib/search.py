@@ -37,6 +37,7 @@ from typing import Optional, Protocol
 
 from .cache import CacheUnavailable
 from .errors import ServiceUnavailable, ValidationError
+from .unit_of_work import PRODUCT_COLUMNS
 from . import validation as v
 
 log = logging.getLogger(__name__)
@@ -279,11 +280,6 @@ class SearchBackend(Protocol):
 
     def index(self, cur, rows) -> None:
         """(Re)index full product rows inside the product write transaction `cur`."""
-
-
-def _product_columns():
-    from .catalog import PRODUCT_COLUMNS
-    return PRODUCT_COLUMNS
 
 
 def _format_ts(ts):
@@ -560,7 +556,7 @@ class MySQLSearchBackend:
         if keys:
             from .catalog import to_api
             ids = [int(k["id"]) for k in keys]
-            cur.execute(f"SELECT {_product_columns()} FROM products WHERE id IN ({','.join(['%s'] * len(ids))})", ids)
+            cur.execute(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN ({','.join(['%s'] * len(ids))})", ids)
             by_id = {int(r["id"]): r for r in cur.fetchall()}
             items = [to_api(by_id[i]) for i in ids if i in by_id]
         next_cursor = None
@@ -582,11 +578,6 @@ def like_scan_search(db, query):
     rows = db.query(f"SELECT id FROM products WHERE {' AND '.join(where)} ORDER BY id LIMIT %s", args + [query.limit])
     total = db.query(f"SELECT COUNT(*) AS n FROM products WHERE {' AND '.join(where)}", args)[0]["n"]
     return [r["id"] for r in rows], total
-
-
-def index_products(cur, rows):
-    """Maintain the search index for `rows` inside the caller's transaction."""
-    MySQLSearchBackend(None).index(cur, rows)
 
 
 # --------------------------------------------------------------------------

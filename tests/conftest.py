@@ -137,7 +137,8 @@ def clean_db(test_env):
     """An empty catalog and order book, and no cached copies, for each test."""
     conn = bootstrap.database().connect()
     try:
-        with conn.cursor() as cur:
+        # A plain cursor: wiping the tables between tests is no product write to cache.
+        with conn.cursor(pymysql.cursors.DictCursor) as cur:
             for table in TABLES:
                 cur.execute(f"DELETE FROM {table}")
             cur.execute("SHOW TABLES LIKE 'search_terms'")

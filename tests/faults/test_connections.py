@@ -78,10 +78,10 @@ def _hook_reserve(monkeypatch, hook):
     strategy = bootstrap.inventory_strategy()
     real = strategy.reserve
 
-    def reserve(cur, quantities):
-        reserved = real(cur, quantities)
-        hook(cur)
-        return reserved
+    def reserve(tx, quantities):
+        prices = real(tx, quantities)
+        hook(tx.cursor)
+        return prices
 
     monkeypatch.setattr(strategy, "reserve", reserve)
 

@@ -15,7 +15,7 @@ import pytest
 import app as shop_app
 from chalicelib import bootstrap, ingest
 from chalicelib.errors import ConcurrencyExhausted, ServiceUnavailable
-from chalicelib.orders import failed
+from chalicelib.orders import OrderService, failed
 from scripts import localstack
 from scripts.poller import Poller
 from tests.conftest import make_product
@@ -219,21 +219,20 @@ def test_transient_failure_is_retried_then_lands_in_the_dlq(clean_db, sqs, fast_
     assert ingest.get_batch("down-1")["status"] == "done"
 
 
-class FlakyOrders:
+class FlakyOrders(OrderService):
     """The real OrderService, except that chosen users hit an outage or run out of retries."""
 
     def __init__(self, real, outage_users=(), contention_users=()):
-        self.real = real
-        self.invalidator = real.invalidator
+        super().__init__(real.db, real.strategy, real.writes)
         self.outage_users = set(outage_users)
         self.contention_users = set(contention_users)
 
-    def place(self, order, batch_id=None):
+    def place(self, session, order, batch_id=None):
         if order.user_id in self.outage_users:
             raise ServiceUnavailable("simulated outage")
         if order.user_id in self.contention_users:
-            return failed(order.client_order_id, ConcurrencyExhausted("Too much contention; retry shortly.")), {}
-        return self.real.place(order, batch_id)
+            return failed(order.client_order_id, ConcurrencyExhausted("Too much contention; retry shortly."))
+        return super().place(session, order, batch_id)
 
 
 def test_mixed_batch_reports_only_the_failed_ids(clean_db, sqs, fast_queue):

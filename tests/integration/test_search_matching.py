@@ -153,7 +153,9 @@ def test_stock_changed_by_plain_update_is_seen_by_in_stock(shop):
     assert find(q="kettle", in_stock="true")[0] == ids(p)
     conn = bootstrap.database().connect()
     try:
-        with conn.cursor() as cur:  # what an order reservation does
+        # A plain cursor past the unit-of-work guard: a stock change that reaches
+        # products without touching the search index must still be seen.
+        with conn.cursor(pymysql.cursors.DictCursor) as cur:
             cur.execute("UPDATE products SET stock = 0, version = version + 1 WHERE id = %s", (p["id"],))
     finally:
         conn.close()

@@ -1,0 +1,125 @@
+"""One path for every product write (chalicelib/unit_of_work.py): every path
+bumps `version`, reports exactly the versions MySQL holds to the cache
+invalidation after commit, and a write that skips the unit of work is refused."""
+import pytest
+
+from chalicelib import bootstrap
+from chalicelib.catalog import Catalog
+from chalicelib.db import ProductWriteOutsideUnitOfWork
+from chalicelib.inventory import STRATEGIES, make_strategy
+from chalicelib.orders import OrderService, parse_batch
+from chalicelib.search import MySQLSearchBackend, parse_query
+from chalicelib.unit_of_work import ProductWrites
+from tests.conftest import make_product
+
+
+class RecordingInvalidator:
+    def __init__(self):
+        self.calls = []
+
+    def after_commit(self, versions, search=True, enqueue=True):
+        self.calls.append(dict(versions))
+
+
+def _versions(ids):
+    rows = bootstrap.database().query(
+        f"SELECT id, version FROM products WHERE id IN ({','.join(['%s'] * len(ids))})", list(ids))
+    return {r["id"]: r["version"] for r in rows}
+
+
+@pytest.fixture
+def recorded(clean_db):
+    db = bootstrap.database()
+    invalidator = RecordingInvalidator()
+    writes = ProductWrites(db, invalidator, MySQLSearchBackend(db))
+    return invalidator, writes, Catalog(db, bootstrap.product_cache(), writes)
+
+
+def test_catalog_writes_report_the_versions_mysql_holds(recorded):
+    invalidator, _, catalog = recorded
+    created = catalog.create_many([{"sku": f"UOW-{i}", "name": f"thing {i}", "category": "c",
+                                    "price_cents": 100, "stock": 5} for i in range(3)])
+    ids = [p["id"] for p in created]
+    assert invalidator.calls == [_versions(ids)]
+
+    before = _versions(ids[:1])[ids[0]]
+    catalog.update(ids[0], {"name": "renamed widget"})
+    assert invalidator.calls[-1] == {ids[0]: before + 1} == _versions(ids[:1])
+    catalog.adjust_stock(ids[1], {"delta": 4})
+    assert invalidator.calls[-1] == {ids[1]: 2} == _versions(ids[1:2])
+
+    calls = len(invalidator.calls)
+    with pytest.raises(Exception):
+        catalog.adjust_stock(ids[2], {"delta": -6})  # would go below zero: rolled back
+    assert len(invalidator.calls) == calls  # nothing committed, nothing invalidated
+    # the search index followed the rename inside the same transaction
+    page = MySQLSearchBackend(bootstrap.database()).search(parse_query({"q": "widget"})).to_api()
+    assert [p["id"] for p in page["items"]] == [ids[0]]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_orders_and_cancels_report_the_versions_mysql_holds(recorded, strategy):
+    invalidator, writes, catalog = recorded
+    a, b = (make_product(catalog, stock=10)["id"] for _ in range(2))
+    service = OrderService(bootstrap.database(), make_strategy(strategy, bootstrap.redis_gateway()), writes)
+    invalidator.calls.clear()
+
+    result = service.place_batch(parse_batch({"orders": [
+        {"client_order_id": "u-1", "user_id": 1, "items": [{"product_id": a, "quantity": 2}, {"product_id": b, "quantity": 1}]},
+        {"client_order_id": "u-2", "user_id": 1, "items": [{"product_id": a, "quantity": 1}]},
+        {"client_order_id": "u-3", "user_id": 1, "items": [{"product_id": b, "quantity": 99}]},
+    ]}))
+    assert [r["status"] for r in result["results"]] == ["created", "created", "failed"]
+    # one invalidation for the batch, with the last committed version of each product
+    assert invalidator.calls == [_versions([a, b])]
+
+    service.cancel(result["results"][0]["order_id"])
+    assert invalidator.calls[-1] == _versions([a, b])
+    assert len(invalidator.calls) == 2
+
+
+def test_a_product_write_outside_the_unit_of_work_is_refused(recorded):
+    _, writes, catalog = recorded
+    pid = make_product(catalog, stock=10)["id"]
+    db = bootstrap.database()
+    statements = [
+        ("UPDATE products SET stock = 0 WHERE id = %s", (pid,)),
+        ("update `products` set stock = 0 where id = %s", (pid,)),
+        ("DELETE FROM products WHERE id = %s", (pid,)),
+        ("INSERT INTO products (sku, name, description, category, price_cents, stock) "
+         "VALUES ('X-1', 'x', '', 'c', 1, 1)", None),
+    ]
+    for sql, args in statements:
+        with pytest.raises(ProductWriteOutsideUnitOfWork):
+            db.run(lambda cur: cur.execute(sql, args))
+        with pytest.raises(ProductWriteOutsideUnitOfWork):
+            db.query(sql, args)
+    with pytest.raises(ProductWriteOutsideUnitOfWork):
+        db.run(lambda cur: cur.executemany(
+            "INSERT INTO products (sku, name, description, category, price_cents, stock) VALUES (%s, %s, %s, %s, %s, %s)",
+            [("X-2", "x", "", "c", 1, 1), ("X-3", "x", "", "c", 1, 1)]))
+
+    # Inside a unit of work too, a raw statement on its cursor is refused, and the
+    # whole transaction (including the legitimate change before it) rolls back.
+    def sneaky(tx):
+        tx.update([pid], "stock = stock + 1")
+        tx.cursor.execute("UPDATE products SET stock = 0 WHERE id = %s", (pid,))
+
+    with pytest.raises(ProductWriteOutsideUnitOfWork):
+        writes.run(sneaky)
+    row = db.query("SELECT stock, version FROM products WHERE id = %s", (pid,))[0]
+    assert (row["stock"], row["version"]) == (10, 1)
+    # reads and other tables are untouched by the guard
+    assert db.query("SELECT COUNT(*) AS n FROM products")[0]["n"] == 1
+    db.run(lambda cur: cur.execute("UPDATE orders SET total_cents = 0 WHERE id = -1"))
+
+
+def test_every_connection_the_database_opens_has_the_guard(recorded):
+    """Not only the pooled transactions: a connection from Database.connect()
+    (migrations, scripts) refuses product writes too."""
+    conn = bootstrap.database().connect()
+    try:
+        with conn.cursor() as cur, pytest.raises(ProductWriteOutsideUnitOfWork):
+            cur.execute("UPDATE products SET stock = 0")
+    finally:
+        conn.close()
