@@ -271,9 +271,10 @@ def decode_message(body, message_id):
 class OrderIngest:
     """Processes one order-ingest record; raises to have SQS retry it."""
 
-    def __init__(self, orders_service, batches):
+    def __init__(self, orders_service, batches, metrics=emit):
         self.orders = orders_service
         self.batches = batches
+        self.emit = metrics
 
     def process(self, body, message_id):
         message = decode_message(body, message_id)
@@ -281,7 +282,7 @@ class OrderIngest:
             logger.error("order-ingest message rejected (recorded as failed, not retried)",
                          extra={"message_id": message_id, "batch_id": message.batch_id,
                                 "code": message.error.code, "reason": message.error.message, "body": str(body)[:500]})
-            emit("IngestMessagesRejected", 1)
+            self.emit("IngestMessagesRejected", 1)
             result = failed(None, message.error)
             self.batches.record(message.batch_id, message.order_count, {p: result for p in message.positions})
             return {"batch_id": message.batch_id, "recorded": len(message.positions), "rejected": True}
@@ -290,7 +291,7 @@ class OrderIngest:
         except ShopError as exc:  # shape of the whole list (empty, > 100 orders)
             result = failed(None, exc)
             self.batches.record(message.batch_id, message.order_count, {p: result for p in message.positions})
-            emit("IngestMessagesRejected", 1)
+            self.emit("IngestMessagesRejected", 1)
             return {"batch_id": message.batch_id, "recorded": len(message.positions), "rejected": True}
 
         done = self.batches.recorded_positions(message.batch_id, message.positions)
@@ -303,7 +304,7 @@ class OrderIngest:
         if message.enqueued_at:
             for result in results.values():
                 if result.created and not result.duplicate:
-                    emit("IngestLatency", max(0.0, (time.time() - message.enqueued_at) * 1000), unit="Milliseconds")
+                    self.emit("IngestLatency", max(0.0, (time.time() - message.enqueued_at) * 1000), unit="Milliseconds")
         if outcome.interrupted is not None:
             # Keep what was placed before the outage, if MySQL still takes it.
             if results:

@@ -38,6 +38,24 @@ class InventoryStrategy(Protocol):
                  work: Callable[[ProductTransaction, Reserver], T]) -> T:
         """Run `work(tx, reserver)` in a transaction of `session` (retrying as the strategy needs)."""
 
+    def release(self, tx: ProductTransaction, quantities: Quantities) -> None:
+        """Give the stock of a cancelled order back, inside `tx`."""
+
+
+def _quantity_by_id(quantities):
+    """`CASE id WHEN .. THEN q .. END` and its parameters: each line's quantity in one statement."""
+    ids = sorted(quantities)
+    return (f"CASE id {' '.join(['WHEN %s THEN %s'] * len(ids))} END",
+            [value for pid in ids for value in (pid, quantities[pid])])
+
+
+class _ReleasesStock:
+    @staticmethod
+    def release(tx, quantities):
+        """One statement for every line; a restock cannot oversell, so no strategy needs more."""
+        case, params = _quantity_by_id(quantities)
+        tx.update(quantities, f"stock = stock + {case}", params)
+
 
 def _read_sellable(tx: ProductTransaction, quantities, lock):
     """The order's product rows (locked FOR UPDATE in id order if `lock`),
@@ -63,7 +81,7 @@ class _PartlyTaken(Exception):
     """A multi-line guarded UPDATE took some lines but not all."""
 
 
-class GuardedStrategy:
+class GuardedStrategy(_ReleasesStock):
     """The simplest correct baseline: one guarded UPDATE takes every line of the
     order (`stock >= q` per row, rows locked in id order by the IN range scan).
 
@@ -103,14 +121,12 @@ class _LockedFirst:
 
 def _take(tx: ProductTransaction, quantities):
     """Take every line whose row is active with enough stock; the number of rows taken."""
-    ids = sorted(quantities)
-    by_id = " ".join(["WHEN %s THEN %s"] * len(ids))
-    cases = [value for pid in ids for value in (pid, quantities[pid])]
-    return tx.update(ids, f"stock = stock - CASE id {by_id} END", cases,
-                     where=f"status = 'active' AND stock >= CASE id {by_id} END", where_params=cases)
+    case, params = _quantity_by_id(quantities)
+    return tx.update(quantities, f"stock = stock - {case}", params,
+                     where=f"status = 'active' AND stock >= {case}", where_params=params)
 
 
-class PessimisticStrategy:
+class PessimisticStrategy(_ReleasesStock):
     """SELECT ... FOR UPDATE on the order's products in id order, check, update."""
 
     name = "pessimistic"
@@ -129,7 +145,7 @@ class OptimisticConflict(Exception):
     """A version compare-and-set lost a race; the whole order is retried."""
 
 
-class OptimisticStrategy:
+class OptimisticStrategy(_ReleasesStock):
     """Read stock and version without locks, then compare-and-set each row.
 
     A lost race retries the whole order in a NEW transaction (under REPEATABLE
@@ -174,7 +190,7 @@ return released
 """
 
 
-class RedisLockStrategy:
+class RedisLockStrategy(_ReleasesStock):
     """Per-product Redis locks (id order, random token, lease, compare-and-delete
     release) in front of the guarded UPDATE. A lease can expire, so the MySQL
     guard stays underneath; if Redis is unavailable it falls back to row locks."""

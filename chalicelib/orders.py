@@ -5,19 +5,17 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
-from typing import Generic, Iterable, Optional, TypeVar, Union
-
-import pymysql
+from dataclasses import dataclass, replace
+from typing import Callable, Generic, Iterable, Optional, TypeVar, Union
 
 from . import validation as v
 from .admission import InFlightLimit
 from .catalog import iso
-from .db import DUPLICATE_KEY
 from .errors import (ConcurrencyExhausted, IdempotencyConflict, OrderNotFound, PayloadTooLarge, ServiceUnavailable, ShopError,
                      ValidationError)
 from .inventory import InventoryStrategy, Reserver
 from .observability import emit
+from .order_repository import MySQLOrderRepository, OrderLine, OrderRepository, StoredOrder
 from .unit_of_work import ProductTransaction, ProductWrites, WriteSession
 
 log = logging.getLogger(__name__)
@@ -140,10 +138,14 @@ class BatchOutcome(Generic[K]):
 
 
 class OrderService:
-    def __init__(self, db, strategy: InventoryStrategy, writes: ProductWrites, max_in_flight=16):
+    def __init__(self, db, strategy: InventoryStrategy, writes: ProductWrites,
+                 repository: Callable[[object], OrderRepository] = MySQLOrderRepository, max_in_flight=16,
+                 metrics=emit):
         self.db = db
+        self.emit = metrics
         self.strategy = strategy
         self.writes = writes
+        self.repository = repository  # the OrderRepository inside a transaction's cursor
         # Admission control: at most this many batches are being worked on in a
         # process; the rest wait asleep. Hundreds of runnable threads fighting
         # for the GIL (and for Redis/MySQL connections) collapse throughput;
@@ -200,90 +202,59 @@ class OrderService:
         except ShopError as exc:
             result = failed(order.client_order_id, exc)
         if result.created and not result.duplicate:
-            emit("OrdersCreated", 1)
-            emit("OrderLatency", (time.perf_counter() - started) * 1000, unit="Milliseconds")
+            self.emit("OrdersCreated", 1)
+            self.emit("OrderLatency", (time.perf_counter() - started) * 1000, unit="Milliseconds")
         elif not result.created:
-            emit("OrdersFailed", 1, code=result.error.code)
+            self.emit("OrdersFailed", 1, code=result.error.code)
         return result
 
     def _place(self, tx: ProductTransaction, reserver: Reserver, order: OrderRequest, batch_id) -> OrderResult:
-        cur = tx.cursor
-        try:
-            # The unique key makes a concurrent duplicate wait here until we commit
-            # or roll back, before either of us touches stock.
-            cur.execute(
-                "INSERT INTO orders (user_id, client_order_id, request_hash, total_cents, batch_id) "
-                "VALUES (%s, %s, %s, 0, %s)",
-                (order.user_id, order.client_order_id, order.request_hash, batch_id),
-            )
-        except pymysql.err.IntegrityError as exc:
-            if exc.args[0] != DUPLICATE_KEY:
-                raise
-            return self._replay(cur, order)
-        order_id = cur.lastrowid
+        orders = self.repository(tx.cursor)
+        order_id = orders.add(order.user_id, order.client_order_id, order.request_hash, batch_id)
+        if order_id is None:
+            return self._replay(orders.find(order.user_id, order.client_order_id), order)
         prices = reserver.reserve(tx, order.quantities)
-        cur.executemany(
-            "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents) VALUES (%s, %s, %s, %s)",
-            [(order_id, pid, qty, prices[pid]) for pid, qty in order.quantities.items()],
-        )
+        orders.add_lines(order_id, {pid: OrderLine(pid, qty, prices[pid]) for pid, qty in order.quantities.items()})
         total = sum(qty * prices[pid] for pid, qty in order.quantities.items())
-        cur.execute("UPDATE orders SET total_cents = %s WHERE id = %s", (total, order_id))
+        orders.set_total(order_id, total)
         return OrderResult(order.client_order_id, order_id, total)
 
-    def _replay(self, cur, order) -> OrderResult:
-        cur.execute(
-            "SELECT id, request_hash, total_cents FROM orders WHERE user_id = %s AND client_order_id = %s",
-            (order.user_id, order.client_order_id),
-        )
-        existing = cur.fetchone()
-        if existing["request_hash"] != order.request_hash:
+    @staticmethod
+    def _replay(existing: StoredOrder, order: OrderRequest) -> OrderResult:
+        if existing.request_hash != order.request_hash:
             raise IdempotencyConflict(
                 f"client_order_id {order.client_order_id!r} was already used by user {order.user_id} "
                 "for different lines."
             )
-        return OrderResult(order.client_order_id, existing["id"], existing["total_cents"], duplicate=True)
+        return OrderResult(order.client_order_id, existing.id, existing.total_cents, duplicate=True)
 
     # --- reads and cancel ---------------------------------------------------
 
-    def _load(self, cur, order_id, lock=False):
-        cur.execute(
-            "SELECT id, client_order_id, user_id, status, total_cents, created_at FROM orders WHERE id = %s"
-            + (" FOR UPDATE" if lock else ""),
-            (order_id,),
-        )
-        row = cur.fetchone()
-        if row is None:
-            raise OrderNotFound(f"Order {order_id} does not exist.", order_id=order_id)
-        cur.execute(
-            "SELECT product_id, quantity, unit_price_cents FROM order_items WHERE order_id = %s ORDER BY product_id",
-            (order_id,),
-        )
-        return row, cur.fetchall()
-
     @staticmethod
-    def _to_api(row, items):
-        return {"order_id": row["id"], "client_order_id": row["client_order_id"], "user_id": row["user_id"],
-                "status": row["status"], "total_cents": row["total_cents"],
-                "items": [dict(item) for item in items], "created_at": iso(row["created_at"])}
+    def _to_api(order: StoredOrder, lines):
+        return {"order_id": order.id, "client_order_id": order.client_order_id, "user_id": order.user_id,
+                "status": order.status, "total_cents": order.total_cents,
+                "items": [{"product_id": line.product_id, "quantity": line.quantity,
+                           "unit_price_cents": line.unit_price_cents} for line in lines],
+                "created_at": iso(order.created_at)}
 
     def get(self, order_id):
-        return self.db.run(lambda cur: self._to_api(*self._load(cur, order_id)))
+        return self.db.run(lambda cur: self._to_api(*self.repository(cur).load(order_id)))
 
     def cancel(self, order_id):
         """Return the stock exactly once: the order row lock serialises cancels,
         and only the one that sees status 'created' restocks."""
 
         def work(tx: ProductTransaction):
-            row, items = self._load(tx.cursor, order_id, lock=True)
-            if row["status"] == "cancelled":
-                return row, items, False
-            for item in items:  # ascending product id: the global lock order
-                tx.update([item["product_id"]], "stock = stock + %s", [item["quantity"]])
-            tx.cursor.execute("UPDATE orders SET status = 'cancelled', cancelled_at = CURRENT_TIMESTAMP(6) "
-                              "WHERE id = %s", (order_id,))
-            return dict(row, status="cancelled"), items, True
+            orders = self.repository(tx.cursor)
+            order, lines = orders.load(order_id, lock=True)
+            if order.status == "cancelled":
+                return order, lines, False
+            self.strategy.release(tx, {line.product_id: line.quantity for line in lines})
+            orders.mark_cancelled(order_id)
+            return replace(order, status="cancelled"), lines, True
 
-        row, items, restocked = self.writes.run(work, enqueue=False)
+        order, lines, restocked = self.writes.run(work, enqueue=False)
         if restocked:
-            emit("OrdersCancelled", 1)
-        return self._to_api(row, items)
+            self.emit("OrdersCancelled", 1)
+        return self._to_api(order, lines)
