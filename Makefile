@@ -1,4 +1,4 @@
-# shop: local stack and test entry points (DESIGN.md section 5).
+# shop: local stack and test entry points (docs/design.md section 5).
 #   make run        API on http://127.0.0.1:$(PORT) with SQS pollers, on MariaDB/Redis/AWS endpoint
 #   make test       the whole test suite (ARGS="-k foo" passes arguments to pytest)
 #   make queues     queue and DLQ depths, DLQ bodies      make redrive   DLQ -> source queue

@@ -1,6 +1,6 @@
 """Redis: product cache, search cache generation, short timeouts and a breaker.
 
-Freshness (DESIGN invariant 5): every cached product carries its version, and
+Freshness (docs/design.md invariant 5): every cached product carries its version, and
 each product has a version *fence* that writers raise after commit. A reader
 that loaded an old row before a write can never put it back: the Lua script
 refuses any copy older than the fence or than the copy already cached.

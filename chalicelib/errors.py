@@ -1,4 +1,4 @@
-"""Business errors with stable codes; `app.py` maps them to the API.md error body."""
+"""Business errors with stable codes; `app.py` maps them to the docs/api.md error body."""
 
 
 class ShopError(Exception):

@@ -1,5 +1,5 @@
 """The one place HTTP concerns live: API key and plan check, rate limit,
-JSON body parsing, mapping every exception to the API.md error body, metrics.
+JSON body parsing, mapping every exception to the docs/api.md error body, metrics.
 Route modules in chalicelib/routes/ declare views with `endpoint`."""
 import functools
 import json

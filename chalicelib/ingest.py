@@ -1,4 +1,4 @@
-"""Async batch orders (API.md: `POST /orders/batch?mode=async`, `GET /batches/{id}`,
+"""Async batch orders (docs/api.md: `POST /orders/batch?mode=async`, `GET /batches/{id}`,
 "SQS messages"): the producer side that queues a batch, the consumer side that
 the order-ingest SQS handler runs, and the batch read model.
 
@@ -11,7 +11,7 @@ Order-ingest message body (JSON, one message per <= 10 orders):
      "enqueued_at": float?}       # epoch seconds at enqueue time (latency metric)
 
 The message carries everything the consumer needs to record the batch itself,
-so the API can accept a batch while MySQL is down (DESIGN.md invariant 6) and
+so the API can accept a batch while MySQL is down (docs/design.md invariant 6) and
 the `batches` row is created by whichever side reaches MySQL first.
 
 A message without `batch_id` is recorded under `sqs-<messageId>` (the SQS

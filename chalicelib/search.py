@@ -1,4 +1,4 @@
-"""Product keyword search (API.md "Search", DESIGN.md section 4).
+"""Product keyword search (docs/api.md "Search", docs/design.md section 4).
 
 Three layers:
 

@@ -1,4 +1,4 @@
-"""The LocalStack-compatible AWS endpoint and the SQS queues (DESIGN.md section 5).
+"""The LocalStack-compatible AWS endpoint and the SQS queues (docs/design.md section 5).
 
 `aws_endpoint(url)` uses whatever already answers SQS calls at `url` (a real
 LocalStack, or a moto server someone else started) and otherwise starts
@@ -40,7 +40,7 @@ DLQ_RETENTION_SECONDS = 14 * 24 * 3600
 CONSUMER_TIMEOUT_SECONDS = 30
 CLOUD_VISIBILITY_TIMEOUT = 6 * CONSUMER_TIMEOUT_SECONDS
 # Local: short, so redelivery and DLQ can be watched (env SQS_VISIBILITY_TIMEOUT).
-LOCAL_VISIBILITY_TIMEOUT = 180  # 6x the 30 s consumer timeout (DESIGN.md); tests set short ones themselves
+LOCAL_VISIBILITY_TIMEOUT = 180  # 6x the 30 s consumer timeout (docs/design.md); tests set short ones themselves
 
 
 def aws_env(endpoint_url=None):

@@ -1,6 +1,6 @@
 """Local SQS event source: long-polls one queue and invokes the Chalice SQS
 handler with a real Lambda SQS event, as the Lambda event source mapping does
-in AWS (`chalice local` delivers no SQS events; DESIGN.md section 5).
+in AWS (`chalice local` delivers no SQS events; docs/design.md section 5).
 
 Handler contract (what the poller expects):
 - The handler is the object `@app.on_sqs_message(...)` returns, called as

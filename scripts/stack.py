@@ -1,5 +1,5 @@
 """The local stack behind `make run`, `make test`, `make queues`, `make redrive`
-and `make seed` (DESIGN.md section 5).
+and `make seed` (docs/design.md section 5).
 
     stack.py run        endpoint + queues + migrations + demo catalog + API + one SQS poller per queue
     stack.py test ...   endpoint up, then pytest (extra args go to pytest), endpoint stopped if we started it

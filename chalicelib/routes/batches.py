@@ -1,4 +1,4 @@
-"""Async batch status (API.md: Orders, `GET /batches/{batch_id}`)."""
+"""Async batch status (docs/api.md: Orders, `GET /batches/{batch_id}`)."""
 from chalice import Blueprint
 
 from .. import ingest

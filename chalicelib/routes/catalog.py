@@ -1,4 +1,4 @@
-"""Health and catalog routes (API.md: Health, Products)."""
+"""Health and catalog routes (docs/api.md: Health, Products)."""
 from chalice import Blueprint
 
 from .. import bootstrap

@@ -1,4 +1,4 @@
-"""Order routes (API.md: Orders)."""
+"""Order routes (docs/api.md: Orders)."""
 from chalice import Blueprint
 
 from .. import bootstrap, ingest

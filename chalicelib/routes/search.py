@@ -1,4 +1,4 @@
-"""Search routes (API.md: Search) and the scheduled cache warmer."""
+"""Search routes (docs/api.md: Search) and the scheduled cache warmer."""
 import logging
 
 from chalice import Blueprint, Rate

@@ -1,4 +1,4 @@
-"""The catalog part of API.md over real HTTP against chalice local."""
+"""The catalog part of docs/api.md over real HTTP against chalice local."""
 import json
 
 import pytest

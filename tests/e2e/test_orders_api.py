@@ -1,4 +1,4 @@
-"""The orders part of API.md over real HTTP against chalice local."""
+"""The orders part of docs/api.md over real HTTP against chalice local."""
 import json
 
 import pytest

@@ -1,4 +1,4 @@
-"""Dependencies die under a running order load and come back (DESIGN.md
+"""Dependencies die under a running order load and come back (docs/design.md
 invariant 6). After each: reconciliation (0 oversold, 0 lost, 0 duplicated,
 nothing partial), fresh reads, only the documented 503s, and a bounded time
 per request on the dead dependency.

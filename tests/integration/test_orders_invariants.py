@@ -1,4 +1,4 @@
-"""DESIGN.md invariants 1-4 against the real MariaDB and Redis, for every
+"""docs/design.md invariants 1-4 against the real MariaDB and Redis, for every
 inventory strategy: hammer one hot product and many products from threads and
 processes, then reconcile every order line against stock."""
 import multiprocessing
