@@ -1,11 +1,13 @@
 """Lambda entry points. Each area's routes live in a Blueprint under
-chalicelib/routes; handlers only parse, call the core, and map results."""
+chalicelib/entrypoints/routes, the SQS consumers' bodies in
+chalicelib/entrypoints/sqs.py; handlers only parse, call the core, and map results."""
 from chalice import Chalice
 
-from chalicelib import bootstrap, ingest
-from chalicelib.routes import batches, catalog, orders
-from chalicelib.routes import search
-from chalicelib.routes import ops
+from chalicelib import bootstrap
+from chalicelib.entrypoints import sqs
+from chalicelib.entrypoints.routes import batches, catalog, orders
+from chalicelib.entrypoints.routes import search
+from chalicelib.entrypoints.routes import ops
 
 app = Chalice(app_name="shop")
 app.register_blueprint(search.routes)
@@ -21,9 +23,9 @@ app.register_blueprint(ops.routes)
 # event source mapping has FunctionResponseTypes [ReportBatchItemFailures].
 @app.on_sqs_message(queue=bootstrap.settings().get("ORDER_QUEUE_NAME"), batch_size=10)
 def handle_order_ingest(event):
-    return ingest.handle_order_event(event.to_dict(), event.context)
+    return sqs.handle_order_event(event.to_dict(), event.context)
 
 
 @app.on_sqs_message(queue=bootstrap.settings().get("INVALIDATION_QUEUE_NAME"), batch_size=10)
 def handle_cache_invalidation(event):
-    return ingest.handle_invalidation_event(event.to_dict(), event.context)
+    return sqs.handle_invalidation_event(event.to_dict(), event.context)

@@ -2,7 +2,8 @@
 Lambda invocations reuse connections and a cold start pays only for what it uses."""
 import threading
 
-from .settings import get_settings, reset_settings
+from chalicelib.ops import observability
+from chalicelib.settings import get_settings, reset_settings
 
 _lock = threading.RLock()
 _instances = {}
@@ -23,7 +24,7 @@ def settings():
 
 
 def database():
-    from .db import Database
+    from chalicelib.adapters.db import Database
 
     s = settings()
     return _once("db", lambda: Database(
@@ -35,14 +36,14 @@ def database():
 
 
 def redis_gateway():
-    from .cache import RedisGateway
+    from chalicelib.adapters.cache import RedisGateway
 
     s = settings()
     return _once("redis", lambda: RedisGateway(s.redis_url, timeout=s.number("REDIS_TIMEOUT"), prefix=s.get("REDIS_KEY_PREFIX")))
 
 
 def product_cache():
-    from .cache import ProductCache
+    from chalicelib.adapters.cache import ProductCache
 
     s = settings()
     return _once("product_cache", lambda: ProductCache(
@@ -51,20 +52,20 @@ def product_cache():
 
 
 def search_generation():
-    from .cache import SearchGeneration
+    from chalicelib.adapters.cache import SearchGeneration
 
     return _once("search_generation", lambda: SearchGeneration(redis_gateway()))
 
 
 def publisher():
-    from .queues import QueuePublisher
+    from chalicelib.adapters.queues import QueuePublisher
 
     s = settings()
     return _once("publisher", lambda: QueuePublisher(s.aws_endpoint_url, s.region))
 
 
 def invalidator():
-    from .invalidation import Invalidator
+    from chalicelib.service.invalidation import Invalidator
 
     s = settings()
     return _once("invalidator", lambda: Invalidator(
@@ -73,22 +74,69 @@ def invalidator():
 
 
 def product_writes():
-    from .search import MySQLSearchBackend
-    from .unit_of_work import ProductWrites
+    from chalicelib.adapters.search_mysql import MySQLSearchBackend
+    from chalicelib.service.unit_of_work import ProductWrites
 
     return _once("product_writes", lambda: ProductWrites(database(), invalidator(), MySQLSearchBackend(database())))
 
 
 def catalog():
-    from .catalog import Catalog
+    from chalicelib.service.catalog import Catalog
 
     return _once("catalog", lambda: Catalog(database(), product_cache(), product_writes()))
+
+
+def search_service():
+    from chalicelib.adapters.search_mysql import MySQLSearchBackend
+    from chalicelib.service.search import SearchService
+
+    s = settings()
+    return _once("search_service", lambda: SearchService(
+        MySQLSearchBackend(database()), redis_gateway(), search_generation(),
+        ttl_seconds=s.number("SEARCH_TTL_SECONDS"), stale_seconds=s.number("CACHE_STALE_SECONDS")))
+
+
+def warm_caches(**options):
+    from chalicelib.service.search import warm_caches as warm
+
+    return warm(catalog(), database(), search_service(), **options)
+
+
+def batch_store():
+    from chalicelib.adapters.batch_store import BatchStore
+
+    return _once("batch_store", lambda: BatchStore(database()))
+
+
+def submit_async_batch(body):
+    from chalicelib.service.async_orders import submit
+
+    return submit(body, publisher(), batch_store(), settings().get("ORDER_QUEUE_NAME"))
+
+
+def order_ingest():
+    from chalicelib.service.async_orders import OrderIngest
+
+    return _once("order_ingest", lambda: OrderIngest(orders(), batch_store()))
+
+
+def metrics_gateway():
+    """A Redis gateway of its own for the metrics window (same Redis and key
+    prefix as the cache): a failing metrics write never trips the cache's breaker."""
+    from chalicelib.adapters.cache import RedisGateway
+
+    s = settings()
+    return _once("metrics_redis", lambda: RedisGateway(s.redis_url, timeout=s.number("REDIS_TIMEOUT"),
+                                                       prefix=s.get("REDIS_KEY_PREFIX"), max_connections=8))
+
+
+observability.METRICS.gateway_factory = metrics_gateway
 
 
 def reset():
     """Forget every client (tests switch databases and Redis instances)."""
     with _lock:
-        for name in ("db", "redis"):
+        for name in ("db", "redis", "metrics_redis"):
             client = _instances.get(name)
             if client is not None:
                 client.close()
@@ -97,20 +145,20 @@ def reset():
 
 
 def rate_limiter():
-    from .ratelimit import RateLimiter
+    from chalicelib.entrypoints.ratelimit import RateLimiter
 
     return _once("rate_limiter", lambda: RateLimiter(redis_gateway(), settings().plans))
 
 
 def inventory_strategy(name=None):
-    from .inventory import make_strategy
+    from chalicelib.adapters.inventory import make_strategy
 
     name = name or settings().inventory_strategy
     return _once(f"strategy:{name}", lambda: make_strategy(name, redis_gateway()))
 
 
 def orders(strategy_name=None):
-    from .orders import OrderService
+    from chalicelib.service.orders import OrderService
 
     strategy = inventory_strategy(strategy_name)
     return _once(f"orders:{strategy.name}", lambda: OrderService(

@@ -151,7 +151,7 @@ def main(argv=None):
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     sys.path.insert(0, str(ROOT))
     from chalicelib import bootstrap
-    from chalicelib.migrate import migrate
+    from chalicelib.adapters.migrate import migrate
 
     migrate(bootstrap.database())
     seed_catalog(bootstrap.catalog(), bootstrap.database(), args.count, args.seed, top_up=args.top_up)

@@ -75,7 +75,7 @@ def setup_queues(settings):
 
 def setup_database(seed=True, count=None):
     from chalicelib import bootstrap
-    from chalicelib.migrate import migrate
+    from chalicelib.adapters.migrate import migrate
     from scripts import seed as seeding
 
     applied = migrate(bootstrap.database())
@@ -357,7 +357,7 @@ def do_setup(args):
 def seed(args):
     base_environment()
     from chalicelib import bootstrap
-    from chalicelib.migrate import migrate
+    from chalicelib.adapters.migrate import migrate
     from scripts import seed as seeding
 
     migrate(bootstrap.database())

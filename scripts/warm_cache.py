@@ -4,7 +4,7 @@ among recent orders, topped up with the newest) and the frequent searches
 (the most popular recorded first-page searches plus any given here).
 
 The same job runs every 10 minutes in the cloud as the `warm_cache` scheduled
-Lambda (chalicelib/routes/search.py).
+Lambda (chalicelib/entrypoints/routes/search.py).
 
   .venv/bin/python scripts/warm_cache.py --top 200 --popular 100 \\
       --search 'q=手机' --search 'q=usb c&sort=price_asc' --searches-file frequent.txt
@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chalicelib import search  # noqa: E402
+from chalicelib import bootstrap  # noqa: E402
 
 
 def main(argv=None):
@@ -35,7 +35,7 @@ def main(argv=None):
         lines += [line.strip() for line in Path(args.searches_file).read_text().splitlines()
                   if line.strip() and not line.startswith("#")]
     searches = [dict(parse_qsl(line, keep_blank_values=True)) for line in lines]
-    summary = search.warm_caches(top_products=args.top, searches=searches, popular=args.popular)
+    summary = bootstrap.warm_caches(top_products=args.top, searches=searches, popular=args.popular)
     print(json.dumps(summary, ensure_ascii=False))
     return 1 if summary["errors"] else 0
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from chalicelib import bootstrap  # noqa: E402
-from chalicelib.migrate import migrate  # noqa: E402
+from chalicelib.adapters.migrate import migrate  # noqa: E402
 from chalicelib.settings import Settings, parse_database_url  # noqa: E402
 from scripts import localstack  # noqa: E402
 from scripts.stack import setup_queues  # noqa: E402

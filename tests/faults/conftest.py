@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from chalicelib import bootstrap
-from chalicelib.migrate import migrate
+from chalicelib.adapters.migrate import migrate
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.throwaway import ThrowawayMariaDB, ThrowawayRedis
 

@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 
 from chalicelib import bootstrap
-from chalicelib.errors import ServiceUnavailable
-from chalicelib.orders import parse_batch
+from chalicelib.domain.errors import ServiceUnavailable
+from chalicelib.domain.orders import parse_batch
 
 BUSINESS_FAILURES = {"INSUFFICIENT_STOCK"}
 

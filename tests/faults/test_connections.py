@@ -8,9 +8,9 @@ import pymysql
 import pytest
 
 from chalicelib import bootstrap
-from chalicelib.breaker import CircuitBreaker, CircuitOpen
-from chalicelib.errors import ServiceUnavailable
-from chalicelib.orders import parse_batch
+from chalicelib.adapters.breaker import CircuitBreaker, CircuitOpen
+from chalicelib.domain.errors import ServiceUnavailable
+from chalicelib.domain.orders import parse_batch
 from tests.faults.conftest import seed_products
 from tests.support.throwaway import kill_connections
 

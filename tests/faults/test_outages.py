@@ -11,8 +11,8 @@ import time
 import pytest
 
 from chalicelib import bootstrap
-from chalicelib.errors import ServiceUnavailable
-from chalicelib.orders import parse_batch
+from chalicelib.domain.errors import ServiceUnavailable
+from chalicelib.domain.orders import parse_batch
 from tests.faults.conftest import seed_products
 from tests.faults.harness import OrderLoad, percentile, reconcile
 

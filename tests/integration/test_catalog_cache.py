@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from chalicelib import bootstrap
-from chalicelib.errors import ServiceUnavailable
+from chalicelib.domain.errors import ServiceUnavailable
 from tests.conftest import make_product
 
 

@@ -13,9 +13,14 @@ import time
 import pytest
 
 import app as shop_app
-from chalicelib import bootstrap, ingest
-from chalicelib.errors import ConcurrencyExhausted, ServiceUnavailable
-from chalicelib.orders import OrderService, failed
+from chalicelib import bootstrap
+from chalicelib.adapters.batch_store import BatchStore
+from chalicelib.domain.orders import parse_batch
+from chalicelib.entrypoints import sqs as sqs_handlers
+from chalicelib.service import async_orders
+from chalicelib.domain.errors import ConcurrencyExhausted, ServiceUnavailable
+from chalicelib.service.orders import OrderService
+from chalicelib.domain.orders import failed
 from scripts import localstack
 from scripts.poller import Poller
 from tests.conftest import make_product
@@ -100,7 +105,7 @@ def test_duplicate_delivery_creates_each_order_once(clean_db, sqs, fast_queue):
 
     assert len(orders_for("dup-")) == 3
     assert stock(product["id"]) == 50 - 6
-    batch = ingest.get_batch("dup-1")
+    batch = bootstrap.batch_store().get("dup-1")
     assert batch["status"] == "done"
     assert [r["client_order_id"] for r in batch["results"]] == ["dup-0", "dup-1", "dup-2"]
     assert all(r["status"] == "created" and r["duplicate"] is False for r in batch["results"])
@@ -114,7 +119,7 @@ def test_redelivery_after_crash_between_commit_and_delete(clean_db, sqs, fast_qu
     poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
     first = receive_all(poller, 1)
     assert poller.invoke(first) == set()  # committed ... and the process dies before deleting
-    first_ids = [r["order_id"] for r in ingest.get_batch("crash-1")["results"]]
+    first_ids = [r["order_id"] for r in bootstrap.batch_store().get("crash-1")["results"]]
 
     time.sleep(1.2)  # visibility timeout: SQS hands the message out again
     again = receive_all(poller, 1)
@@ -125,7 +130,7 @@ def test_redelivery_after_crash_between_commit_and_delete(clean_db, sqs, fast_qu
 
     assert len(orders_for("crash-")) == 2
     assert stock(product["id"]) == 8
-    results = ingest.get_batch("crash-1")["results"]
+    results = bootstrap.batch_store().get("crash-1")["results"]
     assert [r["order_id"] for r in results] == first_ids
     assert depth(sqs, url) == 0
 
@@ -134,7 +139,7 @@ def test_same_orders_by_api_and_by_queue_are_created_once(clean_db, sqs, fast_qu
     spec, url, _ = fast_queue
     product = make_product(bootstrap.catalog(), stock=10)
     orders = [order("both-1", product["id"], 3), order("both-2", product["id"], 1)]
-    sync = bootstrap.orders().place_batch(ingest.parse_batch({"orders": orders}))
+    sync = bootstrap.orders().place_batch(parse_batch({"orders": orders}))
     send(sqs, url, {"orders": orders})
     poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
     result = poller.poll_once()
@@ -143,7 +148,7 @@ def test_same_orders_by_api_and_by_queue_are_created_once(clean_db, sqs, fast_qu
     assert stock(product["id"]) == 6
     assert len(orders_for("both-")) == 2
     [row] = bootstrap.database().query("SELECT id FROM batches")
-    batch = ingest.get_batch(row["id"])
+    batch = bootstrap.batch_store().get(row["id"])
     assert batch["status"] == "done"
     assert [(r["order_id"], r["duplicate"]) for r in batch["results"]] == \
         [(r["order_id"], True) for r in sync["results"]]
@@ -156,7 +161,7 @@ def test_foreign_message_without_batch_id_is_processed_and_readable(clean_db, sq
     poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
     assert poller.poll_once().failed == []
 
-    batch = ingest.get_batch(f"sqs-{message_id}")
+    batch = bootstrap.batch_store().get(f"sqs-{message_id}")
     assert batch["status"] == "done"
     created, short = batch["results"]
     assert created["status"] == "created"
@@ -175,14 +180,14 @@ def test_poison_message_is_recorded_and_never_retried(clean_db, sqs, fast_queue)
     assert poller.invoke(messages) == set()  # all done: permanent failures are results, not retries
     poller.delete(messages)
 
-    batch = ingest.get_batch(f"sqs-{poison}")
+    batch = bootstrap.batch_store().get(f"sqs-{poison}")
     assert batch["status"] == "done"
     assert batch["results"] == [{"client_order_id": None, "status": "failed",
                                  "error": {"code": "VALIDATION_ERROR", "message": batch["results"][0]["error"]["message"]}}]
     assert "not valid JSON" in batch["results"][0]["error"]["message"]
-    invalid = ingest.get_batch(f"sqs-{bad_order}")["results"][0]
+    invalid = bootstrap.batch_store().get(f"sqs-{bad_order}")["results"][0]
     assert (invalid["client_order_id"], invalid["error"]["code"]) == ("p-1", "VALIDATION_ERROR")
-    assert ingest.get_batch(f"sqs-{bad_shape}")["results"][0]["error"]["code"] == "VALIDATION_ERROR"
+    assert bootstrap.batch_store().get(f"sqs-{bad_shape}")["results"][0]["error"]["code"] == "VALIDATION_ERROR"
 
     time.sleep(1.5)
     assert poller.receive() == []
@@ -216,7 +221,7 @@ def test_transient_failure_is_retried_then_lands_in_the_dlq(clean_db, sqs, fast_
     send(sqs, url, dead[0]["Body"])
     assert Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1).poll_once().failed == []
     assert len(orders_for("down-")) == 1 and stock(product["id"]) == 4
-    assert ingest.get_batch("down-1")["status"] == "done"
+    assert bootstrap.batch_store().get("down-1")["status"] == "done"
 
 
 class FlakyOrders(OrderService):
@@ -245,15 +250,15 @@ def test_mixed_batch_reports_only_the_failed_ids(clean_db, sqs, fast_queue):
     ids = send(sqs, url, *bodies)
     poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
     messages = receive_all(poller, 10)
-    flaky = ingest.OrderIngest(FlakyOrders(bootstrap.orders(), outage_users={4}, contention_users={8}),
-                               ingest.BatchStore(bootstrap.database()))
-    poller.handler = lambda event, context: ingest.handle_order_event(event, context, ingest=flaky)
+    flaky = async_orders.OrderIngest(FlakyOrders(bootstrap.orders(), outage_users={4}, contention_users={8}),
+                               BatchStore(bootstrap.database()))
+    poller.handler = lambda event, context: sqs_handlers.handle_order_event(event, context, ingest=flaky)
 
     response_ids = poller.invoke(messages)
     assert response_ids == {ids[3], ids[7]}
     poller.delete([m for m in messages if m["MessageId"] not in response_ids])
 
-    batch = ingest.get_batch("mixed")
+    batch = bootstrap.batch_store().get("mixed")
     assert batch["status"] == "processing"
     # The first order of each failed message was placed and recorded; only the failed one is missing.
     assert batch["summary"] == {"created": 18, "failed": 0, "pending": 2}, [r for r in batch["results"] if r["status"] != "created"]
@@ -265,7 +270,7 @@ def test_mixed_batch_reports_only_the_failed_ids(clean_db, sqs, fast_queue):
     assert poller.invoke(again) == set()
     poller.delete(again)
 
-    batch = ingest.get_batch("mixed")
+    batch = bootstrap.batch_store().get("mixed")
     assert batch["status"] == "done" and batch["summary"] == {"created": 20, "failed": 0, "pending": 0}
     assert [r["client_order_id"] for r in batch["results"]] == [f"mix-{i}-{s}" for i in range(10) for s in "ab"]
     assert all(r["duplicate"] is False for r in batch["results"])
@@ -277,10 +282,10 @@ def test_async_submit_while_mysql_is_down_is_accepted_and_processed_later(clean_
     product = make_product(bootstrap.catalog(), stock=100)
     body = {"orders": [order(f"late-{i}", product["id"], 2) for i in range(15)]}
     with mysql_down(test_env):
-        accepted = ingest.submit(body, queue_name=spec.name)
+        accepted = async_orders.submit(body, bootstrap.publisher(), bootstrap.batch_store(), spec.name)
         assert accepted["status"] == "queued"
         with pytest.raises(ServiceUnavailable):
-            ingest.get_batch(accepted["batch_id"])
+            bootstrap.batch_store().get(accepted["batch_id"])
         poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
         down = poller.poll_once()
         assert down.received and down.deleted == 0  # nothing is lost while MySQL is down
@@ -288,7 +293,7 @@ def test_async_submit_while_mysql_is_down_is_accepted_and_processed_later(clean_
     poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
     while time.time() < deadline and depth(sqs, url):
         poller.poll_once()
-    batch = ingest.get_batch(accepted["batch_id"])
+    batch = bootstrap.batch_store().get(accepted["batch_id"])
     assert batch["status"] == "done" and batch["summary"]["created"] == 15
     assert [r["client_order_id"] for r in batch["results"]] == [f"late-{i}" for i in range(15)]
     assert len(orders_for("late-")) == 15 and stock(product["id"]) == 70

@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from chalicelib import bootstrap, ingest
+from chalicelib import bootstrap
 from tests.conftest import make_product
 
 import app as shop_app
@@ -28,10 +28,10 @@ def test_sample_order_ingest_event(clean_db):
     assert shop_app.handle_order_ingest(event, None) == {"batchItemFailures": []}  # duplicate delivery
 
     first, foreign = (json.loads(r["body"]) for r in event["Records"])
-    batch = ingest.get_batch(first["batch_id"])
+    batch = bootstrap.batch_store().get(first["batch_id"])
     assert batch["status"] == "done"
     assert [r["client_order_id"] for r in batch["results"]] == [o["client_order_id"] for o in first["orders"]]
     assert all(r["status"] == "created" and not r["duplicate"] for r in batch["results"])
-    other = ingest.get_batch(f"sqs-{event['Records'][1]['messageId']}")
+    other = bootstrap.batch_store().get(f"sqs-{event['Records'][1]['messageId']}")
     assert other["results"][0]["client_order_id"] == foreign["orders"][0]["client_order_id"]
     assert bootstrap.database().query("SELECT COUNT(*) AS n FROM orders")[0]["n"] == 3

@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from chalicelib import bootstrap
-from chalicelib.inventory import STRATEGIES
-from chalicelib.orders import parse_batch
+from chalicelib.adapters.inventory import STRATEGIES
+from chalicelib.domain.orders import parse_batch
 from tests.conftest import make_product
 from tests.support.order_load import process_main, run_buyers
 

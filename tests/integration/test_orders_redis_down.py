@@ -20,7 +20,7 @@ def test_redis_lock_falls_back_to_row_locks(clean_db, monkeypatch, caplog):
     orders = [{"client_order_id": f"down-{i}", "user_id": i + 1,
                "items": [{"product_id": product["id"], "quantity": 1}]} for i in range(60)]
 
-    with caplog.at_level(logging.WARNING, logger="chalicelib.inventory"):
+    with caplog.at_level(logging.WARNING, logger="chalicelib.adapters.inventory"):
         results, errors = run_buyers("redis_lock", orders, threads=20)
 
     assert errors == []

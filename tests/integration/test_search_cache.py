@@ -10,8 +10,9 @@ import time
 import pytest
 import redis
 
-from chalicelib import bootstrap, search
-from chalicelib.errors import ServiceUnavailable
+from chalicelib import bootstrap
+from chalicelib.domain.search_query import parse_query
+from chalicelib.domain.errors import ServiceUnavailable
 from tests.conftest import free_port, make_product
 
 
@@ -21,7 +22,7 @@ def shop(catalog):
 
 
 def svc():
-    return search.service()
+    return bootstrap.search_service()
 
 
 def q(**params):
@@ -47,7 +48,7 @@ def test_miss_then_hit_then_invalidated_by_a_write(shop):
 
 def test_cache_key_embeds_generation_and_hash(shop):
     make_product(shop, name="Vase")
-    query = search.parse_query({"q": "vase"})
+    query = parse_query({"q": "vase"})
     q(q="vase")
     gateway = bootstrap.redis_gateway()
     generation = bootstrap.search_generation().current()
@@ -260,7 +261,7 @@ def test_popular_searches_recorded_and_warmed(shop):
     popular = svc().popular_searches(10)
     assert popular[0]["q"] == "kite" and {p["q"] for p in popular} == {"kite", "drone"}
     bootstrap.search_generation().bump()
-    summary = search.warm_caches(top_products=5, searches=[{"q": "kite", "sort": "price_asc"}])
+    summary = bootstrap.warm_caches(top_products=5, searches=[{"q": "kite", "sort": "price_asc"}])
     assert summary["errors"] == 0
     assert summary["searches"] == {"MISS": 3}
     assert sum(summary["products"].values()) == 2

@@ -4,8 +4,10 @@ import threading
 import pymysql
 import pytest
 
-from chalicelib import bootstrap, search
-from chalicelib.search import MySQLSearchBackend, parse_query
+from chalicelib import bootstrap
+from chalicelib.domain import search_text
+from chalicelib.adapters.search_mysql import MySQLSearchBackend
+from chalicelib.domain.search_query import parse_query
 from tests.conftest import make_product
 
 
@@ -184,7 +186,7 @@ def test_renames_reindex_in_the_same_transaction(shop):
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT term FROM search_terms WHERE product_id = %s", (p["id"],))
-            assert {r["term"] for r in cur.fetchall()} == set(search.document_terms("Brand new", "咖啡杯"))
+            assert {r["term"] for r in cur.fetchall()} == set(search_text.document_terms("Brand new", "咖啡杯"))
     finally:
         conn.close()
 

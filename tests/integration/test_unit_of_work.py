@@ -4,12 +4,14 @@ invalidation after commit, and a write that skips the unit of work is refused.""
 import pytest
 
 from chalicelib import bootstrap
-from chalicelib.catalog import Catalog
-from chalicelib.db import ProductWriteOutsideUnitOfWork
-from chalicelib.inventory import STRATEGIES, make_strategy
-from chalicelib.orders import OrderService, parse_batch
-from chalicelib.search import MySQLSearchBackend, parse_query
-from chalicelib.unit_of_work import ProductWrites
+from chalicelib.service.catalog import Catalog
+from chalicelib.adapters.db import ProductWriteOutsideUnitOfWork
+from chalicelib.adapters.inventory import STRATEGIES, make_strategy
+from chalicelib.service.orders import OrderService
+from chalicelib.domain.orders import parse_batch
+from chalicelib.adapters.search_mysql import MySQLSearchBackend
+from chalicelib.domain.search_query import parse_query
+from chalicelib.service.unit_of_work import ProductWrites
 from tests.conftest import make_product
 
 

@@ -6,8 +6,8 @@ import threading
 import time
 
 from chalicelib import bootstrap
-from chalicelib.errors import ServiceUnavailable
-from chalicelib.orders import parse_batch
+from chalicelib.domain.errors import ServiceUnavailable
+from chalicelib.domain.orders import parse_batch
 
 RETRYABLE = {"SERVICE_UNAVAILABLE"}
 

@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 
-from chalicelib.errors import ConcurrencyExhausted, InsufficientStock, OrderNotFound, ProductNotFound, ServiceUnavailable
-from chalicelib.order_repository import StoredOrder
-from chalicelib.orders import OrderService
+from chalicelib.domain.errors import ConcurrencyExhausted, InsufficientStock, OrderNotFound, ProductNotFound, ServiceUnavailable
+from chalicelib.adapters.order_repository import StoredOrder
+from chalicelib.service.orders import OrderService
 
 
 class Store:

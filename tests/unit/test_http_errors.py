@@ -6,8 +6,8 @@ import logging
 from chalice import Chalice
 from chalice.test import Client
 
-from chalicelib.errors import InsufficientStock
-from chalicelib.http import endpoint
+from chalicelib.domain.errors import InsufficientStock
+from chalicelib.entrypoints.http import endpoint
 
 
 def make_app():

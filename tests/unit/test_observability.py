@@ -1,15 +1,15 @@
 """The stats math (percentiles, hit ratio, error rate) and the Redis window
 behind /admin/stats, against the real Redis under this session's key prefix."""
 import json
-import logging
 import math
 import uuid
 
 import pytest
 
-from chalicelib import bootstrap, observability
-from chalicelib.cache import RedisGateway
-from chalicelib.observability import MetricsWindow, hit_rate, percentile
+from chalicelib import bootstrap
+from chalicelib.ops import observability
+from chalicelib.adapters.cache import RedisGateway
+from chalicelib.ops.observability import MetricsWindow, hit_rate, percentile
 
 
 class Clock:

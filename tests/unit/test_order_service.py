@@ -3,9 +3,9 @@ against in-memory fakes: no MariaDB, no Redis. The same rules run against the
 real services in tests/integration/test_orders_invariants.py."""
 import pytest
 
-from chalicelib import ingest
-from chalicelib.errors import ServiceUnavailable
-from chalicelib.orders import parse_batch
+from chalicelib.service import async_orders
+from chalicelib.domain.errors import ServiceUnavailable
+from chalicelib.domain.orders import parse_batch
 from tests.unit.fakes import FakeBatches, FakeInventory, Metrics, World, order_service
 
 
@@ -98,16 +98,16 @@ def _message(coids_and_lines, batch_id="b1", positions=None, order_count=None):
 
 def test_ingest_skips_recorded_positions_and_retries_only_transient_failures(world):
     batches = FakeBatches()
-    consumer = ingest.OrderIngest(order_service(world, FakeInventory(contended={2})), batches, metrics=Metrics())
+    consumer = async_orders.OrderIngest(order_service(world, FakeInventory(contended={2})), batches, metrics=Metrics())
     body = _message([("x", [(1, 1)]), ("y", [(2, 1)]), ("z", [(1, 9)])])
-    with pytest.raises(ingest.TransientFailure):
+    with pytest.raises(async_orders.TransientFailure):
         consumer.process(body, "m-1")
     recorded = batches.results["b1"]
     assert sorted(recorded) == [0, 2]  # the contended order is not recorded: the message comes back
     assert recorded[0].created and recorded[2].error.code == "INSUFFICIENT_STOCK"
 
     # the redelivery places only what is missing
-    consumer = ingest.OrderIngest(order_service(world), batches, metrics=Metrics())
+    consumer = async_orders.OrderIngest(order_service(world), batches, metrics=Metrics())
     assert consumer.process(body, "m-1")["status"] == "done"
     assert [batches.results["b1"][p].client_order_id for p in range(3)] == ["x", "y", "z"]
     assert {pid: p["stock"] for pid, p in world.store.products.items()} == {1: 4, 2: 0}
@@ -116,7 +116,7 @@ def test_ingest_skips_recorded_positions_and_retries_only_transient_failures(wor
 def test_ingest_keeps_what_committed_before_an_outage(world):
     world.outage_at = {2}
     batches = FakeBatches()
-    consumer = ingest.OrderIngest(order_service(world), batches, metrics=Metrics())
+    consumer = async_orders.OrderIngest(order_service(world), batches, metrics=Metrics())
     body = _message([("p", [(1, 1)]), ("q", [(1, 1)])], positions=[4, 5], order_count=6)
     with pytest.raises(ServiceUnavailable):
         consumer.process(body, "m-2")

@@ -1,11 +1,11 @@
 """Unit tests of pure logic: no services."""
 import pytest
 
-from chalicelib.breaker import CircuitBreaker, CircuitOpen
-from chalicelib.errors import PayloadTooLarge, ValidationError
-from chalicelib.orders import InvalidOrder, OrderRequest, parse_batch
+from chalicelib.adapters.breaker import CircuitBreaker, CircuitOpen
+from chalicelib.domain.errors import PayloadTooLarge, ValidationError
+from chalicelib.domain.orders import InvalidOrder, OrderRequest, parse_batch
 from chalicelib.settings import Settings, parse_database_url
-from chalicelib import validation as v
+from chalicelib.domain import validation as v
 
 
 class FakeClock:

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from chalicelib import search
-from chalicelib.errors import ValidationError
-from chalicelib.search import Term, document_terms, parse_query, query_terms, tokens
+from chalicelib.domain import search_query, search_text
+from chalicelib.domain.errors import ValidationError
+from chalicelib.domain.search_text import Term, document_terms, query_terms, tokens
+from chalicelib.domain.search_query import parse_query
 
 
 def test_latin_words_are_lowercased_and_punctuation_separates():
@@ -41,7 +42,7 @@ def test_query_terms_kinds_and_dedup():
 
 def test_long_cjk_run_uses_bounded_bigram_sample():
     atoms = Term("substr", "一二三四五六七八九十百千万").atoms()
-    assert 2 <= len(atoms) <= search.MAX_BIGRAMS_PER_RUN
+    assert 2 <= len(atoms) <= search_text.MAX_BIGRAMS_PER_RUN
     assert atoms[0] == ("exact", "一二") and atoms[-1] == ("exact", "千万")
 
 
@@ -70,7 +71,7 @@ def test_bad_parameters_are_validation_errors(params):
 
 def test_cursor_round_trip_and_binding_to_query():
     q = parse_query({"q": "phone", "sort": "price_asc"})
-    cursor = search.encode_cursor(q, (1500, 42))
+    cursor = search_query.encode_cursor(q, (1500, 42))
     assert parse_query({"q": "phone", "sort": "price_asc", "cursor": cursor}).after == (1500, 42)
     with pytest.raises(ValidationError):
         parse_query({"q": "phone", "sort": "price_desc", "cursor": cursor})
@@ -80,7 +81,7 @@ def test_cursor_round_trip_and_binding_to_query():
 
 def test_newest_cursor_must_carry_a_timestamp():
     q = parse_query({"sort": "newest"})
-    good = search.encode_cursor(q, ("2026-01-02 03:04:05.000006", 7))
+    good = search_query.encode_cursor(q, ("2026-01-02 03:04:05.000006", 7))
     assert parse_query({"sort": "newest", "cursor": good}).after == ("2026-01-02 03:04:05.000006", 7)
     raw = json.dumps({"f": q.fingerprint, "k": ["2026-13-45 00:00:00.000000", 7]}).encode()
     with pytest.raises(ValidationError):

@@ -1,5 +1,5 @@
 """The demo catalog is deterministic, valid, and bilingual (no database needed)."""
-from chalicelib.catalog import validate_new_product
+from chalicelib.domain.products import validate_new_product
 from scripts.seed import CATEGORIES, demo_products
 
 

@@ -1,140 +1,16 @@
-"""Batch orders: each order all-or-nothing, each batch partial, exactly-once
-effect per (user_id, client_order_id), enforced by a unique key inside the
-order's own transaction."""
-import hashlib
-import json
-import logging
+"""The order service: places batches of orders (each all-or-nothing, the batch
+partial, exactly once per (user_id, client_order_id)) and cancels them."""
 import time
-from dataclasses import dataclass, replace
-from typing import Callable, Generic, Iterable, Optional, TypeVar, Union
-
-from . import validation as v
-from .admission import InFlightLimit
-from .catalog import iso
-from .errors import (ConcurrencyExhausted, IdempotencyConflict, OrderNotFound, PayloadTooLarge, ServiceUnavailable, ShopError,
-                     ValidationError)
-from .inventory import InventoryStrategy, Reserver
-from .observability import emit
-from .order_repository import MySQLOrderRepository, OrderLine, OrderRepository, StoredOrder
-from .unit_of_work import ProductTransaction, ProductWrites, WriteSession
-
-log = logging.getLogger(__name__)
-
-MAX_ORDERS_PER_BATCH = 100
-MAX_LINES_PER_ORDER = 50
-MAX_QUANTITY = 1000
-ORDER_FIELDS = ("client_order_id", "user_id", "items")
-LINE_FIELDS = ("product_id", "quantity")
-
-
-@dataclass(frozen=True)
-class OrderRequest:
-    client_order_id: str
-    user_id: int
-    quantities: dict  # product_id -> merged quantity, ascending product id (the global lock order)
-
-    @property
-    def request_hash(self):
-        canonical = json.dumps(sorted(self.quantities.items()), separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class InvalidOrder:
-    client_order_id: object
-    error: ValidationError
-
-
-def parse_batch(body):
-    """Whole-request problems raise; per-order problems become InvalidOrder entries."""
-    v.require_object(body)
-    v.reject_unknown(body, ("orders", "batch_id"))
-    orders = body.get("orders")
-    if not isinstance(orders, list) or not orders:
-        raise ValidationError("'orders' must be a non-empty list of orders.", details={"field": "orders"})
-    if len(orders) > MAX_ORDERS_PER_BATCH:
-        raise PayloadTooLarge(f"At most {MAX_ORDERS_PER_BATCH} orders per batch; got {len(orders)}.")
-    return [parse_order(raw, i) for i, raw in enumerate(orders)]
-
-
-def parse_order(raw, index=0):
-    client_order_id = raw.get("client_order_id") if isinstance(raw, dict) else None
-    try:
-        v.require_object(raw, f"orders[{index}]")
-        v.reject_unknown(raw, ORDER_FIELDS, f"orders[{index}]")
-        for field in ORDER_FIELDS:
-            if field not in raw:
-                raise ValidationError(f"'{field}' is required.", details={"field": field})
-        coid = raw["client_order_id"]
-        if not isinstance(coid, str) or not 1 <= len(coid) <= 64 or not coid.isprintable():
-            raise ValidationError("'client_order_id' must be a string of 1 to 64 printable characters.",
-                                  details={"field": "client_order_id"})
-        user_id = v.integer(raw["user_id"], "user_id", 1)
-        items = raw["items"]
-        if not isinstance(items, list) or not 1 <= len(items) <= MAX_LINES_PER_ORDER:
-            raise ValidationError(f"'items' must be a list of 1 to {MAX_LINES_PER_ORDER} lines.",
-                                  details={"field": "items"})
-        quantities = {}
-        for n, line in enumerate(items):
-            v.require_object(line, f"items[{n}]")
-            v.reject_unknown(line, LINE_FIELDS, f"items[{n}]")
-            for field in LINE_FIELDS:
-                if field not in line:
-                    raise ValidationError(f"'items[{n}].{field}' is required.", details={"field": field})
-            pid = v.integer(line["product_id"], "product_id", 1)
-            qty = v.integer(line["quantity"], "quantity", 1, MAX_QUANTITY)
-            # Duplicate lines of one product are merged: one lock, one update per product.
-            quantities[pid] = quantities.get(pid, 0) + qty
-        return OrderRequest(coid, user_id, dict(sorted(quantities.items())))
-    except ValidationError as exc:
-        return InvalidOrder(client_order_id if isinstance(client_order_id, str) else None, exc)
-
-
-@dataclass(frozen=True)
-class OrderResult:
-    """What became of one order of a batch (the API's per-order result)."""
-    client_order_id: Optional[str]
-    order_id: Optional[int] = None
-    total_cents: Optional[int] = None
-    duplicate: bool = False
-    error: Optional[ShopError] = None
-
-    @property
-    def created(self) -> bool:
-        return self.error is None
-
-    @property
-    def transient(self) -> bool:
-        """Failed for a reason that a retry can cure (contention outlived its retries)."""
-        return isinstance(self.error, ServiceUnavailable)
-
-    def to_api(self) -> dict:
-        if self.created:
-            return {"client_order_id": self.client_order_id, "status": "created", "order_id": self.order_id,
-                    "total_cents": self.total_cents, "duplicate": self.duplicate}
-        error = {"code": self.error.code, "message": self.error.message}
-        if "product_id" in self.error.extra:
-            error["product_id"] = self.error.extra["product_id"]
-        return {"client_order_id": self.client_order_id, "status": "failed", "error": error}
-
-
-def failed(client_order_id, exc: ShopError) -> OrderResult:
-    return OrderResult(client_order_id, error=exc)
-
-
-K = TypeVar("K")
-
-
-@dataclass
-class BatchOutcome(Generic[K]):
-    """The results of a run of orders, keyed as given, in the order they were placed.
-    `interrupted` is the outage that stopped the run; `results` then hold what
-    happened before it (committed orders included)."""
-    results: dict
-    interrupted: Optional[ServiceUnavailable] = None
-
-    def committed_client_order_ids(self) -> list:
-        return [r.client_order_id for r in self.results.values() if r.created]
+from dataclasses import replace
+from typing import Callable, Iterable, Union
+from chalicelib.adapters.admission import InFlightLimit
+from chalicelib.domain.products import iso
+from chalicelib.domain.errors import ConcurrencyExhausted, IdempotencyConflict, ServiceUnavailable, ShopError
+from chalicelib.adapters.inventory import InventoryStrategy, Reserver
+from chalicelib.ops.observability import emit
+from chalicelib.adapters.order_repository import MySQLOrderRepository, OrderLine, OrderRepository, StoredOrder
+from chalicelib.service.unit_of_work import ProductTransaction, ProductWrites, WriteSession
+from chalicelib.domain.orders import BatchOutcome, InvalidOrder, K, OrderRequest, OrderResult, failed
 
 
 class OrderService:

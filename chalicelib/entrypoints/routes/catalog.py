@@ -1,11 +1,11 @@
 """Health and catalog routes (docs/api.md: Health, Products)."""
 from chalice import Blueprint
 
-from .. import bootstrap
-from ..errors import PayloadTooLarge, ValidationError
-from ..http import endpoint, json_body
-from ..observability import emit
-from ..validation import path_id
+from chalicelib import bootstrap
+from chalicelib.domain.errors import PayloadTooLarge, ValidationError
+from chalicelib.entrypoints.http import endpoint, json_body
+from chalicelib.ops.observability import emit
+from chalicelib.domain.validation import path_id
 
 routes = Blueprint(__name__)
 

@@ -9,8 +9,8 @@ from typing import Mapping, Optional, Protocol
 
 import pymysql
 
-from .db import DUPLICATE_KEY
-from .errors import OrderNotFound
+from chalicelib.adapters.db import DUPLICATE_KEY
+from chalicelib.domain.errors import OrderNotFound
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """Order routes (docs/api.md: Orders)."""
 from chalice import Blueprint
 
-from .. import bootstrap, ingest
-from ..errors import ValidationError
-from ..http import endpoint, json_body, query_params
-from ..orders import parse_batch
-from ..validation import path_id
+from chalicelib import bootstrap
+from chalicelib.domain.errors import ValidationError
+from chalicelib.entrypoints.http import endpoint, json_body, query_params
+from chalicelib.domain.orders import parse_batch
+from chalicelib.domain.validation import path_id
 
 routes = Blueprint(__name__)
 
@@ -18,7 +18,7 @@ def place_batch(request):
     body = json_body(request)
     if mode == "async":
         # Same whole-request validation; the orders go through the order-ingest queue.
-        return 202, ingest.submit(body)
+        return 202, bootstrap.submit_async_batch(body)
     return 200, bootstrap.orders().place_batch(parse_batch(body))
 
 

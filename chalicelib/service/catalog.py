@@ -1,83 +1,12 @@
-"""Catalog: product writes (each bumps `version`) and cached reads."""
-import logging
+"""The catalog service: product writes through the unit of work, and cached
+reads (one loader per hot key; X-Cache HIT / MISS / BYPASS / STALE)."""
 import time
-
 import pymysql
-
-from .cache import CacheUnavailable
-from .db import DUPLICATE_KEY
-from .errors import DuplicateSku, InsufficientStock, ProductNotFound, ServiceUnavailable, ValidationError, VersionConflict
-from . import validation as v
-from .unit_of_work import PRODUCT_COLUMNS, ProductTransaction, ProductWrites
-
-log = logging.getLogger(__name__)
-
-STATUSES = ("active", "inactive")
-MAX_PRICE_CENTS = 10**12
-MAX_STOCK = 10**9
-BULK_LIMIT = 1000
-CREATE_FIELDS = ("sku", "name", "description", "category", "price_cents", "stock")
-PATCH_FIELDS = ("name", "description", "category", "price_cents", "status", "expected_version")
-
-
-def iso(ts):
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def to_api(row):
-    product = dict(row)
-    product["created_at"] = iso(row["created_at"])
-    product["updated_at"] = iso(row["updated_at"])
-    return product
-
-
-def validate_new_product(body, what="product"):
-    v.require_object(body, what)
-    v.reject_unknown(body, CREATE_FIELDS, what)
-    for field in ("sku", "name", "category", "price_cents", "stock"):
-        if field not in body:
-            raise ValidationError(f"'{field}' is required.", details={"field": field})
-    return {
-        "sku": v.string(body["sku"], "sku", 1, 64),
-        "name": v.string(body["name"], "name", 1, 255),
-        "description": v.string(body.get("description", ""), "description", 0, 10000),
-        "category": v.string(body["category"], "category", 1, 64),
-        "price_cents": v.integer(body["price_cents"], "price_cents", 0, MAX_PRICE_CENTS),
-        "stock": v.integer(body["stock"], "stock", 0, MAX_STOCK),
-    }
-
-
-def validate_patch(body):
-    v.require_object(body)
-    v.reject_unknown(body, PATCH_FIELDS)
-    changes = {}
-    if "name" in body:
-        changes["name"] = v.string(body["name"], "name", 1, 255)
-    if "description" in body:
-        changes["description"] = v.string(body["description"], "description", 0, 10000)
-    if "category" in body:
-        changes["category"] = v.string(body["category"], "category", 1, 64)
-    if "price_cents" in body:
-        changes["price_cents"] = v.integer(body["price_cents"], "price_cents", 0, MAX_PRICE_CENTS)
-    if "status" in body:
-        changes["status"] = v.choice(body["status"], "status", STATUSES)
-    if not changes:
-        raise ValidationError("Nothing to change: give at least one of name, description, category, price_cents, status.")
-    expected = body.get("expected_version")
-    if expected is not None:
-        expected = v.integer(expected, "expected_version", 1)
-    return changes, expected
-
-
-def validate_delta(body):
-    v.require_object(body)
-    v.reject_unknown(body, ("delta",))
-    if "delta" not in body:
-        raise ValidationError("'delta' is required.", details={"field": "delta"})
-    delta = v.integer(body["delta"], "delta", -MAX_STOCK, MAX_STOCK)
-    if delta == 0:
-        raise ValidationError("'delta' must not be 0.", details={"field": "delta"})
-    return delta
+from chalicelib.adapters.cache import CacheUnavailable
+from chalicelib.adapters.db import DUPLICATE_KEY
+from chalicelib.domain.errors import DuplicateSku, InsufficientStock, ProductNotFound, ServiceUnavailable, VersionConflict
+from chalicelib.service.unit_of_work import PRODUCT_COLUMNS, ProductTransaction, ProductWrites
+from chalicelib.domain.products import to_api, validate_delta, validate_new_product, validate_patch
 
 
 class Catalog:

@@ -1,6 +1,6 @@
 """The one place HTTP concerns live: API key and plan check, rate limit,
 JSON body parsing, mapping every exception to the docs/api.md error body, metrics.
-Route modules in chalicelib/routes/ declare views with `endpoint`."""
+Route modules in chalicelib/entrypoints/routes/ declare views with `endpoint`."""
 import functools
 import json
 import time
@@ -8,9 +8,10 @@ import uuid
 
 from chalice import Response
 
-from . import auth, bootstrap
-from .errors import PayloadTooLarge, RateLimited, ServiceUnavailable, ShopError, ValidationError
-from .observability import emit, logger
+from chalicelib.entrypoints import auth
+from chalicelib import bootstrap
+from chalicelib.domain.errors import PayloadTooLarge, RateLimited, ServiceUnavailable, ShopError, ValidationError
+from chalicelib.ops.observability import emit, logger
 
 MAX_BODY_BYTES = 1_000_000
 # Bodies are parsed as JSON whatever the client labels them, so a wrong label

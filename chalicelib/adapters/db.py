@@ -12,9 +12,9 @@ from contextlib import contextmanager
 import pymysql
 import pymysql.cursors
 
-from .admission import InFlightLimit
-from .breaker import CircuitBreaker, CircuitOpen
-from .errors import ConcurrencyExhausted, ServiceUnavailable
+from chalicelib.adapters.admission import InFlightLimit
+from chalicelib.adapters.breaker import CircuitBreaker, CircuitOpen
+from chalicelib.domain.errors import ConcurrencyExhausted, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from infra/ there).
 """
 from chalice import Blueprint, Response
 
-from .. import observability
-from ..http import endpoint, query_params
-from ..static.dashboard import DASHBOARD_HTML
-from ..validation import query_int
+from chalicelib.ops import observability
+from chalicelib.entrypoints.http import endpoint, query_params
+from chalicelib.ops.dashboard import DASHBOARD_HTML
+from chalicelib.domain.validation import query_int
 
 routes = Blueprint(__name__)
 

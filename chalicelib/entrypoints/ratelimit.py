@@ -5,7 +5,7 @@ import time
 
 import redis
 
-from .cache import CacheUnavailable
+from chalicelib.adapters.cache import CacheUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import time
 import uuid
 from typing import Callable, Mapping, Protocol, TypeVar
 
-from .cache import CacheUnavailable
-from .errors import ConcurrencyExhausted, InsufficientStock, ProductNotFound
-from .unit_of_work import ProductTransaction, WriteSession
+from chalicelib.adapters.cache import CacheUnavailable
+from chalicelib.domain.errors import ConcurrencyExhausted, InsufficientStock, ProductNotFound
+from chalicelib.service.unit_of_work import ProductTransaction, WriteSession
 
 log = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@ import logging
 
 from chalice import Blueprint, Rate
 
-from .. import search
-from ..http import endpoint, query_params
-from ..observability import emit
+from chalicelib import bootstrap
+from chalicelib.entrypoints.http import endpoint, query_params
+from chalicelib.ops.observability import emit
 
 routes = Blueprint(__name__)
 log = logging.getLogger(__name__)
@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 @endpoint(routes, "/products/search")
 def search_products(request):
-    page, cache_state = search.service().search_params(query_params(request))
+    page, cache_state = bootstrap.search_service().search_params(query_params(request))
     emit("SearchCache", 1, result=cache_state)
     return 200, page, {"X-Cache": cache_state}
 
@@ -21,7 +21,7 @@ def search_products(request):
 @routes.schedule(Rate(10, unit=Rate.MINUTES), name="warm_cache",
                  description="Preload the product cache and the most frequent searches")
 def warm_cache(event):
-    summary = search.warm_caches()
+    summary = bootstrap.warm_caches()
     log.info("cache warmed: %s", summary)
     emit("CacheWarmed", sum(summary["searches"].values()) + sum(summary["products"].values()))
     return summary

@@ -68,7 +68,7 @@ class _ColdStart:
 
 class ShopLogger(Logger):
     """Powertools Logger (JSON). Request-scoped keys (`request_id`, appended by
-    chalicelib/http.py for each request) are kept per thread, so concurrent
+    chalicelib/entrypoints/http.py for each request) are kept per thread, so concurrent
     requests of the local threaded server never swap ids, and each request's
     lines carry `cold_start` (Powertools' `inject_lambda_context` does this
     for plain Lambda handlers, not for Chalice views)."""
@@ -170,7 +170,7 @@ class MetricsWindow:
 
     def __init__(self, gateway_factory, namespace="stats", window_seconds=WINDOW_SECONDS,
                  ttl_seconds=BUCKET_TTL_SECONDS, clock=time.time):
-        self._gateway_factory = gateway_factory
+        self.gateway_factory = gateway_factory
         self.namespace = namespace
         self.window_seconds = window_seconds
         self.ttl_seconds = ttl_seconds
@@ -208,7 +208,7 @@ class MetricsWindow:
             if not pending:
                 return True
             try:
-                gateway = self._gateway_factory()
+                gateway = self.gateway_factory()
 
                 def write(client):
                     pipe = client.pipeline(transaction=True)
@@ -255,7 +255,7 @@ class MetricsWindow:
         seconds = list(range(now - window_seconds + 1, now + 1))
         self.flush()
         try:
-            gateway = self._gateway_factory()
+            gateway = self.gateway_factory()
 
             def fetch(client):
                 pipe = client.pipeline(transaction=False)
@@ -312,7 +312,7 @@ def status_for_code(code):
     """The HTTP status an error code is answered with (chalicelib.errors)."""
     global _STATUS_BY_CODE
     if _STATUS_BY_CODE is None:
-        from .errors import ShopError
+        from chalicelib.domain.errors import ShopError
 
         table, todo = {"INTERNAL": 500}, [ShopError]
         while todo:
@@ -455,29 +455,12 @@ def summarize(buckets, first_second, last_second, step=1, source="redis"):
     }
 
 
-_gateways = {}
-_gateways_lock = threading.Lock()
+def _no_gateway():
+    raise RuntimeError("no Redis for the metrics window (the composition root sets one)")
 
 
-def _gateway():
-    """A RedisGateway of its own for the metrics window (same Redis, URL and
-    key prefix as the cache): a failing metrics write never trips the cache's
-    breaker, and it is rebuilt when the settings change (tests)."""
-    from . import bootstrap
-    from .cache import RedisGateway
-
-    s = bootstrap.settings()
-    ident = (s.redis_url, s.get("REDIS_KEY_PREFIX") or "", s.number("REDIS_TIMEOUT"))
-    gateway = _gateways.get(ident)
-    if gateway is None:
-        with _gateways_lock:
-            gateway = _gateways.get(ident)
-            if gateway is None:
-                gateway = _gateways[ident] = RedisGateway(ident[0], timeout=ident[2], prefix=ident[1], max_connections=8)
-    return gateway
-
-
-METRICS = MetricsWindow(_gateway)
+# The composition root (bootstrap) points this at its metrics Redis gateway.
+METRICS = MetricsWindow(_no_gateway)
 
 
 def emit(name, value, unit=MetricUnit.Count, **dimensions):

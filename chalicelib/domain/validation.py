@@ -1,6 +1,6 @@
 """Pure request validation: every rejection is a ValidationError with a message
 that names the field, never a 500."""
-from .errors import ValidationError
+from chalicelib.domain.errors import ValidationError
 
 MAX_INT = 2**53  # larger numbers lose precision in JSON clients
 

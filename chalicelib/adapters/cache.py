@@ -11,7 +11,7 @@ import queue
 import random
 import time
 
-from .breaker import CircuitBreaker, CircuitOpen
+from chalicelib.adapters.breaker import CircuitBreaker, CircuitOpen
 
 log = logging.getLogger(__name__)
 

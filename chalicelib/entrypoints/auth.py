@@ -1,7 +1,7 @@
 """API keys and plans. Locally the keys come from configuration; in the cloud
 API Gateway has already checked the key, and the admin plan is recognised by
 the key id listed in ADMIN_API_KEY_IDS."""
-from .errors import Forbidden
+from chalicelib.domain.errors import Forbidden
 
 
 def plan_for_request(settings, headers, context):

@@ -1,0 +1,73 @@
+"""The async batch read model in MySQL: `batches` and `batch_results`."""
+import json
+from chalicelib.domain.errors import BatchNotFound
+
+
+class BatchStore:
+    def __init__(self, db):
+        self.db = db
+
+    @staticmethod
+    def _ensure(cur, batch_id, order_count):
+        cur.execute("INSERT INTO batches (id, order_count, status) VALUES (%s, %s, 'queued') "
+                    "ON DUPLICATE KEY UPDATE id = id", (batch_id, order_count))
+
+    def ensure(self, batch_id, order_count):
+        self.db.run(lambda cur: self._ensure(cur, batch_id, order_count))
+
+    def recorded_positions(self, batch_id, positions):
+        if not positions:
+            return set()
+        placeholders = ",".join(["%s"] * len(positions))
+        rows = self.db.query(f"SELECT position FROM batch_results WHERE batch_id = %s AND position IN ({placeholders})",
+                             [batch_id, *positions])
+        return {row["position"] for row in rows}
+
+    def record(self, batch_id, order_count, results):
+        """Record {position: OrderResult} for the batch (creating its row if needed) and
+        bring its status up to date, in one transaction. Returns the status.
+
+        A position's result is written once: when two deliveries of one message
+        race, the first recorded result stays (the other is a replay of it)."""
+
+        def work(cur):
+            self._ensure(cur, batch_id, order_count)
+            # Serialises the writers of one batch so the count below is exact.
+            cur.execute("SELECT order_count FROM batches WHERE id = %s FOR UPDATE", (batch_id,))
+            expected = cur.fetchone()["order_count"]
+            if results:
+                cur.executemany(
+                    "INSERT INTO batch_results (batch_id, position, result) VALUES (%s, %s, %s) "
+                    "ON DUPLICATE KEY UPDATE batch_id = batch_id",
+                    [(batch_id, pos, json.dumps(res.to_api(), ensure_ascii=False)) for pos, res in sorted(results.items())],
+                )
+            cur.execute("SELECT COUNT(*) AS n FROM batch_results WHERE batch_id = %s LOCK IN SHARE MODE", (batch_id,))
+            count = cur.fetchone()["n"]
+            status = "done" if count >= expected else ("processing" if count else "queued")
+            cur.execute("UPDATE batches SET status = %s, updated_at = CURRENT_TIMESTAMP(6) WHERE id = %s",
+                        (status, batch_id))
+            return status
+
+        return self.db.run(work)
+
+    def get(self, batch_id):
+        """API body for GET /batches/{batch_id}; BatchNotFound if unknown."""
+        if not isinstance(batch_id, str) or not 1 <= len(batch_id) <= 64:
+            raise BatchNotFound(f"Batch {batch_id} does not exist.", batch_id=batch_id)
+
+        def work(cur):
+            cur.execute("SELECT id, order_count, created_at, updated_at FROM batches WHERE id = %s", (batch_id,))
+            batch = cur.fetchone()
+            if batch is None:
+                raise BatchNotFound(f"Batch {batch_id} does not exist.", batch_id=batch_id)
+            cur.execute("SELECT result FROM batch_results WHERE batch_id = %s ORDER BY position", (batch_id,))
+            return batch, [json.loads(row["result"]) for row in cur.fetchall()]
+
+        batch, results = self.db.run(work)
+        # Derived from the rows rather than the status column, so it is exact even
+        # while two consumers of the same batch race.
+        count, expected = len(results), batch["order_count"]
+        status = "done" if count >= expected else ("processing" if count else "queued")
+        created = sum(1 for r in results if r["status"] == "created")
+        return {"batch_id": batch["id"], "status": status, "order_count": expected, "results": results,
+                "summary": {"created": created, "failed": count - created, "pending": max(0, expected - count)}}

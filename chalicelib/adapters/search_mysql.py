@@ -1,0 +1,304 @@
+"""The MySQL SearchBackend: the search_terms/search_docs/search_meta index,
+written inside the product transaction and queried with per-term posting
+lookups (see domain/search_text.py for the matching rules)."""
+from chalicelib.service.unit_of_work import PRODUCT_COLUMNS
+from chalicelib.domain.search_query import SearchPage, encode_cursor
+from chalicelib.domain.search_text import document_terms, normalize
+
+
+def _format_ts(ts):
+    return ts.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+# ORDER BY and the keyset condition "strictly after the cursor" for each sort.
+_ORDER = {
+    "relevance": ("score DESC, id ASC", "(score < %s OR (score = %s AND id > %s))", "score"),
+    "price_asc": ("price_cents ASC, id ASC", "(price_cents > %s OR (price_cents = %s AND id > %s))", "price_cents"),
+    "price_desc": ("price_cents DESC, id ASC", "(price_cents < %s OR (price_cents = %s AND id > %s))", "price_cents"),
+    "newest": ("created_at DESC, id DESC", "(created_at < %s OR (created_at = %s AND id < %s))", "created_at"),
+}
+
+
+def _meta(row):
+    """The search_meta values of a full product row."""
+    return (1 if str(row["status"]).strip().lower() == "active" else 0, row["category"],
+            int(row["price_cents"]), row["created_at"])
+
+
+class MySQLSearchBackend:
+    """Search over the search_terms index. Status, category, price and
+    created_at of the candidates come from search_meta (a compact copy kept
+    in the product write transaction), so totals, filters, sorts and keysets
+    are answered without the wide products rows; products is read for the
+    page only, plus the stock of the surviving candidates when in_stock=true
+    (orders change stock with plain UPDATEs, so it is never copied)."""
+
+    DRIVER_SAMPLE = 5000   # cap when estimating how selective each term is
+
+    def __init__(self, db):
+        self.db = db
+
+    # --- writes -----------------------------------------------------------
+
+    def index(self, cur, rows):
+        rows = [r for r in rows if r is not None]
+        if not rows:
+            return
+        ids = sorted({int(r["id"]) for r in rows})
+        wanted = {int(r["id"]): document_terms(r["name"], r.get("description") or "") for r in rows}
+        docs = {int(r["id"]): (normalize(r["name"]), normalize(r.get("description") or "")) for r in rows}
+        marks = ",".join(["%s"] * len(ids))
+        # A plain read: the caller holds the product row (created or locked
+        # FOR UPDATE), so no other transaction is re-indexing these products;
+        # a locking read here would gap-lock and deadlock concurrent creates.
+        cur.execute(f"SELECT product_id, term, in_name FROM search_terms WHERE product_id IN ({marks})", ids)
+        existing = {}
+        for row in cur.fetchall():
+            existing.setdefault(int(row["product_id"]), {})[row["term"]] = int(row["in_name"])
+        upserts = []
+        for pid in ids:
+            have, want = existing.get(pid, {}), wanted[pid]
+            stale = sorted(t for t in have if t not in want)
+            for start in range(0, len(stale), 500):
+                chunk = stale[start:start + 500]
+                cur.execute(f"DELETE FROM search_terms WHERE product_id = %s AND term IN ({','.join(['%s'] * len(chunk))})",
+                            (pid, *chunk))
+            upserts += [(t, pid, flag) for t, flag in want.items() if have.get(t) != flag]
+        upserts.sort()
+        for start in range(0, len(upserts), 1000):
+            chunk = upserts[start:start + 1000]
+            cur.execute("INSERT INTO search_terms (term, product_id, in_name) VALUES "
+                        + ",".join(["(%s,%s,%s)"] * len(chunk))
+                        + " ON DUPLICATE KEY UPDATE in_name = VALUES(in_name)",
+                        [value for triple in chunk for value in triple])
+        cur.execute(f"SELECT product_id, name_norm, body_norm FROM search_docs WHERE product_id IN ({marks})", ids)
+        have_docs = {int(r["product_id"]): (r["name_norm"], r["body_norm"]) for r in cur.fetchall()}
+        changed = [(pid, *docs[pid]) for pid in ids if have_docs.get(pid) != docs[pid]]
+        for start in range(0, len(changed), 200):
+            chunk = changed[start:start + 200]
+            cur.execute("INSERT INTO search_docs (product_id, name_norm, body_norm) VALUES "
+                        + ",".join(["(%s,%s,%s)"] * len(chunk))
+                        + " ON DUPLICATE KEY UPDATE name_norm = VALUES(name_norm), body_norm = VALUES(body_norm)",
+                        [value for triple in chunk for value in triple])
+        # What filters and sorts read (search_meta); rewritten whenever the
+        # product's status, category, price or created_at differ from it.
+        metas = {int(r["id"]): _meta(r) for r in rows}
+        cur.execute(f"SELECT product_id, active, category, price_cents, created_at FROM search_meta "
+                    f"WHERE product_id IN ({marks})", ids)
+        have_meta = {int(r["product_id"]): (int(r["active"]), r["category"], int(r["price_cents"]), r["created_at"])
+                     for r in cur.fetchall()}
+        changed = [(pid, *metas[pid]) for pid in ids if have_meta.get(pid) != metas[pid]]
+        for start in range(0, len(changed), 500):
+            chunk = changed[start:start + 500]
+            cur.execute("INSERT INTO search_meta (product_id, active, category, price_cents, created_at) VALUES "
+                        + ",".join(["(%s,%s,%s,%s,%s)"] * len(chunk))
+                        + " ON DUPLICATE KEY UPDATE active = VALUES(active), category = VALUES(category), "
+                        "price_cents = VALUES(price_cents), created_at = VALUES(created_at)",
+                        [value for row in chunk for value in row])
+
+    # --- reads ------------------------------------------------------------
+
+    @staticmethod
+    def _atom_sql(alias, atom):
+        kind, text = atom
+        if kind == "prefix":
+            escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            return f"{alias}.term LIKE %s", escaped + "%"
+        return f"{alias}.term = %s", text
+
+    def _estimate(self, cur, atoms):
+        """Capped match counts per atom (each a bounded index range read)."""
+        parts, args = [], []
+        for i, atom in enumerate(atoms):
+            cond, arg = self._atom_sql("s", atom)
+            parts.append(f"(SELECT COUNT(*) FROM (SELECT 1 FROM search_terms s WHERE {cond} "
+                         f"LIMIT {self.DRIVER_SAMPLE}) x{i}) AS c{i}")
+            args.append(arg)
+        cur.execute("SELECT " + ", ".join(parts), args)
+        row = cur.fetchone()
+        return [int(row[f"c{i}"]) for i in range(len(atoms))]
+
+    def _merge_source(self, query):
+        """Broad queries: read every term's posting range once (index-only,
+        sequential) and intersect by grouping, instead of probing per row."""
+        branches, args = [], []
+        for term in query.terms:
+            if term.kind == "substr":
+                for _, gram in term.atoms():
+                    branches.append("SELECT product_id, 0 AS h FROM search_terms WHERE term = %s")
+                    args.append(gram)
+            elif term.kind == "exact":
+                branches.append("SELECT product_id, in_name AS h FROM search_terms WHERE term = %s")
+                args.append(term.text)
+            else:
+                cond, arg = self._atom_sql("search_terms", ("prefix", term.text))
+                branches.append(f"SELECT product_id, MAX(in_name) AS h FROM search_terms WHERE {cond} GROUP BY product_id")
+                args.append(arg)
+        source = (f"(SELECT product_id, SUM(h) AS score FROM ({' UNION ALL '.join(branches)}) u "
+                  f"GROUP BY product_id HAVING COUNT(*) = {len(branches)}) c "
+                  "JOIN search_meta p ON p.product_id = c.product_id")
+        return source, args
+
+    def _match_sql(self, query, atoms, driver, with_score, merge=False):
+        """SELECT id, price_cents, created_at, score of every match (no paging).
+
+        With terms, everything but the stock comes from search_meta (compact,
+        stays in the buffer pool); `products` is probed for stock only, and
+        only for candidates that pass every other condition (it is the last
+        condition of the WHERE). Without terms (browsing by filters), the
+        products indexes on (status, price|created_at) serve the query."""
+        verify = [t for t in query.terms if t.kind == "substr"]
+        if merge:
+            source, source_args = self._merge_source(query)
+        elif driver is not None:
+            # One range read of the rarest atom; MAX(in_name) is that term's
+            # name hit, so relevance needs no probe for it.
+            cond, arg = self._atom_sql("s", driver)
+            source = (f"(SELECT s.product_id, MAX(s.in_name) AS h FROM search_terms s WHERE {cond} "
+                      "GROUP BY s.product_id) c JOIN search_meta p ON p.product_id = c.product_id")
+            source_args = [arg]
+        else:
+            source, source_args = "products p", []
+        indexed = merge or driver is not None
+        pid = "p.product_id" if indexed else "p.id"
+        if verify:
+            source += f" JOIN search_docs d ON d.product_id = {pid}"
+        where, where_args = ["p.active = 1" if indexed else "p.status = 'active'"], []
+        if query.category is not None:
+            where.append("p.category = %s")
+            where_args.append(query.category)
+        if query.min_price is not None:
+            where.append("p.price_cents >= %s")
+            where_args.append(query.min_price)
+        if query.max_price is not None:
+            where.append("p.price_cents <= %s")
+            where_args.append(query.max_price)
+        for atom in ([] if merge else atoms):
+            if atom == driver:
+                continue
+            cond, arg = self._atom_sql("t", atom)
+            where.append(f"EXISTS (SELECT 1 FROM search_terms t WHERE t.product_id = {pid} AND {cond})")
+            where_args.append(arg)
+        for term in verify:
+            where.append("(LOCATE(%s, d.name_norm) > 0 OR LOCATE(%s, d.body_norm) > 0)")
+            where_args += [term.text, term.text]
+        if query.in_stock:
+            # Last: stock is not denormalised (orders change it with plain UPDATEs).
+            if indexed:
+                where.append("EXISTS (SELECT 1 FROM products ps WHERE ps.id = p.product_id AND ps.stock > 0)")
+            else:
+                where.append("p.stock > 0")
+        score, score_args = "0", []
+        if with_score and merge:
+            pieces = ["c.score"]
+            for term in verify:
+                pieces.append("(LOCATE(%s, d.name_norm) > 0)")
+                score_args.append(term.text)
+            score = "(" + " + ".join(pieces) + ")"
+        elif with_score and query.terms:
+            pieces = []
+            for term in query.terms:
+                if term.kind == "substr":
+                    pieces.append("(LOCATE(%s, d.name_norm) > 0)")
+                    score_args.append(term.text)
+                elif term.atoms()[0] == driver:
+                    pieces.append("c.h")
+                else:
+                    cond, arg = self._atom_sql("n", term.atoms()[0])
+                    pieces.append(f"EXISTS (SELECT 1 FROM search_terms n WHERE n.product_id = {pid} "
+                                  f"AND {cond} AND n.in_name = 1)")
+                    score_args.append(arg)
+            score = "(" + " + ".join(pieces) + ")"
+        hint = "STRAIGHT_JOIN " if indexed else ""
+        sql = (f"SELECT {hint}{pid} AS id, p.price_cents AS price_cents, p.created_at AS created_at, {score} AS score "
+               f"FROM {source} WHERE {' AND '.join(where)}")
+        args = score_args + source_args + where_args
+        return sql, args
+
+    def search(self, query):
+        def work(cur):
+            return self._search(cur, query)
+
+        return self.db.run(work)
+
+    def _search(self, cur, query):
+        atoms = list(dict.fromkeys(atom for term in query.terms for atom in term.atoms()))
+        driver, merge = None, False
+        if atoms:
+            # Selective: drive from the rarest term and probe the others per
+            # candidate. Broad (every term has DRIVER_SAMPLE+ postings): merge.
+            counts = self._estimate(cur, atoms)
+            if min(counts) == 0:
+                return SearchPage([], 0, None)
+            driver = atoms[counts.index(min(counts))]
+            merge = min(counts) >= self.DRIVER_SAMPLE
+        order, after_sql, first_col = _ORDER[query.sort]
+        match_sql, match_args = self._match_sql(query, atoms, driver, query.sort == "relevance", merge)
+        if driver is not None and not merge:
+            # Selective: fewer than DRIVER_SAMPLE candidates. One pass over
+            # them: the server counts (a window over every match, taken
+            # before the keyset condition), sorts and keeps the page, so only
+            # limit+1 rows cross the wire (decoding every match in Python
+            # cost more than the query itself).
+            keys = self._keyset_rows(
+                cur, query, order, after_sql, match_args,
+                f"SELECT id, price_cents, created_at, score, total FROM "
+                f"(SELECT m.*, COUNT(*) OVER () AS total FROM ({match_sql}) m) w")
+            if keys:
+                total = int(keys[0]["total"])
+            elif query.after is None:
+                total = 0
+            else:  # past the last match: the window saw no row to carry the count
+                cur.execute(f"SELECT COUNT(*) AS n FROM ({match_sql}) m", match_args)
+                total = int(cur.fetchone()["n"])
+            return self._page(cur, query, keys, total, first_col)
+        keys = self._keyset_rows(cur, query, order, after_sql, match_args,
+                                 f"SELECT id, price_cents, created_at, score FROM ({match_sql}) m")
+        more = len(keys) > query.limit
+        keys = keys[:query.limit]
+        count_sql, count_args = self._match_sql(query, atoms, driver, False, merge)
+        cur.execute(f"SELECT COUNT(*) AS n FROM ({count_sql}) m", count_args)
+        total = int(cur.fetchone()["n"])
+        return self._page(cur, query, list(keys) + ([None] if more else []), total, first_col)
+
+    @staticmethod
+    def _keyset_rows(cur, query, order, after_sql, match_args, base_sql):
+        """Up to limit+1 sort-key rows of `base_sql` after the cursor, in sort order."""
+        sql, args = base_sql, list(match_args)
+        if query.after is not None:
+            first, last_id = query.after
+            sql += " WHERE " + after_sql
+            args += [first, first, last_id]
+        cur.execute(sql + f" ORDER BY {order} LIMIT %s", args + [query.limit + 1])
+        return list(cur.fetchall())
+
+    def _page(self, cur, query, keys, total, first_col):
+        """keys: up to limit+1 sort-key rows (an extra one means there is more)."""
+        more = len(keys) > query.limit
+        keys = keys[:query.limit]
+        items = []
+        if keys:
+            from chalicelib.domain.products import to_api
+            ids = [int(k["id"]) for k in keys]
+            cur.execute(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN ({','.join(['%s'] * len(ids))})", ids)
+            by_id = {int(r["id"]): r for r in cur.fetchall()}
+            items = [to_api(by_id[i]) for i in ids if i in by_id]
+        next_cursor = None
+        if more and keys:
+            last = keys[-1]
+            first = last[first_col]
+            first = _format_ts(first) if query.sort == "newest" else int(first)
+            next_cursor = encode_cursor(query, (first, int(last["id"])))
+        return SearchPage(items, total, next_cursor)
+
+
+def like_scan_search(db, query):
+    """Baseline for bench/search only: the same AND semantics with LIKE '%term%'
+    on every active product (a full scan). Not used by the API."""
+    where, args = ["status = 'active'"], []
+    for term in query.terms:
+        where.append("(name LIKE %s OR description LIKE %s)")
+        args += [f"%{term.text}%", f"%{term.text}%"]
+    rows = db.query(f"SELECT id FROM products WHERE {' AND '.join(where)} ORDER BY id LIMIT %s", args + [query.limit])
+    total = db.query(f"SELECT COUNT(*) AS n FROM products WHERE {' AND '.join(where)}", args)[0]["n"]
+    return [r["id"] for r in rows], total

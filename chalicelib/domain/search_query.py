@@ -1,0 +1,152 @@
+"""A search request: parsing and validation of the query parameters, the
+canonical cache key, keyset cursors and the page shape. Pure: no I/O."""
+import base64
+import binascii
+import hashlib
+import json
+import re
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Optional
+from chalicelib.domain.errors import ValidationError
+from chalicelib.domain import validation as v
+from chalicelib.domain.search_text import MAX_QUERY_CHARS, MAX_QUERY_TERMS, query_terms
+
+
+SORTS = ("relevance", "price_asc", "price_desc", "newest")
+
+
+PARAMS = ("q", "category", "min_price", "max_price", "in_stock", "sort", "limit", "cursor")
+
+
+MAX_PRICE_CENTS = 10**12
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    terms: tuple = ()
+    category: Optional[str] = None
+    min_price: Optional[int] = None
+    max_price: Optional[int] = None
+    in_stock: bool = False
+    sort: str = "relevance"
+    limit: int = 20
+    after: Optional[tuple] = None     # the last sort key of the previous page
+
+    def canonical(self):
+        """Everything that selects and orders the matches (not the page)."""
+        return {
+            "t": [[t.kind, t.text] for t in self.terms],
+            "c": self.category, "lo": self.min_price, "hi": self.max_price,
+            "s": self.in_stock, "o": self.sort,
+        }
+
+    @property
+    def fingerprint(self):
+        return _sha256(self.canonical())[:16]
+
+    @property
+    def cache_hash(self):
+        return _sha256({**self.canonical(), "a": list(self.after) if self.after else None, "n": self.limit})
+
+    def popularity_member(self):
+        """The first-page request, as the warming job replays it."""
+        params = {"q": " ".join(t.text for t in self.terms), "sort": self.sort, "limit": str(self.limit)}
+        if self.category is not None:
+            params["category"] = self.category
+        if self.min_price is not None:
+            params["min_price"] = str(self.min_price)
+        if self.max_price is not None:
+            params["max_price"] = str(self.max_price)
+        if self.in_stock:
+            params["in_stock"] = "true"
+        return json.dumps(params, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass
+class SearchPage:
+    items: list
+    total: int
+    next_cursor: Optional[str] = None
+
+    def to_api(self):
+        return {"items": self.items, "total": self.total, "next_cursor": self.next_cursor}
+
+
+def _sha256(value):
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False,
+                                     separators=(",", ":")).encode()).hexdigest()
+
+
+_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}$")
+
+
+def encode_cursor(query, key):
+    raw = json.dumps({"f": query.fingerprint, "k": list(key)}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _bad_cursor(why="it is malformed"):
+    return ValidationError(f"'cursor' is invalid: {why}. Use the next_cursor of the previous page "
+                           "with the same q, filters and sort.", details={"field": "cursor"})
+
+
+def decode_cursor(raw, query):
+    """The sort key a cursor carries, checked against this query's sort."""
+    if len(raw) > 512:
+        raise _bad_cursor("it is too long")
+    try:
+        data = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode())
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise _bad_cursor() from None
+    if not isinstance(data, dict) or not isinstance(data.get("k"), list) or len(data["k"]) != 2:
+        raise _bad_cursor()
+    if data.get("f") != query.fingerprint:
+        raise _bad_cursor("it belongs to another query")
+    first, last_id = data["k"]
+    if isinstance(last_id, bool) or not isinstance(last_id, int) or not 0 <= last_id < 2**63:
+        raise _bad_cursor()
+    if query.sort == "newest":
+        if not isinstance(first, str) or not _DATETIME.match(first):
+            raise _bad_cursor()
+        try:
+            datetime.strptime(first, "%Y-%m-%d %H:%M:%S.%f")
+        except ValueError:
+            raise _bad_cursor() from None
+    elif isinstance(first, bool) or not isinstance(first, int) or not 0 <= first <= MAX_PRICE_CENTS:
+        raise _bad_cursor()
+    return (first, last_id)
+
+
+def parse_query(params):
+    """Validate raw query-string parameters into a SearchQuery (400 on anything odd)."""
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(PARAMS))
+    if unknown:
+        raise ValidationError(f"Unknown query parameter(s): {', '.join(unknown)}.",
+                              details={"unknown_fields": unknown, "allowed": list(PARAMS)})
+    for name, value in params.items():
+        if not isinstance(value, str) or "\x00" in value:
+            raise ValidationError(f"'{name}' is not a valid string.", details={"field": name})
+    q = params.get("q") or ""
+    if len(q) > MAX_QUERY_CHARS:
+        raise ValidationError(f"'q' must be at most {MAX_QUERY_CHARS} characters.", details={"field": "q"})
+    terms = query_terms(q)
+    if len(terms) > MAX_QUERY_TERMS:
+        raise ValidationError(f"'q' must have at most {MAX_QUERY_TERMS} distinct terms.", details={"field": "q"})
+    category = (params.get("category") or "").strip()
+    if len(category) > 64:
+        raise ValidationError("'category' must be at most 64 characters.", details={"field": "category"})
+    min_price = v.query_int(params, "min_price", None, 0, MAX_PRICE_CENTS)
+    max_price = v.query_int(params, "max_price", None, 0, MAX_PRICE_CENTS)
+    if min_price is not None and max_price is not None and min_price > max_price:
+        raise ValidationError("'min_price' must not be greater than 'max_price'.", details={"field": "min_price"})
+    in_stock = bool(v.query_bool(params, "in_stock"))
+    sort = params.get("sort") or "relevance"
+    v.choice(sort, "sort", SORTS)
+    limit = v.query_int(params, "limit", 20, 1, 100)
+    query = SearchQuery(tuple(terms), category.lower() or None, min_price, max_price, in_stock, sort, limit)
+    cursor = params.get("cursor")
+    if cursor:
+        query = replace(query, after=decode_cursor(cursor, query))
+    return query

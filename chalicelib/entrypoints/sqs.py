@@ -1,0 +1,71 @@
+"""The SQS-triggered Lambda handlers: Powertools partial batch responses around
+the order-ingest consumer and the cache-invalidation apply."""
+import json
+import logging
+from chalicelib import bootstrap
+from chalicelib.domain.errors import ServiceUnavailable
+from chalicelib.ops.observability import emit, logger
+from chalicelib.service.async_orders import TransientFailure
+
+
+log = logging.getLogger(__name__)
+
+
+# Records not started with less than this left of the invocation are handed back
+# to SQS (reported failed) instead of being cut off by the Lambda timeout.
+TIME_RESERVE_MS = 5000
+
+
+def _partial_response(event, context, record_handler):
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+
+    # raise_on_entire_batch_failure=False: the answer is always the list of failed
+    # ids (as the local pollers and Lambda's ReportBatchItemFailures expect), even
+    # when every record failed; the effect (all retried) is the same as raising.
+    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+
+
+def handle_order_event(event, context=None, ingest=None):
+    """The order-ingest Lambda: `{"batchItemFailures": [{"itemIdentifier": id}...]}`."""
+    ingest = ingest or bootstrap.order_ingest()
+
+    def record_handler(record):
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        if remaining is not None and remaining() < TIME_RESERVE_MS:
+            emit("IngestRecordsDeferred", 1)
+            raise TransientFailure("Too little time left in this invocation; SQS will redeliver the message.")
+        try:
+            return ingest.process(record.body, record.message_id)
+        except Exception as exc:
+            transient = isinstance(exc, (ServiceUnavailable, TransientFailure))
+            (logger.warning if transient else logger.exception)(
+                "order-ingest record failed; SQS will redeliver it",
+                extra={"message_id": record.message_id, "error": f"{type(exc).__name__}: {exc}",
+                       "receive_count": record.attributes.approximate_receive_count})
+            emit("IngestRecordsFailed", 1, reason="transient" if transient else "unexpected")
+            raise
+
+    response = _partial_response(event, context, record_handler)
+    emit("IngestRecords", len(event.get("Records", [])))
+    return response
+
+
+def handle_invalidation_event(event, context=None):
+    """The cache-invalidation Lambda: a body that is not JSON is logged and dropped;
+    Redis or MySQL unavailable fails the record so SQS retries it."""
+    invalidator, db = bootstrap.invalidator(), bootstrap.database()
+
+    def record_handler(record):
+        try:
+            body = json.loads(record.body)
+            if not isinstance(body, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, TypeError) as exc:
+            logger.error("cache-invalidation message dropped", extra={"message_id": record.message_id,
+                                                                      "reason": str(exc), "body": record.body[:500]})
+            return None
+        invalidator.handle_message(db, body)
+        return None
+
+    return _partial_response(event, context, record_handler)

@@ -1,0 +1,139 @@
+"""Async batch orders (docs/api.md: `POST /orders/batch?mode=async`, `GET /batches/{id}`,
+"SQS messages"): the producer side that queues a batch and the consumer side
+that the order-ingest SQS handler runs (entrypoints/sqs.py); the batch read
+model is adapters/batch_store.py, the message format domain/ingest_message.py.
+
+Order-ingest message body (JSON, one message per <= 10 orders):
+
+    {"batch_id": str?,            # absent: a message put on the queue by another system
+     "orders": [order, ...],      # exactly the order objects of POST /orders/batch
+     "positions": [int, ...]?,    # each order's index in its batch (default 0..n-1)
+     "order_count": int?,         # orders in the whole batch (default len(orders))
+     "enqueued_at": float?}       # epoch seconds at enqueue time (latency metric)
+
+The message carries everything the consumer needs to record the batch itself,
+so the API can accept a batch while MySQL is down (docs/design.md invariant 6) and
+the `batches` row is created by whichever side reaches MySQL first.
+
+A message without `batch_id` is recorded under `sqs-<messageId>` (the SQS
+message id is stable across redeliveries, so the results of a redelivery land
+on the same rows); `GET /batches/sqs-<messageId>` shows them and each order is
+readable by `GET /orders/{order_id}` as usual.
+
+Failure classes (what the handler reports to SQS):
+- transient -> the record fails, SQS redelivers it, after maxReceiveCount it is
+  in the DLQ: MySQL unreachable (`ServiceUnavailable`), lock contention that
+  outlived the in-transaction retries (a per-order result with code
+  SERVICE_UNAVAILABLE is *not* recorded; the message is retried instead), and
+  any unexpected error (a bug must not silently drop orders).
+- permanent -> recorded as failed results on the batch and the message is done:
+  a body that is not JSON or not a valid batch (VALIDATION_ERROR /
+  PAYLOAD_TOO_LARGE for every position it carries, or for position 0 of
+  `sqs-<messageId>` when it carries none), and per-order business failures
+  (VALIDATION_ERROR, PRODUCT_NOT_FOUND, INSUFFICIENT_STOCK, IDEMPOTENCY_CONFLICT).
+
+Exactly-once effect: orders are placed through `OrderService.place_all` (the
+same loop as sync batches), whose
+unique key (user_id, client_order_id) makes a second placement a replay
+(`duplicate: true`, original order_id, nothing reserved). Positions that already
+have a recorded result are not placed again, and results are upserted per
+(batch_id, position), so duplicate deliveries and redeliveries after a crash
+between commit and delete change nothing. Only if the process dies between an
+order's commit and the write of its result does the redelivery record that
+position as `duplicate: true` (with the original order_id).
+"""
+import logging
+import time
+import uuid
+from chalicelib.domain.errors import ServiceUnavailable, ShopError
+from chalicelib.ops.observability import emit, logger
+from chalicelib.domain.orders import failed, parse_batch
+from chalicelib.adapters.batch_store import BatchStore
+from chalicelib.domain.ingest_message import chunk_messages, decode_message
+
+log = logging.getLogger(__name__)
+
+
+class TransientFailure(Exception):
+    """Some orders of the message could not be placed for a transient reason: retry the message."""
+
+
+def new_batch_id():
+    return uuid.uuid4().hex
+
+
+def submit(body, publisher, batches: BatchStore, queue_name):
+    """Queue a validated batch: 202 body. Whole-request errors raise before anything is sent.
+
+    The messages go to SQS first, then the batch row is recorded; if MySQL is
+    down the batch is still accepted (the consumer records the row)."""
+    parse_batch(body)  # the very same whole-request validation as the sync path
+    batch_id = new_batch_id()
+    orders = body["orders"]
+    messages = chunk_messages(batch_id, orders)
+    try:
+        publisher.send_batch(queue_name, messages)
+    except Exception as exc:
+        logger.exception("could not queue async batch", extra={"batch_id": batch_id})
+        raise ServiceUnavailable("The order queue is unavailable; the batch was not accepted. Retry shortly.") from exc
+    recorded = True
+    try:
+        batches.ensure(batch_id, len(orders))
+    except ServiceUnavailable:
+        recorded = False  # the consumer records it when MySQL is back
+        logger.warning("async batch queued while MySQL is down; the consumer will record it",
+                       extra={"batch_id": batch_id})
+    emit("AsyncBatchesQueued", 1, recorded=str(recorded).lower())
+    return {"batch_id": batch_id, "status": "queued"}
+
+
+class OrderIngest:
+    """Processes one order-ingest record; raises to have SQS retry it."""
+
+    def __init__(self, orders_service, batches, metrics=emit):
+        self.orders = orders_service
+        self.batches = batches
+        self.emit = metrics
+
+    def process(self, body, message_id):
+        message = decode_message(body, message_id)
+        if message.error is not None:
+            logger.error("order-ingest message rejected (recorded as failed, not retried)",
+                         extra={"message_id": message_id, "batch_id": message.batch_id,
+                                "code": message.error.code, "reason": message.error.message, "body": str(body)[:500]})
+            self.emit("IngestMessagesRejected", 1)
+            result = failed(None, message.error)
+            self.batches.record(message.batch_id, message.order_count, {p: result for p in message.positions})
+            return {"batch_id": message.batch_id, "recorded": len(message.positions), "rejected": True}
+        try:
+            parsed = parse_batch({"orders": message.orders})
+        except ShopError as exc:  # shape of the whole list (empty, > 100 orders)
+            result = failed(None, exc)
+            self.batches.record(message.batch_id, message.order_count, {p: result for p in message.positions})
+            self.emit("IngestMessagesRejected", 1)
+            return {"batch_id": message.batch_id, "recorded": len(message.positions), "rejected": True}
+
+        done = self.batches.recorded_positions(message.batch_id, message.positions)
+        # Positions already placed and recorded by an earlier delivery are skipped.
+        outcome = self.orders.place_all(((position, order) for position, order in zip(message.positions, parsed)
+                                         if position not in done), message.batch_id)
+        # A transient failure is not recorded: the message is retried.
+        results = {pos: r for pos, r in outcome.results.items() if not r.transient}
+        transient = [pos for pos, r in outcome.results.items() if r.transient]
+        if message.enqueued_at:
+            for result in results.values():
+                if result.created and not result.duplicate:
+                    self.emit("IngestLatency", max(0.0, (time.time() - message.enqueued_at) * 1000), unit="Milliseconds")
+        if outcome.interrupted is not None:
+            # Keep what was placed before the outage, if MySQL still takes it.
+            if results:
+                try:
+                    self.batches.record(message.batch_id, message.order_count, results)
+                except Exception:
+                    log.warning("could not record partial results of batch %s", message.batch_id)
+            raise outcome.interrupted
+        status = self.batches.record(message.batch_id, message.order_count, results)
+        if transient:
+            raise TransientFailure(f"{len(transient)} order(s) of batch {message.batch_id} hit contention "
+                                   f"(positions {transient}); retrying the message")
+        return {"batch_id": message.batch_id, "recorded": len(results), "status": status}

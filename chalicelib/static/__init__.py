@@ -1,2 +1,0 @@
-"""Static pages served by the API (kept as Python strings so `chalice package`
-ships them with chalicelib)."""
