@@ -5,9 +5,8 @@ from chalice import Chalice
 
 from chalicelib import bootstrap
 from chalicelib.entrypoints import sqs
-from chalicelib.entrypoints.routes import batches, catalog, orders
-from chalicelib.entrypoints.routes import search
-from chalicelib.entrypoints.routes import ops
+from chalicelib.entrypoints.routes import batches, catalog, ops, orders, search
+from chalicelib.settings import QUEUES
 
 app = Chalice(app_name="shop")
 app.register_blueprint(search.routes)
@@ -21,11 +20,15 @@ app.register_blueprint(ops.routes)
 # event.to_dict(). Chalice returns what the function returns, which is the
 # partial-batch response ({"batchItemFailures": [...]}) Lambda acts on once the
 # event source mapping has FunctionResponseTypes [ReportBatchItemFailures].
-@app.on_sqs_message(queue=bootstrap.settings().get("ORDER_QUEUE_NAME"), batch_size=10)
+def _queue_of(handler):
+    return next(bootstrap.settings().get(q.setting) for q in QUEUES if q.handler == handler)
+
+
+@app.on_sqs_message(queue=_queue_of("handle_order_ingest"), batch_size=10)
 def handle_order_ingest(event):
     return sqs.handle_order_event(event.to_dict(), event.context)
 
 
-@app.on_sqs_message(queue=bootstrap.settings().get("INVALIDATION_QUEUE_NAME"), batch_size=10)
+@app.on_sqs_message(queue=_queue_of("handle_cache_invalidation"), batch_size=10)
 def handle_cache_invalidation(event):
     return sqs.handle_invalidation_event(event.to_dict(), event.context)

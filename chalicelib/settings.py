@@ -14,6 +14,24 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 CONFIG_FILE = PROJECT_DIR / ".chalice" / "config.json"
 PLANS_FILE = Path(__file__).resolve().parent / "usage_plans.json"
 
+
+@dataclass(frozen=True)
+class QueueDef:
+    """One SQS queue of the shop. This table feeds app.py's consumers, the
+    local pollers, the local endpoint's queue setup and the package step."""
+    setting: str             # the setting (environment variable) naming the queue
+    default_name: str        # its name when the setting is not given
+    handler: str             # the SQS consumer in app.py
+    logical_id: str          # its resource in infra/template.yml
+    max_receive_count: int = 5  # deliveries before the DLQ
+
+
+QUEUES = (
+    QueueDef("ORDER_QUEUE_NAME", "shop-order-ingest", "handle_order_ingest", "OrderIngestQueue"),
+    QueueDef("INVALIDATION_QUEUE_NAME", "shop-cache-invalidation", "handle_cache_invalidation",
+             "CacheInvalidationQueue"),
+)
+
 DEFAULTS = {
     "STAGE": "local",
     "DATABASE_URL": "mysql://root:@127.0.0.1:3306/shop",
@@ -21,8 +39,6 @@ DEFAULTS = {
     "AWS_ENDPOINT_URL": "http://127.0.0.1:4566",
     "AWS_DEFAULT_REGION": "us-east-1",
     "INVENTORY_STRATEGY": "guarded",
-    "ORDER_QUEUE_NAME": "shop-order-ingest",
-    "INVALIDATION_QUEUE_NAME": "shop-cache-invalidation",
     "APP_RATE_LIMIT": "true",
     "APP_API_KEYS": "true",
     "ADMIN_API_KEY_IDS": "",
@@ -42,6 +58,7 @@ DEFAULTS = {
     "CACHE_STALE_SECONDS": "86400",
     "SEARCH_TTL_SECONDS": "60",
 }
+DEFAULTS.update({q.setting: q.default_name for q in QUEUES})
 
 
 def _config_file_values(stage):

@@ -30,6 +30,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from chalicelib.settings import QUEUES  # noqa: E402
 log = logging.getLogger("localstack")
 
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
@@ -290,10 +294,8 @@ def local_visibility_timeout(environ=None):
 def queue_specs(settings, visibility_timeout=None):
     """The shop's queues as configured: order ingest and cache invalidation."""
     visibility = local_visibility_timeout() if visibility_timeout is None else visibility_timeout
-    return [
-        QueueSpec(settings.get("ORDER_QUEUE_NAME"), max_receive_count=5, visibility_timeout=visibility),
-        QueueSpec(settings.get("INVALIDATION_QUEUE_NAME"), max_receive_count=5, visibility_timeout=visibility),
-    ]
+    return [QueueSpec(settings.get(q.setting), max_receive_count=q.max_receive_count, visibility_timeout=visibility)
+            for q in QUEUES]
 
 
 def queue_url(sqs, name):

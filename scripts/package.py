@@ -38,15 +38,17 @@ import yaml
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 INFRA_TEMPLATE = PROJECT_DIR / "infra" / "template.yml"
+if str(PROJECT_DIR) not in sys.path:
+    sys.path.insert(0, str(PROJECT_DIR))
+
+from chalicelib.settings import QUEUES as QUEUE_TABLE  # noqa: E402
+
 PLANS_FILE = PROJECT_DIR / "chalicelib" / "usage_plans.json"
 
 # Queue name used in `@app.on_sqs_message(queue=...)` -> infra logical id.
-QUEUES = {
-    "shop-order-ingest": "OrderIngestQueue",
-    "shop-cache-invalidation": "CacheInvalidationQueue",
-}
+QUEUES = {q.default_name: q.logical_id for q in QUEUE_TABLE}
 # Environment variable naming each queue -> infra logical id.
-QUEUE_ENV = {"ORDER_QUEUE_NAME": "OrderIngestQueue", "INVALIDATION_QUEUE_NAME": "CacheInvalidationQueue"}
+QUEUE_ENV = {q.setting: q.logical_id for q in QUEUE_TABLE}
 VISIBILITY_FACTOR = 6
 PUBLIC_PATHS = {"/health"}
 API_RESOURCE = "RestAPI"  # Chalice's logical id of the REST API
@@ -175,8 +177,7 @@ def function_environment(plans):
         "DATABASE_NAME": {"Ref": "DatabaseName"},
         "DATABASE_TLS": "true",
         "REDIS_URL": {"Fn::Sub": "rediss://${Redis.PrimaryEndPoint.Address}:${Redis.PrimaryEndPoint.Port}/0"},
-        "ORDER_QUEUE_NAME": {"Fn::GetAtt": [QUEUE_ENV["ORDER_QUEUE_NAME"], "QueueName"]},
-        "INVALIDATION_QUEUE_NAME": {"Fn::GetAtt": [QUEUE_ENV["INVALIDATION_QUEUE_NAME"], "QueueName"]},
+        **{setting: {"Fn::GetAtt": [logical_id, "QueueName"]} for setting, logical_id in QUEUE_ENV.items()},
         "AWS_ENDPOINT_URL": "",  # real AWS endpoints in the cloud
         "APP_API_KEYS": "false",  # API Gateway checks keys in the cloud
         "ADMIN_API_KEY_IDS": admin_key_ids(plans),

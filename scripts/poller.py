@@ -39,16 +39,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from chalicelib.settings import QUEUES  # noqa: E402
 log = logging.getLogger("poller")
 
 ACCOUNT_FALLBACK = "000000000000"
 NO_HANDLER_EXIT = 3
 
 # Settings name of the queue -> name of the handler in app.py.
-QUEUE_HANDLERS = {
-    "ORDER_QUEUE_NAME": "handle_order_ingest",
-    "INVALIDATION_QUEUE_NAME": "handle_cache_invalidation",
-}
+QUEUE_HANDLERS = {q.setting: q.handler for q in QUEUES}
 
 
 class FakeLambdaContext:
