@@ -1,12 +1,14 @@
 """Composition root: builds each client lazily, once per process, so warm
 Lambda invocations reuse connections and a cold start pays only for what it uses."""
+import os
 import threading
 
-from chalicelib.ops import observability
-from chalicelib.settings import get_settings, reset_settings
+from chalicelib.ops import metrics
+from chalicelib.settings import DEFAULTS, Settings, get_settings, reset_settings
 
 _lock = threading.RLock()
 _instances = {}
+_overrides = {}  # setting name -> value, on top of the environment (see reset)
 
 
 def _once(name, factory):
@@ -20,6 +22,8 @@ def _once(name, factory):
 
 
 def settings():
+    if _overrides:
+        return _once("settings", lambda: Settings({**os.environ, **_overrides}))
     return get_settings()
 
 
@@ -130,11 +134,16 @@ def metrics_gateway():
                                                        prefix=s.get("REDIS_KEY_PREFIX"), max_connections=8))
 
 
-observability.METRICS.gateway_factory = metrics_gateway
+metrics.METRICS.gateway_factory = metrics_gateway
 
 
-def reset():
-    """Forget every client (tests switch databases and Redis instances)."""
+def reset(**overrides):
+    """Forget every client. The next ones are built from the environment plus
+    `overrides` (setting name -> value), so a test builds the setup it needs
+    (a dead MySQL, a throwaway Redis) without touching os.environ."""
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
     with _lock:
         for name in ("db", "redis", "metrics_redis"):
             client = _instances.get(name)
@@ -142,6 +151,8 @@ def reset():
                 client.close()
         _instances.clear()
         reset_settings()
+        _overrides.clear()
+        _overrides.update({name: str(value) for name, value in overrides.items()})
 
 
 def rate_limiter():

@@ -159,11 +159,10 @@ def test_mysql_killed_under_load(stack):
 
 
 @pytest.mark.slow
-def test_mysql_blackholed_costs_a_bounded_time(stack, monkeypatch):
+def test_mysql_blackholed_costs_a_bounded_time(stack):
     """A partition (connections accepted, never answered) is the worst case:
     the first callers pay the connect timeout, then the breaker answers at once."""
-    monkeypatch.setenv("DB_CONNECT_TIMEOUT", "0.5")
-    bootstrap.reset()
+    bootstrap.reset(DB_CONNECT_TIMEOUT=0.5)
     pid = next(iter(seed_products(1, stock=10)))
     bootstrap.database().close()
     stack.mysql_proxy.blackhole()
@@ -190,8 +189,7 @@ def test_sync_batch_cut_mid_way_names_what_committed_and_leaves_no_stale_copy(st
     """MySQL drops between two orders of one sync batch: the 503 says which
     orders were committed, their products' cached copies are not left stale,
     and the client's retry finds them as duplicates and places the rest."""
-    monkeypatch.setenv("DB_CONNECT_TIMEOUT", "0.5")
-    bootstrap.reset()
+    bootstrap.reset(DB_CONNECT_TIMEOUT=0.5)
     first, second = seed_products(2, stock=10)
     catalog = bootstrap.catalog()
     for pid in (first, second):

@@ -106,10 +106,9 @@ def _closed_port():
         return s.getsockname()[1]
 
 
-def test_redis_down_reads_bypass_quickly(clean_db, monkeypatch):
+def test_redis_down_reads_bypass_quickly(clean_db):
     product = make_product(bootstrap.catalog(), name="Lamp")
-    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{_closed_port()}/0")
-    bootstrap.reset()
+    bootstrap.reset(REDIS_URL=f"redis://127.0.0.1:{_closed_port()}/0")
     catalog = bootstrap.catalog()
     started = time.perf_counter()
     for _ in range(20):
@@ -122,14 +121,12 @@ def test_redis_down_reads_bypass_quickly(clean_db, monkeypatch):
     bootstrap.reset()
 
 
-def test_mysql_down_serves_stale_copy_and_503_when_uncached(clean_db, monkeypatch):
-    monkeypatch.setenv("CACHE_TTL_SECONDS", "0")  # every copy is due for reload at once
-    bootstrap.reset()
+def test_mysql_down_serves_stale_copy_and_503_when_uncached(clean_db):
+    bootstrap.reset(CACHE_TTL_SECONDS=0)  # every copy is due for reload at once
     product = make_product(bootstrap.catalog(), name="Chair")
     bootstrap.catalog().get(product["id"])
 
-    monkeypatch.setenv("DATABASE_URL", f"mysql://root:@127.0.0.1:{_closed_port()}/nowhere")
-    bootstrap.reset()
+    bootstrap.reset(CACHE_TTL_SECONDS=0, DATABASE_URL=f"mysql://root:@127.0.0.1:{_closed_port()}/nowhere")
     found, state = bootstrap.catalog().get(product["id"])
     assert state == "STALE" and found["name"] == "Chair"
     with pytest.raises(ServiceUnavailable):

@@ -6,7 +6,6 @@ queues and handed to app.py's handler in the Lambda SQS event shape by the
 local stack's poller."""
 import contextlib
 import json
-import os
 import socket
 import time
 
@@ -44,14 +43,10 @@ def closed_port():
 def mysql_down(test_env):
     """The app's configuration points at a port where no MySQL answers."""
     dead = f"mysql://root:@127.0.0.1:{closed_port()}/{test_env['DATABASE_URL'].rsplit('/', 1)[1]}"
-    os.environ["DATABASE_URL"] = dead
-    os.environ["DB_CONNECT_TIMEOUT"] = "0.5"
-    bootstrap.reset()
+    bootstrap.reset(DATABASE_URL=dead, DB_CONNECT_TIMEOUT=0.5)
     try:
         yield
     finally:
-        os.environ["DATABASE_URL"] = test_env["DATABASE_URL"]
-        os.environ.pop("DB_CONNECT_TIMEOUT", None)
         bootstrap.reset()
 
 

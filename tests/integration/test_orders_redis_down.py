@@ -14,9 +14,9 @@ def _closed_port():
         return s.getsockname()[1]
 
 
-def test_redis_lock_falls_back_to_row_locks(clean_db, monkeypatch, caplog):
+def test_redis_lock_falls_back_to_row_locks(clean_db, caplog):
     product = make_product(bootstrap.catalog(), stock=30)
-    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{_closed_port()}/0")
+    bootstrap.reset(REDIS_URL=f"redis://127.0.0.1:{_closed_port()}/0")
     orders = [{"client_order_id": f"down-{i}", "user_id": i + 1,
                "items": [{"product_id": product["id"], "quantity": 1}]} for i in range(60)]
 
@@ -28,3 +28,4 @@ def test_redis_lock_falls_back_to_row_locks(clean_db, monkeypatch, caplog):
     assert {r["error"]["code"] for r in results if r["status"] == "failed"} == {"INSUFFICIENT_STOCK"}
     assert "falling back to MySQL row locks" in caplog.text
     assert bootstrap.database().query("SELECT stock FROM products WHERE id = %s", (product["id"],))[0]["stock"] == 0
+    bootstrap.reset()

@@ -1,7 +1,6 @@
 """Search cache on the real MariaDB and Redis: HIT/MISS, generation
 invalidation, read-your-writes under racing readers, one loader per hot key,
 STALE when MySQL is down, BYPASS (and fast) when Redis is killed."""
-import os
 import shutil
 import subprocess
 import threading
@@ -149,14 +148,10 @@ def test_one_loader_per_hot_key(shop):
 @pytest.fixture
 def mysql_down(shop):
     """Point the app at a port where no MySQL listens (the shared server is untouched)."""
-    saved = os.environ["DATABASE_URL"]
-
     def cut():
-        os.environ["DATABASE_URL"] = f"mysql://root:@127.0.0.1:{free_port()}/nowhere"
-        bootstrap.reset()
+        bootstrap.reset(DATABASE_URL=f"mysql://root:@127.0.0.1:{free_port()}/nowhere")
 
     yield cut
-    os.environ["DATABASE_URL"] = saved
     bootstrap.reset()
 
 
@@ -208,12 +203,9 @@ def own_redis(shop):
         pytest.skip("redis-server not installed")
     server = OwnRedis()
     server.start()
-    saved = os.environ["REDIS_URL"]
-    os.environ["REDIS_URL"] = f"redis://127.0.0.1:{server.port}/0"
-    bootstrap.reset()
+    bootstrap.reset(REDIS_URL=f"redis://127.0.0.1:{server.port}/0")
     yield server
     server.kill()
-    os.environ["REDIS_URL"] = saved
     bootstrap.reset()
 
 

@@ -29,8 +29,8 @@ def place_with_retry(service, order, attempts=30):
 
 
 def run_buyers(strategy, orders, threads):
-    """Place `orders` from `threads` threads, all released at once; returns results."""
-    bootstrap.reset()
+    """Place `orders` from `threads` threads, all released at once; returns results.
+    Uses the composition root as the caller set it up (overrides included)."""
     service = bootstrap.orders(strategy)
     results = [None] * len(orders)
     errors = []
@@ -50,7 +50,6 @@ def run_buyers(strategy, orders, threads):
         w.start()
     for w in workers:
         w.join()
-    bootstrap.reset()
     return results, errors
 
 

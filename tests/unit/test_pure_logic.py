@@ -1,4 +1,6 @@
 """Unit tests of pure logic: no services."""
+import os
+
 import pytest
 
 from chalicelib.adapters.breaker import CircuitBreaker, CircuitOpen
@@ -96,3 +98,20 @@ def test_database_url_parsing():
         "app", "p@ss", "db.example", 3307, "shop")
     with pytest.raises(ValueError):
         parse_database_url("postgres://x/y")
+
+
+def test_the_composition_root_takes_overrides_without_touching_the_environment(monkeypatch):
+    from chalicelib import bootstrap
+
+    monkeypatch.delenv("CACHE_TTL_SECONDS", raising=False)
+    try:
+        bootstrap.reset(CACHE_TTL_SECONDS=7, INVENTORY_STRATEGY="optimistic")
+        assert bootstrap.settings().get("CACHE_TTL_SECONDS") == "7"
+        assert bootstrap.settings().inventory_strategy == "optimistic"
+        assert "CACHE_TTL_SECONDS" not in os.environ
+        bootstrap.reset()
+        assert bootstrap.settings().get("CACHE_TTL_SECONDS") != "7"
+        with pytest.raises(ValueError, match="CACHE_TTL_SECOND"):
+            bootstrap.reset(CACHE_TTL_SECOND=1)  # a typo is refused, not ignored
+    finally:
+        bootstrap.reset()
