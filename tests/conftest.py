@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from chalicelib import bootstrap  # noqa: E402
-from chalicelib.ops import observability  # noqa: E402
+from chalicelib.ops import metrics  # noqa: E402
 from chalicelib.adapters.migrate import migrate  # noqa: E402
 from chalicelib.settings import Settings, parse_database_url  # noqa: E402
 from scripts import localstack  # noqa: E402
@@ -150,7 +150,7 @@ def clean_db(test_env):
     # Metrics this process emitted in the previous test are written by a flusher
     # thread up to a second later: write them now, before the window is wiped,
     # so they cannot land in this test's window (the dashboard test compares it).
-    observability.METRICS.flush()
+    metrics.METRICS.flush()
     delete_prefix(test_env["REDIS_URL"], test_env["REDIS_KEY_PREFIX"])
     bootstrap.reset()
     yield test_env

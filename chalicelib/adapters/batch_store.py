@@ -1,5 +1,6 @@
 """The async batch read model in MySQL: `batches` and `batch_results`."""
 import json
+
 from chalicelib.domain.errors import BatchNotFound
 
 

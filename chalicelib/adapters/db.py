@@ -26,8 +26,7 @@ RETRYABLE_ERRNOS = frozenset({DEADLOCK, LOCK_WAIT_TIMEOUT})
 CONNECTION_ERRNOS = frozenset({0, 1040, 1053, 1927, 2003, 2006, 2013, 2014, 2055, 4031})
 DUPLICATE_KEY = 1062
 
-
-# A statement that changes product rows (see unit_of_work.py).
+# A statement that changes product rows (see service/unit_of_work.py).
 _PRODUCT_WRITE = re.compile(
     r"^\s*(?:(?:INSERT|REPLACE)(?:\s+(?:LOW_PRIORITY|DELAYED|HIGH_PRIORITY|IGNORE))*(?:\s+INTO)?"
     r"|UPDATE(?:\s+(?:LOW_PRIORITY|IGNORE))*|DELETE(?:\s+(?:LOW_PRIORITY|QUICK|IGNORE))*\s+FROM|TRUNCATE(?:\s+TABLE)?)"

@@ -1,10 +1,7 @@
 """SQS access through the LocalStack-compatible endpoint locally, real SQS in AWS."""
 import json
-import logging
 import os
 import threading
-
-log = logging.getLogger(__name__)
 
 
 class QueuePublisher:

@@ -1,9 +1,9 @@
 """The MySQL SearchBackend: the search_terms/search_docs/search_meta index,
 written inside the product transaction and queried with per-term posting
 lookups (see domain/search_text.py for the matching rules)."""
-from chalicelib.service.unit_of_work import PRODUCT_COLUMNS
 from chalicelib.domain.search_query import SearchPage, encode_cursor
 from chalicelib.domain.search_text import document_terms, normalize
+from chalicelib.service.unit_of_work import PRODUCT_COLUMNS
 
 
 def _format_ts(ts):

@@ -3,16 +3,12 @@ message body is decoded (a bad body is a permanent failure to record, never
 an exception). Pure: no I/O. The contract is in service/async_orders.py."""
 import json
 import time
+
 from chalicelib.domain.errors import PayloadTooLarge, ValidationError
 
-
 ORDERS_PER_MESSAGE = 10
-
-
 # SQS takes 256 KiB per message (and per SendMessageBatch call); keep a margin.
 MAX_MESSAGE_BYTES = 200_000
-
-
 MESSAGE_FIELDS = ("batch_id", "orders", "positions", "order_count", "enqueued_at")
 
 

@@ -3,28 +3,16 @@ effect per (user_id, client_order_id), enforced by a unique key inside the
 order's own transaction."""
 import hashlib
 import json
-import logging
 from dataclasses import dataclass
 from typing import Generic, Optional, TypeVar
+
 from chalicelib.domain import validation as v
 from chalicelib.domain.errors import PayloadTooLarge, ServiceUnavailable, ShopError, ValidationError
 
-
-log = logging.getLogger(__name__)
-
-
 MAX_ORDERS_PER_BATCH = 100
-
-
 MAX_LINES_PER_ORDER = 50
-
-
 MAX_QUANTITY = 1000
-
-
 ORDER_FIELDS = ("client_order_id", "user_id", "items")
-
-
 LINE_FIELDS = ("product_id", "quantity")
 
 

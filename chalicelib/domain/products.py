@@ -1,27 +1,13 @@
-"""Catalog: product writes (each bumps `version`) and cached reads."""
-import logging
-from chalicelib.domain.errors import ValidationError
+"""Products: the rules for a valid new product, a change and a stock delta, and
+the API shape of a product row. Pure: no I/O (the writes are service/catalog.py)."""
 from chalicelib.domain import validation as v
-
-
-log = logging.getLogger(__name__)
-
+from chalicelib.domain.errors import ValidationError
 
 STATUSES = ("active", "inactive")
-
-
 MAX_PRICE_CENTS = 10**12
-
-
 MAX_STOCK = 10**9
-
-
 BULK_LIMIT = 1000
-
-
 CREATE_FIELDS = ("sku", "name", "description", "category", "price_cents", "stock")
-
-
 PATCH_FIELDS = ("name", "description", "category", "price_cents", "status", "expected_version")
 
 

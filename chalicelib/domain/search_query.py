@@ -8,17 +8,13 @@ import re
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Optional
-from chalicelib.domain.errors import ValidationError
+
 from chalicelib.domain import validation as v
+from chalicelib.domain.errors import ValidationError
 from chalicelib.domain.search_text import MAX_QUERY_CHARS, MAX_QUERY_TERMS, query_terms
 
-
 SORTS = ("relevance", "price_asc", "price_desc", "newest")
-
-
 PARAMS = ("q", "category", "min_price", "max_price", "in_stock", "sort", "limit", "cursor")
-
-
 MAX_PRICE_CENTS = 10**12
 
 

@@ -1,51 +1,34 @@
-"""Product keyword search (docs/api.md "Search", docs/design.md section 4).
+"""Search matching rules (docs/api.md "Search", docs/design.md section 4): the
+tokenizer, pure.
 
-Three layers:
+Text is NFKC-normalised and case-folded, then split into Latin-script *words*
+(runs of letters/digits) and *CJK runs* (Han, kana, Hangul). Punctuation and
+whitespace only separate tokens.
+- Words are indexed whole; a query word matches any indexed word it is a
+  **prefix** of ("pho" finds "phone", "phones"), which is what shoppers type.
+  Words mixing letters and digits are also indexed by their parts
+  ("mate60" -> "mate60", "mate", "60").
+- CJK runs match by **substring**: every character (unigram) and adjacent
+  pair (bigram) is indexed, so a query run of 1-2 characters is one exact
+  lookup and a longer one intersects its bigrams and is then verified exactly
+  against the normalised text (search_docs).
+- Every query term must match the name or the description (AND).
 
-* The tokenizer (pure): text is NFKC-normalised and case-folded, then split
-  into Latin-script *words* (runs of letters/digits) and *CJK runs* (Han, kana,
-  Hangul). Punctuation and whitespace only separate tokens.
-  - Words are indexed whole; a query word matches any indexed word it is a
-    **prefix** of ("pho" finds "phone", "phones"), which is what shoppers type.
-    Words mixing letters and digits are also indexed by their parts
-    ("mate60" -> "mate60", "mate", "60").
-  - CJK runs match by **substring**: every character (unigram) and adjacent
-    pair (bigram) is indexed, so a query run of 1-2 characters is one exact
-    lookup and a longer one intersects its bigrams and is then verified exactly
-    against the normalised text (search_docs).
-  - Every query term must match the name or the description (AND).
-* A `SearchBackend` (the seam): `search(SearchQuery) -> SearchPage` and
-  `index(cur, rows)`. `MySQLSearchBackend` is the implementation; an
-  OpenSearch backend would implement the same two methods (its `index` would
-  write an outbox row in the product transaction for a shipper to send).
-* `SearchService`: the read-through cache around a backend, keys
-  `product_search:{generation}:{sha256}`, one loader per hot key, X-Cache
-  states HIT / MISS / BYPASS / STALE, and the cache-warming job.
+The query and its cursors are domain/search_query.py; the index and the
+queries over it adapters/search_mysql.py (behind the SearchBackend seam in
+service/search.py, which also caches the pages).
 """
 import re
 import unicodedata
 from dataclasses import dataclass
 
-
 MAX_TERM_CHARS = 64          # search_terms.term is VARCHAR(64)
-
-
 MAX_QUERY_CHARS = 200
-
-
 MAX_QUERY_TERMS = 10
-
-
 MAX_BIGRAMS_PER_RUN = 6      # candidates only; the exact check follows
-
-
 _CJK = ("\u1100-\u11ff\u2e80-\u2fdf\u3040-\u30ff\u3100-\u312f\u3130-\u318f\u31a0-\u31ff"
         "\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\U00020000-\U0003134f")
-
-
 _TOKEN = re.compile(f"([{_CJK}]+)|([^\\W_{_CJK}]+)")
-
-
 _ALNUM_PARTS = re.compile(r"[^\W\d_]+|\d+")
 
 

@@ -8,10 +8,11 @@ import uuid
 
 from chalice import Response
 
-from chalicelib.entrypoints import auth
 from chalicelib import bootstrap
 from chalicelib.domain.errors import PayloadTooLarge, RateLimited, ServiceUnavailable, ShopError, ValidationError
-from chalicelib.ops.observability import emit, logger
+from chalicelib.entrypoints import auth
+from chalicelib.ops.logs import logger
+from chalicelib.ops.metrics import emit
 
 MAX_BODY_BYTES = 1_000_000
 # Bodies are parsed as JSON whatever the client labels them, so a wrong label

@@ -1,15 +1,12 @@
 """The SQS-triggered Lambda handlers: Powertools partial batch responses around
 the order-ingest consumer and the cache-invalidation apply."""
 import json
-import logging
+
 from chalicelib import bootstrap
 from chalicelib.domain.errors import ServiceUnavailable
-from chalicelib.ops.observability import emit, logger
+from chalicelib.ops.logs import logger
+from chalicelib.ops.metrics import emit
 from chalicelib.service.async_orders import TransientFailure
-
-
-log = logging.getLogger(__name__)
-
 
 # Records not started with less than this left of the invocation are handed back
 # to SQS (reported failed) instead of being cut off by the Lambda timeout.

@@ -45,11 +45,13 @@ position as `duplicate: true` (with the original order_id).
 import logging
 import time
 import uuid
-from chalicelib.domain.errors import ServiceUnavailable, ShopError
-from chalicelib.ops.observability import emit, logger
-from chalicelib.domain.orders import failed, parse_batch
+
 from chalicelib.adapters.batch_store import BatchStore
+from chalicelib.domain.errors import ServiceUnavailable, ShopError
 from chalicelib.domain.ingest_message import chunk_messages, decode_message
+from chalicelib.domain.orders import failed, parse_batch
+from chalicelib.ops.logs import logger
+from chalicelib.ops.metrics import emit
 
 log = logging.getLogger(__name__)
 

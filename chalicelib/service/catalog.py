@@ -1,12 +1,20 @@
 """The catalog service: product writes through the unit of work, and cached
 reads (one loader per hot key; X-Cache HIT / MISS / BYPASS / STALE)."""
 import time
+
 import pymysql
+
 from chalicelib.adapters.cache import CacheUnavailable
 from chalicelib.adapters.db import DUPLICATE_KEY
-from chalicelib.domain.errors import DuplicateSku, InsufficientStock, ProductNotFound, ServiceUnavailable, VersionConflict
-from chalicelib.service.unit_of_work import PRODUCT_COLUMNS, ProductTransaction, ProductWrites
+from chalicelib.domain.errors import (
+    DuplicateSku,
+    InsufficientStock,
+    ProductNotFound,
+    ServiceUnavailable,
+    VersionConflict,
+)
 from chalicelib.domain.products import to_api, validate_delta, validate_new_product, validate_patch
+from chalicelib.service.unit_of_work import PRODUCT_COLUMNS, ProductTransaction, ProductWrites
 
 
 class Catalog:

@@ -3,14 +3,15 @@ partial, exactly once per (user_id, client_order_id)) and cancels them."""
 import time
 from dataclasses import replace
 from typing import Callable, Iterable, Union
+
 from chalicelib.adapters.admission import InFlightLimit
-from chalicelib.domain.products import iso
-from chalicelib.domain.errors import ConcurrencyExhausted, IdempotencyConflict, ServiceUnavailable, ShopError
 from chalicelib.adapters.inventory import InventoryStrategy, Reserver
-from chalicelib.ops.observability import emit
 from chalicelib.adapters.order_repository import MySQLOrderRepository, OrderLine, OrderRepository, StoredOrder
-from chalicelib.service.unit_of_work import ProductTransaction, ProductWrites, WriteSession
+from chalicelib.domain.errors import ConcurrencyExhausted, IdempotencyConflict, ServiceUnavailable, ShopError
 from chalicelib.domain.orders import BatchOutcome, InvalidOrder, K, OrderRequest, OrderResult, failed
+from chalicelib.domain.products import iso
+from chalicelib.ops.metrics import emit
+from chalicelib.service.unit_of_work import ProductTransaction, ProductWrites, WriteSession
 
 
 class OrderService:

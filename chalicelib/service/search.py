@@ -7,10 +7,10 @@ import random
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
+
 from chalicelib.adapters.cache import CacheUnavailable
 from chalicelib.domain.errors import ServiceUnavailable, ValidationError
 from chalicelib.domain.search_query import SearchPage, SearchQuery, parse_query
-
 
 log = logging.getLogger(__name__)
 

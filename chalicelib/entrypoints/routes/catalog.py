@@ -3,9 +3,9 @@ from chalice import Blueprint
 
 from chalicelib import bootstrap
 from chalicelib.domain.errors import PayloadTooLarge, ValidationError
-from chalicelib.entrypoints.http import endpoint, json_body
-from chalicelib.ops.observability import emit
 from chalicelib.domain.validation import path_id
+from chalicelib.entrypoints.http import endpoint, json_body
+from chalicelib.ops.metrics import emit
 
 routes = Blueprint(__name__)
 

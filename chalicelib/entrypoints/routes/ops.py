@@ -15,10 +15,10 @@ from infra/ there).
 """
 from chalice import Blueprint, Response
 
-from chalicelib.ops import observability
-from chalicelib.entrypoints.http import endpoint, query_params
-from chalicelib.ops.dashboard import DASHBOARD_HTML
 from chalicelib.domain.validation import query_int
+from chalicelib.entrypoints.http import endpoint, query_params
+from chalicelib.ops import metrics
+from chalicelib.ops.dashboard import DASHBOARD_HTML
 
 routes = Blueprint(__name__)
 
@@ -36,9 +36,9 @@ HTML_HEADERS = {
 @endpoint(routes, "/admin/stats", admin=True)
 def admin_stats(request):
     params = query_params(request)
-    window = query_int(params, "window", observability.WINDOW_SECONDS, 1, observability.WINDOW_SECONDS)
+    window = query_int(params, "window", metrics.WINDOW_SECONDS, 1, metrics.WINDOW_SECONDS)
     step = query_int(params, "step", 1, 1, 60)
-    return 200, observability.stats(window, step), {"Cache-Control": "no-store"}
+    return 200, metrics.stats(window, step), {"Cache-Control": "no-store"}
 
 
 @endpoint(routes, "/dashboard", check_key_in_app=False)

@@ -3,9 +3,9 @@ from chalice import Blueprint
 
 from chalicelib import bootstrap
 from chalicelib.domain.errors import ValidationError
-from chalicelib.entrypoints.http import endpoint, json_body, query_params
 from chalicelib.domain.orders import parse_batch
 from chalicelib.domain.validation import path_id
+from chalicelib.entrypoints.http import endpoint, json_body, query_params
 
 routes = Blueprint(__name__)
 

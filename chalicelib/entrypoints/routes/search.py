@@ -5,7 +5,7 @@ from chalice import Blueprint, Rate
 
 from chalicelib import bootstrap
 from chalicelib.entrypoints.http import endpoint, query_params
-from chalicelib.ops.observability import emit
+from chalicelib.ops.metrics import emit
 
 routes = Blueprint(__name__)
 log = logging.getLogger(__name__)
