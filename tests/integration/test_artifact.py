@@ -1,0 +1,341 @@
+"""What ships is what is tested: the deployment package that `make package`
+builds for the prod stage, unzipped, run by a fresh interpreter of the
+template's Python version that sees nothing but the package and boto3/botocore
+(as the Lambda runtime does), with the environment the packaged template gives
+each function (tracing and metrics on), its cloud endpoints pointed at this
+machine's services. Every route is driven with API Gateway REST proxy events,
+both SQS consumers with SQS events (one with a partial failure), and the
+scheduled warmer with its event; the answers are the contract's.
+
+Local differences, each forced by the machine, not the code: no TLS to the
+local MariaDB/Redis (DATABASE_TLS=false, redis://), the test's own database,
+queues and Redis key prefix, and the AWS endpoint on 127.0.0.1."""
+import copy
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+import zipfile
+from pathlib import Path
+
+import boto3
+import pytest
+
+import app as shop_app
+from scripts import package
+from tests.conftest import ROOT
+
+EVENTS = ROOT / "events"
+DRIVER = ROOT / "tests" / "support" / "lambda_driver.py"
+RUNTIME_REQUIREMENTS = ROOT / "tests" / "support" / "lambda-runtime.txt"
+ADMIN_KEY_ID = "artifact-admin-key-id"
+# Template variables that name cloud resources; everything else is used as packaged.
+CLOUD_ENDPOINTS = {"ORDER_QUEUE_NAME", "INVALIDATION_QUEUE_NAME", "DATABASE_SECRET_ARN", "DATABASE_HOST",
+                   "DATABASE_PORT", "DATABASE_NAME", "DATABASE_TLS", "REDIS_URL", "AWS_ENDPOINT_URL",
+                   "ADMIN_API_KEY_IDS"}
+
+
+@pytest.fixture(scope="module")
+def packaged(tmp_path_factory):
+    out = tmp_path_factory.mktemp("artifact")
+    template = json.loads(package.package(stage="prod", out=out, quiet=True).read_text())
+    task_root = out / "task"
+    with zipfile.ZipFile(out / "deployment.zip") as archive:
+        archive.extractall(task_root)
+    functions = {name: r["Properties"] for name, r in template["Resources"].items()
+                 if r["Type"] == "AWS::Serverless::Function"}
+    return template, functions, task_root
+
+
+def _runtime_python(version):
+    """A virtualenv of Python `version` with only the runtime's SDK, built once
+    under build/ and rebuilt when lambda-runtime.txt changes."""
+    base = shutil.which(f"python{version}")
+    if base is None and "%d.%d" % sys.version_info[:2] == version:
+        base = getattr(sys, "_base_executable", sys.executable)
+    assert base, f"no python{version} on this machine: the template's runtime cannot be tested"
+    stamp_value = hashlib.sha256(RUNTIME_REQUIREMENTS.read_bytes()).hexdigest()
+    venv = ROOT / "build" / f"lambda-runtime-{version}"
+    stamp = venv / ".requirements.sha256"
+    if not stamp.exists() or stamp.read_text() != stamp_value:
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([base, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                        "-r", str(RUNTIME_REQUIREMENTS)], check=True)
+        stamp.write_text(stamp_value)
+    return venv / "bin" / "python"
+
+
+@pytest.fixture(scope="module")
+def runtime(packaged):
+    _, functions, _ = packaged
+    versions = {p["Runtime"] for p in functions.values()}
+    assert len(versions) == 1 and next(iter(versions)).startswith("python"), versions
+    return _runtime_python(next(iter(versions))[len("python"):])
+
+
+@pytest.fixture(scope="module")
+def local_endpoints(test_env):
+    """Values for the template's cloud endpoints, on this machine's services."""
+    secrets = boto3.client("secretsmanager", endpoint_url=test_env["AWS_ENDPOINT_URL"], region_name="us-east-1")
+    secret = secrets.create_secret(Name=f"artifact-db-{uuid.uuid4().hex[:8]}",
+                                   SecretString=json.dumps({"username": "root", "password": ""}))
+    yield {
+        "ORDER_QUEUE_NAME": test_env["ORDER_QUEUE_NAME"],
+        "INVALIDATION_QUEUE_NAME": test_env["INVALIDATION_QUEUE_NAME"],
+        "DATABASE_SECRET_ARN": secret["ARN"],
+        "DATABASE_HOST": "127.0.0.1",
+        "DATABASE_PORT": "3306",
+        "DATABASE_NAME": test_env["DATABASE_URL"].rsplit("/", 1)[1],
+        "DATABASE_TLS": "false",
+        "REDIS_URL": test_env["REDIS_URL"],
+        "REDIS_KEY_PREFIX": test_env["REDIS_KEY_PREFIX"],
+        "AWS_ENDPOINT_URL": test_env["AWS_ENDPOINT_URL"],
+        "ADMIN_API_KEY_IDS": ADMIN_KEY_ID,
+    }
+    secrets.delete_secret(SecretId=secret["ARN"], ForceDeleteWithoutRecovery=True)
+
+
+def function_environment(properties, endpoints, task_root, name):
+    """What Lambda gives the function: the template's variables (cloud endpoints
+    replaced) plus the runtime's own. Nothing of this test process leaks in."""
+    variables = properties.get("Environment", {}).get("Variables", {})
+    unresolved = sorted(k for k, v in variables.items() if not isinstance(v, str) and k not in CLOUD_ENDPOINTS)
+    assert not unresolved, f"template variables with no local value: {unresolved}"
+    env = {k: v for k, v in variables.items() if isinstance(v, str)}
+    env.update(endpoints)
+    env.update({
+        "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "TZ": ":UTC",
+        "AWS_LAMBDA_FUNCTION_NAME": f"shop-prod-{name}", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(properties["MemorySize"]),
+        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "LAMBDA_TASK_ROOT": str(task_root),
+        "_HANDLER": properties["Handler"], "AWS_EXECUTION_ENV": "AWS_Lambda_" + properties["Runtime"],
+        "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_SESSION_TOKEN": "test",
+        "_X_AMZN_TRACE_ID": "Root=1-67a1b2c3-0123456789abcdef01234567;Parent=53995c3f42cd8ad8;Sampled=1",
+        "AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:2000",
+    })
+    return env
+
+
+class ExecutionEnvironment:
+    """One warm execution environment of a packaged function (its own process)."""
+
+    def __init__(self, runtime, task_root, env, log_path):
+        read_fd, write_fd = os.pipe()
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen([str(runtime), "-I", str(DRIVER), str(task_root), str(write_fd)],
+                                     cwd=task_root, env=env, stdin=subprocess.PIPE, stdout=self.log,
+                                     stderr=subprocess.STDOUT, pass_fds=(write_fd,), text=True)
+        os.close(write_fd)
+        self.results = os.fdopen(read_fd)
+        self.started = json.loads(self.results.readline())
+        self.handler = env["_HANDLER"]
+
+    def invoke(self, event, remaining_ms=(30_000,)):
+        self.proc.stdin.write(json.dumps({"handler": self.handler, "event": event,
+                                          "remaining_ms": list(remaining_ms)}) + "\n")
+        self.proc.stdin.flush()
+        line = self.results.readline()
+        assert line, f"the function's process died; see {self.log.name}"
+        outcome = json.loads(line)
+        self.origins = outcome["origins"]
+        assert "error" not in outcome, outcome.get("traceback")
+        return outcome["result"]
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(30)
+        self.results.close()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def functions(packaged, runtime, local_endpoints, tmp_path_factory):
+    template, properties, task_root = packaged
+    logs = tmp_path_factory.mktemp("lambda-logs")
+    started = {}
+
+    def start(name):
+        if name not in started:
+            env = function_environment(properties[name], local_endpoints, task_root, name)
+            started[name] = ExecutionEnvironment(runtime, task_root, env, logs / f"{name}.log")
+        return started[name]
+
+    yield start
+    for environment in started.values():
+        environment.close()
+
+
+def test_the_package_runs_on_the_runtime_alone(packaged, functions):
+    _, properties, task_root = packaged
+    assert set(properties) == {"APIHandler", "HandleOrderIngest", "HandleCacheInvalidation", "WarmCache"}
+    api = functions("APIHandler")
+    assert api.started["python"] == [int(x) for x in properties["APIHandler"]["Runtime"][len("python"):].split(".")]
+    assert "tests" not in " ".join(api.started["sys_path"]) and ".venv" not in " ".join(api.started["sys_path"])
+    health = api.invoke(proxy_event("GET", "/health"))
+    assert health["statusCode"] == 200, health
+    # the app's own dependencies come from the package; the SDK from the runtime
+    for name in ("pymysql", "redis", "aws_lambda_powertools", "aws_xray_sdk", "chalice"):
+        assert api.origins[name] and api.origins[name].startswith(str(task_root)), (name, api.origins[name])
+    assert not api.origins["boto3"] or ".venv" not in api.origins["boto3"]
+
+
+def proxy_event(method, path, body=None, query=None, admin=False, key="shop-prod-standard-key"):
+    """An API Gateway REST proxy event for `path`, shaped like the samples in events/."""
+    base = "apigw_create_product.json" if body is not None else "apigw_get_product.json"
+    event = copy.deepcopy(json.loads((EVENTS / base).read_text()))
+    resource = _resource_for(path)
+    event.update({"resource": resource, "path": path, "httpMethod": method,
+                  "body": None if body is None else json.dumps(body),
+                  "queryStringParameters": query or None,
+                  "multiValueQueryStringParameters": {k: [v] for k, v in (query or {}).items()} or None,
+                  "pathParameters": _path_parameters(resource, path)})
+    event["headers"]["x-api-key"] = key
+    event["multiValueHeaders"]["x-api-key"] = [key]
+    context = event["requestContext"]
+    context.update({"resourcePath": resource, "httpMethod": method, "path": "/prod" + path, "stage": "prod",
+                    "requestId": str(uuid.uuid4())})
+    context["identity"].update({"apiKey": key, "apiKeyId": ADMIN_KEY_ID if admin else "standard-key-id"})
+    return event
+
+
+def _resource_for(path):
+    """The route API Gateway would pick: literal segments win over {parameters}."""
+    parts = path.split("/")
+    matches = [r for r in shop_app.app.routes if len(r.split("/")) == len(parts)
+               and all(t.startswith("{") or t == p for t, p in zip(r.split("/"), parts))]
+    assert matches, f"no route for {path}"
+    return max(matches, key=lambda r: sum(not t.startswith("{") for t in r.split("/")))
+
+
+def _path_parameters(resource, path):
+    params = {t[1:-1]: p for t, p in zip(resource.split("/"), path.split("/")) if t.startswith("{")}
+    return params or None
+
+
+def _body(response):
+    return json.loads(response["body"])
+
+
+def test_every_route_answers_the_contract_from_the_package(clean_db, functions):
+    api = functions("APIHandler")
+    exercised = set()
+
+    def call(method, path, body=None, query=None, admin=False, status=200):
+        response = api.invoke(proxy_event(method, path, body, query, admin))
+        exercised.add((_resource_for(path), method))
+        assert response["statusCode"] == status, (method, path, response)
+        assert response["headers"]["X-Request-Id"]
+        return response
+
+    sku = f"ART-{uuid.uuid4().hex[:8]}"
+    product = _body(call("POST", "/products", {"sku": sku, "name": "Artifact lamp", "category": "lighting",
+                                               "price_cents": 1500, "stock": 10}, admin=True, status=201))["product"]
+    pid = product["id"]
+    forbidden = _body(call("POST", "/products", {"sku": sku + "x", "name": "x", "category": "c", "price_cents": 1,
+                                                 "stock": 1}, status=403))
+    assert forbidden["error"]["code"] == "FORBIDDEN"
+    bulk = _body(call("POST", "/products/bulk", {"products": [
+        {"sku": sku + "-b", "name": "Artifact shade", "category": "lighting", "price_cents": 700, "stock": 3}]},
+        admin=True, status=201))
+    assert len(bulk["ids"]) == 1
+    first = call("GET", f"/products/{pid}")
+    assert _body(first)["product"]["stock"] == 10 and first["headers"]["X-Cache"] in ("MISS", "HIT")
+    patched = _body(call("PATCH", f"/products/{pid}", {"name": "Artifact lamp II"}, admin=True))
+    assert patched["product"]["version"] == 2
+    assert _body(call("POST", f"/products/{pid}/stock", {"delta": 5}, admin=True))["product"]["stock"] == 15
+    found = call("GET", "/products/search", query={"q": "artifact lamp"})
+    assert [p["id"] for p in _body(found)["items"]] == [pid] and found["headers"]["X-Cache"] in ("MISS", "HIT")
+
+    batch = _body(call("POST", "/orders/batch", {"orders": [
+        {"client_order_id": "art-1", "user_id": 7, "items": [{"product_id": pid, "quantity": 2}]},
+        {"client_order_id": "art-2", "user_id": 7, "items": [{"product_id": pid, "quantity": 99}]}]}))
+    assert [r["status"] for r in batch["results"]] == ["created", "failed"]
+    assert batch["results"][1]["error"]["code"] == "INSUFFICIENT_STOCK"
+    order_id = batch["results"][0]["order_id"]
+    assert _body(call("GET", f"/orders/{order_id}"))["order"]["total_cents"] == 3000
+    assert _body(call("POST", f"/orders/{order_id}/cancel"))["order"]["status"] == "cancelled"
+    assert _body(call("GET", f"/products/{pid}"))["product"]["stock"] == 15  # fresh after the cancel
+
+    queued = _body(call("POST", "/orders/batch", {"orders": [
+        {"client_order_id": "art-async", "user_id": 7, "items": [{"product_id": pid, "quantity": 1}]}]},
+        query={"mode": "async"}, status=202))
+    assert _body(call("GET", f"/batches/{queued['batch_id']}"))["status"] in ("queued", "processing", "done")
+    stats = _body(call("GET", "/admin/stats", admin=True))
+    assert stats["orders"]["created"] >= 1
+    page = call("GET", "/dashboard")
+    assert page["headers"]["Content-Type"].startswith("text/html")
+    assert _body(call("GET", "/health"))["status"] == "ok"
+    bad = _body(call("GET", "/products/abc", status=400))
+    assert bad["error"]["code"] == "VALIDATION_ERROR" and bad["error"]["request_id"]
+
+    routes = {(resource, method) for resource, methods in shop_app.app.routes.items() for method in methods}
+    assert routes <= exercised, f"routes the artifact test does not drive: {sorted(routes - exercised)}"
+
+
+def _sqs_event(sample, queue_name, bodies):
+    event = json.loads((EVENTS / sample).read_text())
+    template = event["Records"][0]
+    records = []
+    for body in bodies:
+        record = copy.deepcopy(template)
+        record.update({"messageId": str(uuid.uuid4()), "body": json.dumps(body),
+                       "eventSourceARN": f"arn:aws:sqs:us-east-1:000000000000:{queue_name}"})
+        records.append(record)
+    return {"Records": records}
+
+
+def test_order_ingest_consumer_reports_a_partial_failure(clean_db, functions, test_env):
+    api = functions("APIHandler")
+    product = _body(api.invoke(proxy_event("POST", "/products", {
+        "sku": f"ART-{uuid.uuid4().hex[:8]}", "name": "Queued lamp", "category": "lighting",
+        "price_cents": 100, "stock": 5}, admin=True)))["product"]
+    consumer = functions("HandleOrderIngest")
+    event = _sqs_event("sqs_order_ingest.json", test_env["ORDER_QUEUE_NAME"], [
+        {"batch_id": "art-sqs", "orders": [{"client_order_id": "q-1", "user_id": 3,
+                                            "items": [{"product_id": product["id"], "quantity": 2}]}]},
+        {"batch_id": "art-sqs-2", "orders": [{"client_order_id": "q-2", "user_id": 3,
+                                              "items": [{"product_id": product["id"], "quantity": 1}]}]},
+    ])
+    # The invocation is nearly out of time after the first record: the second is
+    # handed back to SQS (reported failed), as near a real Lambda timeout.
+    answer = consumer.invoke(event, remaining_ms=[60_000, 1_000])
+    assert answer == {"batchItemFailures": [{"itemIdentifier": event["Records"][1]["messageId"]}]}
+    batch = _body(api.invoke(proxy_event("GET", "/batches/art-sqs")))
+    assert batch["status"] == "done" and batch["results"][0]["status"] == "created"
+    missing = api.invoke(proxy_event("GET", "/batches/art-sqs-2"))
+    assert missing["statusCode"] == 404
+    assert _body(api.invoke(proxy_event("GET", f"/products/{product['id']}")))["product"]["stock"] == 3
+
+
+def test_invalidation_consumer_and_scheduled_warmer(clean_db, functions, test_env):
+    api = functions("APIHandler")
+    product = _body(api.invoke(proxy_event("POST", "/products", {
+        "sku": f"ART-{uuid.uuid4().hex[:8]}", "name": "Warm lamp", "category": "lighting",
+        "price_cents": 100, "stock": 5}, admin=True)))["product"]
+    invalidation = functions("HandleCacheInvalidation")
+    event = _sqs_event("sqs_cache_invalidation.json", test_env["INVALIDATION_QUEUE_NAME"],
+                       [{"product_ids": [product["id"]]}, {"search": True}])
+    assert invalidation.invoke(event) == {"batchItemFailures": []}
+
+    warmer = functions("WarmCache")
+    summary = warmer.invoke(json.loads((EVENTS / "scheduled_warm_cache.json").read_text()))
+    assert summary["errors"] == 0 and sum(summary["products"].values()) >= 1
+    assert api.invoke(proxy_event("GET", f"/products/{product['id']}"))["headers"]["X-Cache"] == "HIT"
+
+
+def test_a_missing_runtime_dependency_fails_the_artifact(packaged, runtime, local_endpoints, tmp_path):
+    """The check above must catch what it was written for: a package without a
+    module the app imports (here the X-Ray SDK that tracing needs) fails at import."""
+    _, properties, task_root = packaged
+    broken = tmp_path / "task"
+    shutil.copytree(task_root, broken, ignore=shutil.ignore_patterns("aws_xray_sdk"))
+    env = function_environment(properties["APIHandler"], local_endpoints, broken, "APIHandler")
+    environment = ExecutionEnvironment(runtime, broken, env, tmp_path / "broken.log")
+    try:
+        with pytest.raises(AssertionError, match="aws_xray_sdk"):
+            environment.invoke(proxy_event("GET", "/health"))
+    finally:
+        environment.close()
