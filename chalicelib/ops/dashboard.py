@@ -1,5 +1,6 @@
 """`GET /dashboard`: one self-contained page (no CDN, no external files) that
-polls `/admin/stats` with the admin key and draws inline SVG charts."""
+polls `admin/stats` (relative: it works behind an API Gateway stage prefix) with
+the admin key and draws inline SVG charts."""
 
 DASHBOARD_HTML = r"""<!doctype html>
 <html lang="en">
@@ -78,7 +79,7 @@ DASHBOARD_HTML = r"""<!doctype html>
     <section style="grid-column:1/-1"><h2>Latency by route</h2><table id="routes"><tbody><tr><td class="empty">no requests yet</td></tr></tbody></table></section>
   </div>
 </main>
-<footer>Data: <code>GET /admin/stats</code> (admin key), refreshed every 5 s; numbers cover every API and poller process (Redis window, source <span id="source">&mdash;</span>).</footer>
+<footer>Data: <code>GET admin/stats</code> beside this page (admin key), refreshed every 5 s. Source <span id="source">&mdash;</span>: <code>redis</code> on the local stack covers every API and poller process; behind API Gateway it is <code>process</code>, the one execution environment that answered (the fleet's numbers are on the CloudWatch dashboard).</footer>
 <script>
 (function () {
   "use strict";
@@ -197,7 +198,7 @@ DASHBOARD_HTML = r"""<!doctype html>
   function poll() {
     if (timer) { clearTimeout(timer); timer = null; }
     if (!key) { status("Enter the admin key (or open /dashboard#key=...)", true); return; }
-    fetch("/admin/stats?window=" + WINDOW + "&step=" + STEP, {headers: {"x-api-key": key}, cache: "no-store"})
+    fetch("admin/stats?window=" + WINDOW + "&step=" + STEP, {headers: {"x-api-key": key}, cache: "no-store"})
       .then(function (r) {
         return r.json().then(function (body) {
           if (!r.ok) { throw new Error((body.error && body.error.code || r.status) + ": " + (body.error && body.error.message || "")); }

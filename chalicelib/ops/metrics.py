@@ -52,6 +52,10 @@ class MetricsWindow:
     def __init__(self, gateway_factory, namespace="stats", window_seconds=WINDOW_SECONDS,
                  ttl_seconds=BUCKET_TTL_SECONDS, clock=time.time):
         self.gateway_factory = gateway_factory
+        # Whether numbers go to the Redis window shared by every process (the
+        # local stack). In AWS CloudWatch has them from the EMF lines, so a
+        # request must not also write to ElastiCache; the view is then this process's.
+        self.shared = lambda: True
         self.namespace = namespace
         self.window_seconds = window_seconds
         self.ttl_seconds = ttl_seconds
@@ -69,7 +73,8 @@ class MetricsWindow:
         second = int(self.clock() if at is None else at)
         fields = fields_for(name, value, unit, dimensions or {})
         with self._lock:
-            for target in (self._pending[second], self._local[second]):
+            targets = (self._pending[second], self._local[second]) if self.shared() else (self._local[second],)
+            for target in targets:
                 for field, amount in fields.items():
                     target[field] += amount
             if len(self._local) > self.window_seconds + 5:
@@ -136,6 +141,8 @@ class MetricsWindow:
         seconds = list(range(now - window_seconds + 1, now + 1))
         self.flush()
         try:
+            if not self.shared():
+                raise LookupError("the shared window is off in this stage")
             gateway = self.gateway_factory()
 
             def fetch(client):
@@ -169,15 +176,15 @@ METRICS = MetricsWindow(_no_gateway)
 
 
 def emit(name, value, unit=MetricUnit.Count, **dimensions):
-    """One EMF metric line plus the Redis window; safe from any thread (no
+    """One EMF metric line plus the window (shared in Redis on the local stack); safe from any thread (no
     shared metric buffer), no I/O besides stdout, never raises."""
     try:
         METRICS.record(name, value, unit, dimensions)
-        if _in_lambda():
-            if name in END_OF_INVOCATION:
+        if METRICS.shared():
+            if not _in_lambda():
+                METRICS.start_flusher()
+            elif name in END_OF_INVOCATION:
                 METRICS.flush()
-        else:
-            METRICS.start_flusher()
     except Exception:  # the window is best effort; the EMF line below is the record
         _log.debug("metrics window update failed", exc_info=True)
     if is_metrics_disabled():

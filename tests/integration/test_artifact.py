@@ -23,6 +23,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import redis
 
 import app as shop_app
 from scripts import package
@@ -92,7 +93,8 @@ def local_endpoints(test_env):
         "DATABASE_NAME": test_env["DATABASE_URL"].rsplit("/", 1)[1],
         "DATABASE_TLS": "false",
         "REDIS_URL": test_env["REDIS_URL"],
-        "REDIS_KEY_PREFIX": test_env["REDIS_KEY_PREFIX"],
+        # a prefix of its own under the session's: what the packaged functions write is told apart
+        "REDIS_KEY_PREFIX": test_env["REDIS_KEY_PREFIX"] + "artifact:",
         "AWS_ENDPOINT_URL": test_env["AWS_ENDPOINT_URL"],
         "ADMIN_API_KEY_IDS": ADMIN_KEY_ID,
     }
@@ -219,7 +221,7 @@ def _body(response):
     return json.loads(response["body"])
 
 
-def test_every_route_answers_the_contract_from_the_package(clean_db, functions):
+def test_every_route_answers_the_contract_from_the_package(clean_db, functions, local_endpoints):
     api = functions("APIHandler")
     exercised = set()
 
@@ -266,13 +268,22 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions):
     stats = _body(call("GET", "/admin/stats", admin=True))
     assert stats["orders"]["created"] >= 1
     page = call("GET", "/dashboard")
-    assert page["headers"]["Content-Type"].startswith("text/html")
+    assert page["headers"]["Content-Type"].startswith("text/html") and 'fetch("admin/stats?' in page["body"]
     assert _body(call("GET", "/health"))["status"] == "ok"
     bad = _body(call("GET", "/products/abc", status=400))
     assert bad["error"]["code"] == "VALIDATION_ERROR" and bad["error"]["request_id"]
 
     routes = {(resource, method) for resource, methods in shop_app.app.routes.items() for method in methods}
     assert routes <= exercised, f"routes the artifact test does not drive: {sorted(routes - exercised)}"
+
+    # The cache is in ElastiCache's use; the stats window is not (CloudWatch has those numbers).
+    prefix = local_endpoints["REDIS_KEY_PREFIX"]
+    client = redis.Redis.from_url(local_endpoints["REDIS_URL"])
+    try:
+        assert list(client.scan_iter(match=f"{prefix}product:*", count=1000))
+        assert not list(client.scan_iter(match=f"{prefix}stats:*", count=1000))
+    finally:
+        client.close()
 
 
 def _sqs_event(sample, queue_name, bodies):

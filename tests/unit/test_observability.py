@@ -81,3 +81,25 @@ def test_tracer_is_a_no_op_locally():
     # POWERTOOLS_TRACE_DISABLED / not in Lambda: no aws_xray_sdk import at all.
     assert isinstance(logs.tracer, logs._NoTracer)
     assert metrics.stats.__name__ == "stats"
+
+
+def test_outside_the_local_stack_the_window_stays_in_the_process():
+    """In AWS the numbers are in CloudWatch: no request writes the Redis window."""
+
+    def no_redis():
+        raise AssertionError("the window must not touch Redis outside the local stack")
+
+    window = metrics.MetricsWindow(no_redis, clock=lambda: 1_700_000_000.0)
+    window.shared = lambda: False
+    window.record("OrdersCreated", 1)
+    window.record("OrderLatency", 12.0, unit="Milliseconds")
+    assert window.flush() is True  # nothing pending for Redis
+    report = window.stats(window_seconds=60)
+    assert report["source"] == "process" and report["orders"]["created"] == 1
+
+
+def test_the_dashboard_asks_for_its_stats_relative_to_its_own_url():
+    """Behind API Gateway the page is /<stage>/dashboard: an absolute /admin/stats would miss the stage."""
+    from chalicelib.ops.dashboard import DASHBOARD_HTML
+
+    assert 'fetch("admin/stats?' in DASHBOARD_HTML and 'fetch("/admin/stats' not in DASHBOARD_HTML
