@@ -1,14 +1,21 @@
 """Lambda entry points. Each area's routes live in a Blueprint under
 chalicelib/entrypoints/routes, the SQS consumers' bodies in
 chalicelib/entrypoints/sqs.py; handlers only parse, call the core, and map results."""
+import os
+
 from chalice import Chalice
 
 from chalicelib import bootstrap
 from chalicelib.entrypoints import sqs
 from chalicelib.entrypoints.routes import batches, catalog, ops, orders, search
+from chalicelib.ops.logs import logger
 from chalicelib.settings import QUEUES
 
 app = Chalice(app_name="shop")
+if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and bootstrap.settings().misconfiguration():
+    # Said once per cold start; every request then answers 503 (bootstrap.refuse_if_misconfigured).
+    logger.error("refusing to serve: this deployment is misconfigured",
+                 extra={"problems": bootstrap.settings().misconfiguration()})
 app.register_blueprint(search.routes)
 app.register_blueprint(catalog.routes)
 app.register_blueprint(orders.routes)

@@ -139,6 +139,16 @@ metrics.METRICS.gateway_factory = metrics_gateway
 metrics.METRICS.shared = lambda: settings().stage == "local"
 
 
+def refuse_if_misconfigured():
+    """Every entry point calls this first: a cloud function that would talk to
+    127.0.0.1 or accept the local API keys answers 503 instead of serving."""
+    problems = settings().misconfiguration()
+    if problems:
+        from chalicelib.domain.errors import ServiceUnavailable
+
+        raise ServiceUnavailable("This deployment is misconfigured and refuses to serve: " + "; ".join(problems) + ".")
+
+
 def reset(**overrides):
     """Forget every client. The next ones are built from the environment plus
     `overrides` (setting name -> value), so a test builds the setup it needs

@@ -54,6 +54,8 @@ DEFAULTS = {
     "ORDERS_MAX_IN_FLIGHT": "8",
     "REDIS_TIMEOUT": "0.25",
     "REDIS_KEY_PREFIX": "",
+    # Only for running a cloud stage's package against this machine's services (the artifact test).
+    "ALLOW_LOOPBACK_ENDPOINTS": "false",
     "CACHE_TTL_SECONDS": "300",
     "CACHE_STALE_SECONDS": "86400",
     "SEARCH_TTL_SECONDS": "60",
@@ -68,6 +70,10 @@ def _config_file_values(stage):
     values = dict(config.get("environment_variables", {}))
     values.update(config.get("stages", {}).get(stage, {}).get("environment_variables", {}))
     return values
+
+
+def _is_local_host(host):
+    return not host or host == "localhost" or host.startswith("127.") or host in ("::1", "0.0.0.0")
 
 
 def _truthy(value):
@@ -158,6 +164,31 @@ class Settings:
     @property
     def api_keys_enabled(self):
         return _truthy(self.values["APP_API_KEYS"])
+
+    def misconfiguration(self):
+        """Why this configuration must not serve (empty when it may): outside the
+        local stage, or in Lambda, nothing may point at a local default."""
+        in_lambda = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME")) and not os.environ.get("AWS_CHALICE_CLI_MODE")
+        if (self.stage == "local" and not in_lambda) or _truthy(self.values["ALLOW_LOOPBACK_ENDPOINTS"]):
+            return []
+        problems = []
+        if self.stage == "local":
+            problems.append("STAGE is 'local' (unset?) in a Lambda function")
+        if self.values.get("DATABASE_SECRET_ARN") and "DATABASE_URL" not in self._explicit:
+            db_host = self.values.get("DATABASE_HOST") or ""
+        else:
+            db_host = urlparse(self.values["DATABASE_URL"]).hostname or ""
+        if _is_local_host(db_host):
+            problems.append(f"the database is {db_host or 'unset'} (a local default)")
+        redis_host = urlparse(self.values["REDIS_URL"]).hostname or ""
+        if _is_local_host(redis_host):
+            problems.append(f"Redis is {redis_host or 'unset'} (a local default)")
+        endpoint = self.values.get("AWS_ENDPOINT_URL") or ""
+        if endpoint and _is_local_host(urlparse(endpoint).hostname or ""):
+            problems.append(f"AWS_ENDPOINT_URL is {endpoint} (the local AWS endpoint)")
+        if self.api_keys_enabled:
+            problems.append("APP_API_KEYS is on: the app would accept the local keys of usage_plans.json")
+        return problems
 
     def number(self, name):
         return float(self.values[name])

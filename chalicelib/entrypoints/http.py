@@ -73,6 +73,7 @@ def endpoint(routes, path, methods=("GET",), admin=False, public=False, check_ke
             started = time.perf_counter()
             route = f"{request.method} {path}"
             try:
+                bootstrap.refuse_if_misconfigured()
                 if not public and check_key_in_app:
                     settings = bootstrap.settings()
                     key, plan = auth.plan_for_request(settings, request.headers, request.context or {})

@@ -25,6 +25,7 @@ def _partial_response(event, context, record_handler):
 
 def handle_order_event(event, context=None, ingest=None):
     """The order-ingest Lambda: `{"batchItemFailures": [{"itemIdentifier": id}...]}`."""
+    bootstrap.refuse_if_misconfigured()  # the whole batch stays on the queue
     ingest = ingest or bootstrap.order_ingest()
 
     def record_handler(record):
@@ -51,6 +52,7 @@ def handle_order_event(event, context=None, ingest=None):
 def handle_invalidation_event(event, context=None):
     """The cache-invalidation Lambda: a body that is not JSON is logged and dropped;
     Redis or MySQL unavailable fails the record so SQS retries it."""
+    bootstrap.refuse_if_misconfigured()
     invalidator, db = bootstrap.invalidator(), bootstrap.database()
 
     def record_handler(record):

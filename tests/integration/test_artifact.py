@@ -97,6 +97,8 @@ def local_endpoints(test_env):
         "REDIS_KEY_PREFIX": test_env["REDIS_KEY_PREFIX"] + "artifact:",
         "AWS_ENDPOINT_URL": test_env["AWS_ENDPOINT_URL"],
         "ADMIN_API_KEY_IDS": ADMIN_KEY_ID,
+        # The package's cloud stage refuses loopback endpoints; this run means them.
+        "ALLOW_LOOPBACK_ENDPOINTS": "true",
     }
     secrets.delete_secret(SecretId=secret["ARN"], ForceDeleteWithoutRecovery=True)
 
@@ -105,6 +107,7 @@ def function_environment(properties, endpoints, task_root, name):
     """What Lambda gives the function: the template's variables (cloud endpoints
     replaced) plus the runtime's own. Nothing of this test process leaks in."""
     variables = properties.get("Environment", {}).get("Variables", {})
+    assert "ALLOW_LOOPBACK_ENDPOINTS" not in variables, "the package must never let a cloud function use loopback"
     unresolved = sorted(k for k, v in variables.items() if not isinstance(v, str) and k not in CLOUD_ENDPOINTS)
     assert not unresolved, f"template variables with no local value: {unresolved}"
     env = {k: v for k, v in variables.items() if isinstance(v, str)}
@@ -350,3 +353,33 @@ def test_a_missing_runtime_dependency_fails_the_artifact(packaged, runtime, loca
             environment.invoke(proxy_event("GET", "/health"))
     finally:
         environment.close()
+
+
+def test_a_cloud_function_pointed_at_local_defaults_refuses_to_serve(packaged, runtime, local_endpoints, tmp_path):
+    """A deployed function whose configuration fell back to a local default (no
+    STAGE, a typo, a missing variable) says so once and answers 503 to every
+    request instead of quietly talking to 127.0.0.1."""
+    _, properties, task_root = packaged
+    endpoints = {k: v for k, v in local_endpoints.items() if k != "ALLOW_LOOPBACK_ENDPOINTS"}
+    env = function_environment(properties["APIHandler"], endpoints, task_root, "APIHandler")
+    api = ExecutionEnvironment(runtime, task_root, env, tmp_path / "api.log")
+    try:
+        for path in ("/health", "/products/1"):
+            response = api.invoke(proxy_event("GET", path))
+            assert response["statusCode"] == 503, response
+            error = _body(response)["error"]
+            assert error["code"] == "SERVICE_UNAVAILABLE" and "misconfigured" in error["message"]
+            assert "127.0.0.1" in error["message"] and "AWS_ENDPOINT_URL" in error["message"]
+    finally:
+        api.close()
+    log = (tmp_path / "api.log").read_text()
+    assert log.count("refusing to serve: this deployment is misconfigured") == 1
+
+    env = function_environment(properties["HandleOrderIngest"], endpoints, task_root, "HandleOrderIngest")
+    consumer = ExecutionEnvironment(runtime, task_root, env, tmp_path / "ingest.log")
+    try:
+        with pytest.raises(AssertionError, match="misconfigured"):  # the batch stays on the queue
+            consumer.invoke(_sqs_event("sqs_order_ingest.json", "q", [{"orders": []}]))
+    finally:
+        consumer.close()
+

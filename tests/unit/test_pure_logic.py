@@ -115,3 +115,32 @@ def test_the_composition_root_takes_overrides_without_touching_the_environment(m
             bootstrap.reset(CACHE_TTL_SECOND=1)  # a typo is refused, not ignored
     finally:
         bootstrap.reset()
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({"STAGE": "local"}, []),
+    ({"STAGE": "prod", "DATABASE_URL": "mysql://u:p@db.internal:3306/shop", "REDIS_URL": "rediss://cache.internal:6379/0",
+      "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false"}, []),
+    ({"STAGE": "prod", "DATABASE_SECRET_ARN": "arn:secret", "DATABASE_HOST": "proxy.internal",
+      "REDIS_URL": "rediss://cache.internal:6379/0", "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false"}, []),
+    ({"STAGE": "prod"}, ["database", "Redis", "AWS_ENDPOINT_URL"]),
+    ({"STAGE": "prod", "DATABASE_URL": "mysql://u:p@db.internal/shop", "REDIS_URL": "redis://cache.internal:6379/0",
+      "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "true"}, ["APP_API_KEYS"]),
+    ({"STAGE": "prod", "DATABASE_SECRET_ARN": "arn:secret", "DATABASE_HOST": "",
+      "REDIS_URL": "rediss://cache.internal:6379/0", "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false"}, ["database"]),
+    ({"STAGE": "dev", "DATABASE_URL": "mysql://u:p@db.internal/shop", "REDIS_URL": "redis://localhost:6379/0",
+      "AWS_ENDPOINT_URL": "http://localhost:4566", "APP_API_KEYS": "false"}, ["Redis", "AWS_ENDPOINT_URL"]),
+    ({"STAGE": "prod", "ALLOW_LOOPBACK_ENDPOINTS": "true"}, []),
+])
+def test_a_cloud_stage_names_every_local_default_it_would_use(monkeypatch, environ, expected):
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    problems = Settings(environ).misconfiguration()
+    assert len(problems) == len(expected), problems
+    for problem, word in zip(problems, expected):
+        assert word in problem
+
+
+def test_stage_local_inside_lambda_is_refused(monkeypatch):
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "shop-prod-APIHandler")
+    monkeypatch.delenv("AWS_CHALICE_CLI_MODE", raising=False)
+    assert any("STAGE is 'local'" in problem for problem in Settings({}).misconfiguration())

@@ -21,6 +21,7 @@ def search_products(request):
 @routes.schedule(Rate(10, unit=Rate.MINUTES), name="warm_cache",
                  description="Preload the product cache and the most frequent searches")
 def warm_cache(event):
+    bootstrap.refuse_if_misconfigured()
     summary = bootstrap.warm_caches()
     log.info("cache warmed: %s", summary)
     emit("CacheWarmed", sum(summary["searches"].values()) + sum(summary["products"].values()))
