@@ -6,7 +6,7 @@ import os
 from chalice import Chalice
 
 from chalicelib import bootstrap
-from chalicelib.entrypoints import sqs
+from chalicelib.entrypoints import http, sqs
 from chalicelib.entrypoints.routes import batches, catalog, ops, orders, search
 from chalicelib.ops.logs import logger
 from chalicelib.settings import QUEUES
@@ -16,6 +16,7 @@ if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and bootstrap.settings().misconfig
     # Said once per cold start; every request then answers 503 (bootstrap.refuse_if_misconfigured).
     logger.error("refusing to serve: this deployment is misconfigured",
                  extra={"problems": bootstrap.settings().misconfiguration()})
+app.register_middleware(http.chalice_errors_in_contract_shape, "http")
 app.register_blueprint(search.routes)
 app.register_blueprint(catalog.routes)
 app.register_blueprint(orders.routes)

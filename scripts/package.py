@@ -149,6 +149,46 @@ def api_gateway_resources(plans, api_resource=API_RESOURCE):
     return resources
 
 
+# API Gateway answers some requests itself (no key, throttled, too large, no
+# route); these make those answers the contract's error body with the request id.
+# (response type, status or None to keep API Gateway's, error code, message or None
+# for API Gateway's own, extra headers)
+GATEWAY_RESPONSES = (
+    ("ACCESS_DENIED", "403", "FORBIDDEN", "A valid x-api-key header is required.", {}),
+    ("INVALID_API_KEY", "403", "FORBIDDEN", "A valid x-api-key header is required.", {}),
+    ("MISSING_AUTHENTICATION_TOKEN", "403", "FORBIDDEN",
+     "No such route, or a valid x-api-key header is required.", {}),
+    ("THROTTLED", "429", "RATE_LIMITED", "Too many requests for this API key.", {"Retry-After": "1"}),
+    ("QUOTA_EXCEEDED", "429", "RATE_LIMITED", "This API key's quota is used up.", {"Retry-After": "3600"}),
+    ("REQUEST_TOO_LARGE", "413", "PAYLOAD_TOO_LARGE", "The request body is too large.", {}),
+    ("UNSUPPORTED_MEDIA_TYPE", "415", "UNSUPPORTED_MEDIA_TYPE", None, {}),
+    ("DEFAULT_4XX", None, "VALIDATION_ERROR", None, {}),
+    ("DEFAULT_5XX", None, "SERVICE_UNAVAILABLE", None, {"Retry-After": "2"}),
+)
+
+
+def gateway_responses(api_resource=API_RESOURCE):
+    resources = {}
+    for response_type, status, code, message, headers in GATEWAY_RESPONSES:
+        text = json.dumps(message) if message else "$context.error.messageString"
+        props = {
+            "RestApiId": {"Ref": api_resource},
+            "ResponseType": response_type,
+            "ResponseParameters": {
+                "gatewayresponse.header.Content-Type": "'application/json'",
+                "gatewayresponse.header.X-Request-Id": "context.requestId",
+                **{f"gatewayresponse.header.{name}": f"'{value}'" for name, value in headers.items()},
+            },
+            "ResponseTemplates": {"application/json": (
+                '{"error": {"code": "%s", "message": %s, "request_id": "$context.requestId"}}' % (code, text))},
+        }
+        if status:
+            props["StatusCode"] = status
+        name = "GatewayResponse" + "".join(part.title() for part in response_type.split("_"))
+        resources[name] = {"Type": "AWS::ApiGateway::GatewayResponse", "Properties": props}
+    return resources
+
+
 def admin_key_ids(plans):
     refs = [{"Ref": f"ApiKey{d['suffix']}"} for d in usage_plan_definitions(plans) if d["admin"]]
     return {"Fn::Join": [",", refs]} if refs else ""
@@ -160,6 +200,7 @@ def build_merge_template(infra_path=INFRA_TEMPLATE, plans=None, with_api=True):
     if with_api:
         plans = plans or load_plans()
         template["Resources"].update(api_gateway_resources(plans))
+        template["Resources"].update(gateway_responses())
         outputs = template.setdefault("Outputs", {})
         for d in usage_plan_definitions(plans):
             outputs[f"ApiKey{d['suffix']}Id"] = {"Description": f"API key id, plan {d['plan']} "

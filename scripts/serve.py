@@ -2,6 +2,7 @@
 process environment: `.chalice/config.json` holds the defaults, the
 environment wins (chalicelib.settings applies that precedence itself)."""
 import argparse
+import json
 import logging
 import os
 import sys
@@ -16,6 +17,25 @@ chalice_local.ThreadedHTTPServer.request_queue_size = 1024
 # Headers and body go out in separate writes; with Nagle on, keep-alive clients
 # wait for a delayed ACK (~40 ms) on every request.
 chalice_local.ChaliceRequestHandler.disable_nagle_algorithm = True
+
+def _unknown_route_in_contract_shape(handle_request):
+    """API Gateway's own 403 for a path no route has is shaped by the deployed
+    Gateway Responses (scripts/package.py); chalice local's gets the same body."""
+
+    def handle(self, method, path, headers, body):
+        try:
+            return handle_request(self, method, path, headers, body)
+        except chalice_local.ForbiddenError as exc:
+            request_id = exc.headers.get("x-amzn-RequestId", "")
+            shaped = {"error": {"code": "FORBIDDEN", "message": "No such route, or a valid x-api-key header is required.",
+                                "request_id": request_id}}
+            raise chalice_local.ForbiddenError({**exc.headers, "Content-Type": "application/json",
+                                                "X-Request-Id": request_id}, json.dumps(shaped).encode()) from None
+
+    return handle
+
+
+chalice_local.LocalGateway.handle_request = _unknown_route_in_contract_shape(chalice_local.LocalGateway.handle_request)
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -40,6 +40,14 @@ class BatchNotFound(NotFound):
     code = "BATCH_NOT_FOUND"
 
 
+class MethodNotAllowed(ShopError):
+    status, code = 405, "METHOD_NOT_ALLOWED"
+
+
+class UnsupportedMediaType(ShopError):
+    status, code = 415, "UNSUPPORTED_MEDIA_TYPE"
+
+
 class DuplicateSku(ShopError):
     status, code = 409, "DUPLICATE_SKU"
 

@@ -9,7 +9,15 @@ import uuid
 from chalice import Response
 
 from chalicelib import bootstrap
-from chalicelib.domain.errors import PayloadTooLarge, RateLimited, ServiceUnavailable, ShopError, ValidationError
+from chalicelib.domain.errors import (
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceUnavailable,
+    ShopError,
+    UnsupportedMediaType,
+    ValidationError,
+)
 from chalicelib.entrypoints import auth
 from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import emit
@@ -39,6 +47,24 @@ def error_response(exc, request_id):
     body = exc.body()
     body["error"]["request_id"] = request_id
     return json_response(exc.status, body, headers, request_id)
+
+
+# Chalice answers some requests itself before any view runs: a method the
+# route does not have (405), a Content-Type it does not accept (415), a binary
+# response the client did not Accept (400). Its body is {"Code", "Message"}.
+_CHALICE_ERRORS = {405: MethodNotAllowed, 415: UnsupportedMediaType, 400: ValidationError}
+
+
+def chalice_errors_in_contract_shape(request, get_response):
+    """HTTP middleware: those answers get the contract's error body and request id."""
+    response = get_response(request)
+    body = response.body
+    if response.status_code >= 400 and isinstance(body, dict) and set(body) == {"Code", "Message"}:
+        error = _CHALICE_ERRORS.get(response.status_code, ShopError)(f"{body['Message']}.")
+        shaped = error_response(error, _request_id(request))
+        shaped.headers = {**response.headers, **shaped.headers}  # keeps Allow on a 405
+        return shaped
+    return response
 
 
 def json_body(request):

@@ -190,3 +190,17 @@ def test_payload_too_large(api):
 def test_errors_carry_a_request_id(api):
     response = api.get("/products/abc")
     assert response.json()["error"]["request_id"] == response.headers["X-Request-Id"]
+
+
+@pytest.mark.parametrize("method, path, headers, status, code", [
+    ("DELETE", "/products/1", {}, 405, "METHOD_NOT_ALLOWED"),             # Chalice: the route has no DELETE
+    ("POST", "/products", {"Content-Type": "application/xml"}, 415, "UNSUPPORTED_MEDIA_TYPE"),  # Chalice
+    ("GET", "/no-such-route", {}, 403, "FORBIDDEN"),                       # the gateway: no such route
+])
+def test_answers_made_before_any_view_have_the_contract_shape(api, method, path, headers, status, code):
+    response = api.request(method, path, key=ADMIN_KEY, headers=headers, data="<x/>" if headers else None)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"] and error["request_id"] == response.headers["X-Request-Id"]
+    if status == 405:
+        assert set(response.headers["Allow"].replace(" ", "").split(",")) == {"GET", "PATCH"}

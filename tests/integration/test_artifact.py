@@ -275,6 +275,8 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
     assert _body(call("GET", "/health"))["status"] == "ok"
     bad = _body(call("GET", "/products/abc", status=400))
     assert bad["error"]["code"] == "VALIDATION_ERROR" and bad["error"]["request_id"]
+    not_allowed = api.invoke(proxy_event("DELETE", f"/products/{pid}"))  # Chalice's own answer, reshaped
+    assert not_allowed["statusCode"] == 405 and _body(not_allowed)["error"]["code"] == "METHOD_NOT_ALLOWED"
 
     routes = {(resource, method) for resource, methods in shop_app.app.routes.items() for method in methods}
     assert routes <= exercised, f"routes the artifact test does not drive: {sorted(routes - exercised)}"

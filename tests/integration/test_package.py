@@ -306,3 +306,44 @@ def test_multi_az_is_a_parameter_and_alarms_watch_the_documented_metrics(real_te
     for needle in ("OrderLatency", "ProductCache", "SearchCache", "Errors", "RequestLatency", "5XXError"):
         assert needle in dashboard
     assert params["Stage"]["Default"] == "dev"  # the API Gateway stage the 5xx alarm watches
+
+
+@pytest.mark.parametrize("response_type, status, code, retry_after", [
+    ("ACCESS_DENIED", "403", "FORBIDDEN", None),
+    ("INVALID_API_KEY", "403", "FORBIDDEN", None),
+    ("MISSING_AUTHENTICATION_TOKEN", "403", "FORBIDDEN", None),
+    ("THROTTLED", "429", "RATE_LIMITED", "1"),
+    ("QUOTA_EXCEEDED", "429", "RATE_LIMITED", "3600"),
+    ("REQUEST_TOO_LARGE", "413", "PAYLOAD_TOO_LARGE", None),
+    ("UNSUPPORTED_MEDIA_TYPE", "415", "UNSUPPORTED_MEDIA_TYPE", None),
+    ("DEFAULT_4XX", None, "VALIDATION_ERROR", None),
+    ("DEFAULT_5XX", None, "SERVICE_UNAVAILABLE", "2"),
+])
+def test_api_gateway_answers_in_the_contract_shape(real_template, response_type, status, code, retry_after):
+    """What API Gateway answers itself (no key, throttled, too large, no route)
+    carries the contract's error body and the request id, like the app's own."""
+    _, template = real_template
+    [props] = [r["Properties"] for r in template["Resources"].values()
+               if r["Type"] == "AWS::ApiGateway::GatewayResponse" and r["Properties"]["ResponseType"] == response_type]
+    assert props["RestApiId"] == {"Ref": "RestAPI"} and props.get("StatusCode") == status
+    headers = props["ResponseParameters"]
+    assert headers["gatewayresponse.header.X-Request-Id"] == "context.requestId"
+    assert headers.get("gatewayresponse.header.Retry-After") == (f"'{retry_after}'" if retry_after else None)
+    # Render the mapping template as API Gateway would, with a message that needs escaping.
+    rendered = (props["ResponseTemplates"]["application/json"]
+                .replace("$context.requestId", "req-123")
+                .replace("$context.error.messageString", json.dumps('Bad "thing"')))
+    error = json.loads(rendered)["error"]
+    assert (error["code"], error["request_id"]) == (code, "req-123") and error["message"]
+    assert code in {cls.code for cls in _error_classes()}
+
+
+def _error_classes():
+    from chalicelib.domain.errors import ShopError
+
+    todo, seen = [ShopError], []
+    while todo:
+        cls = todo.pop()
+        seen.append(cls)
+        todo.extend(cls.__subclasses__())
+    return seen
