@@ -6,7 +6,7 @@ import os
 from chalice import Chalice
 
 from chalicelib import bootstrap
-from chalicelib.entrypoints import http, sqs
+from chalicelib.entrypoints import http, schema, sqs
 from chalicelib.entrypoints.routes import batches, catalog, ops, orders, search
 from chalicelib.ops.logs import logger
 from chalicelib.settings import QUEUES
@@ -40,3 +40,9 @@ def handle_order_ingest(event):
 @app.on_sqs_message(queue=_queue_of("handle_cache_invalidation"), batch_size=10)
 def handle_cache_invalidation(event):
     return sqs.handle_invalidation_event(event.to_dict(), event.context)
+
+
+@app.lambda_function(name="migrate")
+def migrate_schema(event, context):
+    return schema.handle_migrate(event, context)
+

@@ -22,6 +22,7 @@ import zipfile
 from pathlib import Path
 
 import boto3
+import pymysql
 import pytest
 import redis
 
@@ -175,7 +176,7 @@ def functions(packaged, runtime, local_endpoints, tmp_path_factory):
 
 def test_the_package_runs_on_the_runtime_alone(packaged, functions):
     _, properties, task_root = packaged
-    assert set(properties) == {"APIHandler", "HandleOrderIngest", "HandleCacheInvalidation", "WarmCache"}
+    assert set(properties) == {"APIHandler", "HandleOrderIngest", "HandleCacheInvalidation", "WarmCache", "Migrate"}
     api = functions("APIHandler")
     assert api.started["python"] == [int(x) for x in properties["APIHandler"]["Runtime"][len("python"):].split(".")]
     assert "tests" not in " ".join(api.started["sys_path"]) and ".venv" not in " ".join(api.started["sys_path"])
@@ -384,4 +385,29 @@ def test_a_cloud_function_pointed_at_local_defaults_refuses_to_serve(packaged, r
             consumer.invoke(_sqs_event("sqs_order_ingest.json", "q", [{"orders": []}]))
     finally:
         consumer.close()
+
+
+def test_the_migrate_function_builds_a_fresh_schema_once(packaged, runtime, local_endpoints, tmp_path):
+    """The deploy runs the migrations through the packaged `migrate` function:
+    the SQL files ship in the zip, a fresh database gets every one, a second run none."""
+    _, properties, task_root = packaged
+    database = f"shop_artifact_{uuid.uuid4().hex[:8]}"
+    env = function_environment(properties["Migrate"], {**local_endpoints, "DATABASE_NAME": database}, task_root,
+                               "Migrate")
+    function = ExecutionEnvironment(runtime, task_root, env, tmp_path / "migrate.log")
+    try:
+        first = function.invoke({})
+        assert first["applied"] == [p.name for p in sorted((ROOT / "chalicelib" / "adapters" / "migrations")
+                                                           .glob("*.sql"))]
+        assert function.invoke({}) == {"applied": []}
+    finally:
+        function.close()
+        conn = pymysql.connect(host="127.0.0.1", user="root")
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"SHOW TABLES FROM `{database}` LIKE 'products'")
+                assert cur.fetchone()
+                cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
+        finally:
+            conn.close()
 
