@@ -3,6 +3,7 @@
 #   make test       the whole test suite (ARGS="-k foo" passes arguments to pytest)
 #   make queues     queue and DLQ depths, DLQ bodies      make redrive   DLQ -> source queue
 #   make seed       add missing demo products             make package   deployment package
+#   make lock       re-pin requirements*.txt (with hashes) from requirements*.in
 #   make bench-orders | bench-search | bench-ingest  (ARGS passed through)
 
 SHELL := /bin/bash
@@ -25,12 +26,13 @@ export AWS_SECRET_ACCESS_KEY ?= test
 export AWS_DEFAULT_REGION ?= us-east-1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv run test chromium setup queues redrive seed package bench-orders bench-search bench-ingest clean-venv
+.PHONY: help venv run test chromium setup queues redrive seed package lock bench-orders bench-search bench-ingest clean-venv
 
 help:
-	@sed -n '2,6p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,7p' Makefile | sed 's/^# \{0,1\}//'
 
-# Re-installs only when a requirements file changed (or the venv is new).
+# Re-installs only when a lock file changed (or the venv is new). The lock files
+# pin every package with its hashes: pip refuses anything else.
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q -r requirements-dev.txt
@@ -62,6 +64,13 @@ seed: $(STAMP)
 
 package: $(STAMP)
 	$(PY) scripts/package.py $(ARGS)
+
+# pip-tools in a venv of its own; the .in files are the ones to edit.
+LOCK_FLAGS := --generate-hashes --no-strip-extras --no-emit-index-url --no-emit-find-links -q
+lock:
+	@test -x .venv-lock/bin/pip-compile || { $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q pip-tools==7.6.2; }
+	.venv-lock/bin/pip-compile $(LOCK_FLAGS) --output-file requirements.txt requirements.in
+	.venv-lock/bin/pip-compile $(LOCK_FLAGS) --output-file requirements-dev.txt requirements-dev.in
 
 bench-orders: $(STAMP)
 	$(PY) bench/orders $(ARGS)
