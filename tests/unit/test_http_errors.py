@@ -25,7 +25,7 @@ def make_app():
 
 
 def test_unexpected_exception_is_500_internal_with_request_id_and_log(caplog):
-    with caplog.at_level(logging.ERROR), Client(make_app()) as client:
+    with caplog.at_level(logging.ERROR), Client(make_app(), stage_name="local") as client:
         response = client.http.get("/boom")
     assert response.status_code == 500
     body = json.loads(response.body)
@@ -37,7 +37,7 @@ def test_unexpected_exception_is_500_internal_with_request_id_and_log(caplog):
 
 
 def test_business_error_keeps_its_code_and_extra_fields():
-    with Client(make_app()) as client:
+    with Client(make_app(), stage_name="local") as client:
         response = client.http.get("/business")
     assert response.status_code == 409
     error = json.loads(response.body)["error"]
