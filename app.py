@@ -12,10 +12,10 @@ from chalicelib.ops.logs import logger
 from chalicelib.settings import QUEUES
 
 app = Chalice(app_name="shop")
-if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and bootstrap.settings().misconfiguration():
+if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and bootstrap.deployment_problems():
     # Said once per cold start; every request then answers 503 (bootstrap.refuse_if_misconfigured).
     logger.error("refusing to serve: this deployment is misconfigured",
-                 extra={"problems": bootstrap.settings().misconfiguration()})
+                 extra={"problems": bootstrap.deployment_problems()})
 app.register_middleware(http.chalice_errors_in_contract_shape, "http")
 app.register_blueprint(search.routes)
 app.register_blueprint(catalog.routes)

@@ -139,10 +139,15 @@ metrics.METRICS.gateway_factory = metrics_gateway
 metrics.METRICS.shared = lambda: settings().stage == "local"
 
 
+def deployment_problems():
+    """Settings.misconfiguration(), worked out once per process (and per reset)."""
+    return _once("deployment_problems", lambda: settings().misconfiguration())
+
+
 def refuse_if_misconfigured():
     """Every entry point calls this first: a cloud function that would talk to
     127.0.0.1 or accept the local API keys answers 503 instead of serving."""
-    problems = settings().misconfiguration()
+    problems = deployment_problems()
     if problems:
         from chalicelib.domain.errors import ServiceUnavailable
 
