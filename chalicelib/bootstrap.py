@@ -43,7 +43,8 @@ def redis_gateway():
     from chalicelib.adapters.cache import RedisGateway
 
     s = settings()
-    return _once("redis", lambda: RedisGateway(s.redis_url, timeout=s.number("REDIS_TIMEOUT"), prefix=s.get("REDIS_KEY_PREFIX")))
+    return _once("redis", lambda: RedisGateway(s.redis_url, timeout=s.number("REDIS_TIMEOUT"),
+                                               prefix=s.get("REDIS_KEY_PREFIX"), ca_file=s.tls_ca_file))
 
 
 def product_cache():
@@ -131,7 +132,8 @@ def metrics_gateway():
 
     s = settings()
     return _once("metrics_redis", lambda: RedisGateway(s.redis_url, timeout=s.number("REDIS_TIMEOUT"),
-                                                       prefix=s.get("REDIS_KEY_PREFIX"), max_connections=8))
+                                                       prefix=s.get("REDIS_KEY_PREFIX"), max_connections=8,
+                                                       ca_file=s.tls_ca_file))
 
 
 metrics.METRICS.gateway_factory = metrics_gateway

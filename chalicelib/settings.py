@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlparse
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CONFIG_FILE = PROJECT_DIR / ".chalice" / "config.json"
 PLANS_FILE = Path(__file__).resolve().parent / "usage_plans.json"
+AWS_CA_BUNDLE = Path(__file__).resolve().parent / "certs" / "aws-trust.pem"
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,15 @@ DEFAULTS = {
     "ADMIN_API_KEY_IDS": "",
     "PORT": "8000",
     "DATABASE_SECRET_ARN": "",
+    # Only the migrate function's: the app user it creates (secret's username and password).
+    "APP_DATABASE_SECRET_ARN": "",
     "DATABASE_HOST": "",
     "DATABASE_PORT": "3306",
     "DATABASE_NAME": "shop",
     "DATABASE_TLS": "false",
+    # CAs that TLS peers (RDS Proxy, ElastiCache) must chain to; empty: the
+    # Amazon roots shipped in the package (scripts/aws_ca_bundle.py).
+    "TLS_CA_FILE": "",
     "DB_CONNECT_TIMEOUT": "2",
     "DB_READ_TIMEOUT": "10",
     "DB_MAX_IN_FLIGHT": "16",
@@ -88,6 +94,7 @@ class MySQLTarget:
     password: str
     database: str
     tls: bool = False
+    ca_file: str = ""
 
 
 def _read_secret(arn, region):
@@ -97,7 +104,7 @@ def _read_secret(arn, region):
     return json.loads(value)
 
 
-def parse_database_url(url, tls=False):
+def parse_database_url(url, tls=False, ca_file=""):
     parsed = urlparse(url)
     if parsed.scheme not in ("mysql", "mysql+pymysql", "mariadb"):
         raise ValueError(f"DATABASE_URL must start with mysql://, got {url!r}")
@@ -108,6 +115,7 @@ def parse_database_url(url, tls=False):
         password=unquote(parsed.password or ""),
         database=(parsed.path or "/shop").lstrip("/") or "shop",
         tls=tls,
+        ca_file=ca_file,
     )
 
 
@@ -138,8 +146,22 @@ class Settings:
                 password=secret["password"],
                 database=self.values["DATABASE_NAME"],
                 tls=_truthy(self.values["DATABASE_TLS"]),
+                ca_file=self.tls_ca_file,
             )
-        return parse_database_url(self.values["DATABASE_URL"], tls=_truthy(self.values["DATABASE_TLS"]))
+        return parse_database_url(self.values["DATABASE_URL"], tls=_truthy(self.values["DATABASE_TLS"]),
+                                  ca_file=self.tls_ca_file)
+
+    @property
+    def app_database_user(self):
+        """(user, password) the migrate function gives the application, or None."""
+        if not self.values.get("APP_DATABASE_SECRET_ARN"):
+            return None
+        secret = _read_secret(self.values["APP_DATABASE_SECRET_ARN"], self.region)
+        return secret["username"], secret["password"]
+
+    @property
+    def tls_ca_file(self):
+        return self.values["TLS_CA_FILE"] or str(AWS_CA_BUNDLE)
 
     @property
     def redis_url(self):

@@ -9,6 +9,7 @@ import json
 import logging
 import queue
 import random
+import ssl
 import time
 
 from chalicelib.adapters.breaker import CircuitBreaker, CircuitOpen
@@ -59,7 +60,7 @@ class RedisGateway:
     """Every Redis call goes through `call`: short socket timeouts plus a
     breaker, so a dead Redis costs a request microseconds, not a timeout."""
 
-    def __init__(self, url, timeout=0.25, prefix="", max_connections=64):
+    def __init__(self, url, timeout=0.25, prefix="", max_connections=64, ca_file=None):
         import redis  # lazy: a third of app.py's import time; only paid once Redis is used
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -68,6 +69,10 @@ class RedisGateway:
         # Every key starts with `prefix`, so test runs share a Redis without touching each other.
         self.prefix = prefix
         self.breaker = CircuitBreaker("redis", failure_threshold=2, reset_after=1.0)
+        # rediss:// (ElastiCache in transit encryption): the server's certificate
+        # must chain to our CA file, not to whatever the OS happens to trust.
+        tls = {"ssl_ca_certs": ca_file, "ssl_cert_reqs": "required", "ssl_check_hostname": True,
+               "ssl_min_version": ssl.TLSVersion.TLSv1_2} if url.startswith("rediss://") and ca_file else {}
         # A bounded pool that waits for a free connection: many threads share
         # it (local server, benchmarks) without opening a connection each.
         pool = redis.BlockingConnectionPool.from_url(
@@ -78,6 +83,7 @@ class RedisGateway:
             socket_connect_timeout=timeout,
             health_check_interval=30,
             decode_responses=True,
+            **tls,
         )
         # No client-side retries (redis-py retries 3 times with backoff by
         # default): the breaker decides, and a dead Redis must cost one timeout.

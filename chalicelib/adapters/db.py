@@ -14,6 +14,7 @@ import pymysql.cursors
 
 from chalicelib.adapters.admission import InFlightLimit
 from chalicelib.adapters.breaker import CircuitBreaker, CircuitOpen
+from chalicelib.adapters.tls import client_context
 from chalicelib.domain.errors import ConcurrencyExhausted, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,7 @@ class Database:
             read_timeout=self.connect_timeout,
             write_timeout=self.connect_timeout,
             cursorclass=Cursor,
-            # RDS Proxy requires TLS; the Lambda runtime trusts the Amazon root CAs.
-            ssl={"check_hostname": True} if self.target.tls else None,
+            ssl=client_context(self.target.ca_file) if self.target.tls else None,
         )
 
     def close(self):

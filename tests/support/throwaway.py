@@ -62,17 +62,25 @@ class _Process:
 
 
 class ThrowawayRedis(_Process):
-    def __init__(self, port=None):
+    def __init__(self, port=None, tls=None):
+        """tls=(cert_file, key_file, ca_file): serve TLS only, as ElastiCache with
+        in-transit encryption does (no client certificates asked for)."""
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="throwaway-redis-")
+        self.tls = tls
 
     @property
     def url(self):
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def start(self, timeout=10):
+        listen = ["--port", str(self.port)]
+        if self.tls:
+            cert, key, ca = self.tls
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
+                      "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            ["redis-server", *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", self.dir, "--protected-mode", "no", "--maxmemory", "64mb"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -80,6 +88,8 @@ class ThrowawayRedis(_Process):
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    if self.tls:  # listening is enough; the test's client does the handshake
+                        return self
                     s.sendall(b"PING\r\n")
                     if s.recv(16).startswith(b"+PONG"):
                         return self
@@ -98,7 +108,8 @@ class ThrowawayRedis(_Process):
 class ThrowawayMariaDB(_Process):
     """mariadbd in a temporary datadir, root without password, small memory."""
 
-    def __init__(self, base_dir=None, port=None):
+    def __init__(self, base_dir=None, port=None, extra_args=()):
+        self.extra_args = list(extra_args)
         self.base = Path(base_dir or tempfile.mkdtemp(prefix="throwaway-mariadb-"))
         self.datadir = self.base / "data"
         self.port = port or free_port()
@@ -131,7 +142,7 @@ class ThrowawayMariaDB(_Process):
                  f"--pid-file={self.base}/pid", f"--log-error={self.log}",
                  "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M", "--innodb-log-buffer-size=4M",
                  "--key-buffer-size=1M", "--performance-schema=OFF", "--max-connections=200",
-                 "--innodb-lock-wait-timeout=10", "--innodb-flush-log-at-trx-commit=1"],
+                 "--innodb-lock-wait-timeout=10", "--innodb-flush-log-at-trx-commit=1", *self.extra_args],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
             while time.monotonic() < deadline and self.proc.poll() is None:
