@@ -17,7 +17,11 @@ Steps:
    - every function runs in the private subnets with the Lambda security group,
      active tracing, and the environment that points it at RDS Proxy, Redis (TLS),
      the queues and the database secret (DATABASE_SECRET_ARN; no credentials);
-   - every role the functions use gets the infra LambdaAccessPolicy;
+   - every function gets an IAM role of its own: LambdaBasePolicy plus the one
+     infra policy FUNCTION_POLICIES names for it (a function missing there fails
+     packaging), and Chalice's shared DefaultRole goes;
+   - the serving functions connect as the app database user, the migrate
+     function as the master (and creates the app user);
    - every API route except /health (and CORS preflight) requires an API key.
    Then it checks that no credential-looking value reached the template.
 4. Writes <out>/sam.json (+ <out>/deployment.zip), ready for
@@ -52,7 +56,17 @@ QUEUE_ENV = {q.setting: q.logical_id for q in QUEUE_TABLE}
 VISIBILITY_FACTOR = 6
 PUBLIC_PATHS = {"/health"}
 API_RESOURCE = "RestAPI"  # Chalice's logical id of the REST API
-ACCESS_POLICY = "LambdaAccessPolicy"
+BASE_POLICY = "LambdaBasePolicy"
+# Packaged function (Chalice's logical id) -> its policy in infra/template.yml.
+FUNCTION_POLICIES = {
+    "APIHandler": "ApiAccessPolicy",
+    "HandleOrderIngest": "OrderIngestAccessPolicy",
+    "HandleCacheInvalidation": "CacheInvalidationAccessPolicy",
+    "WarmCache": "WarmCacheAccessPolicy",
+    "Migrate": "MigrateAccessPolicy",
+}
+MIGRATE_FUNCTION = "Migrate"
+SAM_TRANSFORM = "AWS::Serverless-2016-10-31"
 # Lambda sets these itself and refuses a function that sets them.
 RESERVED_ENV = {"_HANDLER", "_X_AMZN_TRACE_ID", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EXECUTION_ENV",
                 "AWS_LAMBDA_FUNCTION_NAME", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION",
@@ -197,6 +211,8 @@ def admin_key_ids(plans):
 def build_merge_template(infra_path=INFRA_TEMPLATE, plans=None, with_api=True):
     """infra/ plus the generated API Gateway resources: what `--merge-template` gets."""
     template = load_template(infra_path)
+    # Chalice's merge would replace its own SAM transform; postprocess lists both.
+    template.pop("Transform", None)
     if with_api:
         plans = plans or load_plans()
         template["Resources"].update(api_gateway_resources(plans))
@@ -210,9 +226,14 @@ def build_merge_template(infra_path=INFRA_TEMPLATE, plans=None, with_api=True):
 
 
 # ------------------------------------------------------------------ post-processing
-def function_environment(plans):
+def function_environment(plans, logical_id=None):
+    if logical_id == MIGRATE_FUNCTION:
+        secrets = {"DATABASE_SECRET_ARN": {"Ref": "DatabaseSecret"},
+                   "APP_DATABASE_SECRET_ARN": {"Ref": "AppDatabaseSecret"}}
+    else:
+        secrets = {"DATABASE_SECRET_ARN": {"Ref": "AppDatabaseSecret"}}
     return {
-        "DATABASE_SECRET_ARN": {"Ref": "DatabaseSecret"},
+        **secrets,
         "DATABASE_HOST": {"Fn::GetAtt": ["DatabaseProxy", "Endpoint"]},
         "DATABASE_PORT": "3306",
         "DATABASE_NAME": {"Ref": "DatabaseName"},
@@ -251,11 +272,45 @@ def _consumer_timeouts(template):
     return timeouts
 
 
-def postprocess(template, plans, api_stage=None, queue_names=None):
+def function_role(policy):
+    return {
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "AssumeRolePolicyDocument": {"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]},
+            "ManagedPolicyArns": [{"Ref": BASE_POLICY}, {"Ref": policy}],
+        },
+    }
+
+
+def give_each_function_its_role(template):
+    """One role per function (FUNCTION_POLICIES), replacing the roles Chalice made."""
+    resources = template["Resources"]
+    replaced = set()
+    for logical_id, res in list(resources.items()):
+        if res["Type"] != "AWS::Serverless::Function":
+            continue
+        policy = FUNCTION_POLICIES.get(logical_id)
+        if policy is None:
+            raise SystemExit(f"{logical_id}: no IAM policy for this function; add it to FUNCTION_POLICIES in "
+                             "scripts/package.py and its policy to infra/template.yml")
+        role = res["Properties"].get("Role")
+        if isinstance(role, dict) and "Fn::GetAtt" in role:
+            replaced.add(role["Fn::GetAtt"][0])
+        resources[f"{logical_id}Role"] = function_role(policy)
+        res["Properties"]["Role"] = {"Fn::GetAtt": [f"{logical_id}Role", "Arn"]}
+    still_used = json.dumps({k: v for k, v in resources.items() if k not in replaced})
+    for role_id in replaced:
+        if f'"{role_id}"' not in still_used:
+            del resources[role_id]
+
+
+def postprocess(template, plans, api_stage=None, queue_names=None, infra=INFRA_TEMPLATE):
     """Mutate the packaged template in place; returns a list of notes (what was changed)."""
     notes = []
     resources = template["Resources"]
-    env = function_environment(plans)
+    template["Transform"] = [SAM_TRANSFORM] + [t for t in _infra_transforms(infra) if t != SAM_TRANSFORM]
+    give_each_function_its_role(template)
 
     for logical_id, res in resources.items():
         props = res.get("Properties", {})
@@ -282,16 +337,7 @@ def postprocess(template, plans, api_stage=None, queue_names=None):
                 del variables[name]
                 notes.append(f"WARNING {logical_id}: dropped reserved Lambda variable {name} "
                              "(set by Lambda; move it to the local stage in .chalice/config.json)")
-            variables.update(copy.deepcopy(env))
-            role = props.get("Role")
-            if isinstance(role, dict) and "Fn::GetAtt" in role:
-                role_res = resources.get(role["Fn::GetAtt"][0])
-                if role_res and role_res["Type"] == "AWS::IAM::Role":
-                    arns = role_res["Properties"].setdefault("ManagedPolicyArns", [])
-                    if {"Ref": ACCESS_POLICY} not in arns:
-                        arns.append({"Ref": ACCESS_POLICY})
-            else:
-                notes.append(f"WARNING {logical_id}: role {role!r} not managed here; attach {ACCESS_POLICY} yourself")
+            variables.update(copy.deepcopy(function_environment(plans, logical_id)))
         elif res["Type"] == "AWS::Lambda::EventSourceMapping":
             source = json.dumps(props.get("EventSourceArn"))
             if ":sqs:" in source or "Queue" in source:
@@ -325,6 +371,11 @@ def postprocess(template, plans, api_stage=None, queue_names=None):
                     notes.append(f"WARNING {method.upper()} {path}: had no api_key_required; added")
     check_no_credentials(template)
     return notes
+
+
+def _infra_transforms(infra_path=INFRA_TEMPLATE):
+    transform = load_template(infra_path).get("Transform") or []
+    return [transform] if isinstance(transform, str) else list(transform)
 
 
 _SECRET_NAMES = re.compile(r"(PASSWORD|SECRET_ACCESS_KEY|ACCESS_KEY_ID|AUTH_TOKEN|PRIVATE_KEY)$", re.I)
@@ -415,7 +466,7 @@ def package(stage="dev", out="build", project_dir=PROJECT_DIR, infra=INFRA_TEMPL
     run_chalice_package(project_dir, stage, merge_path, chalice_out)
     template = json.loads((chalice_out / "sam.json").read_text())
     notes = postprocess(template, plans, api_stage=api_stage_name(project_dir, stage),
-                        queue_names=stage_queue_names(project_dir, stage))
+                        queue_names=stage_queue_names(project_dir, stage), infra=infra)
     result = out / "sam.json"
     result.write_text(json.dumps(template, indent=2))
     shutil.copy(chalice_out / "deployment.zip", out / "deployment.zip")

@@ -35,7 +35,8 @@ DRIVER = ROOT / "tests" / "support" / "lambda_driver.py"
 RUNTIME_REQUIREMENTS = ROOT / "tests" / "support" / "lambda-runtime.txt"
 ADMIN_KEY_ID = "artifact-admin-key-id"
 # Template variables that name cloud resources; everything else is used as packaged.
-CLOUD_ENDPOINTS = {"ORDER_QUEUE_NAME", "INVALIDATION_QUEUE_NAME", "DATABASE_SECRET_ARN", "DATABASE_HOST",
+CLOUD_ENDPOINTS = {"ORDER_QUEUE_NAME", "INVALIDATION_QUEUE_NAME", "DATABASE_SECRET_ARN", "APP_DATABASE_SECRET_ARN",
+                   "DATABASE_HOST",
                    "DATABASE_PORT", "DATABASE_NAME", "DATABASE_TLS", "REDIS_URL", "AWS_ENDPOINT_URL",
                    "ADMIN_API_KEY_IDS"}
 
@@ -89,6 +90,8 @@ def local_endpoints(test_env):
         "ORDER_QUEUE_NAME": test_env["ORDER_QUEUE_NAME"],
         "INVALIDATION_QUEUE_NAME": test_env["INVALIDATION_QUEUE_NAME"],
         "DATABASE_SECRET_ARN": secret["ARN"],
+        # The app user is made on a throwaway server (test_tls_and_db_users), never on the shared one.
+        "APP_DATABASE_SECRET_ARN": "",
         "DATABASE_HOST": "127.0.0.1",
         "DATABASE_PORT": "3306",
         "DATABASE_NAME": test_env["DATABASE_URL"].rsplit("/", 1)[1],

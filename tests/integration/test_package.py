@@ -130,7 +130,7 @@ def test_lint_would_catch_a_broken_template(real_template, tmp_path):
 def test_one_template_holds_app_and_infra(real_template):
     path, template = real_template
     assert (path.parent / "deployment.zip").exists()
-    assert template["Transform"] == "AWS::Serverless-2016-10-31"
+    assert template["Transform"][0] == "AWS::Serverless-2016-10-31"
     types = {r["Type"] for r in template["Resources"].values()}
     for required in ("AWS::Serverless::Api", "AWS::Serverless::Function", "AWS::EC2::VPC", "AWS::RDS::DBInstance",
                      "AWS::RDS::DBProxy", "AWS::ElastiCache::ReplicationGroup", "AWS::SQS::Queue",
@@ -227,7 +227,7 @@ def test_queues_have_dlq_redrive_and_visibility_of_six_consumer_timeouts(package
 def test_tiny_app_visibility_follows_a_longer_consumer_timeout(tmp_path):
     template = {"Parameters": {"QueueVisibilityTimeout": {"Type": "Number", "Default": 360, "MinValue": 30},
                                "Stage": {"Type": "String", "Default": "dev"}},
-                "Resources": {"Consumer": {"Type": "AWS::Serverless::Function", "Properties": {
+                "Resources": {"HandleOrderIngest": {"Type": "AWS::Serverless::Function", "Properties": {
                     "Timeout": 120, "Role": "arn:aws:iam::123456789012:role/x",
                     "Events": {"Q": {"Type": "SQS", "Properties": {"Queue": "shop-order-ingest", "BatchSize": 10}}}}}}}
     package.postprocess(template, PLANS)
@@ -245,7 +245,7 @@ def test_plain_event_source_mappings_get_partial_batch_responses_too():
 
 def test_sqs_handler_on_an_unknown_queue_fails_packaging():
     template = {"Parameters": {"QueueVisibilityTimeout": {"Default": 360}, "Stage": {"Default": "dev"}},
-                "Resources": {"Consumer": {"Type": "AWS::Serverless::Function", "Properties": {
+                "Resources": {"HandleOrderIngest": {"Type": "AWS::Serverless::Function", "Properties": {
                     "Timeout": 60, "Events": {"Q": {"Type": "SQS", "Properties": {
                         "Queue": {"Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:no-such-queue"}}}}}}}}
     with pytest.raises(SystemExit, match="not an infra queue"):
@@ -259,15 +259,18 @@ def test_functions_run_in_the_vpc_with_secret_not_credentials(packaged):
         assert props["VpcConfig"]["SubnetIds"] == [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
         assert props["VpcConfig"]["SecurityGroupIds"] == [{"Ref": "LambdaSecurityGroup"}]
         env = props["Environment"]["Variables"]
-        assert env["DATABASE_SECRET_ARN"] == {"Ref": "DatabaseSecret"}
+        if name == "Migrate":  # the master, and the app user it creates
+            assert env["DATABASE_SECRET_ARN"] == {"Ref": "DatabaseSecret"}
+            assert env["APP_DATABASE_SECRET_ARN"] == {"Ref": "AppDatabaseSecret"}
+        else:
+            assert env["DATABASE_SECRET_ARN"] == {"Ref": "AppDatabaseSecret"}
+            assert "APP_DATABASE_SECRET_ARN" not in env
         assert env["DATABASE_HOST"] == {"Fn::GetAtt": ["DatabaseProxy", "Endpoint"]}
         assert env["REDIS_URL"]["Fn::Sub"].startswith("rediss://")  # TLS: transit encryption is on
         assert env["ORDER_QUEUE_NAME"] == {"Fn::GetAtt": ["OrderIngestQueue", "QueueName"]}
         assert "DATABASE_URL" not in env
         assert not (set(env) & package.RESERVED_ENV), name
         assert env["ADMIN_API_KEY_IDS"] == {"Fn::Join": [",", [{"Ref": "ApiKeyAdmin"}]]}
-        role = template["Resources"][props["Role"]["Fn::GetAtt"][0]]
-        assert {"Ref": "LambdaAccessPolicy"} in role["Properties"]["ManagedPolicyArns"]
     text = json.dumps(template)
     for needle in ("shop-local-", "AWS_SECRET_ACCESS_KEY", "MasterUserPassword\": \"", "root:@"):
         assert needle not in text, needle
@@ -347,3 +350,80 @@ def _error_classes():
         seen.append(cls)
         todo.extend(cls.__subclasses__())
     return seen
+
+
+# ------------------------------------------------------------------ least privilege
+def test_each_function_has_a_role_of_its_own_with_only_its_policy(packaged):
+    _, template = packaged
+    resources = template["Resources"]
+    roles = {name: fn["Properties"]["Role"]["Fn::GetAtt"][0] for name, fn in functions(template).items()}
+    assert len(set(roles.values())) == len(roles)  # no role shared
+    for name, role_id in roles.items():
+        assert resources[role_id]["Properties"]["ManagedPolicyArns"] == [
+            {"Ref": "LambdaBasePolicy"}, {"Ref": package.FUNCTION_POLICIES[name]}]
+        assert "Policies" not in resources[role_id]["Properties"]
+    assert "DefaultRole" not in resources  # Chalice's role with sqs:* on "*"
+
+
+def statements(template, policy):
+    return {st["Sid"]: st for st in template["Resources"][policy]["Properties"]["PolicyDocument"]["Statement"]}
+
+
+def test_policies_grant_each_function_only_what_it_uses(real_template):
+    _, template = real_template
+    text = json.dumps
+    api = statements(template, "ApiAccessPolicy")
+    assert set(api) == {"ReadAppDatabaseSecret", "SendToQueues"}
+    assert api["ReadAppDatabaseSecret"]["Resource"] == {"Ref": "AppDatabaseSecret"}
+    assert "sqs:ReceiveMessage" not in text(api)
+    ingest = statements(template, "OrderIngestAccessPolicy")
+    assert ingest["ConsumeOrderQueue"]["Resource"] == {"Fn::GetAtt": ["OrderIngestQueue", "Arn"]}
+    assert ingest["SendInvalidations"]["Resource"] == {"Fn::GetAtt": ["CacheInvalidationQueue", "Arn"]}
+    invalidation = statements(template, "CacheInvalidationAccessPolicy")
+    assert invalidation["ConsumeInvalidationQueue"]["Resource"] == {"Fn::GetAtt": ["CacheInvalidationQueue", "Arn"]}
+    assert "sqs:SendMessage" not in text(invalidation)
+    assert set(statements(template, "WarmCacheAccessPolicy")) == {"ReadAppDatabaseSecret"}
+    # Only the migrate function may read the master secret.
+    for policy in package.FUNCTION_POLICIES.values():
+        reads_master = '{"Ref": "DatabaseSecret"}' in text(statements(template, policy))
+        assert reads_master == (policy == "MigrateAccessPolicy"), policy
+    for st in statements(template, "LambdaBasePolicy").values():
+        assert not any(action.startswith(("sqs:", "secretsmanager:")) for action in st["Action"])
+
+
+def test_a_function_without_a_policy_fails_packaging():
+    template = {"Resources": {"Surprise": {"Type": "AWS::Serverless::Function", "Properties": {
+        "Role": {"Fn::GetAtt": ["DefaultRole", "Arn"]}}}}}
+    with pytest.raises(SystemExit, match="no IAM policy for this function"):
+        package.postprocess(template, PLANS)
+
+
+def test_database_users_rotation_and_deletion_protection(real_template):
+    _, template = real_template
+    params, resources = template["Parameters"], template["Resources"]
+    assert template["Transform"] == ["AWS::Serverless-2016-10-31", "AWS::SecretsManager-2024-09-16"]
+    assert params["DatabaseDeletionProtection"]["Default"] == "true"
+    assert resources["Database"]["Properties"]["DeletionProtection"] == {"Fn::If": ["IsDeletionProtected", True, False]}
+    assert params["DatabaseMasterUsername"]["Default"] != params["DatabaseAppUsername"]["Default"]
+    rotations = {r["Properties"]["SecretId"]["Ref"]: r["Properties"] for r in resources.values()
+                 if r["Type"] == "AWS::SecretsManager::RotationSchedule"}
+    assert rotations["DatabaseSecret"]["HostedRotationLambda"]["RotationType"] == "MySQLSingleUser"
+    # Two alternating users: environments holding the previous password keep working.
+    assert rotations["AppDatabaseSecret"]["HostedRotationLambda"]["RotationType"] == "MySQLMultiUser"
+    assert rotations["AppDatabaseSecret"]["HostedRotationLambda"]["MasterSecretArn"] == {"Ref": "DatabaseSecret"}
+    assert "masterarn" in resources["AppDatabaseSecret"]["Properties"]["GenerateSecretString"]["SecretStringTemplate"]["Fn::Sub"]
+    proxy_secrets = [a["SecretArn"] for a in resources["DatabaseProxy"]["Properties"]["Auth"]]
+    assert proxy_secrets == [{"Ref": "DatabaseSecret"}, {"Ref": "AppDatabaseSecret"}]
+
+
+def test_the_package_ships_the_amazon_root_cas_it_verifies_against(real_template):
+    import zipfile
+
+    path, _ = real_template
+    with zipfile.ZipFile(path.parent / "deployment.zip") as zf:
+        shipped = zf.read("chalicelib/certs/aws-trust.pem").decode()
+    assert shipped == (ROOT / "chalicelib" / "certs" / "aws-trust.pem").read_text()
+    assert shipped.count("BEGIN CERTIFICATE") == 5
+    from scripts import aws_ca_bundle
+
+    assert shipped == aws_ca_bundle.bundle_text()  # the same roots as the locked certifi's
