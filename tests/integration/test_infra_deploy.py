@@ -10,6 +10,7 @@ UsagePlanKey resources replayed as the equivalent boto3 calls.
 
 The endpoint is $AWS_ENDPOINT_URL (default http://127.0.0.1:4566); if nothing
 answers there, this module starts its own `python -m moto.server` on a free port."""
+import copy
 import json
 import os
 import re
@@ -24,7 +25,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from scripts import package
+from chalicelib.entrypoints import schema
+from scripts import deploy, package
 
 ROOT = Path(__file__).resolve().parents[2]
 PLANS = json.loads((ROOT / "chalicelib" / "usage_plans.json").read_text())
@@ -163,7 +165,7 @@ def replay_api_gateway(apigw, resources, params, rest_api_id, stage_name):
 
 # ------------------------------------------------------------------ the deployment
 @pytest.fixture(scope="module")
-def deployed(endpoint):
+def deployed(endpoint, test_env, tmp_path_factory):
     run = uuid.uuid4().hex[:8]
     template = package.build_merge_template(plans=PLANS)
     params = {p: spec.get("Default") for p, spec in template["Parameters"].items()}
@@ -172,15 +174,20 @@ def deployed(endpoint):
     subset = supported_subset(template)
     cfn = _client("cloudformation", endpoint)
     stack_name = f"shop-infra-test-{run}"
-    cfn.create_stack(StackName=stack_name, TemplateBody=json.dumps(subset),
-                     Parameters=[{"ParameterKey": k, "ParameterValue": str(params[k])}
-                                 for k in ("Stage", "QueuePrefix", "QueueVisibilityTimeout", "MaxReceiveCount")])
-    deadline = time.time() + 60
-    while True:
-        stack = cfn.describe_stacks(StackName=stack_name)["Stacks"][0]
-        if not stack["StackStatus"].endswith("IN_PROGRESS") or time.time() > deadline:
-            break
-        time.sleep(0.5)
+    config = {"stack_name": stack_name, "region": "us-east-1", "artifact_bucket": None,
+              "parameters": {k: params[k] for k in ("Stage", "QueuePrefix", "QueueVisibilityTimeout", "MaxReceiveCount")}}
+    zip_path = tmp_path_factory.mktemp("deploy") / "deployment.zip"
+    zip_path.write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip: the subset has no functions
+    clients = {name: _client(name, endpoint) for name in ("s3", "cloudformation", "lambda", "sts")}
+    migrations = []
+
+    def migrate(stack):  # the packaged function itself is run from the artifact in test_artifact.py
+        migrations.append(stack)
+        return schema.handle_migrate({})
+
+    first = deploy.deploy(copy.deepcopy(config), copy.deepcopy(subset), zip_path, clients, migrate=migrate,
+                          poll_seconds=0.2, say=lambda line: None)
+    stack = cfn.describe_stacks(StackName=stack_name)["Stacks"][0]
 
     apigw = _client("apigateway", endpoint)
     api = apigw.create_rest_api(name=f"shop-test-{run}")
@@ -193,7 +200,8 @@ def deployed(endpoint):
     ids = replay_api_gateway(apigw, api_resources, params, api["id"], params["Stage"])
 
     yield {"stack": stack, "stack_name": stack_name, "subset": subset, "params": params, "api_id": api["id"],
-           "ids": ids, "endpoint": endpoint, "template": template}
+           "ids": ids, "endpoint": endpoint, "template": template, "first_deploy": first, "config": config,
+           "zip": zip_path, "clients": clients, "migrate": migrate, "migrations": migrations}
 
     for logical_id, res in api_resources.items():
         if res["Type"] == "AWS::ApiGateway::UsagePlan":
@@ -277,3 +285,47 @@ def test_each_plan_has_its_enabled_api_key(deployed):
         key = apigw.get_api_key(apiKey=keys[0]["id"], includeValue=True)
         assert key["enabled"] is True
         assert key["value"] and not key["value"].startswith("shop-local-")  # generated, not the local key
+
+
+# ------------------------------------------------------------------ make deploy (scripts/deploy.py)
+def test_deploy_creates_the_stack_from_uploaded_artifacts_then_migrates(deployed):
+    first, s3 = deployed["first_deploy"], deployed["clients"]["s3"]
+    assert first["stack"] == "created"
+    assert deployed["migrations"] == [deployed["stack_name"]]
+    assert first["migrate"] == {"applied": []}  # the session's database is already migrated
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=first["bucket"])["Contents"]}
+    assert any(k.startswith(f"{deployed['stack_name']}/code-") for k in keys)
+    assert first["template_url"].rsplit("/", 2)[-2:] == [deployed["stack_name"],
+                                                         next(k.split("/")[1] for k in keys if "/template-" in k)]
+    assert s3.get_bucket_versioning(Bucket=first["bucket"])["Status"] == "Enabled"
+
+
+def test_deploy_again_without_changes_uploads_nothing_and_still_migrates(deployed):
+    s3, first = deployed["clients"]["s3"], deployed["first_deploy"]
+    before = s3.list_objects_v2(Bucket=first["bucket"])["KeyCount"]
+    again = deploy.deploy(copy.deepcopy(deployed["config"]), copy.deepcopy(deployed["subset"]), deployed["zip"],
+                          deployed["clients"], migrate=deployed["migrate"], poll_seconds=0.2, say=lambda line: None)
+    assert again["stack"] == "unchanged"
+    assert s3.list_objects_v2(Bucket=first["bucket"])["KeyCount"] == before
+    assert deployed["migrations"][-1] == deployed["stack_name"] and len(deployed["migrations"]) >= 2
+
+
+def test_deploy_with_a_changed_parameter_updates_the_stack(deployed):
+    config = copy.deepcopy(deployed["config"])
+    config["parameters"]["MaxReceiveCount"] = 7
+    changed = deploy.deploy(config, copy.deepcopy(deployed["subset"]), deployed["zip"], deployed["clients"],
+                            migrate=deployed["migrate"], poll_seconds=0.2, say=lambda line: None)
+    assert changed["stack"] == "updated"
+    stack = deployed["clients"]["cloudformation"].describe_stacks(StackName=deployed["stack_name"])["Stacks"][0]
+    assert {p["ParameterKey"]: p["ParameterValue"] for p in stack["Parameters"]}["MaxReceiveCount"] == "7"
+
+
+def test_every_stage_in_the_deploy_config_names_parameters_the_template_has(deployed):
+    stages = json.loads(deploy.CONFIG.read_text())["stages"]
+    assert {"dev", "prod"} <= set(stages)
+    for stage in stages:
+        config = deploy.stage_config(stage)
+        assert set(config["parameters"]) <= set(deployed["template"]["Parameters"]), stage
+    assert deploy.stage_config("prod")["parameters"]["DatabaseDeletionProtection"] == "true"
+    with pytest.raises(SystemExit, match="not in"):
+        deploy.stage_config("staging-typo")

@@ -391,6 +391,11 @@ def test_policies_grant_each_function_only_what_it_uses(real_template):
         assert not any(action.startswith(("sqs:", "secretsmanager:")) for action in st["Action"])
 
 
+def test_the_migrate_function_may_run_for_the_longest_lambda_allows(real_template):
+    _, template = real_template
+    assert template["Resources"]["Migrate"]["Properties"]["Timeout"] == 900  # an ALTER on a big table
+
+
 def test_a_function_without_a_policy_fails_packaging():
     template = {"Resources": {"Surprise": {"Type": "AWS::Serverless::Function", "Properties": {
         "Role": {"Fn::GetAtt": ["DefaultRole", "Arn"]}}}}}
