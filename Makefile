@@ -4,6 +4,7 @@
 #   make queues     queue and DLQ depths, DLQ bodies      make redrive   DLQ -> source queue
 #   make seed       add missing demo products             make package   deployment package
 #   make deploy STAGE=dev|prod   package, deploy the stack (infra/deploy.json), run the migrations
+#   make clients    API clients and keys (ARGS="add NAME --plan P" | "rotate NAME" | "revoke NAME [--key N]")
 #   make lock       re-pin requirements*.txt (with hashes) from requirements*.in
 #   make bench-orders | bench-search | bench-ingest  (ARGS passed through)
 
@@ -27,10 +28,10 @@ export AWS_SECRET_ACCESS_KEY ?= test
 export AWS_DEFAULT_REGION ?= us-east-1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv run test chromium setup queues redrive seed package deploy lock bench-orders bench-search bench-ingest clean-venv
+.PHONY: help venv run test chromium setup queues redrive seed package deploy clients lock bench-orders bench-search bench-ingest clean-venv
 
 help:
-	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
 
 # Re-installs only when a lock file changed (or the venv is new). The lock files
 # pin every package with its hashes: pip refuses anything else.
@@ -72,6 +73,9 @@ deploy: $(STAMP)
 	@test -n "$(STAGE)" || { echo "usage: make deploy STAGE=dev|prod (stages: infra/deploy.json)"; exit 2; }
 	env $(if $(filter test,$(AWS_ACCESS_KEY_ID)),-u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY) \
 	    $(PY) scripts/deploy.py --stage $(STAGE) $(ARGS)
+
+clients: $(STAMP)
+	@$(PY) scripts/clients.py $(ARGS)
 
 # pip-tools in a venv of its own; the .in files are the ones to edit.
 LOCK_FLAGS := --generate-hashes --no-strip-extras --no-emit-index-url --no-emit-find-links -q

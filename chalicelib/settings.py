@@ -42,7 +42,8 @@ DEFAULTS = {
     "INVENTORY_STRATEGY": "guarded",
     "APP_RATE_LIMIT": "true",
     "APP_API_KEYS": "true",
-    "ADMIN_API_KEY_IDS": "",
+    # In AWS: "<API Gateway key id>=<client>,..." (the package fills it); see chalicelib/domain/clients.py.
+    "API_KEY_CLIENTS": "",
     "PORT": "8000",
     "DATABASE_SECRET_ARN": "",
     # Only the migrate function's: the app user it creates (secret's username and password).
@@ -220,19 +221,40 @@ class Settings:
         return load_plans()["plans"]
 
     @property
-    def api_keys(self):
-        """Key -> plan name. Locally from configuration; in the cloud API Gateway checks keys."""
-        return load_plans()["local_keys"]
+    def clients(self):
+        return client_registry()
+
+    @property
+    def api_key_clients(self):
+        from chalicelib.domain.clients import parse_key_clients
+
+        return parse_key_clients(self.values["API_KEY_CLIENTS"])
 
 
-_plans_cache = None
+_plans_cache = (None, None)
 
 
 def load_plans():
+    """chalicelib/usage_plans.json, read again when it changes (a local key
+    revoked with scripts/clients.py stops working without a restart)."""
     global _plans_cache
-    if _plans_cache is None:
-        _plans_cache = json.loads(PLANS_FILE.read_text())
-    return _plans_cache
+    mtime = PLANS_FILE.stat().st_mtime_ns
+    if _plans_cache[0] != mtime:
+        _plans_cache = (mtime, json.loads(PLANS_FILE.read_text()))
+    return _plans_cache[1]
+
+
+_registry_cache = (None, None)
+
+
+def client_registry():
+    global _registry_cache
+    from chalicelib.domain.clients import ClientRegistry
+
+    definitions = load_plans()
+    if _registry_cache[0] is not definitions:
+        _registry_cache = (definitions, ClientRegistry(definitions))
+    return _registry_cache[1]
 
 
 _settings = None

@@ -182,11 +182,12 @@ def wait_for_health(url, child, timeout=60):
 
 
 def banner(url, settings, pollers):
-    keys = settings.api_keys
-    lines = ["", "=" * 72, f"  shop API (stage local): {url}", f"  AWS endpoint: {settings.aws_endpoint_url}", "  API keys:"]
-    lines += [f"    {key}  (plan {plan})" for key, plan in keys.items()]
+    keys = settings.clients.local_keys()
+    lines = ["", "=" * 72, f"  shop API (stage local): {url}", f"  AWS endpoint: {settings.aws_endpoint_url}",
+             "  API keys (one per client; scripts/clients.py adds, rotates, revokes):"]
+    lines += [f"    {key}  (client {c.client}, plan {c.plan})" for key, c in keys.items()]
     lines.append("  SQS pollers: " + (", ".join(pollers) if pollers else "none (no handlers in app.py yet)"))
-    admin = next((k for k, p in keys.items() if p == "admin"), None)
+    admin = next((k for k, c in keys.items() if c.admin), None)
     lines += [f"  try: curl {url}/health",
               f"       curl -H 'x-api-key: {admin}' '{url}/products/search?q=phone'",
               "  Ctrl-C stops everything this command started.", "=" * 72, ""]

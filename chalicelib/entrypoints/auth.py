@@ -1,24 +1,27 @@
-"""API keys and plans. Locally the keys come from configuration; in the cloud
-API Gateway has already checked the key, and the admin plan is recognised by
-the key id listed in ADMIN_API_KEY_IDS."""
+"""Who is calling (chalicelib/domain/clients.py). Locally the app checks the
+key against the client definitions; in the cloud API Gateway has checked it
+and the handler gets the key's id, which API_KEY_CLIENTS maps to its client."""
 from chalicelib.domain.errors import Forbidden
+from chalicelib.ops.logs import logger
 
 
-def plan_for_request(settings, headers, context):
-    """The caller's plan name, or Forbidden."""
-    key = headers.get("x-api-key")
+def caller_for_request(settings, headers, context):
+    """The Caller, or Forbidden."""
+    registry = settings.clients
     if settings.api_keys_enabled:
-        plan = settings.api_keys.get(key or "")
-        if plan is None:
+        caller = registry.local_keys().get(headers.get("x-api-key") or "")
+        if caller is None:
             raise Forbidden("A valid x-api-key header is required.")
-        return key, plan
+        return caller
     key_id = (context.get("identity") or {}).get("apiKeyId") or ""
-    admin_ids = {k for k in (settings.get("ADMIN_API_KEY_IDS") or "").split(",") if k}
-    if not key and not key_id:
+    if not key_id:
         raise Forbidden("A valid x-api-key header is required.")
-    return key or key_id, "admin" if key_id in admin_ids else "standard"
+    caller = registry.cloud_caller(key_id, settings.api_key_clients)
+    if caller.client.startswith("key:"):
+        logger.warning("API key not in the client definitions", extra={"api_key_id": key_id})
+    return caller
 
 
-def require_admin(plan):
-    if plan != "admin":
+def require_admin(caller):
+    if not caller.admin:
         raise Forbidden("This route needs an admin API key.")

@@ -1,6 +1,7 @@
 """The one place HTTP concerns live: API key and plan check, rate limit,
 JSON body parsing, mapping every exception to the docs/api.md error body, metrics.
 Route modules in chalicelib/entrypoints/routes/ declare views with `endpoint`."""
+import contextvars
 import functools
 import json
 import time
@@ -23,6 +24,13 @@ from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import emit
 
 MAX_BODY_BYTES = 1_000_000
+# The Caller (chalicelib/domain/clients.py) of the request being served; None on public routes.
+_caller = contextvars.ContextVar("caller", default=None)
+
+
+def current_caller():
+    return _caller.get()
+
 # Bodies are parsed as JSON whatever the client labels them, so a wrong label
 # gets our VALIDATION_ERROR body instead of Chalice's own 415 shape.
 ACCEPTED_CONTENT_TYPES = ["application/json", "text/plain", "application/x-www-form-urlencoded",
@@ -100,16 +108,21 @@ def endpoint(routes, path, methods=("GET",), admin=False, public=False, check_ke
             route = f"{request.method} {path}"
             try:
                 bootstrap.refuse_if_misconfigured()
+                caller = None
                 if not public and check_key_in_app:
                     settings = bootstrap.settings()
-                    key, plan = auth.plan_for_request(settings, request.headers, request.context or {})
+                    caller = auth.caller_for_request(settings, request.headers, request.context or {})
                     if settings.rate_limit_enabled:
-                        allowed, retry_after = bootstrap.rate_limiter().check(key, plan)
+                        allowed, retry_after = bootstrap.rate_limiter().check(caller.key_id, caller.plan)
                         if not allowed:
                             raise RateLimited("Too many requests for this API key.", retry_after=retry_after)
                     if admin:
-                        auth.require_admin(plan)
-                result = view(request, *args, **kwargs)
+                        auth.require_admin(caller)
+                token = _caller.set(caller)
+                try:
+                    result = view(request, *args, **kwargs)
+                finally:
+                    _caller.reset(token)
                 if isinstance(result, Response):
                     response = result
                     response.headers["X-Request-Id"] = request_id

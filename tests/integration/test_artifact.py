@@ -33,12 +33,12 @@ from tests.conftest import ROOT
 EVENTS = ROOT / "events"
 DRIVER = ROOT / "tests" / "support" / "lambda_driver.py"
 RUNTIME_REQUIREMENTS = ROOT / "tests" / "support" / "lambda-runtime.txt"
-ADMIN_KEY_ID = "artifact-admin-key-id"
+ADMIN_KEY_ID, STANDARD_KEY_ID = "artifact-admin-key-id", "artifact-standard-key-id"
 # Template variables that name cloud resources; everything else is used as packaged.
 CLOUD_ENDPOINTS = {"ORDER_QUEUE_NAME", "INVALIDATION_QUEUE_NAME", "DATABASE_SECRET_ARN", "APP_DATABASE_SECRET_ARN",
                    "DATABASE_HOST",
                    "DATABASE_PORT", "DATABASE_NAME", "DATABASE_TLS", "REDIS_URL", "AWS_ENDPOINT_URL",
-                   "ADMIN_API_KEY_IDS"}
+                   "API_KEY_CLIENTS"}
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,8 @@ def local_endpoints(test_env):
         # a prefix of its own under the session's: what the packaged functions write is told apart
         "REDIS_KEY_PREFIX": test_env["REDIS_KEY_PREFIX"] + "artifact:",
         "AWS_ENDPOINT_URL": test_env["AWS_ENDPOINT_URL"],
-        "ADMIN_API_KEY_IDS": ADMIN_KEY_ID,
+        # What the template's Fn::Join gives once API Gateway has made the keys.
+        "API_KEY_CLIENTS": f"{ADMIN_KEY_ID}=admin,{STANDARD_KEY_ID}=dev",
         # The package's cloud stage refuses loopback endpoints; this run means them.
         "ALLOW_LOOPBACK_ENDPOINTS": "true",
     }
@@ -206,7 +207,7 @@ def proxy_event(method, path, body=None, query=None, admin=False, key="shop-prod
     context = event["requestContext"]
     context.update({"resourcePath": resource, "httpMethod": method, "path": "/prod" + path, "stage": "prod",
                     "requestId": str(uuid.uuid4())})
-    context["identity"].update({"apiKey": key, "apiKeyId": ADMIN_KEY_ID if admin else "standard-key-id"})
+    context["identity"].update({"apiKey": key, "apiKeyId": ADMIN_KEY_ID if admin else STANDARD_KEY_ID})
     return event
 
 

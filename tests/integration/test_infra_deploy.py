@@ -274,17 +274,16 @@ def test_usage_plans_exist_with_the_configured_limits(deployed):
         assert got["apiStages"] == [{"apiId": deployed["api_id"], "stage": stage}]
 
 
-def test_each_plan_has_its_enabled_api_key(deployed):
+def test_each_client_has_its_enabled_api_key_on_its_plan(deployed):
     apigw = _client("apigateway", deployed["endpoint"])
     stage = deployed["params"]["Stage"]
-    for name in PLANS["plans"]:
-        suffix = package.logical_suffix(name)
-        plan_id = deployed["ids"][f"UsagePlan{suffix}"]
-        keys = apigw.get_usage_plan_keys(usagePlanId=plan_id)["items"]
-        assert [k["name"] for k in keys] == [f"shop-{stage}-{name}"]
-        key = apigw.get_api_key(apiKey=keys[0]["id"], includeValue=True)
-        assert key["enabled"] is True
-        assert key["value"] and not key["value"].startswith("shop-local-")  # generated, not the local key
+    for name, client in PLANS["clients"].items():
+        plan_id = deployed["ids"][f"UsagePlan{package.logical_suffix(client['plan'])}"]
+        names = {k["name"]: k["id"] for k in apigw.get_usage_plan_keys(usagePlanId=plan_id)["items"]}
+        for generation in client["keys"]:
+            key = apigw.get_api_key(apiKey=names[f"shop-{stage}-{name}-{generation}"], includeValue=True)
+            assert key["enabled"] is True
+            assert key["value"] and not key["value"].startswith("shop-local-")  # generated, not the local key
 
 
 # ------------------------------------------------------------------ make deploy (scripts/deploy.py)

@@ -1,0 +1,83 @@
+"""Who calls: API clients, each with its own keys on a plan.
+
+Clients are defined with the plans in chalicelib/usage_plans.json
+(`scripts/clients.py` adds, rotates and revokes them). A client has live key
+generations (`keys`; two during a rotation) and `revoked` ones that never
+come back. The caller's identity is the key's id: in AWS API Gateway's
+`requestContext.identity.apiKeyId`, mapped to its client by API_KEY_CLIENTS
+(the package fills it from the generated keys); locally the same id comes from
+the same definitions, with a key value derived from client and generation.
+Orders belong to the client (stable across rotations), not to one key. Pure."""
+import re
+from dataclasses import dataclass
+
+CLIENT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+LOCAL_KEY = "shop-local-{client}-key-{generation:04d}"
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: str
+    client: str
+    plan: str
+    admin: bool
+
+
+def local_key_id(client, generation):
+    return f"local-{client}-{generation}"
+
+
+class ClientDefinitionError(ValueError):
+    pass
+
+
+def validate(definitions):
+    """The definitions as the app and the package read them, or ClientDefinitionError."""
+    plans, clients = definitions.get("plans") or {}, definitions.get("clients") or {}
+    for name, client in clients.items():
+        if not CLIENT_NAME.match(name):
+            raise ClientDefinitionError(f"client name {name!r}: lower-case letters, digits and '-', at most 40")
+        if client.get("plan") not in plans:
+            raise ClientDefinitionError(f"client {name}: unknown plan {client.get('plan')!r}")
+        keys, revoked = client.get("keys", []), client.get("revoked", [])
+        generations = keys + revoked
+        if not all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in generations):
+            raise ClientDefinitionError(f"client {name}: key generations are positive integers")
+        if len(set(generations)) != len(generations):
+            raise ClientDefinitionError(f"client {name}: a generation is listed twice (live and revoked?)")
+    return definitions
+
+
+class ClientRegistry:
+    def __init__(self, definitions):
+        validate(definitions)
+        self.plans = definitions["plans"]
+        self.clients = definitions.get("clients", {})
+
+    def caller(self, key_id, client):
+        plan = self.clients[client]["plan"]
+        return Caller(key_id=key_id, client=client, plan=plan, admin=bool(self.plans[plan].get("admin")))
+
+    def live_keys(self):
+        """(client, generation) of every key that may call."""
+        return [(name, g) for name, c in self.clients.items() for g in sorted(c.get("keys", []))]
+
+    def local_keys(self):
+        """Local key value -> Caller (the local stage checks keys itself)."""
+        return {LOCAL_KEY.format(client=client, generation=g): self.caller(local_key_id(client, g), client)
+                for client, g in self.live_keys()}
+
+    def cloud_caller(self, key_id, key_clients):
+        """The Caller for an API Gateway key id; `key_clients` maps key id -> client
+        (API_KEY_CLIENTS). A key API Gateway let through but the definitions do
+        not know (made by hand) is a standard-plan client of its own."""
+        client = key_clients.get(key_id)
+        if client in self.clients:
+            return self.caller(key_id, client)
+        return Caller(key_id=key_id, client=f"key:{key_id}", plan="standard", admin=False)
+
+
+def parse_key_clients(text):
+    """API_KEY_CLIENTS ("<key id>=<client>,...") -> {key id: client}."""
+    pairs = (item.split("=", 1) for item in (text or "").split(",") if "=" in item)
+    return {key_id.strip(): client.strip() for key_id, client in pairs if key_id.strip()}
