@@ -113,10 +113,10 @@ def batch_store():
     return _once("batch_store", lambda: BatchStore(database()))
 
 
-def submit_async_batch(body):
+def submit_async_batch(body, client):
     from chalicelib.service.async_orders import submit
 
-    return submit(body, publisher(), batch_store(), settings().get("ORDER_QUEUE_NAME"))
+    return submit(body, publisher(), batch_store(), settings().get("ORDER_QUEUE_NAME"), client)
 
 
 def order_ingest():

@@ -9,12 +9,12 @@ class BatchStore:
         self.db = db
 
     @staticmethod
-    def _ensure(cur, batch_id, order_count):
-        cur.execute("INSERT INTO batches (id, order_count, status) VALUES (%s, %s, 'queued') "
-                    "ON DUPLICATE KEY UPDATE id = id", (batch_id, order_count))
+    def _ensure(cur, batch_id, order_count, client):
+        cur.execute("INSERT INTO batches (id, client, order_count, status) VALUES (%s, %s, %s, 'queued') "
+                    "ON DUPLICATE KEY UPDATE id = id", (batch_id, client, order_count))
 
-    def ensure(self, batch_id, order_count):
-        self.db.run(lambda cur: self._ensure(cur, batch_id, order_count))
+    def ensure(self, batch_id, order_count, client=""):
+        self.db.run(lambda cur: self._ensure(cur, batch_id, order_count, client))
 
     def recorded_positions(self, batch_id, positions):
         if not positions:
@@ -24,7 +24,7 @@ class BatchStore:
                              [batch_id, *positions])
         return {row["position"] for row in rows}
 
-    def record(self, batch_id, order_count, results):
+    def record(self, batch_id, order_count, results, client=""):
         """Record {position: OrderResult} for the batch (creating its row if needed) and
         bring its status up to date, in one transaction. Returns the status.
 
@@ -32,7 +32,7 @@ class BatchStore:
         race, the first recorded result stays (the other is a replay of it)."""
 
         def work(cur):
-            self._ensure(cur, batch_id, order_count)
+            self._ensure(cur, batch_id, order_count, client)
             # Serialises the writers of one batch so the count below is exact.
             cur.execute("SELECT order_count FROM batches WHERE id = %s FOR UPDATE", (batch_id,))
             expected = cur.fetchone()["order_count"]
@@ -51,15 +51,17 @@ class BatchStore:
 
         return self.db.run(work)
 
-    def get(self, batch_id):
-        """API body for GET /batches/{batch_id}; BatchNotFound if unknown."""
+    def get(self, batch_id, owner=None):
+        """API body for GET /batches/{batch_id}; BatchNotFound if unknown or
+        another client's (`owner` None: any client's)."""
         if not isinstance(batch_id, str) or not 1 <= len(batch_id) <= 64:
             raise BatchNotFound(f"Batch {batch_id} does not exist.", batch_id=batch_id)
 
         def work(cur):
-            cur.execute("SELECT id, order_count, created_at, updated_at FROM batches WHERE id = %s", (batch_id,))
+            cur.execute("SELECT id, client, order_count, created_at, updated_at FROM batches WHERE id = %s",
+                        (batch_id,))
             batch = cur.fetchone()
-            if batch is None:
+            if batch is None or (owner is not None and batch["client"] != owner):
                 raise BatchNotFound(f"Batch {batch_id} does not exist.", batch_id=batch_id)
             cur.execute("SELECT result FROM batch_results WHERE batch_id = %s ORDER BY position", (batch_id,))
             return batch, [json.loads(row["result"]) for row in cur.fetchall()]

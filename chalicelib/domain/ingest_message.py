@@ -9,10 +9,12 @@ from chalicelib.domain.errors import PayloadTooLarge, ValidationError
 ORDERS_PER_MESSAGE = 10
 # SQS takes 256 KiB per message (and per SendMessageBatch call); keep a margin.
 MAX_MESSAGE_BYTES = 200_000
-MESSAGE_FIELDS = ("batch_id", "orders", "positions", "order_count", "enqueued_at")
+# `client`: the API client that owns the orders (set by POST /orders/batch?mode=async;
+# a producer writing to the queue directly may name one; absent: admin-only orders).
+MESSAGE_FIELDS = ("batch_id", "orders", "positions", "order_count", "enqueued_at", "client")
 
 
-def chunk_messages(batch_id, orders, enqueued_at=None):
+def chunk_messages(batch_id, orders, enqueued_at=None, client=""):
     """Message bodies of <= 10 orders (and <= MAX_MESSAGE_BYTES) each, in batch order."""
     enqueued_at = time.time() if enqueued_at is None else enqueued_at
     messages, current, positions = [], [], []
@@ -20,7 +22,7 @@ def chunk_messages(batch_id, orders, enqueued_at=None):
     def flush():
         if current:
             messages.append({"batch_id": batch_id, "orders": list(current), "positions": list(positions),
-                             "order_count": len(orders), "enqueued_at": enqueued_at})
+                             "order_count": len(orders), "enqueued_at": enqueued_at, "client": client})
             current.clear()
             positions.clear()
 
@@ -44,8 +46,9 @@ class IngestMessage:
     """A decoded message: batch id, order count and (position, raw order) pairs.
     `error` is set when the body is not a usable batch (a permanent failure)."""
 
-    def __init__(self, batch_id, order_count, positions, orders, enqueued_at=None, error=None):
+    def __init__(self, batch_id, order_count, positions, orders, enqueued_at=None, error=None, client=""):
         self.batch_id = batch_id
+        self.client = client
         self.order_count = order_count
         self.positions = positions
         self.orders = orders
@@ -73,11 +76,18 @@ def decode_message(body, message_id):
         return IngestMessage(fallback_id, 1, [0], [],
                              error=ValidationError("'batch_id' must be a string of 1 to 64 printable characters."))
     batch_id = batch_id or fallback_id
+    client = data.get("client") or ""
+    client_ok = isinstance(client, str) and len(client) <= 64 and client.isprintable()
+    if not client_ok:
+        client = ""  # a malformed owner owns nothing: the failure below is recorded admin-only
     orders = data.get("orders")
     try:
         unknown = sorted(set(data) - set(MESSAGE_FIELDS))
         if unknown:
             raise ValidationError(f"Unknown field(s) in the message: {', '.join(unknown)}.", details={"fields": unknown})
+        if not client_ok:
+            raise ValidationError("'client' must be a string of at most 64 printable characters.",
+                                  details={"field": "client"})
         if not isinstance(orders, list):
             raise ValidationError("'orders' must be a non-empty list of orders.", details={"field": "orders"})
         positions = _int_list(data["positions"], "positions") if "positions" in data else list(range(len(orders)))
@@ -94,6 +104,6 @@ def decode_message(body, message_id):
         if not (positions and all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < 100_000 for p in positions)
                 and isinstance(order_count, int) and max(positions) < order_count):
             batch_id, positions, order_count = fallback_id, [0], 1
-        return IngestMessage(batch_id, order_count, sorted(set(positions)), [], error=exc)
+        return IngestMessage(batch_id, order_count, sorted(set(positions)), [], error=exc, client=client)
     enqueued_at = data.get("enqueued_at") if isinstance(data.get("enqueued_at"), (int, float)) else None
-    return IngestMessage(batch_id, order_count, positions, orders, enqueued_at)
+    return IngestMessage(batch_id, order_count, positions, orders, enqueued_at, client=client)

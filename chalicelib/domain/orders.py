@@ -1,6 +1,7 @@
 """Batch orders: each order all-or-nothing, each batch partial, exactly-once
-effect per (user_id, client_order_id), enforced by a unique key inside the
-order's own transaction."""
+effect per (client, user_id, client_order_id), enforced by a unique key inside
+the order's own transaction. `client` is the API client placing the order
+(chalicelib/domain/clients.py); it owns the order."""
 import hashlib
 import json
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ class OrderRequest:
     client_order_id: str
     user_id: int
     quantities: dict  # product_id -> merged quantity, ascending product id (the global lock order)
+    client: str = ""  # the owner; not part of the request hash (it is the idempotency namespace)
 
     @property
     def request_hash(self):
@@ -34,8 +36,9 @@ class InvalidOrder:
     error: ValidationError
 
 
-def parse_batch(body):
-    """Whole-request problems raise; per-order problems become InvalidOrder entries."""
+def parse_batch(body, client=""):
+    """Whole-request problems raise; per-order problems become InvalidOrder entries.
+    Every order is placed on behalf of `client`."""
     v.require_object(body)
     v.reject_unknown(body, ("orders", "batch_id"))
     orders = body.get("orders")
@@ -43,10 +46,10 @@ def parse_batch(body):
         raise ValidationError("'orders' must be a non-empty list of orders.", details={"field": "orders"})
     if len(orders) > MAX_ORDERS_PER_BATCH:
         raise PayloadTooLarge(f"At most {MAX_ORDERS_PER_BATCH} orders per batch; got {len(orders)}.")
-    return [parse_order(raw, i) for i, raw in enumerate(orders)]
+    return [parse_order(raw, i, client) for i, raw in enumerate(orders)]
 
 
-def parse_order(raw, index=0):
+def parse_order(raw, index=0, client=""):
     client_order_id = raw.get("client_order_id") if isinstance(raw, dict) else None
     try:
         v.require_object(raw, f"orders[{index}]")
@@ -74,7 +77,7 @@ def parse_order(raw, index=0):
             qty = v.integer(line["quantity"], "quantity", 1, MAX_QUANTITY)
             # Duplicate lines of one product are merged: one lock, one update per product.
             quantities[pid] = quantities.get(pid, 0) + qty
-        return OrderRequest(coid, user_id, dict(sorted(quantities.items())))
+        return OrderRequest(coid, user_id, dict(sorted(quantities.items())), client)
     except ValidationError as exc:
         return InvalidOrder(client_order_id if isinstance(client_order_id, str) else None, exc)
 

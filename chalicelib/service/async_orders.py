@@ -64,7 +64,7 @@ def new_batch_id():
     return uuid.uuid4().hex
 
 
-def submit(body, publisher, batches: BatchStore, queue_name):
+def submit(body, publisher, batches: BatchStore, queue_name, client=""):
     """Queue a validated batch: 202 body. Whole-request errors raise before anything is sent.
 
     The messages go to SQS first, then the batch row is recorded; if MySQL is
@@ -72,7 +72,7 @@ def submit(body, publisher, batches: BatchStore, queue_name):
     parse_batch(body)  # the very same whole-request validation as the sync path
     batch_id = new_batch_id()
     orders = body["orders"]
-    messages = chunk_messages(batch_id, orders)
+    messages = chunk_messages(batch_id, orders, client=client)
     try:
         publisher.send_batch(queue_name, messages)
     except Exception as exc:
@@ -80,7 +80,7 @@ def submit(body, publisher, batches: BatchStore, queue_name):
         raise ServiceUnavailable("The order queue is unavailable; the batch was not accepted. Retry shortly.") from exc
     recorded = True
     try:
-        batches.ensure(batch_id, len(orders))
+        batches.ensure(batch_id, len(orders), client)
     except ServiceUnavailable:
         recorded = False  # the consumer records it when MySQL is back
         logger.warning("async batch queued while MySQL is down; the consumer will record it",
@@ -105,13 +105,15 @@ class OrderIngest:
                                 "code": message.error.code, "reason": message.error.message, "body": str(body)[:500]})
             self.emit("IngestMessagesRejected", 1)
             result = failed(None, message.error)
-            self.batches.record(message.batch_id, message.order_count, {p: result for p in message.positions})
+            self.batches.record(message.batch_id, message.order_count, {p: result for p in message.positions},
+                                message.client)
             return {"batch_id": message.batch_id, "recorded": len(message.positions), "rejected": True}
         try:
-            parsed = parse_batch({"orders": message.orders})
+            parsed = parse_batch({"orders": message.orders}, message.client)
         except ShopError as exc:  # shape of the whole list (empty, > 100 orders)
             result = failed(None, exc)
-            self.batches.record(message.batch_id, message.order_count, {p: result for p in message.positions})
+            self.batches.record(message.batch_id, message.order_count, {p: result for p in message.positions},
+                                message.client)
             self.emit("IngestMessagesRejected", 1)
             return {"batch_id": message.batch_id, "recorded": len(message.positions), "rejected": True}
 
@@ -130,11 +132,11 @@ class OrderIngest:
             # Keep what was placed before the outage, if MySQL still takes it.
             if results:
                 try:
-                    self.batches.record(message.batch_id, message.order_count, results)
+                    self.batches.record(message.batch_id, message.order_count, results, message.client)
                 except Exception:
                     log.warning("could not record partial results of batch %s", message.batch_id)
             raise outcome.interrupted
-        status = self.batches.record(message.batch_id, message.order_count, results)
+        status = self.batches.record(message.batch_id, message.order_count, results, message.client)
         if transient:
             raise TransientFailure(f"{len(transient)} order(s) of batch {message.batch_id} hit contention "
                                    f"(positions {transient}); retrying the message")

@@ -1,5 +1,6 @@
 """The order service: places batches of orders (each all-or-nothing, the batch
-partial, exactly once per (user_id, client_order_id)) and cancels them."""
+partial, exactly once per (client, user_id, client_order_id)) and cancels them.
+Reads and cancels see only the caller's own orders (`owner`; None: any)."""
 import time
 from dataclasses import replace
 from typing import Callable, Iterable, Union
@@ -7,7 +8,13 @@ from typing import Callable, Iterable, Union
 from chalicelib.adapters.admission import InFlightLimit
 from chalicelib.adapters.inventory import InventoryStrategy, Reserver
 from chalicelib.adapters.order_repository import MySQLOrderRepository, OrderLine, OrderRepository, StoredOrder
-from chalicelib.domain.errors import ConcurrencyExhausted, IdempotencyConflict, ServiceUnavailable, ShopError
+from chalicelib.domain.errors import (
+    ConcurrencyExhausted,
+    IdempotencyConflict,
+    OrderNotFound,
+    ServiceUnavailable,
+    ShopError,
+)
 from chalicelib.domain.orders import BatchOutcome, InvalidOrder, K, OrderRequest, OrderResult, failed
 from chalicelib.domain.products import iso
 from chalicelib.ops.metrics import emit
@@ -87,9 +94,9 @@ class OrderService:
 
     def _place(self, tx: ProductTransaction, reserver: Reserver, order: OrderRequest, batch_id) -> OrderResult:
         orders = self.repository(tx.cursor)
-        order_id = orders.add(order.user_id, order.client_order_id, order.request_hash, batch_id)
+        order_id = orders.add(order.client, order.user_id, order.client_order_id, order.request_hash, batch_id)
         if order_id is None:
-            return self._replay(orders.find(order.user_id, order.client_order_id), order)
+            return self._replay(orders.find(order.client, order.user_id, order.client_order_id), order)
         prices = reserver.reserve(tx, order.quantities)
         orders.add_lines(order_id, {pid: OrderLine(pid, qty, prices[pid]) for pid, qty in order.quantities.items()})
         total = sum(qty * prices[pid] for pid, qty in order.quantities.items())
@@ -115,16 +122,24 @@ class OrderService:
                            "unit_price_cents": line.unit_price_cents} for line in lines],
                 "created_at": iso(order.created_at)}
 
-    def get(self, order_id):
-        return self.db.run(lambda cur: self._to_api(*self.repository(cur).load(order_id)))
+    @staticmethod
+    def _owned(loaded, owner):
+        """The order if `owner` may see it; someone else's order is as unknown as a missing one."""
+        order, _ = loaded
+        if owner is not None and order.client != owner:
+            raise OrderNotFound(f"Order {order.id} does not exist.", order_id=order.id)
+        return loaded
 
-    def cancel(self, order_id):
+    def get(self, order_id, owner=None):
+        return self.db.run(lambda cur: self._to_api(*self._owned(self.repository(cur).load(order_id), owner)))
+
+    def cancel(self, order_id, owner=None):
         """Return the stock exactly once: the order row lock serialises cancels,
         and only the one that sees status 'created' restocks."""
 
         def work(tx: ProductTransaction):
             orders = self.repository(tx.cursor)
-            order, lines = orders.load(order_id, lock=True)
+            order, lines = self._owned(orders.load(order_id, lock=True), owner)
             if order.status == "cancelled":
                 return order, lines, False
             self.strategy.release(tx, {line.product_id: line.quantity for line in lines})

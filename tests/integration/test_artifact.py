@@ -315,9 +315,9 @@ def test_order_ingest_consumer_reports_a_partial_failure(clean_db, functions, te
         "price_cents": 100, "stock": 5}, admin=True)))["product"]
     consumer = functions("HandleOrderIngest")
     event = _sqs_event("sqs_order_ingest.json", test_env["ORDER_QUEUE_NAME"], [
-        {"batch_id": "art-sqs", "orders": [{"client_order_id": "q-1", "user_id": 3,
+        {"batch_id": "art-sqs", "client": "dev", "orders": [{"client_order_id": "q-1", "user_id": 3,
                                             "items": [{"product_id": product["id"], "quantity": 2}]}]},
-        {"batch_id": "art-sqs-2", "orders": [{"client_order_id": "q-2", "user_id": 3,
+        {"batch_id": "art-sqs-2", "client": "dev", "orders": [{"client_order_id": "q-2", "user_id": 3,
                                               "items": [{"product_id": product["id"], "quantity": 1}]}]},
     ])
     # The invocation is nearly out of time after the first record: the second is

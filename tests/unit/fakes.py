@@ -123,17 +123,19 @@ class FakeOrders:
     def __init__(self, store):
         self.store = store
 
-    def add(self, user_id, client_order_id, request_hash, batch_id):
-        if any((o.user_id, o.client_order_id) == (user_id, client_order_id) for o in self.store.orders.values()):
+    def add(self, client, user_id, client_order_id, request_hash, batch_id):
+        key = (client, user_id, client_order_id)
+        if any((o.client, o.user_id, o.client_order_id) == key for o in self.store.orders.values()):
             return None
         order_id = self.store.next_id
         self.store.next_id += 1
-        self.store.orders[order_id] = StoredOrder(order_id, client_order_id, user_id, "created", 0, request_hash,
-                                                  datetime.now(timezone.utc))
+        self.store.orders[order_id] = StoredOrder(order_id, client, client_order_id, user_id, "created", 0,
+                                                  request_hash, datetime.now(timezone.utc))
         return order_id
 
-    def find(self, user_id, client_order_id):
-        return next(o for o in self.store.orders.values() if (o.user_id, o.client_order_id) == (user_id, client_order_id))
+    def find(self, client, user_id, client_order_id):
+        key = (client, user_id, client_order_id)
+        return next(o for o in self.store.orders.values() if (o.client, o.user_id, o.client_order_id) == key)
 
     def add_lines(self, order_id, lines):
         self.store.lines[order_id] = sorted(lines.values(), key=lambda line: line.product_id)
@@ -172,7 +174,7 @@ class FakeBatches:
     def recorded_positions(self, batch_id, positions):
         return set(self.results.get(batch_id, {})) & set(positions)
 
-    def record(self, batch_id, order_count, results):
+    def record(self, batch_id, order_count, results, client=""):
         recorded = self.results.setdefault(batch_id, {})
         for position, result in results.items():
             recorded.setdefault(position, result)

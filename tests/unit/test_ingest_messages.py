@@ -80,3 +80,16 @@ def test_records_are_handed_back_when_the_invocation_is_almost_out_of_time():
                          for i in range(2)]}
     response = sqs.handle_order_event(event, _Context(1000), ingest=Never())
     assert response == {"batchItemFailures": [{"itemIdentifier": "m0"}, {"itemIdentifier": "m1"}]}
+
+
+def test_the_owning_client_travels_with_the_message():
+    body = ingest_message.chunk_messages("b-1", [{"client_order_id": "a"}], client="storefront")[0]
+    assert ingest_message.decode_message(json.dumps(body), "m").client == "storefront"
+    assert ingest_message.decode_message(json.dumps({**body, "client": None}), "m").client == ""  # absent or null: admin-only
+
+
+def test_a_malformed_client_is_a_recorded_failure_owned_by_nobody():
+    message = ingest_message.decode_message(json.dumps({"batch_id": "b-2", "client": 7, "orders": [order(0)],
+                                                        "positions": [0], "order_count": 1}), "m")
+    assert message.error is not None and message.error.extra["details"] == {"field": "client"}
+    assert message.client == "" and message.batch_id == "b-2"
