@@ -166,6 +166,10 @@ GATEWAY_RESPONSES = (
     ("QUOTA_EXCEEDED", "429", "RATE_LIMITED", "This API key's quota is used up.", {"Retry-After": "3600"}),
     ("REQUEST_TOO_LARGE", "413", "PAYLOAD_TOO_LARGE", "The request body is too large.", {}),
     ("UNSUPPORTED_MEDIA_TYPE", "415", "UNSUPPORTED_MEDIA_TYPE", None, {}),
+    # Lambda refusing an invocation past the function's reserved concurrency (the
+    # connection budget) reaches API Gateway as an integration failure: retryable.
+    ("INTEGRATION_FAILURE", "503", "SERVICE_UNAVAILABLE", "The service is at capacity; retry shortly.",
+     {"Retry-After": "1"}),
     ("DEFAULT_4XX", None, "VALIDATION_ERROR", None, {}),
     ("DEFAULT_5XX", None, "SERVICE_UNAVAILABLE", None, {"Retry-After": "2"}),
 )

@@ -423,6 +423,7 @@ def test_multi_az_is_a_parameter_and_alarms_watch_the_documented_metrics(real_te
     ("QUOTA_EXCEEDED", "429", "RATE_LIMITED", "3600"),
     ("REQUEST_TOO_LARGE", "413", "PAYLOAD_TOO_LARGE", None),
     ("UNSUPPORTED_MEDIA_TYPE", "415", "UNSUPPORTED_MEDIA_TYPE", None),
+    ("INTEGRATION_FAILURE", "503", "SERVICE_UNAVAILABLE", "1"),
     ("DEFAULT_4XX", None, "VALIDATION_ERROR", None),
     ("DEFAULT_5XX", None, "SERVICE_UNAVAILABLE", "2"),
 ])
