@@ -4,7 +4,7 @@
 #   make queues     queue and DLQ depths, DLQ bodies      make redrive   DLQ -> source queue
 #   make seed       add missing demo products             make package   deployment package
 #   make lock       re-pin requirements*.txt (with hashes) from requirements*.in
-#   make bench-orders | bench-search | bench-ingest | bench-lambda-sizes  (ARGS passed through)
+#   make bench-orders | bench-search | bench-ingest | bench-lambda-sizes | bench-writer-cost
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -26,7 +26,7 @@ export AWS_SECRET_ACCESS_KEY ?= test
 export AWS_DEFAULT_REGION ?= us-east-1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv run test chromium setup queues redrive seed package lock bench-orders bench-search bench-ingest bench-lambda-sizes clean-venv
+.PHONY: help venv run test chromium setup queues redrive seed package lock bench-orders bench-search bench-ingest bench-lambda-sizes bench-writer-cost clean-venv
 
 help:
 	@sed -n '2,7p' Makefile | sed 's/^# \{0,1\}//'
@@ -84,6 +84,10 @@ bench-ingest: $(STAMP)
 # Cold start and warm latency of the packaged functions under a CPU quota per memory size.
 bench-lambda-sizes: $(STAMP)
 	$(PY) bench/lambda_sizes $(ARGS)
+
+# MySQL CPU per order and per search, the numbers docs/scale-out.md scales to RDS classes.
+bench-writer-cost: $(STAMP)
+	$(PY) bench/writer_cost $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
