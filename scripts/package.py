@@ -371,6 +371,10 @@ def connection_budget(inputs):
     return connections, connections // inputs["DatabaseConnectionsPerEnvironment"]
 
 
+def _functions(template):
+    return {k: r["Properties"] for k, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
+
+
 def _sqs_mappings(template):
     """(function, queue, the mapping's properties) for every SQS mapping onto a function of this template."""
     resources = template["Resources"]
@@ -392,15 +396,17 @@ def allocate_concurrency(template, inputs):
     """Reserved concurrency per function: each consumer its share, the one-off
     functions one environment, the API what is left. A reserved concurrency the
     Chalice config already set is kept and counts against the budget."""
-    functions = {k: r["Properties"] for k, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
+    functions = _functions(template)
     _, environments = connection_budget(inputs)
     shares = {"OrderIngestQueue": environments * inputs["OrderIngestConnectionPercent"] // 100,
               "CacheInvalidationQueue": inputs["CacheInvalidationConcurrency"]}
     allocation = {name: props["ReservedConcurrentExecutions"] for name, props in functions.items()
                   if "ReservedConcurrentExecutions" in props}
     for function, queue, _ in _sqs_mappings(template):
-        if function in functions and function not in allocation:
-            allocation[function] = shares.get(queue, SQS_MAX_CONCURRENCY[0])
+        if function not in allocation:
+            if queue not in shares:
+                raise SystemExit(f"connection budget: no share for {function}, the consumer of {queue}")
+            allocation[function] = shares[queue]
     for name in functions:
         if name in SINGLE_ENVIRONMENT and name not in allocation:
             allocation[name] = 1
@@ -417,7 +423,7 @@ def check_connection_budget(template, inputs):
     """Fail unless the packaged numbers obey the formula; returns the connections the fleet can open."""
     connections, _ = connection_budget(inputs)
     per_environment = inputs["DatabaseConnectionsPerEnvironment"]
-    functions = {k: r["Properties"] for k, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
+    functions = _functions(template)
     problems = []
     for name, props in functions.items():
         reserved = props.get("ReservedConcurrentExecutions")
@@ -434,7 +440,8 @@ def check_connection_budget(template, inputs):
             problems.append(f"{function} <- {queue}: MaximumConcurrency {maximum!r} (needs {low}..{high})")
         elif isinstance(reserved, int) and maximum > reserved:
             # Lambda would throttle the mapping's invocations; each throttle is a receive towards the DLQ.
-            problems.append(f"{function} <- {queue}: MaximumConcurrency {maximum} above reserved concurrency {reserved}")
+            problems.append(f"{function} <- {queue}: MaximumConcurrency {maximum} above reserved concurrency "
+                            f"{reserved}")
     fleet = sum(p.get("ReservedConcurrentExecutions") or 0 for p in functions.values()) * per_environment
     if fleet > connections:
         problems.append(f"the fleet can open {fleet} MySQL connections, the budget is {connections} "
@@ -466,8 +473,8 @@ def apply_connection_budget(template, overrides=None):
     shares = ", ".join(f"{name} {n}" for name, n in sorted(allocation.items()))
     template.setdefault("Outputs", {})["ConnectionBudget"] = {
         "Description": "Reserved concurrency per function and the MySQL connections the fleet can open",
-        "Value": f"{shares}; at most {fleet} connections of {connections} "
-                 f"({inputs['DatabaseMaxConnections']} max_connections x {inputs['DatabaseProxyMaxConnectionsPercent']}%)",
+        "Value": f"{shares}; at most {fleet} connections of {connections} ({inputs['DatabaseMaxConnections']} "
+                 f"max_connections x {inputs['DatabaseProxyMaxConnectionsPercent']}%)",
     }
     return [f"connection budget: {shares}; the fleet opens at most {fleet} of {connections} connections"]
 
@@ -579,7 +586,8 @@ def main(argv=None):
     parser.add_argument("--infra", default=str(INFRA_TEMPLATE))
     parser.add_argument("--plans", default=str(PLANS_FILE))
     parser.add_argument("--budget", action="append", default=[], metavar="NAME=VALUE",
-                        help=f"a connection budget input other than the template's default ({', '.join(BUDGET_PARAMETERS)})")
+                        help="a connection budget input instead of the template's default: "
+                             + ", ".join(BUDGET_PARAMETERS))
     args = parser.parse_args(argv)
     budget = dict(item.split("=", 1) for item in args.budget)
     package(args.stage, args.out, args.project_dir, args.infra, args.plans, budget=budget)
