@@ -6,7 +6,7 @@
 #   make deploy STAGE=dev|prod   package, deploy the stack (infra/deploy.json), run the migrations
 #   make clients    API clients and keys (ARGS="add NAME --plan P" | "rotate NAME" | "revoke NAME [--key N]")
 #   make lock       re-pin requirements*.txt (with hashes) from requirements*.in
-#   make bench-orders | bench-search | bench-ingest  (ARGS passed through)
+#   make bench-orders | bench-search | bench-ingest | bench-lambda-sizes | bench-writer-cost
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -28,7 +28,7 @@ export AWS_SECRET_ACCESS_KEY ?= test
 export AWS_DEFAULT_REGION ?= us-east-1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv run test chromium setup queues redrive seed package deploy clients lock bench-orders bench-search bench-ingest clean-venv
+.PHONY: help venv run test chromium setup queues redrive seed package deploy clients lock bench-orders bench-search bench-ingest bench-lambda-sizes bench-writer-cost clean-venv
 
 help:
 	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
@@ -92,6 +92,14 @@ bench-search: $(STAMP)
 
 bench-ingest: $(STAMP)
 	$(PY) bench/ingest $(ARGS)
+
+# Cold start and warm latency of the packaged functions under a CPU quota per memory size.
+bench-lambda-sizes: $(STAMP)
+	$(PY) bench/lambda_sizes $(ARGS)
+
+# MySQL CPU per order and per search, the numbers docs/scale-out.md scales to RDS classes.
+bench-writer-cost: $(STAMP)
+	$(PY) bench/writer_cost $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

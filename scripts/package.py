@@ -23,7 +23,11 @@ Steps:
      packaging), and Chalice's shared DefaultRole goes;
    - the serving functions connect as the app database user, the migrate
      function as the master (and creates the app user);
-   - every API route except /health (and CORS preflight) requires an API key.
+   - every API route except /health (and CORS preflight) requires an API key;
+   - the connection budget: every function's ReservedConcurrentExecutions, each
+     SQS mapping's ScalingConfig.MaximumConcurrency and each environment's pool
+     size (DB_MAX_IN_FLIGHT) from the budget parameters of infra/template.yml
+     (see connection_budget below), checked, and the parameters pinned.
    Then it checks that no credential-looking value reached the template.
 4. Writes <out>/sam.json (+ <out>/deployment.zip), ready for
    `aws cloudformation package` / `sam deploy`.
@@ -191,6 +195,10 @@ GATEWAY_RESPONSES = (
     ("QUOTA_EXCEEDED", "429", "RATE_LIMITED", "This API key's quota is used up.", {"Retry-After": "3600"}),
     ("REQUEST_TOO_LARGE", "413", "PAYLOAD_TOO_LARGE", "The request body is too large.", {}),
     ("UNSUPPORTED_MEDIA_TYPE", "415", "UNSUPPORTED_MEDIA_TYPE", None, {}),
+    # Lambda refusing an invocation past the function's reserved concurrency (the
+    # connection budget) reaches API Gateway as an integration failure: retryable.
+    ("INTEGRATION_FAILURE", "503", "SERVICE_UNAVAILABLE", "The service is at capacity; retry shortly.",
+     {"Retry-After": "1"}),
     ("DEFAULT_4XX", None, "VALIDATION_ERROR", None, {}),
     ("DEFAULT_5XX", None, "SERVICE_UNAVAILABLE", None, {"Retry-After": "2"}),
 )
@@ -321,7 +329,8 @@ def give_each_function_its_role(template):
             del resources[role_id]
 
 
-def postprocess(template, plans, api_stage=None, queue_names=None, infra=INFRA_TEMPLATE):
+def postprocess(template, plans, api_stage=None, queue_names=None, infra=INFRA_TEMPLATE,
+                budget_overrides=None):
     """Mutate the packaged template in place; returns a list of notes (what was changed)."""
     notes = []
     resources = template["Resources"]
@@ -370,6 +379,7 @@ def postprocess(template, plans, api_stage=None, queue_names=None, infra=INFRA_T
                                                            needed)
     if api_stage:
         params["Stage"]["Default"] = api_stage
+    notes.extend(apply_connection_budget(template, budget_overrides))
 
     api = resources.get(API_RESOURCE)
     if api is not None:
@@ -392,6 +402,149 @@ def postprocess(template, plans, api_stage=None, queue_names=None, infra=INFRA_T
 def _infra_transforms(infra_path=INFRA_TEMPLATE):
     transform = load_template(infra_path).get("Transform") or []
     return [transform] if isinstance(transform, str) else list(transform)
+
+
+# ------------------------------------------------------------------ connection budget
+# Each Lambda execution environment holds its own MySQL pool, and RDS Proxy opens
+# at most MaxConnectionsPercent of the instance's max_connections. So the fleet
+# stays within what the database can take when
+#   sum over functions (reserved concurrency) x DatabaseConnectionsPerEnvironment
+#     <= floor(DatabaseMaxConnections x DatabaseProxyMaxConnectionsPercent / 100)
+# The inputs are template parameters; the shares are worked out here because
+# CloudFormation has no arithmetic.
+BUDGET_PARAMETERS = ("DatabaseMaxConnections", "DatabaseProxyMaxConnectionsPercent",
+                     "DatabaseConnectionsPerEnvironment", "OrderIngestConnectionPercent",
+                     "CacheInvalidationConcurrency")
+API_FUNCTION = "APIHandler"  # gets what the others leave
+SINGLE_ENVIRONMENT = {"WarmCache", "Migrate"}  # a 10-minute schedule; a deploy step
+SQS_MAX_CONCURRENCY = (2, 1000)  # what an SQS event source mapping accepts
+
+
+def budget_inputs(template, overrides=None):
+    params = template.get("Parameters", {})
+    missing = [name for name in BUDGET_PARAMETERS if name not in params and name not in (overrides or {})]
+    if missing:
+        raise SystemExit(f"connection budget: template parameters missing: {missing}")
+    values = {name: int(params[name]["Default"]) for name in BUDGET_PARAMETERS if name in params}
+    values.update({name: int(value) for name, value in (overrides or {}).items()})
+    unknown = sorted(set(values) - set(BUDGET_PARAMETERS))
+    if unknown:
+        raise SystemExit(f"connection budget: unknown inputs {unknown} (known: {list(BUDGET_PARAMETERS)})")
+    return values
+
+
+def connection_budget(inputs):
+    """(connections RDS Proxy may open, execution environments that fit in them)."""
+    connections = inputs["DatabaseMaxConnections"] * inputs["DatabaseProxyMaxConnectionsPercent"] // 100
+    return connections, connections // inputs["DatabaseConnectionsPerEnvironment"]
+
+
+def _functions(template):
+    return {k: r["Properties"] for k, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
+
+
+def _sqs_mappings(template):
+    """(function, queue, the mapping's properties) for every SQS mapping onto a function of this template."""
+    resources = template["Resources"]
+    for logical_id, res in resources.items():
+        props = res.get("Properties", {})
+        if res["Type"] == "AWS::Serverless::Function":
+            for event in (props.get("Events") or {}).values():
+                if event.get("Type") == "SQS":
+                    yield logical_id, _queue_logical_id(event["Properties"]["Queue"], template), event["Properties"]
+        elif res["Type"] == "AWS::Lambda::EventSourceMapping":
+            function = props.get("FunctionName")
+            function = function.get("Ref") if isinstance(function, dict) else function
+            queue = _queue_logical_id(props.get("EventSourceArn"), template)
+            if queue and resources.get(function, {}).get("Type") == "AWS::Serverless::Function":
+                yield function, queue, props
+
+
+def allocate_concurrency(template, inputs):
+    """Reserved concurrency per function: each consumer its share, the one-off
+    functions one environment, the API what is left. A reserved concurrency the
+    Chalice config already set is kept and counts against the budget."""
+    functions = _functions(template)
+    _, environments = connection_budget(inputs)
+    shares = {"OrderIngestQueue": environments * inputs["OrderIngestConnectionPercent"] // 100,
+              "CacheInvalidationQueue": inputs["CacheInvalidationConcurrency"]}
+    allocation = {name: props["ReservedConcurrentExecutions"] for name, props in functions.items()
+                  if "ReservedConcurrentExecutions" in props}
+    for function, queue, _ in _sqs_mappings(template):
+        if function not in allocation:
+            if queue not in shares:
+                raise SystemExit(f"connection budget: no share for {function}, the consumer of {queue}")
+            allocation[function] = shares[queue]
+    for name in functions:
+        if name in SINGLE_ENVIRONMENT and name not in allocation:
+            allocation[name] = 1
+    rest = sorted(set(functions) - set(allocation) - {API_FUNCTION})
+    if rest:
+        raise SystemExit(f"connection budget: no share for {rest}; a function without reserved concurrency "
+                         "could scale past the budget (add it to scripts/package.py's allocation)")
+    if API_FUNCTION in functions and API_FUNCTION not in allocation:
+        allocation[API_FUNCTION] = environments - sum(allocation.values())
+    return allocation
+
+
+def check_connection_budget(template, inputs):
+    """Fail unless the packaged numbers obey the formula; returns the connections the fleet can open."""
+    connections, _ = connection_budget(inputs)
+    per_environment = inputs["DatabaseConnectionsPerEnvironment"]
+    functions = _functions(template)
+    problems = []
+    for name, props in functions.items():
+        reserved = props.get("ReservedConcurrentExecutions")
+        if not isinstance(reserved, int) or reserved < 1:
+            problems.append(f"{name}: ReservedConcurrentExecutions {reserved!r} (needs a number >= 1)")
+        pool = (props.get("Environment") or {}).get("Variables", {}).get("DB_MAX_IN_FLIGHT")
+        if pool != str(per_environment):
+            problems.append(f"{name}: DB_MAX_IN_FLIGHT {pool!r}, the budget assumes {per_environment}")
+    for function, queue, props in _sqs_mappings(template):
+        maximum = (props.get("ScalingConfig") or {}).get("MaximumConcurrency")
+        reserved = (functions.get(function) or {}).get("ReservedConcurrentExecutions")
+        low, high = SQS_MAX_CONCURRENCY
+        if not isinstance(maximum, int) or not low <= maximum <= high:
+            problems.append(f"{function} <- {queue}: MaximumConcurrency {maximum!r} (needs {low}..{high})")
+        elif isinstance(reserved, int) and maximum > reserved:
+            # Lambda would throttle the mapping's invocations; each throttle is a receive towards the DLQ.
+            problems.append(f"{function} <- {queue}: MaximumConcurrency {maximum} above reserved concurrency "
+                            f"{reserved}")
+    fleet = sum(p.get("ReservedConcurrentExecutions") or 0 for p in functions.values()) * per_environment
+    if fleet > connections:
+        problems.append(f"the fleet can open {fleet} MySQL connections, the budget is {connections} "
+                        f"({inputs['DatabaseMaxConnections']} x {inputs['DatabaseProxyMaxConnectionsPercent']}%)")
+    if problems:
+        raise SystemExit("connection budget exceeded or incomplete:\n  " + "\n  ".join(problems))
+    return fleet
+
+
+def apply_connection_budget(template, overrides=None):
+    """Write the budget into the packaged template; returns notes."""
+    inputs = budget_inputs(template, overrides)
+    allocation = allocate_concurrency(template, inputs)
+    for name, reserved in allocation.items():
+        props = template["Resources"][name]["Properties"]
+        props["ReservedConcurrentExecutions"] = reserved
+        props.setdefault("Environment", {}).setdefault("Variables", {})["DB_MAX_IN_FLIGHT"] = \
+            str(inputs["DatabaseConnectionsPerEnvironment"])
+    for function, _, props in _sqs_mappings(template):
+        if function in allocation:
+            props["ScalingConfig"] = {"MaximumConcurrency": min(allocation[function], SQS_MAX_CONCURRENCY[1])}
+    fleet = check_connection_budget(template, inputs)
+    # The numbers above follow from these values: a deploy-time override would leave them behind.
+    params = template["Parameters"]
+    for name, value in inputs.items():
+        params[name].update({"Default": value, "MinValue": value, "MaxValue": value})
+        params[name].pop("AllowedValues", None)
+    connections, _ = connection_budget(inputs)
+    shares = ", ".join(f"{name} {n}" for name, n in sorted(allocation.items()))
+    template.setdefault("Outputs", {})["ConnectionBudget"] = {
+        "Description": "Reserved concurrency per function and the MySQL connections the fleet can open",
+        "Value": f"{shares}; at most {fleet} connections of {connections} ({inputs['DatabaseMaxConnections']} "
+                 f"max_connections x {inputs['DatabaseProxyMaxConnectionsPercent']}%)",
+    }
+    return [f"connection budget: {shares}; the fleet opens at most {fleet} of {connections} connections"]
 
 
 _SECRET_NAMES = re.compile(r"(PASSWORD|SECRET_ACCESS_KEY|ACCESS_KEY_ID|AUTH_TOKEN|PRIVATE_KEY)$", re.I)
@@ -467,7 +620,7 @@ def run_chalice_package(project_dir, stage, merge_template, outdir):
 
 
 def package(stage="dev", out="build", project_dir=PROJECT_DIR, infra=INFRA_TEMPLATE, plans_file=PLANS_FILE,
-            quiet=False):
+            quiet=False, budget=None):
     project_dir = Path(project_dir).resolve()
     out = Path(out)
     if not out.is_absolute():
@@ -482,7 +635,8 @@ def package(stage="dev", out="build", project_dir=PROJECT_DIR, infra=INFRA_TEMPL
     run_chalice_package(project_dir, stage, merge_path, chalice_out)
     template = json.loads((chalice_out / "sam.json").read_text())
     notes = postprocess(template, plans, api_stage=api_stage_name(project_dir, stage),
-                        queue_names=stage_queue_names(project_dir, stage), infra=infra)
+                        queue_names=stage_queue_names(project_dir, stage), infra=infra,
+                        budget_overrides=budget)
     result = out / "sam.json"
     result.write_text(json.dumps(template, indent=2))
     shutil.copy(chalice_out / "deployment.zip", out / "deployment.zip")
@@ -500,8 +654,12 @@ def main(argv=None):
     parser.add_argument("--project-dir", default=str(PROJECT_DIR))
     parser.add_argument("--infra", default=str(INFRA_TEMPLATE))
     parser.add_argument("--plans", default=str(PLANS_FILE))
+    parser.add_argument("--budget", action="append", default=[], metavar="NAME=VALUE",
+                        help="a connection budget input instead of the template's default: "
+                             + ", ".join(BUDGET_PARAMETERS))
     args = parser.parse_args(argv)
-    package(args.stage, args.out, args.project_dir, args.infra, args.plans)
+    budget = dict(item.split("=", 1) for item in args.budget)
+    package(args.stage, args.out, args.project_dir, args.infra, args.plans, budget=budget)
 
 
 if __name__ == "__main__":

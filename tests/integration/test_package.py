@@ -18,6 +18,12 @@ CFN_LINT = Path(sys.executable).with_name("cfn-lint")
 # cfn-lint checks to ignore, each with the reason. Empty: the templates lint clean.
 IGNORED_CHECKS = {}
 PLANS = json.loads((ROOT / "chalicelib" / "usage_plans.json").read_text())
+INFRA_PARAMETERS = package.load_template(ROOT / "infra" / "template.yml")["Parameters"]
+
+
+def budget_parameters():
+    """The connection budget's inputs as infra/template.yml declares them, for hand-made templates."""
+    return json.loads(json.dumps({name: INFRA_PARAMETERS[name] for name in package.BUDGET_PARAMETERS}))
 
 TINY_APP = textwrap.dedent('''
     from chalice import Chalice
@@ -246,7 +252,7 @@ def test_queues_have_dlq_redrive_and_visibility_of_six_consumer_timeouts(package
 
 def test_tiny_app_visibility_follows_a_longer_consumer_timeout(tmp_path):
     template = {"Parameters": {"QueueVisibilityTimeout": {"Type": "Number", "Default": 360, "MinValue": 30},
-                               "Stage": {"Type": "String", "Default": "dev"}},
+                               "Stage": {"Type": "String", "Default": "dev"}, **budget_parameters()},
                 "Resources": {"HandleOrderIngest": {"Type": "AWS::Serverless::Function", "Properties": {
                     "Timeout": 120, "Role": "arn:aws:iam::123456789012:role/x",
                     "Events": {"Q": {"Type": "SQS", "Properties": {"Queue": "shop-order-ingest", "BatchSize": 10}}}}}}}
@@ -256,7 +262,8 @@ def test_tiny_app_visibility_follows_a_longer_consumer_timeout(tmp_path):
 
 
 def test_plain_event_source_mappings_get_partial_batch_responses_too():
-    template = {"Parameters": {"QueueVisibilityTimeout": {"Default": 360}, "Stage": {"Default": "dev"}},
+    template = {"Parameters": {"QueueVisibilityTimeout": {"Default": 360}, "Stage": {"Default": "dev"},
+                               **budget_parameters()},
                 "Resources": {"Mapping": {"Type": "AWS::Lambda::EventSourceMapping", "Properties": {
                     "EventSourceArn": {"Fn::GetAtt": ["OrderIngestQueue", "Arn"]}, "FunctionName": "f"}}}}
     package.postprocess(template, PLANS)
@@ -270,6 +277,107 @@ def test_sqs_handler_on_an_unknown_queue_fails_packaging():
                         "Queue": {"Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:no-such-queue"}}}}}}}}
     with pytest.raises(SystemExit, match="not an infra queue"):
         package.postprocess(template, PLANS)
+
+
+# ------------------------------------------------------------------ connection budget
+def test_packaged_concurrency_obeys_the_connection_budget(packaged):
+    """Worked out again here from the template's own parameters: every function
+    has a reserved concurrency, each SQS mapping stays within its function's, each
+    environment's pool is the size the formula assumes, and the fleet's MySQL
+    connections fit in RDS Proxy's share of max_connections (and use it)."""
+    _, template = packaged
+    params = template["Parameters"]
+    inputs = {name: params[name]["Default"] for name in package.BUDGET_PARAMETERS}
+    connections = inputs["DatabaseMaxConnections"] * inputs["DatabaseProxyMaxConnectionsPercent"] // 100
+    per_environment = inputs["DatabaseConnectionsPerEnvironment"]
+    environments = connections // per_environment
+    reserved = {name: fn["Properties"]["ReservedConcurrentExecutions"] for name, fn in functions(template).items()}
+    assert all(isinstance(n, int) and n >= 1 for n in reserved.values()), reserved
+    assert sum(reserved.values()) * per_environment <= connections
+    assert sum(reserved.values()) == environments, "the API gets what the others leave"
+    assert reserved["HandleOrderIngest"] == environments * inputs["OrderIngestConnectionPercent"] // 100
+    assert reserved["HandleCacheInvalidation"] == inputs["CacheInvalidationConcurrency"]
+    for name in set(reserved) & {"WarmCache", "Migrate"}:
+        assert reserved[name] == 1
+    for name, fn in functions(template).items():
+        assert fn["Properties"]["Environment"]["Variables"]["DB_MAX_IN_FLIGHT"] == str(per_environment), name
+    events = list(sqs_events(template))
+    assert {fn for fn, _, _ in events} == {"HandleOrderIngest", "HandleCacheInvalidation"}
+    for fn, _, props in events:
+        assert 2 <= props["ScalingConfig"]["MaximumConcurrency"] == reserved[fn] <= 1000, fn
+    for name in package.BUDGET_PARAMETERS:  # pinned: a deploy-time override would leave the numbers behind
+        assert params[name]["MinValue"] == params[name]["MaxValue"] == params[name]["Default"], name
+    if "DatabaseProxyTargetGroup" in template["Resources"]:
+        pool = template["Resources"]["DatabaseProxyTargetGroup"]["Properties"]["ConnectionPoolConfigurationInfo"]
+        assert pool["MaxConnectionsPercent"] == {"Ref": "DatabaseProxyMaxConnectionsPercent"}
+    assert f"at most {sum(reserved.values()) * per_environment} connections" in \
+        template["Outputs"]["ConnectionBudget"]["Value"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t["Resources"]["APIHandler"]["Properties"].update(
+        ReservedConcurrentExecutions=t["Resources"]["APIHandler"]["Properties"]["ReservedConcurrentExecutions"] + 1),
+     r"the fleet can open \d+ MySQL connections, the budget is \d+"),
+    (lambda t: t["Resources"]["HandleOrderIngest"]["Properties"]["Events"]["HandleOrderIngestSqsEventSource"]
+     ["Properties"]["ScalingConfig"].update(MaximumConcurrency=1000), "MaximumConcurrency 1000 above reserved"),
+    (lambda t: t["Resources"]["WarmCache"]["Properties"].pop("ReservedConcurrentExecutions"),
+     "WarmCache: ReservedConcurrentExecutions None"),
+    (lambda t: t["Resources"]["Migrate"]["Properties"]["Environment"]["Variables"].update(DB_MAX_IN_FLIGHT="16"),
+     "Migrate: DB_MAX_IN_FLIGHT '16', the budget assumes 1"),
+])
+def test_a_concurrency_past_the_budget_is_refused(real_template, change, message):
+    _, template = real_template
+    inputs = package.budget_inputs(template)
+    package.check_connection_budget(template, inputs)  # as packaged
+    broken = json.loads(json.dumps(template))
+    change(broken)
+    with pytest.raises(SystemExit, match=message):
+        package.check_connection_budget(broken, inputs)
+
+
+def _budget_template(**functions_):
+    return {"Parameters": {"QueueVisibilityTimeout": {"Default": 360}, "Stage": {"Default": "dev"},
+                           **budget_parameters()},
+            "Resources": {name: {"Type": "AWS::Serverless::Function", "Properties": props}
+                          for name, props in functions_.items()}}
+
+
+def _consumer(**extra):
+    return {"Timeout": 60, "Role": "arn:aws:iam::123456789012:role/x", **extra, "Events": {"Q": {
+        "Type": "SQS", "Properties": {"Queue": "shop-order-ingest", "BatchSize": 10}}}}
+
+
+def test_a_reserved_concurrency_set_in_the_chalice_config_counts_against_the_budget():
+    api = {"Timeout": 60, "Role": "arn:aws:iam::123456789012:role/x"}
+    template = _budget_template(APIHandler=dict(api), HandleOrderIngest=_consumer(ReservedConcurrentExecutions=10))
+    package.postprocess(template, PLANS)
+    resources = template["Resources"]
+    assert resources["HandleOrderIngest"]["Properties"]["ReservedConcurrentExecutions"] == 10
+    assert resources["HandleOrderIngest"]["Properties"]["Events"]["Q"]["Properties"]["ScalingConfig"] == \
+        {"MaximumConcurrency": 10}
+    assert resources["APIHandler"]["Properties"]["ReservedConcurrentExecutions"] == 260
+
+    too_many = _budget_template(APIHandler=dict(api), HandleOrderIngest=_consumer(ReservedConcurrentExecutions=500))
+    with pytest.raises(SystemExit, match="connection budget exceeded"):
+        package.postprocess(too_many, PLANS)
+
+
+def test_the_budget_follows_its_inputs_and_refuses_a_function_without_a_share():
+    api = {"Timeout": 60, "Role": "arn:aws:iam::123456789012:role/x"}
+    template = _budget_template(APIHandler=dict(api), HandleOrderIngest=_consumer())
+    package.postprocess(template, PLANS, budget_overrides={"DatabaseMaxConnections": 1000,
+                                                           "DatabaseConnectionsPerEnvironment": 2})
+    resources, params = template["Resources"], template["Parameters"]
+    # 1000 x 90% = 900 connections = 450 environments of 2; ingest 25% of them
+    assert resources["HandleOrderIngest"]["Properties"]["ReservedConcurrentExecutions"] == 112
+    assert resources["APIHandler"]["Properties"]["ReservedConcurrentExecutions"] == 338
+    assert resources["APIHandler"]["Properties"]["Environment"]["Variables"]["DB_MAX_IN_FLIGHT"] == "2"
+    assert params["DatabaseMaxConnections"]["MinValue"] == params["DatabaseMaxConnections"]["MaxValue"] == 1000
+
+    # (postprocess would stop earlier: a function unknown to FUNCTION_POLICIES has no role either)
+    stray = _budget_template(APIHandler=dict(api), Reporter=dict(api))
+    with pytest.raises(SystemExit, match=r"no share for \['Reporter'\]"):
+        package.apply_connection_budget(stray)
 
 
 def test_functions_run_in_the_vpc_with_secret_not_credentials(packaged):
@@ -339,6 +447,7 @@ def test_multi_az_is_a_parameter_and_alarms_watch_the_documented_metrics(real_te
     ("QUOTA_EXCEEDED", "429", "RATE_LIMITED", "3600"),
     ("REQUEST_TOO_LARGE", "413", "PAYLOAD_TOO_LARGE", None),
     ("UNSUPPORTED_MEDIA_TYPE", "415", "UNSUPPORTED_MEDIA_TYPE", None),
+    ("INTEGRATION_FAILURE", "503", "SERVICE_UNAVAILABLE", "1"),
     ("DEFAULT_4XX", None, "VALIDATION_ERROR", None),
     ("DEFAULT_5XX", None, "SERVICE_UNAVAILABLE", "2"),
 ])
