@@ -113,6 +113,12 @@ def batch_store():
     return _once("batch_store", lambda: BatchStore(database()))
 
 
+def customer_directory():
+    from chalicelib.adapters.customer_directory import CustomerDirectory
+
+    return _once("customer_directory", lambda: CustomerDirectory(database()))
+
+
 def submit_async_batch(body, client):
     from chalicelib.service.async_orders import submit
 

@@ -44,6 +44,11 @@ DEFAULTS = {
     "APP_API_KEYS": "true",
     # In AWS: "<API Gateway key id>=<client>,..." (the package fills it); see chalicelib/domain/clients.py.
     "API_KEY_CLIENTS": "",
+    # Customer tokens (Cognito user pool). APP_VERIFY_TOKENS: the app checks the
+    # token itself (locally); in AWS API Gateway's Cognito authorizer has.
+    "COGNITO_USER_POOL_ID": "",
+    "COGNITO_APP_CLIENT_IDS": "",
+    "APP_VERIFY_TOKENS": "true",
     "PORT": "8000",
     "DATABASE_SECRET_ARN": "",
     # Only the migrate function's: the app user it creates (secret's username and password).
@@ -223,6 +228,27 @@ class Settings:
     @property
     def clients(self):
         return client_registry()
+
+    @property
+    def verify_tokens(self):
+        return _truthy(self.values["APP_VERIFY_TOKENS"])
+
+    @property
+    def token_issuer(self):
+        """The `iss` of the pool's tokens (the local endpoint's Cognito uses the AWS form too)."""
+        pool = self.values["COGNITO_USER_POOL_ID"]
+        return f"https://cognito-idp.{self.region}.amazonaws.com/{pool}" if pool else ""
+
+    @property
+    def token_keys_url(self):
+        """Where the pool publishes its signing keys (JWKS)."""
+        pool = self.values["COGNITO_USER_POOL_ID"]
+        base = self.aws_endpoint_url.rstrip("/") if self.aws_endpoint_url else self.token_issuer.rsplit("/", 1)[0]
+        return f"{base}/{pool}/.well-known/jwks.json" if pool else ""
+
+    @property
+    def token_audiences(self):
+        return [c.strip() for c in self.values["COGNITO_APP_CLIENT_IDS"].split(",") if c.strip()]
 
     @property
     def api_key_clients(self):

@@ -465,3 +465,55 @@ def redrive(sqs, spec, limit=None):
         if not done:
             break
     return moved
+
+
+# --- customer sign-in (Cognito) ---------------------------------------------
+
+CUSTOMER_POOL = "shop-customers"
+DEMO_CUSTOMER = ("customer@example.com", "Customer-Passw0rd!")
+
+
+def cognito_client(endpoint_url, region=REGION):
+    import boto3
+
+    return boto3.client("cognito-idp", endpoint_url=endpoint_url, region_name=region,
+                        aws_access_key_id="test", aws_secret_access_key="test")
+
+
+def ensure_customer_pool(cognito, name=CUSTOMER_POOL):
+    """The customers' user pool with its app client (password sign-in, no
+    secret, as a mobile app has) and the `admin` group; (pool id, client id)."""
+    pool = next((p for p in cognito.list_user_pools(MaxResults=60)["UserPools"] if p["Name"] == name), None)
+    pool_id = pool["Id"] if pool else cognito.create_user_pool(
+        PoolName=name, UsernameAttributes=["email"])["UserPool"]["Id"]
+    clients = cognito.list_user_pool_clients(UserPoolId=pool_id, MaxResults=60)["UserPoolClients"]
+    client = next((c for c in clients if c["ClientName"] == "app"), None)
+    client_id = client["ClientId"] if client else cognito.create_user_pool_client(
+        UserPoolId=pool_id, ClientName="app", GenerateSecret=False,
+        ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"])["UserPoolClient"]["ClientId"]
+    if not any(g["GroupName"] == "admin" for g in cognito.list_groups(UserPoolId=pool_id)["Groups"]):
+        cognito.create_group(UserPoolId=pool_id, GroupName="admin", Description="operators: see every order")
+    return pool_id, client_id
+
+
+def ensure_customer(cognito, pool_id, email, password, groups=()):
+    """A confirmed customer with a permanent password (what sign-up and
+    confirmation would leave)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        cognito.admin_create_user(UserPoolId=pool_id, Username=email, MessageAction="SUPPRESS",
+                                  UserAttributes=[{"Name": "email", "Value": email}])
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "UsernameExistsException":
+            raise
+    cognito.admin_set_user_password(UserPoolId=pool_id, Username=email, Password=password, Permanent=True)
+    for group in groups:
+        cognito.admin_add_user_to_group(UserPoolId=pool_id, Username=email, GroupName=group)
+
+
+def sign_in(cognito, client_id, email, password):
+    """The customer's ID token, as the app gets it from InitiateAuth."""
+    answer = cognito.initiate_auth(ClientId=client_id, AuthFlow="USER_PASSWORD_AUTH",
+                                   AuthParameters={"USERNAME": email, "PASSWORD": password})
+    return answer["AuthenticationResult"]["IdToken"]

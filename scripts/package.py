@@ -60,6 +60,7 @@ QUEUES = {q.default_name: q.logical_id for q in QUEUE_TABLE}
 QUEUE_ENV = {q.setting: q.logical_id for q in QUEUE_TABLE}
 VISIBILITY_FACTOR = 6
 PUBLIC_PATHS = {"/health"}
+CUSTOMER_PREFIX = "/customer/"  # routes that also need a customer token (Cognito authorizer)
 API_RESOURCE = "RestAPI"  # Chalice's logical id of the REST API
 BASE_POLICY = "LambdaBasePolicy"
 # Packaged function (Chalice's logical id) -> its policy in infra/template.yml.
@@ -188,6 +189,9 @@ def api_gateway_resources(plans, api_resource=API_RESOURCE):
 # for API Gateway's own, extra headers)
 GATEWAY_RESPONSES = (
     ("ACCESS_DENIED", "403", "FORBIDDEN", "A valid x-api-key header is required.", {}),
+    # The Cognito authorizer of the /customer routes: no, expired or foreign token.
+    ("UNAUTHORIZED", "401", "UNAUTHORIZED", "A valid customer token is required: 'Authorization: Bearer <ID token>'.",
+     {}),
     ("INVALID_API_KEY", "403", "FORBIDDEN", "A valid x-api-key header is required.", {}),
     ("MISSING_AUTHENTICATION_TOKEN", "403", "FORBIDDEN",
      "No such route, or a valid x-api-key header is required.", {}),
@@ -267,6 +271,10 @@ def function_environment(plans, logical_id=None):
         "AWS_ENDPOINT_URL": "",  # real AWS endpoints in the cloud
         "APP_API_KEYS": "false",  # API Gateway checks keys in the cloud
         "API_KEY_CLIENTS": key_clients(plans),
+        # API Gateway's Cognito authorizer verifies customer tokens; the app reads its claims.
+        "APP_VERIFY_TOKENS": "false",
+        "COGNITO_USER_POOL_ID": {"Ref": "CustomerUserPool"},
+        "COGNITO_APP_CLIENT_IDS": {"Ref": "CustomerUserPoolClient"},
         "POWERTOOLS_METRICS_NAMESPACE": "Shop",
     }
 
@@ -384,7 +392,14 @@ def postprocess(template, plans, api_stage=None, queue_names=None, infra=INFRA_T
     api = resources.get(API_RESOURCE)
     if api is not None:
         body = api["Properties"]["DefinitionBody"]
-        body.setdefault("securityDefinitions", {})["api_key"] = {"type": "apiKey", "name": "x-api-key", "in": "header"}
+        definitions = body.setdefault("securityDefinitions", {})
+        definitions["api_key"] = {"type": "apiKey", "name": "x-api-key", "in": "header"}
+        definitions["customers"] = {
+            "type": "apiKey", "name": "Authorization", "in": "header",
+            "x-amazon-apigateway-authtype": "cognito_user_pools",
+            "x-amazon-apigateway-authorizer": {"type": "cognito_user_pools",
+                                               "providerARNs": [{"Fn::GetAtt": ["CustomerUserPool", "Arn"]}]},
+        }
         for path, methods in body.get("paths", {}).items():
             for method, operation in methods.items():
                 if not isinstance(operation, dict) or method.startswith("x-"):
@@ -395,6 +410,9 @@ def postprocess(template, plans, api_stage=None, queue_names=None, infra=INFRA_T
                 elif {"api_key": []} not in (operation.get("security") or []):
                     operation.setdefault("security", []).append({"api_key": []})
                     notes.append(f"WARNING {method.upper()} {path}: had no api_key_required; added")
+                if path.startswith(CUSTOMER_PREFIX) and method != "options":
+                    # One requirement object: the key AND the token.
+                    operation["security"] = [{"api_key": [], "customers": []}]
     check_no_credentials(template)
     return notes
 

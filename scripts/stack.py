@@ -84,8 +84,20 @@ def setup_database(seed=True, count=None):
         seeding.seed_catalog(bootstrap.catalog(), bootstrap.database(), count or seeding.DEFAULT_COUNT)
 
 
+def setup_customers(settings):
+    """The customers' user pool on the local endpoint, a demo customer, and the
+    pool's ids in the environment the API server gets."""
+    cognito = localstack.cognito_client(settings.aws_endpoint_url, settings.region)
+    pool_id, client_id = localstack.ensure_customer_pool(cognito)
+    localstack.ensure_customer(cognito, pool_id, *localstack.DEMO_CUSTOMER)
+    os.environ["COGNITO_USER_POOL_ID"], os.environ["COGNITO_APP_CLIENT_IDS"] = pool_id, client_id
+    log.info("customer pool %s, app client %s, demo customer %s", pool_id, client_id, localstack.DEMO_CUSTOMER[0])
+    return pool_id, client_id
+
+
 def setup(settings, seed=True):
     setup_queues(settings)
+    setup_customers(settings)
     setup_database(seed=seed, count=int(os.environ.get("SEED_COUNT") or 0) or None)
 
 
@@ -188,6 +200,9 @@ def banner(url, settings, pollers):
     lines += [f"    {key}  (client {c.client}, plan {c.plan})" for key, c in keys.items()]
     lines.append("  SQS pollers: " + (", ".join(pollers) if pollers else "none (no handlers in app.py yet)"))
     admin = next((k for k, c in keys.items() if c.admin), None)
+    pool, app_client = os.environ.get("COGNITO_USER_POOL_ID"), os.environ.get("COGNITO_APP_CLIENT_IDS")
+    lines += [f"  customers: user pool {pool}, app client {app_client}; demo customer "
+              f"{localstack.DEMO_CUSTOMER[0]} / {localstack.DEMO_CUSTOMER[1]} (README: a customer token)"]
     lines += [f"  try: curl {url}/health",
               f"       curl -H 'x-api-key: {admin}' '{url}/products/search?q=phone'",
               "  Ctrl-C stops everything this command started.", "=" * 72, ""]

@@ -101,8 +101,17 @@ def test_env(tmp_path_factory):
     # The AWS endpoint (moto unless one answers already) and this session's queues.
     with localstack.aws_endpoint(env["AWS_ENDPOINT_URL"]):
         specs = setup_queues(Settings())
+        # The customers' user pool of this session (tokens: tests/e2e/test_customer_tokens.py).
+        cognito = localstack.cognito_client(env["AWS_ENDPOINT_URL"])
+        pool_id, app_client = localstack.ensure_customer_pool(cognito, f"shop-customers-{run_id}")
+        pool_env = {"COGNITO_USER_POOL_ID": pool_id, "COGNITO_APP_CLIENT_IDS": app_client}
+        saved.update({k: os.environ.get(k) for k in pool_env})
+        env.update(pool_env)
+        os.environ.update(pool_env)
         yield env
         _delete_queues(specs)
+        with contextlib.suppress(Exception):
+            cognito.delete_user_pool(UserPoolId=pool_id)
     bootstrap.reset()
     _drop_database(env["DATABASE_URL"])
     delete_prefix(BASE_REDIS_URL, env["REDIS_KEY_PREFIX"])

@@ -61,7 +61,7 @@ class BatchStore:
             cur.execute("SELECT id, client, order_count, created_at, updated_at FROM batches WHERE id = %s",
                         (batch_id,))
             batch = cur.fetchone()
-            if batch is None or (owner is not None and batch["client"] != owner):
+            if batch is None or (owner is not None and batch["client"] != owner.client):
                 raise BatchNotFound(f"Batch {batch_id} does not exist.", batch_id=batch_id)
             cur.execute("SELECT result FROM batch_results WHERE batch_id = %s ORDER BY position", (batch_id,))
             return batch, [json.loads(row["result"]) for row in cur.fetchall()]

@@ -17,6 +17,7 @@ from chalicelib.domain.errors import OrderNotFound
 class StoredOrder:
     id: int
     client: str            # the API client that owns it ('' for orders from before clients)
+    customer_id: int       # the customer whose token placed it; 0 for a trusted server's order
     client_order_id: str
     user_id: int
     status: str            # "created" | "cancelled"
@@ -33,12 +34,12 @@ class OrderLine:
 
 
 class OrderRepository(Protocol):
-    def add(self, client: str, user_id: int, client_order_id: str, request_hash: str,
+    def add(self, client: str, customer_id: int, user_id: int, client_order_id: str, request_hash: str,
             batch_id: Optional[str]) -> Optional[int]:
-        """A new order's id, or None if (client, user_id, client_order_id) exists. A
-        concurrent duplicate waits until the first one commits or rolls back."""
+        """A new order's id, or None if (client, customer_id, user_id, client_order_id)
+        exists. A concurrent duplicate waits until the first one commits or rolls back."""
 
-    def find(self, client: str, user_id: int, client_order_id: str) -> StoredOrder:
+    def find(self, client: str, customer_id: int, user_id: int, client_order_id: str) -> StoredOrder:
         """The order with this idempotency key (it exists)."""
 
     def add_lines(self, order_id: int, lines: Mapping[int, OrderLine]) -> None: ...
@@ -52,29 +53,30 @@ class OrderRepository(Protocol):
     def mark_cancelled(self, order_id: int) -> None: ...
 
 
-_ORDER_COLUMNS = "id, client, client_order_id, user_id, status, total_cents, request_hash, created_at"
+_ORDER_COLUMNS = "id, client, customer_id, client_order_id, user_id, status, total_cents, request_hash, created_at"
 
 
 class MySQLOrderRepository:
     def __init__(self, cursor):
         self.cur = cursor
 
-    def add(self, client, user_id, client_order_id, request_hash, batch_id):
+    def add(self, client, customer_id, user_id, client_order_id, request_hash, batch_id):
         try:
             # The unique key makes a concurrent duplicate wait here until we commit
             # or roll back, before either of us touches stock.
             self.cur.execute(
-                "INSERT INTO orders (client, user_id, client_order_id, request_hash, total_cents, batch_id) "
-                "VALUES (%s, %s, %s, %s, 0, %s)", (client, user_id, client_order_id, request_hash, batch_id))
+                "INSERT INTO orders (client, customer_id, user_id, client_order_id, request_hash, total_cents, "
+                "batch_id) VALUES (%s, %s, %s, %s, %s, 0, %s)",
+                (client, customer_id, user_id, client_order_id, request_hash, batch_id))
         except pymysql.err.IntegrityError as exc:
             if exc.args[0] != DUPLICATE_KEY:
                 raise
             return None
         return self.cur.lastrowid
 
-    def find(self, client, user_id, client_order_id):
-        self.cur.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE client = %s AND user_id = %s "
-                         "AND client_order_id = %s", (client, user_id, client_order_id))
+    def find(self, client, customer_id, user_id, client_order_id):
+        self.cur.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE client = %s AND customer_id = %s "
+                         "AND user_id = %s AND client_order_id = %s", (client, customer_id, user_id, client_order_id))
         return StoredOrder(**self.cur.fetchone())
 
     def add_lines(self, order_id, lines):

@@ -21,6 +21,7 @@ class Caller:
     client: str
     plan: str
     admin: bool
+    trusted: bool  # a trusted server's plan: may name any user_id in order bodies
 
 
 def local_key_id(client, generation):
@@ -56,7 +57,8 @@ class ClientRegistry:
 
     def caller(self, key_id, client):
         plan = self.clients[client]["plan"]
-        return Caller(key_id=key_id, client=client, plan=plan, admin=bool(self.plans[plan].get("admin")))
+        return Caller(key_id=key_id, client=client, plan=plan, admin=bool(self.plans[plan].get("admin")),
+                      trusted=bool(self.plans[plan].get("trusted_server")))
 
     def live_keys(self):
         """(client, generation) of every key that may call."""
@@ -70,11 +72,12 @@ class ClientRegistry:
     def cloud_caller(self, key_id, key_clients):
         """The Caller for an API Gateway key id; `key_clients` maps key id -> client
         (API_KEY_CLIENTS). A key API Gateway let through but the definitions do
-        not know (made by hand) is a standard-plan client of its own."""
+        not know (made by hand) is a client of its own, rate-limited as standard
+        and trusted with nothing."""
         client = key_clients.get(key_id)
         if client in self.clients:
             return self.caller(key_id, client)
-        return Caller(key_id=key_id, client=f"key:{key_id}", plan="standard", admin=False)
+        return Caller(key_id=key_id, client=f"key:{key_id}", plan="standard", admin=False, trusted=False)
 
 
 def parse_key_clients(text):

@@ -24,6 +24,11 @@ class Forbidden(ShopError):
     status, code = 403, "FORBIDDEN"
 
 
+class Unauthorized(ShopError):
+    """A customer route without a valid customer token (expired, forged, another pool or app)."""
+    status, code = 401, "UNAUTHORIZED"
+
+
 class NotFound(ShopError):
     status, code = 404, "NOT_FOUND"
 

@@ -4,7 +4,7 @@ the order's own transaction. `client` is the API client placing the order
 (chalicelib/domain/clients.py); it owns the order."""
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generic, Optional, TypeVar
 
 from chalicelib.domain import validation as v
@@ -23,6 +23,7 @@ class OrderRequest:
     user_id: int
     quantities: dict  # product_id -> merged quantity, ascending product id (the global lock order)
     client: str = ""  # the owner; not part of the request hash (it is the idempotency namespace)
+    customer_id: int = 0  # the customer whose token placed it (customers.id); 0: a trusted server's order
 
     @property
     def request_hash(self):
@@ -31,14 +32,29 @@ class OrderRequest:
 
 
 @dataclass(frozen=True)
+class Owner:
+    """Whose orders a caller sees: one client's, or one customer's (whichever
+    client they came through). A caller that may see every order has no Owner."""
+    client: Optional[str] = None
+    customer_id: Optional[int] = None
+
+    def owns(self, client, customer_id):
+        if self.customer_id is not None:
+            return customer_id == self.customer_id
+        return client == self.client
+
+
+@dataclass(frozen=True)
 class InvalidOrder:
     client_order_id: object
     error: ValidationError
 
 
-def parse_batch(body, client=""):
+def parse_batch(body, client="", customer_id=0):
     """Whole-request problems raise; per-order problems become InvalidOrder entries.
-    Every order is placed on behalf of `client`."""
+    Every order is placed on behalf of `client`; with `customer_id` (a customer
+    token) for that customer, whose id is the orders' user_id: an order naming
+    a user_id fails."""
     v.require_object(body)
     v.reject_unknown(body, ("orders", "batch_id"))
     orders = body.get("orders")
@@ -46,7 +62,19 @@ def parse_batch(body, client=""):
         raise ValidationError("'orders' must be a non-empty list of orders.", details={"field": "orders"})
     if len(orders) > MAX_ORDERS_PER_BATCH:
         raise PayloadTooLarge(f"At most {MAX_ORDERS_PER_BATCH} orders per batch; got {len(orders)}.")
+    if customer_id:
+        return [_for_customer(raw, i, client, customer_id) for i, raw in enumerate(orders)]
     return [parse_order(raw, i, client) for i, raw in enumerate(orders)]
+
+
+def _for_customer(raw, index, client, customer_id):
+    if isinstance(raw, dict) and "user_id" in raw:
+        coid = raw.get("client_order_id")
+        return InvalidOrder(coid if isinstance(coid, str) else None, ValidationError(
+            f"orders[{index}]: 'user_id' comes from the customer token, not the body.",
+            details={"field": "user_id"}))
+    order = parse_order({**raw, "user_id": customer_id} if isinstance(raw, dict) else raw, index, client)
+    return replace(order, customer_id=customer_id) if isinstance(order, OrderRequest) else order
 
 
 def parse_order(raw, index=0, client=""):

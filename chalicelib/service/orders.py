@@ -94,9 +94,11 @@ class OrderService:
 
     def _place(self, tx: ProductTransaction, reserver: Reserver, order: OrderRequest, batch_id) -> OrderResult:
         orders = self.repository(tx.cursor)
-        order_id = orders.add(order.client, order.user_id, order.client_order_id, order.request_hash, batch_id)
+        order_id = orders.add(order.client, order.customer_id, order.user_id, order.client_order_id,
+                              order.request_hash, batch_id)
         if order_id is None:
-            return self._replay(orders.find(order.client, order.user_id, order.client_order_id), order)
+            return self._replay(orders.find(order.client, order.customer_id, order.user_id, order.client_order_id),
+                                order)
         prices = reserver.reserve(tx, order.quantities)
         orders.add_lines(order_id, {pid: OrderLine(pid, qty, prices[pid]) for pid, qty in order.quantities.items()})
         total = sum(qty * prices[pid] for pid, qty in order.quantities.items())
@@ -126,7 +128,7 @@ class OrderService:
     def _owned(loaded, owner):
         """The order if `owner` may see it; someone else's order is as unknown as a missing one."""
         order, _ = loaded
-        if owner is not None and order.client != owner:
+        if owner is not None and not owner.owns(order.client, order.customer_id):
             raise OrderNotFound(f"Order {order.id} does not exist.", order_id=order.id)
         return loaded
 

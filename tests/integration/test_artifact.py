@@ -38,7 +38,9 @@ ADMIN_KEY_ID, STANDARD_KEY_ID = "artifact-admin-key-id", "artifact-standard-key-
 CLOUD_ENDPOINTS = {"ORDER_QUEUE_NAME", "INVALIDATION_QUEUE_NAME", "DATABASE_SECRET_ARN", "APP_DATABASE_SECRET_ARN",
                    "DATABASE_HOST",
                    "DATABASE_PORT", "DATABASE_NAME", "DATABASE_TLS", "REDIS_URL", "AWS_ENDPOINT_URL",
-                   "API_KEY_CLIENTS"}
+                   "API_KEY_CLIENTS", "COGNITO_USER_POOL_ID", "COGNITO_APP_CLIENT_IDS"}
+POOL_ID = "us-east-1_Artifact1"
+ISSUER = f"https://cognito-idp.us-east-1.amazonaws.com/{POOL_ID}"
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +104,8 @@ def local_endpoints(test_env):
         "AWS_ENDPOINT_URL": test_env["AWS_ENDPOINT_URL"],
         # What the template's Fn::Join gives once API Gateway has made the keys.
         "API_KEY_CLIENTS": f"{ADMIN_KEY_ID}=admin,{STANDARD_KEY_ID}=dev",
+        "COGNITO_USER_POOL_ID": POOL_ID,
+        "COGNITO_APP_CLIENT_IDS": "artifact-app-client",
         # The package's cloud stage refuses loopback endpoints; this run means them.
         "ALLOW_LOOPBACK_ENDPOINTS": "true",
     }
@@ -192,8 +196,9 @@ def test_the_package_runs_on_the_runtime_alone(packaged, functions):
     assert not api.origins["boto3"] or ".venv" not in api.origins["boto3"]
 
 
-def proxy_event(method, path, body=None, query=None, admin=False, key="shop-prod-standard-key"):
-    """An API Gateway REST proxy event for `path`, shaped like the samples in events/."""
+def proxy_event(method, path, body=None, query=None, admin=False, key="shop-prod-standard-key", claims=None):
+    """An API Gateway REST proxy event for `path`, shaped like the samples in events/;
+    `claims`: what API Gateway's Cognito authorizer hands over for a valid customer token."""
     base = "apigw_create_product.json" if body is not None else "apigw_get_product.json"
     event = copy.deepcopy(json.loads((EVENTS / base).read_text()))
     resource = _resource_for(path)
@@ -208,6 +213,8 @@ def proxy_event(method, path, body=None, query=None, admin=False, key="shop-prod
     context.update({"resourcePath": resource, "httpMethod": method, "path": "/prod" + path, "stage": "prod",
                     "requestId": str(uuid.uuid4())})
     context["identity"].update({"apiKey": key, "apiKeyId": ADMIN_KEY_ID if admin else STANDARD_KEY_ID})
+    if claims is not None:
+        context["authorizer"] = {"claims": claims}
     return event
 
 
@@ -233,8 +240,8 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
     api = functions("APIHandler")
     exercised = set()
 
-    def call(method, path, body=None, query=None, admin=False, status=200):
-        response = api.invoke(proxy_event(method, path, body, query, admin))
+    def call(method, path, body=None, query=None, admin=False, status=200, claims=None):
+        response = api.invoke(proxy_event(method, path, body, query, admin, claims=claims))
         exercised.add((_resource_for(path), method))
         assert response["statusCode"] == status, (method, path, response)
         assert response["headers"]["X-Request-Id"]
@@ -268,6 +275,19 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
     assert _body(call("GET", f"/orders/{order_id}"))["order"]["total_cents"] == 3000
     assert _body(call("POST", f"/orders/{order_id}/cancel"))["order"]["status"] == "cancelled"
     assert _body(call("GET", f"/products/{pid}"))["product"]["stock"] == 15  # fresh after the cancel
+
+    # Customers: API Gateway's authorizer has checked the token and passes its claims.
+    ann = {"sub": str(uuid.uuid4()), "iss": ISSUER, "token_use": "id", "email": "ann@example.com"}
+    bob = {**ann, "sub": str(uuid.uuid4())}
+    mine = _body(call("POST", "/customer/orders/batch", {"orders": [
+        {"client_order_id": "cust-1", "items": [{"product_id": pid, "quantity": 1}]}]}, claims=ann))
+    customer_order = mine["results"][0]["order_id"]
+    assert _body(call("GET", f"/customer/orders/{customer_order}", claims=ann))["order"]["client_order_id"] == "cust-1"
+    assert _body(call("GET", f"/customer/orders/{customer_order}", claims=bob, status=404))["error"]["code"] == \
+        "ORDER_NOT_FOUND"
+    assert _body(call("POST", f"/customer/orders/{customer_order}/cancel", claims=ann))["order"]["status"] == \
+        "cancelled"
+    assert _body(call("GET", f"/customer/orders/{customer_order}", status=401))["error"]["code"] == "UNAUTHORIZED"
 
     queued = _body(call("POST", "/orders/batch", {"orders": [
         {"client_order_id": "art-async", "user_id": 7, "items": [{"product_id": pid, "quantity": 1}]}]},

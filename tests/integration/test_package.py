@@ -196,9 +196,26 @@ def test_every_route_but_health_requires_an_api_key(packaged):
             seen.append((method, path))
             if path == "/health":
                 assert "security" not in op
+            elif path.startswith("/customer/"):
+                # Key AND customer token, in one requirement (two would mean either).
+                assert op["security"] == [{"api_key": [], "customers": []}], (method, path)
             else:
                 assert {"api_key": []} in op.get("security", []), (method, path)
     assert ("get", "/health") in seen and len(seen) > 1
+
+
+def test_customer_routes_have_the_pools_cognito_authorizer(real_template):
+    _, template = real_template
+    resources = template["Resources"]
+    body = resources["RestAPI"]["Properties"]["DefinitionBody"]
+    customers = body["securityDefinitions"]["customers"]
+    assert customers["x-amazon-apigateway-authorizer"] == {
+        "type": "cognito_user_pools", "providerARNs": [{"Fn::GetAtt": ["CustomerUserPool", "Arn"]}]}
+    assert any(p.startswith("/customer/") for p in body["paths"])
+    env = resources["APIHandler"]["Properties"]["Environment"]["Variables"]
+    assert env["APP_VERIFY_TOKENS"] == "false"  # the authorizer has verified the token
+    assert env["COGNITO_USER_POOL_ID"] == {"Ref": "CustomerUserPool"}
+    assert resources["CustomerUserPoolClient"]["Properties"]["GenerateSecret"] is False
 
 
 def test_tiny_app_route_without_api_key_required_gets_one(tiny_template):

@@ -66,7 +66,8 @@ def drain(limiter, key, plan, limit=100_000):
 
 
 def test_plans_are_the_documented_ones():
-    assert set(PLANS) == {"standard", "admin", "limited"}
+    assert set(PLANS) == {"standard", "admin", "limited", "public"}
+    assert not PLANS["public"]["trusted_server"] and PLANS["standard"]["trusted_server"]
     assert (PLANS["limited"]["burst"], PLANS["limited"]["rate_per_second"]) == (5, 1)
 
 

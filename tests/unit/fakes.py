@@ -123,19 +123,22 @@ class FakeOrders:
     def __init__(self, store):
         self.store = store
 
-    def add(self, client, user_id, client_order_id, request_hash, batch_id):
-        key = (client, user_id, client_order_id)
-        if any((o.client, o.user_id, o.client_order_id) == key for o in self.store.orders.values()):
+    @staticmethod
+    def _key(o):
+        return o.client, o.customer_id, o.user_id, o.client_order_id
+
+    def add(self, client, customer_id, user_id, client_order_id, request_hash, batch_id):
+        if any(self._key(o) == (client, customer_id, user_id, client_order_id) for o in self.store.orders.values()):
             return None
         order_id = self.store.next_id
         self.store.next_id += 1
-        self.store.orders[order_id] = StoredOrder(order_id, client, client_order_id, user_id, "created", 0,
-                                                  request_hash, datetime.now(timezone.utc))
+        self.store.orders[order_id] = StoredOrder(order_id, client, customer_id, client_order_id, user_id, "created",
+                                                  0, request_hash, datetime.now(timezone.utc))
         return order_id
 
-    def find(self, client, user_id, client_order_id):
-        key = (client, user_id, client_order_id)
-        return next(o for o in self.store.orders.values() if (o.client, o.user_id, o.client_order_id) == key)
+    def find(self, client, customer_id, user_id, client_order_id):
+        key = (client, customer_id, user_id, client_order_id)
+        return next(o for o in self.store.orders.values() if self._key(o) == key)
 
     def add_lines(self, order_id, lines):
         self.store.lines[order_id] = sorted(lines.values(), key=lambda line: line.product_id)

@@ -2,16 +2,26 @@
 from chalice import Blueprint
 
 from chalicelib import bootstrap
-from chalicelib.domain.errors import ValidationError
-from chalicelib.domain.orders import parse_batch
+from chalicelib.domain.errors import Forbidden, ValidationError
+from chalicelib.domain.orders import Owner, parse_batch
 from chalicelib.domain.validation import path_id
 from chalicelib.entrypoints.http import current_caller, endpoint, json_body, query_params
 
 routes = Blueprint(__name__)
 
 
+def trusted_caller():
+    """The /orders routes name users in the body: trusted servers only. A key that
+    ships in an app (plan not `trusted_server`) goes through /customer/orders."""
+    caller = current_caller()
+    if not caller.trusted:
+        raise Forbidden("This key may not name users; customers order through /customer/orders with their token.")
+    return caller
+
+
 @endpoint(routes, "/orders/batch", methods=("POST",))
 def place_batch(request):
+    trusted_caller()
     mode = query_params(request).get("mode", "sync")
     if mode not in ("sync", "async"):
         raise ValidationError("'mode' must be 'sync' or 'async'.", details={"field": "mode"})
@@ -24,9 +34,9 @@ def place_batch(request):
 
 
 def owner():
-    """Whose orders the caller may see: its own; an admin caller any."""
-    caller = current_caller()
-    return None if caller.admin else caller.client
+    """Whose orders the caller may see: its own client's; an admin caller any."""
+    caller = trusted_caller()
+    return None if caller.admin else Owner(client=caller.client)
 
 
 @endpoint(routes, "/orders/{order_id}", methods=("GET",))

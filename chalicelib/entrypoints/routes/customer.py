@@ -1,0 +1,45 @@
+"""Customer routes (docs/api.md: Customers): a customer's own orders, with the
+customer from the token (chalicelib/entrypoints/customers.py) and the client
+from the key. A customer sees and cancels only their own orders, whichever
+client's app they used; a token in the pool's `admin` group sees any order."""
+from chalice import Blueprint
+
+from chalicelib import bootstrap
+from chalicelib.domain.errors import ValidationError
+from chalicelib.domain.orders import Owner, parse_batch
+from chalicelib.domain.validation import path_id
+from chalicelib.entrypoints.customers import customer_for_request
+from chalicelib.entrypoints.http import current_caller, endpoint, json_body, query_params
+
+routes = Blueprint(__name__)
+# scripts/package.py puts API Gateway's Cognito authorizer on every route under this prefix.
+PREFIX = "/customer/"
+
+
+def _customer(request):
+    customer = customer_for_request(bootstrap.settings(), request.headers, request.context or {})
+    return customer, bootstrap.customer_directory().id_for(customer.issuer, customer.subject)
+
+
+def _owner(request):
+    customer, customer_id = _customer(request)
+    return None if customer.admin else Owner(customer_id=customer_id)
+
+
+@endpoint(routes, "/customer/orders/batch", methods=("POST",))
+def place_customer_batch(request):
+    if query_params(request).get("mode", "sync") != "sync":
+        raise ValidationError("Customer batches are sync only: 'mode' must be 'sync'.", details={"field": "mode"})
+    _, customer_id = _customer(request)
+    body = json_body(request)
+    return 200, bootstrap.orders().place_batch(parse_batch(body, current_caller().client, customer_id))
+
+
+@endpoint(routes, "/customer/orders/{order_id}", methods=("GET",))
+def get_customer_order(request, order_id):
+    return 200, {"order": bootstrap.orders().get(path_id(order_id, "order_id"), _owner(request))}
+
+
+@endpoint(routes, "/customer/orders/{order_id}/cancel", methods=("POST",))
+def cancel_customer_order(request, order_id):
+    return 200, {"order": bootstrap.orders().cancel(path_id(order_id, "order_id"), _owner(request))}

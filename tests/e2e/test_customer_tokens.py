@@ -1,0 +1,162 @@
+"""Customers with tokens (docs/api.md, "Customers"), over real HTTP, with real
+tokens from the local endpoint's Cognito user pool: the customer comes from
+the token, never the body; a customer sees only their own orders, whichever
+client's app they used; expired, forged, other-pool and other-app tokens get
+401; a key that ships in an app cannot name users."""
+import base64
+import json
+import time
+import uuid
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from scripts import localstack
+from tests.conftest import ADMIN_KEY, DEV_KEY
+from tests.e2e.test_orders_api import create_product, stock_of
+
+MOBILE = "shop-local-mobile-app-key-0001"
+STOREFRONT = "shop-local-storefront-key-0001"
+PASSWORD = "Customer-Passw0rd!"
+
+
+@pytest.fixture(scope="module")
+def pool(test_env):
+    cognito = localstack.cognito_client(test_env["AWS_ENDPOINT_URL"])
+    pool_id, client_id = test_env["COGNITO_USER_POOL_ID"], test_env["COGNITO_APP_CLIENT_IDS"]
+    run = uuid.uuid4().hex[:6]
+    people = {name: f"{name}-{run}@example.com" for name in ("ann", "bob", "ops")}
+    for name, email in people.items():
+        localstack.ensure_customer(cognito, pool_id, email, PASSWORD, groups=("admin",) if name == "ops" else ())
+    tokens = {name: localstack.sign_in(cognito, client_id, email, PASSWORD) for name, email in people.items()}
+    return {"cognito": cognito, "pool_id": pool_id, "client_id": client_id, "tokens": tokens}
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def place(api, token, key=MOBILE, **order):
+    body = {"orders": [{"client_order_id": order.get("coid", "c-1"), "items": order["items"], **order.get("extra", {})}]}
+    return api.post("/customer/orders/batch", key=key, headers=bearer(token), json=body)
+
+
+def test_a_customer_orders_for_themselves_and_sees_only_their_own(api, pool):
+    pid = create_product(api, "TOK-1", stock=10)
+    placed = place(api, pool["tokens"]["ann"], items=[{"product_id": pid, "quantity": 2}])
+    assert placed.status_code == 200, placed.text
+    result = placed.json()["results"][0]
+    assert result["status"] == "created"
+    order_id = result["order_id"]
+
+    mine = api.get(f"/customer/orders/{order_id}", key=MOBILE, headers=bearer(pool["tokens"]["ann"]))
+    assert mine.status_code == 200
+    # The same customer through another client's app: still theirs.
+    assert api.get(f"/customer/orders/{order_id}", key=STOREFRONT,
+                   headers=bearer(pool["tokens"]["ann"])).status_code == 200
+    # Another customer: as if it did not exist, and no cancel.
+    assert api.get(f"/customer/orders/{order_id}", key=MOBILE,
+                   headers=bearer(pool["tokens"]["bob"])).json()["error"]["code"] == "ORDER_NOT_FOUND"
+    assert api.post(f"/customer/orders/{order_id}/cancel", key=MOBILE,
+                    headers=bearer(pool["tokens"]["bob"])).status_code == 404
+    assert stock_of(api, pid) == 8
+    # The pool's admin group sees any customer's order.
+    assert api.get(f"/customer/orders/{order_id}", key=MOBILE, headers=bearer(pool["tokens"]["ops"])).status_code == 200
+    cancelled = api.post(f"/customer/orders/{order_id}/cancel", key=MOBILE, headers=bearer(pool["tokens"]["ann"]))
+    assert cancelled.json()["order"]["status"] == "cancelled" and stock_of(api, pid) == 10
+
+
+def test_the_user_comes_from_the_token_never_the_body(api, pool):
+    pid = create_product(api, "TOK-2", stock=10)
+    smuggled = place(api, pool["tokens"]["ann"], coid="c-2", items=[{"product_id": pid, "quantity": 1}],
+                     extra={"user_id": 1})
+    failed = smuggled.json()["results"][0]
+    assert failed["status"] == "failed" and failed["error"]["code"] == "VALIDATION_ERROR"
+    ann = place(api, pool["tokens"]["ann"], coid="c-3", items=[{"product_id": pid, "quantity": 1}]).json()
+    bob = place(api, pool["tokens"]["bob"], coid="c-3", items=[{"product_id": pid, "quantity": 1}]).json()
+    ann_order = api.get(f"/customer/orders/{ann['results'][0]['order_id']}", key=MOBILE,
+                        headers=bearer(pool["tokens"]["ann"])).json()["order"]
+    bob_order = api.get(f"/customer/orders/{bob['results'][0]['order_id']}", key=MOBILE,
+                        headers=bearer(pool["tokens"]["bob"])).json()["order"]
+    # Same client_order_id, two customers: two orders, each under its customer's user id.
+    assert ann_order["order_id"] != bob_order["order_id"] and ann_order["user_id"] != bob_order["user_id"]
+    assert stock_of(api, pid) == 8
+
+
+def test_a_key_that_ships_in_an_app_cannot_name_users(api, pool):
+    pid = create_product(api, "TOK-3", stock=5)
+    body = {"orders": [{"client_order_id": "m-1", "user_id": 1, "items": [{"product_id": pid, "quantity": 1}]}]}
+    for method, path, kwargs in (("POST", "/orders/batch", {"json": body}), ("GET", "/orders/1", {}),
+                                 ("POST", "/orders/1/cancel", {}), ("GET", "/batches/any", {})):
+        response = api.request(method, path, key=MOBILE, **kwargs)
+        assert response.status_code == 403 and response.json()["error"]["code"] == "FORBIDDEN", path
+    assert stock_of(api, pid) == 5
+    assert api.post("/orders/batch", key=DEV_KEY, json=body).json()["summary"]["created"] == 1  # trusted server
+
+
+# ------------------------------------------------------------------ tokens that must not pass
+def _moto_signing_key():
+    """The private key the local endpoint's Cognito signs with (moto's fixed test key)."""
+    from moto.utilities.utils import load_resource
+
+    return jwt.algorithms.RSAAlgorithm.from_jwk(load_resource("cognitoidp/resources/jwks-private.json"))
+
+
+def _claims(token):
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def _resigned(token, key, **changes):
+    return jwt.encode({**_claims(token), **changes}, key, algorithm="RS256", headers={"kid": "dummy"})
+
+
+def refused(api, token):
+    response = api.get("/customer/orders/1", key=MOBILE, headers=bearer(token) if token is not None else {})
+    assert response.status_code == 401, response.text
+    return response.json()["error"]
+
+
+def test_an_expired_token_is_refused(api, pool):
+    # Signed with the pool's own key, so only the expiry is wrong (an hour-old token).
+    expired = _resigned(pool["tokens"]["ann"], _moto_signing_key(), exp=int(time.time()) - 60)
+    error = refused(api, expired)
+    assert error["code"] == "UNAUTHORIZED" and "expired" in error["message"]
+
+
+def test_a_forged_token_is_refused(api, pool):
+    forger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    assert refused(api, _resigned(pool["tokens"]["ann"], forger, sub="someone-else"))["code"] == "UNAUTHORIZED"
+    header, payload, signature = pool["tokens"]["ann"].split(".")
+    claims = {**_claims(pool["tokens"]["ann"]), "cognito:groups": ["admin"]}
+    tampered = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    assert refused(api, f"{header}.{tampered}.{signature}")["code"] == "UNAUTHORIZED"
+
+
+def test_a_token_of_another_pool_or_another_app_is_refused(api, pool):
+    cognito = pool["cognito"]
+    other_pool, other_pool_client = localstack.ensure_customer_pool(cognito, f"other-{uuid.uuid4().hex[:6]}")
+    try:
+        localstack.ensure_customer(cognito, other_pool, "eve@example.com", PASSWORD)
+        error = refused(api, localstack.sign_in(cognito, other_pool_client, "eve@example.com", PASSWORD))
+        assert "another user pool" in error["message"]
+    finally:
+        cognito.delete_user_pool(UserPoolId=other_pool)
+    other_app = cognito.create_user_pool_client(UserPoolId=pool["pool_id"], ClientName=f"x-{uuid.uuid4().hex[:6]}",
+                                                ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH"])["UserPoolClient"]
+    token = cognito.initiate_auth(ClientId=other_app["ClientId"], AuthFlow="USER_PASSWORD_AUTH", AuthParameters={
+        "USERNAME": _claims(pool["tokens"]["ann"])["email"], "PASSWORD": PASSWORD})["AuthenticationResult"]
+    assert "another app client" in refused(api, token["IdToken"])["message"]
+
+
+@pytest.mark.parametrize("token", [None, "", "garbage", "a.b.c", "Bearer", "x" * 5000])
+def test_a_missing_or_garbage_token_is_401_not_500(api, token):
+    assert refused(api, token)["code"] == "UNAUTHORIZED"
+
+
+def test_the_access_token_is_not_the_customer_token(api, pool, test_env):
+    answer = pool["cognito"].initiate_auth(ClientId=pool["client_id"], AuthFlow="USER_PASSWORD_AUTH", AuthParameters={
+        "USERNAME": _claims(pool["tokens"]["ann"])["email"], "PASSWORD": PASSWORD})["AuthenticationResult"]
+    assert refused(api, answer["AccessToken"])["code"] == "UNAUTHORIZED"
+    assert api.get("/customer/orders/1", key=ADMIN_KEY, headers=bearer(answer["IdToken"])).status_code == 404
