@@ -8,7 +8,7 @@ from chalicelib.adapters.admission import InFlightLimit
 from chalicelib.adapters.inventory import InventoryStrategy, Reserver
 from chalicelib.adapters.order_repository import MySQLOrderRepository, OrderLine, OrderRepository, StoredOrder
 from chalicelib.domain.errors import ConcurrencyExhausted, IdempotencyConflict, ServiceUnavailable, ShopError
-from chalicelib.domain.orders import BatchOutcome, InvalidOrder, K, OrderRequest, OrderResult, failed
+from chalicelib.domain.orders import BatchOutcome, InvalidOrder, K, OrderRequest, OrderResult, failed, summarize
 from chalicelib.domain.products import iso
 from chalicelib.ops.metrics import emit
 from chalicelib.service.unit_of_work import ProductTransaction, ProductWrites, WriteSession
@@ -60,8 +60,7 @@ class OrderService:
                                              " retrying the batch returns them as duplicates.")
             raise exc
         results = [r.to_api() for r in outcome.results.values()]
-        created = sum(1 for r in outcome.results.values() if r.created)
-        return {"results": results, "summary": {"created": created, "failed": len(results) - created}}
+        return {"results": results, "summary": summarize(results)}
 
     def place(self, session: WriteSession, order: OrderRequest, batch_id=None) -> OrderResult:
         """One order in its own transaction of `session`. Business failures are
@@ -103,7 +102,8 @@ class OrderService:
                 f"client_order_id {order.client_order_id!r} was already used by user {order.user_id} "
                 "for different lines."
             )
-        return OrderResult(order.client_order_id, existing.id, existing.total_cents, duplicate=True)
+        return OrderResult(order.client_order_id, existing.id, existing.total_cents, duplicate=True,
+                           status=existing.status)
 
     # --- reads and cancel ---------------------------------------------------
 
