@@ -3,6 +3,7 @@
 #   make test       the whole test suite (ARGS="-k foo" passes arguments to pytest)
 #   make queues     queue and DLQ depths, DLQ bodies      make redrive   DLQ -> source queue
 #   make seed       add missing demo products             make package   deployment package
+#   make openapi    rewrite docs/openapi.json from chalicelib/entrypoints/openapi.py
 #   make lock       re-pin requirements*.txt (with hashes) from requirements*.in
 #   make bench-orders | bench-search | bench-ingest  (ARGS passed through)
 
@@ -26,10 +27,10 @@ export AWS_SECRET_ACCESS_KEY ?= test
 export AWS_DEFAULT_REGION ?= us-east-1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv run test chromium setup queues redrive seed package lock bench-orders bench-search bench-ingest clean-venv
+.PHONY: help venv run test chromium setup queues redrive seed package openapi lock bench-orders bench-search bench-ingest clean-venv
 
 help:
-	@sed -n '2,7p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,8p' Makefile | sed 's/^# \{0,1\}//'
 
 # Re-installs only when a lock file changed (or the venv is new). The lock files
 # pin every package with its hashes: pip refuses anything else.
@@ -64,6 +65,9 @@ seed: $(STAMP)
 
 package: $(STAMP)
 	$(PY) scripts/package.py $(ARGS)
+
+openapi: $(STAMP)
+	$(PY) -c 'from chalicelib.entrypoints.openapi import render; open("docs/openapi.json", "w").write(render())'
 
 # pip-tools in a venv of its own; the .in files are the ones to edit.
 LOCK_FLAGS := --generate-hashes --no-strip-extras --no-emit-index-url --no-emit-find-links -q
