@@ -27,10 +27,13 @@ def _ref(name):
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+NO_NUL = r"^[^\u0000]*$"
+
+
 def _string(min_length, max_length, description=None):
-    schema = {"type": "string", "minLength": min_length, "maxLength": max_length}
-    if min_length:
-        schema["pattern"] = r"\S"  # trimmed of surrounding whitespace, it must still be there
+    """A body string: no NUL, and (when required) something left once trimmed of whitespace."""
+    schema = {"type": "string", "minLength": min_length, "maxLength": max_length,
+              "pattern": r"^[^\u0000]*[^\s\u0000][^\u0000]*$" if min_length else NO_NUL}
     if description:
         schema["description"] = description
     return schema
@@ -263,18 +266,21 @@ def build():
                     "content": {"application/json": {"schema": _object(
                         {"ids": {"type": "array", "items": {"type": "integer"}}}, ["ids"])}}}},
             admin=True, body="BulkProducts", statuses=(400, 409, 500))},
-        "/products/search": {"get": _operation("searchProducts", "Keyword search over active products", {
+        "/products/search": {"get": _operation("searchProducts", "Keyword search over active products; an empty "
+                                               "parameter is the same as leaving it out; min_price <= max_price", {
             "200": _json("SearchPage", "A page of matches.", "X-Cache")},
             parameters=[
-                _query("q", {"type": "string", "maxLength": MAX_QUERY_CHARS}, "Keywords, at most 10 distinct terms."),
-                _query("category", {"type": "string", "maxLength": 64}),
+                _query("q", {"type": "string", "maxLength": MAX_QUERY_CHARS, "pattern": NO_NUL},
+                       "Keywords, at most 10 distinct terms."),
+                _query("category", {"type": "string", "maxLength": 64, "pattern": NO_NUL}),
                 _query("min_price", _integer(0, MAX_PRICE_CENTS)),
                 _query("max_price", _integer(0, MAX_PRICE_CENTS)),
                 _query("in_stock", {"type": "string", "enum": ["true", "false", "1", "0"]},
                        "Any case of true/false/1/0."),
                 _query("sort", {"type": "string", "enum": list(SORTS)}),
                 _query("limit", _integer(1, 100)),
-                _query("cursor", {"type": "string", "maxLength": 512}, "next_cursor of the previous page."),
+                _query("cursor", {"type": "string", "maxLength": 512, "pattern": NO_NUL},
+                       "next_cursor of the previous page (opaque)."),
             ])},
         "/products/{product_id}": {
             "get": _operation("getProduct", "A product, also inactive", {
