@@ -28,6 +28,9 @@ MAX_BODY_BYTES = 1_000_000
 # put on a body they were not told to label are accepted (curl -d sends
 # x-www-form-urlencoded); text/plain, XML and the rest are 415.
 ACCEPTED_CONTENT_TYPES = ["application/json", "application/x-www-form-urlencoded", "application/octet-stream"]
+# What Chalice lets through to a view: a request without a body labelled text/plain (some
+# clients label every request so) is served; a body labelled so gets 415 in json_body.
+ROUTE_CONTENT_TYPES = [*ACCEPTED_CONTENT_TYPES, "text/plain"]
 
 
 def _request_id(request):
@@ -151,7 +154,7 @@ def endpoint(routes, path, methods=("GET",), admin=False, public=False, check_ke
             return response
 
         routes.route(path, methods=list(methods), api_key_required=not public,
-                     content_types=ACCEPTED_CONTENT_TYPES)(handler)
+                     content_types=ROUTE_CONTENT_TYPES)(handler)
         return view
 
     return decorate

@@ -163,6 +163,9 @@ def test_json_bodies_with_the_accepted_labels_still_work(api, content_type):
     body = b'{"sku": "LABEL", "name": "n", "category": "c", "price_cents": 1, "stock": 1}'
     response = api.post("/products", key=ADMIN_KEY, data=body, headers={"Content-Type": content_type})
     assert response.status_code == 201, response.text
+    # A read labelled text/plain carries no body to misread: still served.
+    read = api.get(f"/products/{response.json()['product']['id']}", headers={"Content-Type": "text/plain"})
+    assert read.status_code == 200, read.text
 
 
 def test_replay_of_a_cancelled_order_says_cancelled(api):
