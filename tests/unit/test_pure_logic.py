@@ -188,3 +188,13 @@ def test_failed_results_echo_bounded_valid_text():
     result = failed("z\udfff" * 50_000, ValidationError("m" * 100_000)).to_api()
     assert len(result["client_order_id"]) == 64 and len(result["error"]["message"]) == MAX_RESULT_MESSAGE
     assert "\ufffd" in result["client_order_id"]
+
+
+def test_a_replay_of_a_cancelled_order_is_reported_cancelled_and_counted_apart():
+    from chalicelib.domain.orders import OrderResult, failed, summarize
+    replay = OrderResult("c-1", 7, 500, duplicate=True, status="cancelled").to_api()
+    assert replay == {"client_order_id": "c-1", "status": "cancelled", "order_id": 7, "total_cents": 500,
+                      "duplicate": True}
+    results = [replay, OrderResult("c-2", 8, 100).to_api(), failed("c-3", ValidationError("bad")).to_api()]
+    assert summarize(results) == {"created": 1, "failed": 1, "cancelled": 1}
+    assert summarize(results[1:]) == {"created": 1, "failed": 1}
