@@ -5,6 +5,7 @@
 #   make seed       add missing demo products             make package   deployment package
 #   make deploy STAGE=dev|prod   package, deploy the stack (infra/deploy.json), run the migrations
 #   make clients    API clients and keys (ARGS="add NAME --plan P" | "rotate NAME" | "revoke NAME [--key N]")
+#   make openapi    rewrite docs/openapi.json from chalicelib/entrypoints/openapi.py
 #   make lock       re-pin requirements*.txt (with hashes) from requirements*.in
 #   make bench-orders | bench-search | bench-ingest | bench-lambda-sizes | bench-writer-cost
 
@@ -28,10 +29,10 @@ export AWS_SECRET_ACCESS_KEY ?= test
 export AWS_DEFAULT_REGION ?= us-east-1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv run test chromium setup queues redrive seed package deploy clients lock bench-orders bench-search bench-ingest bench-lambda-sizes bench-writer-cost clean-venv
+.PHONY: help venv run test chromium setup queues redrive seed package deploy clients openapi lock bench-orders bench-search bench-ingest bench-lambda-sizes bench-writer-cost clean-venv
 
 help:
-	@sed -n '2,9p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
 
 # Re-installs only when a lock file changed (or the venv is new). The lock files
 # pin every package with its hashes: pip refuses anything else.
@@ -76,6 +77,9 @@ deploy: $(STAMP)
 
 clients: $(STAMP)
 	@$(PY) scripts/clients.py $(ARGS)
+
+openapi: $(STAMP)
+	$(PY) -c 'import pathlib; from chalicelib.entrypoints.openapi import render; text = render(); pathlib.Path("docs/openapi.json").write_text(text)'
 
 # pip-tools in a venv of its own; the .in files are the ones to edit.
 LOCK_FLAGS := --generate-hashes --no-strip-extras --no-emit-index-url --no-emit-find-links -q

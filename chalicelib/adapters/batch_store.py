@@ -2,6 +2,8 @@
 import json
 
 from chalicelib.domain.errors import BatchNotFound
+from chalicelib.domain.orders import summarize
+from chalicelib.domain.validation import echo
 
 
 class BatchStore:
@@ -55,7 +57,8 @@ class BatchStore:
         """API body for GET /batches/{batch_id}; BatchNotFound if unknown or
         another client's (`owner` None: any client's)."""
         if not isinstance(batch_id, str) or not 1 <= len(batch_id) <= 64:
-            raise BatchNotFound(f"Batch {batch_id} does not exist.", batch_id=batch_id)
+            quoted = echo(batch_id)
+            raise BatchNotFound(f"Batch {quoted} does not exist.", batch_id=quoted)
 
         def work(cur):
             cur.execute("SELECT id, client, order_count, created_at, updated_at FROM batches WHERE id = %s",
@@ -71,6 +74,5 @@ class BatchStore:
         # while two consumers of the same batch race.
         count, expected = len(results), batch["order_count"]
         status = "done" if count >= expected else ("processing" if count else "queued")
-        created = sum(1 for r in results if r["status"] == "created")
         return {"batch_id": batch["id"], "status": status, "order_count": expected, "results": results,
-                "summary": {"created": created, "failed": count - created, "pending": max(0, expected - count)}}
+                "summary": {**summarize(results), "pending": max(0, expected - count)}}

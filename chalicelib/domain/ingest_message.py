@@ -5,6 +5,7 @@ import json
 import time
 
 from chalicelib.domain.errors import PayloadTooLarge, ValidationError
+from chalicelib.domain.validation import parse_json
 
 ORDERS_PER_MESSAGE = 10
 # SQS takes 256 KiB per message (and per SendMessageBatch call); keep a margin.
@@ -66,8 +67,11 @@ def decode_message(body, message_id):
     """Parse a message body; never raises (a bad body is a permanent failure to record)."""
     fallback_id = f"sqs-{message_id}"
     try:
-        data = json.loads(body)
-    except (ValueError, TypeError) as exc:
+        # Lone surrogates are left to the per-order checks, so valid sibling orders still go through.
+        data = parse_json(body, "message body", allow_surrogates=True)
+    except ValidationError as exc:
+        return IngestMessage(fallback_id, 1, [0], [], error=exc)
+    except TypeError as exc:
         return IngestMessage(fallback_id, 1, [0], [], error=ValidationError(f"The message body is not valid JSON: {exc}."))
     if not isinstance(data, dict):
         return IngestMessage(fallback_id, 1, [0], [], error=ValidationError("The message body must be a JSON object."))

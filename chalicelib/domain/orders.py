@@ -110,14 +110,21 @@ def parse_order(raw, index=0, client=""):
         return InvalidOrder(client_order_id if isinstance(client_order_id, str) else None, exc)
 
 
+MAX_CLIENT_ORDER_ID = 64
+# Results are stored in batch_results.result (TEXT, 64 KiB): every echoed part is bounded.
+MAX_RESULT_MESSAGE = 1000
+
+
 @dataclass(frozen=True)
 class OrderResult:
-    """What became of one order of a batch (the API's per-order result)."""
+    """What became of one order of a batch (the API's per-order result).
+    `status` is the order's own: a replay of a cancelled order is "cancelled"."""
     client_order_id: Optional[str]
     order_id: Optional[int] = None
     total_cents: Optional[int] = None
     duplicate: bool = False
     error: Optional[ShopError] = None
+    status: str = "created"
 
     @property
     def created(self) -> bool:
@@ -129,13 +136,25 @@ class OrderResult:
         return isinstance(self.error, ServiceUnavailable)
 
     def to_api(self) -> dict:
+        # An invalid client_order_id may be anything the client sent: echo it cut to the contract's 64.
+        coid = v.echo(self.client_order_id, MAX_CLIENT_ORDER_ID) if isinstance(self.client_order_id, str) else None
         if self.created:
-            return {"client_order_id": self.client_order_id, "status": "created", "order_id": self.order_id,
+            return {"client_order_id": coid, "status": self.status, "order_id": self.order_id,
                     "total_cents": self.total_cents, "duplicate": self.duplicate}
-        error = {"code": self.error.code, "message": self.error.message}
+        error = {"code": self.error.code, "message": v.echo(self.error.message, MAX_RESULT_MESSAGE)}
         if "product_id" in self.error.extra:
             error["product_id"] = self.error.extra["product_id"]
-        return {"client_order_id": self.client_order_id, "status": "failed", "error": error}
+        return {"client_order_id": coid, "status": "failed", "error": error}
+
+
+def summarize(results) -> dict:
+    """The batch summary of API results; `cancelled` only when a replay found its order cancelled."""
+    counts = {"created": 0, "failed": 0, "cancelled": 0}
+    for result in results:
+        counts[result["status"]] += 1
+    if not counts["cancelled"]:
+        del counts["cancelled"]
+    return counts
 
 
 def failed(client_order_id, exc: ShopError) -> OrderResult:

@@ -119,8 +119,9 @@ def parse_query(params):
     params = dict(params or {})
     unknown = sorted(set(params) - set(PARAMS))
     if unknown:
-        raise ValidationError(f"Unknown query parameter(s): {', '.join(unknown)}.",
-                              details={"unknown_fields": unknown, "allowed": list(PARAMS)})
+        names = [v.echo(name) for name in unknown[:v.MAX_ECHO_NAMES]]
+        raise ValidationError(f"Unknown query parameter(s): {', '.join(names)}.",
+                              details={"unknown_fields": names, "allowed": list(PARAMS)})
     for name, value in params.items():
         if not isinstance(value, str) or "\x00" in value:
             raise ValidationError(f"'{name}' is not a valid string.", details={"field": name})

@@ -11,9 +11,11 @@ from chalicelib.domain.errors import (
     InsufficientStock,
     ProductNotFound,
     ServiceUnavailable,
+    ValidationError,
     VersionConflict,
 )
-from chalicelib.domain.products import to_api, validate_delta, validate_new_product, validate_patch
+from chalicelib.domain.products import MAX_STOCK, to_api, validate_delta, validate_new_product, validate_patch
+from chalicelib.domain.validation import MAX_ECHO_NAMES
 from chalicelib.service.unit_of_work import PRODUCT_COLUMNS, ProductTransaction, ProductWrites
 
 
@@ -41,21 +43,30 @@ class Catalog:
         if not validated:
             products = [validate_new_product(p, f"products[{i}]") for i, p in enumerate(products)]
         skus = [p["sku"] for p in products]
-        if len(set(skus)) != len(skus):
+        if len({sku.casefold() for sku in skus}) != len(skus):  # skus are unique case-insensitively
             seen, dupes = set(), []
             for sku in skus:
-                if sku in seen:
+                if sku.casefold() in seen:
                     dupes.append(sku)
-                seen.add(sku)
+                seen.add(sku.casefold())
             raise DuplicateSku("The same sku appears more than once in the request.", details={"skus": sorted(set(dupes))})
 
         def work(tx: ProductTransaction):
             try:
                 return tx.insert(products)
             except pymysql.err.IntegrityError as exc:
-                if exc.args[0] == DUPLICATE_KEY:
-                    raise DuplicateSku("A product with this sku already exists.", details={"error": str(exc.args[1])})
-                raise
+                if exc.args[0] != DUPLICATE_KEY:
+                    raise
+                # Name the taken skus ourselves: MySQL's text names its index and quotes the row.
+                # The column's collation decides what "the same sku" is (case and accents).
+                wanted = " UNION ALL ".join(["SELECT %s AS sku"] * len(skus))
+                tx.cursor.execute(f"SELECT DISTINCT w.sku FROM ({wanted}) w JOIN products p ON p.sku = w.sku", skus)
+                existing = sorted(row["sku"] for row in tx.cursor.fetchall())[:MAX_ECHO_NAMES]
+                if not existing:  # two skus of the request that only the collation finds equal
+                    message = "Two skus in the request are the same when compared case- and accent-insensitively."
+                else:
+                    message = f"A product with sku {', '.join(existing)} already exists."
+                raise DuplicateSku(message, details={"skus": existing, "error": message}) from None
 
         return [to_api(row) for row in self.writes.run(work)]
 
@@ -79,11 +90,19 @@ class Catalog:
         delta = validate_delta(body)
 
         def work(tx: ProductTransaction):
-            changed = tx.update([product_id], "stock = stock + %s", [delta], where="stock + %s >= 0",
-                                where_params=[delta])
+            # A restock may not take stock above MAX_STOCK; a decrease is always allowed down to zero
+            # (stock above the bound, returned by cancels, can still be taken down).
+            changed = tx.update([product_id], "stock = stock + %s", [delta],
+                                where="stock + %s >= 0 AND (%s < 0 OR stock + %s <= %s)",
+                                where_params=[delta, delta, delta, MAX_STOCK])
             row = tx.select([product_id]).get(product_id)
             if row is None:
                 raise ProductNotFound(f"Product {product_id} does not exist.", product_id=product_id)
+            if not changed and delta > 0:
+                raise ValidationError(
+                    f"Product {product_id} has {row['stock']} in stock; a change of {delta} would take it above "
+                    f"the maximum of {MAX_STOCK}.", details={"field": "delta", "max_stock": MAX_STOCK},
+                    product_id=product_id)
             if not changed:
                 raise InsufficientStock(
                     f"Product {product_id} has {row['stock']} in stock; a change of {delta} would go below zero.",

@@ -15,7 +15,7 @@ from chalicelib.domain.errors import (
     ServiceUnavailable,
     ShopError,
 )
-from chalicelib.domain.orders import BatchOutcome, InvalidOrder, K, OrderRequest, OrderResult, failed
+from chalicelib.domain.orders import BatchOutcome, InvalidOrder, K, OrderRequest, OrderResult, failed, summarize
 from chalicelib.domain.products import iso
 from chalicelib.ops.metrics import emit
 from chalicelib.service.unit_of_work import ProductTransaction, ProductWrites, WriteSession
@@ -67,8 +67,7 @@ class OrderService:
                                              " retrying the batch returns them as duplicates.")
             raise exc
         results = [r.to_api() for r in outcome.results.values()]
-        created = sum(1 for r in outcome.results.values() if r.created)
-        return {"results": results, "summary": {"created": created, "failed": len(results) - created}}
+        return {"results": results, "summary": summarize(results)}
 
     def place(self, session: WriteSession, order: OrderRequest, batch_id=None) -> OrderResult:
         """One order in its own transaction of `session`. Business failures are
@@ -112,7 +111,8 @@ class OrderService:
                 f"client_order_id {order.client_order_id!r} was already used by user {order.user_id} "
                 "for different lines."
             )
-        return OrderResult(order.client_order_id, existing.id, existing.total_cents, duplicate=True)
+        return OrderResult(order.client_order_id, existing.id, existing.total_cents, duplicate=True,
+                           status=existing.status)
 
     # --- reads and cancel ---------------------------------------------------
 

@@ -164,3 +164,25 @@ def test_mysql_down_async_batches_are_accepted_and_processed_once_it_is_back(pro
                                       "WHERE client_order_id LIKE 'down-%%' GROUP BY client_order_id")
     assert len(rows) == 36 and all(r["n"] == 1 for r in rows)
     assert api.get(f"/products/{product['id']}").json()["product"]["stock"] == 64
+
+
+def test_async_batch_with_a_huge_invalid_client_order_id_reaches_done(api, sqs, ingest_queue):
+    # A 70 KB client_order_id once overflowed batch_results.result: the message retried into the DLQ,
+    # the batch never reached done, and its valid siblings were created but never recorded.
+    url, poller = ingest_queue
+    product = make_product(bootstrap.catalog(), stock=5)
+    body = {"orders": orders(["huge-ok-1"], product["id"]) + orders(["h" * 70_000], product["id"])
+            + orders(["huge-ok-2"], product["id"])}
+    response = api.post("/orders/batch?mode=async", json=body)
+    assert response.status_code == 202, response.text[:300]
+    batch_id = response.json()["batch_id"]
+
+    assert drain(poller, lambda: api.get(f"/batches/{batch_id}").json()["status"] == "done")
+    batch = api.get(f"/batches/{batch_id}").json()
+    first, huge, last = batch["results"]
+    assert first["status"] == last["status"] == "created"
+    assert huge["status"] == "failed" and huge["error"]["code"] == "VALIDATION_ERROR"
+    assert huge["client_order_id"] == "h" * 63 + "\u2026"
+    assert batch["summary"] == {"created": 2, "failed": 1, "pending": 0}
+    assert api.get(f"/products/{product['id']}").json()["product"]["stock"] == 3
+    assert queued(sqs, url) == 0

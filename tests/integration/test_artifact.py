@@ -27,6 +27,7 @@ import pytest
 import redis
 
 import app as shop_app
+from chalicelib.entrypoints import openapi
 from scripts import package
 from tests.conftest import ROOT
 
@@ -302,6 +303,13 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
     assert bad["error"]["code"] == "VALIDATION_ERROR" and bad["error"]["request_id"]
     not_allowed = api.invoke(proxy_event("DELETE", f"/products/{pid}"))  # Chalice's own answer, reshaped
     assert not_allowed["statusCode"] == 405 and _body(not_allowed)["error"]["code"] == "METHOD_NOT_ALLOWED"
+
+    # The contract document, from its sample event (with the package's key), equals what the code builds.
+    sample = json.loads((EVENTS / "apigw_get_openapi.json").read_text())
+    sample["headers"]["x-api-key"] = sample["requestContext"]["identity"]["apiKey"] = "shop-prod-standard-key"
+    document = api.invoke(sample)
+    exercised.add(("/openapi.json", "GET"))
+    assert document["statusCode"] == 200 and _body(document) == openapi.build()
 
     routes = {(resource, method) for resource, methods in shop_app.app.routes.items() for method in methods}
     assert routes <= exercised, f"routes the artifact test does not drive: {sorted(routes - exercised)}"

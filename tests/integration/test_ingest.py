@@ -307,3 +307,31 @@ def test_cache_invalidation_handler_reports_partial_failures(clean_db, sqs, test
     assert shop_app.handle_cache_invalidation(event, None) == {"batchItemFailures": []}
     with mysql_down(test_env):
         assert shop_app.handle_cache_invalidation(event, None) == {"batchItemFailures": [{"itemIdentifier": "m-ok"}]}
+
+
+def test_garbage_orders_never_lose_the_message_or_a_valid_sibling(clean_db, sqs, fast_queue):
+    spec, url, dlq_url = fast_queue
+    product = make_product(bootstrap.catalog(), stock=5)
+    huge = order("h" * 70_000, product["id"])  # once overflowed batch_results.result: retried into the DLQ
+    odd_key = {**order("g-odd", product["id"]), "\ud800" * 3: 1}
+    surrogate_id = order("g-\udc00", product["id"])
+    mixed, deep = send(sqs, url, {"batch_id": "garbage-1", "orders": [
+        order("g-1", product["id"]), huge, odd_key, surrogate_id, order("g-2", product["id"], 2)]},
+        '{"orders": ' + "[" * 5000 + "]" * 5000 + "}")
+    poller = Poller(sqs, spec.name, shop_app.handle_order_ingest, wait_seconds=1)
+    messages = receive_all(poller, 2)
+    assert poller.invoke(messages) == set()  # nothing to retry: every position has a result
+    poller.delete(messages)
+
+    batch = bootstrap.batch_store().get("garbage-1")
+    assert batch["status"] == "done" and batch["summary"] == {"created": 2, "failed": 3, "pending": 0}
+    ok_1, too_long, odd, bad_id, ok_2 = batch["results"]
+    assert ok_1["status"] == ok_2["status"] == "created"
+    assert too_long["error"]["code"] == "VALIDATION_ERROR" and too_long["client_order_id"] == "h" * 63 + "\u2026"
+    assert odd["error"]["code"] == "VALIDATION_ERROR" and "\ufffd" in odd["error"]["message"]
+    assert bad_id["client_order_id"] == "g-\ufffd" and bad_id["error"]["code"] == "VALIDATION_ERROR"
+    assert [o["client_order_id"] for o in orders_for("g-")] == ["g-1", "g-2"]
+    assert stock(product["id"]) == 5 - 3
+    too_deep = bootstrap.batch_store().get(f"sqs-{deep}")
+    assert too_deep["status"] == "done" and "nested deeper" in too_deep["results"][0]["error"]["message"]
+    assert depth(sqs, url) == 0 and depth(sqs, dlq_url) == 0

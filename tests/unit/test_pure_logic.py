@@ -144,3 +144,57 @@ def test_stage_local_inside_lambda_is_refused(monkeypatch):
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "shop-prod-APIHandler")
     monkeypatch.delenv("AWS_CHALICE_CLI_MODE", raising=False)
     assert any("STAGE is 'local'" in problem for problem in Settings({}).misconfiguration())
+
+
+@pytest.mark.parametrize("raw", ["--5", "-+5", "+5", " 5", "5 ", "1e3", "٥", "0x10", "-", "1" * 19])
+def test_query_int_takes_one_optional_minus_and_ascii_digits_only(raw):
+    with pytest.raises(ValidationError):
+        v.query_int({"limit": raw}, "limit", 20, 1, 100)
+
+
+def test_query_int_accepts_plain_integers():
+    assert v.query_int({"limit": "7"}, "limit", 20, 1, 100) == 7
+    assert v.query_int({"limit": ""}, "limit", 20, 1, 100) == 20
+    with pytest.raises(ValidationError):
+        v.query_int({"limit": "-7"}, "limit", 20, 1, 100)
+
+
+@pytest.mark.parametrize("raw, why", [
+    ("[" * 5000 + "]" * 5000, "nested deeper"),
+    ('{"a": ' * 40 + "1" + "}" * 40, "nested deeper"),
+    ('{"a": "x\\ud800"}', "surrogate"),
+    ('{"\\udc00": 1}', "surrogate"),
+    ("{not json", "not valid JSON"),
+])
+def test_parse_json_rejects_what_cannot_be_handled(raw, why):
+    with pytest.raises(ValidationError, match=why):
+        v.parse_json(raw)
+
+
+def test_parse_json_keeps_ordinary_values_and_surrogates_when_allowed():
+    assert v.parse_json('{"orders": [{"items": [{"q": 1}]}]}') == {"orders": [{"items": [{"q": 1}]}]}
+    assert v.parse_json('["\\ud800"]', allow_surrogates=True) == ["\ud800"]
+
+
+def test_echo_is_valid_unicode_and_bounded():
+    assert v.echo("abc") == "abc"
+    cut = v.echo("\ud800" + "y" * 100, 64)
+    assert len(cut) == 64 and cut.startswith("\ufffdy") and cut.endswith("\u2026")
+    cut.encode()  # would raise on a surrogate
+
+
+def test_failed_results_echo_bounded_valid_text():
+    from chalicelib.domain.orders import MAX_RESULT_MESSAGE, failed
+    result = failed("z\udfff" * 50_000, ValidationError("m" * 100_000)).to_api()
+    assert len(result["client_order_id"]) == 64 and len(result["error"]["message"]) == MAX_RESULT_MESSAGE
+    assert "\ufffd" in result["client_order_id"]
+
+
+def test_a_replay_of_a_cancelled_order_is_reported_cancelled_and_counted_apart():
+    from chalicelib.domain.orders import OrderResult, failed, summarize
+    replay = OrderResult("c-1", 7, 500, duplicate=True, status="cancelled").to_api()
+    assert replay == {"client_order_id": "c-1", "status": "cancelled", "order_id": 7, "total_cents": 500,
+                      "duplicate": True}
+    results = [replay, OrderResult("c-2", 8, 100).to_api(), failed("c-3", ValidationError("bad")).to_api()]
+    assert summarize(results) == {"created": 1, "failed": 1, "cancelled": 1}
+    assert summarize(results[1:]) == {"created": 1, "failed": 1}

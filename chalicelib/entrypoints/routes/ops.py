@@ -1,4 +1,5 @@
-"""Operations routes: `GET /admin/stats` (admin) and `GET /dashboard`.
+"""Operations routes: `GET /admin/stats` (admin), `GET /dashboard` and
+`GET /openapi.json` (the machine-readable contract, entrypoints/openapi.py).
 
 `/admin/stats?window=300&step=1` -> the last `window` seconds (1..300) of
 order latency, orders, cache hit rates, requests, errors and per-route
@@ -16,6 +17,7 @@ from infra/ there).
 from chalice import Blueprint, Response
 
 from chalicelib.domain.validation import query_int
+from chalicelib.entrypoints import openapi
 from chalicelib.entrypoints.http import endpoint, query_params
 from chalicelib.ops import metrics
 from chalicelib.ops.dashboard import DASHBOARD_HTML
@@ -44,3 +46,11 @@ def admin_stats(request):
 @endpoint(routes, "/dashboard", check_key_in_app=False)
 def dashboard(request):
     return Response(body=DASHBOARD_HTML, status_code=200, headers=dict(HTML_HEADERS))
+
+
+OPENAPI_DOCUMENT = openapi.build()
+
+
+@endpoint(routes, "/openapi.json")
+def openapi_document(request):
+    return 200, OPENAPI_DOCUMENT

@@ -1,0 +1,381 @@
+"""The machine-readable contract: an OpenAPI 3.1 document of every route,
+built from the same constants the validators use (limits, error codes, search
+parameters, usage plans), so it cannot drift from them. Served at
+`GET /openapi.json`; docs/openapi.json is the same document, written by
+`make openapi` and checked against this module by tests/unit/test_openapi.py,
+which also checks it against the app's routes and docs/api.md."""
+import inspect
+import json
+
+from chalicelib.domain import errors
+from chalicelib.domain.orders import MAX_CLIENT_ORDER_ID, MAX_LINES_PER_ORDER, MAX_ORDERS_PER_BATCH, MAX_QUANTITY
+from chalicelib.domain.products import BULK_LIMIT, MAX_PRICE_CENTS, MAX_STOCK, STATUSES
+from chalicelib.domain.search_query import SORTS
+from chalicelib.domain.search_text import MAX_QUERY_CHARS
+from chalicelib.domain.validation import MAX_JSON_DEPTH
+from chalicelib.ops.metrics import WINDOW_SECONDS
+
+VERSION = "1.1.0"
+MAX_PATH_ID = 10**18 - 1  # ids in paths: up to 18 digits
+# Status codes of the error classes; NOT_FOUND is their common base, answered by no route.
+ERROR_CLASSES = sorted((cls for _, cls in inspect.getmembers(errors, inspect.isclass)
+                        if issubclass(cls, errors.ShopError)), key=lambda cls: (cls.status, cls.code))
+ERROR_CODES = list(dict.fromkeys(cls.code for cls in ERROR_CLASSES))
+
+
+def _ref(name):
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+NO_NUL = r"^[^\u0000]*$"
+
+
+def _string(min_length, max_length, description=None):
+    """A body string: no NUL, and (when required) something left once trimmed of whitespace."""
+    schema = {"type": "string", "minLength": min_length, "maxLength": max_length,
+              "pattern": r"^[^\u0000]*[^\s\u0000][^\u0000]*$" if min_length else NO_NUL}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _integer(minimum, maximum, description=None):
+    schema = {"type": "integer", "minimum": minimum, "maximum": maximum}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _object(properties, required=(), description=None, closed=True):
+    schema = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    if closed:
+        schema["additionalProperties"] = False
+    if description:
+        schema["description"] = description
+    return schema
+
+
+TIMESTAMP = {"type": "string", "format": "date-time", "description": "ISO-8601 UTC with microseconds"}
+PRODUCT_FIELDS = {
+    "sku": _string(1, 64, "Unique, compared case-insensitively."),
+    "name": _string(1, 255),
+    "description": _string(0, 10_000),
+    "category": _string(1, 64),
+    "price_cents": _integer(0, MAX_PRICE_CENTS),
+}
+MAX_DELTA = MAX_STOCK
+
+SCHEMAS = {
+    "ErrorCode": {"type": "string", "enum": ERROR_CODES,
+                  "description": "Every code the API answers; see docs/api.md for when."},
+    "Error": _object({"error": _object({
+        "code": _ref("ErrorCode"),
+        "message": {"type": "string"},
+        "request_id": {"type": "string", "description": "Also the X-Request-Id header."},
+        "details": {"type": "object", "description": "field, unknown_fields (+ allowed), skus, error, max_stock, "
+                                                     "committed_client_order_ids"},
+        "product_id": {"type": "integer"},
+        "order_id": {"type": "integer"},
+        "batch_id": {"type": "string"},
+        "current_version": {"type": "integer"},
+    }, ["code", "message"], closed=False)}, ["error"]),
+    "Product": _object({
+        "id": {"type": "integer", "minimum": 1},
+        **PRODUCT_FIELDS,
+        "stock": {"type": "integer", "minimum": 0,
+                  "description": f"Writes keep it within 0..{MAX_STOCK}; cancels give stock back even above that."},
+        "version": {"type": "integer", "minimum": 1},
+        "status": {"type": "string", "enum": list(STATUSES)},
+        "created_at": TIMESTAMP,
+        "updated_at": TIMESTAMP,
+    }, ["id", "sku", "name", "description", "category", "price_cents", "stock", "version", "status", "created_at",
+        "updated_at"]),
+    "ProductEnvelope": _object({"product": _ref("Product")}, ["product"]),
+    "NewProduct": _object({**PRODUCT_FIELDS, "stock": _integer(0, MAX_STOCK)},
+                          ["sku", "name", "category", "price_cents", "stock"]),
+    "ProductPatch": {**_object({
+        **{k: v for k, v in PRODUCT_FIELDS.items() if k != "sku"},
+        "status": {"type": "string", "enum": list(STATUSES)},
+        "expected_version": _integer(1, 2**53, "Fails with VERSION_CONFLICT unless it is the current version."),
+    }), "anyOf": [{"required": [name]} for name in ("name", "description", "category", "price_cents", "status")]},
+    "StockDelta": _object({"delta": {**_integer(-MAX_DELTA, MAX_DELTA), "not": {"const": 0},
+                                     "description": f"Non-zero; stock must stay within 0..{MAX_STOCK} "
+                                                    "(409 INSUFFICIENT_STOCK below, 400 above)."}}, ["delta"]),
+    "SearchPage": _object({"items": {"type": "array", "items": _ref("Product")},
+                           "total": {"type": "integer", "minimum": 0},
+                           "next_cursor": {"type": ["string", "null"]}}, ["items", "total", "next_cursor"]),
+    "OrderLine": _object({"product_id": _integer(1, 2**53), "quantity": _integer(1, MAX_QUANTITY)},
+                         ["product_id", "quantity"]),
+    "OrderRequest": _object({
+        "client_order_id": {"type": "string", "minLength": 1, "maxLength": MAX_CLIENT_ORDER_ID,
+                            "pattern": r"^[\x20-\x7e\u00a0-\uffff]+$",
+                            "description": "Printable, case-sensitive, not trimmed; unique per user_id."},
+        "user_id": _integer(1, 2**53),
+        "items": {"type": "array", "minItems": 1, "maxItems": MAX_LINES_PER_ORDER, "items": _ref("OrderLine")},
+    }, ["client_order_id", "user_id", "items"]),
+    "CustomerOrderRequest": _object({
+        "client_order_id": {"type": "string", "minLength": 1, "maxLength": MAX_CLIENT_ORDER_ID,
+                            "pattern": r"^[\x20-\x7e\u00a0-\uffff]+$",
+                            "description": "Printable, case-sensitive, not trimmed; unique per customer."},
+        "items": {"type": "array", "minItems": 1, "maxItems": MAX_LINES_PER_ORDER, "items": _ref("OrderLine")},
+    }, ["client_order_id", "items"], "An order for the customer the token names (no user_id: an order with one "
+                                     "fails with VALIDATION_ERROR)."),
+    "CustomerBatchRequest": _object({
+        "orders": {"type": "array", "minItems": 1, "maxItems": MAX_ORDERS_PER_BATCH,
+                   "items": _ref("CustomerOrderRequest")},
+    }, ["orders"]),
+    "BatchRequest": _object({
+        "orders": {"type": "array", "minItems": 1, "maxItems": MAX_ORDERS_PER_BATCH, "items": _ref("OrderRequest"),
+                   "description": "An invalid order fails on its own (a VALIDATION_ERROR result); more than "
+                                  f"{MAX_ORDERS_PER_BATCH} orders -> 413."},
+        "batch_id": {"description": "Tolerated and ignored."},
+    }, ["orders"]),
+    "OrderResult": {"oneOf": [
+        _object({"client_order_id": {"type": "string"},
+                 "status": {"type": "string", "enum": ["created", "cancelled"],
+                            "description": "cancelled: a replay of an order cancelled since"},
+                 "order_id": {"type": "integer"}, "total_cents": {"type": "integer"},
+                 "duplicate": {"type": "boolean"}},
+                ["client_order_id", "status", "order_id", "total_cents", "duplicate"]),
+        _object({"client_order_id": {"type": ["string", "null"], "maxLength": MAX_CLIENT_ORDER_ID,
+                                     "description": "As sent, cut to 64 characters; null if not a string."},
+                 "status": {"const": "failed"},
+                 "error": _object({"code": {"type": "string", "enum": [
+                     "VALIDATION_ERROR", "PRODUCT_NOT_FOUND", "INSUFFICIENT_STOCK", "IDEMPOTENCY_CONFLICT",
+                     "SERVICE_UNAVAILABLE", "PAYLOAD_TOO_LARGE"]},
+                     "message": {"type": "string"}, "product_id": {"type": "integer"}}, ["code", "message"])},
+                ["client_order_id", "status", "error"]),
+    ]},
+    "Summary": _object({"created": {"type": "integer", "minimum": 0}, "failed": {"type": "integer", "minimum": 0},
+                        "cancelled": {"type": "integer", "minimum": 1,
+                                      "description": "Present when a replay found its order cancelled."}},
+                       ["created", "failed"]),
+    "BatchResponse": _object({"results": {"type": "array", "items": _ref("OrderResult")},
+                              "summary": _ref("Summary")}, ["results", "summary"]),
+    "BatchAccepted": _object({"batch_id": {"type": "string"}, "status": {"const": "queued"}},
+                             ["batch_id", "status"]),
+    "BatchStatus": _object({
+        "batch_id": {"type": "string"},
+        "status": {"type": "string", "enum": ["queued", "processing", "done"]},
+        "order_count": {"type": "integer", "minimum": 1},
+        "results": {"type": "array", "items": _ref("OrderResult")},
+        "summary": _object({"created": {"type": "integer"}, "failed": {"type": "integer"},
+                            "cancelled": {"type": "integer"}, "pending": {"type": "integer"}},
+                           ["created", "failed", "pending"]),
+    }, ["batch_id", "status", "order_count", "results", "summary"]),
+    "Order": _object({
+        "order_id": {"type": "integer"}, "client_order_id": {"type": "string"}, "user_id": {"type": "integer"},
+        "status": {"type": "string", "enum": ["created", "cancelled"]}, "total_cents": {"type": "integer"},
+        "items": {"type": "array", "items": _object({"product_id": {"type": "integer"},
+                                                     "quantity": {"type": "integer"},
+                                                     "unit_price_cents": {"type": "integer"}},
+                                                    ["product_id", "quantity", "unit_price_cents"])},
+        "created_at": TIMESTAMP,
+    }, ["order_id", "client_order_id", "user_id", "status", "total_cents", "items", "created_at"]),
+    "OrderEnvelope": _object({"order": _ref("Order")}, ["order"]),
+    "Health": _object({"status": {"type": "string", "enum": ["ok", "degraded"]},
+                       "checks": _object({"mysql": {"type": "string", "enum": ["up", "down"]},
+                                          "redis": {"type": "string", "enum": ["up", "down"]}},
+                                         ["mysql", "redis"])}, ["status", "checks"]),
+    "Stats": _object({k: {"type": t} for k, t in (
+        ("window_seconds", "integer"), ("generated_at", "string"), ("source", "string"), ("orders", "object"),
+        ("cache", "object"), ("requests", "object"), ("routes", "object"), ("series", "object"))},
+        ["window_seconds", "generated_at", "source", "orders", "cache", "requests", "routes", "series"],
+        closed=False),
+}
+
+HEADERS = {
+    "X-Request-Id": {"description": "Request id; also error.request_id.", "schema": {"type": "string"}},
+    "X-Cache": {"description": "Where the answer came from.",
+                "schema": {"type": "string", "enum": ["HIT", "MISS", "BYPASS", "STALE"]}},
+    "Retry-After": {"description": "Whole seconds to wait.", "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+}
+ERROR_RESPONSES = {  # status -> (description, extra headers)
+    400: ("VALIDATION_ERROR: a bad body, parameter or path id.", ()),
+    401: ("UNAUTHORIZED: no valid customer token (missing, expired, forged, another pool or app client).", ()),
+    403: ("FORBIDDEN: missing, unknown or revoked x-api-key, a key whose plan may not use the route, or no such "
+          "path.", ()),
+    404: ("PRODUCT_NOT_FOUND, ORDER_NOT_FOUND or BATCH_NOT_FOUND.", ()),
+    409: ("DUPLICATE_SKU, VERSION_CONFLICT or INSUFFICIENT_STOCK.", ()),
+    413: ("PAYLOAD_TOO_LARGE: body over 1,000,000 bytes, or too many items.", ()),
+    415: ("UNSUPPORTED_MEDIA_TYPE: the body is not labelled as JSON.", ()),
+    429: ("RATE_LIMITED: the key's token bucket is empty.", ("Retry-After",)),
+    500: ("INTERNAL: a bug; quote the request id.", ()),
+    503: ("SERVICE_UNAVAILABLE: MySQL (or for async, SQS) unavailable; retry.", ("Retry-After",)),
+}
+
+
+def _headers(*names):
+    return {name: HEADERS[name] for name in ("X-Request-Id", *names)}
+
+
+def _json(schema_name, description, *headers):
+    return {"description": description, "headers": _headers(*headers),
+            "content": {"application/json": {"schema": _ref(schema_name)}}}
+
+
+def _error_response(status):
+    description, headers = ERROR_RESPONSES[status]
+    return {"description": description, "headers": _headers(*headers),
+            "content": {"application/json": {"schema": _ref("Error")}}}
+
+
+def _body(schema_name):
+    return {"required": True, "content": {"application/json": {"schema": _ref(schema_name)}},
+            "description": f"JSON (Content-Type application/json; x-www-form-urlencoded and octet-stream are also "
+                           f"read as JSON), at most 1,000,000 bytes and {MAX_JSON_DEPTH} levels deep."}
+
+
+def _path_param(name, schema):
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _query(name, schema, description=None):
+    param = {"name": name, "in": "query", "required": False, "schema": schema}
+    if description:
+        param["description"] = description
+    return param
+
+
+PRODUCT_ID = _path_param("product_id", _integer(1, MAX_PATH_ID))
+ORDER_ID = _path_param("order_id", _integer(1, MAX_PATH_ID))
+
+
+def _operation(operation_id, summary, responses, *, admin=False, public=False, customer=False, parameters=(),
+               body=None, statuses=(400, 403, 429, 500)):
+    """Every keyed operation can answer 403, 429 and 500; `statuses` adds the others it names.
+    A `customer` operation needs the customer's token as well as the key (401 without)."""
+    codes = set(statuses) | ({503} if not public else set()) | ({401} if customer else set())
+    if not public:
+        codes |= {403, 429}
+    if body is not None:
+        codes |= {400, 413, 415}
+    operation = {"operationId": operation_id, "summary": summary + (" (admin plan)" if admin else ""),
+                 "responses": {**responses, **{str(s): _error_response(s) for s in sorted(codes)}}}
+    if parameters:
+        operation["parameters"] = list(parameters)
+    if body is not None:
+        operation["requestBody"] = _body(body)
+    operation["security"] = [] if public else [{"ApiKey": [], "CustomerToken": []} if customer else {"ApiKey": []}]
+    if admin:
+        operation["x-plan"] = "admin"
+    return operation
+
+
+def build():
+    """The OpenAPI 3.1 document (a fresh dict)."""
+    paths = {
+        "/health": {"get": _operation("health", "Health of MySQL and Redis; no key, not rate-limited",
+                                      {"200": _json("Health", "Always 200.")}, public=True, statuses=(500,))},
+        "/openapi.json": {"get": _operation("openapi", "This document", {
+            "200": {"description": "The OpenAPI document.", "headers": _headers(),
+                    "content": {"application/json": {"schema": {"type": "object"}}}}}, statuses=(500,))},
+        "/products": {"post": _operation("createProduct", "Create a product", {
+            "201": _json("ProductEnvelope", "Created: status active, version 1.")},
+            admin=True, body="NewProduct", statuses=(400, 409, 500))},
+        "/products/bulk": {"post": _operation("createProducts", "Create 1..1000 products, all or nothing", {
+            "201": {"description": "Their ids in request order.", "headers": _headers(),
+                    "content": {"application/json": {"schema": _object(
+                        {"ids": {"type": "array", "items": {"type": "integer"}}}, ["ids"])}}}},
+            admin=True, body="BulkProducts", statuses=(400, 409, 500))},
+        "/products/search": {"get": _operation("searchProducts", "Keyword search over active products; an empty "
+                                               "parameter is the same as leaving it out; min_price <= max_price", {
+            "200": _json("SearchPage", "A page of matches.", "X-Cache")},
+            parameters=[
+                _query("q", {"type": "string", "maxLength": MAX_QUERY_CHARS, "pattern": NO_NUL},
+                       "Keywords, at most 10 distinct terms."),
+                _query("category", {"type": "string", "maxLength": 64, "pattern": NO_NUL}),
+                _query("min_price", _integer(0, MAX_PRICE_CENTS)),
+                _query("max_price", _integer(0, MAX_PRICE_CENTS)),
+                _query("in_stock", {"type": "string", "enum": ["true", "false", "1", "0"]},
+                       "Any case of true/false/1/0."),
+                _query("sort", {"type": "string", "enum": list(SORTS)}),
+                _query("limit", _integer(1, 100)),
+                _query("cursor", {"type": "string", "maxLength": 512, "pattern": NO_NUL},
+                       "next_cursor of the previous page (opaque)."),
+            ])},
+        "/products/{product_id}": {
+            "get": _operation("getProduct", "A product, also inactive", {
+                "200": _json("ProductEnvelope", "The product.", "X-Cache")},
+                parameters=[PRODUCT_ID], statuses=(400, 404, 500)),
+            "patch": _operation("updateProduct", "Change name, description, category, price or status", {
+                "200": _json("ProductEnvelope", "The product, version increased.")},
+                admin=True, parameters=[PRODUCT_ID], body="ProductPatch", statuses=(400, 404, 409, 500)),
+        },
+        "/products/{product_id}/stock": {"post": _operation("adjustStock", "Add to or take from stock", {
+            "200": _json("ProductEnvelope", "The product with its new stock.")},
+            admin=True, parameters=[PRODUCT_ID], body="StockDelta", statuses=(400, 404, 409, 500))},
+        "/orders/batch": {"post": _operation("placeOrders", "Place 1..100 orders, each all or nothing", {
+            "200": _json("BatchResponse", "mode=sync: one result per order, in request order."),
+            "202": _json("BatchAccepted", "mode=async: queued; follow GET /batches/{batch_id}.")},
+            parameters=[_query("mode", {"type": "string", "enum": ["sync", "async"]})],
+            body="BatchRequest", statuses=(400, 500))},
+        "/orders/{order_id}": {"get": _operation("getOrder", "An order", {
+            "200": _json("OrderEnvelope", "The order.")}, parameters=[ORDER_ID], statuses=(400, 404, 500))},
+        "/orders/{order_id}/cancel": {"post": _operation("cancelOrder", "Cancel an order; its stock comes back once", {
+            "200": _json("OrderEnvelope", "The order, status cancelled (also when it already was).")},
+            parameters=[ORDER_ID], statuses=(400, 404, 500))},
+        "/batches/{batch_id}": {"get": _operation("getBatch", "An async batch and its results so far", {
+            "200": _json("BatchStatus", "queued, processing or done.")},
+            parameters=[_path_param("batch_id", {"type": "string", "minLength": 1, "maxLength": 64})],
+            statuses=(404, 500))},
+        "/customer/orders/batch": {"post": _operation("placeCustomerOrders", "The signed-in customer places "
+                                                      "1..100 of their own orders (sync only)", {
+            "200": _json("BatchResponse", "One result per order, in request order.")},
+            customer=True, parameters=[_query("mode", {"type": "string", "enum": ["sync"]})],
+            body="CustomerBatchRequest", statuses=(400, 500))},
+        "/customer/orders/{order_id}": {"get": _operation("getCustomerOrder", "One of the customer's orders", {
+            "200": _json("OrderEnvelope", "The order.")},
+            customer=True, parameters=[ORDER_ID], statuses=(400, 404, 500))},
+        "/customer/orders/{order_id}/cancel": {"post": _operation(
+            "cancelCustomerOrder", "Cancel one of the customer's orders", {
+                "200": _json("OrderEnvelope", "The order, status cancelled (also when it already was).")},
+            customer=True, parameters=[ORDER_ID], statuses=(400, 404, 500))},
+        "/admin/stats": {"get": _operation("adminStats", "Numbers of the last window seconds", {
+            "200": _json("Stats", "Rolling-window numbers (Cache-Control: no-store).")},
+            admin=True, parameters=[_query("window", _integer(1, WINDOW_SECONDS)), _query("step", _integer(1, 60))],
+            statuses=(400, 500))},
+        "/dashboard": {"get": _operation("dashboard", "HTML page charting /admin/stats", {
+            "200": {"description": "The page; it asks for the admin key itself.", "headers": _headers(),
+                    "content": {"text/html": {"schema": {"type": "string"}}}}}, statuses=(500,))},
+    }
+    schemas = dict(SCHEMAS)
+    schemas["BulkProducts"] = _object({"products": {"type": "array", "minItems": 1, "maxItems": BULK_LIMIT,
+                                                    "items": _ref("NewProduct")}}, ["products"])
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "shop API", "version": VERSION,
+            "description": "Batch orders and product search. The prose contract, with the rules this document "
+                           "cannot express (idempotency, ordering, caching), is docs/api.md.",
+        },
+        "servers": [{"url": "http://127.0.0.1:8000", "description": "make run (local stage)"}],
+        "security": [{"ApiKey": []}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "ApiKey": {
+                    "type": "apiKey", "in": "header", "name": "x-api-key",
+                    "description": "Every route but GET /health. Each key is one client's, on a plan "
+                                   "(chalicelib/usage_plans.json): operations marked x-plan: admin need a key on "
+                                   "the admin plan; /orders and /batches need a trusted-server plan (not "
+                                   "public); any other key gets 403 FORBIDDEN. A client sees only its own "
+                                   "orders and batches. Over the key's rate -> 429 RATE_LIMITED.",
+                },
+                "CustomerToken": {
+                    "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                    "description": "The ID token of a customer signed in to the shop's Cognito user pool "
+                                   "(InitiateAuth); the /customer routes need it with the key. Missing, expired, "
+                                   "forged, or from another pool or app client -> 401 UNAUTHORIZED.",
+                },
+            },
+        },
+    }
+
+
+def render():
+    """docs/openapi.json's exact text."""
+    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
