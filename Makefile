@@ -4,7 +4,7 @@
 #   make queues     queue and DLQ depths, DLQ bodies      make redrive   DLQ -> source queue
 #   make seed       add missing demo products             make package   deployment package
 #   make lock       re-pin requirements*.txt (with hashes) from requirements*.in
-#   make bench-orders | bench-search | bench-ingest  (ARGS passed through)
+#   make bench-orders | bench-search | bench-ingest | bench-endpoint  (ARGS passed through)
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -26,7 +26,7 @@ export AWS_SECRET_ACCESS_KEY ?= test
 export AWS_DEFAULT_REGION ?= us-east-1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv run test chromium setup queues redrive seed package lock bench-orders bench-search bench-ingest clean-venv
+.PHONY: help venv run test chromium setup queues redrive seed package lock bench-orders bench-search bench-ingest bench-endpoint clean-venv
 
 help:
 	@sed -n '2,7p' Makefile | sed 's/^# \{0,1\}//'
@@ -80,6 +80,9 @@ bench-search: $(STAMP)
 
 bench-ingest: $(STAMP)
 	$(PY) bench/ingest $(ARGS)
+
+bench-endpoint: $(STAMP)
+	$(PY) bench/endpoint $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

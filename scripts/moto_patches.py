@@ -260,6 +260,11 @@ def patches():
     ]
 
 
+def stale():
+    """Names of the patches whose target in the installed moto is not the source they were written for."""
+    return [p.name for p in patches() if fingerprint(p.original_source) != EXPECTED[p.name]]
+
+
 def apply():
     """Apply every patch whose target is unchanged; returns (applied, skipped) names."""
     import moto
