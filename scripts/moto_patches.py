@@ -1,20 +1,24 @@
 """Speed-ups for moto's server that the local AWS endpoint applies at start
-(docs/design.md section 5; the same change for upstream is docs/moto-sqs-speedups.patch).
+(README, "Local AWS endpoint"; the same changes written into moto itself, for
+upstream: docs/moto-sqs-speedups.patch).
 
 moto's SQS model costs grow with queue depth: every SendMessage builds all
 queue attributes (three scans of every message) to read one flag, every
 received message does it again for the retention check, each scan reads the
-clock twice per message through a helper that builds datetimes, and deleting
-a message scans the queue twice building lists, and each receipt handle is
-185 separate random draws. The dispatcher also lists moto's package directory,
-under a global lock, and every response class's methods, on every request.
+clock twice per message through a helper that builds datetimes, a delete
+scans the queue twice building lists, and a receipt handle is 185 separate
+random draws. Per request, the dispatcher matches ~170 URL patterns (and
+lists moto's package directory) under a global lock and lists the response
+class's methods. Each replacement below keeps moto's behaviour and removes
+that work. Two also close races of the threaded server: a delete rebuilt the
+message list unlocked (losing a message sent meanwhile, or bringing back one
+deleted meanwhile), and two receives could take the same message.
 
-Each replacement below keeps moto's behaviour and only removes that work.
-A patch is applied only when the function it replaces is still exactly the
-source it was written against (a SHA-256 of that source): an upgraded moto
-whose code moved on is served unpatched, slower but correct, and `apply()`
-says which patches it skipped (tests/integration/test_aws_endpoint.py fails on
-the pinned version if any is skipped, so an upgrade cannot lose them quietly).
+A patch is applied only while the function it replaces is exactly the source
+it was written against (its SHA-256): after an upgrade that changed it, moto
+is served without that patch, slower but correct, `apply()` logs which it
+left out, and test_every_speed_up_matches_the_pinned_moto fails until this
+file is brought up to date.
 """
 import copy
 import functools
