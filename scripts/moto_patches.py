@@ -49,6 +49,7 @@ EXPECTED = {
     "backend_for_host": "1f41972c1e4e660f",
     "receipt_handle": "10853f98152c8dab",
     "random_string": "942eb93ebea1f80a",
+    "key_candidates": "c15da8ec29c1afa4",
     "method_names": "9dbac89d082b655f",
 }
 
@@ -198,6 +199,42 @@ def _locked_receive(original):
     return receive_message
 
 
+def _cached_key_candidates(get_value):
+    """AttributePicker.__call__ with the attribute names it tries remembered: they
+    depend only on the picker, the value's class, the key and the (long-lived)
+    botocore shape and its parent, and working them out runs four alias
+    providers per field of every response."""
+    from moto.core.serialize import MISSING
+
+    candidates = {}
+
+    def __call__(self, context):
+        obj = context.obj
+        if "Meta" in getattr(obj, "__dict__", ()):  # per-instance aliases: work them out each time
+            keys = tuple(self.get_possible_keys(context))
+        else:
+            shape = context.shape
+            cache_key = (type(self), tuple(self.alias_providers), type(obj), context.key, shape,
+                         getattr(shape, "parent", None))
+            keys = candidates.get(cache_key)
+            if keys is None:
+                keys = candidates[cache_key] = tuple(self.get_possible_keys(context))
+        for possible_key in keys:
+            value = get_value(obj, possible_key, MISSING)
+            if value is not MISSING:
+                break
+        else:
+            value = None
+        key_path = f"{context.key_path}.{context.key}"
+        for transform_path, transform in self.response_transformers.items():
+            if key_path.endswith(transform_path):
+                value = transform(value)
+                break
+        return value
+
+    return __call__
+
+
 class _Untracked(list):
     """moto keeps every model instance for its /moto-api dashboard; SQS messages
     (and each copy a receive makes) would pile up there for the server's life."""
@@ -220,6 +257,7 @@ _ORIGINAL = {}
 
 def patches():
     import moto.core.responses
+    import moto.core.serialize
     import moto.core.utils
     import moto.sqs.models as sqs
     import moto.sqs.utils
@@ -254,6 +292,8 @@ def patches():
         Patch("receipt_handle", sqs, "generate_receipt_handle", moto.sqs.utils.generate_receipt_handle,
               _receipt_handle),
         Patch("random_string", MotoRandom, "get_random_string", MotoRandom.get_random_string, _get_random_string),
+        Patch("key_candidates", moto.core.serialize.AttributePicker, "__call__",
+              moto.core.serialize.AttributePicker.__call__, _cached_key_candidates(moto.core.serialize.get_value)),
         # A response class's methods do not change while the server runs.
         Patch("method_names", moto.core.responses, "method_names_from_class", moto.core.utils.method_names_from_class,
               functools.lru_cache(maxsize=None)(moto.core.utils.method_names_from_class)),
