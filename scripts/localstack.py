@@ -1,9 +1,10 @@
 """The LocalStack-compatible AWS endpoint and the SQS queues (docs/design.md section 5).
 
 `aws_endpoint(url)` uses whatever already answers SQS calls at `url` (a real
-LocalStack, or a moto server someone else started) and otherwise starts
-`python -m moto.server` there, waits until it answers, and stops it when the
-last user leaves. Several commands (`make run`, two `make test` runs from two
+LocalStack, or an endpoint someone else started) and otherwise starts
+`scripts/aws_endpoint.py` there (moto with the speed-ups of
+scripts/moto_patches.py, served by waitress), waits until it answers, and
+stops it when the last user leaves. Several commands (`make run`, two `make test` runs from two
 checkouts) may share one endpoint: each holds a shared flock on a lock file
 for the port while it uses the endpoint, and a moto started by any of them is
 stopped only by whoever finds itself the last holder. Without that, the first
@@ -127,14 +128,19 @@ def set_parent_death_signal():
         pass
 
 
+ENDPOINT_SCRIPT = ROOT / "scripts" / "aws_endpoint.py"
+
+
 def _is_our_moto(pid):
+    """True when `pid` is an endpoint a shop stack starts (this one, or the plain
+    `python -m moto.server` that checkouts from before it start)."""
     if not pid:
         return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"moto.server" in cmdline
+    return b"moto.server" in cmdline or any(arg.endswith(b"scripts/aws_endpoint.py") for arg in cmdline)
 
 
 def _stop_pid(pid, name, timeout=10):
@@ -165,12 +171,12 @@ class Endpoint:
 
 
 def start_moto(host, port, log_path, python=sys.executable, wait_seconds=60):
-    """Start moto in server mode at host:port; returns the Popen once it answers SQS calls."""
+    """Start the local endpoint (scripts/aws_endpoint.py) at host:port; returns the Popen once it answers SQS calls."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = open(log_path, "ab")
     env = {**os.environ, **aws_env()}
     proc = subprocess.Popen(
-        [python, "-m", "moto.server", "-H", host, "-p", str(port)],
+        [python, str(ENDPOINT_SCRIPT), "-H", host, "-p", str(port)],
         stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
         # Own session: a Ctrl-C meant for us must not kill moto before the
         # processes that use it are stopped; the last user stops it. No
@@ -185,11 +191,11 @@ def start_moto(host, port, log_path, python=sys.executable, wait_seconds=60):
     try:
         while time.time() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited with {proc.returncode} (port {port} taken?); see {log_path}")
+                raise RuntimeError(f"the AWS endpoint exited with {proc.returncode} (port {port} taken?); see {log_path}")
             if port_open(host, port, timeout=0.5) and endpoint_answers(url, timeout=5):
                 return proc
             time.sleep(0.2)
-        raise RuntimeError(f"moto_server did not answer on {url} within {wait_seconds}s; see {log_path}")
+        raise RuntimeError(f"the AWS endpoint did not answer on {url} within {wait_seconds}s; see {log_path}")
     except BaseException:  # including Ctrl-C while waiting: never leave it behind
         if proc.poll() is None:
             proc.terminate()
@@ -201,8 +207,9 @@ def start_moto(host, port, log_path, python=sys.executable, wait_seconds=60):
 def aws_endpoint(endpoint_url="http://127.0.0.1:4566", log_path=None):
     """Yield an Endpoint that answers SQS at `endpoint_url` for the duration of the block.
 
-    Uses an endpoint already there; otherwise starts moto. On exit, stops a
-    moto that this or another shop stack started if nobody else still uses it.
+    Uses an endpoint already there; otherwise starts scripts/aws_endpoint.py. On
+    exit, stops an endpoint that this or another shop stack started if nobody
+    else still uses it.
     A non-local endpoint (a real LocalStack elsewhere) is only checked."""
     host, port = _host_port(endpoint_url)
     if host not in LOCAL_HOSTS:
@@ -228,11 +235,11 @@ def aws_endpoint(endpoint_url="http://127.0.0.1:4566", log_path=None):
                 if not _is_our_moto(_read_pid(pid_path)):
                     pid_path.unlink(missing_ok=True)
             else:
-                log.info("starting moto_server on %s:%s (log: %s)", host, port, log_path)
+                log.info("starting the AWS endpoint (moto, patched) on %s:%s (log: %s)", host, port, log_path)
                 proc = start_moto(host, port, log_path)
                 started = proc.pid
                 pid_path.write_text(str(proc.pid))
-                log.info("moto_server is up (pid %s)", proc.pid)
+                log.info("the AWS endpoint is up (pid %s)", proc.pid)
             fcntl.flock(users, fcntl.LOCK_SH)
         finally:
             fcntl.flock(decide, fcntl.LOCK_UN)
@@ -264,8 +271,8 @@ def _release(decide, users, pid_path):
             return
         pid = _read_pid(pid_path)
         if pid is not None and _is_our_moto(pid):
-            log.info("stopping moto_server (pid %s)", pid)
-            _stop_pid(pid, "moto_server")
+            log.info("stopping the AWS endpoint (pid %s)", pid)
+            _stop_pid(pid, "the AWS endpoint")
         pid_path.unlink(missing_ok=True)
         fcntl.flock(users, fcntl.LOCK_UN)
     finally:

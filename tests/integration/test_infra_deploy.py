@@ -9,13 +9,11 @@ supported set), and the generated AWS::ApiGateway::ApiKey / UsagePlan /
 UsagePlanKey resources replayed as the equivalent boto3 calls.
 
 The endpoint is $AWS_ENDPOINT_URL (default http://127.0.0.1:4566); if nothing
-answers there, this module starts its own `python -m moto.server` on a free port."""
+answers there, this module starts its own (scripts/aws_endpoint.py) on a free port."""
 import copy
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -26,7 +24,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from chalicelib.entrypoints import schema
-from scripts import deploy, package
+from scripts import deploy, localstack, package
 
 ROOT = Path(__file__).resolve().parents[2]
 PLANS = json.loads((ROOT / "chalicelib" / "usage_plans.json").read_text())
@@ -63,17 +61,8 @@ def endpoint(tmp_path_factory):
     from tests.conftest import free_port
 
     port = free_port()
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while not _answers(url):
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail("could not start a moto server")
-        time.sleep(0.2)
-    yield url
+    proc = localstack.start_moto("127.0.0.1", port, tmp_path_factory.mktemp("aws-endpoint") / "endpoint.log")
+    yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)
 
