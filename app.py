@@ -3,10 +3,10 @@ chalicelib/entrypoints/routes, the SQS consumers' bodies in
 chalicelib/entrypoints/sqs.py; handlers only parse, call the core, and map results."""
 import os
 
-from chalice import Chalice
+from chalice import Chalice, Rate
 
 from chalicelib import bootstrap
-from chalicelib.entrypoints import http, schema, sqs
+from chalicelib.entrypoints import http, lifecycle, schema, sqs
 from chalicelib.entrypoints.routes import batches, catalog, customer, ops, orders, search
 from chalicelib.ops.logs import logger
 from chalicelib.settings import QUEUES
@@ -41,6 +41,12 @@ def handle_order_ingest(event):
 @app.on_sqs_message(queue=_queue_of("handle_cache_invalidation"), batch_size=10)
 def handle_cache_invalidation(event):
     return sqs.handle_invalidation_event(event.to_dict(), event.context)
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES), name="lifecycle",
+              description="Expire unpaid orders and publish order events (loops for most of the minute)")
+def order_lifecycle(event):
+    return lifecycle.handle_lifecycle(event.to_dict(), event.context)
 
 
 @app.lambda_function(name="migrate")

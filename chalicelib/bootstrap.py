@@ -113,6 +113,15 @@ def batch_store():
     return _once("batch_store", lambda: BatchStore(database()))
 
 
+def event_publisher():
+    """The outbox relay's SNS publisher, or None when no topic is configured (events wait)."""
+    from chalicelib.adapters.queues import EventPublisher
+
+    s = settings()
+    arn = s.get("ORDER_EVENTS_TOPIC_ARN")
+    return _once("event_publisher", lambda: EventPublisher(s.aws_endpoint_url, s.region, arn)) if arn else None
+
+
 def customer_directory():
     from chalicelib.adapters.customer_directory import CustomerDirectory
 
@@ -198,4 +207,5 @@ def orders(strategy_name=None):
 
     strategy = inventory_strategy(strategy_name)
     return _once(f"orders:{strategy.name}", lambda: OrderService(
-        database(), strategy, product_writes(), max_in_flight=int(settings().number("ORDERS_MAX_IN_FLIGHT"))))
+        database(), strategy, product_writes(), max_in_flight=int(settings().number("ORDERS_MAX_IN_FLIGHT")),
+        payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS"))))

@@ -64,6 +64,10 @@ DEFAULTS = {
     "DB_READ_TIMEOUT": "10",
     "DB_MAX_IN_FLIGHT": "16",
     "ORDERS_MAX_IN_FLIGHT": "8",
+    # Seconds a new order waits for payment (pending_payment, then expired); 0: orders are final (paid) at creation.
+    "ORDER_PAYMENT_WINDOW_SECONDS": "0",
+    # The SNS topic order events are published to (the package sets it; make run creates a local one).
+    "ORDER_EVENTS_TOPIC_ARN": "",
     "REDIS_TIMEOUT": "0.25",
     "REDIS_KEY_PREFIX": "",
     # Only for running a cloud stage's package against this machine's services (the artifact test).

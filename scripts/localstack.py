@@ -524,3 +524,17 @@ def sign_in(cognito, client_id, email, password):
     answer = cognito.initiate_auth(ClientId=client_id, AuthFlow="USER_PASSWORD_AUTH",
                                    AuthParameters={"USERNAME": email, "PASSWORD": password})
     return answer["AuthenticationResult"]["IdToken"]
+
+
+# --- order events (SNS) -------------------------------------------------------
+
+ORDER_EVENTS_TOPIC = "shop-order-events"
+
+
+def ensure_topic(endpoint_url, name=ORDER_EVENTS_TOPIC, region=REGION):
+    """The topic's ARN (CreateTopic is idempotent)."""
+    import boto3
+
+    sns = boto3.client("sns", endpoint_url=endpoint_url, region_name=region,
+                       aws_access_key_id="test", aws_secret_access_key="test")
+    return sns.create_topic(Name=name)["TopicArn"]

@@ -31,7 +31,7 @@ ADMIN_KEY = "shop-local-admin-key-0001"
 DEV_KEY = "shop-local-dev-key-0001"
 LIMITED_KEY = "shop-local-limited-key-0001"
 pytest_plugins = ["tests.support.failed_tests"]
-TABLES = ("order_items", "orders", "batch_results", "batches", "products")
+TABLES = ("order_events", "order_items", "orders", "batch_results", "batches", "products", "customers")
 
 
 def free_port():
@@ -104,7 +104,9 @@ def test_env(tmp_path_factory):
         # The customers' user pool of this session (tokens: tests/e2e/test_customer_tokens.py).
         cognito = localstack.cognito_client(env["AWS_ENDPOINT_URL"])
         pool_id, app_client = localstack.ensure_customer_pool(cognito, f"shop-customers-{run_id}")
-        pool_env = {"COGNITO_USER_POOL_ID": pool_id, "COGNITO_APP_CLIENT_IDS": app_client}
+        topic = localstack.ensure_topic(env["AWS_ENDPOINT_URL"], f"test-{run_id}-order-events")
+        pool_env = {"COGNITO_USER_POOL_ID": pool_id, "COGNITO_APP_CLIENT_IDS": app_client,
+                    "ORDER_EVENTS_TOPIC_ARN": topic}
         saved.update({k: os.environ.get(k) for k in pool_env})
         env.update(pool_env)
         os.environ.update(pool_env)

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Mapping, Optional, Protocol
 
+import json
+import uuid
+
 import pymysql
 
 from chalicelib.adapters.db import DUPLICATE_KEY
@@ -24,6 +27,19 @@ class StoredOrder:
     total_cents: int
     request_hash: str
     created_at: datetime
+    lifecycle: str = "paid"            # chalicelib/domain/order_lifecycle.py
+    expires_at: Optional[datetime] = None
+    payment_reference: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class OrderEvent:
+    event_id: str
+    order_id: int
+    sequence: int
+    type: str
+    data: dict
+    created_at: datetime
 
 
 @dataclass(frozen=True)
@@ -35,7 +51,7 @@ class OrderLine:
 
 class OrderRepository(Protocol):
     def add(self, client: str, customer_id: int, user_id: int, client_order_id: str, request_hash: str,
-            batch_id: Optional[str]) -> Optional[int]:
+            batch_id: Optional[str], payment_window: int = 0) -> Optional[int]:
         """A new order's id, or None if (client, customer_id, user_id, client_order_id)
         exists. A concurrent duplicate waits until the first one commits or rolls back."""
 
@@ -50,24 +66,36 @@ class OrderRepository(Protocol):
         """The order and its lines (ascending product id); OrderNotFound if unknown.
         `lock` holds the order row until the transaction ends."""
 
-    def mark_cancelled(self, order_id: int) -> None: ...
+    def mark_cancelled(self, order_id: int, lifecycle: str = "cancelled") -> None:
+        """The order gave its stock back: status cancelled, lifecycle cancelled or expired."""
+
+    def set_lifecycle(self, order_id: int, lifecycle: str, payment_reference: Optional[str] = None) -> None: ...
+
+    def add_event(self, order_id: int, event_type: str, data: dict) -> OrderEvent:
+        """The outbox row of a state change, in the change's transaction (next sequence of the order)."""
+
+    def events(self, order_id: int) -> list[OrderEvent]: ...
 
 
-_ORDER_COLUMNS = "id, client, customer_id, client_order_id, user_id, status, total_cents, request_hash, created_at"
+_ORDER_COLUMNS = ("id, client, customer_id, client_order_id, user_id, status, total_cents, request_hash, created_at, "
+                  "lifecycle, expires_at, payment_reference")
 
 
 class MySQLOrderRepository:
     def __init__(self, cursor):
         self.cur = cursor
 
-    def add(self, client, customer_id, user_id, client_order_id, request_hash, batch_id):
+    def add(self, client, customer_id, user_id, client_order_id, request_hash, batch_id, payment_window=0):
+        """payment_window (seconds): the order waits for payment until then (pending_payment); 0: paid at once."""
         try:
             # The unique key makes a concurrent duplicate wait here until we commit
             # or roll back, before either of us touches stock.
             self.cur.execute(
                 "INSERT INTO orders (client, customer_id, user_id, client_order_id, request_hash, total_cents, "
-                "batch_id) VALUES (%s, %s, %s, %s, %s, 0, %s)",
-                (client, customer_id, user_id, client_order_id, request_hash, batch_id))
+                "batch_id, lifecycle, expires_at) VALUES (%s, %s, %s, %s, %s, 0, %s, %s, "
+                "IF(%s > 0, CURRENT_TIMESTAMP(6) + INTERVAL %s SECOND, NULL))",
+                (client, customer_id, user_id, client_order_id, request_hash, batch_id,
+                 "pending_payment" if payment_window else "paid", payment_window, payment_window))
         except pymysql.err.IntegrityError as exc:
             if exc.args[0] != DUPLICATE_KEY:
                 raise
@@ -97,6 +125,41 @@ class MySQLOrderRepository:
                          "ORDER BY product_id", (order_id,))
         return StoredOrder(**row), [OrderLine(**item) for item in self.cur.fetchall()]
 
-    def mark_cancelled(self, order_id):
-        self.cur.execute("UPDATE orders SET status = 'cancelled', cancelled_at = CURRENT_TIMESTAMP(6) WHERE id = %s",
+    def mark_cancelled(self, order_id, lifecycle="cancelled"):
+        self.cur.execute("UPDATE orders SET status = 'cancelled', lifecycle = %s, cancelled_at = CURRENT_TIMESTAMP(6) "
+                         "WHERE id = %s", (lifecycle, order_id))
+
+    def set_lifecycle(self, order_id, lifecycle, payment_reference=None):
+        self.cur.execute("UPDATE orders SET lifecycle = %s, payment_reference = COALESCE(%s, payment_reference) "
+                         "WHERE id = %s", (lifecycle, payment_reference, order_id))
+
+    def is_due(self, order_id):
+        """Is the (locked) order pending past its expires_at, by the database's clock?"""
+        self.cur.execute("SELECT lifecycle = 'pending_payment' AND expires_at <= CURRENT_TIMESTAMP(6) AS due "
+                         "FROM orders WHERE id = %s", (order_id,))
+        row = self.cur.fetchone()
+        return bool(row and row["due"])
+
+    def add_event(self, order_id, event_type, data):
+        # The order row is locked (or new) in this transaction: the next sequence is ours.
+        self.cur.execute("SELECT COALESCE(MAX(sequence), 0) + 1 AS next FROM order_events WHERE order_id = %s",
                          (order_id,))
+        sequence = self.cur.fetchone()["next"]
+        event_id = str(uuid.uuid4())
+        self.cur.execute("INSERT INTO order_events (event_id, order_id, sequence, type, payload) "
+                         "VALUES (%s, %s, %s, %s, %s)",
+                         (event_id, order_id, sequence, event_type, json.dumps(data, ensure_ascii=False)))
+        return OrderEvent(event_id, order_id, sequence, event_type, data, None)
+
+    def events(self, order_id):
+        self.cur.execute("SELECT event_id, order_id, sequence, type, payload, created_at FROM order_events "
+                         "WHERE order_id = %s ORDER BY sequence", (order_id,))
+        return [OrderEvent(r["event_id"], r["order_id"], r["sequence"], r["type"], json.loads(r["payload"]),
+                           r["created_at"]) for r in self.cur.fetchall()]
+
+
+def orders_due_for_expiry(db, limit=200):
+    """Ids of pending orders past their window, oldest first (ix_orders_expiry)."""
+    rows = db.query("SELECT id FROM orders WHERE lifecycle = 'pending_payment' AND expires_at <= CURRENT_TIMESTAMP(6) "
+                    "ORDER BY expires_at LIMIT %s", (limit,))
+    return [row["id"] for row in rows]

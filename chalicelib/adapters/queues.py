@@ -4,6 +4,17 @@ import os
 import threading
 
 
+def aws_client(service, endpoint_url, region):
+    import boto3  # lazy: keeps cold start short
+    from botocore.config import Config
+
+    # A local endpoint (moto/LocalStack) accepts any credentials.
+    local_credentials = {} if not endpoint_url or os.environ.get("AWS_ACCESS_KEY_ID") else {
+        "aws_access_key_id": "test", "aws_secret_access_key": "test"}
+    return boto3.client(service, endpoint_url=endpoint_url, region_name=region, **local_credentials,
+                        config=Config(connect_timeout=1, read_timeout=3, retries={"max_attempts": 2}))
+
+
 class QueuePublisher:
     def __init__(self, endpoint_url, region):
         self.endpoint_url = endpoint_url
@@ -17,19 +28,7 @@ class QueuePublisher:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    import boto3  # lazy: keeps cold start short
-                    from botocore.config import Config
-
-                    # A local endpoint (moto/LocalStack) accepts any credentials.
-                    local_credentials = {} if not self.endpoint_url or os.environ.get("AWS_ACCESS_KEY_ID") else {
-                        "aws_access_key_id": "test", "aws_secret_access_key": "test"}
-                    self._client = boto3.client(
-                        "sqs",
-                        endpoint_url=self.endpoint_url,
-                        **local_credentials,
-                        region_name=self.region,
-                        config=Config(connect_timeout=1, read_timeout=3, retries={"max_attempts": 2}),
-                    )
+                    self._client = aws_client("sqs", self.endpoint_url, self.region)
         return self._client
 
     def queue_url(self, name):
@@ -51,3 +50,19 @@ class QueuePublisher:
             )
             if response.get("Failed"):
                 raise RuntimeError(f"SQS refused {len(response['Failed'])} message(s): {response['Failed']}")
+
+
+
+class EventPublisher:
+    """Order events to the SNS topic (the local endpoint's SNS locally)."""
+
+    def __init__(self, endpoint_url, region, topic_arn):
+        self.endpoint_url, self.region, self.topic_arn = endpoint_url, region, topic_arn
+        self._client = None
+
+    def publish(self, event):
+        if self._client is None:
+            self._client = aws_client("sns", self.endpoint_url, self.region)
+        self._client.publish(TopicArn=self.topic_arn, Message=json.dumps(event, ensure_ascii=False),
+                             MessageAttributes={"event_type": {"DataType": "String", "StringValue": event["type"]},
+                                                "event_id": {"DataType": "String", "StringValue": event["event_id"]}})

@@ -69,6 +69,32 @@ class IdempotencyConflict(ShopError):
     status, code = 409, "IDEMPOTENCY_CONFLICT"
 
 
+# Lifecycle transitions an order's state forbids (chalicelib/domain/order_lifecycle.py).
+class OrderExpired(ShopError):
+    status, code = 409, "ORDER_EXPIRED"
+
+
+class OrderCancelled(ShopError):
+    status, code = 409, "ORDER_CANCELLED"
+
+
+class AlreadyPaid(ShopError):
+    status, code = 409, "ALREADY_PAID"
+
+
+class OrderNotPaid(ShopError):
+    status, code = 409, "ORDER_NOT_PAID"
+
+
+class OrderFulfilled(ShopError):
+    status, code = 409, "ORDER_FULFILLED"
+
+
+class PaymentReferenceUsed(ShopError):
+    """The payment reference already paid another order."""
+    status, code = 409, "PAYMENT_REFERENCE_USED"
+
+
 class PayloadTooLarge(ShopError):
     status, code = 413, "PAYLOAD_TOO_LARGE"
 

@@ -8,6 +8,7 @@ import inspect
 import json
 
 from chalicelib.domain import errors
+from chalicelib.domain import order_lifecycle as lifecycle
 from chalicelib.domain.orders import MAX_CLIENT_ORDER_ID, MAX_LINES_PER_ORDER, MAX_ORDERS_PER_BATCH, MAX_QUANTITY
 from chalicelib.domain.products import BULK_LIMIT, MAX_PRICE_CENTS, MAX_STOCK, STATUSES
 from chalicelib.domain.search_query import SORTS
@@ -168,12 +169,26 @@ SCHEMAS = {
     "Order": _object({
         "order_id": {"type": "integer"}, "client_order_id": {"type": "string"}, "user_id": {"type": "integer"},
         "status": {"type": "string", "enum": ["created", "cancelled"]}, "total_cents": {"type": "integer"},
+        "lifecycle": {"type": "string", "enum": list(lifecycle.STATES),
+                      "description": "pending_payment -> paid -> fulfilled, or cancelled / expired; status stays "
+                                     "created while the order holds its stock."},
+        "expires_at": {"type": ["string", "null"], "description": "When a pending order expires (else null)."},
+        "payment_reference": {"type": ["string", "null"]},
         "items": {"type": "array", "items": _object({"product_id": {"type": "integer"},
                                                      "quantity": {"type": "integer"},
                                                      "unit_price_cents": {"type": "integer"}},
                                                     ["product_id", "quantity", "unit_price_cents"])},
         "created_at": TIMESTAMP,
-    }, ["order_id", "client_order_id", "user_id", "status", "total_cents", "items", "created_at"]),
+    }, ["order_id", "client_order_id", "user_id", "status", "lifecycle", "total_cents", "items", "created_at"]),
+    "PaymentConfirmation": _object({
+        "payment_reference": {"type": "string", "minLength": 1, "maxLength": lifecycle.MAX_PAYMENT_REFERENCE,
+                              "pattern": NO_NUL, "description": "The provider's payment id; the call is "
+                                                                "idempotent on it."},
+    }, ["payment_reference"]),
+    "OrderEvents": _object({"events": {"type": "array", "items": _object({
+        "event_id": {"type": "string"}, "sequence": {"type": "integer"},
+        "type": {"type": "string"}, "data": {"type": "object"}, "occurred_at": TIMESTAMP,
+    }, ["event_id", "sequence", "type", "data", "occurred_at"])}}, ["events"]),
     "OrderEnvelope": _object({"order": _ref("Order")}, ["order"]),
     "Health": _object({"status": {"type": "string", "enum": ["ok", "degraded"]},
                        "checks": _object({"mysql": {"type": "string", "enum": ["up", "down"]},
@@ -198,7 +213,9 @@ ERROR_RESPONSES = {  # status -> (description, extra headers)
     403: ("FORBIDDEN: missing, unknown or revoked x-api-key, a key whose plan may not use the route, or no such "
           "path.", ()),
     404: ("PRODUCT_NOT_FOUND, ORDER_NOT_FOUND or BATCH_NOT_FOUND.", ()),
-    409: ("DUPLICATE_SKU, VERSION_CONFLICT or INSUFFICIENT_STOCK.", ()),
+    409: ("DUPLICATE_SKU, VERSION_CONFLICT, INSUFFICIENT_STOCK, or a lifecycle transition the order's state "
+          "forbids: ORDER_EXPIRED, ORDER_CANCELLED, ALREADY_PAID, ORDER_NOT_PAID, ORDER_FULFILLED, "
+          "PAYMENT_REFERENCE_USED.", ()),
     413: ("PAYLOAD_TOO_LARGE: body over 1,000,000 bytes, or too many items.", ()),
     415: ("UNSUPPORTED_MEDIA_TYPE: the body is not labelled as JSON.", ()),
     429: ("RATE_LIMITED: the key's token bucket is empty.", ("Retry-After",)),
@@ -316,6 +333,16 @@ def build():
             "200": _json("OrderEnvelope", "The order.")}, parameters=[ORDER_ID], statuses=(400, 404, 500))},
         "/orders/{order_id}/cancel": {"post": _operation("cancelOrder", "Cancel an order; its stock comes back once", {
             "200": _json("OrderEnvelope", "The order, status cancelled (also when it already was).")},
+            parameters=[ORDER_ID], statuses=(400, 404, 500))},
+        "/orders/{order_id}/pay": {"post": _operation("payOrder", "Confirm payment (a provider's webhook or "
+                                                      "the shop's backend); idempotent on the reference", {
+            "200": _json("OrderEnvelope", "The order, lifecycle paid.")},
+            parameters=[ORDER_ID], body="PaymentConfirmation", statuses=(400, 404, 409, 500))},
+        "/orders/{order_id}/fulfil": {"post": _operation("fulfilOrder", "Mark a paid order fulfilled (shipped)", {
+            "200": _json("OrderEnvelope", "The order, lifecycle fulfilled (also when it already was).")},
+            parameters=[ORDER_ID], statuses=(400, 404, 409, 500))},
+        "/orders/{order_id}/events": {"get": _operation("orderEvents", "The order's history, oldest first", {
+            "200": _json("OrderEvents", "Its events (the outbox rows).")},
             parameters=[ORDER_ID], statuses=(400, 404, 500))},
         "/batches/{batch_id}": {"get": _operation("getBatch", "An async batch and its results so far", {
             "200": _json("BatchStatus", "queued, processing or done.")},

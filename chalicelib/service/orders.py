@@ -8,10 +8,15 @@ from typing import Callable, Iterable, Union
 from chalicelib.adapters.admission import InFlightLimit
 from chalicelib.adapters.inventory import InventoryStrategy, Reserver
 from chalicelib.adapters.order_repository import MySQLOrderRepository, OrderLine, OrderRepository, StoredOrder
+import pymysql
+
+from chalicelib.adapters.db import DUPLICATE_KEY
+from chalicelib.domain import order_lifecycle as lifecycle
 from chalicelib.domain.errors import (
     ConcurrencyExhausted,
     IdempotencyConflict,
     OrderNotFound,
+    PaymentReferenceUsed,
     ServiceUnavailable,
     ShopError,
 )
@@ -24,8 +29,10 @@ from chalicelib.service.unit_of_work import ProductTransaction, ProductWrites, W
 class OrderService:
     def __init__(self, db, strategy: InventoryStrategy, writes: ProductWrites,
                  repository: Callable[[object], OrderRepository] = MySQLOrderRepository, max_in_flight=16,
-                 metrics=emit):
+                 metrics=emit, payment_window=0):
         self.db = db
+        # Seconds an order waits for payment (pending_payment) before it expires; 0: orders are paid at creation.
+        self.payment_window = int(payment_window)
         self.emit = metrics
         self.strategy = strategy
         self.writes = writes
@@ -94,7 +101,7 @@ class OrderService:
     def _place(self, tx: ProductTransaction, reserver: Reserver, order: OrderRequest, batch_id) -> OrderResult:
         orders = self.repository(tx.cursor)
         order_id = orders.add(order.client, order.customer_id, order.user_id, order.client_order_id,
-                              order.request_hash, batch_id)
+                              order.request_hash, batch_id, self.payment_window)
         if order_id is None:
             return self._replay(orders.find(order.client, order.customer_id, order.user_id, order.client_order_id),
                                 order)
@@ -102,6 +109,10 @@ class OrderService:
         orders.add_lines(order_id, {pid: OrderLine(pid, qty, prices[pid]) for pid, qty in order.quantities.items()})
         total = sum(qty * prices[pid] for pid, qty in order.quantities.items())
         orders.set_total(order_id, total)
+        orders.add_event(order_id, lifecycle.CREATED, {
+            "order_id": order_id, "client_order_id": order.client_order_id, "user_id": order.user_id,
+            "total_cents": total, "lifecycle": lifecycle.PENDING if self.payment_window else lifecycle.PAID,
+            "items": [{"product_id": pid, "quantity": qty} for pid, qty in order.quantities.items()]})
         return OrderResult(order.client_order_id, order_id, total)
 
     @staticmethod
@@ -119,7 +130,9 @@ class OrderService:
     @staticmethod
     def _to_api(order: StoredOrder, lines):
         return {"order_id": order.id, "client_order_id": order.client_order_id, "user_id": order.user_id,
-                "status": order.status, "total_cents": order.total_cents,
+                "status": order.status, "lifecycle": order.lifecycle, "total_cents": order.total_cents,
+                "expires_at": iso(order.expires_at) if order.expires_at else None,
+                "payment_reference": order.payment_reference,
                 "items": [{"product_id": line.product_id, "quantity": line.quantity,
                            "unit_price_cents": line.unit_price_cents} for line in lines],
                 "created_at": iso(order.created_at)}
@@ -136,19 +149,78 @@ class OrderService:
         return self.db.run(lambda cur: self._to_api(*self._owned(self.repository(cur).load(order_id), owner)))
 
     def cancel(self, order_id, owner=None):
-        """Return the stock exactly once: the order row lock serialises cancels,
-        and only the one that sees status 'created' restocks."""
+        """Return the stock exactly once: the order row lock serialises cancels
+        (and payments, expiry), and only the one that finds it open restocks."""
+        return self._close(order_id, owner, lifecycle.CANCELLED)
 
+    def expire(self, order_id):
+        """Expire a pending order past its window and return its stock, exactly
+        once: a payment or cancel that took the row lock first wins. True if it expired."""
+        return self._close(order_id, None, lifecycle.EXPIRED) is not None
+
+    def _close(self, order_id, owner, to_state):
         def work(tx: ProductTransaction):
             orders = self.repository(tx.cursor)
             order, lines = self._owned(orders.load(order_id, lock=True), owner)
-            if order.status == "cancelled":
+            if to_state == lifecycle.EXPIRED:
+                if not orders.is_due(order_id):
+                    return order, lines, False
+            elif lifecycle.cancel(order_id, order.lifecycle) == lifecycle.ALREADY:
                 return order, lines, False
             self.strategy.release(tx, {line.product_id: line.quantity for line in lines})
-            orders.mark_cancelled(order_id)
-            return replace(order, status="cancelled"), lines, True
+            orders.mark_cancelled(order_id, to_state)
+            orders.add_event(order_id, f"order.{to_state}", {"order_id": order_id, "lifecycle": to_state})
+            return replace(order, status="cancelled", lifecycle=to_state), lines, True
 
-        order, lines, restocked = self.writes.run(work, enqueue=False)
-        if restocked:
+        order, lines, closed = self.writes.run(work, enqueue=False)
+        if to_state == lifecycle.EXPIRED:
+            if closed:
+                self.emit("OrdersExpired", 1)
+            return self._to_api(order, lines) if closed else None
+        if closed:
             self.emit("OrdersCancelled", 1)
         return self._to_api(order, lines)
+
+    def pay(self, order_id, payment_reference, owner=None):
+        """pending_payment -> paid, idempotent on the payment reference."""
+        def work(cur):
+            orders = self.repository(cur)
+            order, lines = self._owned(orders.load(order_id, lock=True), owner)
+            if lifecycle.pay(order_id, order.lifecycle, order.payment_reference, payment_reference) == lifecycle.ALREADY:
+                return order, lines
+            try:
+                orders.set_lifecycle(order_id, lifecycle.PAID, payment_reference)
+            except pymysql.err.IntegrityError as exc:
+                if exc.args[0] != DUPLICATE_KEY:
+                    raise
+                raise PaymentReferenceUsed("This payment reference already paid another order.",
+                                           order_id=order_id) from None
+            orders.add_event(order_id, lifecycle.EVENT_PAID, {"order_id": order_id, "lifecycle": lifecycle.PAID,
+                                                              "payment_reference": payment_reference})
+            return replace(order, lifecycle=lifecycle.PAID, payment_reference=payment_reference), lines
+
+        return self._to_api(*self.db.run(work))
+
+    def fulfil(self, order_id, owner=None):
+        """paid -> fulfilled (shipped); asked again, it answers the fulfilled order."""
+        def work(cur):
+            orders = self.repository(cur)
+            order, lines = self._owned(orders.load(order_id, lock=True), owner)
+            if lifecycle.fulfil(order_id, order.lifecycle) == lifecycle.ALREADY:
+                return order, lines
+            orders.set_lifecycle(order_id, lifecycle.FULFILLED)
+            orders.add_event(order_id, lifecycle.EVENT_FULFILLED, {"order_id": order_id,
+                                                                   "lifecycle": lifecycle.FULFILLED})
+            return replace(order, lifecycle=lifecycle.FULFILLED), lines
+
+        return self._to_api(*self.db.run(work))
+
+    def events(self, order_id, owner=None):
+        """The order's history from its outbox rows, oldest first."""
+        def work(cur):
+            orders = self.repository(cur)
+            self._owned(orders.load(order_id), owner)
+            return orders.events(order_id)
+
+        return [{"event_id": e.event_id, "sequence": e.sequence, "type": e.type, "data": e.data,
+                 "occurred_at": iso(e.created_at)} for e in self.db.run(work)]

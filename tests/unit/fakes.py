@@ -20,6 +20,7 @@ class Store:
         self.orders = {}        # id -> StoredOrder
         self.lines = {}         # id -> [OrderLine]
         self.next_id = 1
+        self.events = []        # (order id, type, data): the outbox
 
 
 class FakeTransaction:
@@ -127,13 +128,14 @@ class FakeOrders:
     def _key(o):
         return o.client, o.customer_id, o.user_id, o.client_order_id
 
-    def add(self, client, customer_id, user_id, client_order_id, request_hash, batch_id):
+    def add(self, client, customer_id, user_id, client_order_id, request_hash, batch_id, payment_window=0):
         if any(self._key(o) == (client, customer_id, user_id, client_order_id) for o in self.store.orders.values()):
             return None
         order_id = self.store.next_id
         self.store.next_id += 1
         self.store.orders[order_id] = StoredOrder(order_id, client, customer_id, client_order_id, user_id, "created",
-                                                  0, request_hash, datetime.now(timezone.utc))
+                                                  0, request_hash, datetime.now(timezone.utc),
+                                                  "pending_payment" if payment_window else "paid")
         return order_id
 
     def find(self, client, customer_id, user_id, client_order_id):
@@ -151,8 +153,18 @@ class FakeOrders:
             raise OrderNotFound(f"Order {order_id} does not exist.", order_id=order_id)
         return self.store.orders[order_id], list(self.store.lines.get(order_id, []))
 
-    def mark_cancelled(self, order_id):
-        self.store.orders[order_id] = replace(self.store.orders[order_id], status="cancelled")
+    def mark_cancelled(self, order_id, lifecycle="cancelled"):
+        self.store.orders[order_id] = replace(self.store.orders[order_id], status="cancelled", lifecycle=lifecycle)
+
+    def set_lifecycle(self, order_id, lifecycle, payment_reference=None):
+        self.store.orders[order_id] = replace(self.store.orders[order_id], lifecycle=lifecycle,
+                                              payment_reference=payment_reference)
+
+    def add_event(self, order_id, event_type, data):
+        self.store.events.append((order_id, event_type, data))
+
+    def events(self, order_id):
+        return [e for e in self.store.events if e[0] == order_id]
 
 
 class Metrics:

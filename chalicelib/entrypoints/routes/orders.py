@@ -3,6 +3,8 @@ from chalice import Blueprint
 
 from chalicelib import bootstrap
 from chalicelib.domain.errors import Forbidden, ValidationError
+from chalicelib.domain import validation as v
+from chalicelib.domain.order_lifecycle import MAX_PAYMENT_REFERENCE
 from chalicelib.domain.orders import Owner, parse_batch
 from chalicelib.domain.validation import path_id
 from chalicelib.entrypoints.http import current_caller, endpoint, json_body, query_params
@@ -47,3 +49,23 @@ def get_order(request, order_id):
 @endpoint(routes, "/orders/{order_id}/cancel", methods=("POST",))
 def cancel_order(request, order_id):
     return 200, {"order": bootstrap.orders().cancel(path_id(order_id, "order_id"), owner())}
+
+
+@endpoint(routes, "/orders/{order_id}/pay", methods=("POST",))
+def pay_order(request, order_id):
+    """The payment provider's webhook or the shop's backend confirms payment."""
+    body = json_body(request)
+    v.require_object(body)
+    v.reject_unknown(body, ("payment_reference",))
+    reference = v.string(body.get("payment_reference"), "payment_reference", 1, MAX_PAYMENT_REFERENCE)
+    return 200, {"order": bootstrap.orders().pay(path_id(order_id, "order_id"), reference, owner())}
+
+
+@endpoint(routes, "/orders/{order_id}/fulfil", methods=("POST",))
+def fulfil_order(request, order_id):
+    return 200, {"order": bootstrap.orders().fulfil(path_id(order_id, "order_id"), owner())}
+
+
+@endpoint(routes, "/orders/{order_id}/events", methods=("GET",))
+def order_events(request, order_id):
+    return 200, {"events": bootstrap.orders().events(path_id(order_id, "order_id"), owner())}

@@ -1,0 +1,61 @@
+"""Order lifecycle rules (pure): which transition an order in a state may
+take. pending_payment -> paid -> fulfilled, or -> cancelled / expired. A
+transition asked for again is answered as done (idempotent); one that the
+state forbids is a 409 with a code that says why."""
+from chalicelib.domain.errors import (
+    AlreadyPaid,
+    OrderCancelled,
+    OrderExpired,
+    OrderFulfilled,
+    OrderNotPaid,
+)
+
+PENDING, PAID, FULFILLED, CANCELLED, EXPIRED = "pending_payment", "paid", "fulfilled", "cancelled", "expired"
+STATES = (PENDING, PAID, FULFILLED, CANCELLED, EXPIRED)
+MAX_PAYMENT_REFERENCE = 128
+# Event types the outbox carries (order.* per transition).
+CREATED, EVENT_PAID, EVENT_FULFILLED, EVENT_CANCELLED, EVENT_EXPIRED = (
+    "order.created", "order.paid", "order.fulfilled", "order.cancelled", "order.expired")
+
+APPLY, ALREADY = "apply", "already"
+
+
+def _closed(order_id, state):
+    if state == EXPIRED:
+        return OrderExpired(f"Order {order_id} expired before it was paid.", order_id=order_id)
+    return OrderCancelled(f"Order {order_id} is cancelled.", order_id=order_id)
+
+
+def pay(order_id, state, current_reference, reference):
+    if state == PENDING:
+        return APPLY
+    if state in (PAID, FULFILLED):
+        if current_reference == reference:
+            return ALREADY
+        raise AlreadyPaid(f"Order {order_id} is already paid" + (" with another payment reference." if
+                                                                 current_reference else " (final at creation)."),
+                          order_id=order_id)
+    raise _closed(order_id, state)
+
+
+def fulfil(order_id, state):
+    if state == PAID:
+        return APPLY
+    if state == FULFILLED:
+        return ALREADY
+    if state == PENDING:
+        raise OrderNotPaid(f"Order {order_id} is not paid yet.", order_id=order_id)
+    raise _closed(order_id, state)
+
+
+def cancel(order_id, state):
+    """Cancel returns the stock; an order already closed answers as it is."""
+    if state in (PENDING, PAID):
+        return APPLY
+    if state in (CANCELLED, EXPIRED):
+        return ALREADY
+    raise OrderFulfilled(f"Order {order_id} is fulfilled; it can no longer be cancelled.", order_id=order_id)
+
+
+def due_to_expire(state, expires_at, now):
+    return state == PENDING and expires_at is not None and expires_at <= now

@@ -1,0 +1,231 @@
+"""Order lifecycle against the real MariaDB, Redis and the local endpoint's
+SNS/SQS (docs/api.md, "Order lifecycle"): transitions and their 409s, expiry
+that returns stock exactly once racing payments and cancels, the outbox in the
+same transaction, and the relay publishing at least once, in order per order."""
+import json
+import threading
+import time
+import uuid
+
+import boto3
+import pytest
+
+from chalicelib import bootstrap
+from chalicelib.adapters.queues import EventPublisher
+from chalicelib.domain.errors import (
+    AlreadyPaid,
+    OrderExpired,
+    OrderFulfilled,
+    OrderNotPaid,
+    PaymentReferenceUsed,
+)
+from chalicelib.domain.orders import parse_batch
+from chalicelib.service import lifecycle
+from tests.conftest import make_product
+
+
+def _stock(product_id):
+    return bootstrap.database().query("SELECT stock FROM products WHERE id = %s", (product_id,))[0]["stock"]
+
+
+def _events(order_id=None):
+    where, args = ("WHERE order_id = %s", (order_id,)) if order_id else ("", ())
+    return bootstrap.database().query(f"SELECT order_id, sequence, type, published_at FROM order_events {where} "
+                                      "ORDER BY id", args)
+
+
+@pytest.fixture
+def window(clean_db):
+    """Orders wait 1 s for payment."""
+    bootstrap.reset(ORDER_PAYMENT_WINDOW_SECONDS="1")
+    yield
+    bootstrap.reset()
+
+
+def place(product_id, coid, qty=1, user_id=1):
+    result = bootstrap.orders().place_batch(parse_batch({"orders": [
+        {"client_order_id": coid, "user_id": user_id, "items": [{"product_id": product_id, "quantity": qty}]}]},
+        "dev"))["results"][0]
+    assert result["status"] == "created", result
+    return result["order_id"]
+
+
+def test_payment_fulfilment_and_the_409s(window):
+    orders = bootstrap.orders()
+    pid = make_product(bootstrap.catalog(), stock=10)["id"]
+    first, second = place(pid, "a"), place(pid, "b")
+    pending = orders.get(first)
+    assert pending["lifecycle"] == "pending_payment" and pending["expires_at"] and pending["status"] == "created"
+    with pytest.raises(OrderNotPaid):
+        orders.fulfil(first)
+    assert orders.pay(first, "pay-1")["lifecycle"] == "paid"
+    assert orders.pay(first, "pay-1")["payment_reference"] == "pay-1"  # the webhook again: same answer
+    with pytest.raises(AlreadyPaid):
+        orders.pay(first, "pay-2")
+    with pytest.raises(PaymentReferenceUsed):
+        orders.pay(second, "pay-1")
+    assert orders.get(second)["lifecycle"] == "pending_payment"  # the refused payment changed nothing
+    assert orders.fulfil(first)["lifecycle"] == "fulfilled"
+    with pytest.raises(OrderFulfilled):
+        orders.cancel(first)
+    assert [e["type"] for e in orders.events(first)] == ["order.created", "order.paid", "order.fulfilled"]
+    assert [e["sequence"] for e in orders.events(first)] == [1, 2, 3]
+
+
+def test_an_expired_order_gives_its_stock_back_once_and_cannot_be_paid(window):
+    orders = bootstrap.orders()
+    pid = make_product(bootstrap.catalog(), stock=10)["id"]
+    order_id = place(pid, "late", qty=4)
+    assert _stock(pid) == 6
+    time.sleep(1.2)
+    assert lifecycle.expire_due(orders, bootstrap.database()) == 1
+    assert lifecycle.expire_due(orders, bootstrap.database()) == 0
+    assert _stock(pid) == 10
+    assert orders.get(order_id)["lifecycle"] == "expired" and orders.get(order_id)["status"] == "cancelled"
+    with pytest.raises(OrderExpired):
+        orders.pay(order_id, "too-late")
+    assert orders.cancel(order_id)["lifecycle"] == "expired"  # already closed: answered as it is
+    assert _stock(pid) == 10
+    assert [e["type"] for e in orders.events(order_id)] == ["order.created", "order.expired"]
+
+
+def test_orders_not_due_yet_are_left_alone(window):
+    pid = make_product(bootstrap.catalog(), stock=3)["id"]
+    order_id = place(pid, "early")
+    assert not bootstrap.orders().expire(order_id)
+    assert bootstrap.orders().get(order_id)["lifecycle"] == "pending_payment"
+
+
+def test_stock_reconciles_when_payments_cancels_and_expiry_race(window):
+    """300 pending orders; payments (some at the last moment), cancels and two
+    sweepers at once. Every order ends in exactly one state with one closing
+    event, and stock = initial - what paid orders hold."""
+    orders = bootstrap.orders()
+    pid = make_product(bootstrap.catalog(), stock=1000)["id"]
+    ids = [place(pid, f"r-{i}", qty=1 + i % 3, user_id=1 + i % 7) for i in range(300)]
+    errors = []
+
+    def payer(chunk):
+        for order_id in chunk:
+            try:
+                orders.pay(order_id, f"ref-{order_id}")
+            except OrderExpired:
+                pass
+            except Exception as exc:  # noqa: BLE001 - any other failure is the test's finding
+                errors.append(exc)
+
+    def canceller(chunk):
+        for order_id in chunk:
+            try:
+                orders.cancel(order_id)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+
+    def sweeper():
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            lifecycle.expire_due(orders, bootstrap.database())
+
+    time.sleep(0.8)  # payments arrive at the edge of the window
+    threads = [threading.Thread(target=payer, args=(ids[0::3],)), threading.Thread(target=payer, args=(ids[1::6],)),
+               threading.Thread(target=canceller, args=(ids[2::3],)), threading.Thread(target=sweeper),
+               threading.Thread(target=sweeper)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    lifecycle.expire_due(orders, bootstrap.database())
+    rows = bootstrap.database().query("SELECT o.id, o.lifecycle, o.status, SUM(i.quantity) AS qty FROM orders o "
+                                      "JOIN order_items i ON i.order_id = o.id GROUP BY o.id")
+    states = {r["lifecycle"] for r in rows}
+    assert states <= {"paid", "cancelled", "expired"} and "paid" in states and "expired" in states
+    held = sum(int(r["qty"]) for r in rows if r["lifecycle"] == "paid")
+    assert _stock(pid) == 1000 - held
+    assert all((r["status"] == "created") == (r["lifecycle"] == "paid") for r in rows)
+    closing = bootstrap.database().query(
+        "SELECT order_id, COUNT(*) AS n FROM order_events WHERE type IN ('order.paid', 'order.cancelled', "
+        "'order.expired') GROUP BY order_id")
+    assert len(closing) == len(ids) and all(row["n"] == 1 for row in closing)
+
+
+def test_a_rolled_back_order_leaves_no_event(clean_db):
+    pid = make_product(bootstrap.catalog(), stock=1)["id"]
+    before = len(_events())
+    failed = bootstrap.orders().place_batch(parse_batch({"orders": [
+        {"client_order_id": "too-many", "user_id": 1, "items": [{"product_id": pid, "quantity": 5}]}]}, "dev"))
+    assert failed["results"][0]["status"] == "failed"
+    assert len(_events()) == before
+
+
+# ------------------------------------------------------------------ the relay
+@pytest.fixture
+def subscriber(test_env):
+    """The order-events topic with an SQS queue subscribed, on the local endpoint."""
+    kwargs = dict(endpoint_url=test_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                  aws_access_key_id="test", aws_secret_access_key="test")
+    sns, sqs = boto3.client("sns", **kwargs), boto3.client("sqs", **kwargs)
+    queue_url = sqs.create_queue(QueueName=f"events-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=test_env["ORDER_EVENTS_TOPIC_ARN"], Protocol="sqs", Endpoint=queue_arn,
+                  Attributes={"RawMessageDelivery": "true"})
+
+    def received():
+        bodies = []
+        while True:
+            batch = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages")
+            if not batch:
+                return bodies
+            bodies += [json.loads(m["Body"]) for m in batch]
+            sqs.delete_message_batch(QueueUrl=queue_url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)])
+
+    yield received
+    sqs.delete_queue(QueueUrl=queue_url)
+
+
+class CrashAfter:
+    """Publishes for real, then dies (as a relay killed after SNS accepted, before the stamp)."""
+
+    def __init__(self, publisher, n):
+        self.publisher, self.left = publisher, n
+
+    def publish(self, event):
+        self.publisher.publish(event)
+        self.left -= 1
+        if self.left == 0:
+            raise SystemExit("relay killed")
+
+
+def test_the_relay_publishes_every_event_at_least_once_in_order_per_order(window, subscriber, test_env):
+    orders = bootstrap.orders()
+    pid = make_product(bootstrap.catalog(), stock=50)["id"]
+    ids = [place(pid, f"e-{i}") for i in range(4)]
+    orders.pay(ids[0], "p-0")
+    orders.cancel(ids[1])
+    orders.pay(ids[2], "p-2")
+    orders.fulfil(ids[2])
+    real = EventPublisher(test_env["AWS_ENDPOINT_URL"], "us-east-1", test_env["ORDER_EVENTS_TOPIC_ARN"])
+    with pytest.raises(SystemExit):
+        lifecycle.publish_pending(bootstrap.database(), CrashAfter(real, 3))
+    assert all(e["published_at"] is None for e in _events())  # the crash left no stamp: they go again
+    assert lifecycle.publish_pending(bootstrap.database(), real) == 8  # 4 created, 2 paid, 1 cancelled, 1 fulfilled
+    assert lifecycle.publish_pending(bootstrap.database(), real) == 0
+    got = subscriber()
+    assert len(got) == 11  # three of them twice: at least once
+    unique = {e["event_id"]: e for e in got}
+    assert len(unique) == 8 and {e["event_id"] for e in got} == set(unique)
+    for order_id in ids:
+        sequences = [e["sequence"] for e in got if e["order_id"] == order_id]
+        deduped = list(dict.fromkeys(sequences))
+        assert deduped == sorted(deduped) and deduped == list(range(1, len(deduped) + 1))
+    assert [unique[e]["type"] for e in unique if unique[e]["order_id"] == ids[2]] == \
+        ["order.created", "order.paid", "order.fulfilled"]
+
+
+def test_events_wait_in_the_outbox_while_sns_is_down(window, test_env):
+    pid = make_product(bootstrap.catalog(), stock=5)["id"]
+    place(pid, "w-1")
+    down = EventPublisher("http://127.0.0.1:9", "us-east-1", test_env["ORDER_EVENTS_TOPIC_ARN"])  # nothing listens
+    assert lifecycle.publish_pending(bootstrap.database(), down) == 0
+    assert [e["published_at"] for e in _events()] == [None]
