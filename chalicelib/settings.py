@@ -71,6 +71,8 @@ DEFAULTS = {
     "CACHE_TTL_SECONDS": "300",
     "CACHE_STALE_SECONDS": "86400",
     "SEARCH_TTL_SECONDS": "60",
+    # Server-side limit on all statements of one search together; below DB_READ_TIMEOUT.
+    "SEARCH_TIME_LIMIT_MS": "1500",
 }
 DEFAULTS.update({q.setting: q.default_name for q in QUEUES})
 

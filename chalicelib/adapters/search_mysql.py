@@ -35,8 +35,11 @@ class MySQLSearchBackend:
 
     DRIVER_SAMPLE = 5000   # cap when estimating how selective each term is
 
-    def __init__(self, db):
+    def __init__(self, db, time_limit_ms=1500):
         self.db = db
+        # The server stops a search's statements after this long in total
+        # (StatementTimeout): the cost cap no query can get around.
+        self.time_limit_ms = time_limit_ms
 
     # --- writes -----------------------------------------------------------
 
@@ -219,7 +222,7 @@ class MySQLSearchBackend:
         def work(cur):
             return self._search(cur, query)
 
-        return self.db.run(work)
+        return self.db.run(work, time_limit_ms=self.time_limit_ms)
 
     def _search(self, cur, query):
         atoms = list(dict.fromkeys(atom for term in query.terms for atom in term.atoms()))
