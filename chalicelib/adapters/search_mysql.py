@@ -34,6 +34,7 @@ class MySQLSearchBackend:
     (orders change stock with plain UPDATEs, so it is never copied)."""
 
     DRIVER_SAMPLE = 5000   # cap when estimating how selective each term is
+    MAX_MERGED_ATOMS = 3   # posting ranges a broad query reads whole
 
     def __init__(self, db, time_limit_ms=1500):
         self.db = db
@@ -121,22 +122,30 @@ class MySQLSearchBackend:
         row = cur.fetchone()
         return [int(row[f"c{i}"]) for i in range(len(atoms))]
 
-    def _merge_source(self, query):
-        """Broad queries: read every term's posting range once (index-only,
-        sequential) and intersect by grouping, instead of probing per row."""
+    def _merged_atoms(self, atoms):
+        """The posting ranges a broad query merges: at most MAX_MERGED_ATOMS,
+        so ten common words cost three range reads, not ten; the other atoms
+        are probed per merged candidate. The estimates of broad atoms are all
+        capped alike, so the likely narrowest go first: whole terms, then the
+        longest prefixes."""
+        ranked = sorted(atoms, key=lambda atom: (atom[0] == "prefix", -len(atom[1]), atom))
+        return ranked[:self.MAX_MERGED_ATOMS]
+
+    def _merge_source(self, query, merged):
+        """Broad queries: read the `merged` atoms' posting ranges once
+        (index-only, sequential) and intersect by grouping, instead of
+        probing per row. h is the name hit of a term that is one atom."""
         branches, args = [], []
-        for term in query.terms:
-            if term.kind == "substr":
-                for _, gram in term.atoms():
-                    branches.append("SELECT product_id, 0 AS h FROM search_terms WHERE term = %s")
-                    args.append(gram)
-            elif term.kind == "exact":
-                branches.append("SELECT product_id, in_name AS h FROM search_terms WHERE term = %s")
-                args.append(term.text)
+        name_hit = {t.atoms()[0] for t in query.terms if t.kind != "substr"}
+        for atom in merged:
+            h = "in_name" if atom in name_hit else "0"
+            if atom[0] == "prefix":
+                cond, arg = self._atom_sql("search_terms", atom)
+                branches.append(f"SELECT product_id, MAX({h}) AS h FROM search_terms WHERE {cond} GROUP BY product_id")
             else:
-                cond, arg = self._atom_sql("search_terms", ("prefix", term.text))
-                branches.append(f"SELECT product_id, MAX(in_name) AS h FROM search_terms WHERE {cond} GROUP BY product_id")
-                args.append(arg)
+                branches.append(f"SELECT product_id, {h} AS h FROM search_terms WHERE term = %s")
+                arg = atom[1]
+            args.append(arg)
         source = (f"(SELECT product_id, SUM(h) AS score FROM ({' UNION ALL '.join(branches)}) u "
                   f"GROUP BY product_id HAVING COUNT(*) = {len(branches)}) c "
                   "JOIN search_meta p ON p.product_id = c.product_id")
@@ -151,8 +160,10 @@ class MySQLSearchBackend:
         condition of the WHERE). Without terms (browsing by filters), the
         products indexes on (status, price|created_at) serve the query."""
         verify = [t for t in query.terms if t.kind == "substr"]
+        merged = self._merged_atoms(atoms) if merge else []
         if merge:
-            source, source_args = self._merge_source(query)
+            driver = None   # every atom is either merged or probed
+            source, source_args = self._merge_source(query, merged)
         elif driver is not None:
             # One range read of the rarest atom; MAX(in_name) is that term's
             # name hit, so relevance needs no probe for it.
@@ -176,8 +187,8 @@ class MySQLSearchBackend:
         if query.max_price is not None:
             where.append("p.price_cents <= %s")
             where_args.append(query.max_price)
-        for atom in ([] if merge else atoms):
-            if atom == driver:
+        for atom in atoms:
+            if atom == driver or atom in merged:
                 continue
             cond, arg = self._atom_sql("t", atom)
             where.append(f"EXISTS (SELECT 1 FROM search_terms t WHERE t.product_id = {pid} AND {cond})")
@@ -192,18 +203,14 @@ class MySQLSearchBackend:
             else:
                 where.append("p.stock > 0")
         score, score_args = "0", []
-        if with_score and merge:
-            pieces = ["c.score"]
-            for term in verify:
-                pieces.append("(LOCATE(%s, d.name_norm) > 0)")
-                score_args.append(term.text)
-            score = "(" + " + ".join(pieces) + ")"
-        elif with_score and query.terms:
-            pieces = []
+        if with_score and query.terms:
+            pieces = ["c.score"] if merge else []
             for term in query.terms:
                 if term.kind == "substr":
                     pieces.append("(LOCATE(%s, d.name_norm) > 0)")
                     score_args.append(term.text)
+                elif term.atoms()[0] in merged:
+                    continue   # counted in c.score
                 elif term.atoms()[0] == driver:
                     pieces.append("c.h")
                 else:

@@ -11,7 +11,7 @@ from typing import Optional
 
 from chalicelib.domain import validation as v
 from chalicelib.domain.errors import ValidationError
-from chalicelib.domain.search_text import MAX_QUERY_CHARS, MAX_QUERY_TERMS, query_terms
+from chalicelib.domain.search_text import MAX_QUERY_CHARS, MAX_QUERY_TERMS, is_blank, query_terms
 
 SORTS = ("relevance", "price_asc", "price_desc", "newest")
 PARAMS = ("q", "category", "min_price", "max_price", "in_stock", "sort", "limit", "cursor")
@@ -129,6 +129,10 @@ def parse_query(params):
     if len(q) > MAX_QUERY_CHARS:
         raise ValidationError(f"'q' must be at most {MAX_QUERY_CHARS} characters.", details={"field": "q"})
     terms = query_terms(q)
+    if not terms and not is_blank(q):
+        # Only punctuation or emoji: browsing the whole catalog is not what was asked for.
+        raise ValidationError("'q' has no letters or digits to search for; send an empty q to browse by the filters.",
+                              details={"field": "q"})
     if len(terms) > MAX_QUERY_TERMS:
         raise ValidationError(f"'q' must have at most {MAX_QUERY_TERMS} distinct terms.", details={"field": "q"})
     category = (params.get("category") or "").strip()

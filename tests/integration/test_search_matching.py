@@ -98,6 +98,32 @@ def test_latin_words_match_by_prefix_not_infix(shop):
     assert find(q="tooth")[0] == []
 
 
+def test_short_latin_words_match_whole_words_only(shop):
+    tv = make_product(shop, name="TV stand")
+    make_product(shop, name="Tvorog cheese")
+    mate = make_product(shop, name="Mate60 phone")
+    assert find(q="tv")[0] == ids(tv)           # not a prefix of "tvorog"
+    assert find(q="tvo")[0] != []               # three letters and up: prefixes again
+    assert find(q="60")[0] == ids(mate)         # a whole part of "mate60"
+    assert find(q="6")[0] == []
+
+
+def test_broad_queries_merge_at_most_three_ranges_and_probe_the_rest(shop, plan):
+    """Five terms: under the merge plan three are merged, two probed; matches
+    and relevance are the same as under the probe plan."""
+    desc = make_product(shop, name="Alpha 华为手机", description="bravo charlie delta echo")   # lower id
+    best = make_product(shop, name="Alpha Bravo Charlie Delta Echo", description="华为手机")
+    make_product(shop, name="Alpha Bravo Charlie Delta", description="华为手机")   # no echo
+    make_product(shop, name="Alpha Bravo Charlie Delta Echo", description="华为")  # no 手机
+    q = "alpha bravo charlie delta echo 华为手机"
+    assert find(q=q)[0] == ids(best, desc)      # five name hits above two
+    assert walk(q=q, limit=1)[0] == ids(best, desc)
+    query = parse_query({"q": q})
+    atoms = list(dict.fromkeys(atom for term in query.terms for atom in term.atoms()))
+    sql, _ = MySQLSearchBackend(bootstrap.database())._match_sql(query, atoms, None, True, merge=True)
+    assert sql.count("UNION ALL") == MySQLSearchBackend.MAX_MERGED_ATOMS - 1
+
+
 def test_every_term_must_match_name_or_description(shop):
     both = make_product(shop, name="Red phone", description="")
     split = make_product(shop, name="Phone", description="in red")
