@@ -10,6 +10,12 @@ def _format_ts(ts):
     return ts.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+def _sort_key(row, first_col, query):
+    """[sort value, id] of a match row, as a cursor carries it."""
+    first = row[first_col]
+    return [_format_ts(first) if query.sort == "newest" else int(first), int(row["id"])]
+
+
 # ORDER BY and the keyset condition "strictly after the cursor" for each sort.
 _ORDER = {
     "relevance": ("score DESC, id ASC", "(score < %s OR (score = %s AND id > %s))", "score"),
@@ -286,20 +292,18 @@ class MySQLSearchBackend:
         """keys: up to limit+1 sort-key rows (an extra one means there is more)."""
         more = len(keys) > query.limit
         keys = keys[:query.limit]
-        items = []
+        items, item_keys = [], []
         if keys:
             from chalicelib.domain.products import to_api
             ids = [int(k["id"]) for k in keys]
             cur.execute(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN ({','.join(['%s'] * len(ids))})", ids)
             by_id = {int(r["id"]): r for r in cur.fetchall()}
-            items = [to_api(by_id[i]) for i in ids if i in by_id]
-        next_cursor = None
-        if more and keys:
-            last = keys[-1]
-            first = last[first_col]
-            first = _format_ts(first) if query.sort == "newest" else int(first)
-            next_cursor = encode_cursor(query, (first, int(last["id"])))
-        return SearchPage(items, total, next_cursor)
+            for k in keys:
+                if int(k["id"]) in by_id:
+                    items.append(to_api(by_id[int(k["id"])]))
+                    item_keys.append(_sort_key(k, first_col, query))
+        next_cursor = encode_cursor(query, _sort_key(keys[-1], first_col, query)) if more and keys else None
+        return SearchPage(items, total, next_cursor, item_keys)
 
 
 def like_scan_search(db, query):
