@@ -1,7 +1,7 @@
 """The MySQL SearchBackend: the search_terms/search_docs/search_meta index,
 written inside the product transaction and queried with per-term posting
 lookups (see domain/search_text.py for the matching rules)."""
-from chalicelib.domain.search_query import SearchPage, encode_cursor
+from chalicelib.domain.search_query import TOTAL_CAP, SearchPage, encode_cursor
 from chalicelib.domain.search_text import document_terms, normalize
 from chalicelib.service.unit_of_work import PRODUCT_COLUMNS
 
@@ -41,6 +41,7 @@ class MySQLSearchBackend:
 
     DRIVER_SAMPLE = 5000   # cap when estimating how selective each term is
     MAX_MERGED_ATOMS = 3   # posting ranges a broad query reads whole
+    TOTAL_CAP = TOTAL_CAP  # matches counted exactly (tests lower it)
 
     def __init__(self, db, time_limit_ms=1500):
         self.db = db
@@ -245,7 +246,7 @@ class MySQLSearchBackend:
             # candidate. Broad (every term has DRIVER_SAMPLE+ postings): merge.
             counts = self._estimate(cur, atoms)
             if min(counts) == 0:
-                return SearchPage([], 0, None)
+                return SearchPage([], 0)
             driver = atoms[counts.index(min(counts))]
             merge = min(counts) >= self.DRIVER_SAMPLE
         order, after_sql, first_col = _ORDER[query.sort]
@@ -273,7 +274,9 @@ class MySQLSearchBackend:
         more = len(keys) > query.limit
         keys = keys[:query.limit]
         count_sql, count_args = self._match_sql(query, atoms, driver, False, merge)
-        cur.execute(f"SELECT COUNT(*) AS n FROM ({count_sql}) m", count_args)
+        # Stop counting past the cap: a browse or broad query has up to every product.
+        cur.execute(f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM ({count_sql}) m LIMIT %s) x",
+                    count_args + [self.TOTAL_CAP + 1])
         total = int(cur.fetchone()["n"])
         return self._page(cur, query, list(keys) + ([None] if more else []), total, first_col)
 
@@ -289,7 +292,10 @@ class MySQLSearchBackend:
         return list(cur.fetchall())
 
     def _page(self, cur, query, keys, total, first_col):
-        """keys: up to limit+1 sort-key rows (an extra one means there is more)."""
+        """keys: up to limit+1 sort-key rows (an extra one means there is more).
+        A total above TOTAL_CAP is reported as TOTAL_CAP, not exact."""
+        total_exact = total <= self.TOTAL_CAP
+        total = min(total, self.TOTAL_CAP)
         more = len(keys) > query.limit
         keys = keys[:query.limit]
         items, item_keys = [], []
@@ -303,7 +309,7 @@ class MySQLSearchBackend:
                     items.append(to_api(by_id[int(k["id"])]))
                     item_keys.append(_sort_key(k, first_col, query))
         next_cursor = encode_cursor(query, _sort_key(keys[-1], first_col, query)) if more and keys else None
-        return SearchPage(items, total, next_cursor, item_keys)
+        return SearchPage(items, total, next_cursor, item_keys, total_exact)
 
 
 def like_scan_search(db, query):

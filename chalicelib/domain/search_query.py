@@ -20,6 +20,7 @@ MAX_PRICE_CENTS = 10**12
 # `limit` sliced from one, so `limit` cannot make every call a cache miss.
 PAGE_SIZES = (20, 50, 100)
 CACHE_FORMAT = 2   # cached pages carry their sort keys
+TOTAL_CAP = 10000  # matches counted exactly; beyond, `total` is this lower bound
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,11 @@ class SearchPage:
     total: int
     next_cursor: Optional[str] = None
     keys: list = field(default_factory=list)   # each item's [sort key, id], to cut the page shorter
+    total_exact: bool = True                   # False: total is a lower bound (counting stopped at a cap)
 
     def to_api(self):
-        return {"items": self.items, "total": self.total, "next_cursor": self.next_cursor}
+        return {"items": self.items, "total": self.total, "total_exact": self.total_exact,
+                "next_cursor": self.next_cursor}
 
     def to_cache(self):
         return {**self.to_api(), "keys": self.keys}
@@ -90,11 +93,11 @@ class SearchPage:
 def cut_page(cached, query):
     """The page `query` asked for out of a cached backend_query() page: its
     first `limit` items, with a cursor after the last one when more follow."""
-    items = cached["items"]
-    if len(items) <= query.limit:
-        return {"items": items, "total": cached["total"], "next_cursor": cached["next_cursor"]}
-    return {"items": items[:query.limit], "total": cached["total"],
-            "next_cursor": encode_cursor(query, tuple(cached["keys"][query.limit - 1]))}
+    page = {key: cached[key] for key in ("items", "total", "total_exact", "next_cursor")}
+    if len(page["items"]) > query.limit:
+        page["items"] = page["items"][:query.limit]
+        page["next_cursor"] = encode_cursor(query, tuple(cached["keys"][query.limit - 1]))
+    return page
 
 
 def _sha256(value):

@@ -10,7 +10,7 @@ import json
 from chalicelib.domain import errors
 from chalicelib.domain.orders import MAX_CLIENT_ORDER_ID, MAX_LINES_PER_ORDER, MAX_ORDERS_PER_BATCH, MAX_QUANTITY
 from chalicelib.domain.products import BULK_LIMIT, MAX_PRICE_CENTS, MAX_STOCK, STATUSES
-from chalicelib.domain.search_query import SORTS
+from chalicelib.domain.search_query import SORTS, TOTAL_CAP
 from chalicelib.domain.search_text import MAX_QUERY_CHARS
 from chalicelib.domain.validation import MAX_JSON_DEPTH
 from chalicelib.ops.metrics import WINDOW_SECONDS
@@ -104,8 +104,12 @@ SCHEMAS = {
                                      "description": f"Non-zero; stock must stay within 0..{MAX_STOCK} "
                                                     "(409 INSUFFICIENT_STOCK below, 400 above)."}}, ["delta"]),
     "SearchPage": _object({"items": {"type": "array", "items": _ref("Product")},
-                           "total": {"type": "integer", "minimum": 0},
-                           "next_cursor": {"type": ["string", "null"]}}, ["items", "total", "next_cursor"]),
+                           "total": {"type": "integer", "minimum": 0, "maximum": TOTAL_CAP,
+                                     "description": f"Matches, counted exactly up to {TOTAL_CAP}."},
+                           "total_exact": {"type": "boolean", "description": f"false: more than {TOTAL_CAP} "
+                                           f"match and total is the lower bound {TOTAL_CAP}."},
+                           "next_cursor": {"type": ["string", "null"]}},
+                          ["items", "total", "total_exact", "next_cursor"]),
     "OrderLine": _object({"product_id": _integer(1, 2**53), "quantity": _integer(1, MAX_QUANTITY)},
                          ["product_id", "quantity"]),
     "OrderRequest": _object({

@@ -15,7 +15,8 @@ def create(api, **fields):
 def test_search_route_is_not_taken_as_a_product_id(api):
     r = api.get("/products/search")
     assert r.status_code == 200, r.text
-    assert set(r.json()) == {"items", "total", "next_cursor"}
+    assert set(r.json()) == {"items", "total", "total_exact", "next_cursor"}
+    assert r.json()["total_exact"] is True
 
 
 def test_search_over_http_with_x_cache_and_read_your_writes(api):

@@ -304,6 +304,19 @@ def test_patched_price_category_and_status_reach_filters_sorts_and_totals(shop):
         conn.close()
 
 
+@pytest.mark.parametrize("q", ["lamp", ""])
+def test_total_is_exact_up_to_the_cap_then_a_lower_bound(shop, monkeypatch, q):
+    made = [make_product(shop, name=f"Lamp {i}")["id"] for i in range(5)]
+    monkeypatch.setattr(MySQLSearchBackend, "TOTAL_CAP", 5)
+    page = find(q=q)[1]
+    assert (page.total, page.total_exact) == (5, True)
+    made.append(make_product(shop, name="Lamp 5")["id"])
+    page = find(q=q)[1]
+    assert (page.total, page.total_exact) == (5, False)
+    assert page.to_api()["total_exact"] is False
+    assert walk(q=q, limit=2)[0] == made        # paging still reaches every match
+
+
 def test_a_cursor_past_the_last_match_still_reports_the_total(shop):
     made = [make_product(shop, name=f"Nail {i}", price_cents=10 + i) for i in range(3)]
     got, page = find(q="nail", sort="price_asc", limit=2)
