@@ -75,7 +75,8 @@ SCHEMAS = {
         "message": {"type": "string"},
         "request_id": {"type": "string", "description": "Also the X-Request-Id header."},
         "details": {"type": "object", "description": "field, unknown_fields (+ allowed), skus, error, max_stock, "
-                                                     "committed_client_order_ids"},
+                                                     "committed_client_order_ids; search: reason (time_limit, "
+                                                     "search_budget), time_limit_ms, budget_ms"},
         "product_id": {"type": "integer"},
         "order_id": {"type": "integer"},
         "batch_id": {"type": "string"},
@@ -205,9 +206,10 @@ ERROR_RESPONSES = {  # status -> (description, extra headers)
     409: ("DUPLICATE_SKU, VERSION_CONFLICT or INSUFFICIENT_STOCK.", ()),
     413: ("PAYLOAD_TOO_LARGE: body over 1,000,000 bytes, or too many items.", ()),
     415: ("UNSUPPORTED_MEDIA_TYPE: the body is not labelled as JSON.", ()),
-    429: ("RATE_LIMITED: the key's token bucket is empty.", ("Retry-After",)),
+    429: ("RATE_LIMITED: the key's token bucket is empty (search: or its search budget is spent).", ("Retry-After",)),
     500: ("INTERNAL: a bug; quote the request id.", ()),
-    503: ("SERVICE_UNAVAILABLE: MySQL (or for async, SQS) unavailable; retry.", ("Retry-After",)),
+    503: ("SERVICE_UNAVAILABLE: MySQL (or for async, SQS) unavailable; retry. Search: also a search stopped at its "
+          "time limit (details.reason time_limit).", ("Retry-After",)),
 }
 
 
@@ -289,7 +291,7 @@ def build():
             "200": _json("SearchPage", "A page of matches.", "X-Cache")},
             parameters=[
                 _query("q", {"type": "string", "maxLength": MAX_QUERY_CHARS, "pattern": NO_NUL},
-                       "Keywords, at most 10 distinct terms."),
+                       "Keywords, at most 10 distinct terms; a non-empty q needs a letter or digit (blank browses)."),
                 _query("category", {"type": "string", "maxLength": 64, "pattern": NO_NUL}),
                 _query("min_price", _integer(0, MAX_PRICE_CENTS)),
                 _query("max_price", _integer(0, MAX_PRICE_CENTS)),
