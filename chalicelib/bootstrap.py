@@ -97,8 +97,10 @@ def search_service():
 
     s = settings()
     return _once("search_service", lambda: SearchService(
-        MySQLSearchBackend(database()), redis_gateway(), search_generation(),
-        ttl_seconds=s.number("SEARCH_TTL_SECONDS"), stale_seconds=s.number("CACHE_STALE_SECONDS")))
+        MySQLSearchBackend(database(), time_limit_ms=int(s.number("SEARCH_TIME_LIMIT_MS"))),
+        redis_gateway(), search_generation(),
+        ttl_seconds=s.number("SEARCH_TTL_SECONDS"), stale_seconds=s.number("CACHE_STALE_SECONDS"),
+        budget_ms=int(s.number("SEARCH_BUDGET_MS"))))
 
 
 def warm_caches(**options):

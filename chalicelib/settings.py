@@ -75,6 +75,10 @@ DEFAULTS = {
     "CACHE_TTL_SECONDS": "300",
     "CACHE_STALE_SECONDS": "86400",
     "SEARCH_TTL_SECONDS": "60",
+    # Server-side limit on all statements of one search together; below DB_READ_TIMEOUT.
+    "SEARCH_TIME_LIMIT_MS": "1500",
+    # Database milliseconds of uncached searches per API key per minute (0: no budget).
+    "SEARCH_BUDGET_MS": "30000",
 }
 DEFAULTS.update({q.setting: q.default_name for q in QUEUES})
 

@@ -15,7 +15,7 @@ import pymysql.cursors
 from chalicelib.adapters.admission import InFlightLimit
 from chalicelib.adapters.breaker import CircuitBreaker, CircuitOpen
 from chalicelib.adapters.tls import client_context
-from chalicelib.domain.errors import ConcurrencyExhausted, ServiceUnavailable
+from chalicelib.domain.errors import ConcurrencyExhausted, ServiceUnavailable, StatementTimeout
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,10 @@ RETRYABLE_ERRNOS = frozenset({DEADLOCK, LOCK_WAIT_TIMEOUT})
 # 1040 (too many connections) is transient in the same way.
 CONNECTION_ERRNOS = frozenset({0, 1040, 1053, 1927, 2003, 2006, 2013, 2014, 2055, 4031})
 DUPLICATE_KEY = 1062
+# The server stopped a statement at its time limit: MariaDB max_statement_time,
+# MySQL MAX_EXECUTION_TIME. The connection stays healthy.
+STATEMENT_TIMEOUT_ERRNOS = frozenset({1969, 3024})
+_SELECT = re.compile(r"^\s*SELECT\b", re.IGNORECASE)
 
 # A statement that changes product rows (see service/unit_of_work.py).
 _PRODUCT_WRITE = re.compile(
@@ -38,12 +42,35 @@ class ProductWriteOutsideUnitOfWork(RuntimeError):
     """A statement tried to change `products` without going through unit_of_work.ProductTransaction."""
 
 
+def server_flavor(conn):
+    """'mariadb' or 'mysql', from the handshake (no query), once per connection."""
+    flavor = getattr(conn, "shop_flavor", None)
+    if flavor is None:
+        flavor = conn.shop_flavor = "mariadb" if "mariadb" in (conn.get_server_info() or "").lower() else "mysql"
+    return flavor
+
+
+def time_limited(sql, flavor, ms):
+    """`sql` (a SELECT) with a server-side time limit of `ms` milliseconds."""
+    if not _SELECT.match(sql):
+        raise ValueError("only a SELECT can run under a time limit: " + sql[:80])
+    if flavor == "mariadb":
+        return f"SET STATEMENT max_statement_time={ms / 1000:.3f} FOR {sql}"
+    return _SELECT.sub(f"SELECT /*+ MAX_EXECUTION_TIME({ms}) */", sql, count=1)
+
+
 class Cursor(pymysql.cursors.DictCursor):
     """The cursor of every transaction and query: product rows change only
     through a ProductTransaction, which keeps versions, the search index and
-    the caches in step (executemany of an INSERT ends in execute, so it is covered)."""
+    the caches in step (executemany of an INSERT ends in execute, so it is covered).
+
+    With a `deadline` (Database.run(time_limit_ms=...)) every statement runs
+    under a server-side time limit of what is left of it, so the server stops
+    a costly statement instead of the client giving up while it runs on."""
 
     products_writable = False
+    deadline = None          # time.monotonic() value
+    time_limit_ms = None
 
     def execute(self, query, args=None):
         # executemany hands its multi-row INSERT back here as bytes
@@ -51,7 +78,17 @@ class Cursor(pymysql.cursors.DictCursor):
         if not self.products_writable and _PRODUCT_WRITE.match(head):
             raise ProductWriteOutsideUnitOfWork(
                 "products is written only through unit_of_work.ProductTransaction: " + head[:120])
-        return super().execute(query, args)
+        if self.deadline is None:
+            return super().execute(query, args)
+        left_ms = int((self.deadline - time.monotonic()) * 1000)
+        if left_ms < 1:
+            raise StatementTimeout(self.time_limit_ms)
+        try:
+            return super().execute(time_limited(query, server_flavor(self.connection), left_ms), args)
+        except pymysql.err.OperationalError as exc:
+            if exc.args and exc.args[0] in STATEMENT_TIMEOUT_ERRNOS:
+                raise StatementTimeout(self.time_limit_ms) from exc
+            raise
 
 
 def is_connection_error(exc):
@@ -186,19 +223,26 @@ class Database:
             return False
 
     @contextmanager
-    def transaction(self):
-        """One transaction, committed at the end of the block, rolled back on any error."""
+    def transaction(self, deadline=None, time_limit_ms=None):
+        """One transaction, committed at the end of the block, rolled back on
+        any error. With a deadline, every statement runs under a server-side
+        time limit (see Cursor)."""
         with self.connection(begin=True) as conn:
             with conn.cursor() as cur:
+                cur.deadline, cur.time_limit_ms = deadline, time_limit_ms
                 yield cur
             conn.commit()
 
-    def run(self, work, attempts=6):
+    def run(self, work, attempts=6, time_limit_ms=None):
         """Run `work(cursor)` in a transaction, retrying deadlocks and lock-wait
-        timeouts with jittered backoff; a cut connection becomes a 503."""
+        timeouts with jittered backoff; a cut connection becomes a 503. With
+        `time_limit_ms`, all of `work`'s statements together get that long on
+        the server (StatementTimeout, a 503 that leaves the breaker and the
+        connection alone, when they take longer)."""
+        deadline = time.monotonic() + time_limit_ms / 1000 if time_limit_ms else None
         for attempt in range(1, attempts + 1):
             try:
-                with self.transaction() as cur:
+                with self.transaction(deadline, time_limit_ms) as cur:
                     return work(cur)
             except pymysql.err.MySQLError as exc:
                 if is_retryable(exc):

@@ -1,13 +1,19 @@
 """The MySQL SearchBackend: the search_terms/search_docs/search_meta index,
 written inside the product transaction and queried with per-term posting
 lookups (see domain/search_text.py for the matching rules)."""
-from chalicelib.domain.search_query import SearchPage, encode_cursor
+from chalicelib.domain.search_query import TOTAL_CAP, SearchPage, encode_cursor
 from chalicelib.domain.search_text import document_terms, normalize
 from chalicelib.service.unit_of_work import PRODUCT_COLUMNS
 
 
 def _format_ts(ts):
     return ts.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _sort_key(row, first_col, query):
+    """[sort value, id] of a match row, as a cursor carries it."""
+    first = row[first_col]
+    return [_format_ts(first) if query.sort == "newest" else int(first), int(row["id"])]
 
 
 # ORDER BY and the keyset condition "strictly after the cursor" for each sort.
@@ -34,9 +40,14 @@ class MySQLSearchBackend:
     (orders change stock with plain UPDATEs, so it is never copied)."""
 
     DRIVER_SAMPLE = 5000   # cap when estimating how selective each term is
+    MAX_MERGED_ATOMS = 3   # posting ranges a broad query reads whole
+    TOTAL_CAP = TOTAL_CAP  # matches counted exactly (tests lower it)
 
-    def __init__(self, db):
+    def __init__(self, db, time_limit_ms=1500):
         self.db = db
+        # The server stops a search's statements after this long in total
+        # (StatementTimeout): the cost cap no query can get around.
+        self.time_limit_ms = time_limit_ms
 
     # --- writes -----------------------------------------------------------
 
@@ -118,22 +129,30 @@ class MySQLSearchBackend:
         row = cur.fetchone()
         return [int(row[f"c{i}"]) for i in range(len(atoms))]
 
-    def _merge_source(self, query):
-        """Broad queries: read every term's posting range once (index-only,
-        sequential) and intersect by grouping, instead of probing per row."""
+    def _merged_atoms(self, atoms):
+        """The posting ranges a broad query merges: at most MAX_MERGED_ATOMS,
+        so ten common words cost three range reads, not ten; the other atoms
+        are probed per merged candidate. The estimates of broad atoms are all
+        capped alike, so the likely narrowest go first: whole terms, then the
+        longest prefixes."""
+        ranked = sorted(atoms, key=lambda atom: (atom[0] == "prefix", -len(atom[1]), atom))
+        return ranked[:self.MAX_MERGED_ATOMS]
+
+    def _merge_source(self, query, merged):
+        """Broad queries: read the `merged` atoms' posting ranges once
+        (index-only, sequential) and intersect by grouping, instead of
+        probing per row. h is the name hit of a term that is one atom."""
         branches, args = [], []
-        for term in query.terms:
-            if term.kind == "substr":
-                for _, gram in term.atoms():
-                    branches.append("SELECT product_id, 0 AS h FROM search_terms WHERE term = %s")
-                    args.append(gram)
-            elif term.kind == "exact":
-                branches.append("SELECT product_id, in_name AS h FROM search_terms WHERE term = %s")
-                args.append(term.text)
+        name_hit = {t.atoms()[0] for t in query.terms if t.kind != "substr"}
+        for atom in merged:
+            h = "in_name" if atom in name_hit else "0"
+            if atom[0] == "prefix":
+                cond, arg = self._atom_sql("search_terms", atom)
+                branches.append(f"SELECT product_id, MAX({h}) AS h FROM search_terms WHERE {cond} GROUP BY product_id")
             else:
-                cond, arg = self._atom_sql("search_terms", ("prefix", term.text))
-                branches.append(f"SELECT product_id, MAX(in_name) AS h FROM search_terms WHERE {cond} GROUP BY product_id")
-                args.append(arg)
+                branches.append(f"SELECT product_id, {h} AS h FROM search_terms WHERE term = %s")
+                arg = atom[1]
+            args.append(arg)
         source = (f"(SELECT product_id, SUM(h) AS score FROM ({' UNION ALL '.join(branches)}) u "
                   f"GROUP BY product_id HAVING COUNT(*) = {len(branches)}) c "
                   "JOIN search_meta p ON p.product_id = c.product_id")
@@ -148,8 +167,10 @@ class MySQLSearchBackend:
         condition of the WHERE). Without terms (browsing by filters), the
         products indexes on (status, price|created_at) serve the query."""
         verify = [t for t in query.terms if t.kind == "substr"]
+        merged = self._merged_atoms(atoms) if merge else []
         if merge:
-            source, source_args = self._merge_source(query)
+            driver = None   # every atom is either merged or probed
+            source, source_args = self._merge_source(query, merged)
         elif driver is not None:
             # One range read of the rarest atom; MAX(in_name) is that term's
             # name hit, so relevance needs no probe for it.
@@ -173,8 +194,8 @@ class MySQLSearchBackend:
         if query.max_price is not None:
             where.append("p.price_cents <= %s")
             where_args.append(query.max_price)
-        for atom in ([] if merge else atoms):
-            if atom == driver:
+        for atom in atoms:
+            if atom == driver or atom in merged:
                 continue
             cond, arg = self._atom_sql("t", atom)
             where.append(f"EXISTS (SELECT 1 FROM search_terms t WHERE t.product_id = {pid} AND {cond})")
@@ -189,18 +210,14 @@ class MySQLSearchBackend:
             else:
                 where.append("p.stock > 0")
         score, score_args = "0", []
-        if with_score and merge:
-            pieces = ["c.score"]
-            for term in verify:
-                pieces.append("(LOCATE(%s, d.name_norm) > 0)")
-                score_args.append(term.text)
-            score = "(" + " + ".join(pieces) + ")"
-        elif with_score and query.terms:
-            pieces = []
+        if with_score and query.terms:
+            pieces = ["c.score"] if merge else []
             for term in query.terms:
                 if term.kind == "substr":
                     pieces.append("(LOCATE(%s, d.name_norm) > 0)")
                     score_args.append(term.text)
+                elif term.atoms()[0] in merged:
+                    continue   # counted in c.score
                 elif term.atoms()[0] == driver:
                     pieces.append("c.h")
                 else:
@@ -219,7 +236,7 @@ class MySQLSearchBackend:
         def work(cur):
             return self._search(cur, query)
 
-        return self.db.run(work)
+        return self.db.run(work, time_limit_ms=self.time_limit_ms)
 
     def _search(self, cur, query):
         atoms = list(dict.fromkeys(atom for term in query.terms for atom in term.atoms()))
@@ -229,7 +246,7 @@ class MySQLSearchBackend:
             # candidate. Broad (every term has DRIVER_SAMPLE+ postings): merge.
             counts = self._estimate(cur, atoms)
             if min(counts) == 0:
-                return SearchPage([], 0, None)
+                return SearchPage([], 0)
             driver = atoms[counts.index(min(counts))]
             merge = min(counts) >= self.DRIVER_SAMPLE
         order, after_sql, first_col = _ORDER[query.sort]
@@ -257,7 +274,9 @@ class MySQLSearchBackend:
         more = len(keys) > query.limit
         keys = keys[:query.limit]
         count_sql, count_args = self._match_sql(query, atoms, driver, False, merge)
-        cur.execute(f"SELECT COUNT(*) AS n FROM ({count_sql}) m", count_args)
+        # Stop counting past the cap: a browse or broad query has up to every product.
+        cur.execute(f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM ({count_sql}) m LIMIT %s) x",
+                    count_args + [self.TOTAL_CAP + 1])
         total = int(cur.fetchone()["n"])
         return self._page(cur, query, list(keys) + ([None] if more else []), total, first_col)
 
@@ -273,23 +292,24 @@ class MySQLSearchBackend:
         return list(cur.fetchall())
 
     def _page(self, cur, query, keys, total, first_col):
-        """keys: up to limit+1 sort-key rows (an extra one means there is more)."""
+        """keys: up to limit+1 sort-key rows (an extra one means there is more).
+        A total above TOTAL_CAP is reported as TOTAL_CAP, not exact."""
+        total_exact = total <= self.TOTAL_CAP
+        total = min(total, self.TOTAL_CAP)
         more = len(keys) > query.limit
         keys = keys[:query.limit]
-        items = []
+        items, item_keys = [], []
         if keys:
             from chalicelib.domain.products import to_api
             ids = [int(k["id"]) for k in keys]
             cur.execute(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN ({','.join(['%s'] * len(ids))})", ids)
             by_id = {int(r["id"]): r for r in cur.fetchall()}
-            items = [to_api(by_id[i]) for i in ids if i in by_id]
-        next_cursor = None
-        if more and keys:
-            last = keys[-1]
-            first = last[first_col]
-            first = _format_ts(first) if query.sort == "newest" else int(first)
-            next_cursor = encode_cursor(query, (first, int(last["id"])))
-        return SearchPage(items, total, next_cursor)
+            for k in keys:
+                if int(k["id"]) in by_id:
+                    items.append(to_api(by_id[int(k["id"])]))
+                    item_keys.append(_sort_key(k, first_col, query))
+        next_cursor = encode_cursor(query, _sort_key(keys[-1], first_col, query)) if more and keys else None
+        return SearchPage(items, total, next_cursor, item_keys, total_exact)
 
 
 def like_scan_search(db, query):

@@ -117,5 +117,15 @@ class ServiceUnavailable(ShopError):
         self.retry_after = retry_after
 
 
+class StatementTimeout(ServiceUnavailable):
+    """The server stopped a statement at its time limit (a search too costly
+    for now): the server is fine, so this is no outage and trips no breaker."""
+
+    def __init__(self, time_limit_ms):
+        super().__init__(f"The search took longer than its time limit of {time_limit_ms} ms and was stopped; "
+                         "narrow it (more specific words, a category or a price range) or retry later.",
+                         details={"reason": "time_limit", "time_limit_ms": time_limit_ms})
+
+
 class ConcurrencyExhausted(ServiceUnavailable):
     """Optimistic retries or deadlock retries ran out: transient, safe to retry."""

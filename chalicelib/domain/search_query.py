@@ -5,17 +5,22 @@ import binascii
 import hashlib
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Optional
 
 from chalicelib.domain import validation as v
 from chalicelib.domain.errors import ValidationError
-from chalicelib.domain.search_text import MAX_QUERY_CHARS, MAX_QUERY_TERMS, query_terms
+from chalicelib.domain.search_text import MAX_QUERY_CHARS, MAX_QUERY_TERMS, is_blank, query_terms
 
 SORTS = ("relevance", "price_asc", "price_desc", "newest")
 PARAMS = ("q", "category", "min_price", "max_price", "in_stock", "sort", "limit", "cursor")
 MAX_PRICE_CENTS = 10**12
+# The backend reads and caches pages of these sizes and a request gets its
+# `limit` sliced from one, so `limit` cannot make every call a cache miss.
+PAGE_SIZES = (20, 50, 100)
+CACHE_FORMAT = 2   # cached pages carry their sort keys
+TOTAL_CAP = 10000  # matches counted exactly; beyond, `total` is this lower bound
 
 
 @dataclass(frozen=True)
@@ -30,12 +35,19 @@ class SearchQuery:
     after: Optional[tuple] = None     # the last sort key of the previous page
 
     def canonical(self):
-        """Everything that selects and orders the matches (not the page)."""
+        """Everything that selects and orders the matches (not the page), with
+        filters that select nothing away left out (min_price=0, max_price=10^12)."""
         return {
             "t": [[t.kind, t.text] for t in self.terms],
-            "c": self.category, "lo": self.min_price, "hi": self.max_price,
+            "c": self.category, "lo": self.min_price or None,
+            "hi": None if self.max_price == MAX_PRICE_CENTS else self.max_price,
             "s": self.in_stock, "o": self.sort,
         }
+
+    def backend_query(self):
+        """The query the backend answers and the cache stores: the same matches
+        and order, a page of the next size in PAGE_SIZES (see SearchService.search)."""
+        return replace(self, limit=next(size for size in PAGE_SIZES if size >= self.limit))
 
     @property
     def fingerprint(self):
@@ -43,17 +55,20 @@ class SearchQuery:
 
     @property
     def cache_hash(self):
-        return _sha256({**self.canonical(), "a": list(self.after) if self.after else None, "n": self.limit})
+        return _sha256({**self.canonical(), "a": list(self.after) if self.after else None, "n": self.limit,
+                        "v": CACHE_FORMAT})
 
     def popularity_member(self):
         """The first-page request, as the warming job replays it."""
-        params = {"q": " ".join(t.text for t in self.terms), "sort": self.sort, "limit": str(self.limit)}
+        canonical = self.canonical()
+        params = {"q": " ".join(t.text for t in self.terms), "sort": self.sort,
+                  "limit": str(self.backend_query().limit)}
         if self.category is not None:
             params["category"] = self.category
-        if self.min_price is not None:
-            params["min_price"] = str(self.min_price)
-        if self.max_price is not None:
-            params["max_price"] = str(self.max_price)
+        if canonical["lo"] is not None:
+            params["min_price"] = str(canonical["lo"])
+        if canonical["hi"] is not None:
+            params["max_price"] = str(canonical["hi"])
         if self.in_stock:
             params["in_stock"] = "true"
         return json.dumps(params, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
@@ -64,9 +79,25 @@ class SearchPage:
     items: list
     total: int
     next_cursor: Optional[str] = None
+    keys: list = field(default_factory=list)   # each item's [sort key, id], to cut the page shorter
+    total_exact: bool = True                   # False: total is a lower bound (counting stopped at a cap)
 
     def to_api(self):
-        return {"items": self.items, "total": self.total, "next_cursor": self.next_cursor}
+        return {"items": self.items, "total": self.total, "total_exact": self.total_exact,
+                "next_cursor": self.next_cursor}
+
+    def to_cache(self):
+        return {**self.to_api(), "keys": self.keys}
+
+
+def cut_page(cached, query):
+    """The page `query` asked for out of a cached backend_query() page: its
+    first `limit` items, with a cursor after the last one when more follow."""
+    page = {key: cached[key] for key in ("items", "total", "total_exact", "next_cursor")}
+    if len(page["items"]) > query.limit:
+        page["items"] = page["items"][:query.limit]
+        page["next_cursor"] = encode_cursor(query, tuple(cached["keys"][query.limit - 1]))
+    return page
 
 
 def _sha256(value):
@@ -129,6 +160,10 @@ def parse_query(params):
     if len(q) > MAX_QUERY_CHARS:
         raise ValidationError(f"'q' must be at most {MAX_QUERY_CHARS} characters.", details={"field": "q"})
     terms = query_terms(q)
+    if not terms and not is_blank(q):
+        # Only punctuation or emoji: browsing the whole catalog is not what was asked for.
+        raise ValidationError("'q' has no letters or digits to search for; send an empty q to browse by the filters.",
+                              details={"field": "q"})
     if len(terms) > MAX_QUERY_TERMS:
         raise ValidationError(f"'q' must have at most {MAX_QUERY_TERMS} distinct terms.", details={"field": "q"})
     category = (params.get("category") or "").strip()

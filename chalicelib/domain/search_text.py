@@ -6,6 +6,8 @@ Text is NFKC-normalised and case-folded, then split into Latin-script *words*
 whitespace only separate tokens.
 - Words are indexed whole; a query word matches any indexed word it is a
   **prefix** of ("pho" finds "phone", "phones"), which is what shoppers type.
+  A query word shorter than MIN_PREFIX_CHARS matches whole words only ("tv",
+  "60"): a one- or two-letter prefix would read a large part of the index.
   Words mixing letters and digits are also indexed by their parts
   ("mate60" -> "mate60", "mate", "60").
 - CJK runs match by **substring**: every character (unigram) and adjacent
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 MAX_TERM_CHARS = 64          # search_terms.term is VARCHAR(64)
 MAX_QUERY_CHARS = 200
 MAX_QUERY_TERMS = 10
+MIN_PREFIX_CHARS = 3         # shorter Latin query words match whole words only
 MAX_BIGRAMS_PER_RUN = 6      # candidates only; the exact check follows
 _CJK = ("\u1100-\u11ff\u2e80-\u2fdf\u3040-\u30ff\u3100-\u312f\u3130-\u318f\u31a0-\u31ff"
         "\u3400-\u4dbf\u4e00-\u9fff\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\U00020000-\U0003134f")
@@ -79,8 +82,9 @@ def document_terms(name, description):
 
 @dataclass(frozen=True, order=True)
 class Term:
-    """One query term. kind: 'prefix' (Latin word), 'exact' (CJK run of 1-2
-    characters) or 'substr' (longer CJK run: bigram candidates + exact check)."""
+    """One query term. kind: 'prefix' (Latin word), 'exact' (a whole indexed
+    term: a CJK run of 1-2 characters, a Latin word shorter than
+    MIN_PREFIX_CHARS) or 'substr' (longer CJK run: bigram candidates + exact check)."""
     kind: str
     text: str
 
@@ -97,12 +101,17 @@ class Term:
         return [("exact", g) for g in grams]
 
 
+def is_blank(text):
+    """Only whitespace and invisible format characters (zero-width space...)."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in normalize(text))
+
+
 def query_terms(q):
     """The distinct terms of a query string, in a canonical order."""
     terms = set()
     for kind, token in tokens(q):
         if kind == "word":
-            terms.add(Term("prefix", token))
+            terms.add(Term("prefix" if len(token) >= MIN_PREFIX_CHARS else "exact", token))
         else:
             terms.add(Term("exact" if len(token) <= 2 else "substr", token))
     return sorted(terms)

@@ -11,7 +11,7 @@ from chalicelib.domain import errors
 from chalicelib.domain import order_lifecycle as lifecycle
 from chalicelib.domain.orders import MAX_CLIENT_ORDER_ID, MAX_LINES_PER_ORDER, MAX_ORDERS_PER_BATCH, MAX_QUANTITY
 from chalicelib.domain.products import BULK_LIMIT, MAX_PRICE_CENTS, MAX_STOCK, STATUSES
-from chalicelib.domain.search_query import SORTS
+from chalicelib.domain.search_query import SORTS, TOTAL_CAP
 from chalicelib.domain.search_text import MAX_QUERY_CHARS
 from chalicelib.domain.validation import MAX_JSON_DEPTH
 from chalicelib.ops.metrics import WINDOW_SECONDS
@@ -76,7 +76,8 @@ SCHEMAS = {
         "message": {"type": "string"},
         "request_id": {"type": "string", "description": "Also the X-Request-Id header."},
         "details": {"type": "object", "description": "field, unknown_fields (+ allowed), skus, error, max_stock, "
-                                                     "committed_client_order_ids"},
+                                                     "committed_client_order_ids; search: reason (time_limit, "
+                                                     "search_budget), time_limit_ms, budget_ms"},
         "product_id": {"type": "integer"},
         "order_id": {"type": "integer"},
         "batch_id": {"type": "string"},
@@ -105,8 +106,12 @@ SCHEMAS = {
                                      "description": f"Non-zero; stock must stay within 0..{MAX_STOCK} "
                                                     "(409 INSUFFICIENT_STOCK below, 400 above)."}}, ["delta"]),
     "SearchPage": _object({"items": {"type": "array", "items": _ref("Product")},
-                           "total": {"type": "integer", "minimum": 0},
-                           "next_cursor": {"type": ["string", "null"]}}, ["items", "total", "next_cursor"]),
+                           "total": {"type": "integer", "minimum": 0, "maximum": TOTAL_CAP,
+                                     "description": f"Matches, counted exactly up to {TOTAL_CAP}."},
+                           "total_exact": {"type": "boolean", "description": f"false: more than {TOTAL_CAP} "
+                                           f"match and total is the lower bound {TOTAL_CAP}."},
+                           "next_cursor": {"type": ["string", "null"]}},
+                          ["items", "total", "total_exact", "next_cursor"]),
     "OrderLine": _object({"product_id": _integer(1, 2**53), "quantity": _integer(1, MAX_QUANTITY)},
                          ["product_id", "quantity"]),
     "OrderRequest": _object({
@@ -218,9 +223,10 @@ ERROR_RESPONSES = {  # status -> (description, extra headers)
           "PAYMENT_REFERENCE_USED.", ()),
     413: ("PAYLOAD_TOO_LARGE: body over 1,000,000 bytes, or too many items.", ()),
     415: ("UNSUPPORTED_MEDIA_TYPE: the body is not labelled as JSON.", ()),
-    429: ("RATE_LIMITED: the key's token bucket is empty.", ("Retry-After",)),
+    429: ("RATE_LIMITED: the key's token bucket is empty (search: or its search budget is spent).", ("Retry-After",)),
     500: ("INTERNAL: a bug; quote the request id.", ()),
-    503: ("SERVICE_UNAVAILABLE: MySQL (or for async, SQS) unavailable; retry.", ("Retry-After",)),
+    503: ("SERVICE_UNAVAILABLE: MySQL (or for async, SQS) unavailable; retry. Search: also a search stopped at its "
+          "time limit (details.reason time_limit).", ("Retry-After",)),
 }
 
 
@@ -302,7 +308,7 @@ def build():
             "200": _json("SearchPage", "A page of matches.", "X-Cache")},
             parameters=[
                 _query("q", {"type": "string", "maxLength": MAX_QUERY_CHARS, "pattern": NO_NUL},
-                       "Keywords, at most 10 distinct terms."),
+                       "Keywords, at most 10 distinct terms; a non-empty q needs a letter or digit (blank browses)."),
                 _query("category", {"type": "string", "maxLength": 64, "pattern": NO_NUL}),
                 _query("min_price", _integer(0, MAX_PRICE_CENTS)),
                 _query("max_price", _integer(0, MAX_PRICE_CENTS)),

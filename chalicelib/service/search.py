@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
 from chalicelib.adapters.cache import CacheUnavailable
-from chalicelib.domain.errors import ServiceUnavailable, ValidationError
-from chalicelib.domain.search_query import SearchPage, SearchQuery, parse_query
+from chalicelib.domain.errors import RateLimited, ServiceUnavailable, ValidationError
+from chalicelib.domain.search_query import SearchPage, SearchQuery, cut_page, parse_query
 
 log = logging.getLogger(__name__)
 
@@ -27,25 +27,50 @@ def _jitter_ms(seconds):
     return max(1, int(seconds * 1000 * random.uniform(0.9, 1.1)))
 
 
+# KEYS[1]: the day's popular set, KEYS[2]: this key's counts of the day.
+# ARGV: member, per-member cap, distinct-members cap, ttl seconds. A key adds
+# at most the per-member cap to one search and counts at most the distinct cap
+# of searches a day, so no caller can steer what the warmer replays.
+_COUNT_POPULAR = """
+local mine = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if mine >= tonumber(ARGV[2]) then return 0 end
+if mine == 0 and redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+redis.call('ZINCRBY', KEYS[1], 1, ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
 class SearchService:
     """Read-through cache around a SearchBackend.
 
     Freshness: the generation is read *before* the backend is queried, and
     every product write bumps it after commit. A reader that raced a write
     stores its (possibly old) page under the old generation, which no request
-    reads once the write has returned."""
+    reads once the write has returned.
+
+    Cost: the backend answers and the cache stores pages of a few fixed sizes
+    (SearchQuery.backend_query) cut to the requested limit; a caller's
+    uncached searches draw on a budget of backend milliseconds per minute
+    (429 when it is spent; cached answers are still served)."""
 
     LEASE_MS = 3000
     WAIT_SECONDS = 0.3
     POPULAR_DAYS = 2
+    POPULAR_PER_KEY_SEARCH = 100     # a key adds at most this to one search's daily count
+    POPULAR_SEARCHES_PER_KEY = 500   # and counts at most this many distinct searches a day
 
-    def __init__(self, backend, gateway, generation, ttl_seconds=60, stale_seconds=86400, clock=time.time):
+    def __init__(self, backend, gateway, generation, ttl_seconds=60, stale_seconds=86400, clock=time.time,
+                 budget_ms=30000):
         self.backend = backend
         self.gateway = gateway
         self.generation = generation
         self.ttl_seconds = ttl_seconds
         self.stale_seconds = stale_seconds
         self.clock = clock
+        self.budget_ms = budget_ms
 
     def key(self, generation, query):
         return self.gateway.key(f"product_search:{generation}:{query.cache_hash}")
@@ -57,46 +82,53 @@ class SearchService:
         day = day or datetime.fromtimestamp(self.clock(), timezone.utc).strftime("%Y%m%d")
         return self.gateway.key(f"product_search:popular:{day}")
 
-    def search_params(self, params):
-        return self.search(parse_query(params))
+    def budget_key(self, caller, minute):
+        return self.gateway.key(f"search_budget:{caller}:{minute}")
 
-    def search(self, query):
-        """(page dict, X-Cache state)."""
+    def search_params(self, params, caller=None):
+        return self.search(parse_query(params), caller)
+
+    def search(self, query, caller=None):
+        """(page dict, X-Cache state). `caller` (an API key id) is charged for
+        uncached work and counted in the popular searches; None (the warmer,
+        tools) is neither."""
+        cached, state = self._search(query.backend_query(), caller)
+        if caller is not None and query.after is None and (query.terms or query.category) and cached["total"] > 0:
+            self._count_popular(query, caller)
+        return cut_page(cached, query), state
+
+    def _search(self, query, caller):
         try:
             generation = self.generation.current()
         except CacheUnavailable:
-            return self.backend.search(query).to_api(), "BYPASS"
+            return self._from_backend(query, None, caller)
         key = self.key(generation, query)
         try:
-            cached = self._get(key, query)
+            raw = self.gateway.call(lambda r: r.get(key))
         except CacheUnavailable:
-            return self.backend.search(query).to_api(), "BYPASS"
-        if cached is not None:
-            return cached, "HIT"
-        return self._load(key, query)
+            return self._from_backend(query, None, caller)
+        if raw is not None:
+            return json.loads(raw), "HIT"
+        return self._load(key, query, caller)
 
-    def _get(self, key, query):
-        record = query.after is None and bool(query.terms or query.category)
+    def _count_popular(self, query, caller):
+        day = datetime.fromtimestamp(self.clock(), timezone.utc).strftime("%Y%m%d")
+        script = self.gateway.script(_COUNT_POPULAR)
+        try:
+            self.gateway.call(lambda r: script(
+                keys=[self.popular_key(day), self.gateway.key(f"product_search:popular:{day}:by:{caller}")],
+                args=[query.popularity_member(), self.POPULAR_PER_KEY_SEARCH, self.POPULAR_SEARCHES_PER_KEY,
+                      86400 * (self.POPULAR_DAYS + 1)],
+                client=r))
+        except CacheUnavailable:
+            pass   # only warming loses
 
-        def fn(r):
-            if not record:
-                return r.get(key)
-            pipe = r.pipeline(transaction=False)
-            pipe.get(key)
-            popular = self.popular_key()
-            pipe.zincrby(popular, 1, query.popularity_member())
-            pipe.expire(popular, 86400 * (self.POPULAR_DAYS + 1))
-            return pipe.execute()[0]
-
-        raw = self.gateway.call(fn)
-        return json.loads(raw) if raw is not None else None
-
-    def _load(self, key, query):
+    def _load(self, key, query, caller):
         lease = key + ":loading"
         try:
             leader = bool(self.gateway.call(lambda r: r.set(lease, "1", nx=True, px=self.LEASE_MS)))
         except CacheUnavailable:
-            return self._from_backend(query, None)
+            return self._from_backend(query, None, caller)
         if not leader:
             deadline = time.monotonic() + self.WAIT_SECONDS
             while time.monotonic() < deadline:
@@ -108,7 +140,7 @@ class SearchService:
                 if raw is not None:
                     return json.loads(raw), "HIT"
         try:
-            return self._from_backend(query, key)
+            return self._from_backend(query, key, caller)
         finally:
             if leader:
                 try:
@@ -116,9 +148,42 @@ class SearchService:
                 except CacheUnavailable:
                     pass
 
-    def _from_backend(self, query, key):
+    def _check_budget(self, caller):
+        """Raise RateLimited when `caller` spent its backend milliseconds of
+        this minute; returns the budget key to charge (None: not metered)."""
+        if caller is None or not self.budget_ms:
+            return None
+        now = self.clock()
+        key = self.budget_key(caller, int(now // 60))
         try:
-            page = self.backend.search(query).to_api()
+            spent = int(self.gateway.call(lambda r: r.get(key)) or 0)
+        except CacheUnavailable:
+            return None   # fails open, like the rate limit
+        if spent >= self.budget_ms:
+            raise RateLimited(f"This API key used its search budget ({self.budget_ms} ms of database time a "
+                              "minute); cached searches still answer.", retry_after=max(1, 60 - int(now % 60)),
+                              details={"reason": "search_budget", "budget_ms": self.budget_ms})
+        return key
+
+    def _charge(self, key, started):
+        spent_ms = max(1, int((time.monotonic() - started) * 1000))
+
+        def fn(r):
+            pipe = r.pipeline(transaction=False)
+            pipe.incrby(key, spent_ms)
+            pipe.expire(key, 120)
+            pipe.execute()
+
+        try:
+            self.gateway.call(fn)
+        except CacheUnavailable:
+            pass
+
+    def _from_backend(self, query, key, caller):
+        budget = self._check_budget(caller)
+        started = time.monotonic()
+        try:
+            page = self.backend.search(query).to_cache()
         except ServiceUnavailable:
             try:
                 raw = self.gateway.call(lambda r: r.get(self.stale_key(query)))
@@ -127,6 +192,9 @@ class SearchService:
             if raw is None:
                 raise
             return json.loads(raw), "STALE"
+        finally:
+            if budget is not None:
+                self._charge(budget, started)
         if key is None:
             return page, "BYPASS"
         payload = json.dumps(page, separators=(",", ":"), ensure_ascii=False)

@@ -11,7 +11,7 @@ import redis
 
 from chalicelib import bootstrap
 from chalicelib.domain.search_query import parse_query
-from chalicelib.domain.errors import ServiceUnavailable
+from chalicelib.domain.errors import RateLimited, ServiceUnavailable
 from tests.conftest import free_port, make_product
 
 
@@ -244,14 +244,21 @@ def test_redis_back_after_kill_cache_resumes(shop, own_redis):
     assert states[-1] == "HIT" and "MISS" in states
 
 
+def caller_q(caller, **params):
+    return svc().search_params({k: str(v) for k, v in params.items()}, caller)
+
+
 def test_popular_searches_recorded_and_warmed(shop):
     make_product(shop, name="Kite")
     make_product(shop, name="Drone")
     for _ in range(3):
-        q(q="kite")
-    q(q="drone")
+        caller_q("key-a", q="kite")
+    caller_q("key-b", q="drone", limit=7)     # recorded as the page the warmer fills
+    caller_q("key-a", q="kayak")              # no results: not recorded
+    q(q="drone")                              # no caller (the warmer, tools): not recorded
     popular = svc().popular_searches(10)
-    assert popular[0]["q"] == "kite" and {p["q"] for p in popular} == {"kite", "drone"}
+    assert popular == [{"q": "kite", "sort": "relevance", "limit": "20"},
+                       {"q": "drone", "sort": "relevance", "limit": "20"}]
     bootstrap.search_generation().bump()
     summary = bootstrap.warm_caches(top_products=5, searches=[{"q": "kite", "sort": "price_asc"}])
     assert summary["errors"] == 0
@@ -259,3 +266,56 @@ def test_popular_searches_recorded_and_warmed(shop):
     assert sum(summary["products"].values()) == 2
     assert q(q="kite")[1] == "HIT" and q(q="kite", sort="price_asc")[1] == "HIT"
     assert bootstrap.catalog().get(shop.load(q(q="drone")[0]["items"][0]["id"])["id"])[1] == "HIT"
+
+
+def test_one_key_cannot_steer_the_popular_searches(shop, monkeypatch):
+    make_product(shop, name="Kite")
+    make_product(shop, name="Drone")
+    make_product(shop, name="Spam")
+    monkeypatch.setattr(svc(), "POPULAR_PER_KEY_SEARCH", 3)
+    monkeypatch.setattr(svc(), "POPULAR_SEARCHES_PER_KEY", 2)
+    for _ in range(10):
+        caller_q("greedy", q="spam")          # counts 3 times, not 10
+    caller_q("greedy", q="kite")
+    caller_q("greedy", q="drone")             # a third distinct search of the day: not counted
+    for caller in ("k1", "k2", "k3", "k4"):
+        caller_q(caller, q="kite")
+    ranked = [p["q"] for p in svc().popular_searches(10)]
+    assert ranked == ["kite", "spam"]
+
+
+def test_limit_is_cut_from_a_shared_cached_page(shop):
+    made = [make_product(shop, name=f"Lamp {i}", price_cents=100 + i)["id"] for i in range(25)]
+    page, state = q(q="lamp", sort="price_asc", limit=3)
+    assert state == "MISS" and [p["id"] for p in page["items"]] == made[:3]
+    assert q(q="lamp", sort="price_asc", limit=17)[1] == "HIT"       # same 20-item page
+    assert q(q="lamp", sort="price_asc", limit=21)[1] == "MISS"      # the 50-item page
+    seen, cursor = [], None
+    while True:
+        extra = {"cursor": cursor} if cursor else {}
+        page, _ = q(q="lamp", sort="price_asc", limit=7, **extra)
+        assert page["total"] == 25
+        seen += [p["id"] for p in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == made
+
+
+def test_filters_that_select_nothing_away_share_the_cache_key(shop):
+    make_product(shop, name="Globe")
+    assert q(q="globe")[1] == "MISS"
+    assert q(q="globe", min_price=0, max_price=10**12)[1] == "HIT"
+    assert q(q="globe", min_price=1)[1] == "MISS"
+
+
+def test_a_key_over_its_search_budget_gets_429_but_cached_answers(shop, monkeypatch):
+    make_product(shop, name="Compass")
+    monkeypatch.setattr(svc(), "budget_ms", 1)
+    assert caller_q("spender", q="compass")[1] == "MISS"   # spends at least 1 ms
+    with pytest.raises(RateLimited) as raised:
+        caller_q("spender", q="compass", category="none")
+    assert raised.value.extra["details"] == {"reason": "search_budget", "budget_ms": 1}
+    assert 1 <= raised.value.retry_after <= 60
+    assert caller_q("spender", q="compass")[1] == "HIT"     # cached: no database time
+    assert caller_q("someone-else", q="compass", category="none")[1] == "MISS"

@@ -98,6 +98,32 @@ def test_latin_words_match_by_prefix_not_infix(shop):
     assert find(q="tooth")[0] == []
 
 
+def test_short_latin_words_match_whole_words_only(shop):
+    tv = make_product(shop, name="TV stand")
+    make_product(shop, name="Tvorog cheese")
+    mate = make_product(shop, name="Mate60 phone")
+    assert find(q="tv")[0] == ids(tv)           # not a prefix of "tvorog"
+    assert find(q="tvo")[0] != []               # three letters and up: prefixes again
+    assert find(q="60")[0] == ids(mate)         # a whole part of "mate60"
+    assert find(q="6")[0] == []
+
+
+def test_broad_queries_merge_at_most_three_ranges_and_probe_the_rest(shop, plan):
+    """Five terms: under the merge plan three are merged, two probed; matches
+    and relevance are the same as under the probe plan."""
+    desc = make_product(shop, name="Alpha 华为手机", description="bravo charlie delta echo")   # lower id
+    best = make_product(shop, name="Alpha Bravo Charlie Delta Echo", description="华为手机")
+    make_product(shop, name="Alpha Bravo Charlie Delta", description="华为手机")   # no echo
+    make_product(shop, name="Alpha Bravo Charlie Delta Echo", description="华为")  # no 手机
+    q = "alpha bravo charlie delta echo 华为手机"
+    assert find(q=q)[0] == ids(best, desc)      # five name hits above two
+    assert walk(q=q, limit=1)[0] == ids(best, desc)
+    query = parse_query({"q": q})
+    atoms = list(dict.fromkeys(atom for term in query.terms for atom in term.atoms()))
+    sql, _ = MySQLSearchBackend(bootstrap.database())._match_sql(query, atoms, None, True, merge=True)
+    assert sql.count("UNION ALL") == MySQLSearchBackend.MAX_MERGED_ATOMS - 1
+
+
 def test_every_term_must_match_name_or_description(shop):
     both = make_product(shop, name="Red phone", description="")
     split = make_product(shop, name="Phone", description="in red")
@@ -276,6 +302,19 @@ def test_patched_price_category_and_status_reach_filters_sorts_and_totals(shop):
             assert cur.fetchone()["n"] == 3
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("q", ["lamp", ""])
+def test_total_is_exact_up_to_the_cap_then_a_lower_bound(shop, monkeypatch, q):
+    made = [make_product(shop, name=f"Lamp {i}")["id"] for i in range(5)]
+    monkeypatch.setattr(MySQLSearchBackend, "TOTAL_CAP", 5)
+    page = find(q=q)[1]
+    assert (page.total, page.total_exact) == (5, True)
+    made.append(make_product(shop, name="Lamp 5")["id"])
+    page = find(q=q)[1]
+    assert (page.total, page.total_exact) == (5, False)
+    assert page.to_api()["total_exact"] is False
+    assert walk(q=q, limit=2)[0] == made        # paging still reaches every match
 
 
 def test_a_cursor_past_the_last_match_still_reports_the_total(shop):

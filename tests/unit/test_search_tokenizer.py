@@ -40,6 +40,23 @@ def test_query_terms_kinds_and_dedup():
         Term("exact", "手"), Term("exact", "手机"), Term("prefix", "phone"), Term("substr", "华为手机")]
 
 
+def test_short_latin_words_are_whole_word_terms_not_prefixes():
+    assert query_terms("tv 60 pho x") == [
+        Term("exact", "60"), Term("exact", "tv"), Term("exact", "x"), Term("prefix", "pho")]
+
+
+@pytest.mark.parametrize("q", ["!!!", "\U0001F600", "\"';--", "%_\\", "\u2014 \u2026"])
+def test_a_q_without_searchable_terms_is_a_validation_error(q):
+    with pytest.raises(ValidationError) as raised:
+        parse_query({"q": q})
+    assert raised.value.extra["details"] == {"field": "q"}
+
+
+@pytest.mark.parametrize("q", ["", "   ", "\u200b", " \u200b\u00a0"])
+def test_an_empty_or_blank_q_browses(q):
+    assert parse_query({"q": q}).terms == ()
+
+
 def test_long_cjk_run_uses_bounded_bigram_sample():
     atoms = Term("substr", "一二三四五六七八九十百千万").atoms()
     assert 2 <= len(atoms) <= search_text.MAX_BIGRAMS_PER_RUN
