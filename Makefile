@@ -7,7 +7,7 @@
 #   make clients    API clients and keys (ARGS="add NAME --plan P" | "rotate NAME" | "revoke NAME [--key N]")
 #   make openapi    rewrite docs/openapi.json from chalicelib/entrypoints/openapi.py
 #   make lock       re-pin requirements*.txt (with hashes) from requirements*.in
-#   make bench-orders | bench-search | bench-ingest | bench-endpoint | bench-lambda-sizes | bench-writer-cost
+#   make bench-orders | bench-search | bench-ingest | bench-endpoint | bench-lambda-sizes | bench-writer-cost | bench-lifecycle
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -29,7 +29,7 @@ export AWS_SECRET_ACCESS_KEY ?= test
 export AWS_DEFAULT_REGION ?= us-east-1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv run test chromium setup queues redrive seed package deploy clients openapi lock bench-orders bench-search bench-ingest bench-endpoint bench-lambda-sizes bench-writer-cost clean-venv
+.PHONY: help venv run test chromium setup queues redrive seed package deploy clients openapi lock bench-orders bench-search bench-ingest bench-endpoint bench-lambda-sizes bench-writer-cost bench-lifecycle clean-venv
 
 help:
 	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
@@ -107,6 +107,10 @@ bench-lambda-sizes: $(STAMP)
 # MySQL CPU per order and per search, the numbers docs/scale-out.md scales to RDS classes.
 bench-writer-cost: $(STAMP)
 	$(PY) bench/writer_cost $(ARGS)
+
+# The outbox's cost on the order path and the expiry lag (docs/api.md, "Order lifecycle").
+bench-lifecycle: $(STAMP)
+	$(PY) bench/lifecycle $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

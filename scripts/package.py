@@ -70,6 +70,7 @@ FUNCTION_POLICIES = {
     "HandleCacheInvalidation": "CacheInvalidationAccessPolicy",
     "WarmCache": "WarmCacheAccessPolicy",
     "Migrate": "MigrateAccessPolicy",
+    "Lifecycle": "LifecycleAccessPolicy",
 }
 MIGRATE_FUNCTION = "Migrate"
 SAM_TRANSFORM = "AWS::Serverless-2016-10-31"
@@ -273,6 +274,8 @@ def function_environment(plans, logical_id=None):
         "API_KEY_CLIENTS": key_clients(plans),
         # API Gateway's Cognito authorizer verifies customer tokens; the app reads its claims.
         "APP_VERIFY_TOKENS": "false",
+        "ORDER_EVENTS_TOPIC_ARN": {"Ref": "OrderEventsTopic"},
+        "ORDER_PAYMENT_WINDOW_SECONDS": {"Ref": "OrderPaymentWindowSeconds"},
         "COGNITO_USER_POOL_ID": {"Ref": "CustomerUserPool"},
         "COGNITO_APP_CLIENT_IDS": {"Ref": "CustomerUserPoolClient"},
         "POWERTOOLS_METRICS_NAMESPACE": "Shop",
@@ -434,7 +437,8 @@ BUDGET_PARAMETERS = ("DatabaseMaxConnections", "DatabaseProxyMaxConnectionsPerce
                      "DatabaseConnectionsPerEnvironment", "OrderIngestConnectionPercent",
                      "CacheInvalidationConcurrency")
 API_FUNCTION = "APIHandler"  # gets what the others leave
-SINGLE_ENVIRONMENT = {"WarmCache", "Migrate"}  # a 10-minute schedule; a deploy step
+# A 10-minute schedule; a deploy step; the outbox relay, which must be alone to publish in order.
+SINGLE_ENVIRONMENT = {"WarmCache", "Migrate", "Lifecycle"}
 SQS_MAX_CONCURRENCY = (2, 1000)  # what an SQS event source mapping accepts
 
 

@@ -95,9 +95,16 @@ def setup_customers(settings):
     return pool_id, client_id
 
 
+def setup_order_events(settings):
+    """The order-events topic on the local endpoint; its ARN for the processes we start."""
+    os.environ["ORDER_EVENTS_TOPIC_ARN"] = localstack.ensure_topic(settings.aws_endpoint_url)
+    log.info("order events topic %s", os.environ["ORDER_EVENTS_TOPIC_ARN"])
+
+
 def setup(settings, seed=True):
     setup_queues(settings)
     setup_customers(settings)
+    setup_order_events(settings)
     setup_database(seed=seed, count=int(os.environ.get("SEED_COUNT") or 0) or None)
 
 
@@ -237,6 +244,8 @@ def run(args):
                                                       "--queue", queue, "--handler", handler], env).start()
                     children.append(child)
                     pollers[child] = 0
+                relay = Child("lifecycle", [PYTHON, str(ROOT / "scripts" / "lifecycle.py")], env).start()
+                children.append(relay)
                 time.sleep(1.5)  # a poller without a handler exits at once; say so in the banner
                 banner(url, settings, [c.name.split(":", 1)[1] for c in pollers if c.poll() is None])
                 return supervise(server, pollers, children)

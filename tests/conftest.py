@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from chalicelib import bootstrap  # noqa: E402
 from chalicelib.ops import metrics  # noqa: E402
 from chalicelib.adapters.migrate import migrate  # noqa: E402
-from chalicelib.settings import Settings, parse_database_url  # noqa: E402
+from chalicelib.settings import DEFAULTS, Settings, parse_database_url  # noqa: E402
 from scripts import localstack  # noqa: E402
 from scripts.stack import setup_queues  # noqa: E402
 
@@ -147,6 +147,11 @@ def fast_queue(sqs, test_env):
 @pytest.fixture
 def clean_db(test_env):
     """An empty catalog and order book, and no cached copies, for each test."""
+    # Clients built under another test's settings (a Chalice test client runs the
+    # app with the local stage's config in os.environ) must not pick the database
+    # to wipe: start from this session's environment, and check it.
+    bootstrap.reset()
+    assert bootstrap.settings().get("DATABASE_URL") == test_env["DATABASE_URL"], "not this session's database"
     conn = bootstrap.database().connect()
     try:
         # A plain cursor: wiping the tables between tests is no product write to cache.
@@ -165,6 +170,13 @@ def clean_db(test_env):
     delete_prefix(test_env["REDIS_URL"], test_env["REDIS_KEY_PREFIX"])
     bootstrap.reset()
     yield test_env
+
+
+def session_settings(test_env):
+    """This session's settings as bootstrap.reset overrides: a Chalice test client
+    (Client(app, stage_name="local")) puts the local stage's config in os.environ
+    while it runs the app, and these must win over it."""
+    return {k: v for k, v in test_env.items() if k in DEFAULTS}
 
 
 @pytest.fixture

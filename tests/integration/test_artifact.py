@@ -39,7 +39,8 @@ ADMIN_KEY_ID, STANDARD_KEY_ID = "artifact-admin-key-id", "artifact-standard-key-
 CLOUD_ENDPOINTS = {"ORDER_QUEUE_NAME", "INVALIDATION_QUEUE_NAME", "DATABASE_SECRET_ARN", "APP_DATABASE_SECRET_ARN",
                    "DATABASE_HOST",
                    "DATABASE_PORT", "DATABASE_NAME", "DATABASE_TLS", "REDIS_URL", "AWS_ENDPOINT_URL",
-                   "API_KEY_CLIENTS", "COGNITO_USER_POOL_ID", "COGNITO_APP_CLIENT_IDS"}
+                   "API_KEY_CLIENTS", "COGNITO_USER_POOL_ID", "COGNITO_APP_CLIENT_IDS", "ORDER_EVENTS_TOPIC_ARN",
+                   "ORDER_PAYMENT_WINDOW_SECONDS"}
 POOL_ID = "us-east-1_Artifact1"
 ISSUER = f"https://cognito-idp.us-east-1.amazonaws.com/{POOL_ID}"
 
@@ -107,6 +108,8 @@ def local_endpoints(test_env):
         "API_KEY_CLIENTS": f"{ADMIN_KEY_ID}=admin,{STANDARD_KEY_ID}=dev",
         "COGNITO_USER_POOL_ID": POOL_ID,
         "COGNITO_APP_CLIENT_IDS": "artifact-app-client",
+        "ORDER_EVENTS_TOPIC_ARN": test_env["ORDER_EVENTS_TOPIC_ARN"],
+        "ORDER_PAYMENT_WINDOW_SECONDS": "0",  # the template's default
         # The package's cloud stage refuses loopback endpoints; this run means them.
         "ALLOW_LOOPBACK_ENDPOINTS": "true",
     }
@@ -185,7 +188,8 @@ def functions(packaged, runtime, local_endpoints, tmp_path_factory):
 
 def test_the_package_runs_on_the_runtime_alone(packaged, functions):
     _, properties, task_root = packaged
-    assert set(properties) == {"APIHandler", "HandleOrderIngest", "HandleCacheInvalidation", "WarmCache", "Migrate"}
+    assert set(properties) == {"APIHandler", "HandleOrderIngest", "HandleCacheInvalidation", "WarmCache", "Migrate",
+                               "Lifecycle"}
     api = functions("APIHandler")
     assert api.started["python"] == [int(x) for x in properties["APIHandler"]["Runtime"][len("python"):].split(".")]
     assert "tests" not in " ".join(api.started["sys_path"]) and ".venv" not in " ".join(api.started["sys_path"])
@@ -274,7 +278,12 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
     assert batch["results"][1]["error"]["code"] == "INSUFFICIENT_STOCK"
     order_id = batch["results"][0]["order_id"]
     assert _body(call("GET", f"/orders/{order_id}"))["order"]["total_cents"] == 3000
+    # Final at creation (the template's default window of 0): paid already, so a payment is refused.
+    assert _body(call("POST", f"/orders/{order_id}/pay", {"payment_reference": "psp-art"},
+                      status=409))["error"]["code"] == "ALREADY_PAID"
+    assert [e["type"] for e in _body(call("GET", f"/orders/{order_id}/events"))["events"]] == ["order.created"]
     assert _body(call("POST", f"/orders/{order_id}/cancel"))["order"]["status"] == "cancelled"
+    assert _body(call("POST", f"/orders/{order_id}/fulfil", status=409))["error"]["code"] == "ORDER_CANCELLED"
     assert _body(call("GET", f"/products/{pid}"))["product"]["stock"] == 15  # fresh after the cancel
 
     # Customers: API Gateway's authorizer has checked the token and passes its claims.
@@ -373,6 +382,23 @@ def test_invalidation_consumer_and_scheduled_warmer(clean_db, functions, test_en
     summary = warmer.invoke(json.loads((EVENTS / "scheduled_warm_cache.json").read_text()))
     assert summary["errors"] == 0 and sum(summary["products"].values()) >= 1
     assert api.invoke(proxy_event("GET", f"/products/{product['id']}"))["headers"]["X-Cache"] == "HIT"
+
+
+def test_the_lifecycle_function_relays_the_outbox(clean_db, functions, test_env):
+    api = functions("APIHandler")
+    product = _body(api.invoke(proxy_event("POST", "/products", {
+        "sku": f"ART-{uuid.uuid4().hex[:8]}", "name": "Relayed lamp", "category": "lighting",
+        "price_cents": 100, "stock": 5}, admin=True)))["product"]
+    placed = _body(api.invoke(proxy_event("POST", "/orders/batch", {"orders": [
+        {"client_order_id": "art-life", "user_id": 3, "items": [{"product_id": product["id"], "quantity": 1}]}]})))
+    order_id = placed["results"][0]["order_id"]
+    event = json.loads((EVENTS / "scheduled_lifecycle.json").read_text())
+    # With 5 s left the function does one round (it keeps a 10 s margin before its timeout).
+    assert functions("Lifecycle").invoke(event, remaining_ms=[5_000]) == {"expired": 0, "published": 1}
+    from chalicelib import bootstrap
+
+    stamped = bootstrap.database().query("SELECT published_at FROM order_events WHERE order_id = %s", (order_id,))
+    assert [row["published_at"] is not None for row in stamped] == [True]
 
 
 def test_a_missing_runtime_dependency_fails_the_artifact(packaged, runtime, local_endpoints, tmp_path):

@@ -11,6 +11,7 @@ from chalice.test import Client
 from chalicelib import bootstrap, settings as settings_module
 from chalicelib.domain.clients import LOCAL_KEY
 from scripts import clients
+from tests.conftest import session_settings
 
 
 @pytest.fixture
@@ -20,8 +21,7 @@ def definitions(tmp_path, monkeypatch, clean_db):
     monkeypatch.setattr(settings_module, "PLANS_FILE", path)
     assert clients.main(["add", "tight-two", "--plan", "limited"], path=path) == 0
     # Chalice's test client puts the local stage's config in os.environ; the session's own values win.
-    bootstrap.reset(APP_RATE_LIMIT="true", **{k: clean_db[k] for k in (
-        "DATABASE_URL", "REDIS_URL", "REDIS_KEY_PREFIX", "ORDER_QUEUE_NAME", "INVALIDATION_QUEUE_NAME")})
+    bootstrap.reset(**{**session_settings(clean_db), "APP_RATE_LIMIT": "true"})
     yield path
     bootstrap.reset()
 

@@ -529,6 +529,11 @@ def test_policies_grant_each_function_only_what_it_uses(real_template):
     assert invalidation["ConsumeInvalidationQueue"]["Resource"] == {"Fn::GetAtt": ["CacheInvalidationQueue", "Arn"]}
     assert "sqs:SendMessage" not in text(invalidation)
     assert set(statements(template, "WarmCacheAccessPolicy")) == {"ReadAppDatabaseSecret"}
+    relay = statements(template, "LifecycleAccessPolicy")
+    assert relay["PublishOrderEvents"] == {"Sid": "PublishOrderEvents", "Effect": "Allow", "Action": "sns:Publish",
+                                           "Resource": {"Ref": "OrderEventsTopic"}}
+    # One relay at a time keeps each order's events in order.
+    assert template["Resources"]["Lifecycle"]["Properties"]["ReservedConcurrentExecutions"] == 1
     # Only the migrate function may read the master secret.
     for policy in package.FUNCTION_POLICIES.values():
         reads_master = '{"Ref": "DatabaseSecret"}' in text(statements(template, policy))

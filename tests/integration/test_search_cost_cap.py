@@ -3,6 +3,7 @@ a server-side time limit; a search stopped by it answers a clear 503 while
 the MySQL breaker stays closed, the pooled connections stay pooled and the
 other routes keep answering. Runs the app in-process (the breaker and the
 pool are this process's)."""
+import os
 import threading
 
 import pytest
@@ -12,21 +13,26 @@ from chalicelib import bootstrap
 from chalicelib.adapters import db as db_module
 from chalicelib.adapters.search_mysql import MySQLSearchBackend
 from chalicelib.domain.errors import StatementTimeout
-from tests.conftest import DEV_KEY, make_product
+from tests.conftest import DEV_KEY, make_product, session_settings
 
 LIMIT_MS = 300
-SESSION_SETTINGS = ("DATABASE_URL", "REDIS_URL", "REDIS_KEY_PREFIX", "ORDER_QUEUE_NAME", "INVALIDATION_QUEUE_NAME")
 
 
 @pytest.fixture
 def app_client(clean_db):
     # Chalice's test client puts the local stage's config in os.environ; the session's own values win.
-    bootstrap.reset(SEARCH_TIME_LIMIT_MS=str(LIMIT_MS), **{k: clean_db[k] for k in SESSION_SETTINGS})
+    bootstrap.reset(**{**session_settings(clean_db), "SEARCH_TIME_LIMIT_MS": str(LIMIT_MS)})
     from app import app
 
-    with Client(app, stage_name="local") as client:
-        yield client
-    bootstrap.reset()
+    # Chalice's test client swaps os.environ for a patched copy per request and
+    # back; requests from several threads at once can leave the copy in place.
+    environ = os.environ
+    try:
+        with Client(app, stage_name="local") as client:
+            yield client
+    finally:
+        os.environ = environ
+        bootstrap.reset()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from chalicelib.adapters.cache import RedisGateway
 from chalicelib.adapters.db import Database
 from chalicelib.adapters.migrate import migrate
 from chalicelib.settings import AWS_CA_BUNDLE, MySQLTarget, Settings
-from tests.conftest import ADMIN_KEY, DEV_KEY
+from tests.conftest import ADMIN_KEY, DEV_KEY, session_settings
 from tests.support.throwaway import ThrowawayMariaDB, ThrowawayRedis
 from tests.support.tls_certs import CertificateAuthority
 
@@ -180,9 +180,10 @@ def test_app_user_cannot_change_schema_users_or_grants(migrated_with_app_user, p
 
 
 def test_the_app_serves_as_the_app_user_over_verified_tls(migrated_with_app_user, pki, tls_redis, test_env):
-    bootstrap.reset(DATABASE_URL=f"mysql://{APP_USER}:{APP_PASSWORD}@localhost:{migrated_with_app_user.port}/shop_tls",
-                    DATABASE_TLS="true", TLS_CA_FILE=str(pki["ca"]),
-                    REDIS_URL=f"rediss://localhost:{tls_redis.port}/0", APP_RATE_LIMIT="false")
+    bootstrap.reset(**{**session_settings(test_env),
+                       "DATABASE_URL": f"mysql://{APP_USER}:{APP_PASSWORD}@localhost:{migrated_with_app_user.port}/shop_tls",
+                       "DATABASE_TLS": "true", "TLS_CA_FILE": str(pki["ca"]),
+                       "REDIS_URL": f"rediss://localhost:{tls_redis.port}/0", "APP_RATE_LIMIT": "false"})
     from app import app
 
     try:

@@ -3,11 +3,19 @@ with a request id and a log line, never a stack trace to the client."""
 import json
 import logging
 
+import pytest
 from chalice import Chalice
 from chalice.test import Client
 
+from chalicelib import bootstrap
 from chalicelib.domain.errors import InsufficientStock
 from chalicelib.entrypoints.http import endpoint
+
+
+@pytest.fixture(autouse=True)
+def no_clients_left_behind():
+    yield
+    bootstrap.reset()  # the app ran under the local stage's config: build nothing more from it
 
 
 def make_app():
