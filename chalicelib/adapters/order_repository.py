@@ -71,7 +71,7 @@ class OrderRepository(Protocol):
 
     def set_lifecycle(self, order_id: int, lifecycle: str, payment_reference: Optional[str] = None) -> None: ...
 
-    def add_event(self, order_id: int, event_type: str, data: dict) -> OrderEvent:
+    def add_event(self, order_id: int, event_type: str, data: dict, first: bool = False) -> OrderEvent:
         """The outbox row of a state change, in the change's transaction (next sequence of the order)."""
 
     def events(self, order_id: int) -> list[OrderEvent]: ...
@@ -140,11 +140,15 @@ class MySQLOrderRepository:
         row = self.cur.fetchone()
         return bool(row and row["due"])
 
-    def add_event(self, order_id, event_type, data):
+    def add_event(self, order_id, event_type, data, first=False):
         # The order row is locked (or new) in this transaction: the next sequence is ours.
-        self.cur.execute("SELECT COALESCE(MAX(sequence), 0) + 1 AS next FROM order_events WHERE order_id = %s",
-                         (order_id,))
-        sequence = self.cur.fetchone()["next"]
+        # An order's first event (its creation) needs no lookup: one statement on the hot path.
+        if first:
+            sequence = 1
+        else:
+            self.cur.execute("SELECT COALESCE(MAX(sequence), 0) + 1 AS next FROM order_events WHERE order_id = %s",
+                             (order_id,))
+            sequence = self.cur.fetchone()["next"]
         event_id = str(uuid.uuid4())
         self.cur.execute("INSERT INTO order_events (event_id, order_id, sequence, type, payload) "
                          "VALUES (%s, %s, %s, %s, %s)",

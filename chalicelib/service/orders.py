@@ -112,7 +112,7 @@ class OrderService:
         orders.add_event(order_id, lifecycle.CREATED, {
             "order_id": order_id, "client_order_id": order.client_order_id, "user_id": order.user_id,
             "total_cents": total, "lifecycle": lifecycle.PENDING if self.payment_window else lifecycle.PAID,
-            "items": [{"product_id": pid, "quantity": qty} for pid, qty in order.quantities.items()]})
+            "items": [{"product_id": pid, "quantity": qty} for pid, qty in order.quantities.items()]}, first=True)
         return OrderResult(order.client_order_id, order_id, total)
 
     @staticmethod

@@ -160,7 +160,7 @@ class FakeOrders:
         self.store.orders[order_id] = replace(self.store.orders[order_id], lifecycle=lifecycle,
                                               payment_reference=payment_reference)
 
-    def add_event(self, order_id, event_type, data):
+    def add_event(self, order_id, event_type, data, first=False):
         self.store.events.append((order_id, event_type, data))
 
     def events(self, order_id):
