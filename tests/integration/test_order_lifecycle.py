@@ -167,8 +167,8 @@ def subscriber(test_env):
     sns, sqs = boto3.client("sns", **kwargs), boto3.client("sqs", **kwargs)
     queue_url = sqs.create_queue(QueueName=f"events-{uuid.uuid4().hex[:8]}")["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=test_env["ORDER_EVENTS_TOPIC_ARN"], Protocol="sqs", Endpoint=queue_arn,
-                  Attributes={"RawMessageDelivery": "true"})
+    subscription = sns.subscribe(TopicArn=test_env["ORDER_EVENTS_TOPIC_ARN"], Protocol="sqs", Endpoint=queue_arn,
+                                 Attributes={"RawMessageDelivery": "true"})["SubscriptionArn"]
 
     def received():
         bodies = []
@@ -181,6 +181,8 @@ def subscriber(test_env):
                 {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)])
 
     yield received
+    # First the subscription: the local endpoint's SNS fails every later publish to a deleted queue.
+    sns.unsubscribe(SubscriptionArn=subscription)
     sqs.delete_queue(QueueUrl=queue_url)
 
 
