@@ -43,6 +43,11 @@ def handle_cache_invalidation(event):
     return sqs.handle_invalidation_event(event.to_dict(), event.context)
 
 
+@app.on_sqs_message(queue=_queue_of("handle_flash_orders"), batch_size=10)
+def handle_flash_orders(event):
+    return sqs.handle_flash_event(event.to_dict(), event.context)
+
+
 @app.lambda_function(name="migrate")
 def migrate_schema(event, context):
     return schema.handle_migrate(event, context)

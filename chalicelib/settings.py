@@ -31,6 +31,7 @@ QUEUES = (
     QueueDef("ORDER_QUEUE_NAME", "shop-order-ingest", "handle_order_ingest", "OrderIngestQueue"),
     QueueDef("INVALIDATION_QUEUE_NAME", "shop-cache-invalidation", "handle_cache_invalidation",
              "CacheInvalidationQueue"),
+    QueueDef("FLASH_QUEUE_NAME", "shop-flash-orders", "handle_flash_orders", "FlashOrderQueue"),
 )
 
 DEFAULTS = {
@@ -71,6 +72,8 @@ DEFAULTS = {
     "CACHE_TTL_SECONDS": "300",
     "CACHE_STALE_SECONDS": "86400",
     "SEARCH_TTL_SECONDS": "60",
+    # How long a flash-sale reservation may stay between the gate and SQS before its units come back.
+    "FLASH_LEASE_MS": "30000",
 }
 DEFAULTS.update({q.setting: q.default_name for q in QUEUES})
 
