@@ -7,7 +7,7 @@ from chalice import Chalice
 
 from chalicelib import bootstrap
 from chalicelib.entrypoints import http, schema, sqs
-from chalicelib.entrypoints.routes import batches, catalog, customer, ops, orders, search
+from chalicelib.entrypoints.routes import batches, catalog, customer, flash, ops, orders, search
 from chalicelib.ops.logs import logger
 from chalicelib.settings import QUEUES
 
@@ -22,6 +22,7 @@ app.register_blueprint(catalog.routes)
 app.register_blueprint(orders.routes)
 app.register_blueprint(batches.routes)
 app.register_blueprint(customer.routes)
+app.register_blueprint(flash.routes)
 app.register_blueprint(ops.routes)
 
 

@@ -34,30 +34,17 @@ from chalicelib.domain.errors import (
     ValidationError,
 )
 from chalicelib.domain.flash_message import Reservation
-from chalicelib.domain.orders import InvalidOrder, OrderRequest, OrderResult, failed
-from chalicelib.domain.products import MAX_STOCK, iso
+from chalicelib.domain.orders import OrderRequest, OrderResult, failed
+from chalicelib.domain.products import iso
+from chalicelib.domain.sales import validate_sale
 from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import emit
 from chalicelib.service.unit_of_work import ProductTransaction, ProductWrites
 
 log = logging.getLogger(__name__)
 
-SALE_FIELDS = ("sale_stock", "per_customer_limit")
-MAX_PER_CUSTOMER_LIMIT = 1_000_000
 _ERRORS = {cls.code: cls for cls in (InsufficientStock, ProductNotFound, IdempotencyConflict, SaleLimitExceeded,
                                      ServiceUnavailable)}
-
-
-def validate_sale(body):
-    v.require_object(body)
-    v.reject_unknown(body, SALE_FIELDS)
-    if "sale_stock" not in body:
-        raise ValidationError("'sale_stock' is required.", details={"field": "sale_stock"})
-    stock = v.integer(body["sale_stock"], "sale_stock", 1, MAX_STOCK)
-    limit = body.get("per_customer_limit")
-    if limit is not None:
-        limit = v.integer(limit, "per_customer_limit", 1, MAX_PER_CUSTOMER_LIMIT)
-    return stock, limit
 
 
 class FlashSales:
@@ -243,7 +230,8 @@ class FlashSales:
     def reservation(self, rid, owner=None):
         """A reservation's state for its owner: pending until written, then created or failed."""
         if not (isinstance(rid, str) and len(rid) == 32 and all(c in "0123456789abcdef" for c in rid)):
-            raise ReservationNotFound(f"Reservation {v.echo(str(rid), 64)} does not exist.", reservation_id=str(rid)[:64])
+            raise ReservationNotFound(f"Reservation {v.echo(str(rid), 64)} does not exist.",
+                                      reservation_id=v.echo(str(rid), 64))
         try:
             record = self.gate.lookup(rid)
         except CacheUnavailable:
