@@ -68,6 +68,7 @@ FUNCTION_POLICIES = {
     "APIHandler": "ApiAccessPolicy",
     "HandleOrderIngest": "OrderIngestAccessPolicy",
     "HandleCacheInvalidation": "CacheInvalidationAccessPolicy",
+    "HandleFlashOrders": "FlashOrderAccessPolicy",
     "WarmCache": "WarmCacheAccessPolicy",
     "Migrate": "MigrateAccessPolicy",
 }
@@ -432,7 +433,7 @@ def _infra_transforms(infra_path=INFRA_TEMPLATE):
 # CloudFormation has no arithmetic.
 BUDGET_PARAMETERS = ("DatabaseMaxConnections", "DatabaseProxyMaxConnectionsPercent",
                      "DatabaseConnectionsPerEnvironment", "OrderIngestConnectionPercent",
-                     "CacheInvalidationConcurrency")
+                     "CacheInvalidationConcurrency", "FlashOrderConcurrency")
 API_FUNCTION = "APIHandler"  # gets what the others leave
 SINGLE_ENVIRONMENT = {"WarmCache", "Migrate"}  # a 10-minute schedule; a deploy step
 SQS_MAX_CONCURRENCY = (2, 1000)  # what an SQS event source mapping accepts
@@ -485,7 +486,8 @@ def allocate_concurrency(template, inputs):
     functions = _functions(template)
     _, environments = connection_budget(inputs)
     shares = {"OrderIngestQueue": environments * inputs["OrderIngestConnectionPercent"] // 100,
-              "CacheInvalidationQueue": inputs["CacheInvalidationConcurrency"]}
+              "CacheInvalidationQueue": inputs["CacheInvalidationConcurrency"],
+              "FlashOrderQueue": inputs["FlashOrderConcurrency"]}
     allocation = {name: props["ReservedConcurrentExecutions"] for name, props in functions.items()
                   if "ReservedConcurrentExecutions" in props}
     for function, queue, _ in _sqs_mappings(template):
