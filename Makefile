@@ -7,7 +7,8 @@
 #   make clients    API clients and keys (ARGS="add NAME --plan P" | "rotate NAME" | "revoke NAME [--key N]")
 #   make openapi    rewrite docs/openapi.json from chalicelib/entrypoints/openapi.py
 #   make lock       re-pin requirements*.txt (with hashes) from requirements*.in
-#   make bench-orders | bench-search | bench-ingest | bench-lambda-sizes | bench-writer-cost
+#   make bench-orders | bench-search | bench-ingest | bench-flash | bench-lambda-sizes | bench-writer-cost
+#   make flash-reconcile  compare and repair the flash-sale gates (Redis) against MySQL
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -29,7 +30,7 @@ export AWS_SECRET_ACCESS_KEY ?= test
 export AWS_DEFAULT_REGION ?= us-east-1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv run test chromium setup queues redrive seed package deploy clients openapi lock bench-orders bench-search bench-ingest bench-lambda-sizes bench-writer-cost clean-venv
+.PHONY: help venv run test chromium setup queues redrive seed package deploy clients openapi lock bench-orders bench-search bench-ingest bench-flash flash-reconcile bench-lambda-sizes bench-writer-cost clean-venv
 
 help:
 	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
@@ -96,6 +97,14 @@ bench-search: $(STAMP)
 
 bench-ingest: $(STAMP)
 	$(PY) bench/ingest $(ARGS)
+
+# The flash-sale gate, hand-off and coalescing consumer against today's hot-row ceiling.
+bench-flash: $(STAMP)
+	$(PY) bench/flash $(ARGS)
+
+# Redis's flash-sale gates against MySQL: rebuild lost sales, lower over-generous ones.
+flash-reconcile: $(STAMP)
+	$(PY) scripts/flash_reconcile.py $(ARGS)
 
 # Cold start and warm latency of the packaged functions under a CPU quota per memory size.
 bench-lambda-sizes: $(STAMP)

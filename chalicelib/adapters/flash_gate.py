@@ -147,8 +147,10 @@ for i, key in ipairs(KEYS) do
       local sale = prefix .. 'flash:sale:' .. pid
       if redis.call('HGET', sale, 'sale_id') == sale_id then
         local held = prefix .. 'flash:held:' .. pid
-        if took and not holds then
+        local watermark = tonumber(redis.call('HGET', sale, 'watermark') or '0')
+        if took and not holds and tonumber(ARGV[b + 7]) > watermark then
           -- Swept (or lost) while its message was on SQS: MySQL sold these units, Redis must not offer them.
+          -- (Orders up to the watermark were counted by the rebuild that restored this sale.)
           redis.call('HINCRBY', sale, 'remaining', -qty)
           redis.call('HINCRBY', held, customer, qty)
         elseif holds and not took then
@@ -175,6 +177,28 @@ redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[1], 'sale_id', ARGV[2], 'remaining', ARGV[3], 'sale_stock', ARGV[3], 'limit', ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[1])
 return 1
+"""
+
+# KEYS: sale key, held key, active set. ARGV: pid, sale_id, sale stock, limit, remaining,
+# watermark, then customer, units pairs. The sale as MySQL says it stands (a rebuild).
+_RESTORE = """
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[1], 'sale_id', ARGV[2], 'remaining', ARGV[5], 'sale_stock', ARGV[3], 'limit', ARGV[4],
+           'watermark', ARGV[6])
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1
+"""
+
+# KEYS: sale key. ARGV: sale_id, the most the sale may still offer. Lowers remaining only.
+_CAP = """
+if redis.call('HGET', KEYS[1], 'sale_id') ~= ARGV[1] then return -1 end
+local remaining = tonumber(redis.call('HGET', KEYS[1], 'remaining'))
+if remaining > tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'remaining', ARGV[2])
+  return remaining - tonumber(ARGV[2])
+end
+return 0
 """
 
 _STOP = """
@@ -244,6 +268,17 @@ class FlashGate:
     def stop(self, product_id):
         self._run(_STOP, [self._k(f"flash:sale:{product_id}"), self._k(f"flash:held:{product_id}"),
                           self._k("flash:active")], [product_id])
+
+    def restore(self, product_id, sale_id, sale_stock, limit, remaining, watermark, held):
+        """Rebuild a sale lost by Redis (restart, failover) from what MySQL says."""
+        pairs = [x for customer, units in held.items() for x in (customer, units)]
+        self._run(_RESTORE, [self._k(f"flash:sale:{product_id}"), self._k(f"flash:held:{product_id}"),
+                             self._k("flash:active")],
+                  [product_id, sale_id, sale_stock, limit or 0, remaining, watermark, *pairs])
+
+    def cap(self, product_id, sale_id, most):
+        """Lower the sale's remaining units to `most` if above; the units removed (-1: another sale)."""
+        return self._run(_CAP, [self._k(f"flash:sale:{product_id}")], [sale_id, most])
 
     def on_sale(self, product_ids):
         """The subset of `product_ids` on sale (one round trip)."""

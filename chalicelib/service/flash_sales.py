@@ -47,8 +47,12 @@ _ERRORS = {cls.code: cls for cls in (InsufficientStock, ProductNotFound, Idempot
                                      ServiceUnavailable)}
 
 
+SALES_REFRESH_SECONDS = 1.0  # how stale a process's copy of MySQL's sale list may be
+
+
 class FlashSales:
     def __init__(self, db, gate: FlashGate, writes: ProductWrites, publisher, queue_name, metrics=emit):
+        self._sales_cache = None  # (monotonic time, product ids on sale in MySQL)
         self.db = db
         self.gate = gate
         self.writes = writes
@@ -94,6 +98,7 @@ class FlashSales:
                                    product_id=product_id) from None
 
         self.db.run(work)
+        self._sales_cache = None
         try:
             self.gate.start(product_id, sale_id, sale_stock, limit)
         except CacheUnavailable as exc:
@@ -121,23 +126,80 @@ class FlashSales:
         except CacheUnavailable as exc:
             raise ServiceUnavailable("Redis is unavailable; the sale was not stopped.") from exc
         self.db.run(lambda cur: cur.execute("DELETE FROM flash_sales WHERE product_id = %s", (product_id,)))
+        self._sales_cache = None
         return {**sale, "on_sale": False, "remaining": None}
+
+    def reconcile(self, product_id):
+        """Compare the gate with MySQL and repair it: a sale Redis lost (restart,
+        failover) is rebuilt from MySQL (units sold in the sale, each customer's
+        units); a gate that offers more than MySQL can still sell is lowered.
+        Expired leases are swept first. Returns what it found and did."""
+        row = self._row(product_id)
+        if row is None:
+            raise SaleNotFound(f"Product {product_id} is not on sale.", product_id=product_id)
+        swept = self.gate.sweep()
+
+        def read(cur):
+            # One snapshot: the stock, the sale's orders and the newest order id agree.
+            cur.execute("SELECT stock FROM products WHERE id = %s", (product_id,))
+            stock = cur.fetchone()["stock"]
+            cur.execute("SELECT COALESCE(MAX(id), 0) AS watermark FROM orders")
+            watermark = int(cur.fetchone()["watermark"])
+            cur.execute("SELECT o.client, o.customer_id, o.user_id, SUM(i.quantity) AS units FROM orders o "
+                        "JOIN order_items i ON i.order_id = o.id WHERE i.product_id = %s "
+                        "AND o.flash_reservation IS NOT NULL AND o.created_at >= %s "
+                        "GROUP BY o.client, o.customer_id, o.user_id", (product_id, row["started_at"]))
+            held = {customer_key(r["client"], r["customer_id"], r["user_id"]): int(r["units"])
+                    for r in cur.fetchall()}
+            return stock, watermark, held
+
+        stock, watermark, held = self.db.run(read)
+        sold = sum(held.values())
+        # What the gate may offer at most: reservations on their way (not yet written) come on top of `sold`.
+        most = max(0, min(row["sale_stock"] - sold, stock))
+        report = {"product_id": product_id, "sale_id": row["sale_id"], "sale_stock": row["sale_stock"],
+                  "sold": sold, "mysql_stock": stock, "swept": swept}
+        live = self.gate.sale(product_id)
+        if live is None or live.get("sale_id") != row["sale_id"]:
+            self.gate.restore(product_id, row["sale_id"], row["sale_stock"], row["per_customer_limit"], most,
+                              watermark, held)
+            logger.warning("flash sale rebuilt from MySQL", extra=report)
+            self.emit("FlashSalesRebuilt", 1)
+            return {**report, "action": "rebuilt", "remaining_before": None, "remaining": most}
+        removed = self.gate.cap(product_id, row["sale_id"], most)
+        remaining = live["remaining"] - max(removed, 0)
+        # Units taken in Redis and not (yet) in MySQL: reservations on their way, or drift.
+        report.update(remaining_before=live["remaining"], remaining=remaining, in_flight=most - remaining)
+        if removed > 0:
+            logger.warning("flash sale gate lowered to what MySQL can still sell", extra=report)
+            return {**report, "action": "capped"}
+        return {**report, "action": "ok"}
 
     # --- admission (sync orders) --------------------------------------------
 
-    def sale_products(self, product_ids):
-        """(products on sale, whether the gate can be used). With Redis down the
-        MySQL record says which products are on sale, so their orders are refused
-        (retryable) instead of slipping past the gate."""
+    def _sales_in_mysql(self):
+        """Product ids on sale per MySQL, read at most once a second per process."""
+        cached = self._sales_cache
+        if cached is not None and time.monotonic() - cached[0] < SALES_REFRESH_SECONDS:
+            return cached[1]
         try:
-            return self.gate.on_sale(product_ids), True
+            ids = {row["product_id"] for row in self.db.query("SELECT product_id FROM flash_sales")}
+        except ServiceUnavailable:
+            # Sale orders need no MySQL: go on with what we knew (and what Redis says).
+            return cached[1] if cached is not None else set()
+        self._sales_cache = (time.monotonic(), ids)
+        return ids
+
+    def sale_products(self, product_ids):
+        """(products on sale, whether the gate can be used). MySQL's record counts
+        too, so a sale that Redis lost (restart, failover) or cannot answer for is
+        refused (retryable) instead of slipping past the gate."""
+        ids = set(product_ids)
+        recorded = self._sales_in_mysql() & ids
+        try:
+            return self.gate.on_sale(ids) | recorded, True
         except CacheUnavailable:
-            ids = sorted(set(product_ids))
-            if not ids:
-                return set(), False
-            rows = self.db.query(f"SELECT product_id FROM flash_sales WHERE product_id IN ({','.join(['%s'] * len(ids))})",
-                                 ids)
-            return {row["product_id"] for row in rows}, False
+            return recorded, False
 
     def take_sale_orders(self, orders):
         """Split `orders` [(key, order)]: the sale orders are admitted through the gate
@@ -196,8 +258,8 @@ class FlashSales:
             return failed(coid, SaleLimitExceeded(
                 f"Product {pid} sells at most {admission.limit} per customer in this sale; this customer holds "
                 f"{admission.held} and asked for {order.quantities[pid]}.", product_id=pid))
-        # The sale ended between the batch's lookup and this order.
-        return failed(coid, ServiceUnavailable(f"The flash sale of product {pid} just changed; retry.",
+        # The sale ended between the batch's lookup and this order, or Redis lost it and it awaits its rebuild.
+        return failed(coid, ServiceUnavailable(f"The flash sale of product {pid} is changing; retry shortly.",
                                                product_id=pid))
 
     def _hand_off(self, accepted):

@@ -21,6 +21,7 @@ from chalicelib.entrypoints import sqs as sqs_handlers
 from chalicelib.domain.errors import ServiceUnavailable
 from scripts import localstack
 from tests.conftest import make_product
+from tests.support.throwaway import ThrowawayRedis
 
 
 @pytest.fixture(scope="module")
@@ -318,3 +319,50 @@ def test_a_malformed_message_is_dropped_and_a_mysql_outage_retries_the_batch(sqs
     assert sqs_handlers.handle_flash_event({"Records": [bad, *records]})["batchItemFailures"] == []
     assert stock(pid) == 4
     reconcile(pid, 5)
+
+
+def test_a_redis_restart_loses_the_sale_and_reconcile_rebuilds_it(sqs, flash_queue):
+    redis_server = ThrowawayRedis().start()
+    bootstrap.reset(REDIS_URL=redis_server.url)
+    try:
+        pid = on_sale(stock=10, sale_stock=8, limit=3)
+        place(order("a", 1, (pid, 2)), order("b", 2, (pid, 1)))
+        consume(sqs, flash_queue)
+        in_flight = place(order("c", 1, (pid, 1)))["results"][0]
+        assert in_flight["status"] == "pending"
+
+        redis_server.kill()  # no persistence: it comes back empty
+        redis_server.start()
+        bootstrap.reset(REDIS_URL=redis_server.url)
+        # MySQL still says the product is on sale: its orders wait for the rebuild instead of skipping the gate.
+        lost = place(order("d", 3, (pid, 1)))["results"][0]
+        assert lost["status"] == "failed" and lost["error"]["code"] == "SERVICE_UNAVAILABLE"
+        assert stock(pid) == 7
+
+        report = bootstrap.flash_sales().reconcile(pid)
+        assert report["action"] == "rebuilt" and report["sold"] == 3 and report["remaining"] == 5
+
+        consume(sqs, flash_queue)  # the reservation that was on SQS during the restart
+        assert remaining(pid) == 4  # its units were taken again when it was written
+        over = place(order("e", 1, (pid, 1)))["results"][0]  # customer 1 holds 3 again: 2 rebuilt + 1 written
+        assert over["status"] == "failed" and over["error"]["code"] == "SALE_LIMIT_EXCEEDED"
+        assert [r["status"] for r in place(order("f", 3, (pid, 2)), order("g", 4, (pid, 2)))["results"]] == \
+            ["pending", "pending"]
+        consume(sqs, flash_queue)
+
+        final = bootstrap.flash_sales().reconcile(pid)
+        assert final["action"] == "ok" and final["in_flight"] == 0
+        assert stock(pid) == 2 and remaining(pid) == 0 and final["sold"] == 8
+        reconcile(pid, 10)
+    finally:
+        bootstrap.reset()
+        redis_server.close()
+
+
+def test_reconcile_lowers_a_gate_that_offers_more_than_mysql_can_sell(flash_queue):
+    pid = on_sale(stock=10, sale_stock=10)
+    bootstrap.catalog().adjust_stock(pid, {"delta": -7})
+    report = bootstrap.flash_sales().reconcile(pid)
+    assert report["action"] == "capped" and report["remaining_before"] == 10 and report["remaining"] == 3
+    assert remaining(pid) == 3
+    assert bootstrap.flash_sales().reconcile(pid)["action"] == "ok"
