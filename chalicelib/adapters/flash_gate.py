@@ -190,13 +190,13 @@ redis.call('SADD', KEYS[3], ARGV[1])
 return 1
 """
 
-# KEYS: sale key. ARGV: sale_id, the most the sale may still offer. Lowers remaining only.
+# KEYS: sale key. ARGV: sale_id, the most the sale may still offer, exact (1: also raise to it).
 _CAP = """
-if redis.call('HGET', KEYS[1], 'sale_id') ~= ARGV[1] then return -1 end
-local remaining = tonumber(redis.call('HGET', KEYS[1], 'remaining'))
-if remaining > tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'remaining', ARGV[2])
-  return remaining - tonumber(ARGV[2])
+if redis.call('HGET', KEYS[1], 'sale_id') ~= ARGV[1] then return 'other' end
+local remaining, most = tonumber(redis.call('HGET', KEYS[1], 'remaining')), tonumber(ARGV[2])
+if remaining > most or (ARGV[3] == '1' and remaining ~= most) then
+  redis.call('HSET', KEYS[1], 'remaining', most)
+  return remaining - most
 end
 return 0
 """
@@ -276,9 +276,15 @@ class FlashGate:
                              self._k("flash:active")],
                   [product_id, sale_id, sale_stock, limit or 0, remaining, watermark, *pairs])
 
-    def cap(self, product_id, sale_id, most):
-        """Lower the sale's remaining units to `most` if above; the units removed (-1: another sale)."""
-        return self._run(_CAP, [self._k(f"flash:sale:{product_id}")], [sale_id, most])
+    def cap(self, product_id, sale_id, most, exact=False):
+        """Lower the sale's remaining units to `most` if above (with `exact`, also raise
+        them to it); the units removed, negative when added (None: another sale)."""
+        removed = self._run(_CAP, [self._k(f"flash:sale:{product_id}")], [sale_id, most, int(exact)])
+        return None if removed == "other" else int(removed)
+
+    def leases(self):
+        """Accepted reservations not yet on SQS."""
+        return self.gateway.call(lambda r: r.zcard(self._k("flash:leases")))
 
     def on_sale(self, product_ids):
         """The subset of `product_ids` on sale (one round trip)."""

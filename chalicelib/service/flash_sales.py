@@ -132,8 +132,9 @@ class FlashSales:
     def reconcile(self, product_id):
         """Compare the gate with MySQL and repair it: a sale Redis lost (restart,
         failover) is rebuilt from MySQL (units sold in the sale, each customer's
-        units); a gate that offers more than MySQL can still sell is lowered.
-        Expired leases are swept first. Returns what it found and did."""
+        units) once the flash queue is empty; a gate that offers more than MySQL
+        can still sell is lowered, and with nothing on its way it is set to
+        exactly that. Expired leases are swept first. Returns what it found and did."""
         row = self._row(product_id)
         if row is None:
             raise SaleNotFound(f"Product {product_id} is not on sale.", product_id=product_id)
@@ -157,22 +158,33 @@ class FlashSales:
         sold = sum(held.values())
         # What the gate may offer at most: reservations on their way (not yet written) come on top of `sold`.
         most = max(0, min(row["sale_stock"] - sold, stock))
+        try:
+            depth = self.publisher.depth(self.queue_name)
+        except Exception:  # SQS cannot say: assume something is on its way
+            depth = None
+        # Nothing accepted is on its way when the queue is empty and no lease is open (checked after the
+        # snapshot: anything admitted since then is in one of the two).
+        quiet = depth == 0 and self.gate.leases() == 0
         report = {"product_id": product_id, "sale_id": row["sale_id"], "sale_stock": row["sale_stock"],
-                  "sold": sold, "mysql_stock": stock, "swept": swept}
+                  "sold": sold, "mysql_stock": stock, "swept": swept, "queue_quiet": quiet}
         live = self.gate.sale(product_id)
         if live is None or live.get("sale_id") != row["sale_id"]:
+            if not quiet:
+                # Reservations still on SQS would be offered twice: rebuild once they are written.
+                return {**report, "action": "waiting", "remaining": None}
             self.gate.restore(product_id, row["sale_id"], row["sale_stock"], row["per_customer_limit"], most,
                               watermark, held)
             logger.warning("flash sale rebuilt from MySQL", extra=report)
             self.emit("FlashSalesRebuilt", 1)
             return {**report, "action": "rebuilt", "remaining_before": None, "remaining": most}
-        removed = self.gate.cap(product_id, row["sale_id"], most)
-        remaining = live["remaining"] - max(removed, 0)
-        # Units taken in Redis and not (yet) in MySQL: reservations on their way, or drift.
-        report.update(remaining_before=live["remaining"], remaining=remaining, in_flight=most - remaining)
-        if removed > 0:
-            logger.warning("flash sale gate lowered to what MySQL can still sell", extra=report)
-            return {**report, "action": "capped"}
+        # With nothing on its way the gate must offer exactly `most`; otherwise at most that.
+        removed = self.gate.cap(product_id, row["sale_id"], most, exact=quiet) or 0
+        remaining = live["remaining"] - removed
+        # Units taken in Redis and not (yet) in MySQL: reservations on their way (drift when quiet).
+        report.update(remaining_before=live["remaining"], remaining=remaining, in_flight=most - live["remaining"])
+        if removed:
+            logger.warning("flash sale gate set to what MySQL can still sell", extra=report)
+            return {**report, "action": "repaired"}
         return {**report, "action": "ok"}
 
     # --- admission (sync orders) --------------------------------------------

@@ -31,12 +31,24 @@ def sqs(aws_endpoint):
     return client
 
 
+QUEUE = {}
+
+
+def reset(**overrides):
+    """bootstrap.reset that keeps this test's flash queue."""
+    bootstrap.reset(FLASH_QUEUE_NAME=QUEUE["name"], **overrides)
+
+
 @pytest.fixture
 def flash_queue(sqs, clean_db):
-    url = localstack.queue_url(sqs, bootstrap.settings().get("FLASH_QUEUE_NAME"))
-    for leftover in receive(sqs, url):  # SQS allows one purge a minute: delete what an earlier test left
-        sqs.delete_message(QueueUrl=url, ReceiptHandle=leftover["receiptHandle"])
-    return url
+    """A flash queue of this test's own: the reconcile reads its depth."""
+    QUEUE["name"] = f"{clean_db['FLASH_QUEUE_NAME']}-{uuid.uuid4().hex[:8]}"
+    url, dlq_url = localstack.ensure_queue(sqs, localstack.QueueSpec(QUEUE["name"], visibility_timeout=30))
+    reset()
+    yield url
+    bootstrap.reset()
+    for u in (url, dlq_url):
+        sqs.delete_queue(QueueUrl=u)
 
 
 def closed_port():
@@ -256,13 +268,13 @@ def test_redis_that_admitted_more_than_mysql_has_never_oversells(sqs, flash_queu
 
 def test_a_failed_send_gives_the_units_back_and_answers_503(flash_queue, test_env):
     pid = on_sale(stock=5)
-    bootstrap.reset(AWS_ENDPOINT_URL=f"http://127.0.0.1:{closed_port()}")
+    reset(AWS_ENDPOINT_URL=f"http://127.0.0.1:{closed_port()}")
     try:
         with pytest.raises(ServiceUnavailable):
             place(order("a", 1, (pid, 2)))
         assert remaining(pid) == 5
     finally:
-        bootstrap.reset()
+        reset()
     # Nothing half-taken: the same order is accepted afresh once SQS is back.
     assert place(order("a", 1, (pid, 2)))["results"][0]["status"] == "pending"
     assert remaining(pid) == 3
@@ -291,11 +303,11 @@ def test_an_expired_lease_returns_the_units_and_a_late_message_takes_them_again(
 def test_with_redis_down_sale_orders_are_refused_and_others_go_on(flash_queue):
     sale_pid = on_sale(stock=5)
     plain = make_product(bootstrap.catalog(), stock=5)["id"]
-    bootstrap.reset(REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
+    reset(REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
     try:
         reply = place(order("s", 1, (sale_pid, 1)), order("p", 1, (plain, 1)))
     finally:
-        bootstrap.reset()
+        reset()
     assert reply["results"][0]["status"] == "failed"
     assert reply["results"][0]["error"]["code"] == "SERVICE_UNAVAILABLE"
     assert reply["results"][1]["status"] == "created"
@@ -309,11 +321,11 @@ def test_a_malformed_message_is_dropped_and_a_mysql_outage_retries_the_batch(sqs
     bad = {"messageId": str(uuid.uuid4()), "body": "{\"reservations\": 1}", "receiptHandle": "x"}
 
     dead = f"mysql://root:@127.0.0.1:{closed_port()}/{test_env['DATABASE_URL'].rsplit('/', 1)[1]}"
-    bootstrap.reset(DATABASE_URL=dead, DB_CONNECT_TIMEOUT=0.5)
+    reset(DATABASE_URL=dead, DB_CONNECT_TIMEOUT=0.5)
     try:
         failures = sqs_handlers.handle_flash_event({"Records": [bad, *records]})["batchItemFailures"]
     finally:
-        bootstrap.reset()
+        reset()
     assert failures == [{"itemIdentifier": records[0]["messageId"]}]
 
     assert sqs_handlers.handle_flash_event({"Records": [bad, *records]})["batchItemFailures"] == []
@@ -323,7 +335,7 @@ def test_a_malformed_message_is_dropped_and_a_mysql_outage_retries_the_batch(sqs
 
 def test_a_redis_restart_loses_the_sale_and_reconcile_rebuilds_it(sqs, flash_queue):
     redis_server = ThrowawayRedis().start()
-    bootstrap.reset(REDIS_URL=redis_server.url)
+    reset(REDIS_URL=redis_server.url)
     try:
         pid = on_sale(stock=10, sale_stock=8, limit=3)
         place(order("a", 1, (pid, 2)), order("b", 2, (pid, 1)))
@@ -333,17 +345,17 @@ def test_a_redis_restart_loses_the_sale_and_reconcile_rebuilds_it(sqs, flash_que
 
         redis_server.kill()  # no persistence: it comes back empty
         redis_server.start()
-        bootstrap.reset(REDIS_URL=redis_server.url)
+        reset(REDIS_URL=redis_server.url)
         # MySQL still says the product is on sale: its orders wait for the rebuild instead of skipping the gate.
         lost = place(order("d", 3, (pid, 1)))["results"][0]
         assert lost["status"] == "failed" and lost["error"]["code"] == "SERVICE_UNAVAILABLE"
         assert stock(pid) == 7
 
+        # A reservation is still on SQS: rebuilding now would offer its unit twice.
+        assert bootstrap.flash_sales().reconcile(pid)["action"] == "waiting"
+        consume(sqs, flash_queue)
         report = bootstrap.flash_sales().reconcile(pid)
-        assert report["action"] == "rebuilt" and report["sold"] == 3 and report["remaining"] == 5
-
-        consume(sqs, flash_queue)  # the reservation that was on SQS during the restart
-        assert remaining(pid) == 4  # its units were taken again when it was written
+        assert report["action"] == "rebuilt" and report["sold"] == 4 and report["remaining"] == 4
         over = place(order("e", 1, (pid, 1)))["results"][0]  # customer 1 holds 3 again: 2 rebuilt + 1 written
         assert over["status"] == "failed" and over["error"]["code"] == "SALE_LIMIT_EXCEEDED"
         assert [r["status"] for r in place(order("f", 3, (pid, 2)), order("g", 4, (pid, 2)))["results"]] == \
@@ -355,14 +367,24 @@ def test_a_redis_restart_loses_the_sale_and_reconcile_rebuilds_it(sqs, flash_que
         assert stock(pid) == 2 and remaining(pid) == 0 and final["sold"] == 8
         reconcile(pid, 10)
     finally:
-        bootstrap.reset()
+        reset()
         redis_server.close()
 
 
-def test_reconcile_lowers_a_gate_that_offers_more_than_mysql_can_sell(flash_queue):
+def test_reconcile_sets_the_gate_to_what_mysql_can_still_sell(sqs, flash_queue):
     pid = on_sale(stock=10, sale_stock=10)
     bootstrap.catalog().adjust_stock(pid, {"delta": -7})
     report = bootstrap.flash_sales().reconcile(pid)
-    assert report["action"] == "capped" and report["remaining_before"] == 10 and report["remaining"] == 3
+    assert report["action"] == "repaired" and report["remaining_before"] == 10 and report["remaining"] == 3
     assert remaining(pid) == 3
     assert bootstrap.flash_sales().reconcile(pid)["action"] == "ok"
+
+    place(order("a", 1, (pid, 2)))
+    # Units on their way are not drift: nothing is changed while the queue holds them.
+    assert bootstrap.flash_sales().reconcile(pid)["action"] == "ok"
+    assert remaining(pid) == 1
+    consume(sqs, flash_queue)
+    # Redis too low with nothing on its way (drift the other way): raised back to MySQL's.
+    bootstrap.flash_gate().cap(pid, bootstrap.flash_gate().sale(pid)["sale_id"], 0)
+    fixed = bootstrap.flash_sales().reconcile(pid)
+    assert fixed["action"] == "repaired" and fixed["remaining"] == 1 and remaining(pid) == 1
