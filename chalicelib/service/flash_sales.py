@@ -190,36 +190,39 @@ class FlashSales:
     # --- admission (sync orders) --------------------------------------------
 
     def _sales_in_mysql(self):
-        """Product ids on sale per MySQL, read at most once a second per process."""
+        """(product ids on sale per MySQL, read at most once a second per process;
+        the ServiceUnavailable if MySQL could not be read)."""
         cached = self._sales_cache
         if cached is not None and time.monotonic() - cached[0] < SALES_REFRESH_SECONDS:
-            return cached[1]
+            return cached[1], None
         try:
             ids = {row["product_id"] for row in self.db.query("SELECT product_id FROM flash_sales")}
-        except ServiceUnavailable:
+        except ServiceUnavailable as exc:
             # Sale orders need no MySQL: go on with what we knew (and what Redis says).
-            return cached[1] if cached is not None else set()
+            return (cached[1] if cached is not None else set()), exc
         self._sales_cache = (time.monotonic(), ids)
-        return ids
+        return ids, None
 
     def sale_products(self, product_ids):
-        """(products on sale, whether the gate can be used). MySQL's record counts
-        too, so a sale that Redis lost (restart, failover) or cannot answer for is
-        refused (retryable) instead of slipping past the gate."""
+        """(products on sale, whether the gate can be used, MySQL's outage if it could
+        not be read). MySQL's record counts too, so a sale that Redis lost (restart,
+        failover) or cannot answer for is refused (retryable) instead of slipping past the gate."""
         ids = set(product_ids)
-        recorded = self._sales_in_mysql() & ids
+        recorded, mysql_down = self._sales_in_mysql()
+        recorded &= ids
         try:
-            return self.gate.on_sale(ids) | recorded, True
+            return self.gate.on_sale(ids) | recorded, True, mysql_down
         except CacheUnavailable:
-            return recorded, False
+            return recorded, False, mysql_down
 
     def take_sale_orders(self, orders):
         """Split `orders` [(key, order)]: the sale orders are admitted through the gate
-        and handed to SQS here; returns ({key: OrderResult} of sale orders, the other orders)."""
+        and handed to SQS here; returns ({key: OrderResult} of sale orders, the other
+        orders, the MySQL outage met on the way or None: the caller need not pay for it twice)."""
         requests = [o for _, o in orders if isinstance(o, OrderRequest)]
-        on_sale, gate_up = self.sale_products({pid for o in requests for pid in o.quantities})
+        on_sale, gate_up, mysql_down = self.sale_products({pid for o in requests for pid in o.quantities})
         if not on_sale:
-            return {}, orders
+            return {}, orders, mysql_down
         results, rest, accepted = {}, [], []
         for key, order in orders:
             if not isinstance(order, OrderRequest) or not (set(order.quantities) & on_sale):
@@ -241,7 +244,7 @@ class FlashSales:
                 results[key] = failed(order.client_order_id, ServiceUnavailable(
                     "The flash-sale gate is unavailable; retry shortly."))
         self._hand_off(accepted)
-        return results, rest
+        return results, rest, mysql_down
 
     def _admit(self, order: OrderRequest, accepted):
         owner = owner_key(order.client, order.customer_id, order.user_id, order.client_order_id)

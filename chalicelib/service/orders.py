@@ -61,10 +61,14 @@ class OrderService:
         Orders for products on a flash sale are admitted (and handed to SQS) first;
         the others take the ordinary path."""
         orders = list(enumerate(parsed))
-        sale = {}
+        sale, mysql_down = {}, None
         if self.flash is not None:
-            sale, orders = self.flash.take_sale_orders(orders)
-        outcome = self.place_all(orders, batch_id)
+            sale, orders, mysql_down = self.flash.take_sale_orders(orders)
+        if mysql_down is not None and any(isinstance(o, OrderRequest) for _, o in orders):
+            # MySQL just failed us: the ordinary orders would only pay for the outage a second time.
+            outcome = BatchOutcome({}, mysql_down)
+        else:
+            outcome = self.place_all(orders, batch_id)
         if outcome.interrupted is not None:
             exc = outcome.interrupted
             # Accepted sale orders are on SQS: a retry of the batch returns them as replays too.

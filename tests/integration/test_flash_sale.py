@@ -388,3 +388,23 @@ def test_reconcile_sets_the_gate_to_what_mysql_can_still_sell(sqs, flash_queue):
     bootstrap.flash_gate().cap(pid, bootstrap.flash_gate().sale(pid)["sale_id"], 0)
     fixed = bootstrap.flash_sales().reconcile(pid)
     assert fixed["action"] == "repaired" and fixed["remaining"] == 1 and remaining(pid) == 1
+
+
+def test_with_mysql_down_sale_orders_are_still_accepted_and_others_get_503(sqs, flash_queue, test_env):
+    sale_pid = on_sale(stock=5)
+    plain = make_product(bootstrap.catalog(), stock=5)["id"]
+    dead = f"mysql://root:@127.0.0.1:{closed_port()}/{test_env['DATABASE_URL'].rsplit('/', 1)[1]}"
+    reset(DATABASE_URL=dead, DB_CONNECT_TIMEOUT=0.5)
+    try:
+        accepted = place(order("s", 1, (sale_pid, 2)))["results"][0]
+        with pytest.raises(ServiceUnavailable) as refused:
+            place(order("s2", 2, (sale_pid, 1)), order("p", 1, (plain, 1)))
+    finally:
+        reset()
+    assert accepted["status"] == "pending"
+    # The sale order of the refused batch was accepted all the same: the 503 names it, a retry replays it.
+    assert refused.value.extra["details"] == {"committed_client_order_ids": ["s2"]}
+    assert remaining(sale_pid) == 2
+    consume(sqs, flash_queue)  # MySQL is back: both are written
+    assert stock(sale_pid) == 2 and stock(plain) == 5
+    reconcile(sale_pid, 5)
