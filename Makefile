@@ -7,7 +7,8 @@
 #   make clients    API clients and keys (ARGS="add NAME --plan P" | "rotate NAME" | "revoke NAME [--key N]")
 #   make openapi    rewrite docs/openapi.json from chalicelib/entrypoints/openapi.py
 #   make lock       re-pin requirements*.txt (with hashes) from requirements*.in
-#   make bench-orders | bench-search | bench-ingest | bench-endpoint | bench-lambda-sizes | bench-writer-cost | bench-lifecycle
+#   make bench-orders | bench-search | bench-ingest | bench-endpoint | bench-flash | bench-lambda-sizes | bench-writer-cost | bench-lifecycle
+#   make flash-reconcile  compare and repair the flash-sale gates (Redis) against MySQL
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -29,10 +30,10 @@ export AWS_SECRET_ACCESS_KEY ?= test
 export AWS_DEFAULT_REGION ?= us-east-1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv run test chromium setup queues redrive seed package deploy clients openapi lock bench-orders bench-search bench-ingest bench-endpoint bench-lambda-sizes bench-writer-cost bench-lifecycle clean-venv
+.PHONY: help venv run test chromium setup queues redrive seed package deploy clients openapi lock bench-orders bench-search bench-ingest bench-endpoint bench-flash flash-reconcile bench-lambda-sizes bench-writer-cost bench-lifecycle clean-venv
 
 help:
-	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
 
 # Re-installs only when a lock file changed (or the venv is new). The lock files
 # pin every package with its hashes: pip refuses anything else.
@@ -99,6 +100,14 @@ bench-ingest: $(STAMP)
 
 bench-endpoint: $(STAMP)
 	$(PY) bench/endpoint $(ARGS)
+
+# The flash-sale gate, hand-off and coalescing consumer against today's hot-row ceiling.
+bench-flash: $(STAMP)
+	$(PY) bench/flash $(ARGS)
+
+# Redis's flash-sale gates against MySQL: rebuild lost sales, lower over-generous ones.
+flash-reconcile: $(STAMP)
+	$(PY) scripts/flash_reconcile.py $(ARGS)
 
 # Cold start and warm latency of the packaged functions under a CPU quota per memory size.
 bench-lambda-sizes: $(STAMP)

@@ -7,7 +7,7 @@ from chalice import Chalice, Rate
 
 from chalicelib import bootstrap
 from chalicelib.entrypoints import http, lifecycle, schema, sqs
-from chalicelib.entrypoints.routes import batches, catalog, customer, ops, orders, search
+from chalicelib.entrypoints.routes import batches, catalog, customer, flash, ops, orders, search
 from chalicelib.ops.logs import logger
 from chalicelib.settings import QUEUES
 
@@ -22,6 +22,7 @@ app.register_blueprint(catalog.routes)
 app.register_blueprint(orders.routes)
 app.register_blueprint(batches.routes)
 app.register_blueprint(customer.routes)
+app.register_blueprint(flash.routes)
 app.register_blueprint(ops.routes)
 
 
@@ -41,6 +42,11 @@ def handle_order_ingest(event):
 @app.on_sqs_message(queue=_queue_of("handle_cache_invalidation"), batch_size=10)
 def handle_cache_invalidation(event):
     return sqs.handle_invalidation_event(event.to_dict(), event.context)
+
+
+@app.on_sqs_message(queue=_queue_of("handle_flash_orders"), batch_size=10)
+def handle_flash_orders(event):
+    return sqs.handle_flash_event(event.to_dict(), event.context)
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES), name="lifecycle",

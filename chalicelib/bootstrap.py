@@ -210,4 +210,24 @@ def orders(strategy_name=None):
     strategy = inventory_strategy(strategy_name)
     return _once(f"orders:{strategy.name}", lambda: OrderService(
         database(), strategy, product_writes(), max_in_flight=int(settings().number("ORDERS_MAX_IN_FLIGHT")),
-        payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS"))))
+        payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS")),
+        flash=flash_sales()))
+
+
+def flash_gate():
+    from chalicelib.adapters.flash_gate import FlashGate
+
+    return _once("flash_gate", lambda: FlashGate(redis_gateway(), lease_ms=int(settings().number("FLASH_LEASE_MS"))))
+
+
+def flash_sales():
+    from chalicelib.service.flash_sales import FlashSales
+
+    return _once("flash_sales", lambda: FlashSales(database(), flash_gate(), product_writes(), publisher(),
+                                                   settings().get("FLASH_QUEUE_NAME")))
+
+
+def flash_writer():
+    from chalicelib.service.flash_sales import FlashWriter
+
+    return _once("flash_writer", lambda: FlashWriter(flash_gate(), product_writes()))

@@ -31,6 +31,7 @@ QUEUES = (
     QueueDef("ORDER_QUEUE_NAME", "shop-order-ingest", "handle_order_ingest", "OrderIngestQueue"),
     QueueDef("INVALIDATION_QUEUE_NAME", "shop-cache-invalidation", "handle_cache_invalidation",
              "CacheInvalidationQueue"),
+    QueueDef("FLASH_QUEUE_NAME", "shop-flash-orders", "handle_flash_orders", "FlashOrderQueue"),
 )
 
 DEFAULTS = {
@@ -79,6 +80,8 @@ DEFAULTS = {
     "SEARCH_TIME_LIMIT_MS": "1500",
     # Database milliseconds of uncached searches per API key per minute (0: no budget).
     "SEARCH_BUDGET_MS": "30000",
+    # How long a flash-sale reservation may stay between the gate and SQS before its units come back.
+    "FLASH_LEASE_MS": "30000",
 }
 DEFAULTS.update({q.setting: q.default_name for q in QUEUES})
 

@@ -68,6 +68,7 @@ FUNCTION_POLICIES = {
     "APIHandler": "ApiAccessPolicy",
     "HandleOrderIngest": "OrderIngestAccessPolicy",
     "HandleCacheInvalidation": "CacheInvalidationAccessPolicy",
+    "HandleFlashOrders": "FlashOrderAccessPolicy",
     "WarmCache": "WarmCacheAccessPolicy",
     "Migrate": "MigrateAccessPolicy",
     "Lifecycle": "LifecycleAccessPolicy",
@@ -435,7 +436,7 @@ def _infra_transforms(infra_path=INFRA_TEMPLATE):
 # CloudFormation has no arithmetic.
 BUDGET_PARAMETERS = ("DatabaseMaxConnections", "DatabaseProxyMaxConnectionsPercent",
                      "DatabaseConnectionsPerEnvironment", "OrderIngestConnectionPercent",
-                     "CacheInvalidationConcurrency")
+                     "CacheInvalidationConcurrency", "FlashOrderConcurrency")
 API_FUNCTION = "APIHandler"  # gets what the others leave
 # A 10-minute schedule; a deploy step; the outbox relay, which must be alone to publish in order.
 SINGLE_ENVIRONMENT = {"WarmCache", "Migrate", "Lifecycle"}
@@ -489,7 +490,8 @@ def allocate_concurrency(template, inputs):
     functions = _functions(template)
     _, environments = connection_budget(inputs)
     shares = {"OrderIngestQueue": environments * inputs["OrderIngestConnectionPercent"] // 100,
-              "CacheInvalidationQueue": inputs["CacheInvalidationConcurrency"]}
+              "CacheInvalidationQueue": inputs["CacheInvalidationConcurrency"],
+              "FlashOrderQueue": inputs["FlashOrderConcurrency"]}
     allocation = {name: props["ReservedConcurrentExecutions"] for name, props in functions.items()
                   if "ReservedConcurrentExecutions" in props}
     for function, queue, _ in _sqs_mappings(template):

@@ -31,7 +31,7 @@ ADMIN_KEY = "shop-local-admin-key-0001"
 DEV_KEY = "shop-local-dev-key-0001"
 LIMITED_KEY = "shop-local-limited-key-0001"
 pytest_plugins = ["tests.support.failed_tests"]
-TABLES = ("order_events", "order_items", "orders", "batch_results", "batches", "products", "customers")
+TABLES = ("order_events", "order_items", "orders", "batch_results", "batches", "flash_sales", "products", "customers")
 
 
 def free_port():
@@ -90,6 +90,7 @@ def test_env(tmp_path_factory):
         "AWS_DEFAULT_REGION": "us-east-1",
         "ORDER_QUEUE_NAME": f"test-{run_id}-order-ingest",
         "INVALIDATION_QUEUE_NAME": f"test-{run_id}-cache-invalidation",
+        "FLASH_QUEUE_NAME": f"test-{run_id}-flash-orders",
         "APP_RATE_LIMIT": "true",
         "APP_API_KEYS": "true",
         "POWERTOOLS_METRICS_DISABLED": "true",

@@ -51,6 +51,12 @@ class QueuePublisher:
             if response.get("Failed"):
                 raise RuntimeError(f"SQS refused {len(response['Failed'])} message(s): {response['Failed']}")
 
+    def depth(self, queue_name):
+        """Messages on the queue, visible or being processed (SQS's approximate counts)."""
+        attributes = self.client.get_queue_attributes(
+            QueueUrl=self.queue_url(queue_name),
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
 
 class EventPublisher:

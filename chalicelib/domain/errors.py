@@ -45,6 +45,14 @@ class BatchNotFound(NotFound):
     code = "BATCH_NOT_FOUND"
 
 
+class ReservationNotFound(NotFound):
+    code = "RESERVATION_NOT_FOUND"
+
+
+class SaleNotFound(NotFound):
+    code = "SALE_NOT_FOUND"
+
+
 class MethodNotAllowed(ShopError):
     status, code = 405, "METHOD_NOT_ALLOWED"
 
@@ -63,6 +71,16 @@ class VersionConflict(ShopError):
 
 class InsufficientStock(ShopError):
     status, code = 409, "INSUFFICIENT_STOCK"
+
+
+class SaleConflict(ShopError):
+    """The product is already on sale (stop the sale first)."""
+    status, code = 409, "SALE_CONFLICT"
+
+
+class SaleLimitExceeded(ShopError):
+    """A flash-sale order would take the customer past the sale's per-customer limit."""
+    status, code = 409, "SALE_LIMIT_EXCEEDED"
 
 
 class IdempotencyConflict(ShopError):

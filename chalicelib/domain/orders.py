@@ -124,7 +124,8 @@ class OrderResult:
     total_cents: Optional[int] = None
     duplicate: bool = False
     error: Optional[ShopError] = None
-    status: str = "created"
+    status: str = "created"  # or "pending": a flash-sale order accepted by the gate, not written yet
+    reservation_id: Optional[str] = None  # flash-sale orders: what GET /reservations/{id} polls
 
     @property
     def created(self) -> bool:
@@ -138,22 +139,27 @@ class OrderResult:
     def to_api(self) -> dict:
         # An invalid client_order_id may be anything the client sent: echo it cut to the contract's 64.
         coid = v.echo(self.client_order_id, MAX_CLIENT_ORDER_ID) if isinstance(self.client_order_id, str) else None
+        sale = {"reservation_id": self.reservation_id} if self.reservation_id else {}
+        if self.status == "pending":
+            return {"client_order_id": coid, "status": "pending", "duplicate": self.duplicate, **sale}
         if self.created:
             return {"client_order_id": coid, "status": self.status, "order_id": self.order_id,
-                    "total_cents": self.total_cents, "duplicate": self.duplicate}
+                    "total_cents": self.total_cents, "duplicate": self.duplicate, **sale}
         error = {"code": self.error.code, "message": v.echo(self.error.message, MAX_RESULT_MESSAGE)}
         if "product_id" in self.error.extra:
             error["product_id"] = self.error.extra["product_id"]
-        return {"client_order_id": coid, "status": "failed", "error": error}
+        return {"client_order_id": coid, "status": "failed", "error": error, **sale}
 
 
 def summarize(results) -> dict:
-    """The batch summary of API results; `cancelled` only when a replay found its order cancelled."""
-    counts = {"created": 0, "failed": 0, "cancelled": 0}
+    """The batch summary of API results; `cancelled` only when a replay found its order cancelled,
+    `pending` only when flash-sale orders were accepted and are not written yet."""
+    counts = {"created": 0, "failed": 0, "cancelled": 0, "pending": 0}
     for result in results:
         counts[result["status"]] += 1
-    if not counts["cancelled"]:
-        del counts["cancelled"]
+    for optional in ("cancelled", "pending"):
+        if not counts[optional]:
+            del counts[optional]
     return counts
 
 

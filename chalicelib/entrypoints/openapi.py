@@ -15,8 +15,9 @@ from chalicelib.domain.search_query import SORTS, TOTAL_CAP
 from chalicelib.domain.search_text import MAX_QUERY_CHARS
 from chalicelib.domain.validation import MAX_JSON_DEPTH
 from chalicelib.ops.metrics import WINDOW_SECONDS
+from chalicelib.domain.sales import MAX_PER_CUSTOMER_LIMIT
 
-VERSION = "1.1.0"
+VERSION = "1.2.0"
 MAX_PATH_ID = 10**18 - 1  # ids in paths: up to 18 digits
 # Status codes of the error classes; NOT_FOUND is their common base, answered by no route.
 ERROR_CLASSES = sorted((cls for _, cls in inspect.getmembers(errors, inspect.isclass)
@@ -68,6 +69,13 @@ PRODUCT_FIELDS = {
 }
 MAX_DELTA = MAX_STOCK
 
+RESERVATION_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$",
+                  "description": "A flash-sale order's reservation (GET /reservations/{reservation_id})."}
+ORDER_ERROR = _object({"code": {"type": "string", "enum": [
+    "VALIDATION_ERROR", "PRODUCT_NOT_FOUND", "INSUFFICIENT_STOCK", "IDEMPOTENCY_CONFLICT", "SALE_LIMIT_EXCEEDED",
+    "SERVICE_UNAVAILABLE", "PAYLOAD_TOO_LARGE"]},
+    "message": {"type": "string"}, "product_id": {"type": "integer"}}, ["code", "message"])
+
 SCHEMAS = {
     "ErrorCode": {"type": "string", "enum": ERROR_CODES,
                   "description": "Every code the API answers; see docs/api.md for when."},
@@ -81,6 +89,7 @@ SCHEMAS = {
         "product_id": {"type": "integer"},
         "order_id": {"type": "integer"},
         "batch_id": {"type": "string"},
+        "reservation_id": {"type": "string"},
         "current_version": {"type": "integer"},
     }, ["code", "message"], closed=False)}, ["error"]),
     "Product": _object({
@@ -143,21 +152,42 @@ SCHEMAS = {
                  "status": {"type": "string", "enum": ["created", "cancelled"],
                             "description": "cancelled: a replay of an order cancelled since"},
                  "order_id": {"type": "integer"}, "total_cents": {"type": "integer"},
-                 "duplicate": {"type": "boolean"}},
+                 "duplicate": {"type": "boolean"}, "reservation_id": RESERVATION_ID},
                 ["client_order_id", "status", "order_id", "total_cents", "duplicate"]),
+        _object({"client_order_id": {"type": "string"},
+                 "status": {"const": "pending",
+                            "description": "A flash-sale order accepted by the gate, not written yet; poll "
+                                           "GET /reservations/{reservation_id}."},
+                 "duplicate": {"type": "boolean"}, "reservation_id": RESERVATION_ID},
+                ["client_order_id", "status", "duplicate", "reservation_id"]),
         _object({"client_order_id": {"type": ["string", "null"], "maxLength": MAX_CLIENT_ORDER_ID,
                                      "description": "As sent, cut to 64 characters; null if not a string."},
                  "status": {"const": "failed"},
-                 "error": _object({"code": {"type": "string", "enum": [
-                     "VALIDATION_ERROR", "PRODUCT_NOT_FOUND", "INSUFFICIENT_STOCK", "IDEMPOTENCY_CONFLICT",
-                     "SERVICE_UNAVAILABLE", "PAYLOAD_TOO_LARGE"]},
-                     "message": {"type": "string"}, "product_id": {"type": "integer"}}, ["code", "message"])},
+                 "error": ORDER_ERROR, "reservation_id": RESERVATION_ID},
                 ["client_order_id", "status", "error"]),
     ]},
     "Summary": _object({"created": {"type": "integer", "minimum": 0}, "failed": {"type": "integer", "minimum": 0},
                         "cancelled": {"type": "integer", "minimum": 1,
-                                      "description": "Present when a replay found its order cancelled."}},
+                                      "description": "Present when a replay found its order cancelled."},
+                        "pending": {"type": "integer", "minimum": 1,
+                                    "description": "Present when flash-sale orders were accepted, not yet written."}},
                        ["created", "failed"]),
+    "SaleRequest": _object({
+        "sale_stock": _integer(1, MAX_STOCK, "Units the sale offers; at most the product's stock now."),
+        "per_customer_limit": _integer(1, MAX_PER_CUSTOMER_LIMIT, "Units one customer may hold in the sale."),
+    }, ["sale_stock"]),
+    "Sale": _object({
+        "product_id": {"type": "integer"}, "sale_id": {"type": "string"},
+        "sale_stock": {"type": "integer"}, "per_customer_limit": {"type": ["integer", "null"]},
+        "on_sale": {"type": "boolean"}, "started_at": TIMESTAMP,
+        "remaining": {"type": ["integer", "null"],
+                      "description": "Units the gate still offers; null when Redis cannot say or the sale ended."},
+    }, ["product_id", "sale_id", "sale_stock", "per_customer_limit", "on_sale", "started_at", "remaining"]),
+    "Reservation": _object({
+        "reservation_id": RESERVATION_ID, "client_order_id": {"type": "string"}, "user_id": {"type": "integer"},
+        "status": {"type": "string", "enum": ["pending", "created", "failed"]},
+        "order_id": {"type": "integer"}, "total_cents": {"type": "integer"}, "error": ORDER_ERROR,
+    }, ["reservation_id", "client_order_id", "user_id", "status"]),
     "BatchResponse": _object({"results": {"type": "array", "items": _ref("OrderResult")},
                               "summary": _ref("Summary")}, ["results", "summary"]),
     "BatchAccepted": _object({"batch_id": {"type": "string"}, "status": {"const": "queued"}},
@@ -195,6 +225,8 @@ SCHEMAS = {
         "type": {"type": "string"}, "data": {"type": "object"}, "occurred_at": TIMESTAMP,
     }, ["event_id", "sequence", "type", "data", "occurred_at"])}}, ["events"]),
     "OrderEnvelope": _object({"order": _ref("Order")}, ["order"]),
+    "SaleEnvelope": _object({"sale": _ref("Sale")}, ["sale"]),
+    "ReservationEnvelope": _object({"reservation": _ref("Reservation")}, ["reservation"]),
     "Health": _object({"status": {"type": "string", "enum": ["ok", "degraded"]},
                        "checks": _object({"mysql": {"type": "string", "enum": ["up", "down"]},
                                           "redis": {"type": "string", "enum": ["up", "down"]}},
@@ -217,9 +249,9 @@ ERROR_RESPONSES = {  # status -> (description, extra headers)
     401: ("UNAUTHORIZED: no valid customer token (missing, expired, forged, another pool or app client).", ()),
     403: ("FORBIDDEN: missing, unknown or revoked x-api-key, a key whose plan may not use the route, or no such "
           "path.", ()),
-    404: ("PRODUCT_NOT_FOUND, ORDER_NOT_FOUND or BATCH_NOT_FOUND.", ()),
-    409: ("DUPLICATE_SKU, VERSION_CONFLICT, INSUFFICIENT_STOCK, or a lifecycle transition the order's state "
-          "forbids: ORDER_EXPIRED, ORDER_CANCELLED, ALREADY_PAID, ORDER_NOT_PAID, ORDER_FULFILLED, "
+    404: ("PRODUCT_NOT_FOUND, ORDER_NOT_FOUND, BATCH_NOT_FOUND, SALE_NOT_FOUND or RESERVATION_NOT_FOUND.", ()),
+    409: ("DUPLICATE_SKU, VERSION_CONFLICT, INSUFFICIENT_STOCK, SALE_CONFLICT, or a lifecycle transition the "
+          "order's state forbids: ORDER_EXPIRED, ORDER_CANCELLED, ALREADY_PAID, ORDER_NOT_PAID, ORDER_FULFILLED, "
           "PAYMENT_REFERENCE_USED.", ()),
     413: ("PAYLOAD_TOO_LARGE: body over 1,000,000 bytes, or too many items.", ()),
     415: ("UNSUPPORTED_MEDIA_TYPE: the body is not labelled as JSON.", ()),
@@ -264,6 +296,7 @@ def _query(name, schema, description=None):
 
 PRODUCT_ID = _path_param("product_id", _integer(1, MAX_PATH_ID))
 ORDER_ID = _path_param("order_id", _integer(1, MAX_PATH_ID))
+RESERVATION_PARAM = _path_param("reservation_id", {"type": "string", "minLength": 1, "maxLength": 64})
 
 
 def _operation(operation_id, summary, responses, *, admin=False, public=False, customer=False, parameters=(),
@@ -366,6 +399,25 @@ def build():
             "cancelCustomerOrder", "Cancel one of the customer's orders", {
                 "200": _json("OrderEnvelope", "The order, status cancelled (also when it already was).")},
             customer=True, parameters=[ORDER_ID], statuses=(400, 404, 500))},
+        "/products/{product_id}/sale": {
+            "post": _operation("startSale", "Put a product on flash sale: its sync orders go through the gate", {
+                "201": _json("SaleEnvelope", "On sale.")},
+                admin=True, parameters=[PRODUCT_ID], body="SaleRequest", statuses=(400, 404, 409, 500)),
+            "get": _operation("getSale", "A product's running sale", {
+                "200": _json("SaleEnvelope", "On sale, with what the gate still offers.")},
+                admin=True, parameters=[PRODUCT_ID], statuses=(400, 404, 500)),
+            "delete": _operation("stopSale", "Take a product off sale; accepted orders are still written", {
+                "200": _json("SaleEnvelope", "The sale as it ended (on_sale false).")},
+                admin=True, parameters=[PRODUCT_ID], statuses=(400, 404, 500)),
+        },
+        "/reservations/{reservation_id}": {"get": _operation(
+            "getReservation", "A flash-sale order's state: pending until written, then created or failed", {
+                "200": _json("ReservationEnvelope", "The reservation.")},
+            parameters=[RESERVATION_PARAM], statuses=(400, 404, 500))},
+        "/customer/reservations/{reservation_id}": {"get": _operation(
+            "getCustomerReservation", "One of the customer's flash-sale orders", {
+                "200": _json("ReservationEnvelope", "The reservation.")},
+            customer=True, parameters=[RESERVATION_PARAM], statuses=(400, 404, 500))},
         "/admin/stats": {"get": _operation("adminStats", "Numbers of the last window seconds", {
             "200": _json("Stats", "Rolling-window numbers (Cache-Control: no-store).")},
             admin=True, parameters=[_query("window", _integer(1, WINDOW_SECONDS)), _query("step", _integer(1, 60))],

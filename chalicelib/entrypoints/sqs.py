@@ -49,6 +49,42 @@ def handle_order_event(event, context=None, ingest=None):
     return response
 
 
+def handle_flash_event(event, context=None, writer=None):
+    """The flash-order Lambda: every reservation of the SQS batch is written in one
+    transaction (service/flash_sales.py FlashWriter). A body that is not a flash
+    message is logged and dropped (nothing in it was accepted by the gate); if the
+    write or the settle fails, every record is reported failed and SQS redelivers
+    them, which is safe: a written reservation finds its own order."""
+    bootstrap.refuse_if_misconfigured()
+    from chalicelib.domain import flash_message
+
+    writer = writer or bootstrap.flash_writer()
+    records, reservations = [], []
+    for record in event.get("Records", []):
+        try:
+            decoded = flash_message.decode(record["body"])
+        except ValueError as exc:
+            logger.error("flash-order message dropped", extra={"message_id": record.get("messageId"),
+                                                               "reason": str(exc), "body": str(record["body"])[:500]})
+            emit("FlashMessagesRejected", 1)
+            continue
+        records.append(record["messageId"])
+        reservations.extend(decoded)
+    if not reservations:
+        return {"batchItemFailures": []}
+    try:
+        writer.write(reservations)
+    except Exception as exc:
+        transient = isinstance(exc, ServiceUnavailable)
+        (logger.warning if transient else logger.exception)(
+            "flash-order batch failed; SQS will redeliver it",
+            extra={"records": len(records), "error": f"{type(exc).__name__}: {exc}"})
+        emit("FlashRecordsFailed", len(records), reason="transient" if transient else "unexpected")
+        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in records]}
+    emit("FlashRecords", len(records))
+    return {"batchItemFailures": []}
+
+
 def handle_invalidation_event(event, context=None):
     """The cache-invalidation Lambda: a body that is not JSON is logged and dropped;
     Redis or MySQL unavailable fails the record so SQS retries it."""

@@ -29,10 +29,12 @@ from chalicelib.service.unit_of_work import ProductTransaction, ProductWrites, W
 class OrderService:
     def __init__(self, db, strategy: InventoryStrategy, writes: ProductWrites,
                  repository: Callable[[object], OrderRepository] = MySQLOrderRepository, max_in_flight=16,
-                 metrics=emit, payment_window=0):
+                 metrics=emit, payment_window=0, flash=None):
         self.db = db
         # Seconds an order waits for payment (pending_payment) before it expires; 0: orders are paid at creation.
         self.payment_window = int(payment_window)
+        # FlashSales (service/flash_sales.py): sync orders for products on sale go through its gate.
+        self.flash = flash
         self.emit = metrics
         self.strategy = strategy
         self.writes = writes
@@ -62,18 +64,30 @@ class OrderService:
         return BatchOutcome(results)
 
     def place_batch(self, parsed, batch_id=None):
-        """A sync batch: results in request order, or a 503 that says which orders committed."""
-        outcome = self.place_all(enumerate(parsed), batch_id)
+        """A sync batch: results in request order, or a 503 that says which orders committed.
+        Orders for products on a flash sale are admitted (and handed to SQS) first;
+        the others take the ordinary path."""
+        orders = list(enumerate(parsed))
+        sale, mysql_down = {}, None
+        if self.flash is not None:
+            sale, orders, mysql_down = self.flash.take_sale_orders(orders)
+        if mysql_down is not None and any(isinstance(o, OrderRequest) for _, o in orders):
+            # MySQL just failed us: the ordinary orders would only pay for the outage a second time.
+            outcome = BatchOutcome({}, mysql_down)
+        else:
+            outcome = self.place_all(orders, batch_id)
         if outcome.interrupted is not None:
             exc = outcome.interrupted
-            committed = outcome.committed_client_order_ids()
+            # Accepted sale orders are on SQS: a retry of the batch returns them as replays too.
+            committed = [r.client_order_id for r in sale.values() if r.created] + outcome.committed_client_order_ids()
             if committed:
                 # The client's retry of the batch finds these as duplicates.
                 exc.extra["details"] = {"committed_client_order_ids": committed}
                 exc.message = exc.message + (" Orders listed in details were committed before the failure;"
                                              " retrying the batch returns them as duplicates.")
             raise exc
-        results = [r.to_api() for r in outcome.results.values()]
+        merged = {**sale, **outcome.results}
+        results = [merged[i].to_api() for i in range(len(parsed))]
         return {"results": results, "summary": summarize(results)}
 
     def place(self, session: WriteSession, order: OrderRequest, batch_id=None) -> OrderResult:

@@ -57,7 +57,8 @@ def _create_queues(env):
         sqs = boto3.client("sqs", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                            aws_access_key_id="test", aws_secret_access_key="test",
                            config=Config(connect_timeout=1, read_timeout=3, retries={"max_attempts": 1}))
-        urls = [sqs.create_queue(QueueName=env[name])["QueueUrl"] for name in ("ORDER_QUEUE_NAME", "INVALIDATION_QUEUE_NAME")]
+        names = ("ORDER_QUEUE_NAME", "INVALIDATION_QUEUE_NAME", "FLASH_QUEUE_NAME")
+        urls = [sqs.create_queue(QueueName=env[name])["QueueUrl"] for name in names]
         return sqs, urls
     except Exception:
         return None, []
@@ -90,6 +91,7 @@ def fault_stack(tmp_path_factory):
             "AWS_DEFAULT_REGION": "us-east-1",
             "ORDER_QUEUE_NAME": f"faults-{run_id}-order-ingest",
             "INVALIDATION_QUEUE_NAME": f"faults-{run_id}-cache-invalidation",
+            "FLASH_QUEUE_NAME": f"faults-{run_id}-flash-orders",
             "APP_RATE_LIMIT": "true",
             "APP_API_KEYS": "true",
             "INVENTORY_STRATEGY": "guarded",

@@ -36,7 +36,7 @@ DRIVER = ROOT / "tests" / "support" / "lambda_driver.py"
 RUNTIME_REQUIREMENTS = ROOT / "tests" / "support" / "lambda-runtime.txt"
 ADMIN_KEY_ID, STANDARD_KEY_ID = "artifact-admin-key-id", "artifact-standard-key-id"
 # Template variables that name cloud resources; everything else is used as packaged.
-CLOUD_ENDPOINTS = {"ORDER_QUEUE_NAME", "INVALIDATION_QUEUE_NAME", "DATABASE_SECRET_ARN", "APP_DATABASE_SECRET_ARN",
+CLOUD_ENDPOINTS = {"ORDER_QUEUE_NAME", "INVALIDATION_QUEUE_NAME", "FLASH_QUEUE_NAME", "DATABASE_SECRET_ARN", "APP_DATABASE_SECRET_ARN",
                    "DATABASE_HOST",
                    "DATABASE_PORT", "DATABASE_NAME", "DATABASE_TLS", "REDIS_URL", "AWS_ENDPOINT_URL",
                    "API_KEY_CLIENTS", "COGNITO_USER_POOL_ID", "COGNITO_APP_CLIENT_IDS", "ORDER_EVENTS_TOPIC_ARN",
@@ -93,6 +93,7 @@ def local_endpoints(test_env):
     yield {
         "ORDER_QUEUE_NAME": test_env["ORDER_QUEUE_NAME"],
         "INVALIDATION_QUEUE_NAME": test_env["INVALIDATION_QUEUE_NAME"],
+        "FLASH_QUEUE_NAME": test_env["FLASH_QUEUE_NAME"],
         "DATABASE_SECRET_ARN": secret["ARN"],
         # The app user is made on a throwaway server (test_tls_and_db_users), never on the shared one.
         "APP_DATABASE_SECRET_ARN": "",
@@ -188,8 +189,8 @@ def functions(packaged, runtime, local_endpoints, tmp_path_factory):
 
 def test_the_package_runs_on_the_runtime_alone(packaged, functions):
     _, properties, task_root = packaged
-    assert set(properties) == {"APIHandler", "HandleOrderIngest", "HandleCacheInvalidation", "WarmCache", "Migrate",
-                               "Lifecycle"}
+    assert set(properties) == {"APIHandler", "HandleOrderIngest", "HandleCacheInvalidation", "HandleFlashOrders",
+                               "WarmCache", "Migrate", "Lifecycle"}
     api = functions("APIHandler")
     assert api.started["python"] == [int(x) for x in properties["APIHandler"]["Runtime"][len("python"):].split(".")]
     assert "tests" not in " ".join(api.started["sys_path"]) and ".venv" not in " ".join(api.started["sys_path"])
@@ -303,6 +304,25 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
         {"client_order_id": "art-async", "user_id": 7, "items": [{"product_id": pid, "quantity": 1}]}]},
         query={"mode": "async"}, status=202))
     assert _body(call("GET", f"/batches/{queued['batch_id']}"))["status"] in ("queued", "processing", "done")
+    # Flash sale: the gate answers pending; the consumer's part is the test below.
+    sale_pid = _body(call("POST", "/products", {"sku": sku + "-sale", "name": "Sale lamp", "category": "lighting",
+                                                "price_cents": 900, "stock": 4}, admin=True, status=201))["product"]["id"]
+    assert _body(call("POST", f"/products/{sale_pid}/sale", {"sale_stock": 3}, admin=True, status=201))["sale"][
+        "remaining"] == 3
+    pending = _body(call("POST", "/orders/batch", {"orders": [
+        {"client_order_id": "art-sale", "user_id": 7, "items": [{"product_id": sale_pid, "quantity": 1}]}]}))
+    rid = pending["results"][0]["reservation_id"]
+    assert _body(call("GET", f"/reservations/{rid}"))["reservation"]["status"] == "pending"
+    mine = _body(call("POST", "/customer/orders/batch", {"orders": [
+        {"client_order_id": "cust-sale", "items": [{"product_id": sale_pid, "quantity": 1}]}]}, claims=ann))
+    customer_rid = mine["results"][0]["reservation_id"]
+    assert _body(call("GET", f"/customer/reservations/{customer_rid}", claims=ann))["reservation"]["status"] == \
+        "pending"
+    assert _body(call("GET", f"/customer/reservations/{customer_rid}", claims=bob, status=404))["error"]["code"] == \
+        "RESERVATION_NOT_FOUND"
+    assert _body(call("GET", f"/products/{sale_pid}/sale", admin=True))["sale"]["remaining"] == 1
+    assert _body(call("DELETE", f"/products/{sale_pid}/sale", admin=True))["sale"]["on_sale"] is False
+
     stats = _body(call("GET", "/admin/stats", admin=True))
     assert stats["orders"]["created"] >= 1
     page = call("GET", "/dashboard")
@@ -366,6 +386,36 @@ def test_order_ingest_consumer_reports_a_partial_failure(clean_db, functions, te
     missing = api.invoke(proxy_event("GET", "/batches/art-sqs-2"))
     assert missing["statusCode"] == 404
     assert _body(api.invoke(proxy_event("GET", f"/products/{product['id']}")))["product"]["stock"] == 3
+
+
+def test_flash_order_consumer_writes_what_the_gate_accepted(clean_db, functions, test_env):
+    api = functions("APIHandler")
+    product = _body(api.invoke(proxy_event("POST", "/products", {
+        "sku": f"ART-{uuid.uuid4().hex[:8]}", "name": "Flash lamp", "category": "lighting",
+        "price_cents": 100, "stock": 5}, admin=True)))["product"]
+    assert api.invoke(proxy_event("POST", f"/products/{product['id']}/sale", {"sale_stock": 5},
+                                  admin=True))["statusCode"] == 201
+    placed = _body(api.invoke(proxy_event("POST", "/orders/batch", {"orders": [
+        {"client_order_id": f"fl-{i}", "user_id": i + 1, "items": [{"product_id": product["id"], "quantity": 1}]}
+        for i in range(3)]})))
+    assert placed["summary"] == {"created": 0, "failed": 0, "pending": 3}
+    # The message the packaged API sent, handed to the packaged consumer as Lambda would.
+    sqs = boto3.client("sqs", endpoint_url=test_env["AWS_ENDPOINT_URL"], region_name="us-east-1")
+    url = sqs.get_queue_url(QueueName=test_env["FLASH_QUEUE_NAME"])["QueueUrl"]
+    ours = []
+    for _ in range(20):
+        for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+            if any(r["rid"] == placed["results"][0]["reservation_id"] for r in json.loads(m["Body"])["reservations"]):
+                ours.append(json.loads(m["Body"]))
+        if ours:
+            break
+    event = _sqs_event("sqs_order_ingest.json", test_env["FLASH_QUEUE_NAME"], ours)
+    assert functions("HandleFlashOrders").invoke(event) == {"batchItemFailures": []}
+    for result in placed["results"]:
+        reservation = _body(api.invoke(proxy_event("GET", f"/reservations/{result['reservation_id']}")))
+        assert reservation["reservation"]["status"] == "created"
+    assert _body(api.invoke(proxy_event("GET", f"/products/{product['id']}")))["product"]["stock"] == 2
 
 
 def test_invalidation_consumer_and_scheduled_warmer(clean_db, functions, test_env):

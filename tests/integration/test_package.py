@@ -243,10 +243,12 @@ def test_real_app_sqs_consumers_if_any_are_wired_the_same_way(real_template):
         assert events, "app declares SQS handlers but the template has no SQS event"
     for fn, _, props in events:
         assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"], fn
-        assert props["Queue"]["Fn::GetAtt"][0] in ("OrderIngestQueue", "CacheInvalidationQueue"), fn
+        assert props["Queue"]["Fn::GetAtt"][0] in ("OrderIngestQueue", "CacheInvalidationQueue", "FlashOrderQueue"), fn
     by_handler = {r["Properties"]["Handler"]: r for r in functions(template).values()}
+    assert "app.handle_flash_orders" in by_handler
     for handler, queue in (("app.handle_order_ingest", "OrderIngestQueue"),
-                           ("app.handle_cache_invalidation", "CacheInvalidationQueue")):
+                           ("app.handle_cache_invalidation", "CacheInvalidationQueue"),
+                           ("app.handle_flash_orders", "FlashOrderQueue")):
         if handler in by_handler:
             queues = [e["Properties"]["Queue"] for e in by_handler[handler]["Properties"]["Events"].values()]
             assert queues == [{"Fn::GetAtt": [queue, "Arn"]}]
@@ -260,7 +262,8 @@ def test_queues_have_dlq_redrive_and_visibility_of_six_consumer_timeouts(package
                          if any(e["Type"] == "SQS" for e in (fn["Properties"].get("Events") or {}).values())]
     assert visibility >= 6 * max(consumer_timeouts, default=0)
     for queue, dlq in (("OrderIngestQueue", "OrderIngestDeadLetterQueue"),
-                       ("CacheInvalidationQueue", "CacheInvalidationDeadLetterQueue")):
+                       ("CacheInvalidationQueue", "CacheInvalidationDeadLetterQueue"),
+                       ("FlashOrderQueue", "FlashOrderDeadLetterQueue")):
         props = resources[queue]["Properties"]
         assert props["VisibilityTimeout"] == {"Ref": "QueueVisibilityTimeout"}
         assert props["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": [dlq, "Arn"]}
@@ -314,12 +317,15 @@ def test_packaged_concurrency_obeys_the_connection_budget(packaged):
     assert sum(reserved.values()) == environments, "the API gets what the others leave"
     assert reserved["HandleOrderIngest"] == environments * inputs["OrderIngestConnectionPercent"] // 100
     assert reserved["HandleCacheInvalidation"] == inputs["CacheInvalidationConcurrency"]
+    flash = {"HandleFlashOrders"} & set(reserved)  # the tiny app has no flash consumer
+    for name in flash:
+        assert reserved[name] == inputs["FlashOrderConcurrency"]
     for name in set(reserved) & {"WarmCache", "Migrate"}:
         assert reserved[name] == 1
     for name, fn in functions(template).items():
         assert fn["Properties"]["Environment"]["Variables"]["DB_MAX_IN_FLIGHT"] == str(per_environment), name
     events = list(sqs_events(template))
-    assert {fn for fn, _, _ in events} == {"HandleOrderIngest", "HandleCacheInvalidation"}
+    assert {fn for fn, _, _ in events} == {"HandleOrderIngest", "HandleCacheInvalidation", *flash}
     for fn, _, props in events:
         assert 2 <= props["ScalingConfig"]["MaximumConcurrency"] == reserved[fn] <= 1000, fn
     for name in package.BUDGET_PARAMETERS:  # pinned: a deploy-time override would leave the numbers behind
@@ -528,6 +534,10 @@ def test_policies_grant_each_function_only_what_it_uses(real_template):
     invalidation = statements(template, "CacheInvalidationAccessPolicy")
     assert invalidation["ConsumeInvalidationQueue"]["Resource"] == {"Fn::GetAtt": ["CacheInvalidationQueue", "Arn"]}
     assert "sqs:SendMessage" not in text(invalidation)
+    flash = statements(template, "FlashOrderAccessPolicy")
+    assert flash["ConsumeFlashOrderQueue"]["Resource"] == {"Fn::GetAtt": ["FlashOrderQueue", "Arn"]}
+    assert flash["SendInvalidations"]["Resource"] == {"Fn::GetAtt": ["CacheInvalidationQueue", "Arn"]}
+    assert {"Fn::GetAtt": ["FlashOrderQueue", "Arn"]} in api["SendToQueues"]["Resource"]
     assert set(statements(template, "WarmCacheAccessPolicy")) == {"ReadAppDatabaseSecret"}
     relay = statements(template, "LifecycleAccessPolicy")
     assert relay["PublishOrderEvents"] == {"Sid": "PublishOrderEvents", "Effect": "Allow", "Action": "sns:Publish",

@@ -76,6 +76,8 @@ def test_api_key_scheme_and_admin_plan():
     admin_routes = {(path, method) for path, item in doc["paths"].items() for method, op in item.items()
                     if op.get("x-plan") == "admin"}
     assert admin_routes == {("/products", "post"), ("/products/bulk", "post"), ("/products/{product_id}", "patch"),
-                            ("/products/{product_id}/stock", "post"), ("/admin/stats", "get")}
+                            ("/products/{product_id}/stock", "post"), ("/admin/stats", "get"),
+                            ("/products/{product_id}/sale", "post"), ("/products/{product_id}/sale", "get"),
+                            ("/products/{product_id}/sale", "delete")}
     assert {"standard", "admin"} <= set(plans)
     assert [path for path, item in doc["paths"].items() if item.get("get", {}).get("security") == []] == ["/health"]

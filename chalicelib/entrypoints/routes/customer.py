@@ -43,3 +43,8 @@ def get_customer_order(request, order_id):
 @endpoint(routes, "/customer/orders/{order_id}/cancel", methods=("POST",))
 def cancel_customer_order(request, order_id):
     return 200, {"order": bootstrap.orders().cancel(path_id(order_id, "order_id"), _owner(request))}
+
+
+@endpoint(routes, "/customer/reservations/{reservation_id}", methods=("GET",))
+def get_customer_reservation(request, reservation_id):
+    return 200, {"reservation": bootstrap.flash_sales().reservation(reservation_id, _owner(request))}

@@ -1,0 +1,361 @@
+"""The flash-sale gate in Redis (docs/design.md section 10): one Lua call per
+order decides, so a sold-out product answers without touching MySQL.
+
+Keys (all under the gateway's prefix):
+  flash:sale:{pid}   HASH sale_id, remaining, limit (0: none), sale_stock
+  flash:held:{pid}   HASH customer -> units this customer holds in the sale (the per-customer limit)
+  flash:active       SET of product ids on sale (one SMISMEMBER per sync batch)
+  flash:res:{owner}  HASH the reservation of one idempotency key
+                     (owner = client|customer_id|user_id|client_order_id): rid, hash,
+                     state (leased | queued | created | failed), lines "pid:qty:sale_id,...",
+                     customer, order_id, total_cents, code, message, product_id
+  flash:ref:{rid}    STRING -> the reservation's key (how GET /reservations/{rid} finds it)
+  flash:leases       ZSET reservation key -> lease deadline (ms): accepted but not yet on SQS
+
+States: `leased` from admission until the SQS send succeeds (`confirm` -> `queued`);
+a failed send `release`s it (units back, record gone); a lease that expires
+(the process died between Redis and SQS) is swept: units back, record gone.
+The consumer `settle`s each reservation after its MySQL commit: `created` or
+`failed`, re-taking the units of a reservation whose lease was swept although
+its message did reach SQS, so Redis never counts units MySQL has sold.
+
+Non-cluster Redis only (ElastiCache replication group): the scripts touch
+keys they derive (the sweep, the settle), as Redis Cluster would not allow.
+"""
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Optional
+
+FINAL_TTL_SECONDS = 7 * 24 * 3600  # how long a settled reservation answers replays and polls
+
+# Returns the units of one reservation record (if it still holds them) and deletes it.
+# Shared by the sweep (expired leases) and the release (SQS send failed).
+_GIVE_BACK = """
+local function give_back(prefix, rec_key)
+  local rec = redis.call('HMGET', rec_key, 'rid', 'state', 'lines', 'customer')
+  if not rec[1] then return 0 end
+  if rec[2] ~= 'leased' and rec[2] ~= 'queued' then return 0 end
+  for pid, qty, sale_id in string.gmatch(rec[3], '(%d+):(%d+):(%w+)') do
+    local sale = prefix .. 'flash:sale:' .. pid
+    if redis.call('HGET', sale, 'sale_id') == sale_id then
+      redis.call('HINCRBY', sale, 'remaining', qty)
+      local held = prefix .. 'flash:held:' .. pid
+      if redis.call('HINCRBY', held, rec[4], -qty) <= 0 then redis.call('HDEL', held, rec[4]) end
+    end
+  end
+  redis.call('DEL', rec_key, prefix .. 'flash:ref:' .. rec[1])
+  redis.call('ZREM', prefix .. 'flash:leases', rec_key)
+  return 1
+end
+
+local function sweep(prefix, now, max)
+  local expired = redis.call('ZRANGEBYSCORE', prefix .. 'flash:leases', '-inf', now, 'LIMIT', 0, max)
+  for _, rec_key in ipairs(expired) do
+    if redis.call('HGET', rec_key, 'state') == 'leased' then give_back(prefix, rec_key) end
+    redis.call('ZREM', prefix .. 'flash:leases', rec_key)
+  end
+  return #expired
+end
+"""
+
+# KEYS[1] reservation key; then (sale key, held key) per product.
+# ARGV: prefix, rid, request hash, customer, now ms, lease ms, then one quantity per product.
+# -> {'ACCEPTED', rid, lines} | {'REPLAY', rid} | {'CONFLICT', rid} | {'NOT_ON_SALE', pid index}
+#    | {'SOLD_OUT', index, remaining} | {'LIMIT', index, held, limit}
+_ADMIT = _GIVE_BACK + """
+local prefix, rid, hash, customer = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now, lease = tonumber(ARGV[5]), tonumber(ARGV[6])
+local rec = redis.call('HMGET', KEYS[1], 'rid', 'hash')
+if rec[1] then
+  if rec[2] ~= hash then return {'CONFLICT', rec[1]} end
+  return {'REPLAY', rec[1]}
+end
+sweep(prefix, now, 20)
+local n = (#KEYS - 1) / 2
+local sales = {}
+for i = 1, n do
+  local qty = tonumber(ARGV[6 + i])
+  local s = redis.call('HMGET', KEYS[2 * i], 'sale_id', 'remaining', 'limit')
+  if not s[1] then return {'NOT_ON_SALE', i} end
+  if tonumber(s[2]) < qty then return {'SOLD_OUT', i, s[2]} end
+  local limit = tonumber(s[3])
+  if limit > 0 then
+    local held = tonumber(redis.call('HGET', KEYS[2 * i + 1], customer) or '0')
+    if held + qty > limit then return {'LIMIT', i, held, limit} end
+  end
+  sales[i] = s[1]
+end
+local lines = {}
+for i = 1, n do
+  local qty = tonumber(ARGV[6 + i])
+  redis.call('HINCRBY', KEYS[2 * i], 'remaining', -qty)
+  redis.call('HINCRBY', KEYS[2 * i + 1], customer, qty)
+  lines[i] = string.match(KEYS[2 * i], 'flash:sale:(%d+)$') .. ':' .. qty .. ':' .. sales[i]
+end
+redis.call('HSET', KEYS[1], 'rid', rid, 'hash', hash, 'state', 'leased', 'lines', table.concat(lines, ','),
+           'customer', customer)
+redis.call('ZADD', prefix .. 'flash:leases', now + lease, KEYS[1])
+redis.call('SET', prefix .. 'flash:ref:' .. rid, KEYS[1])
+return {'ACCEPTED', rid, table.concat(lines, ',')}
+"""
+
+# KEYS: reservation keys. ARGV[1]: prefix, then their rids. Marks leased ones queued.
+_CONFIRM = """
+local queued = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('HGET', key, 'rid') == ARGV[i + 1] and redis.call('HGET', key, 'state') == 'leased' then
+    redis.call('HSET', key, 'state', 'queued')
+    redis.call('ZREM', ARGV[1] .. 'flash:leases', key)
+    queued = queued + 1
+  end
+end
+return queued
+"""
+
+# KEYS: reservation keys. ARGV[1]: prefix, then their rids. Gives back what they hold.
+_RELEASE = _GIVE_BACK + """
+local released = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('HGET', key, 'rid') == ARGV[i + 1] then released = released + give_back(ARGV[1], key) end
+end
+return released
+"""
+
+_SWEEP = _GIVE_BACK + """
+return sweep(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+"""
+
+# The consumer's outcomes, after its MySQL commit. KEYS: reservation keys.
+# ARGV: prefix, final ttl s, then per reservation 10 values: rid, lines, customer,
+#   outcome (created | failed), took (1: MySQL took the units for this very
+#   reservation), give_back (1: return the units to the sale; 0 when MySQL had
+#   fewer than Redis admitted, so Redis comes down to MySQL), order_id,
+#   total_cents, code, detail.
+# A reservation already settled is left alone (a duplicate delivery).
+_SETTLE = """
+local prefix, ttl = ARGV[1], tonumber(ARGV[2])
+for i, key in ipairs(KEYS) do
+  local b = 2 + (i - 1) * 10
+  local rid, lines, customer, outcome = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
+  local took, give = ARGV[b + 5] == '1', ARGV[b + 6] == '1'
+  local rec = redis.call('HMGET', key, 'rid', 'state')
+  local mine = rec[1] == rid
+  local holds = mine and (rec[2] == 'leased' or rec[2] == 'queued')
+  if not (mine and (rec[2] == 'created' or rec[2] == 'failed')) then
+    for pid, qty, sale_id in string.gmatch(lines, '(%d+):(%d+):(%w+)') do
+      local sale = prefix .. 'flash:sale:' .. pid
+      if redis.call('HGET', sale, 'sale_id') == sale_id then
+        local held = prefix .. 'flash:held:' .. pid
+        local watermark = tonumber(redis.call('HGET', sale, 'watermark') or '0')
+        if took and not holds and tonumber(ARGV[b + 7]) > watermark then
+          -- Swept (or lost) while its message was on SQS: MySQL sold these units, Redis must not offer them.
+          -- (Orders up to the watermark were counted by the rebuild that restored this sale.)
+          redis.call('HINCRBY', sale, 'remaining', -qty)
+          redis.call('HINCRBY', held, customer, qty)
+        elseif holds and not took then
+          if give then redis.call('HINCRBY', sale, 'remaining', qty) end
+          if redis.call('HINCRBY', held, customer, -qty) <= 0 then redis.call('HDEL', held, customer) end
+        end
+      end
+    end
+    if mine or not rec[1] then
+      redis.call('HSET', key, 'rid', rid, 'state', outcome, 'order_id', ARGV[b + 7], 'total_cents', ARGV[b + 8],
+                 'code', ARGV[b + 9], 'detail', ARGV[b + 10], 'lines', lines, 'customer', customer)
+      redis.call('EXPIRE', key, ttl)
+      redis.call('SET', prefix .. 'flash:ref:' .. rid, key, 'EX', ttl)
+    end
+    redis.call('ZREM', prefix .. 'flash:leases', key)
+  end
+end
+return #KEYS
+"""
+
+# KEYS: sale key, held key, active set. ARGV: pid, sale_id, sale stock, limit.
+_START = """
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[1], 'sale_id', ARGV[2], 'remaining', ARGV[3], 'sale_stock', ARGV[3], 'limit', ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1
+"""
+
+# KEYS: sale key, held key, active set. ARGV: pid, sale_id, sale stock, limit, remaining,
+# watermark, then customer, units pairs. The sale as MySQL says it stands (a rebuild).
+_RESTORE = """
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HSET', KEYS[1], 'sale_id', ARGV[2], 'remaining', ARGV[5], 'sale_stock', ARGV[3], 'limit', ARGV[4],
+           'watermark', ARGV[6])
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('SADD', KEYS[3], ARGV[1])
+return 1
+"""
+
+# KEYS: sale key. ARGV: sale_id, the most the sale may still offer, exact (1: also raise to it).
+_CAP = """
+if redis.call('HGET', KEYS[1], 'sale_id') ~= ARGV[1] then return 'other' end
+local remaining, most = tonumber(redis.call('HGET', KEYS[1], 'remaining')), tonumber(ARGV[2])
+if remaining > most or (ARGV[3] == '1' and remaining ~= most) then
+  redis.call('HSET', KEYS[1], 'remaining', most)
+  return remaining - most
+end
+return 0
+"""
+
+_STOP = """
+redis.call('SREM', KEYS[3], ARGV[1])
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Admission:
+    outcome: str            # ACCEPTED | REPLAY | CONFLICT | NOT_ON_SALE | SOLD_OUT | LIMIT
+    rid: Optional[str] = None
+    lines: tuple = ()       # ACCEPTED: ((product_id, quantity, sale_id), ...)
+    product_id: Optional[int] = None
+    remaining: Optional[int] = None
+    held: Optional[int] = None
+    limit: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Settlement:
+    key: str
+    rid: str
+    lines: str
+    customer: str
+    outcome: str            # created | failed
+    took: bool              # MySQL took the units for this reservation
+    give_back: bool = True  # (not took) return the units to the sale
+    order_id: int = 0
+    total_cents: int = 0
+    code: str = ""
+    detail: str = ""
+
+
+def owner_key(client, customer_id, user_id, client_order_id):
+    return f"{client}|{customer_id}|{user_id}|{client_order_id}"
+
+
+def customer_key(client, customer_id, user_id):
+    return f"{client}|{customer_id}|{user_id}"
+
+
+class FlashGate:
+    """The gate's Redis calls; every one raises CacheUnavailable when Redis is."""
+
+    def __init__(self, gateway, lease_ms=30_000):
+        self.gateway = gateway
+        self.lease_ms = lease_ms
+
+    def _k(self, name):
+        return self.gateway.key(name)
+
+    def reservation_key(self, owner):
+        return self._k(f"flash:res:{owner}")
+
+    def _run(self, source, keys, args):
+        script = self.gateway.script(source)
+        return self.gateway.call(lambda r: script(keys=keys, args=args, client=r))
+
+    # --- sale mode ----------------------------------------------------------
+
+    def start(self, product_id, sale_id, sale_stock, limit):
+        self._run(_START, [self._k(f"flash:sale:{product_id}"), self._k(f"flash:held:{product_id}"),
+                           self._k("flash:active")], [product_id, sale_id, sale_stock, limit or 0])
+
+    def stop(self, product_id):
+        self._run(_STOP, [self._k(f"flash:sale:{product_id}"), self._k(f"flash:held:{product_id}"),
+                          self._k("flash:active")], [product_id])
+
+    def restore(self, product_id, sale_id, sale_stock, limit, remaining, watermark, held):
+        """Rebuild a sale lost by Redis (restart, failover) from what MySQL says."""
+        pairs = [x for customer, units in held.items() for x in (customer, units)]
+        self._run(_RESTORE, [self._k(f"flash:sale:{product_id}"), self._k(f"flash:held:{product_id}"),
+                             self._k("flash:active")],
+                  [product_id, sale_id, sale_stock, limit or 0, remaining, watermark, *pairs])
+
+    def cap(self, product_id, sale_id, most, exact=False):
+        """Lower the sale's remaining units to `most` if above (with `exact`, also raise
+        them to it); the units removed, negative when added (None: another sale)."""
+        removed = self._run(_CAP, [self._k(f"flash:sale:{product_id}")], [sale_id, most, int(exact)])
+        return None if removed == "other" else int(removed)
+
+    def leases(self):
+        """Accepted reservations not yet on SQS."""
+        return self.gateway.call(lambda r: r.zcard(self._k("flash:leases")))
+
+    def on_sale(self, product_ids):
+        """The subset of `product_ids` on sale (one round trip)."""
+        ids = sorted(set(product_ids))
+        if not ids:
+            return set()
+        flags = self.gateway.call(lambda r: r.smismember(self._k("flash:active"), ids))
+        return {pid for pid, flag in zip(ids, flags) if flag}
+
+    def sale(self, product_id):
+        """{sale_id, remaining, sale_stock, limit} or None."""
+        row = self.gateway.call(lambda r: r.hgetall(self._k(f"flash:sale:{product_id}")))
+        return {k: (v if k == "sale_id" else int(v)) for k, v in row.items()} if row else None
+
+    # --- orders -------------------------------------------------------------
+
+    def admit(self, owner, customer, request_hash, quantities, now_ms=None) -> Admission:
+        pids = list(quantities)
+        keys = [self.reservation_key(owner)]
+        for pid in pids:
+            keys += [self._k(f"flash:sale:{pid}"), self._k(f"flash:held:{pid}")]
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        rid = uuid.uuid4().hex
+        reply = self._run(_ADMIT, keys, [self.gateway.prefix, rid, request_hash, customer, now_ms, self.lease_ms,
+                                         *[quantities[pid] for pid in pids]])
+        outcome = reply[0]
+        if outcome == "ACCEPTED":
+            lines = tuple((int(pid), int(qty), sale) for pid, qty, sale in
+                          (line.split(":") for line in reply[2].split(",")))
+            return Admission(outcome, rid=reply[1], lines=lines)
+        if outcome in ("REPLAY", "CONFLICT"):
+            return Admission(outcome, rid=reply[1])
+        pid = pids[int(reply[1]) - 1]
+        if outcome == "SOLD_OUT":
+            return Admission(outcome, product_id=pid, remaining=int(reply[2]))
+        if outcome == "LIMIT":
+            return Admission(outcome, product_id=pid, held=int(reply[2]), limit=int(reply[3]))
+        return Admission(outcome, product_id=pid)
+
+    def record(self, key):
+        return self.gateway.call(lambda r: r.hgetall(key))
+
+    def lookup(self, rid):
+        """The reservation record of `rid` (with its key), or None."""
+        key = self.gateway.call(lambda r: r.get(self._k(f"flash:ref:{rid}")))
+        if not key:
+            return None
+        record = self.record(key)
+        return {**record, "key": key} if record.get("rid") == rid else None
+
+    def confirm(self, reservations):
+        """[(key, rid)] now on SQS: their leases end."""
+        if reservations:
+            self._run(_CONFIRM, [k for k, _ in reservations], [self.gateway.prefix, *[r for _, r in reservations]])
+
+    def release(self, reservations):
+        """[(key, rid)] whose message never reached SQS: units back, records gone."""
+        if not reservations:
+            return 0
+        return self._run(_RELEASE, [k for k, _ in reservations], [self.gateway.prefix, *[r for _, r in reservations]])
+
+    def sweep(self, now_ms=None, max_records=1000):
+        """Give back the units of leases that expired; how many were swept."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        return self._run(_SWEEP, [], [self.gateway.prefix, now_ms, max_records])
+
+    def settle(self, settlements):
+        if not settlements:
+            return
+        args = [self.gateway.prefix, FINAL_TTL_SECONDS]
+        for s in settlements:
+            args += [s.rid, s.lines, s.customer, s.outcome, int(s.took), int(s.give_back), s.order_id,
+                     s.total_cents, s.code, s.detail]
+        self._run(_SETTLE, [s.key for s in settlements], args)

@@ -1,0 +1,484 @@
+"""Flash sales (docs/design.md section 10): sale mode per product, admission
+through the Redis gate, the hand-off through SQS, and the coalescing writer.
+
+A sync order whose products are on sale never opens a MySQL transaction in
+the API: one Lua call (adapters/flash_gate.py) accepts it (units taken in
+Redis, reservation leased) or refuses it; the accepted reservations of a
+batch go to the flash-order queue in one SendMessageBatch; the consumer
+(`FlashWriter`) writes a whole SQS batch in one transaction: the product rows
+locked once, each reservation decided in message order against MySQL's own
+stock, one guarded UPDATE for every product, multi-row inserts, one commit.
+MySQL's guard has the last word: what Redis admitted beyond MySQL's stock
+fails INSUFFICIENT_STOCK, never oversells.
+"""
+import logging
+import time
+import uuid
+
+import pymysql
+
+from chalicelib.adapters.cache import CacheUnavailable
+from chalicelib.adapters.flash_gate import FlashGate, Settlement, customer_key, owner_key
+from chalicelib.domain import flash_message
+from chalicelib.domain import validation as v
+from chalicelib.domain.errors import (
+    IdempotencyConflict,
+    InsufficientStock,
+    ProductNotFound,
+    ReservationNotFound,
+    SaleConflict,
+    SaleLimitExceeded,
+    SaleNotFound,
+    ServiceUnavailable,
+    ShopError,
+    ValidationError,
+)
+from chalicelib.domain.flash_message import Reservation
+from chalicelib.domain.orders import OrderRequest, OrderResult, failed
+from chalicelib.domain.products import iso
+from chalicelib.domain.sales import validate_sale
+from chalicelib.ops.logs import logger
+from chalicelib.ops.metrics import emit
+from chalicelib.service.unit_of_work import ProductTransaction, ProductWrites
+
+log = logging.getLogger(__name__)
+
+_ERRORS = {cls.code: cls for cls in (InsufficientStock, ProductNotFound, IdempotencyConflict, SaleLimitExceeded,
+                                     ServiceUnavailable)}
+
+
+SALES_REFRESH_SECONDS = 1.0  # how stale a process's copy of MySQL's sale list may be
+
+
+class FlashSales:
+    def __init__(self, db, gate: FlashGate, writes: ProductWrites, publisher, queue_name, metrics=emit):
+        self._sales_cache = None  # (monotonic time, product ids on sale in MySQL)
+        self.db = db
+        self.gate = gate
+        self.writes = writes
+        self.publisher = publisher
+        self.queue_name = queue_name
+        self.emit = metrics
+
+    # --- sale mode (admin) --------------------------------------------------
+
+    def _to_api(self, row, live=None):
+        sale = {"product_id": row["product_id"], "sale_id": row["sale_id"], "sale_stock": row["sale_stock"],
+                "per_customer_limit": row["per_customer_limit"], "on_sale": True,
+                "started_at": iso(row["started_at"])}
+        # What the gate still offers; null when Redis cannot say.
+        sale["remaining"] = live["remaining"] if live and live.get("sale_id") == row["sale_id"] else None
+        return sale
+
+    def _row(self, product_id):
+        rows = self.db.query("SELECT product_id, sale_id, sale_stock, per_customer_limit, started_at "
+                             "FROM flash_sales WHERE product_id = %s", (product_id,))
+        return rows[0] if rows else None
+
+    def start(self, product_id, body):
+        """Put a product on sale: its sale stock may not exceed its stock now.
+        MySQL records the sale first (so the API can refuse sale orders while Redis
+        is down), then the gate opens; if Redis refuses, the record is removed."""
+        sale_stock, limit = validate_sale(body)
+        sale_id = uuid.uuid4().hex
+
+        def work(cur):
+            cur.execute("SELECT id, stock, status FROM products WHERE id = %s LOCK IN SHARE MODE", (product_id,))
+            product = cur.fetchone()
+            if product is None:
+                raise ProductNotFound(f"Product {product_id} does not exist.", product_id=product_id)
+            if product["stock"] < sale_stock:
+                raise InsufficientStock(f"Product {product_id} has {product['stock']} in stock; a sale of "
+                                        f"{sale_stock} cannot be offered.", product_id=product_id)
+            try:
+                cur.execute("INSERT INTO flash_sales (product_id, sale_id, sale_stock, per_customer_limit) "
+                            "VALUES (%s, %s, %s, %s)", (product_id, sale_id, sale_stock, limit))
+            except pymysql.err.IntegrityError:
+                raise SaleConflict(f"Product {product_id} is already on sale; stop that sale first.",
+                                   product_id=product_id) from None
+
+        self.db.run(work)
+        self._sales_cache = None
+        try:
+            self.gate.start(product_id, sale_id, sale_stock, limit)
+        except CacheUnavailable as exc:
+            self.db.run(lambda cur: cur.execute("DELETE FROM flash_sales WHERE product_id = %s AND sale_id = %s",
+                                                (product_id, sale_id)))
+            raise ServiceUnavailable("Redis is unavailable; the sale was not started.") from exc
+        return self.get(product_id)
+
+    def get(self, product_id):
+        row = self._row(product_id)
+        if row is None:
+            raise SaleNotFound(f"Product {product_id} is not on sale.", product_id=product_id)
+        try:
+            live = self.gate.sale(product_id)
+        except CacheUnavailable:
+            live = None
+        return self._to_api(row, live)
+
+    def stop(self, product_id):
+        """Close the gate first (no more admissions), then the record. Reservations
+        already accepted are still written by the consumer."""
+        sale = self.get(product_id)
+        try:
+            self.gate.stop(product_id)
+        except CacheUnavailable as exc:
+            raise ServiceUnavailable("Redis is unavailable; the sale was not stopped.") from exc
+        self.db.run(lambda cur: cur.execute("DELETE FROM flash_sales WHERE product_id = %s", (product_id,)))
+        self._sales_cache = None
+        return {**sale, "on_sale": False, "remaining": None}
+
+    def reconcile(self, product_id):
+        """Compare the gate with MySQL and repair it: a sale Redis lost (restart,
+        failover) is rebuilt from MySQL (units sold in the sale, each customer's
+        units) once the flash queue is empty; a gate that offers more than MySQL
+        can still sell is lowered, and with nothing on its way it is set to
+        exactly that. Expired leases are swept first. Returns what it found and did."""
+        row = self._row(product_id)
+        if row is None:
+            raise SaleNotFound(f"Product {product_id} is not on sale.", product_id=product_id)
+        swept = self.gate.sweep()
+
+        def read(cur):
+            # One snapshot: the stock, the sale's orders and the newest order id agree.
+            cur.execute("SELECT stock FROM products WHERE id = %s", (product_id,))
+            stock = cur.fetchone()["stock"]
+            cur.execute("SELECT COALESCE(MAX(id), 0) AS watermark FROM orders")
+            watermark = int(cur.fetchone()["watermark"])
+            cur.execute("SELECT o.client, o.customer_id, o.user_id, SUM(i.quantity) AS units FROM orders o "
+                        "JOIN order_items i ON i.order_id = o.id WHERE i.product_id = %s "
+                        "AND o.flash_reservation IS NOT NULL AND o.created_at >= %s "
+                        "GROUP BY o.client, o.customer_id, o.user_id", (product_id, row["started_at"]))
+            held = {customer_key(r["client"], r["customer_id"], r["user_id"]): int(r["units"])
+                    for r in cur.fetchall()}
+            return stock, watermark, held
+
+        stock, watermark, held = self.db.run(read)
+        sold = sum(held.values())
+        # What the gate may offer at most: reservations on their way (not yet written) come on top of `sold`.
+        most = max(0, min(row["sale_stock"] - sold, stock))
+        try:
+            depth = self.publisher.depth(self.queue_name)
+        except Exception:  # SQS cannot say: assume something is on its way
+            depth = None
+        # Nothing accepted is on its way when the queue is empty and no lease is open (checked after the
+        # snapshot: anything admitted since then is in one of the two).
+        quiet = depth == 0 and self.gate.leases() == 0
+        report = {"product_id": product_id, "sale_id": row["sale_id"], "sale_stock": row["sale_stock"],
+                  "sold": sold, "mysql_stock": stock, "swept": swept, "queue_quiet": quiet}
+        live = self.gate.sale(product_id)
+        if live is None or live.get("sale_id") != row["sale_id"]:
+            if not quiet:
+                # Reservations still on SQS would be offered twice: rebuild once they are written.
+                return {**report, "action": "waiting", "remaining": None}
+            self.gate.restore(product_id, row["sale_id"], row["sale_stock"], row["per_customer_limit"], most,
+                              watermark, held)
+            logger.warning("flash sale rebuilt from MySQL", extra=report)
+            self.emit("FlashSalesRebuilt", 1)
+            return {**report, "action": "rebuilt", "remaining_before": None, "remaining": most}
+        # With nothing on its way the gate must offer exactly `most`; otherwise at most that.
+        removed = self.gate.cap(product_id, row["sale_id"], most, exact=quiet) or 0
+        remaining = live["remaining"] - removed
+        # Units taken in Redis and not (yet) in MySQL: reservations on their way (drift when quiet).
+        report.update(remaining_before=live["remaining"], remaining=remaining, in_flight=most - live["remaining"])
+        if removed:
+            logger.warning("flash sale gate set to what MySQL can still sell", extra=report)
+            return {**report, "action": "repaired"}
+        return {**report, "action": "ok"}
+
+    # --- admission (sync orders) --------------------------------------------
+
+    def _sales_in_mysql(self):
+        """(product ids on sale per MySQL, read at most once a second per process;
+        the ServiceUnavailable if MySQL could not be read)."""
+        cached = self._sales_cache
+        if cached is not None and time.monotonic() - cached[0] < SALES_REFRESH_SECONDS:
+            return cached[1], None
+        try:
+            ids = {row["product_id"] for row in self.db.query("SELECT product_id FROM flash_sales")}
+        except ServiceUnavailable as exc:
+            # Sale orders need no MySQL: go on with what we knew (and what Redis says).
+            return (cached[1] if cached is not None else set()), exc
+        self._sales_cache = (time.monotonic(), ids)
+        return ids, None
+
+    def sale_products(self, product_ids):
+        """(products on sale, whether the gate can be used, MySQL's outage if it could
+        not be read). MySQL's record counts too, so a sale that Redis lost (restart,
+        failover) or cannot answer for is refused (retryable) instead of slipping past the gate."""
+        ids = set(product_ids)
+        recorded, mysql_down = self._sales_in_mysql()
+        recorded &= ids
+        try:
+            return self.gate.on_sale(ids) | recorded, True, mysql_down
+        except CacheUnavailable:
+            return recorded, False, mysql_down
+
+    def take_sale_orders(self, orders):
+        """Split `orders` [(key, order)]: the sale orders are admitted through the gate
+        and handed to SQS here; returns ({key: OrderResult} of sale orders, the other
+        orders, the MySQL outage met on the way or None: the caller need not pay for it twice)."""
+        requests = [o for _, o in orders if isinstance(o, OrderRequest)]
+        on_sale, gate_up, mysql_down = self.sale_products({pid for o in requests for pid in o.quantities})
+        if not on_sale:
+            return {}, orders, mysql_down
+        results, rest, accepted = {}, [], []
+        for key, order in orders:
+            if not isinstance(order, OrderRequest) or not (set(order.quantities) & on_sale):
+                rest.append((key, order))
+                continue
+            if not set(order.quantities) <= on_sale:
+                results[key] = failed(order.client_order_id, ValidationError(
+                    f"Products {sorted(set(order.quantities) & on_sale)} are on a flash sale: an order for them may "
+                    f"hold only flash-sale products (send products {sorted(set(order.quantities) - on_sale)} "
+                    "in another order).", details={"field": "items"}))
+                continue
+            if not gate_up:
+                results[key] = failed(order.client_order_id, ServiceUnavailable(
+                    "The flash-sale gate is unavailable; retry shortly."))
+                continue
+            try:
+                results[key] = self._admit(order, accepted)
+            except CacheUnavailable:
+                results[key] = failed(order.client_order_id, ServiceUnavailable(
+                    "The flash-sale gate is unavailable; retry shortly."))
+        self._hand_off(accepted)
+        return results, rest, mysql_down
+
+    def _admit(self, order: OrderRequest, accepted):
+        owner = owner_key(order.client, order.customer_id, order.user_id, order.client_order_id)
+        admission = self.gate.admit(owner, customer_key(order.client, order.customer_id, order.user_id),
+                                    order.request_hash, order.quantities)
+        coid = order.client_order_id
+        if admission.outcome == "ACCEPTED":
+            accepted.append(Reservation(admission.rid, order.client, order.customer_id, order.user_id, coid,
+                                        order.request_hash, admission.lines, time.time()))
+            self.emit("FlashAdmitted", 1)
+            return OrderResult(coid, status="pending", reservation_id=admission.rid)
+        if admission.outcome == "REPLAY":
+            record = self.gate.record(self.gate.reservation_key(owner))
+            return _result(coid, record, duplicate=True)
+        if admission.outcome == "CONFLICT":
+            return OrderResult(coid, error=IdempotencyConflict(
+                f"client_order_id {coid!r} was already used by user {order.user_id} for different lines."),
+                reservation_id=admission.rid)
+        self.emit("FlashRefused", 1, reason=admission.outcome)
+        pid = admission.product_id
+        if admission.outcome == "SOLD_OUT":
+            return failed(coid, InsufficientStock(
+                f"Product {pid} has {admission.remaining} left in its flash sale; "
+                f"{order.quantities[pid]} requested.", product_id=pid))
+        if admission.outcome == "LIMIT":
+            return failed(coid, SaleLimitExceeded(
+                f"Product {pid} sells at most {admission.limit} per customer in this sale; this customer holds "
+                f"{admission.held} and asked for {order.quantities[pid]}.", product_id=pid))
+        # The sale ended between the batch's lookup and this order, or Redis lost it and it awaits its rebuild.
+        return failed(coid, ServiceUnavailable(f"The flash sale of product {pid} is changing; retry shortly.",
+                                               product_id=pid))
+
+    def _hand_off(self, accepted):
+        """One SendMessageBatch for the batch's accepted reservations. If SQS refuses,
+        every one is given back in Redis and the request answers 503: nothing half-taken."""
+        if not accepted:
+            return
+        bodies = flash_message.pack(accepted, time.time())
+        handles = [(self.gate.reservation_key(owner_key(r.client, r.customer_id, r.user_id, r.client_order_id)),
+                    r.rid) for r in accepted]
+        try:
+            self.publisher.send_batch(self.queue_name, bodies)
+        except Exception as exc:
+            logger.warning("flash-order hand-off failed; giving the reservations back",
+                           extra={"reservations": len(accepted), "error": f"{type(exc).__name__}: {exc}"})
+            try:
+                self.gate.release(handles)
+            except CacheUnavailable:
+                log.warning("could not give %d reservation(s) back; their leases will expire", len(handles))
+            raise ServiceUnavailable("The flash-order queue is unavailable; the sale orders were not accepted. "
+                                     "Retry shortly.") from exc
+        try:
+            self.gate.confirm(handles)
+        except CacheUnavailable:
+            # The leases expire and give the units back; the consumer takes them again when it writes.
+            log.warning("could not confirm %d queued reservation(s)", len(handles))
+
+    # --- polling ------------------------------------------------------------
+
+    def reservation(self, rid, owner=None):
+        """A reservation's state for its owner: pending until written, then created or failed."""
+        if not (isinstance(rid, str) and len(rid) == 32 and all(c in "0123456789abcdef" for c in rid)):
+            raise ReservationNotFound(f"Reservation {v.echo(str(rid), 64)} does not exist.",
+                                      reservation_id=v.echo(str(rid), 64))
+        try:
+            record = self.gate.lookup(rid)
+        except CacheUnavailable:
+            record = None
+        if record is None:
+            # Redis lost it (or it expired): the order row, if one was written, still says.
+            rows = self.db.query("SELECT id, client, customer_id, user_id, client_order_id, total_cents, status "
+                                 "FROM orders WHERE flash_reservation = %s", (rid,))
+            if not rows or (owner is not None and not owner.owns(rows[0]["client"], rows[0]["customer_id"])):
+                raise ReservationNotFound(f"Reservation {rid} does not exist.", reservation_id=rid)
+            row = rows[0]
+            return {"reservation_id": rid, "client_order_id": row["client_order_id"], "user_id": row["user_id"],
+                    "status": "created", "order_id": row["id"], "total_cents": row["total_cents"]}
+        client, customer_id, user_id, coid = record["key"][len(self.gate.reservation_key("")):].split("|", 3)
+        if owner is not None and not owner.owns(client, int(customer_id)):
+            raise ReservationNotFound(f"Reservation {rid} does not exist.", reservation_id=rid)
+        body = {"reservation_id": rid, "client_order_id": coid, "user_id": int(user_id)}
+        return {**body, **{k: val for k, val in _result(coid, record).to_api().items()
+                           if k in ("status", "order_id", "total_cents", "error")}}
+
+
+def _result(coid, record, duplicate=False):
+    """The OrderResult a reservation record stands for."""
+    rid, state = record.get("rid"), record.get("state")
+    if state == "created":
+        return OrderResult(coid, int(record["order_id"]), int(record["total_cents"]), duplicate=duplicate,
+                           reservation_id=rid)
+    if state == "failed":
+        product_id, _, message = record.get("detail", "").partition("|")
+        extra = {"product_id": int(product_id)} if product_id else {}
+        return OrderResult(coid, error=_ERRORS.get(record.get("code"), ShopError)(message, **extra),
+                           reservation_id=rid)
+    return OrderResult(coid, status="pending", duplicate=duplicate, reservation_id=rid)
+
+
+# --- the consumer ---------------------------------------------------------------
+
+
+class _Decision:
+    __slots__ = ("reservation", "outcome", "took", "give_back", "order_id", "total", "error", "duplicate_of")
+
+    def __init__(self, reservation, outcome, took=False, give_back=True, order_id=0, total=0, error=None,
+                 duplicate_of=None):
+        self.reservation = reservation
+        self.outcome = outcome
+        self.took = took
+        self.give_back = give_back
+        self.order_id = order_id
+        self.total = total
+        self.error = error
+        self.duplicate_of = duplicate_of
+
+
+class FlashWriter:
+    """Writes the reservations of one SQS batch in one transaction and settles them in Redis."""
+
+    def __init__(self, gate: FlashGate, writes: ProductWrites, metrics=emit):
+        self.gate = gate
+        self.writes = writes
+        self.emit = metrics
+
+    def write(self, reservations):
+        """Every reservation written or failed; raises (the messages are retried) when
+        MySQL or Redis is unavailable. Safe to repeat: a written reservation finds its
+        own order by `flash_reservation`."""
+        with self.writes.session(enqueue=False) as session:
+            decisions = session.run(lambda tx: self._write(tx, reservations))
+        settlements = [self._settlement(d) for d in decisions]
+        try:
+            self.gate.settle(settlements)
+        except CacheUnavailable as exc:
+            raise ServiceUnavailable("Redis is unavailable; the flash orders are written but not settled.") from exc
+        now = time.time()
+        for d in decisions:
+            if d.outcome == "created" and d.took:
+                self.emit("OrdersCreated", 1)
+                if d.reservation.accepted_at:
+                    self.emit("FlashLatency", max(0.0, (now - d.reservation.accepted_at) * 1000), unit="Milliseconds")
+            elif d.outcome == "failed":
+                self.emit("OrdersFailed", 1, code=d.error.code)
+        return decisions
+
+    def _settlement(self, d: _Decision):
+        r = d.reservation
+        detail = ""
+        if d.error is not None:
+            detail = f"{d.error.extra.get('product_id', '')}|{d.error.message}"
+        return Settlement(self.gate.reservation_key(owner_key(r.client, r.customer_id, r.user_id, r.client_order_id)),
+                          r.rid, r.packed_lines, customer_key(r.client, r.customer_id, r.user_id), d.outcome,
+                          d.took, d.give_back, d.order_id, d.total, d.error.code if d.error else "", detail)
+
+    @staticmethod
+    def _write(tx: ProductTransaction, reservations):
+        cur = tx.cursor
+        product_ids = sorted({pid for r in reservations for pid in r.quantities})
+        # Lock the rows first (id order): the reads below then see every order committed before us.
+        rows = tx.select(product_ids, "id, stock, status, price_cents", lock=True)
+        keys = sorted({(r.client, r.customer_id, r.user_id, r.client_order_id) for r in reservations})
+        cur.execute("SELECT id, client, customer_id, user_id, client_order_id, request_hash, total_cents, "
+                    "flash_reservation FROM orders WHERE (client, customer_id, user_id, client_order_id) IN ("
+                    + ",".join(["(%s, %s, %s, %s)"] * len(keys)) + ")", [x for k in keys for x in k])
+        existing = {(o["client"], o["customer_id"], o["user_id"], o["client_order_id"]): o for o in cur.fetchall()}
+        left = {pid: row["stock"] for pid, row in rows.items()}
+        decisions, new, first_of_key = [], [], {}
+        for r in reservations:
+            key = (r.client, r.customer_id, r.user_id, r.client_order_id)
+            found = existing.get(key)
+            if found is not None:
+                if found["flash_reservation"] == r.rid:  # written by an earlier delivery of this message
+                    decisions.append(_Decision(r, "created", took=True, order_id=found["id"],
+                                               total=found["total_cents"]))
+                elif found["request_hash"] == r.request_hash:
+                    decisions.append(_Decision(r, "created", order_id=found["id"], total=found["total_cents"]))
+                else:
+                    decisions.append(_Decision(r, "failed", error=IdempotencyConflict(
+                        f"client_order_id {r.client_order_id!r} was already used by user {r.user_id} "
+                        "for different lines.")))
+                continue
+            if key in first_of_key:  # the same key twice in this batch (a replay after a swept lease)
+                decisions.append(_Decision(r, "created", duplicate_of=first_of_key[key]))
+                continue
+            decision = _decide(r, rows, left)
+            decisions.append(decision)
+            if decision.took:
+                first_of_key[key] = decision
+                new.append(decision)
+        taken = {pid: rows[pid]["stock"] - left[pid] for pid in left if rows[pid]["stock"] != left[pid]}
+        if taken:
+            ids = sorted(taken)
+            case = f"CASE id {' '.join(['WHEN %s THEN %s'] * len(ids))} END"
+            params = [x for pid in ids for x in (pid, taken[pid])]
+            # The guard stays although we hold the rows: MySQL is the last word on stock.
+            changed = tx.update(ids, f"stock = stock - {case}", params, where=f"stock >= {case}", where_params=params)
+            if changed != len(ids):
+                raise AssertionError(f"guarded update of locked products {ids} fell short")
+        if new:
+            cur.executemany(
+                "INSERT INTO orders (client, customer_id, user_id, client_order_id, request_hash, total_cents, "
+                "flash_reservation) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                [(d.reservation.client, d.reservation.customer_id, d.reservation.user_id,
+                  d.reservation.client_order_id, d.reservation.request_hash, d.total, d.reservation.rid) for d in new])
+            rids = [d.reservation.rid for d in new]
+            cur.execute(f"SELECT id, flash_reservation FROM orders WHERE flash_reservation IN "
+                        f"({','.join(['%s'] * len(rids))})", rids)
+            ids = {row["flash_reservation"]: row["id"] for row in cur.fetchall()}
+            for d in new:
+                d.order_id = ids[d.reservation.rid]
+            cur.executemany(
+                "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents) VALUES (%s, %s, %s, %s)",
+                [(d.order_id, pid, qty, rows[pid]["price_cents"]) for d in new
+                 for pid, qty in d.reservation.quantities.items()])
+        for d in decisions:
+            if d.duplicate_of is not None:
+                d.order_id, d.total = d.duplicate_of.order_id, d.duplicate_of.total
+        return decisions
+
+
+def _decide(r: Reservation, rows, left):
+    """Take the reservation's lines from what MySQL has left, or say why not."""
+    for pid, qty in r.quantities.items():
+        row = rows.get(pid)
+        if row is None or row["status"] != "active":
+            return _Decision(r, "failed", error=ProductNotFound(
+                f"Product {pid} does not exist or is not for sale.", product_id=pid))
+        if left[pid] < qty:
+            # Redis admitted more than MySQL has: MySQL wins; the units stay gone from the sale too.
+            return _Decision(r, "failed", give_back=False, error=InsufficientStock(
+                f"Product {pid} has {left[pid]} in stock; {qty} requested.", product_id=pid))
+    total = 0
+    for pid, qty in r.quantities.items():
+        left[pid] -= qty
+        total += qty * rows[pid]["price_cents"]
+    return _Decision(r, "created", took=True, total=total)

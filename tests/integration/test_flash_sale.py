@@ -1,0 +1,410 @@
+"""Flash sales against the real Redis, MariaDB and the local SQS endpoint: the
+gate's admission (idempotent, limited, sold out without MySQL), the hand-off
+(a failed send gives the units back, an expired lease too), the coalescing
+consumer (duplicate delivery, a crash between commit and settle, a Redis that
+admitted more than MySQL has), each ending in a reconciliation: no unit
+oversold, none lost, no order twice, Redis's remaining units = MySQL's stock
+minus what is still in flight."""
+import json
+import socket
+import threading
+import uuid
+
+import pytest
+
+from chalicelib import bootstrap
+from chalicelib.adapters.flash_gate import customer_key, owner_key
+from chalicelib.domain import flash_message
+from chalicelib.domain.flash_message import Reservation
+from chalicelib.domain.orders import parse_batch
+from chalicelib.entrypoints import sqs as sqs_handlers
+from chalicelib.domain.errors import ServiceUnavailable
+from scripts import localstack
+from tests.conftest import make_product
+from tests.support.throwaway import ThrowawayRedis
+
+
+@pytest.fixture(scope="module")
+def sqs(aws_endpoint):
+    client = localstack.sqs_client(aws_endpoint.url)
+    localstack.ensure_queues(client, localstack.queue_specs(bootstrap.settings()))
+    return client
+
+
+QUEUE = {}
+
+
+def reset(**overrides):
+    """bootstrap.reset that keeps this test's flash queue."""
+    bootstrap.reset(FLASH_QUEUE_NAME=QUEUE["name"], **overrides)
+
+
+@pytest.fixture
+def flash_queue(sqs, clean_db):
+    """A flash queue of this test's own: the reconcile reads its depth."""
+    QUEUE["name"] = f"{clean_db['FLASH_QUEUE_NAME']}-{uuid.uuid4().hex[:8]}"
+    url, dlq_url = localstack.ensure_queue(sqs, localstack.QueueSpec(QUEUE["name"], visibility_timeout=30))
+    reset()
+    yield url
+    bootstrap.reset()
+    for u in (url, dlq_url):
+        sqs.delete_queue(QueueUrl=u)
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def on_sale(stock=100, sale_stock=None, limit=None, price=500):
+    product = make_product(bootstrap.catalog(), stock=stock, price_cents=price)
+    body = {"sale_stock": sale_stock or stock}
+    if limit:
+        body["per_customer_limit"] = limit
+    bootstrap.flash_sales().start(product["id"], body)
+    return product["id"]
+
+
+def order(coid, user, *lines):
+    return {"client_order_id": coid, "user_id": user,
+            "items": [{"product_id": pid, "quantity": qty} for pid, qty in lines]}
+
+
+def place(*orders, client="dev"):
+    return bootstrap.orders().place_batch(parse_batch({"orders": list(orders)}, client))
+
+
+def receive(sqs, url):
+    """Every message on the queue, not deleted (as a Lambda SQS event's records)."""
+    records, empty = {}, 0
+    while empty < 2:
+        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0,
+                                  VisibilityTimeout=60).get("Messages", [])
+        empty = 0 if got else empty + 1
+        for m in got:
+            records[m["MessageId"]] = {"messageId": m["MessageId"], "body": m["Body"],
+                                       "receiptHandle": m["ReceiptHandle"]}
+    return list(records.values())
+
+
+def consume(sqs, url):
+    """Hand every queued message to the flash consumer in batches of 10, as the mapping would; delete the done ones."""
+    records = receive(sqs, url)
+    for start in range(0, len(records), 10):
+        chunk = records[start:start + 10]
+        failures = sqs_handlers.handle_flash_event({"Records": chunk})["batchItemFailures"]
+        assert failures == []
+        for r in chunk:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=r["receiptHandle"])
+    return records
+
+
+def stock(pid):
+    return bootstrap.database().query("SELECT stock FROM products WHERE id = %s", (pid,))[0]["stock"]
+
+
+def sold(pid):
+    rows = bootstrap.database().query(
+        "SELECT COALESCE(SUM(i.quantity), 0) AS n FROM order_items i JOIN orders o ON o.id = i.order_id "
+        "WHERE i.product_id = %s AND o.status = 'created'", (pid,))
+    return int(rows[0]["n"])
+
+
+def remaining(pid):
+    return bootstrap.flash_gate().sale(pid)["remaining"]
+
+
+def reconcile(pid, initial):
+    """MySQL sold what it lost; Redis offers exactly what MySQL still has for the sale."""
+    assert stock(pid) >= 0
+    assert stock(pid) + sold(pid) == initial
+    duplicates = bootstrap.database().query(
+        "SELECT client, user_id, client_order_id, COUNT(*) AS n FROM orders GROUP BY 1, 2, 3 HAVING n > 1")
+    assert not duplicates
+
+
+def test_sale_orders_are_admitted_in_redis_and_written_by_the_consumer(sqs, flash_queue):
+    pid = on_sale(stock=10, sale_stock=6, price=250)
+    reply = place(order("a", 1, (pid, 2)), order("b", 2, (pid, 1), (pid, 1)))
+
+    assert [r["status"] for r in reply["results"]] == ["pending", "pending"]
+    assert reply["summary"] == {"created": 0, "failed": 0, "pending": 2}
+    rids = [r["reservation_id"] for r in reply["results"]]
+    assert remaining(pid) == 2
+    assert stock(pid) == 10  # nothing written yet: the API did not touch the row
+    assert bootstrap.flash_sales().reservation(rids[0])["status"] == "pending"
+
+    records = consume(sqs, flash_queue)
+
+    assert len(records) == 1  # both reservations of the batch in one message
+    assert stock(pid) == 6
+    first = bootstrap.flash_sales().reservation(rids[0])
+    assert first["status"] == "created" and first["total_cents"] == 500
+    order_row = bootstrap.orders().get(first["order_id"])
+    assert order_row["items"] == [{"product_id": pid, "quantity": 2, "unit_price_cents": 250}]
+    assert remaining(pid) == 2
+    reconcile(pid, 10)
+
+
+def test_sold_out_and_per_customer_limit_are_answered_by_the_gate(flash_queue):
+    pid = on_sale(stock=3, limit=2)
+    reply = place(order("a", 1, (pid, 2)), order("b", 1, (pid, 1)), order("c", 2, (pid, 1)), order("d", 3, (pid, 1)))
+
+    assert [r["status"] for r in reply["results"]] == ["pending", "failed", "pending", "failed"]
+    assert reply["results"][1]["error"]["code"] == "SALE_LIMIT_EXCEEDED"
+    assert reply["results"][3]["error"] == {"code": "INSUFFICIENT_STOCK", "product_id": pid,
+                                            "message": reply["results"][3]["error"]["message"]}
+    assert remaining(pid) == 0
+    # Refusals leave no reservation and no order row behind.
+    assert bootstrap.database().query("SELECT COUNT(*) AS n FROM orders")[0]["n"] == 0
+
+
+def test_a_replay_gets_the_same_answer_and_other_lines_conflict(sqs, flash_queue):
+    pid = on_sale(stock=5)
+    first = place(order("a", 1, (pid, 1)))["results"][0]
+    again = place(order("a", 1, (pid, 1)))["results"][0]
+    other = place(order("a", 1, (pid, 2)))["results"][0]
+
+    assert again == {**first, "duplicate": True}
+    assert other["status"] == "failed" and other["error"]["code"] == "IDEMPOTENCY_CONFLICT"
+    assert remaining(pid) == 4
+
+    consume(sqs, flash_queue)
+    written = place(order("a", 1, (pid, 1)))["results"][0]
+    assert written["status"] == "created" and written["duplicate"] is True
+    assert written["reservation_id"] == first["reservation_id"]
+    assert written["order_id"] == bootstrap.flash_sales().reservation(first["reservation_id"])["order_id"]
+    reconcile(pid, 5)
+    assert stock(pid) == 4 and remaining(pid) == 4
+
+
+def test_orders_mixing_sale_and_ordinary_products_are_refused(flash_queue):
+    sale_pid = on_sale(stock=5)
+    plain = make_product(bootstrap.catalog(), stock=5)["id"]
+    reply = place(order("mix", 1, (sale_pid, 1), (plain, 1)), order("plain", 1, (plain, 2)))
+
+    assert reply["results"][0]["status"] == "failed"
+    assert reply["results"][0]["error"]["code"] == "VALIDATION_ERROR"
+    assert reply["results"][1]["status"] == "created"  # ordinary products keep today's path
+    assert remaining(sale_pid) == 5 and stock(plain) == 3
+
+
+def test_concurrent_buyers_with_duplicate_submits_never_oversell(sqs, flash_queue):
+    pid = on_sale(stock=60, sale_stock=40)
+    replies, errors = {}, []
+
+    def buyer(user):
+        try:
+            # Every tenth buyer submits twice (a client retry racing itself).
+            for _ in range(2 if user % 10 == 0 else 1):
+                replies.setdefault(user, []).append(place(order(f"c{user}", user, (pid, 1)))["results"][0])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=buyer, args=(u,)) for u in range(1, 121)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert errors == []
+    accepted = {u for u, rs in replies.items() if rs[0]["status"] == "pending"}
+    assert len(accepted) == 40
+    for rs in replies.values():  # a replay gets the same answer
+        assert {r.get("reservation_id") for r in rs} == {rs[0].get("reservation_id")}
+    assert remaining(pid) == 0
+
+    consume(sqs, flash_queue)
+
+    assert stock(pid) == 20 and sold(pid) == 40
+    reconcile(pid, 60)
+
+
+def test_duplicate_delivery_writes_once(sqs, flash_queue):
+    pid = on_sale(stock=10)
+    place(order("a", 1, (pid, 3)), order("b", 2, (pid, 2)))
+    records = receive(sqs, flash_queue)
+
+    for _ in range(2):
+        assert sqs_handlers.handle_flash_event({"Records": records})["batchItemFailures"] == []
+
+    assert stock(pid) == 5 and remaining(pid) == 5
+    reconcile(pid, 10)
+
+
+def test_a_crash_between_commit_and_settle_is_repaired_by_the_redelivery(sqs, flash_queue):
+    pid = on_sale(stock=10)
+    rid = place(order("a", 1, (pid, 4)))["results"][0]["reservation_id"]
+    records = receive(sqs, flash_queue)
+    writer = bootstrap.flash_writer()
+    # The commit without the settle that would follow it: what a crash leaves.
+    with writer.writes.session() as session:
+        session.run(lambda tx: writer._write(tx, flash_message.decode(records[0]["body"])))
+    assert bootstrap.flash_sales().reservation(rid)["status"] == "pending"
+
+    assert sqs_handlers.handle_flash_event({"Records": records})["batchItemFailures"] == []
+
+    assert bootstrap.flash_sales().reservation(rid)["status"] == "created"
+    assert stock(pid) == 6 and remaining(pid) == 6
+    reconcile(pid, 10)
+
+
+def test_redis_that_admitted_more_than_mysql_has_never_oversells(sqs, flash_queue):
+    pid = on_sale(stock=10)
+    # MySQL loses units the gate does not know about (as after a Redis failover that lost writes).
+    bootstrap.catalog().adjust_stock(pid, {"delta": -6})
+    reply = place(*[order(f"o{i}", i + 1, (pid, 1)) for i in range(10)])
+    assert reply["summary"]["pending"] == 10
+
+    consume(sqs, flash_queue)
+
+    states = [bootstrap.flash_sales().reservation(r["reservation_id"]) for r in reply["results"]]
+    assert sum(s["status"] == "created" for s in states) == 4
+    assert {s["error"]["code"] for s in states if s["status"] == "failed"} == {"INSUFFICIENT_STOCK"}
+    assert stock(pid) == 0 and remaining(pid) == 0  # Redis came down to MySQL: no drift left
+    reconcile(pid, 4)
+
+
+def test_a_failed_send_gives_the_units_back_and_answers_503(flash_queue, test_env):
+    pid = on_sale(stock=5)
+    reset(AWS_ENDPOINT_URL=f"http://127.0.0.1:{closed_port()}")
+    try:
+        with pytest.raises(ServiceUnavailable):
+            place(order("a", 1, (pid, 2)))
+        assert remaining(pid) == 5
+    finally:
+        reset()
+    # Nothing half-taken: the same order is accepted afresh once SQS is back.
+    assert place(order("a", 1, (pid, 2)))["results"][0]["status"] == "pending"
+    assert remaining(pid) == 3
+
+
+def test_an_expired_lease_returns_the_units_and_a_late_message_takes_them_again(sqs, flash_queue):
+    pid = on_sale(stock=5, limit=3)
+    gate = bootstrap.flash_gate()
+    owner = owner_key("dev", 0, 1, "late")
+    admission = gate.admit(owner, customer_key("dev", 0, 1), "ab" * 32, {pid: 2}, now_ms=1_000)
+    assert admission.outcome == "ACCEPTED" and remaining(pid) == 3
+
+    # The process died before SQS: the lease expires and the units come back.
+    assert gate.sweep(now_ms=1_000 + gate.lease_ms + 1) == 1
+    assert remaining(pid) == 5
+    assert gate.lookup(admission.rid) is None
+
+    # ...unless its message did reach SQS (the confirm was lost): the write takes them again.
+    late = Reservation(admission.rid, "dev", 0, 1, "late", "ab" * 32, admission.lines)
+    sqs.send_message(QueueUrl=flash_queue, MessageBody=json.dumps(flash_message.pack([late], 0)[0]))
+    consume(sqs, flash_queue)
+    assert stock(pid) == 3 and remaining(pid) == 3
+    reconcile(pid, 5)
+
+
+def test_with_redis_down_sale_orders_are_refused_and_others_go_on(flash_queue):
+    sale_pid = on_sale(stock=5)
+    plain = make_product(bootstrap.catalog(), stock=5)["id"]
+    reset(REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
+    try:
+        reply = place(order("s", 1, (sale_pid, 1)), order("p", 1, (plain, 1)))
+    finally:
+        reset()
+    assert reply["results"][0]["status"] == "failed"
+    assert reply["results"][0]["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert reply["results"][1]["status"] == "created"
+    assert stock(sale_pid) == 5 and remaining(sale_pid) == 5
+
+
+def test_a_malformed_message_is_dropped_and_a_mysql_outage_retries_the_batch(sqs, flash_queue, test_env):
+    pid = on_sale(stock=5)
+    place(order("a", 1, (pid, 1)))
+    records = receive(sqs, flash_queue)
+    bad = {"messageId": str(uuid.uuid4()), "body": "{\"reservations\": 1}", "receiptHandle": "x"}
+
+    dead = f"mysql://root:@127.0.0.1:{closed_port()}/{test_env['DATABASE_URL'].rsplit('/', 1)[1]}"
+    reset(DATABASE_URL=dead, DB_CONNECT_TIMEOUT=0.5)
+    try:
+        failures = sqs_handlers.handle_flash_event({"Records": [bad, *records]})["batchItemFailures"]
+    finally:
+        reset()
+    assert failures == [{"itemIdentifier": records[0]["messageId"]}]
+
+    assert sqs_handlers.handle_flash_event({"Records": [bad, *records]})["batchItemFailures"] == []
+    assert stock(pid) == 4
+    reconcile(pid, 5)
+
+
+def test_a_redis_restart_loses_the_sale_and_reconcile_rebuilds_it(sqs, flash_queue):
+    redis_server = ThrowawayRedis().start()
+    reset(REDIS_URL=redis_server.url)
+    try:
+        pid = on_sale(stock=10, sale_stock=8, limit=3)
+        place(order("a", 1, (pid, 2)), order("b", 2, (pid, 1)))
+        consume(sqs, flash_queue)
+        in_flight = place(order("c", 1, (pid, 1)))["results"][0]
+        assert in_flight["status"] == "pending"
+
+        redis_server.kill()  # no persistence: it comes back empty
+        redis_server.start()
+        reset(REDIS_URL=redis_server.url)
+        # MySQL still says the product is on sale: its orders wait for the rebuild instead of skipping the gate.
+        lost = place(order("d", 3, (pid, 1)))["results"][0]
+        assert lost["status"] == "failed" and lost["error"]["code"] == "SERVICE_UNAVAILABLE"
+        assert stock(pid) == 7
+
+        # A reservation is still on SQS: rebuilding now would offer its unit twice.
+        assert bootstrap.flash_sales().reconcile(pid)["action"] == "waiting"
+        consume(sqs, flash_queue)
+        report = bootstrap.flash_sales().reconcile(pid)
+        assert report["action"] == "rebuilt" and report["sold"] == 4 and report["remaining"] == 4
+        over = place(order("e", 1, (pid, 1)))["results"][0]  # customer 1 holds 3 again: 2 rebuilt + 1 written
+        assert over["status"] == "failed" and over["error"]["code"] == "SALE_LIMIT_EXCEEDED"
+        assert [r["status"] for r in place(order("f", 3, (pid, 2)), order("g", 4, (pid, 2)))["results"]] == \
+            ["pending", "pending"]
+        consume(sqs, flash_queue)
+
+        final = bootstrap.flash_sales().reconcile(pid)
+        assert final["action"] == "ok" and final["in_flight"] == 0
+        assert stock(pid) == 2 and remaining(pid) == 0 and final["sold"] == 8
+        reconcile(pid, 10)
+    finally:
+        reset()
+        redis_server.close()
+
+
+def test_reconcile_sets_the_gate_to_what_mysql_can_still_sell(sqs, flash_queue):
+    pid = on_sale(stock=10, sale_stock=10)
+    bootstrap.catalog().adjust_stock(pid, {"delta": -7})
+    report = bootstrap.flash_sales().reconcile(pid)
+    assert report["action"] == "repaired" and report["remaining_before"] == 10 and report["remaining"] == 3
+    assert remaining(pid) == 3
+    assert bootstrap.flash_sales().reconcile(pid)["action"] == "ok"
+
+    place(order("a", 1, (pid, 2)))
+    # Units on their way are not drift: nothing is changed while the queue holds them.
+    assert bootstrap.flash_sales().reconcile(pid)["action"] == "ok"
+    assert remaining(pid) == 1
+    consume(sqs, flash_queue)
+    # Redis too low with nothing on its way (drift the other way): raised back to MySQL's.
+    bootstrap.flash_gate().cap(pid, bootstrap.flash_gate().sale(pid)["sale_id"], 0)
+    fixed = bootstrap.flash_sales().reconcile(pid)
+    assert fixed["action"] == "repaired" and fixed["remaining"] == 1 and remaining(pid) == 1
+
+
+def test_with_mysql_down_sale_orders_are_still_accepted_and_others_get_503(sqs, flash_queue, test_env):
+    sale_pid = on_sale(stock=5)
+    plain = make_product(bootstrap.catalog(), stock=5)["id"]
+    dead = f"mysql://root:@127.0.0.1:{closed_port()}/{test_env['DATABASE_URL'].rsplit('/', 1)[1]}"
+    reset(DATABASE_URL=dead, DB_CONNECT_TIMEOUT=0.5)
+    try:
+        accepted = place(order("s", 1, (sale_pid, 2)))["results"][0]
+        with pytest.raises(ServiceUnavailable) as refused:
+            place(order("s2", 2, (sale_pid, 1)), order("p", 1, (plain, 1)))
+    finally:
+        reset()
+    assert accepted["status"] == "pending"
+    # The sale order of the refused batch was accepted all the same: the 503 names it, a retry replays it.
+    assert refused.value.extra["details"] == {"committed_client_order_ids": ["s2"]}
+    assert remaining(sale_pid) == 2
+    consume(sqs, flash_queue)  # MySQL is back: both are written
+    assert stock(sale_pid) == 2 and stock(plain) == 5
+    reconcile(sale_pid, 5)
