@@ -37,22 +37,24 @@ def pki(tmp_path_factory):
             "rogue_server": rogue.issue("rogue-server", dns_names=["localhost"])}
 
 
+def _mariadb_serving(tmp_path_factory, name, ca, cert_and_key):
+    cert, key = cert_and_key
+    server = ThrowawayMariaDB(tmp_path_factory.mktemp(name), extra_args=[
+        f"--ssl-ca={ca}", f"--ssl-cert={cert}", f"--ssl-key={key}"])
+    server.start()
+    return server
+
+
 @pytest.fixture(scope="module")
 def tls_mariadb(pki, tmp_path_factory):
-    cert, key = pki["server"]
-    server = ThrowawayMariaDB(tmp_path_factory.mktemp("tls-mariadb"), extra_args=[
-        f"--ssl-ca={pki['ca']}", f"--ssl-cert={cert}", f"--ssl-key={key}"])
-    server.start()
+    server = _mariadb_serving(tmp_path_factory, "tls-mariadb", pki["ca"], pki["server"])
     yield server
     server.close()
 
 
 @pytest.fixture(scope="module")
 def rogue_mariadb(pki, tmp_path_factory):
-    cert, key = pki["rogue_server"]
-    server = ThrowawayMariaDB(tmp_path_factory.mktemp("rogue-mariadb"), extra_args=[
-        f"--ssl-ca={pki['rogue_ca']}", f"--ssl-cert={cert}", f"--ssl-key={key}"])
-    server.start()
+    server = _mariadb_serving(tmp_path_factory, "rogue-mariadb", pki["rogue_ca"], pki["rogue_server"])
     yield server
     server.close()
 
