@@ -55,6 +55,13 @@ def order_lifecycle(event):
     return lifecycle.handle_lifecycle(event.to_dict(), event.context)
 
 
+@app.schedule(Rate(1, unit=Rate.MINUTES), name="flash_reconcile",
+              description="Compare the flash-sale gates in Redis with MySQL and repair them")
+def flash_reconcile(event):
+    bootstrap.refuse_if_misconfigured()
+    return {"sales": bootstrap.flash_sales().reconcile_all()}
+
+
 @app.lambda_function(name="migrate")
 def migrate_schema(event, context):
     return schema.handle_migrate(event, context)

@@ -20,10 +20,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--product-id", type=int, action="append", help="only this product (repeatable)")
     args = parser.parse_args(argv)
-    ids = args.product_id or [row["product_id"] for row in
-                              bootstrap.database().query("SELECT product_id FROM flash_sales ORDER BY product_id")]
-    for product_id in ids:
-        print(json.dumps(bootstrap.flash_sales().reconcile(product_id)), flush=True)
+    sales = bootstrap.flash_sales()
+    found = [sales.reconcile(pid) for pid in args.product_id] if args.product_id else sales.reconcile_all()
+    for report in found:
+        print(json.dumps(report), flush=True)
     return 0
 
 

@@ -72,6 +72,7 @@ FUNCTION_POLICIES = {
     "WarmCache": "WarmCacheAccessPolicy",
     "Migrate": "MigrateAccessPolicy",
     "Lifecycle": "LifecycleAccessPolicy",
+    "FlashReconcile": "FlashReconcileAccessPolicy",
 }
 MIGRATE_FUNCTION = "Migrate"
 SAM_TRANSFORM = "AWS::Serverless-2016-10-31"
@@ -439,7 +440,7 @@ BUDGET_PARAMETERS = ("DatabaseMaxConnections", "DatabaseProxyMaxConnectionsPerce
                      "CacheInvalidationConcurrency", "FlashOrderConcurrency")
 API_FUNCTION = "APIHandler"  # gets what the others leave
 # A 10-minute schedule; a deploy step; the outbox relay, which must be alone to publish in order.
-SINGLE_ENVIRONMENT = {"WarmCache", "Migrate", "Lifecycle"}
+SINGLE_ENVIRONMENT = {"WarmCache", "Migrate", "Lifecycle", "FlashReconcile"}
 SQS_MAX_CONCURRENCY = (2, 1000)  # what an SQS event source mapping accepts
 
 

@@ -190,7 +190,7 @@ def functions(packaged, runtime, local_endpoints, tmp_path_factory):
 def test_the_package_runs_on_the_runtime_alone(packaged, functions):
     _, properties, task_root = packaged
     assert set(properties) == {"APIHandler", "HandleOrderIngest", "HandleCacheInvalidation", "HandleFlashOrders",
-                               "WarmCache", "Migrate", "Lifecycle"}
+                               "WarmCache", "Migrate", "Lifecycle", "FlashReconcile"}
     api = functions("APIHandler")
     assert api.started["python"] == [int(x) for x in properties["APIHandler"]["Runtime"][len("python"):].split(".")]
     assert "tests" not in " ".join(api.started["sys_path"]) and ".venv" not in " ".join(api.started["sys_path"])
@@ -416,6 +416,10 @@ def test_flash_order_consumer_writes_what_the_gate_accepted(clean_db, functions,
         reservation = _body(api.invoke(proxy_event("GET", f"/reservations/{result['reservation_id']}")))
         assert reservation["reservation"]["status"] == "created"
     assert _body(api.invoke(proxy_event("GET", f"/products/{product['id']}")))["product"]["stock"] == 2
+    # The scheduled reconcile, from the package: 3 sold in the sale, 2 left in MySQL.
+    reconciled = functions("FlashReconcile").invoke(json.loads((EVENTS / "scheduled_flash_reconcile.json").read_text()))
+    ours = [r for r in reconciled["sales"] if r["product_id"] == product["id"]]
+    assert [(r["sold"], r["mysql_stock"]) for r in ours] == [(3, 2)] and ours[0]["action"] in ("ok", "repaired")
 
 
 def test_invalidation_consumer_and_scheduled_warmer(clean_db, functions, test_env):

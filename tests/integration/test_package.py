@@ -542,6 +542,8 @@ def test_policies_grant_each_function_only_what_it_uses(real_template):
     relay = statements(template, "LifecycleAccessPolicy")
     assert relay["PublishOrderEvents"] == {"Sid": "PublishOrderEvents", "Effect": "Allow", "Action": "sns:Publish",
                                            "Resource": {"Ref": "OrderEventsTopic"}}
+    assert set(statements(template, "FlashReconcileAccessPolicy")) == {"ReadAppDatabaseSecret", "ReadFlashQueueDepth"}
+    assert "sqs:ReceiveMessage" not in text(statements(template, "FlashReconcileAccessPolicy"))  # reads depth only
     # One relay at a time keeps each order's events in order.
     assert template["Resources"]["Lifecycle"]["Properties"]["ReservedConcurrentExecutions"] == 1
     # Only the migrate function may read the master secret.
