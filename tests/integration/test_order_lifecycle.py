@@ -231,3 +231,32 @@ def test_events_wait_in_the_outbox_while_sns_is_down(window, test_env):
     down = EventPublisher("http://127.0.0.1:9", "us-east-1", test_env["ORDER_EVENTS_TOPIC_ARN"])  # nothing listens
     assert lifecycle.publish_pending(bootstrap.database(), down) == 0
     assert [e["published_at"] for e in _events()] == [None]
+
+
+def test_the_relay_holds_no_lock_that_makes_new_orders_wait_for_sns(window, test_env):
+    """While the relay waits on SNS, the order path still writes its outbox rows:
+    a session that waits at most 1 s for a lock inserts one from inside publish()."""
+    import pymysql
+
+    from chalicelib.settings import parse_database_url
+
+    pid = make_product(bootstrap.catalog(), stock=5)["id"]
+    place(pid, "n-1")
+    target = parse_database_url(test_env["DATABASE_URL"])
+    inserted = []
+
+    class SlowSns:
+        def publish(self, event):
+            conn = pymysql.connect(host=target.host, port=target.port, user=target.user, password=target.password,
+                                   database=target.database, autocommit=True)
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SET SESSION innodb_lock_wait_timeout = 1")
+                    cur.execute("INSERT INTO order_events (event_id, order_id, sequence, type, payload) "
+                                "VALUES (%s, 999999, 1, 'order.created', '{}')", (str(uuid.uuid4()),))
+                    inserted.append(cur.lastrowid)
+            finally:
+                conn.close()
+
+    assert lifecycle.publish_pending(bootstrap.database(), SlowSns()) == 1
+    assert inserted  # a lock wait timeout (1205) would have raised instead
