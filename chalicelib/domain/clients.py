@@ -8,6 +8,7 @@ come back. The caller's identity is the key's id: in AWS API Gateway's
 (the package fills it from the generated keys); locally the same id comes from
 the same definitions, with a key value derived from client and generation.
 Orders belong to the client (stable across rotations), not to one key. Pure."""
+import functools
 import re
 from dataclasses import dataclass
 
@@ -64,10 +65,15 @@ class ClientRegistry:
         """(client, generation) of every key that may call."""
         return [(name, g) for name, c in self.clients.items() for g in sorted(c.get("keys", []))]
 
-    def local_keys(self):
-        """Local key value -> Caller (the local stage checks keys itself)."""
+    @functools.cached_property
+    def _local_keys(self):
         return {LOCAL_KEY.format(client=client, generation=g): self.caller(local_key_id(client, g), client)
                 for client, g in self.live_keys()}
+
+    def local_keys(self):
+        """Local key value -> Caller (the local stage checks keys itself). Worked
+        out once per registry: a new one is built when the definitions change."""
+        return self._local_keys
 
     def cloud_caller(self, key_id, key_clients):
         """The Caller for an API Gateway key id; `key_clients` maps key id -> client

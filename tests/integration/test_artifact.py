@@ -353,6 +353,13 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
         client.close()
 
 
+def _new_product(api, name):
+    """A product with stock 5, created through the packaged API as an admin."""
+    return _body(api.invoke(proxy_event("POST", "/products", {
+        "sku": f"ART-{uuid.uuid4().hex[:8]}", "name": name, "category": "lighting", "price_cents": 100, "stock": 5},
+        admin=True)))["product"]
+
+
 def _sqs_event(sample, queue_name, bodies):
     event = json.loads((EVENTS / sample).read_text())
     template = event["Records"][0]
@@ -367,9 +374,7 @@ def _sqs_event(sample, queue_name, bodies):
 
 def test_order_ingest_consumer_reports_a_partial_failure(clean_db, functions, test_env):
     api = functions("APIHandler")
-    product = _body(api.invoke(proxy_event("POST", "/products", {
-        "sku": f"ART-{uuid.uuid4().hex[:8]}", "name": "Queued lamp", "category": "lighting",
-        "price_cents": 100, "stock": 5}, admin=True)))["product"]
+    product = _new_product(api, "Queued lamp")
     consumer = functions("HandleOrderIngest")
     event = _sqs_event("sqs_order_ingest.json", test_env["ORDER_QUEUE_NAME"], [
         {"batch_id": "art-sqs", "client": "dev", "orders": [{"client_order_id": "q-1", "user_id": 3,
@@ -390,9 +395,7 @@ def test_order_ingest_consumer_reports_a_partial_failure(clean_db, functions, te
 
 def test_flash_order_consumer_writes_what_the_gate_accepted(clean_db, functions, test_env):
     api = functions("APIHandler")
-    product = _body(api.invoke(proxy_event("POST", "/products", {
-        "sku": f"ART-{uuid.uuid4().hex[:8]}", "name": "Flash lamp", "category": "lighting",
-        "price_cents": 100, "stock": 5}, admin=True)))["product"]
+    product = _new_product(api, "Flash lamp")
     assert api.invoke(proxy_event("POST", f"/products/{product['id']}/sale", {"sale_stock": 5},
                                   admin=True))["statusCode"] == 201
     placed = _body(api.invoke(proxy_event("POST", "/orders/batch", {"orders": [
@@ -424,9 +427,7 @@ def test_flash_order_consumer_writes_what_the_gate_accepted(clean_db, functions,
 
 def test_invalidation_consumer_and_scheduled_warmer(clean_db, functions, test_env):
     api = functions("APIHandler")
-    product = _body(api.invoke(proxy_event("POST", "/products", {
-        "sku": f"ART-{uuid.uuid4().hex[:8]}", "name": "Warm lamp", "category": "lighting",
-        "price_cents": 100, "stock": 5}, admin=True)))["product"]
+    product = _new_product(api, "Warm lamp")
     invalidation = functions("HandleCacheInvalidation")
     event = _sqs_event("sqs_cache_invalidation.json", test_env["INVALIDATION_QUEUE_NAME"],
                        [{"product_ids": [product["id"]]}, {"search": True}])
@@ -440,9 +441,7 @@ def test_invalidation_consumer_and_scheduled_warmer(clean_db, functions, test_en
 
 def test_the_lifecycle_function_relays_the_outbox(clean_db, functions, test_env):
     api = functions("APIHandler")
-    product = _body(api.invoke(proxy_event("POST", "/products", {
-        "sku": f"ART-{uuid.uuid4().hex[:8]}", "name": "Relayed lamp", "category": "lighting",
-        "price_cents": 100, "stock": 5}, admin=True)))["product"]
+    product = _new_product(api, "Relayed lamp")
     placed = _body(api.invoke(proxy_event("POST", "/orders/batch", {"orders": [
         {"client_order_id": "art-life", "user_id": 3, "items": [{"product_id": product["id"], "quantity": 1}]}]})))
     order_id = placed["results"][0]["order_id"]
