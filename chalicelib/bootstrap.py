@@ -124,6 +124,13 @@ def event_publisher():
     return _once("event_publisher", lambda: EventPublisher(s.aws_endpoint_url, s.region, arn)) if arn else None
 
 
+def expiry_timers():
+    """Per-order expiry timers on the expiry queue (chalicelib/service/lifecycle.py)."""
+    from chalicelib.service.lifecycle import ExpiryTimers
+
+    return _once("expiry_timers", lambda: ExpiryTimers(publisher(), settings().get("EXPIRY_QUEUE_NAME")))
+
+
 def customer_directory():
     from chalicelib.adapters.customer_directory import CustomerDirectory
 

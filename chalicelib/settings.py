@@ -32,7 +32,15 @@ QUEUES = (
     QueueDef("INVALIDATION_QUEUE_NAME", "shop-cache-invalidation", "handle_cache_invalidation",
              "CacheInvalidationQueue"),
     QueueDef("FLASH_QUEUE_NAME", "shop-flash-orders", "handle_flash_orders", "FlashOrderQueue"),
+    QueueDef("EXPIRY_QUEUE_NAME", "shop-order-expiry", "handle_order_expiry", "OrderExpiryQueue"),
 )
+
+
+
+def queue_names(prefix):
+    """Every queue's setting -> `<prefix>-<name>`: a private set of queues (tests, benches)."""
+    return {q.setting: f"{prefix}-{q.default_name.removeprefix('shop-')}" for q in QUEUES}
+
 
 DEFAULTS = {
     "STAGE": "local",

@@ -23,7 +23,8 @@ def main():
     while True:
         try:
             expired, published = lifecycle.run(bootstrap.orders(), bootstrap.database(), bootstrap.event_publisher(),
-                                               until=time.monotonic() + 30, interval=0.5)
+                                               until=time.monotonic() + 30, interval=0.5,
+                                               timers=bootstrap.expiry_timers())
             if expired or published:
                 log.info("expired %d orders, published %d events", expired, published)
         except Exception as exc:  # MySQL or SNS down: wait and go on, as the scheduled function would

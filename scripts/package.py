@@ -69,6 +69,7 @@ FUNCTION_POLICIES = {
     "HandleOrderIngest": "OrderIngestAccessPolicy",
     "HandleCacheInvalidation": "CacheInvalidationAccessPolicy",
     "HandleFlashOrders": "FlashOrderAccessPolicy",
+    "HandleOrderExpiry": "OrderExpiryAccessPolicy",
     "WarmCache": "WarmCacheAccessPolicy",
     "Migrate": "MigrateAccessPolicy",
     "Lifecycle": "LifecycleAccessPolicy",
@@ -437,7 +438,7 @@ def _infra_transforms(infra_path=INFRA_TEMPLATE):
 # CloudFormation has no arithmetic.
 BUDGET_PARAMETERS = ("DatabaseMaxConnections", "DatabaseProxyMaxConnectionsPercent",
                      "DatabaseConnectionsPerEnvironment", "OrderIngestConnectionPercent",
-                     "CacheInvalidationConcurrency", "FlashOrderConcurrency")
+                     "CacheInvalidationConcurrency", "FlashOrderConcurrency", "OrderExpiryConcurrency")
 API_FUNCTION = "APIHandler"  # gets what the others leave
 # A 10-minute schedule; a deploy step; the outbox relay, which must be alone to publish in order.
 SINGLE_ENVIRONMENT = {"WarmCache", "Migrate", "Lifecycle", "FlashReconcile"}
@@ -492,7 +493,8 @@ def allocate_concurrency(template, inputs):
     _, environments = connection_budget(inputs)
     shares = {"OrderIngestQueue": environments * inputs["OrderIngestConnectionPercent"] // 100,
               "CacheInvalidationQueue": inputs["CacheInvalidationConcurrency"],
-              "FlashOrderQueue": inputs["FlashOrderConcurrency"]}
+              "FlashOrderQueue": inputs["FlashOrderConcurrency"],
+              "OrderExpiryQueue": inputs["OrderExpiryConcurrency"]}
     allocation = {name: props["ReservedConcurrentExecutions"] for name, props in functions.items()
                   if "ReservedConcurrentExecutions" in props}
     for function, queue, _ in _sqs_mappings(template):

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from chalicelib import bootstrap  # noqa: E402
 from chalicelib.ops import metrics  # noqa: E402
 from chalicelib.adapters.migrate import migrate  # noqa: E402
-from chalicelib.settings import DEFAULTS, Settings, parse_database_url  # noqa: E402
+from chalicelib.settings import DEFAULTS, Settings, parse_database_url, queue_names  # noqa: E402
 from scripts import localstack  # noqa: E402
 from scripts.stack import setup_queues  # noqa: E402
 
@@ -88,9 +88,7 @@ def test_env(tmp_path_factory):
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",
-        "ORDER_QUEUE_NAME": f"test-{run_id}-order-ingest",
-        "INVALIDATION_QUEUE_NAME": f"test-{run_id}-cache-invalidation",
-        "FLASH_QUEUE_NAME": f"test-{run_id}-flash-orders",
+        **queue_names(f"test-{run_id}"),
         "APP_RATE_LIMIT": "true",
         "APP_API_KEYS": "true",
         "POWERTOOLS_METRICS_DISABLED": "true",

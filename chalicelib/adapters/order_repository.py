@@ -167,3 +167,14 @@ def orders_due_for_expiry(db, limit=200):
     rows = db.query("SELECT id FROM orders WHERE lifecycle = 'pending_payment' AND expires_at <= CURRENT_TIMESTAMP(6) "
                     "ORDER BY expires_at LIMIT %s", (limit,))
     return [row["id"] for row in rows]
+
+
+def seconds_to_expiry(db, order_ids):
+    """{order id: seconds until its window closes, by the database's clock} for
+    those of `order_ids` still pending payment (<= 0: due now)."""
+    if not order_ids:
+        return {}
+    rows = db.query("SELECT id, TIMESTAMPDIFF(MICROSECOND, CURRENT_TIMESTAMP(6), expires_at) AS us FROM orders "
+                    f"WHERE lifecycle = 'pending_payment' AND id IN ({','.join(['%s'] * len(order_ids))})",
+                    list(order_ids))
+    return {row["id"]: row["us"] / 1e6 for row in rows}

@@ -39,15 +39,17 @@ class QueuePublisher:
     def send(self, queue_name, body):
         return self.client.send_message(QueueUrl=self.queue_url(queue_name), MessageBody=json.dumps(body))["MessageId"]
 
-    def send_batch(self, queue_name, bodies):
-        """Send up to 10 bodies per SQS call; raises if any message was refused."""
+    def send_batch(self, queue_name, bodies, delays=None):
+        """Send up to 10 bodies per SQS call, each hidden for its `delays` seconds
+        (SQS: 0-900) if given; raises if any message was refused."""
         url = self.queue_url(queue_name)
         for start in range(0, len(bodies), 10):
             chunk = bodies[start:start + 10]
-            response = self.client.send_message_batch(
-                QueueUrl=url,
-                Entries=[{"Id": str(i), "MessageBody": json.dumps(b)} for i, b in enumerate(chunk)],
-            )
+            entries = [{"Id": str(i), "MessageBody": json.dumps(b)} for i, b in enumerate(chunk)]
+            if delays is not None:
+                for entry, delay in zip(entries, delays[start:start + 10]):
+                    entry["DelaySeconds"] = delay
+            response = self.client.send_message_batch(QueueUrl=url, Entries=entries)
             if response.get("Failed"):
                 raise RuntimeError(f"SQS refused {len(response['Failed'])} message(s): {response['Failed']}")
 

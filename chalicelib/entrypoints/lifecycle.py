@@ -1,8 +1,14 @@
 """The `lifecycle` function: every minute, it expires due orders and relays
-the outbox until its invocation is nearly out of time (chalicelib/service/lifecycle.py)."""
+the outbox until its invocation is nearly out of time; and the order-expiry
+consumer, which acts on the per-order timers the relay starts
+(chalicelib/service/lifecycle.py)."""
+import json
 import time
 
 from chalicelib import bootstrap
+from chalicelib.entrypoints.sqs import _partial_response
+from chalicelib.ops.logs import logger
+from chalicelib.ops.metrics import emit
 from chalicelib.service import lifecycle
 
 # Left for the last round to finish before Lambda's timeout.
@@ -13,5 +19,40 @@ def handle_lifecycle(event, context=None):
     bootstrap.refuse_if_misconfigured()
     remaining = context.get_remaining_time_in_millis() / 1000 if context else 0
     until = time.monotonic() + max(0.0, remaining - MARGIN_SECONDS)
-    expired, published = lifecycle.run(bootstrap.orders(), bootstrap.database(), bootstrap.event_publisher(), until)
+    expired, published = lifecycle.run(bootstrap.orders(), bootstrap.database(), bootstrap.event_publisher(), until,
+                                       timers=bootstrap.expiry_timers())
     return {"expired": expired, "published": published}
+
+
+def timer_order_id(body):
+    """The order id of a timer message `{"order_id": <positive int>}`; ValueError otherwise."""
+    try:
+        message = json.loads(body)
+    except (TypeError, ValueError):
+        raise ValueError("not JSON") from None
+    order_id = message.get("order_id") if isinstance(message, dict) else None
+    if type(order_id) is not int or order_id < 1:
+        raise ValueError("order_id must be a positive integer")
+    return order_id
+
+
+def handle_expiry_event(event, context=None):
+    """The order-expiry Lambda. A body that is not a timer is logged and dropped
+    (the sweep still expires any order); MySQL or SQS unavailable fails the record
+    so SQS delivers it again."""
+    bootstrap.refuse_if_misconfigured()
+    orders, db, timers = bootstrap.orders(), bootstrap.database(), bootstrap.expiry_timers()
+
+    def record_handler(record):
+        try:
+            order_id = timer_order_id(record.body)
+        except ValueError as exc:
+            logger.error("expiry timer dropped", extra={"message_id": record.message_id, "reason": str(exc),
+                                                        "body": record.body[:500]})
+            emit("ExpiryTimersRejected", 1)
+            return None
+        outcome = lifecycle.fire_expiry_timer(orders, db, timers, order_id)
+        emit("ExpiryTimersFired", 1, outcome=outcome)
+        return outcome
+
+    return _partial_response(event, context, record_handler)

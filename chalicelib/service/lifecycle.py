@@ -1,8 +1,15 @@
 """What keeps orders moving after the request (docs/api.md, "Order lifecycle"):
 
-- the expiry sweep: pending orders past `expires_at` are expired and their
-  stock returned, exactly once (OrderService.expire re-checks under the row
-  lock, so a payment or cancel that got there first wins);
+- expiry timers: when the relay publishes a pending order's `order.created`,
+  it starts a timer for it, an SQS message on the expiry queue delayed until
+  `expires_at`. The expiry consumer expires the order when the timer fires, or
+  starts it again if the window is longer than SQS's 15-minute delay. Timers
+  put the stock back within seconds of `expires_at` in AWS as locally;
+- the expiry sweep, the backstop for a timer that was never sent (SNS or SQS
+  down when the relay ran): pending orders past `expires_at` are expired and
+  their stock returned. Whichever comes first wins, exactly once
+  (OrderService.expire re-checks under the row lock, so a payment or cancel
+  that got there first wins too);
 - the outbox relay: event rows written in the transactions that changed the
   orders are published to SNS in id order (so in order per order), then
   stamped. A relay that dies after publishing and before stamping publishes
@@ -13,11 +20,43 @@ One loop runs both every `interval` seconds: in AWS the `lifecycle` function
 (every minute, looping until its time is nearly up; reserved concurrency 1 so
 one relay keeps the order), locally scripts/lifecycle.py."""
 import json
+import math
 import time
 
-from chalicelib.adapters.order_repository import orders_due_for_expiry
+from chalicelib.adapters.order_repository import orders_due_for_expiry, seconds_to_expiry
 from chalicelib.domain.products import iso
 from chalicelib.ops.logs import logger
+from chalicelib.ops.metrics import emit
+
+SQS_MAX_DELAY_SECONDS = 900
+
+
+class ExpiryTimers:
+    """One delayed SQS message per pending order, due when its window closes."""
+
+    def __init__(self, queues, queue_name):
+        self.queues, self.queue_name = queues, queue_name
+
+    def start(self, due_in):
+        """`due_in`: {order id: seconds until due}. Rounded up, so a timer never fires early."""
+        if due_in:
+            order_ids = sorted(due_in)
+            self.queues.send_batch(self.queue_name, [{"order_id": order_id} for order_id in order_ids],
+                                   delays=[min(SQS_MAX_DELAY_SECONDS, max(0, math.ceil(due_in[order_id])))
+                                           for order_id in order_ids])
+
+
+def fire_expiry_timer(orders, db, timers, order_id):
+    """A timer fired: expire the order if its window has closed (by the database's
+    clock), start the timer again if it has not; a paid, cancelled or expired
+    order needs nothing. Returns 'expired', 'waiting' or 'closed'."""
+    left = seconds_to_expiry(db, [order_id]).get(order_id)
+    if left is None:
+        return "closed"
+    if left > 0:
+        timers.start({order_id: left})
+        return "waiting"
+    return "expired" if orders.expire(order_id) else "closed"
 
 
 def expire_due(orders, db, limit=200):
@@ -25,16 +64,18 @@ def expire_due(orders, db, limit=200):
     return sum(1 for order_id in orders_due_for_expiry(db, limit) if orders.expire(order_id))
 
 
-def publish_pending(db, publisher, limit=100):
+def publish_pending(db, publisher, limit=100, timers=None):
     """Publish unpublished events in id order; returns how many went out. A
     failed publish stops the round (later events of that order must not pass it).
+    Each published `order.created` of an order still pending starts its expiry
+    timer; a timer that cannot be sent is left to the sweep.
 
     Nothing is locked while SNS is called: a relay holding locks on the outbox
     index would make every new order wait for SNS. One relay runs at a time
     (see the module doc), so a plain read is enough; the stamp comes after."""
     rows = db.query("SELECT id, event_id, order_id, sequence, type, payload, created_at FROM order_events "
                     "WHERE published_at IS NULL ORDER BY id LIMIT %s", (limit,))
-    sent = []
+    sent, created = [], []
     for row in rows:
         try:
             publisher.publish({"event_id": row["event_id"], "type": row["type"], "order_id": row["order_id"],
@@ -45,18 +86,31 @@ def publish_pending(db, publisher, limit=100):
                            extra={"event_id": row["event_id"], "reason": str(exc)})
             break
         sent.append(row["id"])
+        if row["type"] == "order.created":
+            created.append(row["order_id"])
+    if timers and created:
+        _start_timers(db, timers, created)
     if sent:
         db.run(lambda cur: cur.execute("UPDATE order_events SET published_at = CURRENT_TIMESTAMP(6) "
                                        f"WHERE id IN ({','.join(['%s'] * len(sent))})", sent))
     return len(sent)
 
 
-def run(orders, db, publisher, until, interval=1.0, clock=time.monotonic, sleep=time.sleep):
+def _start_timers(db, timers, order_ids):
+    try:
+        timers.start(seconds_to_expiry(db, order_ids))
+    except Exception as exc:  # SQS down: the sweep expires these orders, later
+        logger.warning("expiry timers not started; the sweep is the backstop",
+                       extra={"orders": len(order_ids), "reason": str(exc)})
+        emit("ExpiryTimersFailed", len(order_ids))
+
+
+def run(orders, db, publisher, until, interval=1.0, clock=time.monotonic, sleep=time.sleep, timers=None):
     """Sweep and relay until `clock()` passes `until`; returns (expired, published)."""
     expired = published = 0
     while True:  # at least one round
         round_expired = expire_due(orders, db)
-        round_published = publish_pending(db, publisher) if publisher else 0
+        round_published = publish_pending(db, publisher, timers=timers) if publisher else 0
         expired, published = expired + round_expired, published + round_published
         if clock() >= until:
             return expired, published

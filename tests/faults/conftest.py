@@ -11,6 +11,7 @@ import pytest
 
 from chalicelib import bootstrap
 from chalicelib.adapters.migrate import migrate
+from chalicelib.settings import QUEUES, queue_names
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.throwaway import ThrowawayMariaDB, ThrowawayRedis
 
@@ -57,7 +58,7 @@ def _create_queues(env):
         sqs = boto3.client("sqs", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                            aws_access_key_id="test", aws_secret_access_key="test",
                            config=Config(connect_timeout=1, read_timeout=3, retries={"max_attempts": 1}))
-        names = ("ORDER_QUEUE_NAME", "INVALIDATION_QUEUE_NAME", "FLASH_QUEUE_NAME")
+        names = [q.setting for q in QUEUES]
         urls = [sqs.create_queue(QueueName=env[name])["QueueUrl"] for name in names]
         return sqs, urls
     except Exception:
@@ -89,9 +90,7 @@ def fault_stack(tmp_path_factory):
             "AWS_ACCESS_KEY_ID": "test",
             "AWS_SECRET_ACCESS_KEY": "test",
             "AWS_DEFAULT_REGION": "us-east-1",
-            "ORDER_QUEUE_NAME": f"faults-{run_id}-order-ingest",
-            "INVALIDATION_QUEUE_NAME": f"faults-{run_id}-cache-invalidation",
-            "FLASH_QUEUE_NAME": f"faults-{run_id}-flash-orders",
+            **queue_names(f"faults-{run_id}"),
             "APP_RATE_LIMIT": "true",
             "APP_API_KEYS": "true",
             "INVENTORY_STRATEGY": "guarded",

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -28,6 +29,7 @@ import redis
 
 import app as shop_app
 from chalicelib.entrypoints import openapi
+from chalicelib.settings import QUEUES
 from scripts import package
 from tests.conftest import ROOT
 
@@ -36,8 +38,7 @@ DRIVER = ROOT / "tests" / "support" / "lambda_driver.py"
 RUNTIME_REQUIREMENTS = ROOT / "tests" / "support" / "lambda-runtime.txt"
 ADMIN_KEY_ID, STANDARD_KEY_ID = "artifact-admin-key-id", "artifact-standard-key-id"
 # Template variables that name cloud resources; everything else is used as packaged.
-CLOUD_ENDPOINTS = {"ORDER_QUEUE_NAME", "INVALIDATION_QUEUE_NAME", "FLASH_QUEUE_NAME", "DATABASE_SECRET_ARN", "APP_DATABASE_SECRET_ARN",
-                   "DATABASE_HOST",
+CLOUD_ENDPOINTS = {*(q.setting for q in QUEUES), "DATABASE_SECRET_ARN", "APP_DATABASE_SECRET_ARN", "DATABASE_HOST",
                    "DATABASE_PORT", "DATABASE_NAME", "DATABASE_TLS", "REDIS_URL", "AWS_ENDPOINT_URL",
                    "API_KEY_CLIENTS", "COGNITO_USER_POOL_ID", "COGNITO_APP_CLIENT_IDS", "ORDER_EVENTS_TOPIC_ARN",
                    "ORDER_PAYMENT_WINDOW_SECONDS"}
@@ -91,9 +92,7 @@ def local_endpoints(test_env):
     secret = secrets.create_secret(Name=f"artifact-db-{uuid.uuid4().hex[:8]}",
                                    SecretString=json.dumps({"username": "root", "password": ""}))
     yield {
-        "ORDER_QUEUE_NAME": test_env["ORDER_QUEUE_NAME"],
-        "INVALIDATION_QUEUE_NAME": test_env["INVALIDATION_QUEUE_NAME"],
-        "FLASH_QUEUE_NAME": test_env["FLASH_QUEUE_NAME"],
+        **{q.setting: test_env[q.setting] for q in QUEUES},
         "DATABASE_SECRET_ARN": secret["ARN"],
         # The app user is made on a throwaway server (test_tls_and_db_users), never on the shared one.
         "APP_DATABASE_SECRET_ARN": "",
@@ -190,7 +189,7 @@ def functions(packaged, runtime, local_endpoints, tmp_path_factory):
 def test_the_package_runs_on_the_runtime_alone(packaged, functions):
     _, properties, task_root = packaged
     assert set(properties) == {"APIHandler", "HandleOrderIngest", "HandleCacheInvalidation", "HandleFlashOrders",
-                               "WarmCache", "Migrate", "Lifecycle", "FlashReconcile"}
+                               "HandleOrderExpiry", "WarmCache", "Migrate", "Lifecycle", "FlashReconcile"}
     api = functions("APIHandler")
     assert api.started["python"] == [int(x) for x in properties["APIHandler"]["Runtime"][len("python"):].split(".")]
     assert "tests" not in " ".join(api.started["sys_path"]) and ".venv" not in " ".join(api.started["sys_path"])
@@ -452,6 +451,25 @@ def test_the_lifecycle_function_relays_the_outbox(clean_db, functions, test_env)
 
     stamped = bootstrap.database().query("SELECT published_at FROM order_events WHERE order_id = %s", (order_id,))
     assert [row["published_at"] is not None for row in stamped] == [True]
+
+
+def test_the_expiry_consumer_acts_on_timers(clean_db, functions, test_env):
+    from chalicelib import bootstrap
+    from chalicelib.domain.orders import parse_batch
+    from chalicelib.service.orders import OrderService
+
+    api = functions("APIHandler")
+    product = _new_product(api, "Timed lamp")
+    pending = OrderService(bootstrap.database(), bootstrap.inventory_strategy(), bootstrap.product_writes(),
+                           payment_window=1)
+    order_id = pending.place_batch(parse_batch({"orders": [{"client_order_id": "art-timer", "user_id": 4, "items": [
+        {"product_id": product["id"], "quantity": 2}]}]}, "dev"))["results"][0]["order_id"]
+    time.sleep(1.1)
+    event = _sqs_event("sqs_order_expiry.json", test_env["EXPIRY_QUEUE_NAME"], [{"order_id": order_id}, "garbage"])
+    assert functions("HandleOrderExpiry").invoke(event) == {"batchItemFailures": []}
+    assert bootstrap.orders().get(order_id)["lifecycle"] == "expired"
+    assert _body(api.invoke(proxy_event("GET", f"/products/{product['id']}")))["product"]["stock"] == \
+        product["stock"]
 
 
 def test_a_missing_runtime_dependency_fails_the_artifact(packaged, runtime, local_endpoints, tmp_path):

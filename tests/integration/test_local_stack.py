@@ -8,6 +8,7 @@ import time
 import pytest
 from chalice import Chalice
 
+from chalicelib.settings import QUEUES
 from scripts import localstack
 from scripts.poller import FakeLambdaContext, Poller, failed_message_ids, resolve_handler
 from scripts.stack import setup_queues
@@ -32,8 +33,7 @@ def test_configured_queues_have_dlq_and_redrive(sqs, test_env, monkeypatch):
 
     monkeypatch.setenv("SQS_VISIBILITY_TIMEOUT", "45")
     specs = setup_queues(Settings())
-    assert [s.name for s in specs] == [test_env["ORDER_QUEUE_NAME"], test_env["INVALIDATION_QUEUE_NAME"],
-                                       test_env["FLASH_QUEUE_NAME"]]
+    assert [s.name for s in specs] == [test_env[q.setting] for q in QUEUES]
     for spec in specs:
         url, dlq_url = localstack.queue_url(sqs, spec.name), localstack.queue_url(sqs, spec.dlq_name)
         assert url and dlq_url

@@ -260,3 +260,102 @@ def test_the_relay_holds_no_lock_that_makes_new_orders_wait_for_sns(window, test
 
     assert lifecycle.publish_pending(bootstrap.database(), SlowSns()) == 1
     assert inserted  # a lock wait timeout (1205) would have raised instead
+
+
+# ------------------------------------------------------------------ expiry timers
+@pytest.fixture
+def expiry_queue(test_env):
+    """A private expiry queue on the local endpoint (what EXPIRY_QUEUE_NAME names)."""
+    sqs = boto3.client("sqs", endpoint_url=test_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                       aws_access_key_id="test", aws_secret_access_key="test")
+    name = f"{test_env['EXPIRY_QUEUE_NAME']}-{uuid.uuid4().hex[:8]}"
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    yield sqs, name, url
+    sqs.delete_queue(QueueUrl=url)
+    bootstrap.reset()
+
+
+def _queue_counts(sqs, url):
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"])["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]), int(attributes["ApproximateNumberOfMessagesDelayed"])
+
+
+def test_timers_expire_orders_on_time_without_the_sweep(clean_db, expiry_queue, test_env):
+    """The relay starts a timer per pending order; the expiry consumer (as the
+    poller runs it) expires each when it fires. No sweep runs, so only the timers
+    can have done it; none fires before `expires_at`, and stock comes back once."""
+    from chalicelib.entrypoints.lifecycle import handle_expiry_event
+    from scripts.poller import Poller
+
+    sqs, name, url = expiry_queue
+    bootstrap.reset(ORDER_PAYMENT_WINDOW_SECONDS="3", EXPIRY_QUEUE_NAME=name)
+    pids = [make_product(bootstrap.catalog(), stock=100)["id"] for _ in range(3)]
+    ids = [place(pids[i % 3], f"t-{i}", qty=1 + i % 2, user_id=1 + i % 5) for i in range(60)]
+    bootstrap.orders().pay(ids[0], "paid-in-time")  # paid before the relay ran: it needs no timer
+    real = EventPublisher(test_env["AWS_ENDPOINT_URL"], "us-east-1", test_env["ORDER_EVENTS_TOPIC_ARN"])
+    assert lifecycle.publish_pending(bootstrap.database(), real, timers=bootstrap.expiry_timers()) == 61
+    visible, delayed = _queue_counts(sqs, url)
+    assert (visible, delayed) == (0, 59)  # one timer per pending order, hidden until due
+
+    poller = Poller(sqs, name, handle_expiry_event, wait_seconds=1)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and sum(_queue_counts(sqs, url)):
+        poller.poll_once()
+    rows = bootstrap.database().query(
+        "SELECT o.id, o.lifecycle, TIMESTAMPDIFF(MICROSECOND, o.expires_at, e.created_at) AS late_us "
+        "FROM orders o LEFT JOIN order_events e ON e.order_id = o.id AND e.type = 'order.expired'")
+    assert {r["id"]: r["lifecycle"] for r in rows} == {i: "paid" if i == ids[0] else "expired" for i in ids}
+    assert all(r["late_us"] >= 0 for r in rows if r["id"] != ids[0])  # never before the window closed
+    paid_qty = 1  # ids[0] is t-0: one unit of pids[0]
+    assert [_stock(pid) for pid in pids] == [100 - paid_qty, 100, 100]
+    assert sum(_queue_counts(sqs, url)) == 0
+
+
+def test_a_window_longer_than_sqs_delays_is_waited_out_in_steps(clean_db, expiry_queue):
+    from chalicelib.service.lifecycle import SQS_MAX_DELAY_SECONDS, fire_expiry_timer
+
+    sqs, name, url = expiry_queue
+    bootstrap.reset(ORDER_PAYMENT_WINDOW_SECONDS="3600", EXPIRY_QUEUE_NAME=name)
+    pid = make_product(bootstrap.catalog(), stock=5)["id"]
+    order_id = place(pid, "long")
+    timers = bootstrap.expiry_timers()
+    # The timer fired after SQS's longest delay: the order is not due; a new timer waits again.
+    assert fire_expiry_timer(bootstrap.orders(), bootstrap.database(), timers, order_id) == "waiting"
+    assert _queue_counts(sqs, url) == (0, 1)
+    assert bootstrap.orders().get(order_id)["lifecycle"] == "pending_payment" and _stock(pid) == 4
+    assert SQS_MAX_DELAY_SECONDS == 900  # the most SQS allows; a longer DelaySeconds is refused
+    bootstrap.orders().cancel(order_id)
+    assert fire_expiry_timer(bootstrap.orders(), bootstrap.database(), timers, order_id) == "closed"
+    assert _queue_counts(sqs, url) == (0, 1) and _stock(pid) == 5  # nothing restarted, stock back once
+
+
+def test_garbage_timers_are_dropped_and_real_ones_still_act(window, expiry_queue):
+    from chalicelib.entrypoints.lifecycle import handle_expiry_event
+    from scripts.poller import sqs_event
+
+    _, name, _ = expiry_queue
+    bootstrap.reset(ORDER_PAYMENT_WINDOW_SECONDS="1", EXPIRY_QUEUE_NAME=name)
+    pid = make_product(bootstrap.catalog(), stock=5)["id"]
+    order_id = place(pid, "g-1", qty=2)
+    time.sleep(1.1)
+    bodies = ["", "not json", "[]", "null", '{"order_id": "1"}', '{"order_id": true}', '{"order_id": -4}',
+              '{"order_id": 1.5}', '{"id": 1}', '{"order_id": 99999999}', json.dumps({"order_id": order_id})]
+    messages = [{"MessageId": f"m-{i}", "ReceiptHandle": f"r-{i}", "Body": body, "Attributes": {},
+                 "MD5OfBody": "", "MessageAttributes": {}} for i, body in enumerate(bodies)]
+    result = handle_expiry_event(sqs_event(messages, "arn:aws:sqs:us-east-1:000000000000:x", "us-east-1"))
+    assert result == {"batchItemFailures": []}  # nothing to retry: garbage is dropped, the unknown order is closed
+    assert bootstrap.orders().get(order_id)["lifecycle"] == "expired" and _stock(pid) == 5
+
+
+def test_the_relay_publishes_when_timers_cannot_be_sent(window, test_env):
+    """SQS down: the events still go out and are stamped; the sweep is the backstop."""
+    from chalicelib.adapters.queues import QueuePublisher
+    from chalicelib.service.lifecycle import ExpiryTimers
+
+    pid = make_product(bootstrap.catalog(), stock=5)["id"]
+    place(pid, "nt-1")
+    real = EventPublisher(test_env["AWS_ENDPOINT_URL"], "us-east-1", test_env["ORDER_EVENTS_TOPIC_ARN"])
+    down = ExpiryTimers(QueuePublisher("http://127.0.0.1:9", "us-east-1"), "nowhere")
+    assert lifecycle.publish_pending(bootstrap.database(), real, timers=down) == 1
+    assert [e["published_at"] is not None for e in _events()] == [True]

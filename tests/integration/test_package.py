@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from chalicelib.settings import QUEUES
 from scripts import package
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -243,15 +244,11 @@ def test_real_app_sqs_consumers_if_any_are_wired_the_same_way(real_template):
         assert events, "app declares SQS handlers but the template has no SQS event"
     for fn, _, props in events:
         assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"], fn
-        assert props["Queue"]["Fn::GetAtt"][0] in ("OrderIngestQueue", "CacheInvalidationQueue", "FlashOrderQueue"), fn
+        assert props["Queue"]["Fn::GetAtt"][0] in {q.logical_id for q in QUEUES}, fn
     by_handler = {r["Properties"]["Handler"]: r for r in functions(template).values()}
-    assert "app.handle_flash_orders" in by_handler
-    for handler, queue in (("app.handle_order_ingest", "OrderIngestQueue"),
-                           ("app.handle_cache_invalidation", "CacheInvalidationQueue"),
-                           ("app.handle_flash_orders", "FlashOrderQueue")):
-        if handler in by_handler:
-            queues = [e["Properties"]["Queue"] for e in by_handler[handler]["Properties"]["Events"].values()]
-            assert queues == [{"Fn::GetAtt": [queue, "Arn"]}]
+    for q in QUEUES:  # every queue of the table has its consumer, on that queue alone
+        queues = [e["Properties"]["Queue"] for e in by_handler[f"app.{q.handler}"]["Properties"]["Events"].values()]
+        assert queues == [{"Fn::GetAtt": [q.logical_id, "Arn"]}]
 
 
 def test_queues_have_dlq_redrive_and_visibility_of_six_consumer_timeouts(packaged):
@@ -261,9 +258,8 @@ def test_queues_have_dlq_redrive_and_visibility_of_six_consumer_timeouts(package
     consumer_timeouts = [fn["Properties"]["Timeout"] for fn in functions(template).values()
                          if any(e["Type"] == "SQS" for e in (fn["Properties"].get("Events") or {}).values())]
     assert visibility >= 6 * max(consumer_timeouts, default=0)
-    for queue, dlq in (("OrderIngestQueue", "OrderIngestDeadLetterQueue"),
-                       ("CacheInvalidationQueue", "CacheInvalidationDeadLetterQueue"),
-                       ("FlashOrderQueue", "FlashOrderDeadLetterQueue")):
+    for queue in (q.logical_id for q in QUEUES):
+        dlq = queue.replace("Queue", "DeadLetterQueue")
         props = resources[queue]["Properties"]
         assert props["VisibilityTimeout"] == {"Ref": "QueueVisibilityTimeout"}
         assert props["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": [dlq, "Arn"]}
@@ -317,15 +313,18 @@ def test_packaged_concurrency_obeys_the_connection_budget(packaged):
     assert sum(reserved.values()) == environments, "the API gets what the others leave"
     assert reserved["HandleOrderIngest"] == environments * inputs["OrderIngestConnectionPercent"] // 100
     assert reserved["HandleCacheInvalidation"] == inputs["CacheInvalidationConcurrency"]
-    flash = {"HandleFlashOrders"} & set(reserved)  # the tiny app has no flash consumer
-    for name in flash:
-        assert reserved[name] == inputs["FlashOrderConcurrency"]
+    # The tiny app has neither of these consumers.
+    fixed = {name: inputs[share] for name, share in (("HandleFlashOrders", "FlashOrderConcurrency"),
+                                                     ("HandleOrderExpiry", "OrderExpiryConcurrency"))
+             if name in reserved}
+    for name, share in fixed.items():
+        assert reserved[name] == share, name
     for name in set(reserved) & {"WarmCache", "Migrate"}:
         assert reserved[name] == 1
     for name, fn in functions(template).items():
         assert fn["Properties"]["Environment"]["Variables"]["DB_MAX_IN_FLIGHT"] == str(per_environment), name
     events = list(sqs_events(template))
-    assert {fn for fn, _, _ in events} == {"HandleOrderIngest", "HandleCacheInvalidation", *flash}
+    assert {fn for fn, _, _ in events} == {"HandleOrderIngest", "HandleCacheInvalidation", *fixed}
     for fn, _, props in events:
         assert 2 <= props["ScalingConfig"]["MaximumConcurrency"] == reserved[fn] <= 1000, fn
     for name in package.BUDGET_PARAMETERS:  # pinned: a deploy-time override would leave the numbers behind
@@ -542,6 +541,10 @@ def test_policies_grant_each_function_only_what_it_uses(real_template):
     relay = statements(template, "LifecycleAccessPolicy")
     assert relay["PublishOrderEvents"] == {"Sid": "PublishOrderEvents", "Effect": "Allow", "Action": "sns:Publish",
                                            "Resource": {"Ref": "OrderEventsTopic"}}
+    assert relay["StartExpiryTimers"]["Resource"] == {"Fn::GetAtt": ["OrderExpiryQueue", "Arn"]}
+    expiry = statements(template, "OrderExpiryAccessPolicy")
+    assert set(expiry) == {"ReadAppDatabaseSecret", "ConsumeAndRestartExpiryTimers"}
+    assert expiry["ConsumeAndRestartExpiryTimers"]["Resource"] == {"Fn::GetAtt": ["OrderExpiryQueue", "Arn"]}
     assert set(statements(template, "FlashReconcileAccessPolicy")) == {"ReadAppDatabaseSecret", "ReadFlashQueueDepth"}
     assert "sqs:ReceiveMessage" not in text(statements(template, "FlashReconcileAccessPolicy"))  # reads depth only
     # One relay at a time keeps each order's events in order.
