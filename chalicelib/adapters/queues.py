@@ -67,10 +67,22 @@ class EventPublisher:
     def __init__(self, endpoint_url, region, topic_arn):
         self.endpoint_url, self.region, self.topic_arn = endpoint_url, region, topic_arn
         self._client = None
+        self._lock = threading.Lock()  # the relay's lanes share one client; boto3 clients are thread-safe
 
-    def publish(self, event):
-        if self._client is None:
-            self._client = aws_client("sns", self.endpoint_url, self.region)
-        self._client.publish(TopicArn=self.topic_arn, Message=json.dumps(event, ensure_ascii=False),
-                             MessageAttributes={"event_type": {"DataType": "String", "StringValue": event["type"]},
-                                                "event_id": {"DataType": "String", "StringValue": event["event_id"]}})
+    @property
+    def client(self):
+        with self._lock:  # creating one is not
+            if self._client is None:
+                self._client = aws_client("sns", self.endpoint_url, self.region)
+        return self._client
+
+    def publish_batch(self, events):
+        """Publish up to 10 events in one call; returns how many of them, counted
+        from the first, SNS accepted (an entry it refused ends the count)."""
+        response = self.client.publish_batch(TopicArn=self.topic_arn, PublishBatchRequestEntries=[
+            {"Id": str(i), "Message": json.dumps(event, ensure_ascii=False),
+             "MessageAttributes": {"event_type": {"DataType": "String", "StringValue": event["type"]},
+                                   "event_id": {"DataType": "String", "StringValue": event["event_id"]}}}
+            for i, event in enumerate(events)])
+        refused = {int(entry["Id"]) for entry in response.get("Failed", [])}
+        return min(refused, default=len(events))

@@ -22,6 +22,7 @@ one relay keeps the order), locally scripts/lifecycle.py."""
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from chalicelib.adapters.order_repository import orders_due_for_expiry, seconds_to_expiry
 from chalicelib.domain.products import iso
@@ -64,9 +65,17 @@ def expire_due(orders, db, limit=200):
     return sum(1 for order_id in orders_due_for_expiry(db, limit) if orders.expire(order_id))
 
 
-def publish_pending(db, publisher, limit=100, timers=None):
-    """Publish unpublished events in id order; returns how many went out. A
-    failed publish stops the round (later events of that order must not pass it).
+RELAY_LANES = 4     # SNS calls in flight at once; an order's events always take the same lane
+SNS_BATCH = 10      # PublishBatch's most entries per call
+
+
+def publish_pending(db, publisher, limit=500, timers=None):
+    """Publish unpublished events; returns how many went out. Each order's
+    events go out in sequence: an order always takes the same lane, a lane
+    sends its rows in id order, ten per PublishBatch call, and stops at the
+    first event SNS did not accept (a later event of that order must not pass
+    it; the rest wait for the next round). Lanes run side by side, so the
+    relay keeps up with the order path although each SNS call takes a while.
     Each published `order.created` of an order still pending starts its expiry
     timer; a timer that cannot be sent is left to the sweep.
 
@@ -75,25 +84,42 @@ def publish_pending(db, publisher, limit=100, timers=None):
     (see the module doc), so a plain read is enough; the stamp comes after."""
     rows = db.query("SELECT id, event_id, order_id, sequence, type, payload, created_at FROM order_events "
                     "WHERE published_at IS NULL ORDER BY id LIMIT %s", (limit,))
-    sent, created = [], []
+    if not rows:
+        return 0
+    lanes = {}
     for row in rows:
-        try:
-            publisher.publish({"event_id": row["event_id"], "type": row["type"], "order_id": row["order_id"],
-                               "sequence": row["sequence"], "occurred_at": iso(row["created_at"]),
-                               "data": json.loads(row["payload"])})
-        except Exception as exc:  # SNS down: the rest waits in the outbox
-            logger.warning("order event not published; it stays in the outbox",
-                           extra={"event_id": row["event_id"], "reason": str(exc)})
-            break
-        sent.append(row["id"])
-        if row["type"] == "order.created":
-            created.append(row["order_id"])
+        lanes.setdefault(row["order_id"] % RELAY_LANES, []).append(row)
+    with ThreadPoolExecutor(len(lanes)) as pool:
+        sent = [row for published in pool.map(lambda lane: _publish_lane(publisher, lane), lanes.values())
+                for row in published]
+    created = [row["order_id"] for row in sent if row["type"] == "order.created"]
     if timers and created:
         _start_timers(db, timers, created)
     if sent:
+        ids = [row["id"] for row in sent]
         db.run(lambda cur: cur.execute("UPDATE order_events SET published_at = CURRENT_TIMESTAMP(6) "
-                                       f"WHERE id IN ({','.join(['%s'] * len(sent))})", sent))
+                                       f"WHERE id IN ({','.join(['%s'] * len(ids))})", ids))
     return len(sent)
+
+
+def _publish_lane(publisher, rows):
+    """The rows SNS accepted, from the first, in order."""
+    published = []
+    for start in range(0, len(rows), SNS_BATCH):
+        chunk = rows[start:start + SNS_BATCH]
+        try:
+            accepted = publisher.publish_batch([
+                {"event_id": row["event_id"], "type": row["type"], "order_id": row["order_id"],
+                 "sequence": row["sequence"], "occurred_at": iso(row["created_at"]),
+                 "data": json.loads(row["payload"])} for row in chunk])
+        except Exception as exc:  # SNS down: the rest waits in the outbox
+            logger.warning("order events not published; they stay in the outbox",
+                           extra={"first_event_id": chunk[0]["event_id"], "reason": str(exc)})
+            accepted = 0
+        published += chunk[:accepted]
+        if accepted < len(chunk):
+            break
+    return published
 
 
 def _start_timers(db, timers, order_ids):
