@@ -96,59 +96,6 @@ def test_orders_not_due_yet_are_left_alone(window):
     assert bootstrap.orders().get(order_id)["lifecycle"] == "pending_payment"
 
 
-def test_stock_reconciles_when_payments_cancels_and_expiry_race(window):
-    """300 pending orders; payments (some at the last moment), cancels and two
-    sweepers at once. Every order ends in exactly one state with one closing
-    event, and stock = initial - what paid orders hold."""
-    orders = bootstrap.orders()
-    pid = make_product(bootstrap.catalog(), stock=1000)["id"]
-    ids = [place(pid, f"r-{i}", qty=1 + i % 3, user_id=1 + i % 7) for i in range(300)]
-    errors = []
-
-    def payer(chunk):
-        for order_id in chunk:
-            try:
-                orders.pay(order_id, f"ref-{order_id}")
-            except OrderExpired:
-                pass
-            except Exception as exc:  # noqa: BLE001 - any other failure is the test's finding
-                errors.append(exc)
-
-    def canceller(chunk):
-        for order_id in chunk:
-            try:
-                orders.cancel(order_id)
-            except Exception as exc:  # noqa: BLE001
-                errors.append(exc)
-
-    def sweeper():
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            lifecycle.expire_due(orders, bootstrap.database())
-
-    time.sleep(0.8)  # payments arrive at the edge of the window
-    threads = [threading.Thread(target=payer, args=(ids[0::3],)), threading.Thread(target=payer, args=(ids[1::6],)),
-               threading.Thread(target=canceller, args=(ids[2::3],)), threading.Thread(target=sweeper),
-               threading.Thread(target=sweeper)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors[:3]
-    lifecycle.expire_due(orders, bootstrap.database())
-    rows = bootstrap.database().query("SELECT o.id, o.lifecycle, o.status, SUM(i.quantity) AS qty FROM orders o "
-                                      "JOIN order_items i ON i.order_id = o.id GROUP BY o.id")
-    states = {r["lifecycle"] for r in rows}
-    assert states <= {"paid", "cancelled", "expired"} and "paid" in states and "expired" in states
-    held = sum(int(r["qty"]) for r in rows if r["lifecycle"] == "paid")
-    assert _stock(pid) == 1000 - held
-    assert all((r["status"] == "created") == (r["lifecycle"] == "paid") for r in rows)
-    closing = bootstrap.database().query(
-        "SELECT order_id, COUNT(*) AS n FROM order_events WHERE type IN ('order.paid', 'order.cancelled', "
-        "'order.expired') GROUP BY order_id")
-    assert len(closing) == len(ids) and all(row["n"] == 1 for row in closing)
-
-
 def test_a_rolled_back_order_leaves_no_event(clean_db):
     pid = make_product(bootstrap.catalog(), stock=1)["id"]
     before = len(_events())
@@ -383,3 +330,75 @@ def test_the_relay_publishes_when_timers_cannot_be_sent(window, test_env):
     down = ExpiryTimers(QueuePublisher("http://127.0.0.1:9", "us-east-1"), "nowhere")
     assert lifecycle.publish_pending(bootstrap.database(), real, timers=down) == 1
     assert [e["published_at"] is not None for e in _events()] == [True]
+
+
+@pytest.mark.slow
+def test_thousands_of_orders_paid_cancelled_expired_by_timers_and_sweeps_reconcile(clean_db, expiry_queue):
+    """1,500 pending orders over five products. Payers reach them around the
+    moment their windows close, a canceller takes a third from the start, and
+    timers and sweeps expire them concurrently. Every order ends in exactly one
+    closing state with one closing event; each product's stock is its initial
+    stock minus what the paid orders hold."""
+    from chalicelib.service.lifecycle import fire_expiry_timer
+
+    _, name, _ = expiry_queue
+    bootstrap.reset(ORDER_PAYMENT_WINDOW_SECONDS="4", EXPIRY_QUEUE_NAME=name)
+    orders, db, timers = bootstrap.orders(), bootstrap.database(), bootstrap.expiry_timers()
+    pids = [make_product(bootstrap.catalog(), stock=5000)["id"] for _ in range(5)]
+    first_due = time.monotonic() + 4
+    ids = [place(pids[i % 5], f"k-{i}", qty=1 + i % 3, user_id=1 + i % 11) for i in range(1500)]
+    last_due = time.monotonic() + 4
+    errors = []
+
+    def guarded(work):
+        def run(*args):
+            try:
+                work(*args)
+            except Exception as exc:  # noqa: BLE001 - any failure is the test's finding
+                errors.append(exc)
+        return run
+
+    def payer(chunk):
+        time.sleep(max(0.0, first_due - 0.3 - time.monotonic()))  # payments arrive at the edge
+        for order_id in chunk:
+            try:
+                orders.pay(order_id, f"ref-{order_id}")
+            except OrderExpired:
+                pass
+
+    def canceller(chunk):
+        for order_id in chunk:
+            orders.cancel(order_id)
+
+    def timer(chunk):  # timers firing as their windows close (early ones wait again)
+        time.sleep(max(0.0, first_due - time.monotonic()))
+        while time.monotonic() < last_due + 1:
+            for order_id in chunk:
+                fire_expiry_timer(orders, db, timers, order_id)
+
+    def sweeper():
+        while time.monotonic() < last_due + 1:
+            lifecycle.expire_due(orders, db)
+
+    threads = [threading.Thread(target=guarded(payer), args=(ids[0::3],)),
+               threading.Thread(target=guarded(payer), args=(ids[1::6],)),
+               threading.Thread(target=guarded(canceller), args=(ids[2::3],)),
+               threading.Thread(target=guarded(timer), args=(ids[0::2],)),
+               threading.Thread(target=guarded(timer), args=(ids[1::2],)),
+               threading.Thread(target=guarded(sweeper)), threading.Thread(target=guarded(sweeper))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert not errors, errors[:3]
+    lifecycle.expire_due(orders, db, limit=2000)
+    rows = db.query("SELECT o.id, o.lifecycle, i.product_id, i.quantity FROM orders o "
+                    "JOIN order_items i ON i.order_id = o.id")
+    states = {r["lifecycle"] for r in rows}
+    assert states <= {"paid", "cancelled", "expired"} and {"paid", "cancelled", "expired"} <= states
+    for pid in pids:
+        held = sum(r["quantity"] for r in rows if r["product_id"] == pid and r["lifecycle"] == "paid")
+        assert _stock(pid) == 5000 - held, pid
+    closing = db.query("SELECT order_id, COUNT(*) AS n FROM order_events WHERE type IN ('order.paid', "
+                       "'order.cancelled', 'order.expired') GROUP BY order_id")
+    assert len(closing) == len(ids) and all(row["n"] == 1 for row in closing)
