@@ -31,7 +31,7 @@ ADMIN_KEY = "shop-local-admin-key-0001"
 DEV_KEY = "shop-local-dev-key-0001"
 LIMITED_KEY = "shop-local-limited-key-0001"
 pytest_plugins = ["tests.support.failed_tests"]
-TABLES = ("order_events", "order_items", "orders", "batch_results", "batches", "flash_sales", "products", "customers")
+TABLES = ("product_pairs", "related_events", "order_events", "order_items", "orders", "batch_results", "batches", "flash_sales", "products", "customers")
 
 
 def free_port():
@@ -91,6 +91,7 @@ def test_env(tmp_path_factory):
         "ORDER_QUEUE_NAME": f"test-{run_id}-order-ingest",
         "INVALIDATION_QUEUE_NAME": f"test-{run_id}-cache-invalidation",
         "FLASH_QUEUE_NAME": f"test-{run_id}-flash-orders",
+        "RELATED_QUEUE_NAME": f"test-{run_id}-related",
         "APP_RATE_LIMIT": "true",
         "APP_API_KEYS": "true",
         "POWERTOOLS_METRICS_DISABLED": "true",
@@ -111,7 +112,9 @@ def test_env(tmp_path_factory):
         saved.update({k: os.environ.get(k) for k in pool_env})
         env.update(pool_env)
         os.environ.update(pool_env)
+        subscriptions = localstack.subscribe_queues(env["AWS_ENDPOINT_URL"], env)
         yield env
+        localstack.unsubscribe(env["AWS_ENDPOINT_URL"], subscriptions)
         _delete_queues(specs)
         with contextlib.suppress(Exception):
             cognito.delete_user_pool(UserPoolId=pool_id)

@@ -85,6 +85,41 @@ def handle_flash_event(event, context=None, writer=None):
     return {"batchItemFailures": []}
 
 
+def handle_related_event(event, context=None, related=None):
+    """The related-products Lambda: each order event's co-purchase counts, once
+    per event id. A body that is not an order event is logged and reported
+    failed, so it is kept: after 5 receives it waits in the DLQ (its alarm
+    fires) for someone to look at it, never silently dropped. MySQL unavailable
+    fails the record, and SQS retries it."""
+    bootstrap.refuse_if_misconfigured()
+    from chalicelib.domain import related as rules
+
+    related = related or bootstrap.related_products()
+
+    def record_handler(record):
+        try:
+            decoded = rules.decode(record.body)
+        except ValueError as exc:
+            logger.error("related-products message rejected; it stays on the queue, then the DLQ",
+                         extra={"message_id": record.message_id, "reason": str(exc), "body": record.body[:500],
+                                "receive_count": record.attributes.approximate_receive_count})
+            emit("RelatedMessagesRejected", 1)
+            raise
+        try:
+            outcome = related.apply(decoded)
+        except Exception as exc:
+            transient = isinstance(exc, ServiceUnavailable)
+            (logger.warning if transient else logger.exception)(
+                "related-products record failed; SQS will redeliver it",
+                extra={"message_id": record.message_id, "event_id": decoded.event_id,
+                       "error": f"{type(exc).__name__}: {exc}"})
+            raise
+        emit("RelatedEvents", 1, outcome=outcome)
+        return outcome
+
+    return _partial_response(event, context, record_handler)
+
+
 def handle_invalidation_event(event, context=None):
     """The cache-invalidation Lambda: a body that is not JSON is logged and dropped;
     Redis or MySQL unavailable fails the record so SQS retries it."""

@@ -1,0 +1,100 @@
+""""Bought together" (docs/api.md, "Bought together"; docs/design.md): the
+co-purchase counts a consumer of the order events keeps in MySQL, and the
+cached ranking `GET /products/{id}/related` answers from.
+
+Counting (`apply`): one transaction per event. Its first statement records the
+event id in `related_events`; a redelivered event finds it there and changes
+nothing (a concurrent duplicate waits on that key until the first commits).
+The pair rows are then upserted in one statement in (product_id, other_id)
+order, the one order every consumer locks them in.
+
+Reading (`related`): the ranking (partner ids and counts, best first, active
+and in stock when ranked) is cached for RELATED_TTL_SECONDS. A TTL, not
+invalidation by the consumer: a popular product's partners change with nearly
+every order, so invalidating on each event would leave its ranking uncached
+when it is read most; a TTL bounds both the staleness and the database reads
+(one ranking query per product per TTL). The products themselves come from the
+catalog's version-fenced cache, so a partner that sold out or was deactivated
+after the ranking was cached is left out at once."""
+import json
+
+from chalicelib.adapters.cache import CacheUnavailable
+from chalicelib.domain import related as rules
+from chalicelib.domain.errors import ProductNotFound
+
+COUNTED, DUPLICATE, IGNORED = "counted", "duplicate", "ignored"
+
+
+class RelatedProducts:
+    def __init__(self, db, gateway, catalog, ttl_seconds=30):
+        self.db, self.gateway, self.catalog = db, gateway, catalog
+        self.ttl_seconds = max(1, int(ttl_seconds))
+
+    # --- counting (the consumer) ----------------------------------------------
+
+    def apply(self, event: rules.OrderEvent):
+        """Apply one decoded order event once; returns COUNTED, DUPLICATE or IGNORED."""
+        if not event.change:
+            return IGNORED
+
+        def work(cur):
+            cur.execute("INSERT IGNORE INTO related_events (event_id) VALUES (%s)", (event.event_id,))
+            if cur.rowcount == 0:
+                return DUPLICATE
+            if event.change > 0:
+                quantities = event.quantities
+            else:  # a cancel or expiry takes back what the order's creation added: the order's own lines
+                cur.execute("SELECT product_id, quantity FROM order_items WHERE order_id = %s", (event.order_id,))
+                quantities = {row["product_id"]: row["quantity"] for row in cur.fetchall()}
+            rows = rules.pair_rows(quantities)
+            if rows:
+                cur.execute("INSERT INTO product_pairs (product_id, other_id, orders) VALUES "
+                            + ",".join(["(%s, %s, %s)"] * len(rows))
+                            + " ON DUPLICATE KEY UPDATE orders = orders + VALUES(orders)",
+                            [value for a, b in rows for value in (a, b, event.change)])
+            return COUNTED
+
+        return self.db.run(work)
+
+    # --- reading (the route) ----------------------------------------------------
+
+    def _key(self, product_id):
+        return self.gateway.key(f"related:{product_id}")
+
+    def _rank(self, product_id):
+        """[(partner id, orders)] best first, active and in stock now; ProductNotFound if no such product."""
+        if not self.db.query("SELECT 1 FROM products WHERE id = %s", (product_id,)):
+            raise ProductNotFound(f"Product {product_id} does not exist.", product_id=product_id)
+        rows = self.db.query(
+            "SELECT pp.other_id, pp.orders FROM product_pairs pp JOIN products p ON p.id = pp.other_id "
+            "WHERE pp.product_id = %s AND pp.orders > 0 AND p.status = 'active' AND p.stock > 0 "
+            "ORDER BY pp.orders DESC, pp.other_id LIMIT %s", (product_id, rules.CANDIDATES))
+        return [(row["other_id"], row["orders"]) for row in rows]
+
+    def _ranking(self, product_id):
+        """(ranking, X-Cache value)."""
+        try:
+            cached = self.gateway.call(lambda r: r.get(self._key(product_id)))
+        except CacheUnavailable:
+            return self._rank(product_id), "BYPASS"
+        if cached is not None:
+            return [tuple(pair) for pair in json.loads(cached)], "HIT"
+        ranking = self._rank(product_id)
+        try:
+            self.gateway.call(lambda r: r.set(self._key(product_id), json.dumps(ranking), ex=self.ttl_seconds))
+        except CacheUnavailable:
+            return ranking, "BYPASS"
+        return ranking, "MISS"
+
+    def related(self, product_id, limit=rules.DEFAULT_LIMIT):
+        """({"product_id", "items": [{"product", "bought_together"}]}, X-Cache value)."""
+        ranking, cache_state = self._ranking(product_id)
+        products = self.catalog.get_many([pid for pid, _ in ranking]) if ranking else {}
+        items = []
+        for pid, orders in ranking:
+            product = products.get(pid)
+            if product is not None and product["status"] == "active" and product["stock"] > 0:
+                items.append({"product": product, "bought_together": orders})
+                if len(items) == limit:
+                    break
+        return {"product_id": product_id, "items": items}, cache_state
