@@ -36,7 +36,8 @@ DRIVER = ROOT / "tests" / "support" / "lambda_driver.py"
 RUNTIME_REQUIREMENTS = ROOT / "tests" / "support" / "lambda-runtime.txt"
 ADMIN_KEY_ID, STANDARD_KEY_ID = "artifact-admin-key-id", "artifact-standard-key-id"
 # Template variables that name cloud resources; everything else is used as packaged.
-CLOUD_ENDPOINTS = {"ORDER_QUEUE_NAME", "INVALIDATION_QUEUE_NAME", "FLASH_QUEUE_NAME", "DATABASE_SECRET_ARN", "APP_DATABASE_SECRET_ARN",
+CLOUD_ENDPOINTS = {"ORDER_QUEUE_NAME", "INVALIDATION_QUEUE_NAME", "FLASH_QUEUE_NAME", "RELATED_QUEUE_NAME",
+                   "DATABASE_SECRET_ARN", "APP_DATABASE_SECRET_ARN",
                    "DATABASE_HOST",
                    "DATABASE_PORT", "DATABASE_NAME", "DATABASE_TLS", "REDIS_URL", "AWS_ENDPOINT_URL",
                    "API_KEY_CLIENTS", "COGNITO_USER_POOL_ID", "COGNITO_APP_CLIENT_IDS", "ORDER_EVENTS_TOPIC_ARN",
@@ -94,6 +95,7 @@ def local_endpoints(test_env):
         "ORDER_QUEUE_NAME": test_env["ORDER_QUEUE_NAME"],
         "INVALIDATION_QUEUE_NAME": test_env["INVALIDATION_QUEUE_NAME"],
         "FLASH_QUEUE_NAME": test_env["FLASH_QUEUE_NAME"],
+        "RELATED_QUEUE_NAME": test_env["RELATED_QUEUE_NAME"],
         "DATABASE_SECRET_ARN": secret["ARN"],
         # The app user is made on a throwaway server (test_tls_and_db_users), never on the shared one.
         "APP_DATABASE_SECRET_ARN": "",
@@ -190,7 +192,7 @@ def functions(packaged, runtime, local_endpoints, tmp_path_factory):
 def test_the_package_runs_on_the_runtime_alone(packaged, functions):
     _, properties, task_root = packaged
     assert set(properties) == {"APIHandler", "HandleOrderIngest", "HandleCacheInvalidation", "HandleFlashOrders",
-                               "WarmCache", "Migrate", "Lifecycle", "FlashReconcile"}
+                               "WarmCache", "Migrate", "Lifecycle", "FlashReconcile", "HandleRelatedProducts"}
     api = functions("APIHandler")
     assert api.started["python"] == [int(x) for x in properties["APIHandler"]["Runtime"][len("python"):].split(".")]
     assert "tests" not in " ".join(api.started["sys_path"]) and ".venv" not in " ".join(api.started["sys_path"])
@@ -323,6 +325,11 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
     assert _body(call("GET", f"/products/{sale_pid}/sale", admin=True))["sale"]["remaining"] == 1
     assert _body(call("DELETE", f"/products/{sale_pid}/sale", admin=True))["sale"]["on_sale"] is False
 
+    related = call("GET", f"/products/{pid}/related", query={"limit": "5"})
+    assert _body(related) == {"product_id": pid, "items": []} and related["headers"]["X-Cache"] in ("MISS", "HIT")
+    assert _body(call("GET", f"/products/{pid}/related", query={"limit": "0"}, status=400))["error"]["code"] == \
+        "VALIDATION_ERROR"
+
     stats = _body(call("GET", "/admin/stats", admin=True))
     assert stats["orders"]["created"] >= 1
     page = call("GET", "/dashboard")
@@ -452,6 +459,18 @@ def test_the_lifecycle_function_relays_the_outbox(clean_db, functions, test_env)
 
     stamped = bootstrap.database().query("SELECT published_at FROM order_events WHERE order_id = %s", (order_id,))
     assert [row["published_at"] is not None for row in stamped] == [True]
+
+
+def test_the_related_products_consumer_counts_once_and_keeps_garbage(clean_db, functions, test_env):
+    api = functions("APIHandler")
+    lamp, shade = _new_product(api, "Paired lamp"), _new_product(api, "Paired shade")
+    created = {"event_id": str(uuid.uuid4()), "type": "order.created", "order_id": 1, "sequence": 1,
+               "data": {"items": [{"product_id": lamp["id"], "quantity": 1}, {"product_id": shade["id"], "quantity": 1}]}}
+    event = _sqs_event("sqs_order_ingest.json", test_env["RELATED_QUEUE_NAME"], [created, created, ["garbage"]])
+    consumer = functions("HandleRelatedProducts")
+    assert consumer.invoke(event) == {"batchItemFailures": [{"itemIdentifier": event["Records"][2]["messageId"]}]}
+    related = _body(api.invoke(proxy_event("GET", f"/products/{lamp['id']}/related")))
+    assert [(i["product"]["id"], i["bought_together"]) for i in related["items"]] == [(shade["id"], 1)]
 
 
 def test_a_missing_runtime_dependency_fails_the_artifact(packaged, runtime, local_endpoints, tmp_path):

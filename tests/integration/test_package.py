@@ -243,12 +243,14 @@ def test_real_app_sqs_consumers_if_any_are_wired_the_same_way(real_template):
         assert events, "app declares SQS handlers but the template has no SQS event"
     for fn, _, props in events:
         assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"], fn
-        assert props["Queue"]["Fn::GetAtt"][0] in ("OrderIngestQueue", "CacheInvalidationQueue", "FlashOrderQueue"), fn
+        assert props["Queue"]["Fn::GetAtt"][0] in ("OrderIngestQueue", "CacheInvalidationQueue", "FlashOrderQueue",
+                                                   "RelatedProductsQueue"), fn
     by_handler = {r["Properties"]["Handler"]: r for r in functions(template).values()}
     assert "app.handle_flash_orders" in by_handler
     for handler, queue in (("app.handle_order_ingest", "OrderIngestQueue"),
                            ("app.handle_cache_invalidation", "CacheInvalidationQueue"),
-                           ("app.handle_flash_orders", "FlashOrderQueue")):
+                           ("app.handle_flash_orders", "FlashOrderQueue"),
+                           ("app.handle_related_products", "RelatedProductsQueue")):
         if handler in by_handler:
             queues = [e["Properties"]["Queue"] for e in by_handler[handler]["Properties"]["Events"].values()]
             assert queues == [{"Fn::GetAtt": [queue, "Arn"]}]
@@ -263,7 +265,8 @@ def test_queues_have_dlq_redrive_and_visibility_of_six_consumer_timeouts(package
     assert visibility >= 6 * max(consumer_timeouts, default=0)
     for queue, dlq in (("OrderIngestQueue", "OrderIngestDeadLetterQueue"),
                        ("CacheInvalidationQueue", "CacheInvalidationDeadLetterQueue"),
-                       ("FlashOrderQueue", "FlashOrderDeadLetterQueue")):
+                       ("FlashOrderQueue", "FlashOrderDeadLetterQueue"),
+                       ("RelatedProductsQueue", "RelatedProductsDeadLetterQueue")):
         props = resources[queue]["Properties"]
         assert props["VisibilityTimeout"] == {"Ref": "QueueVisibilityTimeout"}
         assert props["RedrivePolicy"]["deadLetterTargetArn"] == {"Fn::GetAtt": [dlq, "Arn"]}
@@ -320,12 +323,15 @@ def test_packaged_concurrency_obeys_the_connection_budget(packaged):
     flash = {"HandleFlashOrders"} & set(reserved)  # the tiny app has no flash consumer
     for name in flash:
         assert reserved[name] == inputs["FlashOrderConcurrency"]
+    related = {"HandleRelatedProducts"} & set(reserved)
+    for name in related:
+        assert reserved[name] == inputs["RelatedProductsConcurrency"]
     for name in set(reserved) & {"WarmCache", "Migrate"}:
         assert reserved[name] == 1
     for name, fn in functions(template).items():
         assert fn["Properties"]["Environment"]["Variables"]["DB_MAX_IN_FLIGHT"] == str(per_environment), name
     events = list(sqs_events(template))
-    assert {fn for fn, _, _ in events} == {"HandleOrderIngest", "HandleCacheInvalidation", *flash}
+    assert {fn for fn, _, _ in events} == {"HandleOrderIngest", "HandleCacheInvalidation", *flash, *related}
     for fn, _, props in events:
         assert 2 <= props["ScalingConfig"]["MaximumConcurrency"] == reserved[fn] <= 1000, fn
     for name in package.BUDGET_PARAMETERS:  # pinned: a deploy-time override would leave the numbers behind
@@ -543,6 +549,9 @@ def test_policies_grant_each_function_only_what_it_uses(real_template):
     assert relay["PublishOrderEvents"] == {"Sid": "PublishOrderEvents", "Effect": "Allow", "Action": "sns:Publish",
                                            "Resource": {"Ref": "OrderEventsTopic"}}
     assert set(statements(template, "FlashReconcileAccessPolicy")) == {"ReadAppDatabaseSecret", "ReadFlashQueueDepth"}
+    related = statements(template, "RelatedProductsAccessPolicy")
+    assert set(related) == {"ReadAppDatabaseSecret", "ConsumeRelatedProductsQueue"}
+    assert related["ConsumeRelatedProductsQueue"]["Resource"] == {"Fn::GetAtt": ["RelatedProductsQueue", "Arn"]}
     assert "sqs:ReceiveMessage" not in text(statements(template, "FlashReconcileAccessPolicy"))  # reads depth only
     # One relay at a time keeps each order's events in order.
     assert template["Resources"]["Lifecycle"]["Properties"]["ReservedConcurrentExecutions"] == 1
@@ -595,3 +604,26 @@ def test_the_package_ships_the_amazon_root_cas_it_verifies_against(real_template
     from scripts import aws_ca_bundle
 
     assert shipped == aws_ca_bundle.bundle_text()  # the same roots as the locked certifi's
+
+
+def test_queues_that_settings_subscribe_to_a_topic_are_subscribed_with_raw_delivery_and_a_filter(real_template):
+    """QueueDef.topic_setting (chalicelib/settings.py) -> an SNS subscription of
+    the queue to that topic, and a queue policy letting that topic alone send."""
+    from chalicelib.settings import QUEUES
+
+    _, template = real_template
+    resources = template["Resources"]
+    subscribed = [q for q in QUEUES if q.topic_setting]
+    assert [q.logical_id for q in subscribed] == ["RelatedProductsQueue"]
+    for q in subscribed:
+        topic = {"Ref": package.TOPICS[q.topic_setting]}
+        subscription = resources[f"{q.logical_id}Subscription"]["Properties"]
+        assert subscription == {"TopicArn": topic, "Protocol": "sqs", "RawMessageDelivery": True,
+                                "Endpoint": {"Fn::GetAtt": [q.logical_id, "Arn"]},
+                                "FilterPolicyScope": "MessageAttributes",
+                                "FilterPolicy": {"event_type": ["order.created", "order.cancelled", "order.expired"]}}
+        policy = resources[f"{q.logical_id}TopicPolicy"]["Properties"]
+        assert policy["Queues"] == [{"Ref": q.logical_id}]
+        [statement] = policy["PolicyDocument"]["Statement"]
+        assert statement["Principal"] == {"Service": "sns.amazonaws.com"} and statement["Action"] == "sqs:SendMessage"
+        assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": topic}}
