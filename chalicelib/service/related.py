@@ -89,12 +89,15 @@ class RelatedProducts:
     def related(self, product_id, limit=rules.DEFAULT_LIMIT):
         """({"product_id", "items": [{"product", "bought_together"}]}, X-Cache value)."""
         ranking, cache_state = self._ranking(product_id)
-        products = self.catalog.get_many([pid for pid, _ in ranking]) if ranking else {}
-        items = []
-        for pid, orders in ranking:
-            product = products.get(pid)
-            if product is not None and product["status"] == "active" and product["stock"] > 0:
-                items.append({"product": product, "bought_together": orders})
-                if len(items) == limit:
-                    break
+        items, start = [], 0
+        # Partners are read a few more than asked at a time: most are still for sale.
+        while len(items) < limit and start < len(ranking):
+            chunk, start = ranking[start:start + 2 * limit], start + 2 * limit
+            products = self.catalog.get_many([pid for pid, _ in chunk])
+            for pid, orders in chunk:
+                product = products.get(pid)
+                if product is not None and product["status"] == "active" and product["stock"] > 0:
+                    items.append({"product": product, "bought_together": orders})
+                    if len(items) == limit:
+                        break
         return {"product_id": product_id, "items": items}, cache_state
