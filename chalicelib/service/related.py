@@ -2,11 +2,11 @@
 co-purchase counts a consumer of the order events keeps in MySQL, and the
 cached ranking `GET /products/{id}/related` answers from.
 
-Counting (`apply`): one transaction per event. Its first statement records the
-event id in `related_events`; a redelivered event finds it there and changes
-nothing (a concurrent duplicate waits on that key until the first commits).
-The pair rows are then upserted in one statement in (product_id, other_id)
-order, the one order every consumer locks them in.
+Counting (`apply_many`): one transaction per SQS batch. It records each event
+id in `related_events` (sorted); a redelivered event finds its row and
+changes nothing (a concurrent duplicate waits on that key until the first
+commits). The batch's pair changes are summed and upserted in one statement
+in (product_id, other_id) order, the one order every consumer locks them in.
 
 Reading (`related`): the ranking (partner ids and counts, best first, active
 and in stock when ranked) is cached for RELATED_TTL_SECONDS. A TTL, not
@@ -17,6 +17,7 @@ when it is read most; a TTL bounds both the staleness and the database reads
 catalog's version-fenced cache, so a partner that sold out or was deactivated
 after the ranking was cached is left out at once."""
 import json
+from collections import Counter
 
 from chalicelib.adapters.cache import CacheUnavailable
 from chalicelib.domain import related as rules
@@ -34,27 +35,53 @@ class RelatedProducts:
 
     def apply(self, event: rules.OrderEvent):
         """Apply one decoded order event once; returns COUNTED, DUPLICATE or IGNORED."""
-        if not event.change:
-            return IGNORED
+        return self.apply_many([event])[event.event_id]
+
+    def apply_many(self, events):
+        """Apply decoded order events (one SQS batch) in one transaction, each
+        event id once; returns {event_id: COUNTED | DUPLICATE | IGNORED}.
+
+        Locks are taken in one global order, so concurrent batches cannot
+        deadlock: the event ids sorted, then the pair rows sorted. The pair
+        changes of the batch are summed first, so a hot pair is written once
+        per batch rather than once per order."""
+        outcomes = {e.event_id: IGNORED for e in events}
+        counted = {}
+        for event in events:
+            if event.change:
+                counted.setdefault(event.event_id, event)  # the same event twice in one batch counts once
+        if not counted:
+            return outcomes
 
         def work(cur):
-            cur.execute("INSERT IGNORE INTO related_events (event_id) VALUES (%s)", (event.event_id,))
-            if cur.rowcount == 0:
-                return DUPLICATE
-            if event.change > 0:
-                quantities = event.quantities
-            else:  # a cancel or expiry takes back what the order's creation added: the order's own lines
-                cur.execute("SELECT product_id, quantity FROM order_items WHERE order_id = %s", (event.order_id,))
-                quantities = {row["product_id"]: row["quantity"] for row in cur.fetchall()}
-            rows = rules.pair_rows(quantities)
+            fresh = []
+            for event_id in sorted(counted):
+                cur.execute("INSERT IGNORE INTO related_events (event_id) VALUES (%s)", (event_id,))
+                outcomes[event_id] = COUNTED if cur.rowcount else DUPLICATE
+                if cur.rowcount:
+                    fresh.append(counted[event_id])
+            # A cancel or expiry takes back what the order's creation added: the order's own lines.
+            taken_back = sorted({e.order_id for e in fresh if e.change < 0})
+            lines = {}
+            if taken_back:
+                cur.execute("SELECT order_id, product_id, quantity FROM order_items WHERE order_id IN "
+                            f"({','.join(['%s'] * len(taken_back))})", taken_back)
+                for row in cur.fetchall():
+                    lines.setdefault(row["order_id"], {})[row["product_id"]] = row["quantity"]
+            changes = Counter()
+            for event in fresh:
+                quantities = event.quantities if event.change > 0 else lines.get(event.order_id, {})
+                for pair in rules.pair_rows(quantities):
+                    changes[pair] += event.change
+            rows = sorted((pair, n) for pair, n in changes.items() if n)
             if rows:
                 cur.execute("INSERT INTO product_pairs (product_id, other_id, orders) VALUES "
                             + ",".join(["(%s, %s, %s)"] * len(rows))
                             + " ON DUPLICATE KEY UPDATE orders = orders + VALUES(orders)",
-                            [value for a, b in rows for value in (a, b, event.change)])
-            return COUNTED
+                            [value for (a, b), n in rows for value in (a, b, n)])
 
-        return self.db.run(work)
+        self.db.run(work)
+        return outcomes
 
     # --- reading (the route) ----------------------------------------------------
 
