@@ -7,7 +7,7 @@
 #   make clients    API clients and keys (ARGS="add NAME --plan P" | "rotate NAME" | "revoke NAME [--key N]")
 #   make openapi    rewrite docs/openapi.json from chalicelib/entrypoints/openapi.py
 #   make lock       re-pin requirements*.txt (with hashes) from requirements*.in
-#   make bench-orders | bench-search | bench-ingest | bench-endpoint | bench-flash | bench-lambda-sizes | bench-writer-cost | bench-lifecycle
+#   make bench-orders | bench-search | bench-ingest | bench-endpoint | bench-flash | bench-lambda-sizes | bench-writer-cost | bench-lifecycle | bench-related
 #   make flash-reconcile  compare and repair the flash-sale gates (Redis) against MySQL
 
 SHELL := /bin/bash
@@ -30,7 +30,7 @@ export AWS_SECRET_ACCESS_KEY ?= test
 export AWS_DEFAULT_REGION ?= us-east-1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv run test chromium setup queues redrive seed package deploy clients openapi lock bench-orders bench-search bench-ingest bench-endpoint bench-flash flash-reconcile bench-lambda-sizes bench-writer-cost bench-lifecycle clean-venv
+.PHONY: help venv run test chromium setup queues redrive seed package deploy clients openapi lock bench-orders bench-search bench-ingest bench-endpoint bench-flash flash-reconcile bench-lambda-sizes bench-writer-cost bench-lifecycle bench-related clean-venv
 
 help:
 	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
@@ -120,6 +120,10 @@ bench-writer-cost: $(STAMP)
 # The outbox's cost on the order path and the expiry lag (docs/api.md, "Order lifecycle").
 bench-lifecycle: $(STAMP)
 	$(PY) bench/lifecycle $(ARGS)
+
+# "Bought together": the consumer's events/s and the related route's cached/uncached latency.
+bench-related: $(STAMP)
+	$(PY) bench/related $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -238,3 +238,11 @@ def flash_writer():
     from chalicelib.service.flash_sales import FlashWriter
 
     return _once("flash_writer", lambda: FlashWriter(flash_gate(), product_writes()))
+
+
+def related_products():
+    from chalicelib.service.related import RelatedProducts
+
+    s = settings()
+    return _once("related_products", lambda: RelatedProducts(database(), redis_gateway(), catalog(),
+                                                             ttl_seconds=s.number("RELATED_TTL_SECONDS")))

@@ -25,6 +25,11 @@ class QueueDef:
     handler: str             # the SQS consumer in app.py
     logical_id: str          # its resource in infra/template.yml
     max_receive_count: int = 5  # deliveries before the DLQ
+    # The setting naming the SNS topic this queue is subscribed to (raw message
+    # delivery); empty: nothing publishes to it through a topic.
+    topic_setting: str = ""
+    # Only these `event_type` message attributes reach the queue (an SNS filter policy); empty: every event.
+    event_types: tuple = ()
 
 
 QUEUES = (
@@ -33,6 +38,10 @@ QUEUES = (
              "CacheInvalidationQueue"),
     QueueDef("FLASH_QUEUE_NAME", "shop-flash-orders", "handle_flash_orders", "FlashOrderQueue"),
     QueueDef("EXPIRY_QUEUE_NAME", "shop-order-expiry", "handle_order_expiry", "OrderExpiryQueue"),
+    # Co-purchase counts ("bought together") from the order events the outbox relay publishes.
+    QueueDef("RELATED_QUEUE_NAME", "shop-related-products", "handle_related_products", "RelatedProductsQueue",
+             topic_setting="ORDER_EVENTS_TOPIC_ARN",
+             event_types=("order.created", "order.cancelled", "order.expired")),
 )
 
 
@@ -84,6 +93,8 @@ DEFAULTS = {
     "CACHE_TTL_SECONDS": "300",
     "CACHE_STALE_SECONDS": "86400",
     "SEARCH_TTL_SECONDS": "60",
+    # How long a product's "bought together" ranking is cached: new co-purchases show within it.
+    "RELATED_TTL_SECONDS": "30",
     # Server-side limit on all statements of one search together; below DB_READ_TIMEOUT.
     "SEARCH_TIME_LIMIT_MS": "1500",
     # Database milliseconds of uncached searches per API key per minute (0: no budget).

@@ -538,3 +538,39 @@ def ensure_topic(endpoint_url, name=ORDER_EVENTS_TOPIC, region=REGION):
     sns = boto3.client("sns", endpoint_url=endpoint_url, region_name=region,
                        aws_access_key_id="test", aws_secret_access_key="test")
     return sns.create_topic(Name=name)["TopicArn"]
+
+
+def _sns_client(endpoint_url, region=REGION):
+    import boto3
+
+    return boto3.client("sns", endpoint_url=endpoint_url, region_name=region,
+                        aws_access_key_id="test", aws_secret_access_key="test")
+
+
+def subscribe_queues(endpoint_url, values, region=REGION):
+    """Subscribe every queue whose QueueDef names a `topic_setting` to that topic,
+    as infra does in the cloud: raw message delivery (the body is the event) and,
+    with `event_types`, a filter policy on the `event_type` attribute. `values`
+    maps settings (queue and topic names) to their values here; a topic that is
+    not set is skipped. Subscribing again is a no-op. Returns the subscription ARNs."""
+    sns, sqs = _sns_client(endpoint_url, region), sqs_client(endpoint_url, region)
+    subscriptions = []
+    for q in QUEUES:
+        topic = values.get(q.topic_setting) if q.topic_setting else None
+        if not topic:
+            continue
+        attributes = {"RawMessageDelivery": "true"}
+        if q.event_types:
+            attributes["FilterPolicy"] = json.dumps({"event_type": list(q.event_types)})
+        arn = queue_arn(sqs, sqs.get_queue_url(QueueName=values[q.setting])["QueueUrl"])
+        subscriptions.append(sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes=attributes,
+                                           ReturnSubscriptionArn=True)["SubscriptionArn"])
+    return subscriptions
+
+
+def unsubscribe(endpoint_url, subscriptions, region=REGION):
+    """Before their queues go: the local endpoint fails every publish to a topic with a dead subscriber."""
+    sns = _sns_client(endpoint_url, region)
+    for arn in subscriptions:
+        with contextlib.suppress(Exception):
+            sns.unsubscribe(SubscriptionArn=arn)

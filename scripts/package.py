@@ -74,7 +74,10 @@ FUNCTION_POLICIES = {
     "Migrate": "MigrateAccessPolicy",
     "Lifecycle": "LifecycleAccessPolicy",
     "FlashReconcile": "FlashReconcileAccessPolicy",
+    "HandleRelatedProducts": "RelatedProductsAccessPolicy",
 }
+# The setting naming a topic (QueueDef.topic_setting) -> the topic in infra/template.yml.
+TOPICS = {"ORDER_EVENTS_TOPIC_ARN": "OrderEventsTopic"}
 MIGRATE_FUNCTION = "Migrate"
 SAM_TRANSFORM = "AWS::Serverless-2016-10-31"
 # Lambda sets these itself and refuses a function that sets them.
@@ -240,11 +243,39 @@ def key_clients(plans):
     return {"Fn::Join": [",", pairs]} if pairs else ""
 
 
+def topic_subscriptions(queue_table=QUEUE_TABLE):
+    """Per queue that QueueDef subscribes to a topic (topic_setting): the
+    subscription (raw message delivery, the filter policy on `event_type`) and
+    the queue policy that lets that topic, and only it, send to the queue."""
+    resources = {}
+    for q in queue_table:
+        if not q.topic_setting:
+            continue
+        if q.topic_setting not in TOPICS:
+            raise SystemExit(f"{q.logical_id}: no infra topic for {q.topic_setting}; add it to TOPICS in "
+                             "scripts/package.py")
+        topic = {"Ref": TOPICS[q.topic_setting]}
+        subscription = {"TopicArn": topic, "Protocol": "sqs", "Endpoint": {"Fn::GetAtt": [q.logical_id, "Arn"]},
+                        "RawMessageDelivery": True}
+        if q.event_types:
+            subscription.update({"FilterPolicyScope": "MessageAttributes",
+                                 "FilterPolicy": {"event_type": list(q.event_types)}})
+        resources[f"{q.logical_id}Subscription"] = {"Type": "AWS::SNS::Subscription", "Properties": subscription}
+        resources[f"{q.logical_id}TopicPolicy"] = {"Type": "AWS::SQS::QueuePolicy", "Properties": {
+            "Queues": [{"Ref": q.logical_id}],
+            "PolicyDocument": {"Version": "2012-10-17", "Statement": [{
+                "Sid": "TopicSendsHere", "Effect": "Allow", "Principal": {"Service": "sns.amazonaws.com"},
+                "Action": "sqs:SendMessage", "Resource": {"Fn::GetAtt": [q.logical_id, "Arn"]},
+                "Condition": {"ArnEquals": {"aws:SourceArn": topic}}}]}}}
+    return resources
+
+
 def build_merge_template(infra_path=INFRA_TEMPLATE, plans=None, with_api=True):
-    """infra/ plus the generated API Gateway resources: what `--merge-template` gets."""
+    """infra/ plus the generated API Gateway resources and topic subscriptions: what `--merge-template` gets."""
     template = load_template(infra_path)
     # Chalice's merge would replace its own SAM transform; postprocess lists both.
     template.pop("Transform", None)
+    template["Resources"].update(topic_subscriptions())
     if with_api:
         plans = plans or load_plans()
         template["Resources"].update(api_gateway_resources(plans))
@@ -277,7 +308,7 @@ def function_environment(plans, logical_id=None):
         "API_KEY_CLIENTS": key_clients(plans),
         # API Gateway's Cognito authorizer verifies customer tokens; the app reads its claims.
         "APP_VERIFY_TOKENS": "false",
-        "ORDER_EVENTS_TOPIC_ARN": {"Ref": "OrderEventsTopic"},
+        **{setting: {"Ref": topic} for setting, topic in TOPICS.items()},
         "ORDER_PAYMENT_WINDOW_SECONDS": {"Ref": "OrderPaymentWindowSeconds"},
         "COGNITO_USER_POOL_ID": {"Ref": "CustomerUserPool"},
         "COGNITO_APP_CLIENT_IDS": {"Ref": "CustomerUserPoolClient"},
@@ -438,7 +469,8 @@ def _infra_transforms(infra_path=INFRA_TEMPLATE):
 # CloudFormation has no arithmetic.
 BUDGET_PARAMETERS = ("DatabaseMaxConnections", "DatabaseProxyMaxConnectionsPercent",
                      "DatabaseConnectionsPerEnvironment", "OrderIngestConnectionPercent",
-                     "CacheInvalidationConcurrency", "FlashOrderConcurrency", "OrderExpiryConcurrency")
+                     "CacheInvalidationConcurrency", "FlashOrderConcurrency", "OrderExpiryConcurrency",
+                     "RelatedProductsConcurrency")
 API_FUNCTION = "APIHandler"  # gets what the others leave
 # A 10-minute schedule; a deploy step; the outbox relay, which must be alone to publish in order.
 SINGLE_ENVIRONMENT = {"WarmCache", "Migrate", "Lifecycle", "FlashReconcile"}
@@ -494,7 +526,8 @@ def allocate_concurrency(template, inputs):
     shares = {"OrderIngestQueue": environments * inputs["OrderIngestConnectionPercent"] // 100,
               "CacheInvalidationQueue": inputs["CacheInvalidationConcurrency"],
               "FlashOrderQueue": inputs["FlashOrderConcurrency"],
-              "OrderExpiryQueue": inputs["OrderExpiryConcurrency"]}
+              "OrderExpiryQueue": inputs["OrderExpiryConcurrency"],
+              "RelatedProductsQueue": inputs["RelatedProductsConcurrency"]}
     allocation = {name: props["ReservedConcurrentExecutions"] for name, props in functions.items()
                   if "ReservedConcurrentExecutions" in props}
     for function, queue, _ in _sqs_mappings(template):

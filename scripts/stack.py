@@ -99,6 +99,8 @@ def setup_order_events(settings):
     """The order-events topic on the local endpoint; its ARN for the processes we start."""
     os.environ["ORDER_EVENTS_TOPIC_ARN"] = localstack.ensure_topic(settings.aws_endpoint_url)
     log.info("order events topic %s", os.environ["ORDER_EVENTS_TOPIC_ARN"])
+    for arn in localstack.subscribe_queues(settings.aws_endpoint_url, {**settings.values, **os.environ}):
+        log.info("subscribed %s", arn)
 
 
 def setup(settings, seed=True):

@@ -31,7 +31,7 @@ ADMIN_KEY = "shop-local-admin-key-0001"
 DEV_KEY = "shop-local-dev-key-0001"
 LIMITED_KEY = "shop-local-limited-key-0001"
 pytest_plugins = ["tests.support.failed_tests"]
-TABLES = ("order_events", "order_items", "orders", "batch_results", "batches", "flash_sales", "products", "customers")
+TABLES = ("product_pairs", "related_events", "order_events", "order_items", "orders", "batch_results", "batches", "flash_sales", "products", "customers")
 
 
 def free_port():
@@ -109,7 +109,9 @@ def test_env(tmp_path_factory):
         saved.update({k: os.environ.get(k) for k in pool_env})
         env.update(pool_env)
         os.environ.update(pool_env)
+        subscriptions = localstack.subscribe_queues(env["AWS_ENDPOINT_URL"], env)
         yield env
+        localstack.unsubscribe(env["AWS_ENDPOINT_URL"], subscriptions)
         _delete_queues(specs)
         with contextlib.suppress(Exception):
             cognito.delete_user_pool(UserPoolId=pool_id)

@@ -171,6 +171,20 @@ class ProductCache:
         _, soft_expiry, payload = raw.split("|", 2)
         return json.loads(payload), int(soft_expiry) > time.time() * 1000
 
+    def get_many(self, product_ids):
+        """{id: product} of the fresh copies among `product_ids`, in one round trip. Raises CacheUnavailable."""
+        if not product_ids:
+            return {}
+        raws = self.gateway.call(lambda r: r.mget([self.key(pid) for pid in product_ids]))
+        now_ms = time.time() * 1000
+        fresh = {}
+        for pid, raw in zip(product_ids, raws):
+            if raw is not None:
+                _, soft_expiry, payload = raw.split("|", 2)
+                if int(soft_expiry) > now_ms:
+                    fresh[pid] = json.loads(payload)
+        return fresh
+
     def put(self, product):
         """Cache `product` unless a newer version is cached or fenced; True if stored."""
         soft_expiry = int(time.time() * 1000) + _jitter(self.ttl_seconds)

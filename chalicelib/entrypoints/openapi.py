@@ -9,6 +9,7 @@ import json
 
 from chalicelib.domain import errors
 from chalicelib.domain import order_lifecycle as lifecycle
+from chalicelib.domain import related
 from chalicelib.domain.orders import MAX_CLIENT_ORDER_ID, MAX_LINES_PER_ORDER, MAX_ORDERS_PER_BATCH, MAX_QUANTITY
 from chalicelib.domain.products import BULK_LIMIT, MAX_PRICE_CENTS, MAX_STOCK, STATUSES
 from chalicelib.domain.search_query import SORTS, TOTAL_CAP
@@ -104,6 +105,15 @@ SCHEMAS = {
     }, ["id", "sku", "name", "description", "category", "price_cents", "stock", "version", "status", "created_at",
         "updated_at"]),
     "ProductEnvelope": _object({"product": _ref("Product")}, ["product"]),
+    "RelatedProducts": _object({
+        "product_id": {"type": "integer"},
+        "items": {"type": "array", "maxItems": related.MAX_LIMIT, "items": _object({
+            "product": _ref("Product"),
+            "bought_together": {"type": "integer", "minimum": 1,
+                                "description": "Orders that held both products (cancelled and expired ones "
+                                               "taken back)."},
+        }, ["product", "bought_together"])},
+    }, ["product_id", "items"]),
     "NewProduct": _object({**PRODUCT_FIELDS, "stock": _integer(0, MAX_STOCK)},
                           ["sku", "name", "category", "price_cents", "stock"]),
     "ProductPatch": {**_object({
@@ -360,6 +370,13 @@ def build():
                 "200": _json("ProductEnvelope", "The product, version increased.")},
                 admin=True, parameters=[PRODUCT_ID], body="ProductPatch", statuses=(400, 404, 409, 500)),
         },
+        "/products/{product_id}/related": {"get": _operation(
+            "relatedProducts", "Products most often bought together with this one (active, in stock), best first", {
+                "200": _json("RelatedProducts", "Up to limit partners; fresh within a minute of new orders.",
+                             "X-Cache")},
+            parameters=[PRODUCT_ID, _query("limit", _integer(1, related.MAX_LIMIT),
+                                           f"At most this many (default {related.DEFAULT_LIMIT}).")],
+            statuses=(400, 404, 500))},
         "/products/{product_id}/stock": {"post": _operation("adjustStock", "Add to or take from stock", {
             "200": _json("ProductEnvelope", "The product with its new stock.")},
             admin=True, parameters=[PRODUCT_ID], body="StockDelta", statuses=(400, 404, 409, 500))},

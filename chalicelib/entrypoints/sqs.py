@@ -1,6 +1,7 @@
 """The SQS-triggered Lambda handlers: Powertools partial batch responses around
 the order-ingest consumer and the cache-invalidation apply."""
 import json
+from collections import Counter
 
 from chalicelib import bootstrap
 from chalicelib.domain.errors import ServiceUnavailable
@@ -83,6 +84,43 @@ def handle_flash_event(event, context=None, writer=None):
         return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in records]}
     emit("FlashRecords", len(records))
     return {"batchItemFailures": []}
+
+
+def handle_related_event(event, context=None, related=None):
+    """The related-products Lambda: the co-purchase counts of every order event
+    of the SQS batch in one transaction, once per event id. A body that is not
+    an order event is logged and reported failed, so it is kept: after 5
+    receives it waits in the DLQ (its alarm fires) for someone to look at it,
+    never silently dropped. If the transaction fails (MySQL unavailable), every
+    event of the batch is reported failed and SQS redelivers them."""
+    bootstrap.refuse_if_misconfigured()
+    from chalicelib.domain import related as rules
+
+    related = related or bootstrap.related_products()
+    failed, decoded = [], []
+    for record in event.get("Records", []):
+        try:
+            decoded.append((record["messageId"], rules.decode(record["body"])))
+        except ValueError as exc:
+            logger.error("related-products message rejected; it stays on the queue, then the DLQ",
+                         extra={"message_id": record.get("messageId"), "reason": str(exc),
+                                "body": str(record.get("body"))[:500],
+                                "receive_count": record.get("attributes", {}).get("ApproximateReceiveCount")})
+            emit("RelatedMessagesRejected", 1)
+            failed.append(record["messageId"])
+    if decoded:
+        try:
+            outcomes = related.apply_many([e for _, e in decoded])
+        except Exception as exc:
+            transient = isinstance(exc, ServiceUnavailable)
+            (logger.warning if transient else logger.exception)(
+                "related-products batch failed; SQS will redeliver it",
+                extra={"records": len(decoded), "error": f"{type(exc).__name__}: {exc}"})
+            failed += [message_id for message_id, _ in decoded]
+        else:
+            for outcome, n in Counter(outcomes.values()).items():
+                emit("RelatedEvents", n, outcome=outcome)
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
 
 
 def handle_invalidation_event(event, context=None):

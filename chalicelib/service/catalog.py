@@ -135,6 +135,29 @@ class Catalog:
                 return cached, "STALE"
             raise
 
+    def get_many(self, product_ids):
+        """{id: product} for those of `product_ids` that exist: the fresh cached
+        copies (version-fenced, so never older than a committed write) and the
+        rest in one MySQL read, which is then cached."""
+        try:
+            found = self.cache.get_many(product_ids)
+        except CacheUnavailable:
+            found, cache_up = {}, False
+        else:
+            cache_up = True
+        missing = [pid for pid in product_ids if pid not in found]
+        if missing:
+            rows = self.db.query(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN "
+                                 f"({','.join(['%s'] * len(missing))})", missing)
+            for row in rows:
+                product = found[row["id"]] = to_api(row)
+                if cache_up:
+                    try:
+                        self.cache.put(product)
+                    except CacheUnavailable:
+                        cache_up = False
+        return found
+
     def _load_through_cache(self, product_id, wait_seconds=0.2):
         """One loader per hot key: others wait briefly for its copy, then load themselves."""
         try:

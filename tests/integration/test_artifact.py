@@ -189,7 +189,8 @@ def functions(packaged, runtime, local_endpoints, tmp_path_factory):
 def test_the_package_runs_on_the_runtime_alone(packaged, functions):
     _, properties, task_root = packaged
     assert set(properties) == {"APIHandler", "HandleOrderIngest", "HandleCacheInvalidation", "HandleFlashOrders",
-                               "HandleOrderExpiry", "WarmCache", "Migrate", "Lifecycle", "FlashReconcile"}
+                               "HandleOrderExpiry", "HandleRelatedProducts", "WarmCache", "Migrate", "Lifecycle",
+                               "FlashReconcile"}
     api = functions("APIHandler")
     assert api.started["python"] == [int(x) for x in properties["APIHandler"]["Runtime"][len("python"):].split(".")]
     assert "tests" not in " ".join(api.started["sys_path"]) and ".venv" not in " ".join(api.started["sys_path"])
@@ -321,6 +322,11 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
         "RESERVATION_NOT_FOUND"
     assert _body(call("GET", f"/products/{sale_pid}/sale", admin=True))["sale"]["remaining"] == 1
     assert _body(call("DELETE", f"/products/{sale_pid}/sale", admin=True))["sale"]["on_sale"] is False
+
+    related = call("GET", f"/products/{pid}/related", query={"limit": "5"})
+    assert _body(related) == {"product_id": pid, "items": []} and related["headers"]["X-Cache"] in ("MISS", "HIT")
+    assert _body(call("GET", f"/products/{pid}/related", query={"limit": "0"}, status=400))["error"]["code"] == \
+        "VALIDATION_ERROR"
 
     stats = _body(call("GET", "/admin/stats", admin=True))
     assert stats["orders"]["created"] >= 1
@@ -470,6 +476,18 @@ def test_the_expiry_consumer_acts_on_timers(clean_db, functions, test_env):
     assert bootstrap.orders().get(order_id)["lifecycle"] == "expired"
     assert _body(api.invoke(proxy_event("GET", f"/products/{product['id']}")))["product"]["stock"] == \
         product["stock"]
+
+
+def test_the_related_products_consumer_counts_once_and_keeps_garbage(clean_db, functions, test_env):
+    api = functions("APIHandler")
+    lamp, shade = _new_product(api, "Paired lamp"), _new_product(api, "Paired shade")
+    created = {"event_id": str(uuid.uuid4()), "type": "order.created", "order_id": 1, "sequence": 1,
+               "data": {"items": [{"product_id": lamp["id"], "quantity": 1}, {"product_id": shade["id"], "quantity": 1}]}}
+    event = _sqs_event("sqs_order_ingest.json", test_env["RELATED_QUEUE_NAME"], [created, created, ["garbage"]])
+    consumer = functions("HandleRelatedProducts")
+    assert consumer.invoke(event) == {"batchItemFailures": [{"itemIdentifier": event["Records"][2]["messageId"]}]}
+    related = _body(api.invoke(proxy_event("GET", f"/products/{lamp['id']}/related")))
+    assert [(i["product"]["id"], i["bought_together"]) for i in related["items"]] == [(shade["id"], 1)]
 
 
 def test_a_missing_runtime_dependency_fails_the_artifact(packaged, runtime, local_endpoints, tmp_path):

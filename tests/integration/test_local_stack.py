@@ -45,6 +45,21 @@ def test_configured_queues_have_dlq_and_redrive(sqs, test_env, monkeypatch):
         assert int(attributes(sqs, dlq_url)["MessageRetentionPeriod"]) == localstack.DLQ_RETENTION_SECONDS
 
 
+def test_queues_are_subscribed_to_their_topic_once_with_raw_delivery_and_a_filter(test_env):
+    """The session's subscriptions (tests/conftest.py, as `make run`): subscribing
+    again returns the same subscription, with the attributes QueueDef asks for."""
+    import boto3
+
+    first = localstack.subscribe_queues(test_env["AWS_ENDPOINT_URL"], test_env)
+    assert len(first) == 1 and localstack.subscribe_queues(test_env["AWS_ENDPOINT_URL"], test_env) == first
+    sns = boto3.client("sns", endpoint_url=test_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                       aws_access_key_id="test", aws_secret_access_key="test")
+    attrs = sns.get_subscription_attributes(SubscriptionArn=first[0])["Attributes"]
+    assert attrs["TopicArn"] == test_env["ORDER_EVENTS_TOPIC_ARN"] and attrs["RawMessageDelivery"] == "true"
+    assert attrs["Endpoint"].endswith(":" + test_env["RELATED_QUEUE_NAME"])
+    assert json.loads(attrs["FilterPolicy"]) == {"event_type": ["order.created", "order.cancelled", "order.expired"]}
+
+
 def test_setup_is_idempotent_and_converges(sqs, test_env):
     spec = localstack.QueueSpec(f"{test_env['INVALIDATION_QUEUE_NAME']}-idem", max_receive_count=5, visibility_timeout=30)
     first = localstack.ensure_queue(sqs, spec)

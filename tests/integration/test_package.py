@@ -315,7 +315,8 @@ def test_packaged_concurrency_obeys_the_connection_budget(packaged):
     assert reserved["HandleCacheInvalidation"] == inputs["CacheInvalidationConcurrency"]
     # The tiny app has neither of these consumers.
     fixed = {name: inputs[share] for name, share in (("HandleFlashOrders", "FlashOrderConcurrency"),
-                                                     ("HandleOrderExpiry", "OrderExpiryConcurrency"))
+                                                     ("HandleOrderExpiry", "OrderExpiryConcurrency"),
+                                                     ("HandleRelatedProducts", "RelatedProductsConcurrency"))
              if name in reserved}
     for name, share in fixed.items():
         assert reserved[name] == share, name
@@ -546,6 +547,9 @@ def test_policies_grant_each_function_only_what_it_uses(real_template):
     assert set(expiry) == {"ReadAppDatabaseSecret", "ConsumeAndRestartExpiryTimers"}
     assert expiry["ConsumeAndRestartExpiryTimers"]["Resource"] == {"Fn::GetAtt": ["OrderExpiryQueue", "Arn"]}
     assert set(statements(template, "FlashReconcileAccessPolicy")) == {"ReadAppDatabaseSecret", "ReadFlashQueueDepth"}
+    related = statements(template, "RelatedProductsAccessPolicy")
+    assert set(related) == {"ReadAppDatabaseSecret", "ConsumeRelatedProductsQueue"}
+    assert related["ConsumeRelatedProductsQueue"]["Resource"] == {"Fn::GetAtt": ["RelatedProductsQueue", "Arn"]}
     assert "sqs:ReceiveMessage" not in text(statements(template, "FlashReconcileAccessPolicy"))  # reads depth only
     # One relay at a time keeps each order's events in order.
     assert template["Resources"]["Lifecycle"]["Properties"]["ReservedConcurrentExecutions"] == 1
@@ -598,3 +602,26 @@ def test_the_package_ships_the_amazon_root_cas_it_verifies_against(real_template
     from scripts import aws_ca_bundle
 
     assert shipped == aws_ca_bundle.bundle_text()  # the same roots as the locked certifi's
+
+
+def test_queues_that_settings_subscribe_to_a_topic_are_subscribed_with_raw_delivery_and_a_filter(real_template):
+    """QueueDef.topic_setting (chalicelib/settings.py) -> an SNS subscription of
+    the queue to that topic, and a queue policy letting that topic alone send."""
+    from chalicelib.settings import QUEUES
+
+    _, template = real_template
+    resources = template["Resources"]
+    subscribed = [q for q in QUEUES if q.topic_setting]
+    assert [q.logical_id for q in subscribed] == ["RelatedProductsQueue"]
+    for q in subscribed:
+        topic = {"Ref": package.TOPICS[q.topic_setting]}
+        subscription = resources[f"{q.logical_id}Subscription"]["Properties"]
+        assert subscription == {"TopicArn": topic, "Protocol": "sqs", "RawMessageDelivery": True,
+                                "Endpoint": {"Fn::GetAtt": [q.logical_id, "Arn"]},
+                                "FilterPolicyScope": "MessageAttributes",
+                                "FilterPolicy": {"event_type": ["order.created", "order.cancelled", "order.expired"]}}
+        policy = resources[f"{q.logical_id}TopicPolicy"]["Properties"]
+        assert policy["Queues"] == [{"Ref": q.logical_id}]
+        [statement] = policy["PolicyDocument"]["Statement"]
+        assert statement["Principal"] == {"Service": "sns.amazonaws.com"} and statement["Action"] == "sqs:SendMessage"
+        assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": topic}}

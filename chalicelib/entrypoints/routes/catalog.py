@@ -2,9 +2,10 @@
 from chalice import Blueprint
 
 from chalicelib import bootstrap
+from chalicelib.domain import related
 from chalicelib.domain.errors import PayloadTooLarge, ValidationError
 from chalicelib.domain.validation import path_id
-from chalicelib.entrypoints.http import endpoint, json_body
+from chalicelib.entrypoints.http import endpoint, json_body, query_params
 from chalicelib.ops.metrics import emit
 
 routes = Blueprint(__name__)
@@ -40,6 +41,15 @@ def get_product(request, product_id):
     product, cache_state = bootstrap.catalog().get(path_id(product_id, "product_id"))
     emit("ProductCache", 1, result=cache_state)
     return 200, {"product": product}, {"X-Cache": cache_state}
+
+
+@endpoint(routes, "/products/{product_id}/related")
+def related_products(request, product_id):
+    product_id = path_id(product_id, "product_id")
+    limit = related.limit_param(query_params(request))
+    body, cache_state = bootstrap.related_products().related(product_id, limit)
+    emit("RelatedCache", 1, result=cache_state)
+    return 200, body, {"X-Cache": cache_state}
 
 
 @endpoint(routes, "/products/{product_id}", methods=("PATCH",), admin=True)
