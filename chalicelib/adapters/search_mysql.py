@@ -338,16 +338,19 @@ class MySQLSearchBackend:
         total = self._broad_count(cur, query, words, driver)
         return self._page(cur, query, keys, total, first_col)
 
+    PROBE_WORDS = 4        # an atom of more words is probed in the product's own terms
+
     @staticmethod
     def _has(alias, pid, atom, words, extra=""):
-        """1 if product `pid` has a posting of `atom`: point lookups in the
+        """1 if product `pid` has a posting of `atom`. Point lookups in its
         words' primary-key ranges (postings of one word are contiguous, so
-        probes in id order stay on few pages), or a range of the product's
-        own terms when the atom is too many words."""
-        if words is not None:
-            return (_probe(f"search_terms {alias} FORCE INDEX (PRIMARY)",
-                           f"{alias}.term IN ({','.join(['%s'] * len(words))}) AND {alias}.product_id = {pid}{extra}"),
-                    list(words))
+        probes in id order stay on few pages), one per word: with `term IN`
+        and a correlated product_id the server scans every listed posting.
+        An atom of many words reads the product's own terms instead."""
+        if words is not None and len(words) <= MySQLSearchBackend.PROBE_WORDS:
+            return ("(" + " OR ".join(_probe(f"search_terms {alias} FORCE INDEX (PRIMARY)",
+                                             f"{alias}.term = %s AND {alias}.product_id = {pid}{extra}")
+                                      for _ in words) + ")", list(words))
         cond, arg = MySQLSearchBackend._atom_sql(alias, atom)
         return (_probe(f"search_terms {alias} FORCE INDEX (ix_search_terms_product)",
                        f"{alias}.product_id = {pid} AND {cond}{extra}"), [arg])
