@@ -143,14 +143,17 @@ class MySQLSearchBackend:
         row = cur.fetchone()
         return [int(row[f"c{i}"]) for i in range(len(atoms))]
 
-    def _match_sql(self, query, atoms, driver, with_score):
+    def _match_sql(self, query, atoms, driver, with_score, words=None):
         """SELECT id, price_cents, created_at, score of every match (no paging).
 
         With terms, everything but the stock comes from search_meta (compact,
         stays in the buffer pool); `products` is probed for stock only, and
         only for candidates that pass every other condition (it is the last
         condition of the WHERE). Without terms (browsing by filters), the
-        products indexes on (status, price|created_at) serve the query."""
+        products indexes on (status, price|created_at) serve the query.
+        `words` (atom -> its indexed words) lets the other atoms be probed
+        with point lookups in their words' postings (see _has)."""
+        words = words or {}
         verify = [t for t in query.terms if t.kind == "substr"]
         if driver is not None:
             # One range read of the rarest atom; MAX(in_name) is that term's
@@ -178,16 +181,17 @@ class MySQLSearchBackend:
         for atom in atoms:
             if atom == driver:
                 continue
-            cond, arg = self._atom_sql("t", atom)
-            where.append(f"EXISTS (SELECT 1 FROM search_terms t WHERE t.product_id = {pid} AND {cond})")
-            where_args.append(arg)
+            sql, atom_args = self._has("t", pid, atom, words.get(atom))
+            where.append(sql)
+            where_args += atom_args
         for term in verify:
             where.append("(LOCATE(%s, d.name_norm) > 0 OR LOCATE(%s, d.body_norm) > 0)")
             where_args += [term.text, term.text]
         if query.in_stock:
             # Last: stock is not denormalised (orders change it with plain UPDATEs).
             if indexed:
-                where.append("EXISTS (SELECT 1 FROM products ps WHERE ps.id = p.product_id AND ps.stock > 0)")
+                where.append("EXISTS (SELECT 1 FROM products ps FORCE INDEX (ix_products_stock) "
+                             "WHERE ps.id = p.product_id AND ps.stock > 0)")
             else:
                 where.append("p.stock > 0")
         score, score_args = "0", []
@@ -200,10 +204,10 @@ class MySQLSearchBackend:
                 elif term.atoms()[0] == driver:
                     pieces.append("c.h")
                 else:
-                    cond, arg = self._atom_sql("n", term.atoms()[0])
-                    pieces.append(f"EXISTS (SELECT 1 FROM search_terms n WHERE n.product_id = {pid} "
-                                  f"AND {cond} AND n.in_name = 1)")
-                    score_args.append(arg)
+                    atom = term.atoms()[0]
+                    sql, atom_args = self._has("n", pid, atom, words.get(atom), " AND n.in_name = 1")
+                    pieces.append(sql)
+                    score_args += atom_args
             score = "(" + " + ".join(pieces) + ")"
         hint = "STRAIGHT_JOIN " if indexed else ""
         sql = (f"SELECT {hint}{pid} AS id, p.price_cents AS price_cents, p.created_at AS created_at, {score} AS score "
@@ -231,7 +235,9 @@ class MySQLSearchBackend:
                 return self._broad(cur, query, atoms)
             driver = atoms[counts.index(min(counts))]
         order, after_sql, first_col = _ORDER[query.sort]
-        match_sql, match_args = self._match_sql(query, atoms, driver, query.sort == "relevance")
+        words = {atom: self._words(cur, atom, self.PROBE_WORDS) if atom[0] == "prefix" else [atom[1]]
+                 for atom in atoms if atom != driver}
+        match_sql, match_args = self._match_sql(query, atoms, driver, query.sort == "relevance", words)
         if driver is not None:
             # Selective: fewer than DRIVER_SAMPLE candidates. One pass over
             # them: the server counts (a window over every match, taken
@@ -338,7 +344,7 @@ class MySQLSearchBackend:
         total = self._broad_count(cur, query, words, driver)
         return self._page(cur, query, keys, total, first_col)
 
-    PROBE_WORDS = 4        # an atom of more words is probed in the product's own terms
+    PROBE_WORDS = 8        # an atom of more words is probed in the product's own terms
 
     @staticmethod
     def _has(alias, pid, atom, words, extra=""):
@@ -380,7 +386,8 @@ class MySQLSearchBackend:
                                     "AND (LOCATE(%s, x.name_norm) > 0 OR LOCATE(%s, x.body_norm) > 0)"))
                 args += [term.text, term.text]
         if query.in_stock:
-            where.append(_probe("products ps", f"ps.id = {alias}.product_id AND ps.stock > 0"))
+            where.append(_probe("products ps FORCE INDEX (ix_products_stock)",
+                                f"ps.id = {alias}.product_id AND ps.stock > 0"))
         return where, args
 
     def _score(self, query, words, driver, alias="d"):

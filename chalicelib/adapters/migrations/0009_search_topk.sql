@@ -24,4 +24,10 @@ ALTER TABLE search_terms
   ADD KEY ix_search_terms_name (term, in_name, product_id, active, category, price_cents),
   ADD KEY ix_search_terms_price (term, price_cents, product_id, active, category),
   ADD KEY ix_search_terms_price_desc (term, price_cents DESC, product_id, active, category),
-  ADD KEY ix_search_terms_created (term, created_at, product_id, active, category, price_cents)
+  ADD KEY ix_search_terms_created (term, created_at, product_id, active, category, price_cents);
+
+-- in_stock=true probes each candidate's stock (never copied: orders change it
+-- with plain UPDATEs). This narrow index answers the probe without reading the
+-- wide product row, so it stays in the buffer pool; a stock UPDATE now also
+-- rewrites one small secondary entry.
+CREATE INDEX ix_products_stock ON products (id, stock)
