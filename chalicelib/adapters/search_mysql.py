@@ -95,8 +95,8 @@ class MySQLSearchBackend:
         upserts.sort()
         for start in range(0, len(upserts), 1000):
             chunk = upserts[start:start + 1000]
-            cur.execute("INSERT INTO search_terms (term, product_id, in_name, active, category, price_cents, created_at) "
-                        "VALUES " + ",".join(["(%s,%s,%s,%s,%s,%s,%s)"] * len(chunk))
+            cur.execute("INSERT INTO search_terms (term, product_id, in_name, active, category, price_cents, "
+                        "created_at) VALUES " + ",".join(["(%s,%s,%s,%s,%s,%s,%s)"] * len(chunk))
                         + " ON DUPLICATE KEY UPDATE in_name = VALUES(in_name)",
                         [value for row in chunk for value in row])
         cur.execute(f"SELECT product_id, name_norm, body_norm FROM search_docs WHERE product_id IN ({marks})", ids)
@@ -395,7 +395,8 @@ class MySQLSearchBackend:
         pieces, args = [], []
         for term in query.terms:
             if term.kind == "substr":
-                pieces.append(_probe("search_docs y", f"y.product_id = {alias}.product_id AND LOCATE(%s, y.name_norm) > 0"))
+                pieces.append(_probe("search_docs y",
+                                     f"y.product_id = {alias}.product_id AND LOCATE(%s, y.name_norm) > 0"))
                 args.append(term.text)
             elif term.atoms() == [driver] and len(words[driver] or []) == 1:
                 pieces.append(f"{alias}.in_name")
@@ -460,8 +461,8 @@ class MySQLSearchBackend:
 
     def _broad_count(self, cur, query, words, driver):
         """Matches counted over the driver's postings, up to TOTAL_CAP + 1:
-        in primary-key order, or only the price range's postings when the
-        query has a price filter."""
+        in primary-key order, or only the postings in the price range or the
+        category when the query filters on them."""
         where, args = self._conditions(query, words, driver)
         if words[driver] is not None:
             cond, arg = f"d.term IN ({','.join(['%s'] * len(words[driver]))})", list(words[driver])
@@ -469,7 +470,8 @@ class MySQLSearchBackend:
             sql, one = self._atom_sql("d", driver)
             cond, arg = sql, [one]
         pid = "d.product_id" if words[driver] is not None and len(words[driver]) == 1 else "DISTINCT d.product_id"
-        index = "PRIMARY" if query.min_price is None and query.max_price is None else "ix_search_terms_price"
+        index = ("ix_search_terms_price" if query.min_price is not None or query.max_price is not None
+                 else "ix_search_terms_category" if query.category is not None else "PRIMARY")
         cur.execute(f"SELECT COUNT(*) AS n FROM (SELECT {pid} FROM search_terms d FORCE INDEX ({index}) "
                     f"WHERE {cond} AND {' AND '.join(where)} LIMIT %s) m", arg + args + [self.TOTAL_CAP + 1])
         return int(cur.fetchone()["n"])

@@ -9,6 +9,7 @@
 --   ix_search_terms_price:      price_asc
 --   ix_search_terms_price_desc: price_desc (price descending, id ascending)
 --   ix_search_terms_created:    newest, read backwards (created_at, id descending)
+--   ix_search_terms_category:   counting the matches in one category
 -- The trailing columns after product_id do not change the order: they are
 -- there so the filters are checked without reading the clustered row.
 ALTER TABLE search_terms
@@ -24,7 +25,8 @@ ALTER TABLE search_terms
   ADD KEY ix_search_terms_name (term, in_name, product_id, active, category, price_cents),
   ADD KEY ix_search_terms_price (term, price_cents, product_id, active, category),
   ADD KEY ix_search_terms_price_desc (term, price_cents DESC, product_id, active, category),
-  ADD KEY ix_search_terms_created (term, created_at, product_id, active, category, price_cents);
+  ADD KEY ix_search_terms_created (term, created_at, product_id, active, category, price_cents),
+  ADD KEY ix_search_terms_category (term, category, product_id, active);
 
 -- in_stock=true probes each candidate's stock (never copied: orders change it
 -- with plain UPDATEs). This narrow index answers the probe without reading the
