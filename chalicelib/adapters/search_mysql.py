@@ -49,6 +49,7 @@ class MySQLSearchBackend:
     DRIVER_SAMPLE = 5000   # cap when estimating how selective each term is
     MAX_EXPANSION = 32     # words of a prefix a broad query walks one by one
     DENSITY_SAMPLE = 1000  # postings per word read to rank a broad query's atoms
+    PROBE_WORDS = 8        # an atom of more words is probed in the product's own terms
     TOTAL_CAP = TOTAL_CAP  # matches counted exactly (tests lower it)
 
     def __init__(self, db, time_limit_ms=1500):
@@ -320,14 +321,14 @@ class MySQLSearchBackend:
         other atoms probed per posting, and stop at limit+1 matches; a prefix
         driver walks each of its words and the walks are merged. Relevance
         walks score tiers from the top (all terms in the name) down, each in
-        id order. The count reads the driver's postings in primary-key order
-        (price order with a price filter) and stops at TOTAL_CAP + 1."""
+        id order. The count reads the driver's postings (see _broad_count)
+        and stops at TOTAL_CAP + 1."""
         words = self._expand(cur, atoms)
         density = self._densities(cur, words)
         if density:
             driver = min(density, key=density.get)
         else:
-            driver = atoms[0]   # every atom is a prefix of very many words: one range, sorted
+            driver = atoms[0]   # every atom is a prefix of very many words: walked as one range
         _, _, first_col = _ORDER[query.sort]
         need = query.limit + 1
         if query.sort != "relevance":
@@ -343,8 +344,6 @@ class MySQLSearchBackend:
                     break
         total = self._broad_count(cur, query, words, driver)
         return self._page(cur, query, keys, total, first_col)
-
-    PROBE_WORDS = 8        # an atom of more words is probed in the product's own terms
 
     @staticmethod
     def _has(alias, pid, atom, words, extra=""):
@@ -428,7 +427,7 @@ class MySQLSearchBackend:
             if after is not None:
                 where.append(after_sql)
                 args += [after[0], after[0], after[1]]
-            select, select_args = "0 AS score", []
+            select = "0 AS score"
         else:
             score, score_args = self._score(query, words, driver)
             # Top tier: every term is in the name, the driver's too.
@@ -441,14 +440,14 @@ class MySQLSearchBackend:
                 args.append(after[1])
             where.append(f"{score} = %s")
             args += score_args + [tier]
-            select, select_args = f"{tier} AS score", []
+            select = f"{tier} AS score"
         walks, walk_args = [], []
         for word in (words[driver] or [None]):
             cond, arg = ("d.term = %s", word) if word is not None else self._atom_sql("d", driver)
             walks.append(f"SELECT d.product_id AS id, d.price_cents AS price_cents, d.created_at AS created_at, "
                          f"{select} FROM search_terms d FORCE INDEX ({index}) "
                          f"WHERE {cond} AND {' AND '.join(where)} ORDER BY {order} LIMIT %s")
-            walk_args += select_args + [arg] + args + [need]
+            walk_args += [arg] + args + [need]
         if len(walks) == 1:
             cur.execute(walks[0], walk_args)
         else:
