@@ -321,16 +321,33 @@ class MySQLSearchBackend:
         other atoms probed per posting, and stop at limit+1 matches; a prefix
         driver walks each of its words and the walks are merged. Relevance
         walks score tiers from the top (all terms in the name) down, each in
-        id order. The count reads the driver's postings (see _broad_count)
-        and stops at TOTAL_CAP + 1."""
+        id order. The count comes first (the driver's postings, stopping at
+        TOTAL_CAP + 1); when it finds fewer than DRIVER_SAMPLE matches they
+        are gathered and sorted instead of walked for."""
         words = self._expand(cur, atoms)
         density = self._densities(cur, words)
         if density:
             driver = min(density, key=density.get)
         else:
             driver = atoms[0]   # every atom is a prefix of very many words: walked as one range
-        _, _, first_col = _ORDER[query.sort]
+        order, after_sql, first_col = _ORDER[query.sort]
         need = query.limit + 1
+        total = self._broad_count(cur, query, words, driver)
+        if total < self.DRIVER_SAMPLE:
+            # Few matches (common words rarely together, a narrow filter): a
+            # walk in sort order could read every posting to find them, and
+            # the count has just read (and cached) exactly those postings.
+            # Gather them the same way and sort them.
+            source, args = self._count_source(query, words, driver)
+            score, score_args = self._score(query, words, driver) if query.sort == "relevance" else ("0", [])
+            sql = (f"SELECT id, price_cents, created_at, score FROM (SELECT DISTINCT d.product_id AS id, "
+                   f"d.price_cents AS price_cents, d.created_at AS created_at, {score} AS score {source}) m")
+            args = score_args + args
+            if query.after is not None:
+                sql += " WHERE " + after_sql
+                args += [query.after[0], query.after[0], query.after[1]]
+            cur.execute(sql + f" ORDER BY {order} LIMIT %s", args + [need])
+            return self._page(cur, query, list(cur.fetchall()), total, first_col)
         if query.sort != "relevance":
             keys = self._walks(cur, query, words, driver, need, query.after, tier=None)
         else:
@@ -342,7 +359,6 @@ class MySQLSearchBackend:
                 keys += self._walks(cur, query, words, driver, need - len(keys), after, tier)
                 if len(keys) >= need:
                     break
-        total = self._broad_count(cur, query, words, driver)
         return self._page(cur, query, keys, total, first_col)
 
     @staticmethod
@@ -458,21 +474,26 @@ class MySQLSearchBackend:
                         "LIMIT %s", walk_args + [need])
         return list(cur.fetchall())
 
-    def _broad_count(self, cur, query, words, driver):
-        """Matches counted over the driver's postings, up to TOTAL_CAP + 1:
-        in primary-key order, or only the postings in the price range or the
-        category when the query filters on them."""
+    def _count_source(self, query, words, driver):
+        """FROM ... WHERE of the driver's matching postings, read in the order
+        that visits the fewest: the price range's or the category's postings
+        when the query filters on them, else the primary key (id order)."""
         where, args = self._conditions(query, words, driver)
         if words[driver] is not None:
             cond, arg = f"d.term IN ({','.join(['%s'] * len(words[driver]))})", list(words[driver])
         else:
             sql, one = self._atom_sql("d", driver)
             cond, arg = sql, [one]
-        pid = "d.product_id" if words[driver] is not None and len(words[driver]) == 1 else "DISTINCT d.product_id"
         index = ("ix_search_terms_price" if query.min_price is not None or query.max_price is not None
                  else "ix_search_terms_category" if query.category is not None else "PRIMARY")
-        cur.execute(f"SELECT COUNT(*) AS n FROM (SELECT {pid} FROM search_terms d FORCE INDEX ({index}) "
-                    f"WHERE {cond} AND {' AND '.join(where)} LIMIT %s) m", arg + args + [self.TOTAL_CAP + 1])
+        return (f"FROM search_terms d FORCE INDEX ({index}) WHERE {cond} AND {' AND '.join(where)}",
+                arg + args)
+
+    def _broad_count(self, cur, query, words, driver):
+        """Matches counted over the driver's postings, up to TOTAL_CAP + 1."""
+        source, args = self._count_source(query, words, driver)
+        pid = "d.product_id" if words[driver] is not None and len(words[driver]) == 1 else "DISTINCT d.product_id"
+        cur.execute(f"SELECT COUNT(*) AS n FROM (SELECT {pid} {source} LIMIT %s) m", args + [self.TOTAL_CAP + 1])
         return int(cur.fetchone()["n"])
 
     @staticmethod

@@ -88,7 +88,7 @@ def probe_plan_items(query, monkeypatch):
         return MySQLSearchBackend(bootstrap.database()).search(query).items
 
 
-@pytest.mark.parametrize("driver_sample", [5000, 1], ids=["probe", "topk"])
+@pytest.mark.parametrize("driver_sample", [5000, 20, 1], ids=["probe", "gather-or-walk", "topk"])
 def test_total_is_exact_below_the_cap_and_a_lower_bound_above(catalog, monkeypatch, driver_sample):
     made = create(catalog, [product(i, f"Lamp {i}", "lamp shade" if i % 2 else "") for i in range(60)])
     monkeypatch.setattr(MySQLSearchBackend, "DRIVER_SAMPLE", driver_sample)
@@ -104,11 +104,13 @@ def test_total_is_exact_below_the_cap_and_a_lower_bound_above(catalog, monkeypat
     assert len(walk(q="lamp", limit=7)) == 60      # paging reaches every match past the cap
 
 
-@pytest.mark.parametrize("driver_sample", [5000, 1], ids=["probe", "topk"])
+@pytest.mark.parametrize("driver_sample", [5000, 50, 1], ids=["probe", "gather-or-walk", "topk"])
 def test_cursors_walk_every_match_once_in_every_sort(catalog, monkeypatch, driver_sample):
     """Ties in price and created_at, relevance tiers, a prefix that is several
     words (widget, widgets, widgetry), two terms, filters: following
-    next_cursor gives exactly the expected order."""
+    next_cursor gives exactly the expected order. With driver_sample=50 every
+    word is broad; queries with fewer than 50 matches are gathered and
+    sorted after the count, the others walked."""
     def name(i):
         return f"{('Widget', 'Widgets', 'Gizmo')[i % 3]} {'Blue' if i % 4 == 0 else 'Red'}"
 
