@@ -25,6 +25,13 @@ _ORDER = {
 }
 
 
+def _probe(table, cond):
+    """1 if a row of `table` meets `cond`, else 0: one index lookup per outer
+    row. Written as a scalar subquery because the optimizer turns an EXISTS
+    in WHERE into a semi-join that materialises every posting of the term."""
+    return f"((SELECT 1 FROM {table} WHERE {cond} LIMIT 1) IS NOT NULL)"
+
+
 def _meta(row):
     """The search_meta values of a full product row."""
     return (1 if str(row["status"]).strip().lower() == "active" else 0, row["category"],
@@ -40,7 +47,9 @@ class MySQLSearchBackend:
     (orders change stock with plain UPDATEs, so it is never copied)."""
 
     DRIVER_SAMPLE = 5000   # cap when estimating how selective each term is
-    MAX_MERGED_ATOMS = 3   # posting ranges a broad query reads whole
+    MAX_EXPANSION = 32     # words of a prefix a broad query walks one by one
+    DENSITY_SAMPLE = 1000  # postings per word read to rank a broad query's atoms
+    PROBE_WORDS = 8        # an atom of more words is probed in the product's own terms
     TOTAL_CAP = TOTAL_CAP  # matches counted exactly (tests lower it)
 
     def __init__(self, db, time_limit_ms=1500):
@@ -66,6 +75,15 @@ class MySQLSearchBackend:
         existing = {}
         for row in cur.fetchall():
             existing.setdefault(int(row["product_id"]), {})[row["term"]] = int(row["in_name"])
+        # What filters and sorts read: search_meta, and a copy on every
+        # posting (migration 0009) so broad queries walk one term's postings
+        # in sort order. Rewritten whenever the product's status, category,
+        # price or created_at differ from it.
+        metas = {int(r["id"]): _meta(r) for r in rows}
+        cur.execute(f"SELECT product_id, active, category, price_cents, created_at FROM search_meta "
+                    f"WHERE product_id IN ({marks})", ids)
+        have_meta = {int(r["product_id"]): (int(r["active"]), r["category"], int(r["price_cents"]), r["created_at"])
+                     for r in cur.fetchall()}
         upserts = []
         for pid in ids:
             have, want = existing.get(pid, {}), wanted[pid]
@@ -74,14 +92,14 @@ class MySQLSearchBackend:
                 chunk = stale[start:start + 500]
                 cur.execute(f"DELETE FROM search_terms WHERE product_id = %s AND term IN ({','.join(['%s'] * len(chunk))})",
                             (pid, *chunk))
-            upserts += [(t, pid, flag) for t, flag in want.items() if have.get(t) != flag]
+            upserts += [(t, pid, flag, *metas[pid]) for t, flag in want.items() if have.get(t) != flag]
         upserts.sort()
         for start in range(0, len(upserts), 1000):
             chunk = upserts[start:start + 1000]
-            cur.execute("INSERT INTO search_terms (term, product_id, in_name) VALUES "
-                        + ",".join(["(%s,%s,%s)"] * len(chunk))
+            cur.execute("INSERT INTO search_terms (term, product_id, in_name, active, category, price_cents, "
+                        "created_at) VALUES " + ",".join(["(%s,%s,%s,%s,%s,%s,%s)"] * len(chunk))
                         + " ON DUPLICATE KEY UPDATE in_name = VALUES(in_name)",
-                        [value for triple in chunk for value in triple])
+                        [value for row in chunk for value in row])
         cur.execute(f"SELECT product_id, name_norm, body_norm FROM search_docs WHERE product_id IN ({marks})", ids)
         have_docs = {int(r["product_id"]): (r["name_norm"], r["body_norm"]) for r in cur.fetchall()}
         changed = [(pid, *docs[pid]) for pid in ids if have_docs.get(pid) != docs[pid]]
@@ -91,14 +109,11 @@ class MySQLSearchBackend:
                         + ",".join(["(%s,%s,%s)"] * len(chunk))
                         + " ON DUPLICATE KEY UPDATE name_norm = VALUES(name_norm), body_norm = VALUES(body_norm)",
                         [value for triple in chunk for value in triple])
-        # What filters and sorts read (search_meta); rewritten whenever the
-        # product's status, category, price or created_at differ from it.
-        metas = {int(r["id"]): _meta(r) for r in rows}
-        cur.execute(f"SELECT product_id, active, category, price_cents, created_at FROM search_meta "
-                    f"WHERE product_id IN ({marks})", ids)
-        have_meta = {int(r["product_id"]): (int(r["active"]), r["category"], int(r["price_cents"]), r["created_at"])
-                     for r in cur.fetchall()}
         changed = [(pid, *metas[pid]) for pid in ids if have_meta.get(pid) != metas[pid]]
+        for pid, *meta in changed:
+            if pid in have_meta:   # new postings were written with it above
+                cur.execute("UPDATE search_terms SET active = %s, category = %s, price_cents = %s, created_at = %s "
+                            "WHERE product_id = %s", (*meta, pid))
         for start in range(0, len(changed), 500):
             chunk = changed[start:start + 500]
             cur.execute("INSERT INTO search_meta (product_id, active, category, price_cents, created_at) VALUES "
@@ -129,49 +144,19 @@ class MySQLSearchBackend:
         row = cur.fetchone()
         return [int(row[f"c{i}"]) for i in range(len(atoms))]
 
-    def _merged_atoms(self, atoms):
-        """The posting ranges a broad query merges: at most MAX_MERGED_ATOMS,
-        so ten common words cost three range reads, not ten; the other atoms
-        are probed per merged candidate. The estimates of broad atoms are all
-        capped alike, so the likely narrowest go first: whole terms, then the
-        longest prefixes."""
-        ranked = sorted(atoms, key=lambda atom: (atom[0] == "prefix", -len(atom[1]), atom))
-        return ranked[:self.MAX_MERGED_ATOMS]
-
-    def _merge_source(self, query, merged):
-        """Broad queries: read the `merged` atoms' posting ranges once
-        (index-only, sequential) and intersect by grouping, instead of
-        probing per row. h is the name hit of a term that is one atom."""
-        branches, args = [], []
-        name_hit = {t.atoms()[0] for t in query.terms if t.kind != "substr"}
-        for atom in merged:
-            h = "in_name" if atom in name_hit else "0"
-            if atom[0] == "prefix":
-                cond, arg = self._atom_sql("search_terms", atom)
-                branches.append(f"SELECT product_id, MAX({h}) AS h FROM search_terms WHERE {cond} GROUP BY product_id")
-            else:
-                branches.append(f"SELECT product_id, {h} AS h FROM search_terms WHERE term = %s")
-                arg = atom[1]
-            args.append(arg)
-        source = (f"(SELECT product_id, SUM(h) AS score FROM ({' UNION ALL '.join(branches)}) u "
-                  f"GROUP BY product_id HAVING COUNT(*) = {len(branches)}) c "
-                  "JOIN search_meta p ON p.product_id = c.product_id")
-        return source, args
-
-    def _match_sql(self, query, atoms, driver, with_score, merge=False):
+    def _match_sql(self, query, atoms, driver, with_score, words=None):
         """SELECT id, price_cents, created_at, score of every match (no paging).
 
         With terms, everything but the stock comes from search_meta (compact,
         stays in the buffer pool); `products` is probed for stock only, and
         only for candidates that pass every other condition (it is the last
         condition of the WHERE). Without terms (browsing by filters), the
-        products indexes on (status, price|created_at) serve the query."""
+        products indexes on (status, price|created_at) serve the query.
+        `words` (atom -> its indexed words) lets the other atoms be probed
+        with point lookups in their words' postings (see _has)."""
+        words = words or {}
         verify = [t for t in query.terms if t.kind == "substr"]
-        merged = self._merged_atoms(atoms) if merge else []
-        if merge:
-            driver = None   # every atom is either merged or probed
-            source, source_args = self._merge_source(query, merged)
-        elif driver is not None:
+        if driver is not None:
             # One range read of the rarest atom; MAX(in_name) is that term's
             # name hit, so relevance needs no probe for it.
             cond, arg = self._atom_sql("s", driver)
@@ -180,7 +165,7 @@ class MySQLSearchBackend:
             source_args = [arg]
         else:
             source, source_args = "products p", []
-        indexed = merge or driver is not None
+        indexed = driver is not None
         pid = "p.product_id" if indexed else "p.id"
         if verify:
             source += f" JOIN search_docs d ON d.product_id = {pid}"
@@ -195,36 +180,35 @@ class MySQLSearchBackend:
             where.append("p.price_cents <= %s")
             where_args.append(query.max_price)
         for atom in atoms:
-            if atom == driver or atom in merged:
+            if atom == driver:
                 continue
-            cond, arg = self._atom_sql("t", atom)
-            where.append(f"EXISTS (SELECT 1 FROM search_terms t WHERE t.product_id = {pid} AND {cond})")
-            where_args.append(arg)
+            sql, atom_args = self._has("t", pid, atom, words.get(atom))
+            where.append(sql)
+            where_args += atom_args
         for term in verify:
             where.append("(LOCATE(%s, d.name_norm) > 0 OR LOCATE(%s, d.body_norm) > 0)")
             where_args += [term.text, term.text]
         if query.in_stock:
             # Last: stock is not denormalised (orders change it with plain UPDATEs).
             if indexed:
-                where.append("EXISTS (SELECT 1 FROM products ps WHERE ps.id = p.product_id AND ps.stock > 0)")
+                where.append("EXISTS (SELECT 1 FROM products ps FORCE INDEX (ix_products_stock) "
+                             "WHERE ps.id = p.product_id AND ps.stock > 0)")
             else:
                 where.append("p.stock > 0")
         score, score_args = "0", []
         if with_score and query.terms:
-            pieces = ["c.score"] if merge else []
+            pieces = []
             for term in query.terms:
                 if term.kind == "substr":
                     pieces.append("(LOCATE(%s, d.name_norm) > 0)")
                     score_args.append(term.text)
-                elif term.atoms()[0] in merged:
-                    continue   # counted in c.score
                 elif term.atoms()[0] == driver:
                     pieces.append("c.h")
                 else:
-                    cond, arg = self._atom_sql("n", term.atoms()[0])
-                    pieces.append(f"EXISTS (SELECT 1 FROM search_terms n WHERE n.product_id = {pid} "
-                                  f"AND {cond} AND n.in_name = 1)")
-                    score_args.append(arg)
+                    atom = term.atoms()[0]
+                    sql, atom_args = self._has("n", pid, atom, words.get(atom), " AND n.in_name = 1")
+                    pieces.append(sql)
+                    score_args += atom_args
             score = "(" + " + ".join(pieces) + ")"
         hint = "STRAIGHT_JOIN " if indexed else ""
         sql = (f"SELECT {hint}{pid} AS id, p.price_cents AS price_cents, p.created_at AS created_at, {score} AS score "
@@ -240,18 +224,22 @@ class MySQLSearchBackend:
 
     def _search(self, cur, query):
         atoms = list(dict.fromkeys(atom for term in query.terms for atom in term.atoms()))
-        driver, merge = None, False
+        driver = None
         if atoms:
-            # Selective: drive from the rarest term and probe the others per
-            # candidate. Broad (every term has DRIVER_SAMPLE+ postings): merge.
+            # Selective: drive from the rarest term, materialise its few
+            # candidates and probe the others. Broad (every atom has
+            # DRIVER_SAMPLE+ postings): walk postings in sort order (_broad).
             counts = self._estimate(cur, atoms)
             if min(counts) == 0:
                 return SearchPage([], 0)
+            if min(counts) >= self.DRIVER_SAMPLE:
+                return self._broad(cur, query, atoms)
             driver = atoms[counts.index(min(counts))]
-            merge = min(counts) >= self.DRIVER_SAMPLE
         order, after_sql, first_col = _ORDER[query.sort]
-        match_sql, match_args = self._match_sql(query, atoms, driver, query.sort == "relevance", merge)
-        if driver is not None and not merge:
+        words = {atom: self._words(cur, atom, self.PROBE_WORDS) if atom[0] == "prefix" else [atom[1]]
+                 for atom in atoms if atom != driver}
+        match_sql, match_args = self._match_sql(query, atoms, driver, query.sort == "relevance", words)
+        if driver is not None:
             # Selective: fewer than DRIVER_SAMPLE candidates. One pass over
             # them: the server counts (a window over every match, taken
             # before the keyset condition), sorts and keeps the page, so only
@@ -269,16 +257,244 @@ class MySQLSearchBackend:
                 cur.execute(f"SELECT COUNT(*) AS n FROM ({match_sql}) m", match_args)
                 total = int(cur.fetchone()["n"])
             return self._page(cur, query, keys, total, first_col)
+        # Browsing by filters (no terms): the products indexes give the order.
         keys = self._keyset_rows(cur, query, order, after_sql, match_args,
                                  f"SELECT id, price_cents, created_at, score FROM ({match_sql}) m")
-        more = len(keys) > query.limit
-        keys = keys[:query.limit]
-        count_sql, count_args = self._match_sql(query, atoms, driver, False, merge)
-        # Stop counting past the cap: a browse or broad query has up to every product.
+        count_sql, count_args = self._match_sql(query, atoms, driver, False)
+        # Stop counting past the cap: a browse has up to every product.
         cur.execute(f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM ({count_sql}) m LIMIT %s) x",
                     count_args + [self.TOTAL_CAP + 1])
-        total = int(cur.fetchone()["n"])
-        return self._page(cur, query, list(keys) + ([None] if more else []), total, first_col)
+        return self._page(cur, query, keys, int(cur.fetchone()["n"]), first_col)
+
+    # --- broad queries: top-k walks --------------------------------------
+
+    def _expand(self, cur, atoms):
+        """atom -> the indexed words it stands for: itself when exact, the
+        words a prefix starts (None past MAX_EXPANSION: probed as a range)."""
+        return {atom: [atom[1]] if atom[0] != "prefix" else self._words(cur, atom, self.MAX_EXPANSION)
+                for atom in atoms}
+
+    @staticmethod
+    def _words(cur, atom, most):
+        """Up to `most` indexed words starting with a prefix atom (None if
+        there are more), skipping from word to word: one index dive each, not
+        a read of every posting (DISTINCT, GROUP BY and a correlated
+        recursive CTE read them all)."""
+        cond, arg = MySQLSearchBackend._atom_sql("s", atom)
+        words = []
+        while len(words) <= most:
+            after = "AND s.term > %s " if words else ""
+            cur.execute(f"SELECT s.term FROM search_terms s FORCE INDEX (PRIMARY) WHERE {cond} {after}"
+                        "ORDER BY s.term LIMIT 1", [arg] + words[-1:])
+            row = cur.fetchone()
+            if row is None:
+                break
+            words.append(row["term"])
+        return words if len(words) <= most else None
+
+    def _densities(self, cur, words):
+        """atom -> share of products with a posting of it, estimated from the
+        first DENSITY_SAMPLE postings of each word (in id order: the lower
+        the id they reach, the denser the word); one statement for all."""
+        parts, args, keys = [], [], []
+        for atom, atom_words in words.items():
+            for word in atom_words or []:
+                i = len(keys)
+                parts.append(f"(SELECT CONCAT(COUNT(*), ' ', COALESCE(MAX(product_id), 0)) FROM (SELECT product_id "
+                             f"FROM search_terms FORCE INDEX (PRIMARY) WHERE term = %s ORDER BY product_id "
+                             f"LIMIT {self.DENSITY_SAMPLE}) x{i}) AS w{i}")
+                args.append(word)
+                keys.append(atom)
+        density = {atom: 0.0 for atom in words if words[atom] is not None}
+        if parts:
+            cur.execute("SELECT " + ", ".join(parts), args)
+            row = cur.fetchone()
+            for i, atom in enumerate(keys):
+                count, last = (int(x) for x in row[f"w{i}"].split())
+                density[atom] += count / max(last, 1)
+        return density
+
+    def _broad(self, cur, query, atoms):
+        """Every atom is common. The page: walk the driver's postings (the
+        atom with the fewest) in the order of the sort (one index per sort,
+        migration 0009), with the filters checked on the index entry and the
+        other atoms probed per posting, and stop at limit+1 matches; a prefix
+        driver walks each of its words and the walks are merged. Relevance
+        walks score tiers from the top (all terms in the name) down, each in
+        id order. The count comes first (the driver's postings, stopping at
+        TOTAL_CAP + 1); when it finds fewer than DRIVER_SAMPLE matches they
+        are gathered and sorted instead of walked for."""
+        words = self._expand(cur, atoms)
+        density = self._densities(cur, words)
+        if density:
+            driver = min(density, key=density.get)
+        else:
+            driver = atoms[0]   # every atom is a prefix of very many words: walked as one range
+        order, after_sql, first_col = _ORDER[query.sort]
+        need = query.limit + 1
+        total = self._broad_count(cur, query, words, driver)
+        if total < self.DRIVER_SAMPLE:
+            # Few matches (common words rarely together, a narrow filter): a
+            # walk in sort order could read every posting to find them, and
+            # the count has just read (and cached) exactly those postings.
+            # Gather them the same way and sort them.
+            source, args = self._count_source(query, words, driver)
+            score, score_args = self._score(query, words, driver) if query.sort == "relevance" else ("0", [])
+            sql = (f"SELECT id, price_cents, created_at, score FROM (SELECT DISTINCT d.product_id AS id, "
+                   f"d.price_cents AS price_cents, d.created_at AS created_at, {score} AS score {source}) m")
+            args = score_args + args
+            if query.after is not None:
+                sql += " WHERE " + after_sql
+                args += [query.after[0], query.after[0], query.after[1]]
+            cur.execute(sql + f" ORDER BY {order} LIMIT %s", args + [need])
+            return self._page(cur, query, list(cur.fetchall()), total, first_col)
+        if query.sort != "relevance":
+            keys = self._walks(cur, query, words, driver, need, query.after, tier=None)
+        else:
+            keys = []
+            top = len(query.terms)
+            start = top if query.after is None else min(top, int(query.after[0]))
+            for tier in range(start, -1, -1):
+                after = query.after if query.after is not None and tier == int(query.after[0]) else None
+                keys += self._walks(cur, query, words, driver, need - len(keys), after, tier)
+                if len(keys) >= need:
+                    break
+        return self._page(cur, query, keys, total, first_col)
+
+    @staticmethod
+    def _has(alias, pid, atom, words, extra=""):
+        """1 if product `pid` has a posting of `atom`. Point lookups in its
+        words' primary-key ranges (postings of one word are contiguous, so
+        probes in id order stay on few pages), one per word: with `term IN`
+        and a correlated product_id the server scans every listed posting.
+        An atom of many words reads the product's own terms instead."""
+        if words is not None and len(words) <= MySQLSearchBackend.PROBE_WORDS:
+            return ("(" + " OR ".join(_probe(f"search_terms {alias} FORCE INDEX (PRIMARY)",
+                                             f"{alias}.term = %s AND {alias}.product_id = {pid}{extra}")
+                                      for _ in words) + ")", list(words))
+        cond, arg = MySQLSearchBackend._atom_sql(alias, atom)
+        return (_probe(f"search_terms {alias} FORCE INDEX (ix_search_terms_product)",
+                       f"{alias}.product_id = {pid} AND {cond}{extra}"), [arg])
+
+    def _conditions(self, query, words, driver, alias="d"):
+        """WHERE pieces (and args) every match satisfies besides its driver
+        posting: filters on the posting's copy of search_meta, the other
+        atoms, exact CJK substrings, stock (last: it reads products)."""
+        where, args = [f"{alias}.active = 1"], []
+        if query.category is not None:
+            where.append(f"{alias}.category = %s")
+            args.append(query.category)
+        if query.min_price is not None:
+            where.append(f"{alias}.price_cents >= %s")
+            args.append(query.min_price)
+        if query.max_price is not None:
+            where.append(f"{alias}.price_cents <= %s")
+            args.append(query.max_price)
+        for atom in words:
+            if atom != driver:
+                sql, atom_args = self._has("t", f"{alias}.product_id", atom, words[atom])
+                where.append(sql)
+                args += atom_args
+        for term in query.terms:
+            if term.kind == "substr":
+                where.append(_probe("search_docs x", f"x.product_id = {alias}.product_id "
+                                    "AND (LOCATE(%s, x.name_norm) > 0 OR LOCATE(%s, x.body_norm) > 0)"))
+                args += [term.text, term.text]
+        if query.in_stock:
+            where.append(_probe("products ps FORCE INDEX (ix_products_stock)",
+                                f"ps.id = {alias}.product_id AND ps.stock > 0"))
+        return where, args
+
+    def _score(self, query, words, driver, alias="d"):
+        """Relevance of a posting's product: its query terms found in the name."""
+        pieces, args = [], []
+        for term in query.terms:
+            if term.kind == "substr":
+                pieces.append(_probe("search_docs y",
+                                     f"y.product_id = {alias}.product_id AND LOCATE(%s, y.name_norm) > 0"))
+                args.append(term.text)
+            elif term.atoms() == [driver] and len(words[driver] or []) == 1:
+                pieces.append(f"{alias}.in_name")
+            else:
+                atom = term.atoms()[0]
+                sql, atom_args = self._has("n", f"{alias}.product_id", atom, words[atom], " AND n.in_name = 1")
+                pieces.append(sql)
+                args += atom_args
+        return "(" + " + ".join(pieces) + ")", args
+
+    # Per sort: the index a walk reads, its ORDER BY, and the keyset condition.
+    _WALKS = {
+        "price_asc": ("ix_search_terms_price", "d.price_cents ASC, d.product_id ASC",
+                      "(d.price_cents > %s OR (d.price_cents = %s AND d.product_id > %s))"),
+        "price_desc": ("ix_search_terms_price_desc", "d.price_cents DESC, d.product_id ASC",
+                       "(d.price_cents < %s OR (d.price_cents = %s AND d.product_id > %s))"),
+        "newest": ("ix_search_terms_created", "d.created_at DESC, d.product_id DESC",
+                   "(d.created_at < %s OR (d.created_at = %s AND d.product_id < %s))"),
+    }
+
+    def _walks(self, cur, query, words, driver, need, after, tier):
+        """Up to `need` sort-key rows after `after`, in the order of the sort
+        (within one relevance tier when `tier` is set: id order)."""
+        if need <= 0:
+            return []
+        where, args = self._conditions(query, words, driver)
+        if tier is None:
+            index, order, after_sql = self._WALKS[query.sort]
+            if after is not None:
+                where.append(after_sql)
+                args += [after[0], after[0], after[1]]
+            select = "0 AS score"
+        else:
+            score, score_args = self._score(query, words, driver)
+            # Top tier: every term is in the name, the driver's too.
+            index, order = ("ix_search_terms_name", "d.product_id ASC") if tier == len(query.terms) else \
+                ("PRIMARY", "d.product_id ASC")
+            if tier == len(query.terms):
+                where.insert(0, "d.in_name = 1")
+            if after is not None:
+                where.append("d.product_id > %s")
+                args.append(after[1])
+            where.append(f"{score} = %s")
+            args += score_args + [tier]
+            select = f"{tier} AS score"
+        walks, walk_args = [], []
+        for word in (words[driver] or [None]):
+            cond, arg = ("d.term = %s", word) if word is not None else self._atom_sql("d", driver)
+            walks.append(f"SELECT d.product_id AS id, d.price_cents AS price_cents, d.created_at AS created_at, "
+                         f"{select} FROM search_terms d FORCE INDEX ({index}) "
+                         f"WHERE {cond} AND {' AND '.join(where)} ORDER BY {order} LIMIT %s")
+            walk_args += [arg] + args + [need]
+        if len(walks) == 1:
+            cur.execute(walks[0], walk_args)
+        else:
+            # Each word's top `need`, deduplicated (a product may have two of
+            # the words), hold the top `need` of their union.
+            merged = " UNION ".join(f"({w})" for w in walks)
+            cur.execute(f"SELECT * FROM ({merged}) u ORDER BY {order.replace('d.product_id', 'id').replace('d.', '')} "
+                        "LIMIT %s", walk_args + [need])
+        return list(cur.fetchall())
+
+    def _count_source(self, query, words, driver):
+        """FROM ... WHERE of the driver's matching postings, read in the order
+        that visits the fewest: the price range's or the category's postings
+        when the query filters on them, else the primary key (id order)."""
+        where, args = self._conditions(query, words, driver)
+        if words[driver] is not None:
+            cond, arg = f"d.term IN ({','.join(['%s'] * len(words[driver]))})", list(words[driver])
+        else:
+            sql, one = self._atom_sql("d", driver)
+            cond, arg = sql, [one]
+        index = ("ix_search_terms_price" if query.min_price is not None or query.max_price is not None
+                 else "ix_search_terms_category" if query.category is not None else "PRIMARY")
+        return (f"FROM search_terms d FORCE INDEX ({index}) WHERE {cond} AND {' AND '.join(where)}",
+                arg + args)
+
+    def _broad_count(self, cur, query, words, driver):
+        """Matches counted over the driver's postings, up to TOTAL_CAP + 1."""
+        source, args = self._count_source(query, words, driver)
+        pid = "d.product_id" if words[driver] is not None and len(words[driver]) == 1 else "DISTINCT d.product_id"
+        cur.execute(f"SELECT COUNT(*) AS n FROM (SELECT {pid} {source} LIMIT %s) m", args + [self.TOTAL_CAP + 1])
+        return int(cur.fetchone()["n"])
 
     @staticmethod
     def _keyset_rows(cur, query, order, after_sql, match_args, base_sql):
