@@ -2,7 +2,7 @@
 order decides, so a sold-out product answers without touching MySQL.
 
 Keys (all under the gateway's prefix):
-  flash:sale:{pid}   HASH sale_id, remaining, limit (0: none), sale_stock, watermark, seq
+  flash:sale:{pid}   HASH sale_id, remaining, limit (0: none), sale_stock, watermark, seq, returns, epoch
   flash:held:{pid}   HASH customer -> units this customer holds in the sale (the per-customer limit)
   flash:active       SET of product ids on sale (one SMISMEMBER per sync batch)
   flash:res:{owner}  HASH the reservation of one idempotency key
@@ -14,7 +14,9 @@ Keys (all under the gateway's prefix):
   flash:returned:{pid} SET order ids whose units a cancel or expiry gave back to the sale
 
 Every change to a sale's units bumps its `seq`, so reconcile can set a sale to
-MySQL's numbers only if nothing moved it between its MySQL snapshot and the write.
+MySQL's numbers only if nothing moved it between its MySQL snapshot and the write;
+`returns` counts cancels' give-backs and `epoch` changes with every start and
+rebuild, so reconcile lowers a sale only if no give-back came after its snapshot.
 
 States: `leased` from admission until the SQS send succeeds (`confirm` -> `queued`);
 a failed send `release`s it (units back, record gone); a lease that expires
@@ -178,10 +180,11 @@ end
 return #KEYS
 """
 
-# KEYS: sale key, held key, active set, returned set. ARGV: pid, sale_id, sale stock, limit.
+# KEYS: sale key, held key, active set, returned set. ARGV: pid, sale_id, sale stock, limit, epoch.
 _START = """
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
-redis.call('HSET', KEYS[1], 'sale_id', ARGV[2], 'remaining', ARGV[3], 'sale_stock', ARGV[3], 'limit', ARGV[4])
+redis.call('HSET', KEYS[1], 'sale_id', ARGV[2], 'remaining', ARGV[3], 'sale_stock', ARGV[3], 'limit', ARGV[4],
+           'epoch', ARGV[5])
 redis.call('SADD', KEYS[3], ARGV[1])
 return 1
 """
@@ -189,8 +192,8 @@ return 1
 # The sale as MySQL says it stands: a rebuild after Redis lost it, or (with an
 # expected seq) reconcile setting a quiet sale to exactly MySQL's numbers.
 # KEYS: sale key, held key, active set, returned set. ARGV: pid, sale_id, sale stock, limit,
-# remaining, watermark, expected seq ('': unconditional), n, then n order ids whose
-# units MySQL already gave back, then customer, units pairs.
+# remaining, watermark, expected seq ('': unconditional), epoch, n, then n order ids
+# whose units MySQL already gave back, then customer, units pairs.
 # -> the remaining units before, or -1 when the sale moved since the caller's snapshot.
 _RESTORE = """
 local before = 0
@@ -202,18 +205,24 @@ end
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
 redis.call('HSET', KEYS[1], 'sale_id', ARGV[2], 'remaining', ARGV[5], 'sale_stock', ARGV[3], 'limit', ARGV[4],
-           'watermark', ARGV[6], 'seq', seq)
-local n = tonumber(ARGV[8])
-for i = 9, 8 + n do redis.call('SADD', KEYS[4], ARGV[i]) end
-for i = 9 + n, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+           'watermark', ARGV[6], 'seq', seq, 'epoch', ARGV[8])
+local n = tonumber(ARGV[9])
+for i = 10, 9 + n do redis.call('SADD', KEYS[4], ARGV[i]) end
+for i = 10 + n, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('SADD', KEYS[3], ARGV[1])
 return before
 """
 
-# KEYS: sale key. ARGV: sale_id, the most the sale may still offer. Lowers `remaining`
-# to it if above; the units removed (0: none), 'other' for another sale.
+# KEYS: sale key. ARGV: sale_id, the most the sale may still offer, and the epoch and
+# returns the caller read before its MySQL snapshot. Lowers `remaining` to `most` if
+# above; the units removed (0: none), 'other' for another sale, 'moved' when a
+# cancel gave units back since (or the sale was rebuilt): `most` may not count them.
+# (Admissions, settles and sweeps since the snapshot are safe: they move units MySQL
+# had not counted either way.)
 _CAP = """
-if redis.call('HGET', KEYS[1], 'sale_id') ~= ARGV[1] then return 'other' end
+local s = redis.call('HMGET', KEYS[1], 'sale_id', 'epoch', 'returns')
+if s[1] ~= ARGV[1] then return 'other' end
+if (s[2] or '') ~= ARGV[3] or (s[3] or '0') ~= ARGV[4] then return 'moved' end
 local remaining, most = tonumber(redis.call('HGET', KEYS[1], 'remaining')), tonumber(ARGV[2])
 if remaining > most then
   redis.call('HSET', KEYS[1], 'remaining', most)
@@ -235,6 +244,7 @@ for i = 1, #KEYS / 3 do
   if redis.call('HGET', sale, 'sale_id') == ARGV[2 + 2 * i] and redis.call('SADD', done, order_id) == 1 then
     redis.call('HINCRBY', sale, 'remaining', qty)
     redis.call('HINCRBY', sale, 'seq', 1)
+    redis.call('HINCRBY', sale, 'returns', 1)
     if redis.call('HINCRBY', held, customer, -qty) <= 0 then redis.call('HDEL', held, customer) end
     units = units + qty
   end
@@ -307,7 +317,7 @@ class FlashGate:
                 self._k(f"flash:returned:{product_id}")]
 
     def start(self, product_id, sale_id, sale_stock, limit):
-        self._run(_START, self._sale_keys(product_id), [product_id, sale_id, sale_stock, limit or 0])
+        self._run(_START, self._sale_keys(product_id), [product_id, sale_id, sale_stock, limit or 0, uuid.uuid4().hex])
 
     def stop(self, product_id):
         self._run(_STOP, self._sale_keys(product_id), [product_id])
@@ -322,13 +332,17 @@ class FlashGate:
         returned = list(returned)
         before = self._run(_RESTORE, self._sale_keys(product_id),
                            [product_id, sale_id, sale_stock, limit or 0, remaining, watermark,
-                            "" if expect_seq is None else expect_seq, len(returned), *returned, *pairs])
+                            "" if expect_seq is None else expect_seq, uuid.uuid4().hex, len(returned), *returned,
+                            *pairs])
         return None if int(before) < 0 else int(before)
 
-    def cap(self, product_id, sale_id, most):
-        """Lower the sale's remaining units to `most` if above; the units removed (None: another sale)."""
-        removed = self._run(_CAP, [self._k(f"flash:sale:{product_id}")], [sale_id, most])
-        return None if removed == "other" else int(removed)
+    def cap(self, product_id, sale_id, most, seen):
+        """Lower the sale's remaining units to `most` if above; `seen` is the sale as read
+        before the MySQL snapshot `most` comes from. The units removed; None for another
+        sale, or when a cancel's units came back since (try again next round)."""
+        removed = self._run(_CAP, [self._k(f"flash:sale:{product_id}")],
+                            [sale_id, most, seen.get("epoch", ""), seen.get("returns", 0)])
+        return None if removed in ("other", "moved") else int(removed)
 
     def return_units(self, order_id, customer, lines):
         """A cancelled or expired order's lines [(product_id, quantity, sale_id)] back to
@@ -352,9 +366,9 @@ class FlashGate:
         return {pid for pid, flag in zip(ids, flags) if flag}
 
     def sale(self, product_id):
-        """{sale_id, remaining, sale_stock, limit, watermark?, seq?} or None."""
+        """{sale_id, remaining, sale_stock, limit, epoch, watermark?, seq?, returns?} or None."""
         row = self.gateway.call(lambda r: r.hgetall(self._k(f"flash:sale:{product_id}")))
-        return {k: (v if k == "sale_id" else int(v)) for k, v in row.items()} if row else None
+        return {k: (v if k in ("sale_id", "epoch") else int(v)) for k, v in row.items()} if row else None
 
     # --- orders -------------------------------------------------------------
 

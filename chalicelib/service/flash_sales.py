@@ -207,9 +207,12 @@ class FlashSales:
                     logger.warning("flash sale gate set to what MySQL can still sell", extra=report)
                     return {**report, "action": "repaired"}
                 return {**report, "action": "ok"}
-            live = self.gate.sale(product_id) or live  # moved meanwhile: not quiet after all, only lower it
-        removed = self.gate.cap(product_id, sale_id, most) or 0
-        remaining = live["remaining"] - removed
+            # Moved meanwhile: not quiet after all; only lower it.
+        removed = self.gate.cap(product_id, sale_id, most, live)
+        if removed is None:
+            # A cancel gave units back after the snapshot: `most` may not count them. The next round decides.
+            return {**report, "action": "moved", "remaining": None}
+        remaining = most if removed else live["remaining"]
         # Units taken in Redis and not (yet) in MySQL: reservations on their way.
         report.update(remaining_before=live["remaining"], remaining=remaining, in_flight=most - live["remaining"])
         if removed:

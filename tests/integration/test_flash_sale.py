@@ -385,7 +385,8 @@ def test_reconcile_sets_the_gate_to_what_mysql_can_still_sell(sqs, flash_queue):
     assert remaining(pid) == 1
     consume(sqs, flash_queue)
     # Redis too low with nothing on its way (drift the other way): raised back to MySQL's.
-    bootstrap.flash_gate().cap(pid, bootstrap.flash_gate().sale(pid)["sale_id"], 0)
+    live = bootstrap.flash_gate().sale(pid)
+    bootstrap.flash_gate().cap(pid, live["sale_id"], 0, live)
     fixed = bootstrap.flash_sales().reconcile(pid)
     assert fixed["action"] == "repaired" and fixed["remaining"] == 1 and remaining(pid) == 1
 
