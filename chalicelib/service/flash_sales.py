@@ -311,6 +311,11 @@ class FlashSales:
             return OrderResult(coid, status="pending", reservation_id=admission.rid)
         if admission.outcome == "REPLAY":
             record = self.gate.record(self.gate.reservation_key(owner))
+            if record.get("rid") != admission.rid:
+                # Gone since the Lua call (the first request's hand-off failed and gave it back, its lease
+                # expired, Redis lost it): nothing is held for this order now, so the client must try again.
+                return failed(coid, ServiceUnavailable("This order's reservation was just given back; retry it.",
+                                                       reservation_id=admission.rid))
             return _result(coid, record, duplicate=True)
         if admission.outcome == "CONFLICT":
             return OrderResult(coid, error=IdempotencyConflict(

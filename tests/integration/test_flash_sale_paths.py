@@ -17,6 +17,7 @@ import app as shop_app
 from chalicelib import bootstrap
 from chalicelib.adapters.flash_gate import customer_key, owner_key
 from chalicelib.domain import flash_message
+from chalicelib.domain.orders import parse_order
 from chalicelib.entrypoints import sqs as sqs_handlers
 from chalicelib.service import async_orders
 from chalicelib.service import lifecycle
@@ -317,3 +318,26 @@ def test_expired_sale_orders_return_their_units_to_the_sale(sqs, flash_queue):
     assert bootstrap.orders().get(order_id)["lifecycle"] == "expired"
     assert stock(pid) == 4 and remaining(pid) == 4
     assert bootstrap.flash_sales().reconcile(pid)["action"] == "ok"
+
+
+def test_a_replay_whose_reservation_was_given_back_meanwhile_is_told_to_retry(flash_queue):
+    pid = on_sale(stock=5)
+    gate = bootstrap.flash_gate()
+    owner = owner_key("dev", 0, 1, "a")
+    first = gate.admit(owner, customer_key("dev", 0, 1), parse_order(order("a", 1, (pid, 1)), 0, "dev").request_hash,
+                       {pid: 1})
+    read = gate.record
+
+    def released_first(key):
+        # The first request's hand-off fails and gives the reservation back between the replay's two calls.
+        gate.release([(key, first.rid)])
+        return read(key)
+
+    gate.record = released_first
+    try:
+        replay = place(order("a", 1, (pid, 1)))["results"][0]
+    finally:
+        del gate.record
+    assert replay["status"] == "failed" and replay["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert remaining(pid) == 5
+    assert place(order("a", 1, (pid, 1)))["results"][0]["status"] == "pending"  # the retry is accepted afresh
