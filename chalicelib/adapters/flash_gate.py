@@ -155,6 +155,7 @@ for i, key in ipairs(KEYS) do
       local sale = prefix .. 'flash:sale:' .. pid
       if redis.call('HGET', sale, 'sale_id') == sale_id then
         local held = prefix .. 'flash:held:' .. pid
+        -- Also when nothing below changes: reconcile must learn that an order was written after its snapshot.
         redis.call('HINCRBY', sale, 'seq', 1)
         local watermark = tonumber(redis.call('HGET', sale, 'watermark') or '0')
         if took and not holds and tonumber(ARGV[b + 7]) > watermark then
