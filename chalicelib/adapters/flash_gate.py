@@ -190,28 +190,42 @@ redis.call('SADD', KEYS[3], ARGV[1])
 return 1
 """
 
-# The sale as MySQL says it stands: a rebuild after Redis lost it, or (with an
-# expected seq) reconcile setting a quiet sale to exactly MySQL's numbers.
+# A rebuild after Redis lost the sale: the sale as MySQL says it stands.
 # KEYS: sale key, held key, active set, returned set. ARGV: pid, sale_id, sale stock, limit,
-# remaining, watermark, expected seq ('': unconditional), epoch, n, then n order ids
-# whose units MySQL already gave back, then customer, units pairs.
-# -> the remaining units before, or -1 when the sale moved since the caller's snapshot.
+# remaining, watermark, epoch, n, then n order ids whose units MySQL already gave back,
+# then customer, units pairs.
 _RESTORE = """
-local before = 0
-if ARGV[7] ~= '' then
-  local s = redis.call('HMGET', KEYS[1], 'sale_id', 'seq', 'remaining')
-  if s[1] ~= ARGV[2] or (s[2] or '0') ~= ARGV[7] then return -1 end
-  before = tonumber(s[3])
-end
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
 redis.call('HSET', KEYS[1], 'sale_id', ARGV[2], 'remaining', ARGV[5], 'sale_stock', ARGV[3], 'limit', ARGV[4],
-           'watermark', ARGV[6], 'seq', seq, 'epoch', ARGV[8])
-local n = tonumber(ARGV[9])
-for i = 10, 9 + n do redis.call('SADD', KEYS[4], ARGV[i]) end
-for i = 10 + n, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+           'watermark', ARGV[6], 'seq', seq, 'epoch', ARGV[7])
+local n = tonumber(ARGV[8])
+for i = 9, 8 + n do redis.call('SADD', KEYS[4], ARGV[i]) end
+for i = 9 + n, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('SADD', KEYS[3], ARGV[1])
-return before
+return 1
+"""
+
+# Reconcile with nothing on its way: the sale's remaining units set to exactly what
+# MySQL can still sell, and the give-backs of cancelled orders that never reached
+# Redis applied (held units), only if nothing moved the sale since the caller read
+# its `seq` (before its MySQL snapshot). O(cancelled orders), not O(customers).
+# KEYS: sale key, held key, returned set. ARGV: sale_id, expected seq, remaining,
+# watermark, then (order id, customer, units) per cancelled order line of the sale.
+# -> the remaining units before, or -1 when the sale moved.
+_RESYNC = """
+local s = redis.call('HMGET', KEYS[1], 'sale_id', 'seq', 'remaining')
+if s[1] ~= ARGV[1] or (s[2] or '0') ~= ARGV[2] then return -1 end
+redis.call('HSET', KEYS[1], 'remaining', ARGV[3], 'watermark', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'seq', 1)
+for i = 5, #ARGV, 3 do
+  if redis.call('SADD', KEYS[3], ARGV[i]) == 1 then
+    if redis.call('HINCRBY', KEYS[2], ARGV[i + 1], -tonumber(ARGV[i + 2])) <= 0 then
+      redis.call('HDEL', KEYS[2], ARGV[i + 1])
+    end
+  end
+end
+return tonumber(s[3])
 """
 
 # KEYS: sale key. ARGV: sale_id, the most the sale may still offer, and the epoch and
@@ -323,18 +337,22 @@ class FlashGate:
     def stop(self, product_id):
         self._run(_STOP, self._sale_keys(product_id), [product_id])
 
-    def restore(self, product_id, sale_id, sale_stock, limit, remaining, watermark, held, returned=(),
-                expect_seq=None):
-        """Set the sale to what MySQL says: `held` {customer: units}, `returned` the
-        ids of its orders whose units MySQL gave back. Unconditional (a rebuild), or
-        with `expect_seq` only if nothing changed the sale since it was read: the
-        remaining units before, None if it moved."""
+    def restore(self, product_id, sale_id, sale_stock, limit, remaining, watermark, held, returned=()):
+        """Rebuild a sale Redis lost from what MySQL says: `held` {customer: units},
+        `returned` the ids of its orders whose units MySQL gave back."""
         pairs = [x for customer, units in held.items() for x in (customer, units)]
         returned = list(returned)
-        before = self._run(_RESTORE, self._sale_keys(product_id),
-                           [product_id, sale_id, sale_stock, limit or 0, remaining, watermark,
-                            "" if expect_seq is None else expect_seq, uuid.uuid4().hex, len(returned), *returned,
-                            *pairs])
+        self._run(_RESTORE, self._sale_keys(product_id),
+                  [product_id, sale_id, sale_stock, limit or 0, remaining, watermark, uuid.uuid4().hex,
+                   len(returned), *returned, *pairs])
+
+    def resync(self, product_id, sale_id, seq, remaining, watermark, returned=()):
+        """Set a quiet sale to `remaining` and apply the give-backs of `returned`
+        [(order id, customer, units)] Redis has not had, if the sale's seq is still
+        `seq`: the remaining units before, None if it moved."""
+        keys = self._sale_keys(product_id)
+        args = [sale_id, seq, remaining, watermark, *[x for line in returned for x in line]]
+        before = self._run(_RESYNC, [keys[0], keys[1], keys[3]], args)
         return None if int(before) < 0 else int(before)
 
     def cap(self, product_id, sale_id, most, seen):

@@ -167,10 +167,10 @@ class FlashSales:
                         (sale_id, product_id))
             held, returned = {}, []
             for r in cur.fetchall():
-                if r["status"] == "cancelled":  # cancelled or expired: its units went back to the sale
-                    returned.append(r["id"])
-                    continue
                 customer = customer_key(r["client"], r["customer_id"], r["user_id"])
+                if r["status"] == "cancelled":  # cancelled or expired: its units went back to the sale
+                    returned.append((r["id"], customer, int(r["quantity"])))
+                    continue
                 held[customer] = held.get(customer, 0) + int(r["quantity"])
             return stock, watermark, held, returned
 
@@ -188,19 +188,19 @@ class FlashSales:
         report = {"product_id": product_id, "sale_id": sale_id, "sale_stock": row["sale_stock"],
                   "sold": sold, "returned_orders": len(returned), "mysql_stock": stock, "swept": swept,
                   "queue_quiet": quiet}
-        args = (product_id, sale_id, row["sale_stock"], row["per_customer_limit"], most, watermark, held, returned)
         if live is None or live.get("sale_id") != sale_id:
             if not quiet:
                 # Reservations still on SQS would be offered twice: rebuild once they are written.
                 return {**report, "action": "waiting", "remaining": None}
-            self.gate.restore(*args)
+            self.gate.restore(product_id, sale_id, row["sale_stock"], row["per_customer_limit"], most, watermark,
+                              held, [order_id for order_id, _, _ in returned])
             logger.warning("flash sale rebuilt from MySQL", extra=report)
             self.emit("FlashSalesRebuilt", 1)
             return {**report, "action": "rebuilt", "remaining_before": None, "remaining": most}
         if quiet:
-            # Nothing on its way: the gate must offer exactly `most`, and each customer hold what MySQL says
-            # (a cancel whose give-back never reached Redis is counted here, once).
-            before = self.gate.restore(*args, expect_seq=live.get("seq", 0))
+            # Nothing on its way: the gate must offer exactly `most`; a cancel whose give-back never
+            # reached Redis is counted here, once (also in its customer's units).
+            before = self.gate.resync(product_id, sale_id, live.get("seq", 0), most, watermark, returned)
             if before is not None:
                 report.update(remaining_before=before, remaining=most, in_flight=most - before)
                 if before != most:
