@@ -12,6 +12,7 @@ Keys (all under the gateway's prefix):
   flash:ref:{rid}    STRING -> the reservation's key (how GET /reservations/{rid} finds it)
   flash:leases       ZSET reservation key -> lease deadline (ms): accepted but not yet on SQS
   flash:returned:{pid} SET order ids whose units a cancel or expiry gave back to the sale
+  flash:lost:{pid}   STRING ms when reconcile first found the sale missing (Redis lost it); gone once rebuilt
 
 Every change to a sale's units bumps its `seq`, so reconcile can set a sale to
 MySQL's numbers only if nothing moved it between its MySQL snapshot and the write;
@@ -181,9 +182,9 @@ end
 return #KEYS
 """
 
-# KEYS: sale key, held key, active set, returned set. ARGV: pid, sale_id, sale stock, limit, epoch.
+# KEYS: sale key, held key, active set, returned set, lost marker. ARGV: pid, sale_id, sale stock, limit, epoch.
 _START = """
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
 redis.call('HSET', KEYS[1], 'sale_id', ARGV[2], 'remaining', ARGV[3], 'sale_stock', ARGV[3], 'limit', ARGV[4],
            'epoch', ARGV[5])
 redis.call('SADD', KEYS[3], ARGV[1])
@@ -191,12 +192,12 @@ return 1
 """
 
 # A rebuild after Redis lost the sale: the sale as MySQL says it stands.
-# KEYS: sale key, held key, active set, returned set. ARGV: pid, sale_id, sale stock, limit,
-# remaining, watermark, epoch, n, then n order ids whose units MySQL already gave back,
+# KEYS: sale key, held key, active set, returned set, lost marker. ARGV: pid, sale_id, sale stock,
+# limit, remaining, watermark, epoch, n, then n order ids whose units MySQL already gave back,
 # then customer, units pairs.
 _RESTORE = """
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
 redis.call('HSET', KEYS[1], 'sale_id', ARGV[2], 'remaining', ARGV[5], 'sale_stock', ARGV[3], 'limit', ARGV[4],
            'watermark', ARGV[6], 'seq', seq, 'epoch', ARGV[7])
 local n = tonumber(ARGV[8])
@@ -212,10 +213,10 @@ return 1
 # its `seq` (before its MySQL snapshot). O(cancelled orders), not O(customers).
 # KEYS: sale key, held key, returned set. ARGV: sale_id, expected seq, remaining,
 # watermark, then (order id, customer, units) per cancelled order line of the sale.
-# -> the remaining units before, or -1 when the sale moved.
+# -> the remaining units before (negative when it had re-taken more than it had), or 'moved'.
 _RESYNC = """
 local s = redis.call('HMGET', KEYS[1], 'sale_id', 'seq', 'remaining')
-if s[1] ~= ARGV[1] or (s[2] or '0') ~= ARGV[2] then return -1 end
+if s[1] ~= ARGV[1] or (s[2] or '0') ~= ARGV[2] then return 'moved' end
 redis.call('HSET', KEYS[1], 'remaining', ARGV[3], 'watermark', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'seq', 1)
 for i = 5, #ARGV, 3 do
@@ -269,7 +270,7 @@ return units
 
 _STOP = """
 redis.call('SREM', KEYS[3], ARGV[1])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
 return 1
 """
 
@@ -329,7 +330,7 @@ class FlashGate:
 
     def _sale_keys(self, product_id):
         return [self._k(f"flash:sale:{product_id}"), self._k(f"flash:held:{product_id}"), self._k("flash:active"),
-                self._k(f"flash:returned:{product_id}")]
+                self._k(f"flash:returned:{product_id}"), self._k(f"flash:lost:{product_id}")]
 
     def start(self, product_id, sale_id, sale_stock, limit):
         self._run(_START, self._sale_keys(product_id), [product_id, sale_id, sale_stock, limit or 0, uuid.uuid4().hex])
@@ -346,6 +347,18 @@ class FlashGate:
                   [product_id, sale_id, sale_stock, limit or 0, remaining, watermark, uuid.uuid4().hex,
                    len(returned), *returned, *pairs])
 
+    def lost_since(self, product_id, now_ms=None):
+        """When a sale missing from Redis was first found missing (ms; this call's time
+        if it is the first), until it is rebuilt."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        key = self._k(f"flash:lost:{product_id}")
+
+        def mark(r):
+            r.set(key, now_ms, nx=True)
+            return int(r.get(key))
+
+        return self.gateway.call(mark)
+
     def resync(self, product_id, sale_id, seq, remaining, watermark, returned=()):
         """Set a quiet sale to `remaining` and apply the give-backs of `returned`
         [(order id, customer, units)] Redis has not had, if the sale's seq is still
@@ -353,7 +366,7 @@ class FlashGate:
         keys = self._sale_keys(product_id)
         args = [sale_id, seq, remaining, watermark, *[x for line in returned for x in line]]
         before = self._run(_RESYNC, [keys[0], keys[1], keys[3]], args)
-        return None if int(before) < 0 else int(before)
+        return None if before == "moved" else int(before)
 
     def cap(self, product_id, sale_id, most, seen):
         """Lower the sale's remaining units to `most` if above; `seen` is the sale as read

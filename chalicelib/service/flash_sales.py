@@ -189,8 +189,11 @@ class FlashSales:
                   "sold": sold, "returned_orders": len(returned), "mysql_stock": stock, "swept": swept,
                   "queue_quiet": quiet}
         if live is None or live.get("sale_id") != sale_id:
-            if not quiet:
-                # Reservations still on SQS would be offered twice: rebuild once they are written.
+            # Rebuild once nothing accepted can still arrive, or its units would be offered twice: the queue
+            # empty, no lease open, and one lease since the loss was found (the leases of reservations an API
+            # process was still handing to SQS went with Redis; the lease bounds how long that may take).
+            waited = time.time() * 1000 - self.gate.lost_since(product_id)
+            if not quiet or waited < self.gate.lease_ms:
                 return {**report, "action": "waiting", "remaining": None}
             self.gate.restore(product_id, sale_id, row["sale_stock"], row["per_customer_limit"], most, watermark,
                               held, [order_id for order_id, _, _ in returned])
