@@ -237,7 +237,8 @@ def flash_sales():
 def flash_writer():
     from chalicelib.service.flash_sales import FlashWriter
 
-    return _once("flash_writer", lambda: FlashWriter(flash_gate(), product_writes()))
+    return _once("flash_writer", lambda: FlashWriter(
+        flash_gate(), product_writes(), payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS"))))
 
 
 def related_products():

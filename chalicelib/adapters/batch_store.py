@@ -1,7 +1,7 @@
 """The async batch read model in MySQL: `batches` and `batch_results`."""
 import json
 
-from chalicelib.domain.errors import BatchNotFound
+from chalicelib.domain.errors import BatchNotFound, ServiceUnavailable
 from chalicelib.domain.orders import summarize
 from chalicelib.domain.validation import echo
 
@@ -53,9 +53,11 @@ class BatchStore:
 
         return self.db.run(work)
 
-    def get(self, batch_id, owner=None):
+    def get(self, batch_id, owner=None, resolve=None):
         """API body for GET /batches/{batch_id}; BatchNotFound if unknown or
-        another client's (`owner` None: any client's)."""
+        another client's (`owner` None: any client's). `resolve` ({reservation_id:
+        (client_order_id, duplicate)} -> {reservation_id: final result}) turns the
+        recorded `pending` results of flash-sale orders into what became of them."""
         if not isinstance(batch_id, str) or not 1 <= len(batch_id) <= 64:
             quoted = echo(batch_id)
             raise BatchNotFound(f"Batch {quoted} does not exist.", batch_id=quoted)
@@ -66,13 +68,38 @@ class BatchStore:
             batch = cur.fetchone()
             if batch is None or (owner is not None and batch["client"] != owner.client):
                 raise BatchNotFound(f"Batch {batch_id} does not exist.", batch_id=batch_id)
-            cur.execute("SELECT result FROM batch_results WHERE batch_id = %s ORDER BY position", (batch_id,))
-            return batch, [json.loads(row["result"]) for row in cur.fetchall()]
+            cur.execute("SELECT position, result FROM batch_results WHERE batch_id = %s ORDER BY position",
+                        (batch_id,))
+            return batch, [(row["position"], json.loads(row["result"])) for row in cur.fetchall()]
 
-        batch, results = self.db.run(work)
+        batch, rows = self.db.run(work)
+        pending = {r["reservation_id"]: (r["client_order_id"], r.get("duplicate", False))
+                   for _, r in rows if r.get("status") == "pending" and r.get("reservation_id")}
+        if pending and resolve is not None:
+            final = resolve(pending)
+            settled = [(pos, final[r["reservation_id"]]) for pos, r in rows
+                       if r.get("status") == "pending" and r.get("reservation_id") in final]
+            if settled:
+                rows = [(pos, final.get(r.get("reservation_id"), r) if r.get("status") == "pending" else r)
+                        for pos, r in rows]
+                self._keep(batch_id, settled)
+        results = [r for _, r in rows]
         # Derived from the rows rather than the status column, so it is exact even
-        # while two consumers of the same batch race.
+        # while two consumers of the same batch race. A flash-sale order still pending
+        # keeps the batch from `done`: once done, every result is final.
         count, expected = len(results), batch["order_count"]
-        status = "done" if count >= expected else ("processing" if count else "queued")
+        summary = summarize(results)
+        flash_pending = summary.pop("pending", 0)
+        status = "done" if count >= expected and not flash_pending else ("processing" if count else "queued")
         return {"batch_id": batch["id"], "status": status, "order_count": expected, "results": results,
-                "summary": {**summarize(results), "pending": max(0, expected - count)}}
+                "summary": {**summary, "pending": max(0, expected - count) + flash_pending}}
+
+    def _keep(self, batch_id, settled):
+        """Store the final results of reservations in place of `pending` (they outlive the
+        reservation records in Redis); a read that cannot write still answers."""
+        try:
+            self.db.run(lambda cur: cur.executemany(
+                "UPDATE batch_results SET result = %s WHERE batch_id = %s AND position = %s",
+                [(json.dumps(result, ensure_ascii=False), batch_id, pos) for pos, result in settled]))
+        except ServiceUnavailable:
+            pass

@@ -2,7 +2,7 @@
 order decides, so a sold-out product answers without touching MySQL.
 
 Keys (all under the gateway's prefix):
-  flash:sale:{pid}   HASH sale_id, remaining, limit (0: none), sale_stock
+  flash:sale:{pid}   HASH sale_id, remaining, limit (0: none), sale_stock, watermark, seq, returns, epoch
   flash:held:{pid}   HASH customer -> units this customer holds in the sale (the per-customer limit)
   flash:active       SET of product ids on sale (one SMISMEMBER per sync batch)
   flash:res:{owner}  HASH the reservation of one idempotency key
@@ -11,6 +11,13 @@ Keys (all under the gateway's prefix):
                      customer, order_id, total_cents, code, message, product_id
   flash:ref:{rid}    STRING -> the reservation's key (how GET /reservations/{rid} finds it)
   flash:leases       ZSET reservation key -> lease deadline (ms): accepted but not yet on SQS
+  flash:returned:{pid} SET order ids whose units a cancel or expiry gave back to the sale
+  flash:lost:{pid}   STRING ms when reconcile first found the sale missing (Redis lost it); gone once rebuilt
+
+Every change to a sale's units bumps its `seq`, so reconcile can set a sale to
+MySQL's numbers only if nothing moved it between its MySQL snapshot and the write;
+`returns` counts cancels' give-backs and `epoch` changes with every start and
+rebuild, so reconcile lowers a sale only if no give-back came after its snapshot.
 
 States: `leased` from admission until the SQS send succeeds (`confirm` -> `queued`);
 a failed send `release`s it (units back, record gone); a lease that expires
@@ -40,6 +47,7 @@ local function give_back(prefix, rec_key)
     local sale = prefix .. 'flash:sale:' .. pid
     if redis.call('HGET', sale, 'sale_id') == sale_id then
       redis.call('HINCRBY', sale, 'remaining', qty)
+      redis.call('HINCRBY', sale, 'seq', 1)
       local held = prefix .. 'flash:held:' .. pid
       if redis.call('HINCRBY', held, rec[4], -qty) <= 0 then redis.call('HDEL', held, rec[4]) end
     end
@@ -90,6 +98,7 @@ local lines = {}
 for i = 1, n do
   local qty = tonumber(ARGV[6 + i])
   redis.call('HINCRBY', KEYS[2 * i], 'remaining', -qty)
+  redis.call('HINCRBY', KEYS[2 * i], 'seq', 1)
   redis.call('HINCRBY', KEYS[2 * i + 1], customer, qty)
   lines[i] = string.match(KEYS[2 * i], 'flash:sale:(%d+)$') .. ':' .. qty .. ':' .. sales[i]
 end
@@ -147,6 +156,8 @@ for i, key in ipairs(KEYS) do
       local sale = prefix .. 'flash:sale:' .. pid
       if redis.call('HGET', sale, 'sale_id') == sale_id then
         local held = prefix .. 'flash:held:' .. pid
+        -- Also when nothing below changes: reconcile must learn that an order was written after its snapshot.
+        redis.call('HINCRBY', sale, 'seq', 1)
         local watermark = tonumber(redis.call('HGET', sale, 'watermark') or '0')
         if took and not holds and tonumber(ARGV[b + 7]) > watermark then
           -- Swept (or lost) while its message was on SQS: MySQL sold these units, Redis must not offer them.
@@ -171,39 +182,95 @@ end
 return #KEYS
 """
 
-# KEYS: sale key, held key, active set. ARGV: pid, sale_id, sale stock, limit.
+# KEYS: sale key, held key, active set, returned set, lost marker. ARGV: pid, sale_id, sale stock, limit, epoch.
 _START = """
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('HSET', KEYS[1], 'sale_id', ARGV[2], 'remaining', ARGV[3], 'sale_stock', ARGV[3], 'limit', ARGV[4])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
+redis.call('HSET', KEYS[1], 'sale_id', ARGV[2], 'remaining', ARGV[3], 'sale_stock', ARGV[3], 'limit', ARGV[4],
+           'epoch', ARGV[5])
 redis.call('SADD', KEYS[3], ARGV[1])
 return 1
 """
 
-# KEYS: sale key, held key, active set. ARGV: pid, sale_id, sale stock, limit, remaining,
-# watermark, then customer, units pairs. The sale as MySQL says it stands (a rebuild).
+# A rebuild after Redis lost the sale: the sale as MySQL says it stands.
+# KEYS: sale key, held key, active set, returned set, lost marker. ARGV: pid, sale_id, sale stock,
+# limit, remaining, watermark, epoch, n, then n order ids whose units MySQL already gave back,
+# then customer, units pairs.
 _RESTORE = """
-redis.call('DEL', KEYS[1], KEYS[2])
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
 redis.call('HSET', KEYS[1], 'sale_id', ARGV[2], 'remaining', ARGV[5], 'sale_stock', ARGV[3], 'limit', ARGV[4],
-           'watermark', ARGV[6])
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+           'watermark', ARGV[6], 'seq', seq, 'epoch', ARGV[7])
+local n = tonumber(ARGV[8])
+for i = 9, 8 + n do redis.call('SADD', KEYS[4], ARGV[i]) end
+for i = 9 + n, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 redis.call('SADD', KEYS[3], ARGV[1])
 return 1
 """
 
-# KEYS: sale key. ARGV: sale_id, the most the sale may still offer, exact (1: also raise to it).
+# Reconcile with nothing on its way: the sale's remaining units set to exactly what
+# MySQL can still sell, and the give-backs of cancelled orders that never reached
+# Redis applied (held units), only if nothing moved the sale since the caller read
+# its `seq` (before its MySQL snapshot). O(cancelled orders), not O(customers).
+# KEYS: sale key, held key, returned set. ARGV: sale_id, expected seq, remaining,
+# watermark, then (order id, customer, units) per cancelled order line of the sale.
+# -> the remaining units before (negative when it had re-taken more than it had), or 'moved'.
+_RESYNC = """
+local s = redis.call('HMGET', KEYS[1], 'sale_id', 'seq', 'remaining')
+if s[1] ~= ARGV[1] or (s[2] or '0') ~= ARGV[2] then return 'moved' end
+redis.call('HSET', KEYS[1], 'remaining', ARGV[3], 'watermark', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'seq', 1)
+for i = 5, #ARGV, 3 do
+  if redis.call('SADD', KEYS[3], ARGV[i]) == 1 then
+    if redis.call('HINCRBY', KEYS[2], ARGV[i + 1], -tonumber(ARGV[i + 2])) <= 0 then
+      redis.call('HDEL', KEYS[2], ARGV[i + 1])
+    end
+  end
+end
+return tonumber(s[3])
+"""
+
+# KEYS: sale key. ARGV: sale_id, the most the sale may still offer, and the epoch and
+# returns the caller read before its MySQL snapshot. Lowers `remaining` to `most` if
+# above; the units removed (0: none), 'other' for another sale, 'moved' when a
+# cancel gave units back since (or the sale was rebuilt): `most` may not count them.
+# (Admissions, settles and sweeps since the snapshot are safe: they move units MySQL
+# had not counted either way.)
 _CAP = """
-if redis.call('HGET', KEYS[1], 'sale_id') ~= ARGV[1] then return 'other' end
+local s = redis.call('HMGET', KEYS[1], 'sale_id', 'epoch', 'returns')
+if s[1] ~= ARGV[1] then return 'other' end
+if (s[2] or '') ~= ARGV[3] or (s[3] or '0') ~= ARGV[4] then return 'moved' end
 local remaining, most = tonumber(redis.call('HGET', KEYS[1], 'remaining')), tonumber(ARGV[2])
-if remaining > most or (ARGV[3] == '1' and remaining ~= most) then
+if remaining > most then
   redis.call('HSET', KEYS[1], 'remaining', most)
+  redis.call('HINCRBY', KEYS[1], 'seq', 1)
   return remaining - most
 end
 return 0
 """
 
+# A cancelled or expired sale order's units back to the sale it was sold in, once:
+# the returned set remembers the order (reconcile and rebuild add the orders MySQL
+# already counts as returned, so a late call changes nothing).
+# KEYS: (sale key, held key, returned set) per line. ARGV: order id, customer, then qty, sale_id per line.
+_RETURN = """
+local order_id, customer, units = ARGV[1], ARGV[2], 0
+for i = 1, #KEYS / 3 do
+  local sale, held, done = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local qty = tonumber(ARGV[1 + 2 * i])
+  if redis.call('HGET', sale, 'sale_id') == ARGV[2 + 2 * i] and redis.call('SADD', done, order_id) == 1 then
+    redis.call('HINCRBY', sale, 'remaining', qty)
+    redis.call('HINCRBY', sale, 'seq', 1)
+    redis.call('HINCRBY', sale, 'returns', 1)
+    if redis.call('HINCRBY', held, customer, -qty) <= 0 then redis.call('HDEL', held, customer) end
+    units = units + qty
+  end
+end
+return units
+"""
+
 _STOP = """
 redis.call('SREM', KEYS[3], ARGV[1])
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
 return 1
 """
 
@@ -261,26 +328,62 @@ class FlashGate:
 
     # --- sale mode ----------------------------------------------------------
 
+    def _sale_keys(self, product_id):
+        return [self._k(f"flash:sale:{product_id}"), self._k(f"flash:held:{product_id}"), self._k("flash:active"),
+                self._k(f"flash:returned:{product_id}"), self._k(f"flash:lost:{product_id}")]
+
     def start(self, product_id, sale_id, sale_stock, limit):
-        self._run(_START, [self._k(f"flash:sale:{product_id}"), self._k(f"flash:held:{product_id}"),
-                           self._k("flash:active")], [product_id, sale_id, sale_stock, limit or 0])
+        self._run(_START, self._sale_keys(product_id), [product_id, sale_id, sale_stock, limit or 0, uuid.uuid4().hex])
 
     def stop(self, product_id):
-        self._run(_STOP, [self._k(f"flash:sale:{product_id}"), self._k(f"flash:held:{product_id}"),
-                          self._k("flash:active")], [product_id])
+        self._run(_STOP, self._sale_keys(product_id), [product_id])
 
-    def restore(self, product_id, sale_id, sale_stock, limit, remaining, watermark, held):
-        """Rebuild a sale lost by Redis (restart, failover) from what MySQL says."""
+    def restore(self, product_id, sale_id, sale_stock, limit, remaining, watermark, held, returned=()):
+        """Rebuild a sale Redis lost from what MySQL says: `held` {customer: units},
+        `returned` the ids of its orders whose units MySQL gave back."""
         pairs = [x for customer, units in held.items() for x in (customer, units)]
-        self._run(_RESTORE, [self._k(f"flash:sale:{product_id}"), self._k(f"flash:held:{product_id}"),
-                             self._k("flash:active")],
-                  [product_id, sale_id, sale_stock, limit or 0, remaining, watermark, *pairs])
+        returned = list(returned)
+        self._run(_RESTORE, self._sale_keys(product_id),
+                  [product_id, sale_id, sale_stock, limit or 0, remaining, watermark, uuid.uuid4().hex,
+                   len(returned), *returned, *pairs])
 
-    def cap(self, product_id, sale_id, most, exact=False):
-        """Lower the sale's remaining units to `most` if above (with `exact`, also raise
-        them to it); the units removed, negative when added (None: another sale)."""
-        removed = self._run(_CAP, [self._k(f"flash:sale:{product_id}")], [sale_id, most, int(exact)])
-        return None if removed == "other" else int(removed)
+    def lost_since(self, product_id, now_ms=None):
+        """When a sale missing from Redis was first found missing (ms; this call's time
+        if it is the first), until it is rebuilt."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        key = self._k(f"flash:lost:{product_id}")
+
+        def mark(r):
+            r.set(key, now_ms, nx=True)
+            return int(r.get(key))
+
+        return self.gateway.call(mark)
+
+    def resync(self, product_id, sale_id, seq, remaining, watermark, returned=()):
+        """Set a quiet sale to `remaining` and apply the give-backs of `returned`
+        [(order id, customer, units)] Redis has not had, if the sale's seq is still
+        `seq`: the remaining units before, None if it moved."""
+        keys = self._sale_keys(product_id)
+        args = [sale_id, seq, remaining, watermark, *[x for line in returned for x in line]]
+        before = self._run(_RESYNC, [keys[0], keys[1], keys[3]], args)
+        return None if before == "moved" else int(before)
+
+    def cap(self, product_id, sale_id, most, seen):
+        """Lower the sale's remaining units to `most` if above; `seen` is the sale as read
+        before the MySQL snapshot `most` comes from. The units removed; None for another
+        sale, or when a cancel's units came back since (try again next round)."""
+        removed = self._run(_CAP, [self._k(f"flash:sale:{product_id}")],
+                            [sale_id, most, seen.get("epoch", ""), seen.get("returns", 0)])
+        return None if removed in ("other", "moved") else int(removed)
+
+    def return_units(self, order_id, customer, lines):
+        """A cancelled or expired order's lines [(product_id, quantity, sale_id)] back to
+        their sale if it still runs, once per order; the units returned."""
+        keys, args = [], [order_id, customer]
+        for pid, qty, sale_id in lines:
+            keys += [self._k(f"flash:sale:{pid}"), self._k(f"flash:held:{pid}"), self._k(f"flash:returned:{pid}")]
+            args += [qty, sale_id]
+        return int(self._run(_RETURN, keys, args)) if keys else 0
 
     def leases(self):
         """Accepted reservations not yet on SQS."""
@@ -295,21 +398,28 @@ class FlashGate:
         return {pid for pid, flag in zip(ids, flags) if flag}
 
     def sale(self, product_id):
-        """{sale_id, remaining, sale_stock, limit} or None."""
+        """{sale_id, remaining, sale_stock, limit, epoch, watermark?, seq?, returns?} or None."""
         row = self.gateway.call(lambda r: r.hgetall(self._k(f"flash:sale:{product_id}")))
-        return {k: (v if k == "sale_id" else int(v)) for k, v in row.items()} if row else None
+        return {k: (v if k in ("sale_id", "epoch") else int(v)) for k, v in row.items()} if row else None
 
     # --- orders -------------------------------------------------------------
 
     def admit(self, owner, customer, request_hash, quantities, now_ms=None) -> Admission:
-        pids = list(quantities)
+        keys, args = self.admit_call(owner, customer, request_hash, quantities, now_ms)
+        return self.admission(self._run(_ADMIT, keys, args), list(quantities))
+
+    def admit_call(self, owner, customer, request_hash, quantities, now_ms=None):
+        """(keys, args) of one admission: the very call `admit` makes (bench/flash pipelines them)."""
         keys = [self.reservation_key(owner)]
-        for pid in pids:
+        for pid in quantities:
             keys += [self._k(f"flash:sale:{pid}"), self._k(f"flash:held:{pid}")]
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        rid = uuid.uuid4().hex
-        reply = self._run(_ADMIT, keys, [self.gateway.prefix, rid, request_hash, customer, now_ms, self.lease_ms,
-                                         *[quantities[pid] for pid in pids]])
+        return keys, [self.gateway.prefix, uuid.uuid4().hex, request_hash, customer, now_ms, self.lease_ms,
+                      *quantities.values()]
+
+    @staticmethod
+    def admission(reply, pids) -> Admission:
+        """The Admission an _ADMIT reply stands for (`pids` in the call's order)."""
         outcome = reply[0]
         if outcome == "ACCEPTED":
             lines = tuple((int(pid), int(qty), sale) for pid, qty, sale in
@@ -324,6 +434,10 @@ class FlashGate:
             return Admission(outcome, product_id=pid, held=int(reply[2]), limit=int(reply[3]))
         return Admission(outcome, product_id=pid)
 
+    def admit_script(self):
+        """The registered _ADMIT script (bench/flash runs it through pipelines)."""
+        return self.gateway.script(_ADMIT)
+
     def record(self, key):
         return self.gateway.call(lambda r: r.hgetall(key))
 
@@ -334,6 +448,24 @@ class FlashGate:
             return None
         record = self.record(key)
         return {**record, "key": key} if record.get("rid") == rid else None
+
+    def lookup_many(self, rids):
+        """{rid: record} of those `rids` whose record Redis still has (two pipelined round trips)."""
+        rids = list(rids)
+        if not rids:
+            return {}
+
+        def read(r):
+            pipe = r.pipeline(transaction=False)
+            for rid in rids:
+                pipe.get(self._k(f"flash:ref:{rid}"))
+            keys = pipe.execute()
+            found = [(rid, key) for rid, key in zip(rids, keys) if key]
+            for _, key in found:
+                pipe.hgetall(key)
+            return {rid: record for (rid, _), record in zip(found, pipe.execute()) if record.get("rid") == rid}
+
+        return self.gateway.call(read)
 
     def confirm(self, reservations):
         """[(key, rid)] now on SQS: their leases end."""

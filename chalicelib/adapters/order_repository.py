@@ -47,6 +47,7 @@ class OrderLine:
     product_id: int
     quantity: int
     unit_price_cents: int
+    sale_id: Optional[str] = None  # the flash sale the line was sold in (None: an ordinary line)
 
 
 class OrderRepository(Protocol):
@@ -121,8 +122,8 @@ class MySQLOrderRepository:
         row = self.cur.fetchone()
         if row is None:
             raise OrderNotFound(f"Order {order_id} does not exist.", order_id=order_id)
-        self.cur.execute("SELECT product_id, quantity, unit_price_cents FROM order_items WHERE order_id = %s "
-                         "ORDER BY product_id", (order_id,))
+        self.cur.execute("SELECT product_id, quantity, unit_price_cents, flash_sale_id AS sale_id FROM order_items "
+                         "WHERE order_id = %s ORDER BY product_id", (order_id,))
         return StoredOrder(**row), [OrderLine(**item) for item in self.cur.fetchall()]
 
     def mark_cancelled(self, order_id, lifecycle="cancelled"):

@@ -4,12 +4,17 @@ batch, not per order. Pure: no I/O.
 
     {"reservations": [{"rid": str(32 hex), "client": str, "customer_id": int, "user_id": int,
                        "client_order_id": str, "request_hash": str(64 hex),
-                       "lines": [[product_id, quantity, sale_id], ...], "accepted_at": float}, ...],
+                       "lines": [[product_id, quantity, sale_id], ...], "accepted_at": float,
+                       "batch_id"?: str(1..64)}, ...],
      "sent_at": float}
+
+`batch_id`: the async batch (or `sqs-<messageId>`) the order came in; the written
+order row records it, as an ordinary async order's does.
 """
 import json
 import re
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 # SQS takes 256 KiB per message; keep a margin as the ingest messages do.
 MAX_MESSAGE_BYTES = 200_000
@@ -27,6 +32,7 @@ class Reservation:
     request_hash: str
     lines: tuple  # ((product_id, quantity, sale_id), ...) ascending product id
     accepted_at: float = 0.0
+    batch_id: Optional[str] = None
 
     @property
     def quantities(self):
@@ -40,6 +46,8 @@ class Reservation:
     def to_json(self):
         data = asdict(self)
         data["lines"] = [list(line) for line in self.lines]
+        if self.batch_id is None:
+            del data["batch_id"]
         return data
 
 
@@ -85,9 +93,12 @@ def _reservation(item):
         parsed.append((line[0], line[1], line[2]))
     if len({pid for pid, _, _ in parsed}) != len(parsed):
         raise ValueError("a product appears twice in one reservation")
+    batch_id = item.get("batch_id")
+    if batch_id is not None and not (isinstance(batch_id, str) and 1 <= len(batch_id) <= 64):
+        raise ValueError("'batch_id' must be a string of 1 to 64 characters")
     accepted_at = item.get("accepted_at", 0.0)
     return Reservation(rid, client, item["customer_id"], item["user_id"], coid, hash_, tuple(sorted(parsed)),
-                       float(accepted_at) if isinstance(accepted_at, (int, float)) else 0.0)
+                       float(accepted_at) if isinstance(accepted_at, (int, float)) else 0.0, batch_id)
 
 
 def decode(body):

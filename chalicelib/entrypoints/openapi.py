@@ -204,11 +204,14 @@ SCHEMAS = {
                              ["batch_id", "status"]),
     "BatchStatus": _object({
         "batch_id": {"type": "string"},
-        "status": {"type": "string", "enum": ["queued", "processing", "done"]},
+        "status": {"type": "string", "enum": ["queued", "processing", "done"],
+                   "description": "done: every order has its final result (no flash-sale order still pending)."},
         "order_count": {"type": "integer", "minimum": 1},
         "results": {"type": "array", "items": _ref("OrderResult")},
         "summary": _object({"created": {"type": "integer"}, "failed": {"type": "integer"},
-                            "cancelled": {"type": "integer"}, "pending": {"type": "integer"}},
+                            "cancelled": {"type": "integer"},
+                            "pending": {"type": "integer", "description": "Orders not processed yet plus flash-sale "
+                                        "orders accepted and not written yet."}},
                            ["created", "failed", "pending"]),
     }, ["batch_id", "status", "order_count", "results", "summary"]),
     "Order": _object({

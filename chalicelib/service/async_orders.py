@@ -32,6 +32,17 @@ Failure classes (what the handler reports to SQS):
   `sqs-<messageId>` when it carries none), and per-order business failures
   (VALIDATION_ERROR, PRODUCT_NOT_FOUND, INSUFFICIENT_STOCK, IDEMPOTENCY_CONFLICT).
 
+Flash sales: an order for a product on sale goes through the sale's gate here,
+as a sync one does (`OrderService.place_all`): accepted, its result is recorded
+as `pending` with its `reservation_id` and the flash-order consumer writes it;
+`GET /batches/{id}` shows the reservation's state when read (`pending` until
+written, then `created` or `failed`), and the batch is `done` only once no
+result is pending. The gate unavailable -> that order's result is transient
+(the message is retried); the hand-off to the flash queue failed -> the message
+is retried with nothing taken. A redelivery finds an accepted order's
+reservation again (the gate is idempotent by the same key), so it is never
+taken twice.
+
 Exactly-once effect: orders are placed through `OrderService.place_all` (the
 same loop as sync batches), whose
 unique key (user_id, client_order_id) makes a second placement a replay
@@ -126,7 +137,7 @@ class OrderIngest:
         transient = [pos for pos, r in outcome.results.items() if r.transient]
         if message.enqueued_at:
             for result in results.values():
-                if result.created and not result.duplicate:
+                if result.status == "created" and result.created and not result.duplicate:
                     self.emit("IngestLatency", max(0.0, (time.time() - message.enqueued_at) * 1000), unit="Milliseconds")
         if outcome.interrupted is not None:
             # Keep what was placed before the outage, if MySQL still takes it.

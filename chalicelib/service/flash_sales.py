@@ -11,6 +11,7 @@ stock, one guarded UPDATE for every product, multi-row inserts, one commit.
 MySQL's guard has the last word: what Redis admitted beyond MySQL's stock
 fails INSUFFICIENT_STOCK, never oversells.
 """
+import json
 import logging
 import time
 import uuid
@@ -20,6 +21,7 @@ import pymysql
 from chalicelib.adapters.cache import CacheUnavailable
 from chalicelib.adapters.flash_gate import FlashGate, Settlement, customer_key, owner_key
 from chalicelib.domain import flash_message
+from chalicelib.domain import order_lifecycle
 from chalicelib.domain import validation as v
 from chalicelib.domain.errors import (
     IdempotencyConflict,
@@ -150,6 +152,9 @@ class FlashSales:
         if row is None:
             raise SaleNotFound(f"Product {product_id} is not on sale.", product_id=product_id)
         swept = self.gate.sweep()
+        # Read before the snapshot: if its seq still holds when we write, nothing moved the sale in between.
+        live = self.gate.sale(product_id)
+        sale_id = row["sale_id"]
 
         def read(cur):
             # One snapshot: the stock, the sale's orders and the newest order id agree.
@@ -157,15 +162,19 @@ class FlashSales:
             stock = cur.fetchone()["stock"]
             cur.execute("SELECT COALESCE(MAX(id), 0) AS watermark FROM orders")
             watermark = int(cur.fetchone()["watermark"])
-            cur.execute("SELECT o.client, o.customer_id, o.user_id, SUM(i.quantity) AS units FROM orders o "
-                        "JOIN order_items i ON i.order_id = o.id WHERE i.product_id = %s "
-                        "AND o.flash_reservation IS NOT NULL AND o.created_at >= %s "
-                        "GROUP BY o.client, o.customer_id, o.user_id", (product_id, row["started_at"]))
-            held = {customer_key(r["client"], r["customer_id"], r["user_id"]): int(r["units"])
-                    for r in cur.fetchall()}
-            return stock, watermark, held
+            cur.execute("SELECT o.client, o.customer_id, o.user_id, o.id, o.status, i.quantity FROM order_items i "
+                        "JOIN orders o ON o.id = i.order_id WHERE i.flash_sale_id = %s AND i.product_id = %s",
+                        (sale_id, product_id))
+            held, returned = {}, []
+            for r in cur.fetchall():
+                customer = customer_key(r["client"], r["customer_id"], r["user_id"])
+                if r["status"] == "cancelled":  # cancelled or expired: its units went back to the sale
+                    returned.append((r["id"], customer, int(r["quantity"])))
+                    continue
+                held[customer] = held.get(customer, 0) + int(r["quantity"])
+            return stock, watermark, held, returned
 
-        stock, watermark, held = self.db.run(read)
+        stock, watermark, held, returned = self.db.run(read)
         sold = sum(held.values())
         # What the gate may offer at most: reservations on their way (not yet written) come on top of `sold`.
         most = max(0, min(row["sale_stock"] - sold, stock))
@@ -176,27 +185,61 @@ class FlashSales:
         # Nothing accepted is on its way when the queue is empty and no lease is open (checked after the
         # snapshot: anything admitted since then is in one of the two).
         quiet = depth == 0 and self.gate.leases() == 0
-        report = {"product_id": product_id, "sale_id": row["sale_id"], "sale_stock": row["sale_stock"],
-                  "sold": sold, "mysql_stock": stock, "swept": swept, "queue_quiet": quiet}
-        live = self.gate.sale(product_id)
-        if live is None or live.get("sale_id") != row["sale_id"]:
-            if not quiet:
-                # Reservations still on SQS would be offered twice: rebuild once they are written.
+        report = {"product_id": product_id, "sale_id": sale_id, "sale_stock": row["sale_stock"],
+                  "sold": sold, "returned_orders": len(returned), "mysql_stock": stock, "swept": swept,
+                  "queue_quiet": quiet}
+        if live is None or live.get("sale_id") != sale_id:
+            # Rebuild once nothing accepted can still arrive, or its units would be offered twice: the queue
+            # empty, no lease open, and one lease since the loss was found (the leases of reservations an API
+            # process was still handing to SQS went with Redis; the lease bounds how long that may take).
+            waited = time.time() * 1000 - self.gate.lost_since(product_id)
+            if not quiet or waited < self.gate.lease_ms:
                 return {**report, "action": "waiting", "remaining": None}
-            self.gate.restore(product_id, row["sale_id"], row["sale_stock"], row["per_customer_limit"], most,
-                              watermark, held)
+            self.gate.restore(product_id, sale_id, row["sale_stock"], row["per_customer_limit"], most, watermark,
+                              held, [order_id for order_id, _, _ in returned])
             logger.warning("flash sale rebuilt from MySQL", extra=report)
             self.emit("FlashSalesRebuilt", 1)
             return {**report, "action": "rebuilt", "remaining_before": None, "remaining": most}
-        # With nothing on its way the gate must offer exactly `most`; otherwise at most that.
-        removed = self.gate.cap(product_id, row["sale_id"], most, exact=quiet) or 0
-        remaining = live["remaining"] - removed
-        # Units taken in Redis and not (yet) in MySQL: reservations on their way (drift when quiet).
+        if quiet:
+            # Nothing on its way: the gate must offer exactly `most`; a cancel whose give-back never
+            # reached Redis is counted here, once (also in its customer's units).
+            before = self.gate.resync(product_id, sale_id, live.get("seq", 0), most, watermark, returned)
+            if before is not None:
+                report.update(remaining_before=before, remaining=most, in_flight=most - before)
+                if before != most:
+                    logger.warning("flash sale gate set to what MySQL can still sell", extra=report)
+                    return {**report, "action": "repaired"}
+                return {**report, "action": "ok"}
+            # Moved meanwhile: not quiet after all; only lower it.
+        removed = self.gate.cap(product_id, sale_id, most, live)
+        if removed is None:
+            # A cancel gave units back after the snapshot: `most` may not count them. The next round decides.
+            return {**report, "action": "moved", "remaining": None}
+        remaining = most if removed else live["remaining"]
+        # Units taken in Redis and not (yet) in MySQL: reservations on their way.
         report.update(remaining_before=live["remaining"], remaining=remaining, in_flight=most - live["remaining"])
         if removed:
-            logger.warning("flash sale gate set to what MySQL can still sell", extra=report)
+            logger.warning("flash sale gate lowered to what MySQL can still sell", extra=report)
             return {**report, "action": "repaired"}
         return {**report, "action": "ok"}
+
+    def give_back(self, order, lines):
+        """After a cancel or expiry committed (MySQL has its stock back): its sale lines'
+        units back to the sale they were sold in, if it still runs, once per order. If
+        Redis cannot take them now, reconcile does (it counts the order as returned)."""
+        sale_lines = [(line.product_id, line.quantity, line.sale_id) for line in lines if line.sale_id]
+        if not sale_lines:
+            return 0
+        try:
+            units = self.gate.return_units(order.id, customer_key(order.client, order.customer_id, order.user_id),
+                                           sale_lines)
+        except CacheUnavailable:
+            logger.warning("a closed sale order's units did not reach the gate; reconcile returns them",
+                           extra={"order_id": order.id})
+            return 0
+        if units:
+            self.emit("FlashUnitsReturned", units)
+        return units
 
     # --- admission (sync orders) --------------------------------------------
 
@@ -226,10 +269,12 @@ class FlashSales:
         except CacheUnavailable:
             return recorded, False, mysql_down
 
-    def take_sale_orders(self, orders):
+    def take_sale_orders(self, orders, batch_id=None):
         """Split `orders` [(key, order)]: the sale orders are admitted through the gate
         and handed to SQS here; returns ({key: OrderResult} of sale orders, the other
-        orders, the MySQL outage met on the way or None: the caller need not pay for it twice)."""
+        orders, the MySQL outage met on the way or None: the caller need not pay for it twice).
+        Raises ServiceUnavailable (nothing taken) when the hand-off fails. `batch_id`:
+        the async batch the orders came in (their rows record it)."""
         requests = [o for _, o in orders if isinstance(o, OrderRequest)]
         on_sale, gate_up, mysql_down = self.sale_products({pid for o in requests for pid in o.quantities})
         if not on_sale:
@@ -250,25 +295,30 @@ class FlashSales:
                     "The flash-sale gate is unavailable; retry shortly."))
                 continue
             try:
-                results[key] = self._admit(order, accepted)
+                results[key] = self._admit(order, accepted, batch_id)
             except CacheUnavailable:
                 results[key] = failed(order.client_order_id, ServiceUnavailable(
                     "The flash-sale gate is unavailable; retry shortly."))
         self._hand_off(accepted)
         return results, rest, mysql_down
 
-    def _admit(self, order: OrderRequest, accepted):
+    def _admit(self, order: OrderRequest, accepted, batch_id=None):
         owner = owner_key(order.client, order.customer_id, order.user_id, order.client_order_id)
         admission = self.gate.admit(owner, customer_key(order.client, order.customer_id, order.user_id),
                                     order.request_hash, order.quantities)
         coid = order.client_order_id
         if admission.outcome == "ACCEPTED":
             accepted.append(Reservation(admission.rid, order.client, order.customer_id, order.user_id, coid,
-                                        order.request_hash, admission.lines, time.time()))
+                                        order.request_hash, admission.lines, time.time(), batch_id))
             self.emit("FlashAdmitted", 1)
             return OrderResult(coid, status="pending", reservation_id=admission.rid)
         if admission.outcome == "REPLAY":
             record = self.gate.record(self.gate.reservation_key(owner))
+            if record.get("rid") != admission.rid:
+                # Gone since the Lua call (the first request's hand-off failed and gave it back, its lease
+                # expired, Redis lost it): nothing is held for this order now, so the client must try again.
+                return failed(coid, ServiceUnavailable("This order's reservation was just given back; retry it.",
+                                                       reservation_id=admission.rid))
             return _result(coid, record, duplicate=True)
         if admission.outcome == "CONFLICT":
             return OrderResult(coid, error=IdempotencyConflict(
@@ -341,6 +391,31 @@ class FlashSales:
                            if k in ("status", "order_id", "total_cents", "error")}}
 
 
+    def resolve(self, pending):
+        """{rid: (client_order_id, duplicate)} of results recorded `pending` (async
+        batches) -> {rid: the API result now} for those written or failed since."""
+        try:
+            records = self.gate.lookup_many(pending)
+        except CacheUnavailable:
+            records = {}
+        final = {}
+        for rid, record in records.items():
+            coid, duplicate = pending[rid]
+            if record.get("state") in ("created", "failed"):
+                final[rid] = _result(coid, record, duplicate).to_api()
+        unknown = [rid for rid in pending if rid not in records]
+        if unknown:
+            # Redis lost it (or it expired): the order row, if one was written, still says.
+            rows = self.db.query("SELECT id, total_cents, flash_reservation FROM orders WHERE flash_reservation IN "
+                                 f"({','.join(['%s'] * len(unknown))})", unknown)
+            for row in rows:
+                rid = row["flash_reservation"]
+                coid, duplicate = pending[rid]
+                final[rid] = OrderResult(coid, row["id"], row["total_cents"], duplicate=duplicate,
+                                         reservation_id=rid).to_api()
+        return final
+
+
 def _result(coid, record, duplicate=False):
     """The OrderResult a reservation record stands for."""
     rid, state = record.get("rid"), record.get("state")
@@ -376,17 +451,19 @@ class _Decision:
 class FlashWriter:
     """Writes the reservations of one SQS batch in one transaction and settles them in Redis."""
 
-    def __init__(self, gate: FlashGate, writes: ProductWrites, metrics=emit):
+    def __init__(self, gate: FlashGate, writes: ProductWrites, metrics=emit, payment_window=0):
         self.gate = gate
         self.writes = writes
         self.emit = metrics
+        # As for ordinary orders (OrderService): seconds a new order waits for payment; 0: paid at creation.
+        self.payment_window = int(payment_window)
 
     def write(self, reservations):
         """Every reservation written or failed; raises (the messages are retried) when
         MySQL or Redis is unavailable. Safe to repeat: a written reservation finds its
         own order by `flash_reservation`."""
         with self.writes.session(enqueue=False) as session:
-            decisions = session.run(lambda tx: self._write(tx, reservations))
+            decisions = session.run(lambda tx: self._write(tx, reservations, self.payment_window))
         settlements = [self._settlement(d) for d in decisions]
         try:
             self.gate.settle(settlements)
@@ -412,7 +489,7 @@ class FlashWriter:
                           d.took, d.give_back, d.order_id, d.total, d.error.code if d.error else "", detail)
 
     @staticmethod
-    def _write(tx: ProductTransaction, reservations):
+    def _write(tx: ProductTransaction, reservations, payment_window=0):
         cur = tx.cursor
         product_ids = sorted({pid for r in reservations for pid in r.quantities})
         # Lock the rows first (id order): the reads below then see every order committed before us.
@@ -456,21 +533,38 @@ class FlashWriter:
             if changed != len(ids):
                 raise AssertionError(f"guarded update of locked products {ids} fell short")
         if new:
+            window = int(payment_window)
+            lifecycle_state = order_lifecycle.PENDING if window else order_lifecycle.PAID
+            # executemany sends one multi-row INSERT only when VALUES holds nothing but placeholders.
             cur.executemany(
                 "INSERT INTO orders (client, customer_id, user_id, client_order_id, request_hash, total_cents, "
-                "flash_reservation) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                "flash_reservation, batch_id, lifecycle) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 [(d.reservation.client, d.reservation.customer_id, d.reservation.user_id,
-                  d.reservation.client_order_id, d.reservation.request_hash, d.total, d.reservation.rid) for d in new])
+                  d.reservation.client_order_id, d.reservation.request_hash, d.total, d.reservation.rid,
+                  d.reservation.batch_id, lifecycle_state) for d in new])
             rids = [d.reservation.rid for d in new]
-            cur.execute(f"SELECT id, flash_reservation FROM orders WHERE flash_reservation IN "
-                        f"({','.join(['%s'] * len(rids))})", rids)
+            in_rids = f"({','.join(['%s'] * len(rids))})"
+            if window:  # the payment window by the database's clock, as OrderRepository.add sets it
+                cur.execute("UPDATE orders SET expires_at = CURRENT_TIMESTAMP(6) + INTERVAL %s SECOND "
+                            f"WHERE flash_reservation IN {in_rids}", [window, *rids])
+            cur.execute(f"SELECT id, flash_reservation FROM orders WHERE flash_reservation IN {in_rids}", rids)
             ids = {row["flash_reservation"]: row["id"] for row in cur.fetchall()}
             for d in new:
                 d.order_id = ids[d.reservation.rid]
+            # Each line records its sale: a cancel gives the units back to it, reconcile counts them in it.
             cur.executemany(
-                "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents) VALUES (%s, %s, %s, %s)",
-                [(d.order_id, pid, qty, rows[pid]["price_cents"]) for d in new
-                 for pid, qty in d.reservation.quantities.items()])
+                "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents, flash_sale_id) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                [(d.order_id, pid, qty, rows[pid]["price_cents"], sale_id) for d in new
+                 for pid, qty, sale_id in d.reservation.lines])
+            # The outbox rows, in the same transaction as the orders (as OrderService writes them).
+            cur.executemany(
+                "INSERT INTO order_events (event_id, order_id, sequence, type, payload) VALUES (%s, %s, %s, %s, %s)",
+                [(str(uuid.uuid4()), d.order_id, 1, order_lifecycle.CREATED, json.dumps({
+                    "order_id": d.order_id, "client_order_id": d.reservation.client_order_id,
+                    "user_id": d.reservation.user_id, "total_cents": d.total, "lifecycle": lifecycle_state,
+                    "items": [{"product_id": pid, "quantity": qty} for pid, qty in d.reservation.quantities.items()],
+                    "reservation_id": d.reservation.rid}, ensure_ascii=False)) for d in new])
         for d in decisions:
             if d.duplicate_of is not None:
                 d.order_id, d.total = d.duplicate_of.order_id, d.duplicate_of.total

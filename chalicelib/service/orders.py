@@ -48,10 +48,20 @@ class OrderService:
 
     def place_all(self, orders: Iterable[tuple[K, Union[OrderRequest, InvalidOrder]]],
                   batch_id=None) -> BatchOutcome[K]:
-        """The one batch loop (sync batches and SQS ingestion): each order on its
-        own, in order. The products of every committed order are invalidated once
-        at the end, also when an outage stops the run half-way."""
-        results = {}
+        """The one batch loop (sync batches and SQS ingestion). Orders for products on
+        a flash sale are admitted through its gate and handed to SQS first (results
+        `pending`; a failed hand-off raises ServiceUnavailable with nothing taken or
+        placed); the others are placed each on its own, in order. The products of
+        every committed order are invalidated once at the end, also when an outage
+        stops the run half-way."""
+        orders = list(orders)
+        sale, mysql_down = {}, None
+        if self.flash is not None:
+            sale, orders, mysql_down = self.flash.take_sale_orders(orders, batch_id)
+        if mysql_down is not None and any(isinstance(o, OrderRequest) for _, o in orders):
+            # MySQL just failed us: the ordinary orders would only pay for the outage a second time.
+            return BatchOutcome(sale, mysql_down)
+        results = dict(sale)
         with self._admission, self.writes.session(enqueue=False) as session:
             try:
                 for key, order in orders:
@@ -64,30 +74,19 @@ class OrderService:
         return BatchOutcome(results)
 
     def place_batch(self, parsed, batch_id=None):
-        """A sync batch: results in request order, or a 503 that says which orders committed.
-        Orders for products on a flash sale are admitted (and handed to SQS) first;
-        the others take the ordinary path."""
-        orders = list(enumerate(parsed))
-        sale, mysql_down = {}, None
-        if self.flash is not None:
-            sale, orders, mysql_down = self.flash.take_sale_orders(orders)
-        if mysql_down is not None and any(isinstance(o, OrderRequest) for _, o in orders):
-            # MySQL just failed us: the ordinary orders would only pay for the outage a second time.
-            outcome = BatchOutcome({}, mysql_down)
-        else:
-            outcome = self.place_all(orders, batch_id)
+        """A sync batch: results in request order, or a 503 that says which orders committed."""
+        outcome = self.place_all(enumerate(parsed), batch_id)
         if outcome.interrupted is not None:
             exc = outcome.interrupted
-            # Accepted sale orders are on SQS: a retry of the batch returns them as replays too.
-            committed = [r.client_order_id for r in sale.values() if r.created] + outcome.committed_client_order_ids()
+            # Accepted sale orders (pending) are on SQS: a retry of the batch returns them as replays too.
+            committed = outcome.committed_client_order_ids()
             if committed:
                 # The client's retry of the batch finds these as duplicates.
                 exc.extra["details"] = {"committed_client_order_ids": committed}
                 exc.message = exc.message + (" Orders listed in details were committed before the failure;"
                                              " retrying the batch returns them as duplicates.")
             raise exc
-        merged = {**sale, **outcome.results}
-        results = [merged[i].to_api() for i in range(len(parsed))]
+        results = [outcome.results[i].to_api() for i in range(len(parsed))]
         return {"results": results, "summary": summarize(results)}
 
     def place(self, session: WriteSession, order: OrderRequest, batch_id=None) -> OrderResult:
@@ -187,6 +186,9 @@ class OrderService:
             return replace(order, status="cancelled", lifecycle=to_state), lines, True
 
         order, lines, closed = self.writes.run(work, enqueue=False)
+        if closed and self.flash is not None:
+            # Committed, so exactly once (the row lock let one close through): the sale gets its units back.
+            self.flash.give_back(order, lines)
         if to_state == lifecycle.EXPIRED:
             if closed:
                 self.emit("OrdersExpired", 1)

@@ -531,6 +531,8 @@ def test_policies_grant_each_function_only_what_it_uses(real_template):
     ingest = statements(template, "OrderIngestAccessPolicy")
     assert ingest["ConsumeOrderQueue"]["Resource"] == {"Fn::GetAtt": ["OrderIngestQueue", "Arn"]}
     assert ingest["SendInvalidations"]["Resource"] == {"Fn::GetAtt": ["CacheInvalidationQueue", "Arn"]}
+    assert ingest["HandOffFlashOrders"]["Resource"] == {"Fn::GetAtt": ["FlashOrderQueue", "Arn"]}
+    assert "sqs:ReceiveMessage" not in text(ingest["HandOffFlashOrders"])
     invalidation = statements(template, "CacheInvalidationAccessPolicy")
     assert invalidation["ConsumeInvalidationQueue"]["Resource"] == {"Fn::GetAtt": ["CacheInvalidationQueue", "Arn"]}
     assert "sqs:SendMessage" not in text(invalidation)

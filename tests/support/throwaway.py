@@ -62,9 +62,10 @@ class _Process:
 
 
 class ThrowawayRedis(_Process):
-    def __init__(self, port=None, tls=None):
+    def __init__(self, port=None, tls=None, maxmemory="64mb"):
         """tls=(cert_file, key_file, ca_file): serve TLS only, as ElastiCache with
         in-transit encryption does (no client certificates asked for)."""
+        self.maxmemory = maxmemory
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="throwaway-redis-")
         self.tls = tls
@@ -81,7 +82,7 @@ class ThrowawayRedis(_Process):
                       "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(
             ["redis-server", *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--protected-mode", "no", "--maxmemory", "64mb"],
+             "--dir", self.dir, "--protected-mode", "no", "--maxmemory", self.maxmemory],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout

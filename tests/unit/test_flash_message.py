@@ -2,6 +2,7 @@
 SQS's size, decoding what the API sent, refusing what it never sends, and the
 pending per-order result."""
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -41,10 +42,19 @@ def test_messages_stay_under_the_size_limit():
     json.dumps({"reservations": [{**reservation(1).to_json(), "lines": [[7, 0, SALE]]}]}),
     json.dumps({"reservations": [{**reservation(1).to_json(), "lines": [[7, 1, SALE], [7, 1, SALE]]}]}),
     json.dumps({"reservations": [{**reservation(1).to_json(), "user_id": True}]}),
+    json.dumps({"reservations": [{**reservation(1).to_json(), "batch_id": ""}]}),
+    json.dumps({"reservations": [{**reservation(1).to_json(), "batch_id": "b" * 65}]}),
+    json.dumps({"reservations": [{**reservation(1).to_json(), "batch_id": 7}]}),
 ])
 def test_bodies_the_api_never_sends_are_refused(body):
     with pytest.raises(ValueError):
         flash_message.decode(body)
+
+
+def test_an_async_order_s_reservation_carries_its_batch():
+    batched = replace(reservation(1), batch_id="sqs-" + "m" * 36)
+    assert "batch_id" not in reservation(1).to_json()  # a sync order's message is as before
+    assert flash_message.decode(json.dumps(flash_message.pack([batched], 0)[0])) == [batched]
 
 
 def test_pending_results_are_counted_apart():

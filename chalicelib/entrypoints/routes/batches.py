@@ -10,4 +10,4 @@ routes = Blueprint(__name__)
 
 @endpoint(routes, "/batches/{batch_id}", methods=("GET",))
 def get_batch(request, batch_id):
-    return 200, bootstrap.batch_store().get(batch_id, owner())
+    return 200, bootstrap.batch_store().get(batch_id, owner(), resolve=bootstrap.flash_sales().resolve)
