@@ -79,10 +79,12 @@ def invalidator():
 
 
 def product_writes():
+    from chalicelib.adapters.order_repository import StockLowEvents
     from chalicelib.adapters.search_mysql import MySQLSearchBackend
     from chalicelib.service.unit_of_work import ProductWrites
 
-    return _once("product_writes", lambda: ProductWrites(database(), invalidator(), MySQLSearchBackend(database())))
+    return _once("product_writes", lambda: ProductWrites(database(), invalidator(), MySQLSearchBackend(database()),
+                                                         StockLowEvents()))
 
 
 def catalog():

@@ -31,7 +31,7 @@ ADMIN_KEY = "shop-local-admin-key-0001"
 DEV_KEY = "shop-local-dev-key-0001"
 LIMITED_KEY = "shop-local-limited-key-0001"
 pytest_plugins = ["tests.support.failed_tests"]
-TABLES = ("order_events", "order_items", "orders", "batch_results", "batches", "flash_sales", "products", "customers")
+TABLES = ("notifications_sent", "order_events", "order_items", "orders", "batch_results", "batches", "flash_sales", "products", "customers")
 
 
 def free_port():
