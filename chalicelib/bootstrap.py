@@ -126,6 +126,17 @@ def event_publisher():
     return _once("event_publisher", lambda: EventPublisher(s.aws_endpoint_url, s.region, arn)) if arn else None
 
 
+def notifier():
+    """The notification consumer (chalicelib/service/notifications.py)."""
+    from chalicelib.adapters.mailer import CognitoEmails, SesMailer
+    from chalicelib.service.notifications import Notifier
+
+    s = settings()
+    return _once("notifier", lambda: Notifier(
+        database(), SesMailer(s.aws_endpoint_url, s.region, s.get("NOTIFY_FROM_EMAIL")),
+        CognitoEmails(s.aws_endpoint_url, s.region), s.get("OPERATOR_EMAIL")))
+
+
 def expiry_timers():
     """Per-order expiry timers on the expiry queue (chalicelib/service/lifecycle.py)."""
     from chalicelib.service.lifecycle import ExpiryTimers

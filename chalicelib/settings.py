@@ -25,6 +25,10 @@ class QueueDef:
     handler: str             # the SQS consumer in app.py
     logical_id: str          # its resource in infra/template.yml
     max_receive_count: int = 5  # deliveries before the DLQ
+    # The setting naming the SNS topic the queue is subscribed to (raw message delivery); "": none.
+    topic_setting: str = ""
+    # With a topic: the event types it takes (an SNS filter policy on `event_type`); empty: every event.
+    event_types: tuple = ()
 
 
 QUEUES = (
@@ -33,6 +37,9 @@ QUEUES = (
              "CacheInvalidationQueue"),
     QueueDef("FLASH_QUEUE_NAME", "shop-flash-orders", "handle_flash_orders", "FlashOrderQueue"),
     QueueDef("EXPIRY_QUEUE_NAME", "shop-order-expiry", "handle_order_expiry", "OrderExpiryQueue"),
+    QueueDef("NOTIFY_QUEUE_NAME", "shop-notifications", "handle_notifications", "NotificationQueue",
+             topic_setting="ORDER_EVENTS_TOPIC_ARN",
+             event_types=("order.created", "order.paid", "order.cancelled", "order.expired", "stock.low")),
 )
 
 
@@ -77,6 +84,9 @@ DEFAULTS = {
     "ORDER_PAYMENT_WINDOW_SECONDS": "0",
     # The SNS topic order events are published to (the package sets it; make run creates a local one).
     "ORDER_EVENTS_TOPIC_ARN": "",
+    # Notifications (service/notifications.py): the verified SES sender, and who gets stock.low (empty: nobody).
+    "NOTIFY_FROM_EMAIL": "shop@example.com",
+    "OPERATOR_EMAIL": "",
     "REDIS_TIMEOUT": "0.25",
     "REDIS_KEY_PREFIX": "",
     # Only for running a cloud stage's package against this machine's services (the artifact test).

@@ -531,6 +531,54 @@ def sign_in(cognito, client_id, email, password):
 ORDER_EVENTS_TOPIC = "shop-order-events"
 
 
+def subscribe_queues(endpoint_url, setting, region=REGION):
+    """Subscribe every queue of QUEUES that names a topic (`topic_setting`) to it, as
+    infra/template.yml does: raw message delivery, a filter policy on `event_type`
+    when the queue takes only some events. `setting(name)` reads the configuration.
+    Returns the subscription ARNs (unsubscribe them before deleting a queue: the
+    local SNS fails every later publish to a topic with a deleted queue)."""
+    import boto3
+
+    sns = boto3.client("sns", endpoint_url=endpoint_url, region_name=region,
+                       aws_access_key_id="test", aws_secret_access_key="test")
+    sqs = sqs_client(endpoint_url, region)
+    arns = []
+    for q in QUEUES:
+        topic = q.topic_setting and setting(q.topic_setting)
+        if not topic:
+            continue
+        attributes = {"RawMessageDelivery": "true"}
+        if q.event_types:
+            attributes["FilterPolicy"] = json.dumps({"event_type": list(q.event_types)})
+        queue = queue_arn(sqs, sqs.get_queue_url(QueueName=setting(q.setting))["QueueUrl"])
+        existing = [s["SubscriptionArn"] for s in sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+                    if s["Endpoint"] == queue]
+        arn = existing[0] if existing else sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue,
+                                                         ReturnSubscriptionArn=True)["SubscriptionArn"]
+        for name, value in attributes.items():  # converge an older subscription too
+            sns.set_subscription_attributes(SubscriptionArn=arn, AttributeName=name, AttributeValue=value)
+        arns.append(arn)
+    return arns
+
+
+def unsubscribe(endpoint_url, arns, region=REGION):
+    import boto3
+
+    sns = boto3.client("sns", endpoint_url=endpoint_url, region_name=region,
+                       aws_access_key_id="test", aws_secret_access_key="test")
+    for arn in arns:
+        sns.unsubscribe(SubscriptionArn=arn)
+
+
+def verify_sender(endpoint_url, email, region=REGION):
+    """SES sends only from a verified identity; the local endpoint verifies at once."""
+    import boto3
+
+    ses = boto3.client("ses", endpoint_url=endpoint_url, region_name=region,
+                       aws_access_key_id="test", aws_secret_access_key="test")
+    ses.verify_email_identity(EmailAddress=email)
+
+
 def ensure_topic(endpoint_url, name=ORDER_EVENTS_TOPIC, region=REGION):
     """The topic's ARN (CreateTopic is idempotent)."""
     import boto3

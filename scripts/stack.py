@@ -101,10 +101,20 @@ def setup_order_events(settings):
     log.info("order events topic %s", os.environ["ORDER_EVENTS_TOPIC_ARN"])
 
 
+def setup_notifications(settings):
+    """Queues that consume the order events subscribed to the topic, and the SES sender verified."""
+    setting = lambda name: os.environ.get(name) or settings.get(name)  # noqa: E731 (the topic is new in os.environ)
+    localstack.subscribe_queues(settings.aws_endpoint_url, setting, settings.region)
+    localstack.verify_sender(settings.aws_endpoint_url, setting("NOTIFY_FROM_EMAIL"), settings.region)
+    log.info("notifications from %s; stock.low to %s", setting("NOTIFY_FROM_EMAIL"),
+             setting("OPERATOR_EMAIL") or "nobody (OPERATOR_EMAIL unset)")
+
+
 def setup(settings, seed=True):
     setup_queues(settings)
     setup_customers(settings)
     setup_order_events(settings)
+    setup_notifications(settings)
     setup_database(seed=seed, count=int(os.environ.get("SEED_COUNT") or 0) or None)
 
 

@@ -105,11 +105,16 @@ def test_env(tmp_path_factory):
         pool_id, app_client = localstack.ensure_customer_pool(cognito, f"shop-customers-{run_id}")
         topic = localstack.ensure_topic(env["AWS_ENDPOINT_URL"], f"test-{run_id}-order-events")
         pool_env = {"COGNITO_USER_POOL_ID": pool_id, "COGNITO_APP_CLIENT_IDS": app_client,
-                    "ORDER_EVENTS_TOPIC_ARN": topic}
+                    "ORDER_EVENTS_TOPIC_ARN": topic, "OPERATOR_EMAIL": f"ops-{run_id}@example.com",
+                    "NOTIFY_FROM_EMAIL": f"shop-{run_id}@example.com"}
         saved.update({k: os.environ.get(k) for k in pool_env})
         env.update(pool_env)
         os.environ.update(pool_env)
+        subscriptions = localstack.subscribe_queues(env["AWS_ENDPOINT_URL"], env.get)
+        localstack.verify_sender(env["AWS_ENDPOINT_URL"], env["NOTIFY_FROM_EMAIL"])
         yield env
+        with contextlib.suppress(Exception):
+            localstack.unsubscribe(env["AWS_ENDPOINT_URL"], subscriptions)
         _delete_queues(specs)
         with contextlib.suppress(Exception):
             cognito.delete_user_pool(UserPoolId=pool_id)
