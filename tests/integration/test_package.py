@@ -315,7 +315,8 @@ def test_packaged_concurrency_obeys_the_connection_budget(packaged):
     assert reserved["HandleCacheInvalidation"] == inputs["CacheInvalidationConcurrency"]
     # The tiny app has neither of these consumers.
     fixed = {name: inputs[share] for name, share in (("HandleFlashOrders", "FlashOrderConcurrency"),
-                                                     ("HandleOrderExpiry", "OrderExpiryConcurrency"))
+                                                     ("HandleOrderExpiry", "OrderExpiryConcurrency"),
+                                                     ("HandleNotifications", "NotificationConcurrency"))
              if name in reserved}
     for name, share in fixed.items():
         assert reserved[name] == share, name
