@@ -296,6 +296,10 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
         {"client_order_id": "cust-1", "items": [{"product_id": pid, "quantity": 1}]}]}, claims=ann))
     customer_order = mine["results"][0]["order_id"]
     assert _body(call("GET", f"/customer/orders/{customer_order}", claims=ann))["order"]["client_order_id"] == "cust-1"
+    assert [e["type"] for e in _body(call("GET", f"/customer/orders/{customer_order}/events", claims=ann))[
+        "events"]] == ["order.created"]
+    assert _body(call("GET", f"/customer/orders/{customer_order}/events", claims=bob, status=404))["error"][
+        "code"] == "ORDER_NOT_FOUND"
     assert _body(call("GET", f"/customer/orders/{customer_order}", claims=bob, status=404))["error"]["code"] == \
         "ORDER_NOT_FOUND"
     assert _body(call("POST", f"/customer/orders/{customer_order}/cancel", claims=ann))["order"]["status"] == \
