@@ -59,6 +59,11 @@ def handle_related_products(event):
     return sqs.handle_related_event(event.to_dict(), event.context)
 
 
+@app.on_sqs_message(queue=_queue_of("handle_notifications"), batch_size=10)
+def handle_notifications(event):
+    return sqs.handle_notification_event(event.to_dict(), event.context)
+
+
 @app.schedule(Rate(1, unit=Rate.MINUTES), name="lifecycle",
               description="Expire unpaid orders and publish order events (loops for most of the minute)")
 def order_lifecycle(event):

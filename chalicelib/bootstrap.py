@@ -79,10 +79,12 @@ def invalidator():
 
 
 def product_writes():
+    from chalicelib.adapters.order_repository import StockLowEvents
     from chalicelib.adapters.search_mysql import MySQLSearchBackend
     from chalicelib.service.unit_of_work import ProductWrites
 
-    return _once("product_writes", lambda: ProductWrites(database(), invalidator(), MySQLSearchBackend(database())))
+    return _once("product_writes", lambda: ProductWrites(database(), invalidator(), MySQLSearchBackend(database()),
+                                                         StockLowEvents()))
 
 
 def catalog():
@@ -122,6 +124,17 @@ def event_publisher():
     s = settings()
     arn = s.get("ORDER_EVENTS_TOPIC_ARN")
     return _once("event_publisher", lambda: EventPublisher(s.aws_endpoint_url, s.region, arn)) if arn else None
+
+
+def notifier():
+    """The notification consumer (chalicelib/service/notifications.py)."""
+    from chalicelib.adapters.mailer import CognitoEmails, SesMailer
+    from chalicelib.service.notifications import Notifier
+
+    s = settings()
+    return _once("notifier", lambda: Notifier(
+        database(), SesMailer(s.aws_endpoint_url, s.region, s.get("NOTIFY_FROM_EMAIL")),
+        CognitoEmails(s.aws_endpoint_url, s.region), s.get("OPERATOR_EMAIL")))
 
 
 def expiry_timers():

@@ -42,6 +42,9 @@ QUEUES = (
     QueueDef("RELATED_QUEUE_NAME", "shop-related-products", "handle_related_products", "RelatedProductsQueue",
              topic_setting="ORDER_EVENTS_TOPIC_ARN",
              event_types=("order.created", "order.cancelled", "order.expired")),
+    QueueDef("NOTIFY_QUEUE_NAME", "shop-notifications", "handle_notifications", "NotificationQueue",
+             topic_setting="ORDER_EVENTS_TOPIC_ARN",
+             event_types=("order.created", "order.paid", "order.cancelled", "order.expired", "stock.low")),
 )
 
 
@@ -86,6 +89,9 @@ DEFAULTS = {
     "ORDER_PAYMENT_WINDOW_SECONDS": "0",
     # The SNS topic order events are published to (the package sets it; make run creates a local one).
     "ORDER_EVENTS_TOPIC_ARN": "",
+    # Notifications (service/notifications.py): the verified SES sender, and who gets stock.low (empty: nobody).
+    "NOTIFY_FROM_EMAIL": "shop@example.com",
+    "OPERATOR_EMAIL": "",
     "REDIS_TIMEOUT": "0.25",
     "REDIS_KEY_PREFIX": "",
     # Only for running a cloud stage's package against this machine's services (the artifact test).

@@ -531,6 +531,15 @@ def sign_in(cognito, client_id, email, password):
 ORDER_EVENTS_TOPIC = "shop-order-events"
 
 
+def verify_sender(endpoint_url, email, region=REGION):
+    """SES sends only from a verified identity; the local endpoint verifies at once."""
+    import boto3
+
+    ses = boto3.client("ses", endpoint_url=endpoint_url, region_name=region,
+                       aws_access_key_id="test", aws_secret_access_key="test")
+    ses.verify_email_identity(EmailAddress=email)
+
+
 def ensure_topic(endpoint_url, name=ORDER_EVENTS_TOPIC, region=REGION):
     """The topic's ARN (CreateTopic is idempotent)."""
     import boto3

@@ -70,6 +70,7 @@ FUNCTION_POLICIES = {
     "HandleCacheInvalidation": "CacheInvalidationAccessPolicy",
     "HandleFlashOrders": "FlashOrderAccessPolicy",
     "HandleOrderExpiry": "OrderExpiryAccessPolicy",
+    "HandleNotifications": "NotificationAccessPolicy",
     "WarmCache": "WarmCacheAccessPolicy",
     "Migrate": "MigrateAccessPolicy",
     "Lifecycle": "LifecycleAccessPolicy",
@@ -312,6 +313,8 @@ def function_environment(plans, logical_id=None):
         "ORDER_PAYMENT_WINDOW_SECONDS": {"Ref": "OrderPaymentWindowSeconds"},
         "COGNITO_USER_POOL_ID": {"Ref": "CustomerUserPool"},
         "COGNITO_APP_CLIENT_IDS": {"Ref": "CustomerUserPoolClient"},
+        "NOTIFY_FROM_EMAIL": {"Ref": "NotifyFromEmail"},
+        "OPERATOR_EMAIL": {"Ref": "OperatorEmail"},
         "POWERTOOLS_METRICS_NAMESPACE": "Shop",
     }
 
@@ -470,7 +473,7 @@ def _infra_transforms(infra_path=INFRA_TEMPLATE):
 BUDGET_PARAMETERS = ("DatabaseMaxConnections", "DatabaseProxyMaxConnectionsPercent",
                      "DatabaseConnectionsPerEnvironment", "OrderIngestConnectionPercent",
                      "CacheInvalidationConcurrency", "FlashOrderConcurrency", "OrderExpiryConcurrency",
-                     "RelatedProductsConcurrency")
+                     "RelatedProductsConcurrency", "NotificationConcurrency")
 API_FUNCTION = "APIHandler"  # gets what the others leave
 # A 10-minute schedule; a deploy step; the outbox relay, which must be alone to publish in order.
 SINGLE_ENVIRONMENT = {"WarmCache", "Migrate", "Lifecycle", "FlashReconcile"}
@@ -527,7 +530,8 @@ def allocate_concurrency(template, inputs):
               "CacheInvalidationQueue": inputs["CacheInvalidationConcurrency"],
               "FlashOrderQueue": inputs["FlashOrderConcurrency"],
               "OrderExpiryQueue": inputs["OrderExpiryConcurrency"],
-              "RelatedProductsQueue": inputs["RelatedProductsConcurrency"]}
+              "RelatedProductsQueue": inputs["RelatedProductsConcurrency"],
+              "NotificationQueue": inputs["NotificationConcurrency"]}
     allocation = {name: props["ReservedConcurrentExecutions"] for name, props in functions.items()
                   if "ReservedConcurrentExecutions" in props}
     for function, queue, _ in _sqs_mappings(template):

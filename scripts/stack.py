@@ -103,10 +103,18 @@ def setup_order_events(settings):
         log.info("subscribed %s", arn)
 
 
+def setup_notifications(settings):
+    """The SES sender verified (setup_order_events subscribed the notification queue)."""
+    localstack.verify_sender(settings.aws_endpoint_url, settings.get("NOTIFY_FROM_EMAIL"), settings.region)
+    log.info("notifications from %s; stock.low to %s", settings.get("NOTIFY_FROM_EMAIL"),
+             settings.get("OPERATOR_EMAIL") or "nobody (OPERATOR_EMAIL unset)")
+
+
 def setup(settings, seed=True):
     setup_queues(settings)
     setup_customers(settings)
     setup_order_events(settings)
+    setup_notifications(settings)
     setup_database(seed=seed, count=int(os.environ.get("SEED_COUNT") or 0) or None)
 
 

@@ -31,7 +31,8 @@ ADMIN_KEY = "shop-local-admin-key-0001"
 DEV_KEY = "shop-local-dev-key-0001"
 LIMITED_KEY = "shop-local-limited-key-0001"
 pytest_plugins = ["tests.support.failed_tests"]
-TABLES = ("product_pairs", "related_events", "order_events", "order_items", "orders", "batch_results", "batches", "flash_sales", "products", "customers")
+TABLES = ("notifications_sent", "product_pairs", "related_events", "order_events", "order_items", "orders",
+          "batch_results", "batches", "flash_sales", "products", "customers")
 
 
 def free_port():
@@ -105,11 +106,13 @@ def test_env(tmp_path_factory):
         pool_id, app_client = localstack.ensure_customer_pool(cognito, f"shop-customers-{run_id}")
         topic = localstack.ensure_topic(env["AWS_ENDPOINT_URL"], f"test-{run_id}-order-events")
         pool_env = {"COGNITO_USER_POOL_ID": pool_id, "COGNITO_APP_CLIENT_IDS": app_client,
-                    "ORDER_EVENTS_TOPIC_ARN": topic}
+                    "ORDER_EVENTS_TOPIC_ARN": topic, "OPERATOR_EMAIL": f"ops-{run_id}@example.com",
+                    "NOTIFY_FROM_EMAIL": f"shop-{run_id}@example.com"}
         saved.update({k: os.environ.get(k) for k in pool_env})
         env.update(pool_env)
         os.environ.update(pool_env)
         subscriptions = localstack.subscribe_queues(env["AWS_ENDPOINT_URL"], env)
+        localstack.verify_sender(env["AWS_ENDPOINT_URL"], env["NOTIFY_FROM_EMAIL"])
         yield env
         localstack.unsubscribe(env["AWS_ENDPOINT_URL"], subscriptions)
         _delete_queues(specs)

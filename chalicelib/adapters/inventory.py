@@ -54,13 +54,13 @@ class _ReleasesStock:
     def release(tx, quantities):
         """One statement for every line; a restock cannot oversell, so no strategy needs more."""
         case, params = _quantity_by_id(quantities)
-        tx.update(quantities, f"stock = stock + {case}", params)
+        tx.update(quantities, f"stock = stock + {case}", params, stock_delta=quantities)
 
 
 def _read_sellable(tx: ProductTransaction, quantities, lock):
     """The order's product rows (locked FOR UPDATE in id order if `lock`),
     or the business error that stops the order."""
-    rows = tx.select(quantities, "id, stock, status, price_cents, version", lock=lock)
+    rows = tx.select(quantities, "id, stock, low_stock_threshold, status, price_cents, version", lock=lock)
     for pid in quantities:
         row = rows.get(pid)
         if row is None or row["status"] != "active":
@@ -73,8 +73,10 @@ def _read_sellable(tx: ProductTransaction, quantities, lock):
 
 
 def _prices(tx: ProductTransaction, quantities):
-    """Unit prices of rows this transaction has just updated (its own writes; records their versions)."""
-    return {pid: row["price_cents"] for pid, row in tx.select(quantities, "price_cents").items()}
+    """Unit prices of rows this transaction has just updated (its own writes; records their versions,
+    and their new stock and threshold, which is all a low-stock check needs: no extra round trip)."""
+    return {pid: row["price_cents"]
+            for pid, row in tx.select(quantities, "price_cents, stock, low_stock_threshold").items()}
 
 
 class _PartlyTaken(Exception):
@@ -123,7 +125,8 @@ def _take(tx: ProductTransaction, quantities):
     """Take every line whose row is active with enough stock; the number of rows taken."""
     case, params = _quantity_by_id(quantities)
     return tx.update(quantities, f"stock = stock - {case}", params,
-                     where=f"status = 'active' AND stock >= {case}", where_params=params)
+                     where=f"status = 'active' AND stock >= {case}", where_params=params,
+                     stock_delta={pid: -qty for pid, qty in quantities.items()})
 
 
 class PessimisticStrategy(_ReleasesStock):
@@ -137,7 +140,7 @@ class PessimisticStrategy(_ReleasesStock):
     def reserve(self, tx, quantities):
         rows = _read_sellable(tx, quantities, lock=True)
         for pid, qty in quantities.items():
-            tx.update([pid], "stock = stock - %s", [qty])
+            tx.update([pid], "stock = stock - %s", [qty], stock_delta={pid: -qty})
         return {pid: rows[pid]["price_cents"] for pid in quantities}
 
 
@@ -172,7 +175,7 @@ class OptimisticStrategy(_ReleasesStock):
         rows = _read_sellable(tx, quantities, lock=False)
         for pid, qty in quantities.items():
             if not tx.compare_and_set(pid, rows[pid]["version"], "stock = stock - %s", [qty],
-                                      where="stock >= %s", where_params=[qty]):
+                                      where="stock >= %s", where_params=[qty], stock_delta=-qty):
                 raise OptimisticConflict(pid)
         return {pid: rows[pid]["price_cents"] for pid in quantities}
 

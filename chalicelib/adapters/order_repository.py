@@ -30,6 +30,7 @@ class StoredOrder:
     lifecycle: str = "paid"            # chalicelib/domain/order_lifecycle.py
     expires_at: Optional[datetime] = None
     payment_reference: Optional[str] = None
+    contact_email: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class OrderLine:
 
 class OrderRepository(Protocol):
     def add(self, client: str, customer_id: int, user_id: int, client_order_id: str, request_hash: str,
-            batch_id: Optional[str], payment_window: int = 0) -> Optional[int]:
+            batch_id: Optional[str], payment_window: int = 0, contact_email: Optional[str] = None) -> Optional[int]:
         """A new order's id, or None if (client, customer_id, user_id, client_order_id)
         exists. A concurrent duplicate waits until the first one commits or rolls back."""
 
@@ -79,24 +80,25 @@ class OrderRepository(Protocol):
 
 
 _ORDER_COLUMNS = ("id, client, customer_id, client_order_id, user_id, status, total_cents, request_hash, created_at, "
-                  "lifecycle, expires_at, payment_reference")
+                  "lifecycle, expires_at, payment_reference, contact_email")
 
 
 class MySQLOrderRepository:
     def __init__(self, cursor):
         self.cur = cursor
 
-    def add(self, client, customer_id, user_id, client_order_id, request_hash, batch_id, payment_window=0):
+    def add(self, client, customer_id, user_id, client_order_id, request_hash, batch_id, payment_window=0,
+            contact_email=None):
         """payment_window (seconds): the order waits for payment until then (pending_payment); 0: paid at once."""
         try:
             # The unique key makes a concurrent duplicate wait here until we commit
             # or roll back, before either of us touches stock.
             self.cur.execute(
                 "INSERT INTO orders (client, customer_id, user_id, client_order_id, request_hash, total_cents, "
-                "batch_id, lifecycle, expires_at) VALUES (%s, %s, %s, %s, %s, 0, %s, %s, "
-                "IF(%s > 0, CURRENT_TIMESTAMP(6) + INTERVAL %s SECOND, NULL))",
+                "batch_id, lifecycle, expires_at, contact_email) VALUES (%s, %s, %s, %s, %s, 0, %s, %s, "
+                "IF(%s > 0, CURRENT_TIMESTAMP(6) + INTERVAL %s SECOND, NULL), %s)",
                 (client, customer_id, user_id, client_order_id, request_hash, batch_id,
-                 "pending_payment" if payment_window else "paid", payment_window, payment_window))
+                 "pending_payment" if payment_window else "paid", payment_window, payment_window, contact_email))
         except pymysql.err.IntegrityError as exc:
             if exc.args[0] != DUPLICATE_KEY:
                 raise
@@ -161,6 +163,20 @@ class MySQLOrderRepository:
                          "WHERE order_id = %s ORDER BY sequence", (order_id,))
         return [OrderEvent(r["event_id"], r["order_id"], r["sequence"], r["type"], json.loads(r["payload"]),
                            r["created_at"]) for r in self.cur.fetchall()]
+
+
+class StockLowEvents:
+    """Writes `stock.low` rows into the outbox the relay publishes (the unit of work's
+    `StockLowOutbox`). A product's event belongs to no order: order_id NULL, sequence 0."""
+
+    STOCK_LOW = "stock.low"
+
+    @staticmethod
+    def add_stock_low(cur, product_id, stock, threshold):
+        cur.execute("INSERT INTO order_events (event_id, order_id, product_id, sequence, type, payload) "
+                    "VALUES (%s, NULL, %s, 0, %s, %s)",
+                    (str(uuid.uuid4()), product_id, StockLowEvents.STOCK_LOW,
+                     json.dumps({"product_id": product_id, "stock": stock, "low_stock_threshold": threshold})))
 
 
 def orders_due_for_expiry(db, limit=200):

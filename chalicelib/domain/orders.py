@@ -4,6 +4,7 @@ the order's own transaction. `client` is the API client placing the order
 (chalicelib/domain/clients.py); it owns the order."""
 import hashlib
 import json
+import re
 from dataclasses import dataclass, replace
 from typing import Generic, Optional, TypeVar
 
@@ -14,6 +15,10 @@ MAX_ORDERS_PER_BATCH = 100
 MAX_LINES_PER_ORDER = 50
 MAX_QUANTITY = 1000
 ORDER_FIELDS = ("client_order_id", "user_id", "items")
+OPTIONAL_ORDER_FIELDS = ("contact_email",)
+MAX_EMAIL = 254
+# One address, no display name: local@domain.tld, no spaces or control characters (RFC 5321's lengths).
+_EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f.]+(\.[^@\s\x00-\x1f\x7f.]+)+")
 LINE_FIELDS = ("product_id", "quantity")
 
 
@@ -24,6 +29,7 @@ class OrderRequest:
     quantities: dict  # product_id -> merged quantity, ascending product id (the global lock order)
     client: str = ""  # the owner; not part of the request hash (it is the idempotency namespace)
     customer_id: int = 0  # the customer whose token placed it (customers.id); 0: a trusted server's order
+    contact_email: Optional[str] = None  # where the order's emails go; not part of the request hash
 
     @property
     def request_hash(self):
@@ -77,11 +83,20 @@ def _for_customer(raw, index, client, customer_id):
     return replace(order, customer_id=customer_id) if isinstance(order, OrderRequest) else order
 
 
+def contact_email(value):
+    """An order's optional contact address (the recipient of its emails)."""
+    email = v.string(value, "contact_email", 3, MAX_EMAIL)
+    if not _EMAIL.fullmatch(email):
+        raise ValidationError("'contact_email' must be one email address such as name@example.com.",
+                              details={"field": "contact_email"})
+    return email
+
+
 def parse_order(raw, index=0, client=""):
     client_order_id = raw.get("client_order_id") if isinstance(raw, dict) else None
     try:
         v.require_object(raw, f"orders[{index}]")
-        v.reject_unknown(raw, ORDER_FIELDS, f"orders[{index}]")
+        v.reject_unknown(raw, ORDER_FIELDS + OPTIONAL_ORDER_FIELDS, f"orders[{index}]")
         for field in ORDER_FIELDS:
             if field not in raw:
                 raise ValidationError(f"'{field}' is required.", details={"field": field})
@@ -105,7 +120,8 @@ def parse_order(raw, index=0, client=""):
             qty = v.integer(line["quantity"], "quantity", 1, MAX_QUANTITY)
             # Duplicate lines of one product are merged: one lock, one update per product.
             quantities[pid] = quantities.get(pid, 0) + qty
-        return OrderRequest(coid, user_id, dict(sorted(quantities.items())), client)
+        contact = contact_email(raw["contact_email"]) if "contact_email" in raw else None
+        return OrderRequest(coid, user_id, dict(sorted(quantities.items())), client, contact_email=contact)
     except ValidationError as exc:
         return InvalidOrder(client_order_id if isinstance(client_order_id, str) else None, exc)
 

@@ -7,8 +7,8 @@ STATUSES = ("active", "inactive")
 MAX_PRICE_CENTS = 10**12
 MAX_STOCK = 10**9
 BULK_LIMIT = 1000
-CREATE_FIELDS = ("sku", "name", "description", "category", "price_cents", "stock")
-PATCH_FIELDS = ("name", "description", "category", "price_cents", "status", "expected_version")
+CREATE_FIELDS = ("sku", "name", "description", "category", "price_cents", "stock", "low_stock_threshold")
+PATCH_FIELDS = ("name", "description", "category", "price_cents", "status", "low_stock_threshold", "expected_version")
 
 
 def iso(ts):
@@ -28,7 +28,7 @@ def validate_new_product(body, what="product"):
     for field in ("sku", "name", "category", "price_cents", "stock"):
         if field not in body:
             raise ValidationError(f"'{field}' is required.", details={"field": field})
-    return {
+    product = {
         "sku": v.string(body["sku"], "sku", 1, 64),
         "name": v.string(body["name"], "name", 1, 255),
         "description": v.string(body.get("description", ""), "description", 0, 10000),
@@ -36,6 +36,9 @@ def validate_new_product(body, what="product"):
         "price_cents": v.integer(body["price_cents"], "price_cents", 0, MAX_PRICE_CENTS),
         "stock": v.integer(body["stock"], "stock", 0, MAX_STOCK),
     }
+    if "low_stock_threshold" in body:  # absent: 0, no low-stock alert (stock is never below 0)
+        product["low_stock_threshold"] = v.integer(body["low_stock_threshold"], "low_stock_threshold", 0, MAX_STOCK)
+    return product
 
 
 def validate_patch(body):
@@ -52,8 +55,11 @@ def validate_patch(body):
         changes["price_cents"] = v.integer(body["price_cents"], "price_cents", 0, MAX_PRICE_CENTS)
     if "status" in body:
         changes["status"] = v.choice(body["status"], "status", STATUSES)
+    if "low_stock_threshold" in body:
+        changes["low_stock_threshold"] = v.integer(body["low_stock_threshold"], "low_stock_threshold", 0, MAX_STOCK)
     if not changes:
-        raise ValidationError("Nothing to change: give at least one of name, description, category, price_cents, status.")
+        raise ValidationError("Nothing to change: give at least one of name, description, category, price_cents, "
+                              "status, low_stock_threshold.")
     expected = body.get("expected_version")
     if expected is not None:
         expected = v.integer(expected, "expected_version", 1)

@@ -10,7 +10,8 @@ import json
 from chalicelib.domain import errors
 from chalicelib.domain import order_lifecycle as lifecycle
 from chalicelib.domain import related
-from chalicelib.domain.orders import MAX_CLIENT_ORDER_ID, MAX_LINES_PER_ORDER, MAX_ORDERS_PER_BATCH, MAX_QUANTITY
+from chalicelib.domain.orders import (MAX_CLIENT_ORDER_ID, MAX_EMAIL, MAX_LINES_PER_ORDER, MAX_ORDERS_PER_BATCH,
+                                      MAX_QUANTITY)
 from chalicelib.domain.products import BULK_LIMIT, MAX_PRICE_CENTS, MAX_STOCK, STATUSES
 from chalicelib.domain.search_query import SORTS, TOTAL_CAP
 from chalicelib.domain.search_text import MAX_QUERY_CHARS
@@ -70,6 +71,11 @@ PRODUCT_FIELDS = {
 }
 MAX_DELTA = MAX_STOCK
 
+LOW_STOCK_THRESHOLD = _integer(0, MAX_STOCK, "A stock write that takes stock from at-or-above it to below it "
+                                "emits stock.low (the operator is emailed); 0 (the default): never.")
+CONTACT_EMAIL = {"type": "string", "minLength": 3, "maxLength": MAX_EMAIL, "format": "email",
+                 "description": "Where the order's emails go (trimmed; one address). Without it, a customer "
+                                "token's orders go to the customer's own email."}
 RESERVATION_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$",
                   "description": "A flash-sale order's reservation (GET /reservations/{reservation_id})."}
 ORDER_ERROR = _object({"code": {"type": "string", "enum": [
@@ -98,12 +104,13 @@ SCHEMAS = {
         **PRODUCT_FIELDS,
         "stock": {"type": "integer", "minimum": 0,
                   "description": f"Writes keep it within 0..{MAX_STOCK}; cancels give stock back even above that."},
+        "low_stock_threshold": LOW_STOCK_THRESHOLD,
         "version": {"type": "integer", "minimum": 1},
         "status": {"type": "string", "enum": list(STATUSES)},
         "created_at": TIMESTAMP,
         "updated_at": TIMESTAMP,
-    }, ["id", "sku", "name", "description", "category", "price_cents", "stock", "version", "status", "created_at",
-        "updated_at"]),
+    }, ["id", "sku", "name", "description", "category", "price_cents", "stock", "low_stock_threshold", "version",
+        "status", "created_at", "updated_at"]),
     "ProductEnvelope": _object({"product": _ref("Product")}, ["product"]),
     "RelatedProducts": _object({
         "product_id": {"type": "integer"},
@@ -114,13 +121,15 @@ SCHEMAS = {
                                                "taken back)."},
         }, ["product", "bought_together"])},
     }, ["product_id", "items"]),
-    "NewProduct": _object({**PRODUCT_FIELDS, "stock": _integer(0, MAX_STOCK)},
+    "NewProduct": _object({**PRODUCT_FIELDS, "stock": _integer(0, MAX_STOCK), "low_stock_threshold": LOW_STOCK_THRESHOLD},
                           ["sku", "name", "category", "price_cents", "stock"]),
     "ProductPatch": {**_object({
         **{k: v for k, v in PRODUCT_FIELDS.items() if k != "sku"},
         "status": {"type": "string", "enum": list(STATUSES)},
+        "low_stock_threshold": LOW_STOCK_THRESHOLD,
         "expected_version": _integer(1, 2**53, "Fails with VERSION_CONFLICT unless it is the current version."),
-    }), "anyOf": [{"required": [name]} for name in ("name", "description", "category", "price_cents", "status")]},
+    }), "anyOf": [{"required": [name]} for name in ("name", "description", "category", "price_cents", "status",
+                                                     "low_stock_threshold")]},
     "StockDelta": _object({"delta": {**_integer(-MAX_DELTA, MAX_DELTA), "not": {"const": 0},
                                      "description": f"Non-zero; stock must stay within 0..{MAX_STOCK} "
                                                     "(409 INSUFFICIENT_STOCK below, 400 above)."}}, ["delta"]),
@@ -139,12 +148,14 @@ SCHEMAS = {
                             "description": "Printable, case-sensitive, not trimmed; unique per user_id."},
         "user_id": _integer(1, 2**53),
         "items": {"type": "array", "minItems": 1, "maxItems": MAX_LINES_PER_ORDER, "items": _ref("OrderLine")},
+        "contact_email": CONTACT_EMAIL,
     }, ["client_order_id", "user_id", "items"]),
     "CustomerOrderRequest": _object({
         "client_order_id": {"type": "string", "minLength": 1, "maxLength": MAX_CLIENT_ORDER_ID,
                             "pattern": r"^[\x20-\x7e\u00a0-\uffff]+$",
                             "description": "Printable, case-sensitive, not trimmed; unique per customer."},
         "items": {"type": "array", "minItems": 1, "maxItems": MAX_LINES_PER_ORDER, "items": _ref("OrderLine")},
+        "contact_email": CONTACT_EMAIL,
     }, ["client_order_id", "items"], "An order for the customer the token names (no user_id: an order with one "
                                      "fails with VALIDATION_ERROR)."),
     "CustomerBatchRequest": _object({
@@ -222,6 +233,8 @@ SCHEMAS = {
                                      "created while the order holds its stock."},
         "expires_at": {"type": ["string", "null"], "description": "When a pending order expires (else null)."},
         "payment_reference": {"type": ["string", "null"]},
+        "contact_email": {"type": ["string", "null"], "description": "The address the order's emails go to, if "
+                                                                     "it carries one."},
         "items": {"type": "array", "items": _object({"product_id": {"type": "integer"},
                                                      "quantity": {"type": "integer"},
                                                      "unit_price_cents": {"type": "integer"}},
@@ -414,6 +427,10 @@ def build():
             body="CustomerBatchRequest", statuses=(400, 500))},
         "/customer/orders/{order_id}": {"get": _operation("getCustomerOrder", "One of the customer's orders", {
             "200": _json("OrderEnvelope", "The order.")},
+            customer=True, parameters=[ORDER_ID], statuses=(400, 404, 500))},
+        "/customer/orders/{order_id}/events": {"get": _operation(
+            "customerOrderEvents", "The history of one of the customer's orders, oldest first", {
+                "200": _json("OrderEvents", "Its events.")},
             customer=True, parameters=[ORDER_ID], statuses=(400, 404, 500))},
         "/customer/orders/{order_id}/cancel": {"post": _operation(
             "cancelCustomerOrder", "Cancel one of the customer's orders", {

@@ -142,3 +142,33 @@ def handle_invalidation_event(event, context=None):
         return None
 
     return _partial_response(event, context, record_handler)
+
+
+def handle_notification_event(event, context=None, notifier=None):
+    """The notifications Lambda (service/notifications.py): one email per mailed event.
+    A failed send (SES, MySQL, Cognito) fails its record: SQS redelivers it, then
+    the DLQ after 5 receives. A message that is not an event is reported (logged,
+    `NotificationMessagesRejected`) and failed too, so it lands in the DLQ after
+    its receives instead of being dropped: nothing is lost, nothing crashes."""
+    from chalicelib.domain.errors import ValidationError
+
+    bootstrap.refuse_if_misconfigured()
+    notifier = notifier or bootstrap.notifier()
+
+    def record_handler(record):
+        try:
+            return notifier.process(record.body)
+        except ValidationError as exc:
+            logger.error("notification message is not an order event; it goes to the DLQ",
+                         extra={"message_id": record.message_id, "reason": exc.message,
+                                "body": str(record.body)[:500]})
+            emit("NotificationMessagesRejected", 1)
+            raise
+        except Exception as exc:
+            logger.warning("notification not sent; SQS will redeliver it",
+                           extra={"message_id": record.message_id, "error": f"{type(exc).__name__}: {exc}",
+                                  "receive_count": record.attributes.approximate_receive_count})
+            emit("NotificationsFailed", 1)
+            raise
+
+    return _partial_response(event, context, record_handler)

@@ -94,7 +94,7 @@ class Catalog:
             # (stock above the bound, returned by cancels, can still be taken down).
             changed = tx.update([product_id], "stock = stock + %s", [delta],
                                 where="stock + %s >= 0 AND (%s < 0 OR stock + %s <= %s)",
-                                where_params=[delta, delta, delta, MAX_STOCK])
+                                where_params=[delta, delta, delta, MAX_STOCK], stock_delta={product_id: delta})
             row = tx.select([product_id]).get(product_id)
             if row is None:
                 raise ProductNotFound(f"Product {product_id} does not exist.", product_id=product_id)

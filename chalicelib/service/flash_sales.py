@@ -529,7 +529,8 @@ class FlashWriter:
             case = f"CASE id {' '.join(['WHEN %s THEN %s'] * len(ids))} END"
             params = [x for pid in ids for x in (pid, taken[pid])]
             # The guard stays although we hold the rows: MySQL is the last word on stock.
-            changed = tx.update(ids, f"stock = stock - {case}", params, where=f"stock >= {case}", where_params=params)
+            changed = tx.update(ids, f"stock = stock - {case}", params, where=f"stock >= {case}", where_params=params,
+                                stock_delta={pid: -taken[pid] for pid in ids})
             if changed != len(ids):
                 raise AssertionError(f"guarded update of locked products {ids} fell short")
         if new:

@@ -82,13 +82,15 @@ def publish_pending(db, publisher, limit=500, timers=None):
     Nothing is locked while SNS is called: a relay holding locks on the outbox
     index would make every new order wait for SNS. One relay runs at a time
     (see the module doc), so a plain read is enough; the stamp comes after."""
-    rows = db.query("SELECT id, event_id, order_id, sequence, type, payload, created_at FROM order_events "
-                    "WHERE published_at IS NULL ORDER BY id LIMIT %s", (limit,))
+    rows = db.query("SELECT id, event_id, order_id, product_id, sequence, type, payload, created_at "
+                    "FROM order_events WHERE published_at IS NULL ORDER BY id LIMIT %s", (limit,))
     if not rows:
         return 0
     lanes = {}
     for row in rows:
-        lanes.setdefault(row["order_id"] % RELAY_LANES, []).append(row)
+        # A product's event (stock.low, no order) keeps to its product's lane: in order per product too.
+        key = row["order_id"] if row["order_id"] is not None else row["product_id"]
+        lanes.setdefault(key % RELAY_LANES, []).append(row)
     with ThreadPoolExecutor(len(lanes)) as pool:
         sent = [row for published in pool.map(lambda lane: _publish_lane(publisher, lane), lanes.values())
                 for row in published]
@@ -109,9 +111,7 @@ def _publish_lane(publisher, rows):
         chunk = rows[start:start + SNS_BATCH]
         try:
             accepted = publisher.publish_batch([
-                {"event_id": row["event_id"], "type": row["type"], "order_id": row["order_id"],
-                 "sequence": row["sequence"], "occurred_at": iso(row["created_at"]),
-                 "data": json.loads(row["payload"])} for row in chunk])
+                _message(row) for row in chunk])
         except Exception as exc:  # SNS down: the rest waits in the outbox
             logger.warning("order events not published; they stay in the outbox",
                            extra={"first_event_id": chunk[0]["event_id"], "reason": str(exc)})
@@ -120,6 +120,16 @@ def _publish_lane(publisher, rows):
         if accepted < len(chunk):
             break
     return published
+
+
+def _message(row):
+    """The published event: an order's carries `order_id` and its `sequence`; a product's
+    (stock.low) `order_id` null and `product_id`."""
+    message = {"event_id": row["event_id"], "type": row["type"], "order_id": row["order_id"],
+               "sequence": row["sequence"], "occurred_at": iso(row["created_at"]), "data": json.loads(row["payload"])}
+    if row["product_id"] is not None:
+        message["product_id"] = row["product_id"]
+    return message
 
 
 def _start_timers(db, timers, order_ids):

@@ -114,7 +114,7 @@ class OrderService:
     def _place(self, tx: ProductTransaction, reserver: Reserver, order: OrderRequest, batch_id) -> OrderResult:
         orders = self.repository(tx.cursor)
         order_id = orders.add(order.client, order.customer_id, order.user_id, order.client_order_id,
-                              order.request_hash, batch_id, self.payment_window)
+                              order.request_hash, batch_id, self.payment_window, order.contact_email)
         if order_id is None:
             return self._replay(orders.find(order.client, order.customer_id, order.user_id, order.client_order_id),
                                 order)
@@ -145,7 +145,7 @@ class OrderService:
         return {"order_id": order.id, "client_order_id": order.client_order_id, "user_id": order.user_id,
                 "status": order.status, "lifecycle": order.lifecycle, "total_cents": order.total_cents,
                 "expires_at": iso(order.expires_at) if order.expires_at else None,
-                "payment_reference": order.payment_reference,
+                "payment_reference": order.payment_reference, "contact_email": order.contact_email,
                 "items": [{"product_id": line.product_id, "quantity": line.quantity,
                            "unit_price_cents": line.unit_price_cents} for line in lines],
                 "created_at": iso(order.created_at)}

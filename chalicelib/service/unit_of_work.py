@@ -10,7 +10,12 @@ does). `tx`, a `ProductTransaction`, is the only thing that may write the
   already knows (a row it holds locked, a version compare-and-set) or, failing
   that, by one read-back before commit;
 * rows whose searchable fields changed are re-indexed through the
-  `SearchBackend` seam inside the same transaction.
+  `SearchBackend` seam inside the same transaction;
+* every stock write declares its `stock_delta`; a product whose stock the
+  transaction takes from at-or-above its `low_stock_threshold` to below it
+  gets a `stock.low` outbox row before commit (`StockLowOutbox`), from what
+  the transaction already read (a row read at the version before its first
+  stock write, or after its last) or, failing that, the same read-back.
 
 When the session ends, normally or by an exception (what committed before a
 MySQL outage must not stay cached), the versions of every committed
@@ -22,11 +27,12 @@ write path that skips this module fails loudly instead of leaving caches stale.
 """
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, Mapping, Optional, Protocol, Sequence, TypeVar
 
-PRODUCT_COLUMNS = ("id, sku, name, description, category, price_cents, stock, version, status, "
-                   "created_at, updated_at")
+PRODUCT_COLUMNS = ("id, sku, name, description, category, price_cents, stock, low_stock_threshold, version, "
+                   "status, created_at, updated_at")
 _ALL_COLUMNS = frozenset(c.strip() for c in PRODUCT_COLUMNS.split(","))
 
 T = TypeVar("T")
@@ -42,6 +48,15 @@ class CacheInvalidator(Protocol):
         """Invalidate the cached copies older than `versions`; never raises."""
 
 
+class StockLowOutbox(Protocol):
+    def add_stock_low(self, cur, product_id: int, stock: int, threshold: int) -> None:
+        """Write the `stock.low` outbox row inside the product write transaction `cur`."""
+
+
+# An assignment to `stock` (not `low_stock_threshold`): such a write must say its delta.
+_WRITES_STOCK = re.compile(r"(?<![\w.])stock\s*=")
+
+
 def _marks(n: int) -> str:
     return ",".join(["%s"] * n)
 
@@ -50,9 +65,17 @@ class ProductTransaction:
     """The product writes of one transaction. `cursor` is for everything else
     (orders, order lines, reads); product rows change only through the methods here."""
 
-    def __init__(self, cursor, search_index: Optional[SearchIndex]):
+    def __init__(self, cursor, search_index: Optional[SearchIndex], stock_low: Optional[StockLowOutbox] = None):
         self.cursor = cursor
         self._search_index = search_index
+        self._stock_low = stock_low
+        # Low-stock crossings: (stock, threshold) of a row as read at a version (every write bumps
+        # the version, so a version names one stock), the net stock change of this transaction, the
+        # version before its first stock write (when known), and whether a write changed only some rows.
+        self._stock_at: dict[int, dict[int, tuple[int, int]]] = {}
+        self._stock_net: dict[int, int] = {}
+        self._version_before: dict[int, Optional[int]] = {}
+        self._stock_ambiguous = False
         self.versions: dict[int, int] = {}   # product id -> version after this transaction's last change
         self._unknown: set[int] = set()      # changed, version not known yet
         self._locked: dict[int, int] = {}    # rows this transaction holds FOR UPDATE -> their version
@@ -87,6 +110,8 @@ class ProductTransaction:
                 self._locked[pid] = row["version"]
             if _ALL_COLUMNS.issubset(wanted):
                 self._full_rows[pid] = row
+            if "stock" in row and "low_stock_threshold" in row:
+                self._stock_at.setdefault(pid, {})[row["version"]] = (row["stock"], row["low_stock_threshold"])
         return rows
 
     # --- writes -------------------------------------------------------------
@@ -97,9 +122,10 @@ class ProductTransaction:
         self.cursor.products_writable = True
         try:
             self.cursor.executemany(
-                "INSERT INTO products (sku, name, description, category, price_cents, stock) "
-                "VALUES (%(sku)s, %(name)s, %(description)s, %(category)s, %(price_cents)s, %(stock)s)",
-                products)
+                "INSERT INTO products (sku, name, description, category, price_cents, stock, low_stock_threshold) "
+                "VALUES (%(sku)s, %(name)s, %(description)s, %(category)s, %(price_cents)s, %(stock)s, "
+                "%(low_stock_threshold)s)",
+                [{"low_stock_threshold": 0, **p} for p in products])
         finally:
             self.cursor.products_writable = False
         skus = [p["sku"] for p in products]
@@ -113,10 +139,14 @@ class ProductTransaction:
         return rows
 
     def update(self, ids: Iterable[int], assignments: str, params: Sequence = (), where: str = "",
-               where_params: Sequence = (), reindex: bool = False) -> int:
+               where_params: Sequence = (), reindex: bool = False,
+               stock_delta: Optional[Mapping[int, int]] = None) -> int:
         """`UPDATE products SET <assignments>, version + 1 ... WHERE id IN (ids) [AND <where>]`;
-        the number of rows changed. `reindex` when searchable fields change."""
+        the number of rows changed. `reindex` when searchable fields change;
+        `stock_delta` ({id: change}) whenever `assignments` write stock."""
         ids = sorted(set(ids))
+        self._check_stock_write(assignments, stock_delta)
+        before = {pid: self._locked.get(pid) for pid in ids}
         sets = f"{assignments}, " if assignments else ""
         changed = self._write(
             f"UPDATE products SET {sets}version = version + 1, updated_at = CURRENT_TIMESTAMP(6) "
@@ -131,13 +161,20 @@ class ProductTransaction:
                 self._unknown.discard(pid)
             else:
                 self._unknown.add(pid)
+        if stock_delta is not None and changed:
+            if changed == len(ids):
+                for pid in ids:
+                    self._note_stock(pid, before[pid], stock_delta[pid])
+            else:  # which rows changed is unknown: this transaction must not commit (finish() refuses)
+                self._stock_ambiguous = True
         if reindex:
             self._reindex.update(ids)
         return changed
 
     def compare_and_set(self, product_id: int, version: int, assignments: str, params: Sequence = (),
-                        where: str = "", where_params: Sequence = ()) -> bool:
+                        where: str = "", where_params: Sequence = (), stock_delta: Optional[int] = None) -> bool:
         """Change the row only if it is still at `version` (and `where` holds)."""
+        self._check_stock_write(assignments, None if stock_delta is None else {product_id: stock_delta})
         changed = self._write(
             f"UPDATE products SET {assignments}, version = version + 1, updated_at = CURRENT_TIMESTAMP(6) "
             "WHERE id = %s AND version = %s" + (f" AND {where}" if where else ""),
@@ -146,7 +183,43 @@ class ProductTransaction:
             self._full_rows.pop(product_id, None)
             self.versions[product_id] = version + 1
             self._unknown.discard(product_id)
+            if stock_delta is not None:
+                self._note_stock(product_id, version, stock_delta)
         return bool(changed)
+
+    # --- low stock ----------------------------------------------------------
+
+    @staticmethod
+    def _check_stock_write(assignments: str, stock_delta) -> None:
+        if _WRITES_STOCK.search(assignments) and stock_delta is None:
+            raise ValueError("a stock write must give its stock_delta (low-stock events depend on it)")
+
+    def _note_stock(self, pid: int, version_before: Optional[int], delta: int) -> None:
+        """A write changed `pid`'s stock by `delta`; `version_before`: its version just before, if known."""
+        if pid not in self._stock_net:
+            self._version_before[pid] = version_before
+        self._stock_net[pid] = self._stock_net.get(pid, 0) + delta
+
+    def _low_stock_crossings(self) -> dict[int, tuple[int, int]]:
+        """{product id: (stock now, threshold)} for every product this transaction took from
+        at-or-above its threshold to below it. The row is ours (locked) from the first stock
+        write to commit, so stock at commit = stock before + the net change."""
+        taken = {pid: net for pid, net in self._stock_net.items() if net < 0}
+        after, unread = {}, []
+        for pid, net in taken.items():
+            seen = self._stock_at.get(pid, {})
+            if self.versions.get(pid) in seen and pid not in self._unknown:
+                after[pid] = seen[self.versions[pid]]
+            elif self._version_before.get(pid) in seen:
+                stock, threshold = seen[self._version_before[pid]]
+                after[pid] = (stock + net, threshold)
+            else:
+                unread.append(pid)
+        if unread:
+            rows = self.select(unread, "id, stock, low_stock_threshold")
+            after.update({pid: (rows[pid]["stock"], rows[pid]["low_stock_threshold"]) for pid in rows})
+        return {pid: (stock, threshold) for pid, (stock, threshold) in after.items()
+                if stock < threshold <= stock - taken[pid]}
 
     def finish(self) -> None:
         """Before commit: re-index what needs it and read back the versions not known yet."""
@@ -156,6 +229,11 @@ class ProductTransaction:
                 self.select(missing)
             self._search_index.index(self.cursor, [self._full_rows[pid] for pid in sorted(self._reindex)
                                                    if pid in self._full_rows])
+        if self._stock_ambiguous:
+            raise AssertionError("a stock write changed only some of its rows; which ones is unknown")
+        if self._stock_net and self._stock_low is not None:
+            for pid, (stock, threshold) in sorted(self._low_stock_crossings().items()):
+                self._stock_low.add_stock_low(self.cursor, pid, stock, threshold)
         if self._unknown:
             self.select(self._unknown, "id")
 
@@ -163,9 +241,10 @@ class ProductTransaction:
 class WriteSession:
     """Transactions whose committed product versions are invalidated together at the end."""
 
-    def __init__(self, db, search_index: Optional[SearchIndex]):
+    def __init__(self, db, search_index: Optional[SearchIndex], stock_low: Optional[StockLowOutbox] = None):
         self._db = db
         self._search_index = search_index
+        self._stock_low = stock_low
         self.versions: dict[int, int] = {}
 
     def run(self, work: Callable[[ProductTransaction], T]) -> T:
@@ -173,7 +252,7 @@ class WriteSession:
         committed: list[ProductTransaction] = []
 
         def attempt(cur):
-            tx = ProductTransaction(cur, self._search_index)
+            tx = ProductTransaction(cur, self._search_index, self._stock_low)
             result = work(tx)
             tx.finish()
             committed[:] = [tx]  # the last attempt is the one that commits
@@ -188,16 +267,18 @@ class WriteSession:
 class ProductWrites:
     """Opens write sessions: the composition root builds one per process."""
 
-    def __init__(self, db, invalidator: CacheInvalidator, search_index: Optional[SearchIndex]):
+    def __init__(self, db, invalidator: CacheInvalidator, search_index: Optional[SearchIndex],
+                 stock_low: Optional[StockLowOutbox] = None):
         self.db = db
         self.invalidator = invalidator
         self.search_index = search_index
+        self.stock_low = stock_low
 
     @contextmanager
     def session(self, enqueue: bool = True) -> Iterator[WriteSession]:
         """`enqueue=False` (the order hot path): the invalidation queue is used only
         if Redis did not take the invalidation at once."""
-        session = WriteSession(self.db, self.search_index)
+        session = WriteSession(self.db, self.search_index, self.stock_low)
         try:
             yield session
         finally:

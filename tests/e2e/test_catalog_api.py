@@ -38,6 +38,7 @@ def test_create_read_update_stock_round_trip(api):
     product = create(api)
     assert product["version"] == 1 and product["status"] == "active"
     assert set(product) == {"id", "sku", "name", "description", "category", "price_cents", "stock", "version",
+                            "low_stock_threshold",
                             "status", "created_at", "updated_at"}
     first = api.get(f"/products/{product['id']}")
     assert first.status_code == 200 and first.headers["X-Cache"] == "MISS"

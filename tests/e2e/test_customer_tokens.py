@@ -160,3 +160,20 @@ def test_the_access_token_is_not_the_customer_token(api, pool, test_env):
         "USERNAME": _claims(pool["tokens"]["ann"])["email"], "PASSWORD": PASSWORD})["AuthenticationResult"]
     assert refused(api, answer["AccessToken"])["code"] == "UNAUTHORIZED"
     assert api.get("/customer/orders/1", key=ADMIN_KEY, headers=bearer(answer["IdToken"])).status_code == 404
+
+
+def test_a_customer_reads_the_events_of_their_own_orders_only(api, pool):
+    pid = create_product(api, "TOK-EV", stock=5)
+    placed = place(api, pool["tokens"]["ann"], coid="ev-1", items=[{"product_id": pid, "quantity": 1}],
+                   extra={"contact_email": "ann.orders@example.com"})
+    order_id = placed.json()["results"][0]["order_id"]
+    mine = api.get(f"/customer/orders/{order_id}/events", key=MOBILE, headers=bearer(pool["tokens"]["ann"]))
+    assert mine.status_code == 200 and [e["type"] for e in mine.json()["events"]] == ["order.created"]
+    theirs = api.get(f"/customer/orders/{order_id}/events", key=MOBILE, headers=bearer(pool["tokens"]["bob"]))
+    assert theirs.status_code == 404 and theirs.json()["error"]["code"] == "ORDER_NOT_FOUND"
+    assert api.get(f"/customer/orders/{order_id}/events", key=MOBILE).status_code == 401
+    for bad in ("abc", "0", "-1", "1e3"):
+        answer = api.get(f"/customer/orders/{bad}/events", key=MOBILE, headers=bearer(pool["tokens"]["ann"]))
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "VALIDATION_ERROR"
+    order = api.get(f"/customer/orders/{order_id}", key=MOBILE, headers=bearer(pool["tokens"]["ann"])).json()
+    assert order["order"]["contact_email"] == "ann.orders@example.com"

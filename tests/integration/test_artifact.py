@@ -41,7 +41,7 @@ ADMIN_KEY_ID, STANDARD_KEY_ID = "artifact-admin-key-id", "artifact-standard-key-
 CLOUD_ENDPOINTS = {*(q.setting for q in QUEUES), "DATABASE_SECRET_ARN", "APP_DATABASE_SECRET_ARN", "DATABASE_HOST",
                    "DATABASE_PORT", "DATABASE_NAME", "DATABASE_TLS", "REDIS_URL", "AWS_ENDPOINT_URL",
                    "API_KEY_CLIENTS", "COGNITO_USER_POOL_ID", "COGNITO_APP_CLIENT_IDS", "ORDER_EVENTS_TOPIC_ARN",
-                   "ORDER_PAYMENT_WINDOW_SECONDS"}
+                   "ORDER_PAYMENT_WINDOW_SECONDS", "NOTIFY_FROM_EMAIL", "OPERATOR_EMAIL"}
 POOL_ID = "us-east-1_Artifact1"
 ISSUER = f"https://cognito-idp.us-east-1.amazonaws.com/{POOL_ID}"
 
@@ -110,6 +110,8 @@ def local_endpoints(test_env):
         "COGNITO_APP_CLIENT_IDS": "artifact-app-client",
         "ORDER_EVENTS_TOPIC_ARN": test_env["ORDER_EVENTS_TOPIC_ARN"],
         "ORDER_PAYMENT_WINDOW_SECONDS": "0",  # the template's default
+        "NOTIFY_FROM_EMAIL": test_env["NOTIFY_FROM_EMAIL"],  # verified on the local SES by the session
+        "OPERATOR_EMAIL": test_env["OPERATOR_EMAIL"],
         # The package's cloud stage refuses loopback endpoints; this run means them.
         "ALLOW_LOOPBACK_ENDPOINTS": "true",
     }
@@ -189,7 +191,8 @@ def functions(packaged, runtime, local_endpoints, tmp_path_factory):
 def test_the_package_runs_on_the_runtime_alone(packaged, functions):
     _, properties, task_root = packaged
     assert set(properties) == {"APIHandler", "HandleOrderIngest", "HandleCacheInvalidation", "HandleFlashOrders",
-                               "HandleOrderExpiry", "HandleRelatedProducts", "WarmCache", "Migrate", "Lifecycle",
+                               "HandleOrderExpiry", "HandleRelatedProducts", "HandleNotifications", "WarmCache",
+                               "Migrate", "Lifecycle",
                                "FlashReconcile"}
     api = functions("APIHandler")
     assert api.started["python"] == [int(x) for x in properties["APIHandler"]["Runtime"][len("python"):].split(".")]
@@ -294,6 +297,10 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
         {"client_order_id": "cust-1", "items": [{"product_id": pid, "quantity": 1}]}]}, claims=ann))
     customer_order = mine["results"][0]["order_id"]
     assert _body(call("GET", f"/customer/orders/{customer_order}", claims=ann))["order"]["client_order_id"] == "cust-1"
+    assert [e["type"] for e in _body(call("GET", f"/customer/orders/{customer_order}/events", claims=ann))[
+        "events"]] == ["order.created"]
+    assert _body(call("GET", f"/customer/orders/{customer_order}/events", claims=bob, status=404))["error"][
+        "code"] == "ORDER_NOT_FOUND"
     assert _body(call("GET", f"/customer/orders/{customer_order}", claims=bob, status=404))["error"]["code"] == \
         "ORDER_NOT_FOUND"
     assert _body(call("POST", f"/customer/orders/{customer_order}/cancel", claims=ann))["order"]["status"] == \
@@ -488,6 +495,28 @@ def test_the_related_products_consumer_counts_once_and_keeps_garbage(clean_db, f
     assert consumer.invoke(event) == {"batchItemFailures": [{"itemIdentifier": event["Records"][2]["messageId"]}]}
     related = _body(api.invoke(proxy_event("GET", f"/products/{lamp['id']}/related")))
     assert [(i["product"]["id"], i["bought_together"]) for i in related["items"]] == [(shade["id"], 1)]
+
+
+def test_the_notification_consumer_mails_once_and_reports_garbage(clean_db, functions, test_env):
+    import requests
+    from chalicelib import bootstrap
+
+    api = functions("APIHandler")
+    product = _new_product(api, "Mailed lamp")
+    to = f"art-{uuid.uuid4().hex[:8]}@example.com"
+    placed = _body(api.invoke(proxy_event("POST", "/orders/batch", {"orders": [
+        {"client_order_id": "art-mail", "user_id": 3, "contact_email": to,
+         "items": [{"product_id": product["id"], "quantity": 1}]}]})))
+    order_id = placed["results"][0]["order_id"]
+    [row] = bootstrap.database().query("SELECT event_id, payload FROM order_events WHERE order_id = %s", (order_id,))
+    message = {"event_id": row["event_id"], "type": "order.created", "order_id": order_id, "sequence": 1,
+               "occurred_at": "2024-01-01T00:00:00.000000Z", "data": json.loads(row["payload"])}
+    event = _sqs_event("sqs_order_ingest.json", test_env["NOTIFY_QUEUE_NAME"], [message, "garbage", message])
+    consumer = functions("HandleNotifications")
+    assert consumer.invoke(event) == {"batchItemFailures": [{"itemIdentifier": event["Records"][1]["messageId"]}]}
+    mail = requests.get(f"{test_env['AWS_ENDPOINT_URL']}/_aws/ses", timeout=10).json()["messages"]
+    assert [m["Subject"] for m in mail if to in m.get("Destination", {}).get("ToAddresses", [])] == [
+        f"Your order #{order_id} (art-mail) is placed"]
 
 
 def test_a_missing_runtime_dependency_fails_the_artifact(packaged, runtime, local_endpoints, tmp_path):

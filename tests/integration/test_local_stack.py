@@ -50,14 +50,16 @@ def test_queues_are_subscribed_to_their_topic_once_with_raw_delivery_and_a_filte
     again returns the same subscription, with the attributes QueueDef asks for."""
     import boto3
 
+    subscribed = [q for q in QUEUES if q.topic_setting]
     first = localstack.subscribe_queues(test_env["AWS_ENDPOINT_URL"], test_env)
-    assert len(first) == 1 and localstack.subscribe_queues(test_env["AWS_ENDPOINT_URL"], test_env) == first
+    assert len(first) == len(subscribed) and localstack.subscribe_queues(test_env["AWS_ENDPOINT_URL"], test_env) == first
     sns = boto3.client("sns", endpoint_url=test_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                        aws_access_key_id="test", aws_secret_access_key="test")
-    attrs = sns.get_subscription_attributes(SubscriptionArn=first[0])["Attributes"]
-    assert attrs["TopicArn"] == test_env["ORDER_EVENTS_TOPIC_ARN"] and attrs["RawMessageDelivery"] == "true"
-    assert attrs["Endpoint"].endswith(":" + test_env["RELATED_QUEUE_NAME"])
-    assert json.loads(attrs["FilterPolicy"]) == {"event_type": ["order.created", "order.cancelled", "order.expired"]}
+    for q, arn in zip(subscribed, first):
+        attrs = sns.get_subscription_attributes(SubscriptionArn=arn)["Attributes"]
+        assert attrs["TopicArn"] == test_env[q.topic_setting] and attrs["RawMessageDelivery"] == "true"
+        assert attrs["Endpoint"].endswith(":" + test_env[q.setting])
+        assert json.loads(attrs["FilterPolicy"]) == {"event_type": list(q.event_types)}
 
 
 def test_setup_is_idempotent_and_converges(sqs, test_env):

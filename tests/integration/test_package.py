@@ -316,7 +316,8 @@ def test_packaged_concurrency_obeys_the_connection_budget(packaged):
     # The tiny app has neither of these consumers.
     fixed = {name: inputs[share] for name, share in (("HandleFlashOrders", "FlashOrderConcurrency"),
                                                      ("HandleOrderExpiry", "OrderExpiryConcurrency"),
-                                                     ("HandleRelatedProducts", "RelatedProductsConcurrency"))
+                                                     ("HandleRelatedProducts", "RelatedProductsConcurrency"),
+                                                     ("HandleNotifications", "NotificationConcurrency"))
              if name in reserved}
     for name, share in fixed.items():
         assert reserved[name] == share, name
@@ -614,14 +615,14 @@ def test_queues_that_settings_subscribe_to_a_topic_are_subscribed_with_raw_deliv
     _, template = real_template
     resources = template["Resources"]
     subscribed = [q for q in QUEUES if q.topic_setting]
-    assert [q.logical_id for q in subscribed] == ["RelatedProductsQueue"]
+    assert [q.logical_id for q in subscribed] == ["RelatedProductsQueue", "NotificationQueue"]
     for q in subscribed:
         topic = {"Ref": package.TOPICS[q.topic_setting]}
         subscription = resources[f"{q.logical_id}Subscription"]["Properties"]
         assert subscription == {"TopicArn": topic, "Protocol": "sqs", "RawMessageDelivery": True,
                                 "Endpoint": {"Fn::GetAtt": [q.logical_id, "Arn"]},
                                 "FilterPolicyScope": "MessageAttributes",
-                                "FilterPolicy": {"event_type": ["order.created", "order.cancelled", "order.expired"]}}
+                                "FilterPolicy": {"event_type": list(q.event_types)}}
         policy = resources[f"{q.logical_id}TopicPolicy"]["Properties"]
         assert policy["Queues"] == [{"Ref": q.logical_id}]
         [statement] = policy["PolicyDocument"]["Statement"]

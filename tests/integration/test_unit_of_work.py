@@ -104,7 +104,7 @@ def test_a_product_write_outside_the_unit_of_work_is_refused(recorded):
     # Inside a unit of work too, a raw statement on its cursor is refused, and the
     # whole transaction (including the legitimate change before it) rolls back.
     def sneaky(tx):
-        tx.update([pid], "stock = stock + 1")
+        tx.update([pid], "stock = stock + 1", stock_delta={pid: 1})
         tx.cursor.execute("UPDATE products SET stock = 0 WHERE id = %s", (pid,))
 
     with pytest.raises(ProductWriteOutsideUnitOfWork):

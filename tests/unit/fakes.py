@@ -128,14 +128,16 @@ class FakeOrders:
     def _key(o):
         return o.client, o.customer_id, o.user_id, o.client_order_id
 
-    def add(self, client, customer_id, user_id, client_order_id, request_hash, batch_id, payment_window=0):
+    def add(self, client, customer_id, user_id, client_order_id, request_hash, batch_id, payment_window=0,
+            contact_email=None):
         if any(self._key(o) == (client, customer_id, user_id, client_order_id) for o in self.store.orders.values()):
             return None
         order_id = self.store.next_id
         self.store.next_id += 1
         self.store.orders[order_id] = StoredOrder(order_id, client, customer_id, client_order_id, user_id, "created",
                                                   0, request_hash, datetime.now(timezone.utc),
-                                                  "pending_payment" if payment_window else "paid")
+                                                  "pending_payment" if payment_window else "paid",
+                                                  contact_email=contact_email)
         return order_id
 
     def find(self, client, customer_id, user_id, client_order_id):

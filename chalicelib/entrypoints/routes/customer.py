@@ -40,6 +40,11 @@ def get_customer_order(request, order_id):
     return 200, {"order": bootstrap.orders().get(path_id(order_id, "order_id"), _owner(request))}
 
 
+@endpoint(routes, "/customer/orders/{order_id}/events", methods=("GET",))
+def customer_order_events(request, order_id):
+    return 200, {"events": bootstrap.orders().events(path_id(order_id, "order_id"), _owner(request))}
+
+
 @endpoint(routes, "/customer/orders/{order_id}/cancel", methods=("POST",))
 def cancel_customer_order(request, order_id):
     return 200, {"order": bootstrap.orders().cancel(path_id(order_id, "order_id"), _owner(request))}
