@@ -191,7 +191,7 @@ class MySQLSearchBackend:
         if query.in_stock:
             # Last: stock is not denormalised (orders change it with plain UPDATEs).
             if indexed:
-                where.append("EXISTS (SELECT 1 FROM products ps FORCE INDEX (ix_products_stock) "
+                where.append("EXISTS (SELECT 1 FROM products ps "
                              "WHERE ps.id = p.product_id AND ps.stock > 0)")
             else:
                 where.append("p.stock > 0")
@@ -401,7 +401,7 @@ class MySQLSearchBackend:
                                     "AND (LOCATE(%s, x.name_norm) > 0 OR LOCATE(%s, x.body_norm) > 0)"))
                 args += [term.text, term.text]
         if query.in_stock:
-            where.append(_probe("products ps FORCE INDEX (ix_products_stock)",
+            where.append(_probe("products ps",
                                 f"ps.id = {alias}.product_id AND ps.stock > 0"))
         return where, args
 

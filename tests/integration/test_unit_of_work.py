@@ -125,3 +125,18 @@ def test_every_connection_the_database_opens_has_the_guard(recorded):
             cur.execute("UPDATE products SET stock = 0")
     finally:
         conn.close()
+
+
+def test_stock_updates_find_their_row_by_primary_key(clean_db):
+    """A secondary index led by `id` (an (id, stock) index once made in_stock
+    probes cheaper) is what MariaDB picks for `UPDATE products ... WHERE id = ?
+    AND stock >= ?`: it then locks that index before the row and concurrent
+    orders on a hot product deadlock. The order path must find rows by PRIMARY."""
+    pid = make_product(bootstrap.catalog(), stock=5)["id"]
+    [plan] = bootstrap.database().query(
+        "EXPLAIN UPDATE products SET stock = stock - 1, version = version + 1 WHERE id = %s AND stock >= 1", (pid,))
+    assert plan["key"] == "PRIMARY", plan
+    led_by_id = bootstrap.database().query(
+        "SELECT index_name FROM information_schema.statistics WHERE table_schema = DATABASE() "
+        "AND table_name = 'products' AND seq_in_index = 1 AND column_name = 'id' AND index_name <> 'PRIMARY'")
+    assert not led_by_id, led_by_id

@@ -28,8 +28,8 @@ ALTER TABLE search_terms
   ADD KEY ix_search_terms_created (term, created_at, product_id, active, category, price_cents),
   ADD KEY ix_search_terms_category (term, category, product_id, active);
 
--- in_stock=true probes each candidate's stock (never copied: orders change it
--- with plain UPDATEs). This narrow index answers the probe without reading the
--- wide product row, so it stays in the buffer pool; a stock UPDATE now also
--- rewrites one small secondary entry.
-CREATE INDEX ix_products_stock ON products (id, stock)
+-- No (id, stock) index for in_stock probes: MariaDB then picks it for the
+-- order path's `UPDATE products ... WHERE id = ? AND stock >= ?` (a range on
+-- the index it updates, "Using buffer"), which takes the secondary lock before
+-- the row's and deadlocks concurrent orders on a hot product (bench/flash's
+-- bare-SQL ceiling did). The probe reads the product row by primary key.
