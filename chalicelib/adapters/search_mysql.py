@@ -2,7 +2,9 @@
 written inside the product transaction and queried with per-term posting
 lookups (see domain/search_text.py for the matching rules)."""
 from chalicelib.domain.search_query import TOTAL_CAP, SearchPage, encode_cursor
-from chalicelib.domain.search_text import document_terms, normalize
+from chalicelib.domain.search_text import (MAX_QUERY_TERMS, MAX_TYPO_CANDIDATES, Alternative, deletions,
+                                           dictionary_variants, document_terms, edit_distance, normalize,
+                                           typo_budget)
 from chalicelib.service.unit_of_work import PRODUCT_COLUMNS
 
 
@@ -23,6 +25,17 @@ _ORDER = {
     "price_desc": ("price_cents DESC, id ASC", "(price_cents < %s OR (price_cents = %s AND id > %s))", "price_cents"),
     "newest": ("created_at DESC, id DESC", "(created_at < %s OR (created_at = %s AND id < %s))", "created_at"),
 }
+
+
+# Relevance: each term adds TIER_WEIGHT * (2 - tier of its best match), and
+# one more when it is found in the name, so a match as typed outranks a
+# pinyin or typo match whatever the name hits (at most MAX_QUERY_TERMS).
+TIER_WEIGHT = MAX_QUERY_TERMS + 1
+TIERS = 3
+
+
+def _tier_score(tier):
+    return TIER_WEIGHT * (TIERS - 1 - tier)
 
 
 def _meta(row):
@@ -76,6 +89,7 @@ class MySQLSearchBackend:
                             (pid, *chunk))
             upserts += [(t, pid, flag) for t, flag in want.items() if have.get(t) != flag]
         upserts.sort()
+        self._add_typo_words(cur, {term for term, _, _ in upserts})
         for start in range(0, len(upserts), 1000):
             chunk = upserts[start:start + 1000]
             cur.execute("INSERT INTO search_terms (term, product_id, in_name) VALUES "
@@ -107,7 +121,43 @@ class MySQLSearchBackend:
                         "price_cents = VALUES(price_cents), created_at = VALUES(created_at)",
                         [value for row in chunk for value in row])
 
+    @staticmethod
+    def _add_typo_words(cur, terms):
+        """Put words new to the typo dictionary there with their deletion
+        variants (INSERT IGNORE: two writers adding one word agree)."""
+        words = sorted(t for t in terms if dictionary_variants(t))
+        if not words:
+            return
+        marks = ",".join(["%s"] * len(words))
+        cur.execute(f"SELECT term FROM search_typos WHERE variant IN ({marks}) AND term = variant", words)
+        known = {r["term"] for r in cur.fetchall()}
+        rows = sorted({(v, w) for w in words if w not in known for v in dictionary_variants(w)})
+        for start in range(0, len(rows), 1000):
+            chunk = rows[start:start + 1000]
+            cur.execute("INSERT IGNORE INTO search_typos (variant, term) VALUES " + ",".join(["(%s,%s)"] * len(chunk)),
+                        [value for pair in chunk for value in pair])
+
     # --- reads ------------------------------------------------------------
+
+    def _alternatives(self, cur, query):
+        """term -> its Alternatives: as typed, pinyin (pure), and, unless the
+        query turned typos off, the indexed words within its edit budget
+        (one read of the typo dictionary for all the words of the query)."""
+        alts = {term: term.alternatives() for term in query.terms}
+        budgets = {t: typo_budget(t.text) for t in query.terms if t.kind == "prefix"} if query.typo else {}
+        budgets = {t: k for t, k in budgets.items() if k}
+        if not budgets:
+            return alts
+        variants = sorted({v for t, k in budgets.items() for v in deletions(t.text, k)})
+        cur.execute(f"SELECT DISTINCT term FROM search_typos WHERE variant IN ({','.join(['%s'] * len(variants))})",
+                    variants)
+        found = [r["term"] for r in cur.fetchall()]
+        for term, budget in budgets.items():
+            # Words the prefix already matches need no typo alternative.
+            near = sorted((edit_distance(term.text, w, budget), w) for w in found if not w.startswith(term.text))
+            alts[term] = alts[term] + [Alternative(d, (("exact", w),))
+                                       for d, w in near if d <= budget][:MAX_TYPO_CANDIDATES]
+        return alts
 
     @staticmethod
     def _atom_sql(alias, atom):
@@ -138,12 +188,12 @@ class MySQLSearchBackend:
         ranked = sorted(atoms, key=lambda atom: (atom[0] == "prefix", -len(atom[1]), atom))
         return ranked[:self.MAX_MERGED_ATOMS]
 
-    def _merge_source(self, query, merged):
+    def _merge_source(self, query, alts, merged):
         """Broad queries: read the `merged` atoms' posting ranges once
         (index-only, sequential) and intersect by grouping, instead of
         probing per row. h is the name hit of a term that is one atom."""
         branches, args = [], []
-        name_hit = {t.atoms()[0] for t in query.terms if t.kind != "substr"}
+        name_hit = {alts[t][0].atoms[0] for t in query.terms if t.kind != "substr" and len(alts[t]) == 1}
         for atom in merged:
             h = "in_name" if atom in name_hit else "0"
             if atom[0] == "prefix":
@@ -158,26 +208,64 @@ class MySQLSearchBackend:
                   "JOIN search_meta p ON p.product_id = c.product_id")
         return source, args
 
-    def _match_sql(self, query, atoms, driver, with_score, merge=False):
+    def _any_sql(self, pid, alternatives, alias="t", extra=""):
+        """SQL true when the product matches one of the alternatives (OR of
+        ANDs of posting probes)."""
+        ors, args = [], []
+        for alt in alternatives:
+            ands = []
+            for atom in alt.atoms:
+                cond, arg = self._atom_sql(alias, atom)
+                ands.append(f"EXISTS (SELECT 1 FROM search_terms {alias} WHERE {alias}.product_id = {pid} "
+                            f"AND {cond}{extra})")
+                args.append(arg)
+            ors.append("(" + " AND ".join(ands) + ")")
+        return "(" + " OR ".join(ors) + ")", args
+
+    def _multi_score(self, pid, alternatives):
+        """Score of a term with several alternatives: its best tier, plus one
+        if the first atom of a matching alternative is in the name."""
+        tiers = sorted({a.tier for a in alternatives})
+        sql, args = "", []
+        for tier in tiers[:-1]:
+            cond, cond_args = self._any_sql(pid, [a for a in alternatives if a.tier == tier])
+            sql += f" WHEN {cond} THEN {_tier_score(tier)}"
+            args += cond_args
+        tier_sql = f"(CASE{sql} ELSE {_tier_score(tiers[-1])} END)" if sql else str(_tier_score(tiers[-1]))
+        firsts = [Alternative(a.tier, a.atoms[:1]) for a in alternatives]
+        name_sql, name_args = self._any_sql(pid, firsts, "n", " AND n.in_name = 1")
+        return f"{tier_sql} + {name_sql}", args + name_args
+
+    def _match_sql(self, query, alts, driver, with_score, merge=False):
         """SELECT id, price_cents, created_at, score of every match (no paging).
+
+        alts: term -> its Alternatives that can match (see _search). A term
+        with one alternative contributes its atoms to one AND, as before
+        pinyin and typos; a term with several is one OR condition. driver: an
+        atom, or a term with several alternatives (then the union of each
+        alternative's first atom drives).
 
         With terms, everything but the stock comes from search_meta (compact,
         stays in the buffer pool); `products` is probed for stock only, and
         only for candidates that pass every other condition (it is the last
         condition of the WHERE). Without terms (browsing by filters), the
         products indexes on (status, price|created_at) serve the query."""
+        atoms = list(dict.fromkeys(a for t in query.terms if len(alts[t]) == 1 for a in alts[t][0].atoms))
+        multi = [t for t in query.terms if len(alts[t]) > 1]
         verify = [t for t in query.terms if t.kind == "substr"]
         merged = self._merged_atoms(atoms) if merge else []
         if merge:
             driver = None   # every atom is either merged or probed
-            source, source_args = self._merge_source(query, merged)
+            source, source_args = self._merge_source(query, alts, merged)
         elif driver is not None:
-            # One range read of the rarest atom; MAX(in_name) is that term's
-            # name hit, so relevance needs no probe for it.
-            cond, arg = self._atom_sql("s", driver)
-            source = (f"(SELECT s.product_id, MAX(s.in_name) AS h FROM search_terms s WHERE {cond} "
+            # One range read of the rarest atom (or of each alternative's
+            # first atom); MAX(in_name) is that term's name hit.
+            conds = [self._atom_sql("s", a.atoms[0]) for a in alts[driver]] if driver in multi \
+                else [self._atom_sql("s", driver)]
+            source = (f"(SELECT s.product_id, MAX(s.in_name) AS h FROM search_terms s "
+                      f"WHERE {' OR '.join(c for c, _ in conds)} "
                       "GROUP BY s.product_id) c JOIN search_meta p ON p.product_id = c.product_id")
-            source_args = [arg]
+            source_args = [arg for _, arg in conds]
         else:
             source, source_args = "products p", []
         indexed = merge or driver is not None
@@ -200,6 +288,12 @@ class MySQLSearchBackend:
             cond, arg = self._atom_sql("t", atom)
             where.append(f"EXISTS (SELECT 1 FROM search_terms t WHERE t.product_id = {pid} AND {cond})")
             where_args.append(arg)
+        for term in multi:
+            if term == driver and all(len(a.atoms) == 1 for a in alts[term]):
+                continue   # the union of its atoms is the source
+            cond, cond_args = self._any_sql(pid, alts[term])
+            where.append(cond)
+            where_args += cond_args
         for term in verify:
             where.append("(LOCATE(%s, d.name_norm) > 0 OR LOCATE(%s, d.body_norm) > 0)")
             where_args += [term.text, term.text]
@@ -212,20 +306,28 @@ class MySQLSearchBackend:
         score, score_args = "0", []
         if with_score and query.terms:
             pieces = ["c.score"] if merge else []
+            constant = 0
             for term in query.terms:
+                if term in multi:
+                    piece, piece_args = self._multi_score(pid, alts[term])
+                    pieces.append(piece)
+                    score_args += piece_args
+                    continue
+                alt = alts[term][0]
+                constant += _tier_score(alt.tier)
                 if term.kind == "substr":
                     pieces.append("(LOCATE(%s, d.name_norm) > 0)")
                     score_args.append(term.text)
-                elif term.atoms()[0] in merged:
+                elif alt.atoms[0] in merged:
                     continue   # counted in c.score
-                elif term.atoms()[0] == driver:
+                elif alt.atoms[0] == driver:
                     pieces.append("c.h")
                 else:
-                    cond, arg = self._atom_sql("n", term.atoms()[0])
+                    cond, arg = self._atom_sql("n", alt.atoms[0])
                     pieces.append(f"EXISTS (SELECT 1 FROM search_terms n WHERE n.product_id = {pid} "
                                   f"AND {cond} AND n.in_name = 1)")
                     score_args.append(arg)
-            score = "(" + " + ".join(pieces) + ")"
+            score = "(" + " + ".join(pieces + [str(constant)]) + ")"
         hint = "STRAIGHT_JOIN " if indexed else ""
         sql = (f"SELECT {hint}{pid} AS id, p.price_cents AS price_cents, p.created_at AS created_at, {score} AS score "
                f"FROM {source} WHERE {' AND '.join(where)}")
@@ -239,18 +341,32 @@ class MySQLSearchBackend:
         return self.db.run(work, time_limit_ms=self.time_limit_ms)
 
     def _search(self, cur, query):
-        atoms = list(dict.fromkeys(atom for term in query.terms for atom in term.atoms()))
+        alts = self._alternatives(cur, query)
         driver, merge = None, False
-        if atoms:
-            # Selective: drive from the rarest term and probe the others per
-            # candidate. Broad (every term has DRIVER_SAMPLE+ postings): merge.
-            counts = self._estimate(cur, atoms)
-            if min(counts) == 0:
+        if query.terms:
+            atoms = list(dict.fromkeys(a for t in query.terms for alt in alts[t] for a in alt.atoms))
+            count = dict(zip(atoms, self._estimate(cur, atoms)))
+            # An alternative with an atom nobody has cannot match: dropping it
+            # leaves most terms with one alternative and the plans below as
+            # they were before pinyin and typos.
+            # Rarest atom first: it is what drives an alternative.
+            alts = {t: [Alternative(a.tier, tuple(sorted(a.atoms, key=lambda x: count[x])))
+                        for a in alts[t] if all(count[x] for x in a.atoms)] for t in query.terms}
+            if not all(alts.values()):
                 return SearchPage([], 0)
-            driver = atoms[counts.index(min(counts))]
-            merge = min(counts) >= self.DRIVER_SAMPLE
+            # Selective: drive from the rarest atom (or multi-alternative
+            # term) and probe the others per candidate. Broad (everything
+            # has DRIVER_SAMPLE+ postings): merge the single-alternative terms.
+            costs = {}
+            for t in query.terms:
+                if len(alts[t]) > 1:
+                    costs[t] = sum(count[a.atoms[0]] for a in alts[t])
+                else:
+                    costs.update({a: count[a] for a in alts[t][0].atoms})
+            driver = min(costs, key=lambda k: (costs[k], str(k)))
+            merge = costs[driver] >= self.DRIVER_SAMPLE and any(len(alts[t]) == 1 for t in query.terms)
         order, after_sql, first_col = _ORDER[query.sort]
-        match_sql, match_args = self._match_sql(query, atoms, driver, query.sort == "relevance", merge)
+        match_sql, match_args = self._match_sql(query, alts, driver, query.sort == "relevance", merge)
         if driver is not None and not merge:
             # Selective: fewer than DRIVER_SAMPLE candidates. One pass over
             # them: the server counts (a window over every match, taken
@@ -273,7 +389,7 @@ class MySQLSearchBackend:
                                  f"SELECT id, price_cents, created_at, score FROM ({match_sql}) m")
         more = len(keys) > query.limit
         keys = keys[:query.limit]
-        count_sql, count_args = self._match_sql(query, atoms, driver, False, merge)
+        count_sql, count_args = self._match_sql(query, alts, driver, False, merge)
         # Stop counting past the cap: a browse or broad query has up to every product.
         cur.execute(f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM ({count_sql}) m LIMIT %s) x",
                     count_args + [self.TOTAL_CAP + 1])

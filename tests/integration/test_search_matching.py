@@ -119,8 +119,8 @@ def test_broad_queries_merge_at_most_three_ranges_and_probe_the_rest(shop, plan)
     assert find(q=q)[0] == ids(best, desc)      # five name hits above two
     assert walk(q=q, limit=1)[0] == ids(best, desc)
     query = parse_query({"q": q})
-    atoms = list(dict.fromkeys(atom for term in query.terms for atom in term.atoms()))
-    sql, _ = MySQLSearchBackend(bootstrap.database())._match_sql(query, atoms, None, True, merge=True)
+    alts = {term: term.alternatives()[:1] for term in query.terms}   # as typed: one alternative each
+    sql, _ = MySQLSearchBackend(bootstrap.database())._match_sql(query, alts, None, True, merge=True)
     assert sql.count("UNION ALL") == MySQLSearchBackend.MAX_MERGED_ATOMS - 1
 
 
