@@ -19,10 +19,10 @@ whitespace only separate tokens.
   pinyin ("py:shouji" for 手机) and its initials ("pi:sj"); a run of one Han
   character by its syllable. A Latin query word that reads as pinyin
   syllables matches through those pairs (tier 1); a word of consonants only
-  ("sj", "hwsj") through the initials (tier 2). Heteronyms (多音字): a pair
-  pypinyin knows as a phrase is indexed under that reading only (银行 yinhang);
-  any other pair under every combination of its characters' two most common
-  readings (at most MAX_PAIR_READINGS).
+  ("sj", "hwsj") through the initials (tier 2). Heteronyms (多音字): a
+  character inside a phrase pypinyin knows has that phrase's reading only
+  (银行: yinhang); one it reads on its own is indexed under its two most
+  common readings (行走 and 行 alone: xing and hang).
 - Typos (the dictionary lookup is adapters/search_mysql.py): a Latin word of
   TYPO_MIN_CHARS+ letters also matches indexed words within one edit
   (insertion, deletion, substitution, adjacent transposition), of
@@ -111,39 +111,42 @@ def _cjk_terms(run):
 
 
 def _han_readings(run):
-    """Per character of a CJK run: its toneless pinyin readings, the one
-    pypinyin picks in context first ([] for kana, Hangul and the like)."""
+    """Per character of a CJK run: its toneless pinyin readings ([] for kana,
+    Hangul and the like). The reading pypinyin picks in context comes first
+    and is the only one for a character inside a phrase it knows (行 in 银行
+    is hang); a character read on its own also gets its next most common
+    reading (行 alone: xing, hang)."""
     from pypinyin import Style, lazy_pinyin, pinyin   # write path only: ~0.3 s to import
+    from pypinyin.seg.mmseg import seg
 
     context = lazy_pinyin(run, style=Style.NORMAL, errors=lambda chars: [""] * len(chars))
+    settled, at = set(), 0
+    for word in seg.cut(run):
+        if len(word) > 1:
+            settled.update(range(at, at + len(word)))
+        at += len(word)
     out = []
-    for char, first in zip(run, context):
+    for i, (char, first) in enumerate(zip(run, context)):
         if not first:
             out.append([])
-            continue
-        readings = [first] + [r for r in pinyin(char, style=Style.NORMAL, heteronym=True)[0] if r != first]
-        out.append(readings[:2])
+        elif i in settled:
+            out.append([first])
+        else:
+            others = [r for r in pinyin(char, style=Style.NORMAL, heteronym=True)[0] if r != first]
+            out.append([first] + others[:1])
     return out
 
 
 def _pinyin_terms(run):
-    """py:/pi: terms of one CJK run: each Han pair's full pinyin and initials,
-    or the syllable of a run that is one Han character."""
-    from pypinyin.phrases_dict import phrases_dict
-
+    """py:/pi: terms of one CJK run: each Han pair's full pinyin and initials
+    (every combination of the two characters' readings), or the syllable of a
+    run that is one Han character."""
     readings = _han_readings(run)
     if len(run) == 1:
         return {PINYIN + r for r in readings[0]}
     terms = set()
-    for i in range(len(run) - 1):
-        a, b = readings[i], readings[i + 1]
-        if not a or not b:
-            continue
-        if run[i:i + 2] in phrases_dict:   # a known word: its reading is settled
-            combos = [(a[0], b[0])]
-        else:
-            combos = [(x, y) for x in a for y in b][:MAX_PAIR_READINGS]
-        for x, y in combos:
+    for a, b in zip(readings, readings[1:]):
+        for x, y in [(x, y) for x in a for y in b][:MAX_PAIR_READINGS]:
             terms.add(PINYIN + x + y)
             terms.add(INITIALS + x[0] + y[0])
     return terms
@@ -211,7 +214,16 @@ def pinyin_atoms(word):
             return None
         return [("prefix" if len(word) >= MIN_PREFIX_CHARS else "exact", PINYIN + word)]
     pairs = [parts[i] + parts[i + 1] for i in range(len(parts) - 1)]
-    return [("exact", PINYIN + p) for p in pairs[:-1]] + [("prefix", PINYIN + pairs[-1])]
+    atoms = [("exact", PINYIN + p) for p in pairs[:-1]] + [("prefix", PINYIN + pairs[-1])]
+    return _spread(atoms)
+
+
+def _spread(atoms):
+    """At most MAX_BIGRAMS_PER_RUN of the atoms, evenly spaced, first and last kept."""
+    if len(atoms) <= MAX_BIGRAMS_PER_RUN:
+        return atoms
+    step = (len(atoms) - 1) / (MAX_BIGRAMS_PER_RUN - 1)
+    return list(dict.fromkeys(atoms[round(i * step)] for i in range(MAX_BIGRAMS_PER_RUN)))
 
 
 def initials_atoms(word):
@@ -219,7 +231,7 @@ def initials_atoms(word):
     "hwsj": hw, ws, sj), or None."""
     if not (2 <= len(word) <= 8 and word.isascii() and word.isalpha()) or _VOWELS & set(word):
         return None
-    return [("exact", INITIALS + word[i:i + 2]) for i in range(len(word) - 1)]
+    return list(dict.fromkeys(("exact", INITIALS + word[i:i + 2]) for i in range(len(word) - 1)))
 
 
 # --- typos ----------------------------------------------------------------
@@ -296,10 +308,7 @@ class Term:
         if self.kind == "exact":
             return [("exact", self.text)]
         grams = list(dict.fromkeys(self.text[i:i + 2] for i in range(len(self.text) - 1)))
-        if len(grams) > MAX_BIGRAMS_PER_RUN:
-            step = (len(grams) - 1) / (MAX_BIGRAMS_PER_RUN - 1)
-            grams = list(dict.fromkeys(grams[round(i * step)] for i in range(MAX_BIGRAMS_PER_RUN)))
-        return [("exact", g) for g in grams]
+        return _spread([("exact", g) for g in grams])
 
     def alternatives(self):
         """Every way the term matches without a dictionary lookup: as typed,
