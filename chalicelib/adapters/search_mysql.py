@@ -89,7 +89,9 @@ class MySQLSearchBackend:
                             (pid, *chunk))
             upserts += [(t, pid, flag) for t, flag in want.items() if have.get(t) != flag]
         upserts.sort()
-        self._add_typo_words(cur, {term for term, _, _ in upserts})
+        # Every word, not only those new to the product: one indexed read,
+        # and a dictionary that lost a word (or predates it) heals on the next write.
+        self._add_typo_words(cur, {term for pid in ids for term in wanted[pid]})
         for start in range(0, len(upserts), 1000):
             chunk = upserts[start:start + 1000]
             cur.execute("INSERT INTO search_terms (term, product_id, in_name) VALUES "

@@ -115,3 +115,21 @@ def test_typo_dictionary_is_per_distinct_word(catalog):
     per_word = bootstrap.database().query(
         "SELECT COUNT(*) AS n FROM search_typos WHERE term = 'keyboard'")[0]["n"]
     assert per_word == 1 + 8 + 28                           # itself, 1 and 2 deletions (all distinct)
+
+
+def test_reindex_script_backfills_products_indexed_before_0010(catalog):
+    from scripts.reindex_search import reindex
+
+    old = make_product(catalog, name="蓝牙音箱", description="portable speaker")
+    db = bootstrap.database()
+    conn = db.connect()
+    try:
+        with conn.cursor() as cur:   # what an index from before migration 0010 held
+            cur.execute("DELETE FROM search_terms WHERE term LIKE 'py:%' OR term LIKE 'pi:%'")
+            cur.execute("DELETE FROM search_typos")
+        conn.commit()
+    finally:
+        conn.close()
+    assert find(q="lanya") == [] and find(q="speeker") == []
+    assert reindex(db, MySQLSearchBackend(db), batch=1) == 1
+    assert find(q="lanya") == ids(old) and find(q="speeker") == ids(old)
