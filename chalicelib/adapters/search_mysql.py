@@ -54,6 +54,7 @@ class MySQLSearchBackend:
 
     DRIVER_SAMPLE = 5000   # cap when estimating how selective each term is
     MAX_MERGED_ATOMS = 3   # posting ranges a broad query reads whole
+    ALTERNATIVES_BELOW = 5000   # pinyin/typo alternatives only for terms with fewer matches as typed
     TOTAL_CAP = TOTAL_CAP  # matches counted exactly (tests lower it)
 
     def __init__(self, db, time_limit_ms=1500):
@@ -356,6 +357,12 @@ class MySQLSearchBackend:
                         for a in alts[t] if all(count[x] for x in a.atoms)] for t in query.terms}
             if not all(alts.values()):
                 return SearchPage([], 0)
+            # A word that matches thousands as typed keeps only that: its
+            # pinyin and typo matches would rank below all of them, and a
+            # single alternative keeps the broad plans (as Typesense's
+            # typo_tokens_threshold does).
+            alts = {t: a[:1] if a[0].tier == 0 and min(count[x] for x in a[0].atoms) >= self.ALTERNATIVES_BELOW
+                    else a for t, a in alts.items()}
             # Selective: drive from the rarest atom (or multi-alternative
             # term) and probe the others per candidate. Broad (everything
             # has DRIVER_SAMPLE+ postings): merge the single-alternative terms.

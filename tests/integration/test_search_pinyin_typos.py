@@ -133,3 +133,11 @@ def test_reindex_script_backfills_products_indexed_before_0010(catalog):
     assert find(q="lanya") == [] and find(q="speeker") == []
     assert reindex(db, MySQLSearchBackend(db), batch=1) == 1
     assert find(q="lanya") == ids(old) and find(q="speeker") == ids(old)
+
+
+def test_a_term_common_as_typed_keeps_no_alternatives(catalog, monkeypatch):
+    typed = make_product(catalog, name="Phones", description="")
+    typo = make_product(catalog, name="Phonez", description="")
+    assert find(q="phones") == ids(typed, typo)
+    monkeypatch.setattr(MySQLSearchBackend, "ALTERNATIVES_BELOW", 1)   # "phones" now counts as common
+    assert find(q="phones") == ids(typed)
