@@ -227,7 +227,8 @@ class MySQLSearchBackend:
 
     def _multi_score(self, pid, alternatives):
         """Score of a term with several alternatives: its best tier, plus one
-        if the first atom of a matching alternative is in the name."""
+        if an alternative's rarest atom is in the name (exact for one-atom
+        alternatives, close enough for a pinyin chain)."""
         tiers = sorted({a.tier for a in alternatives})
         sql, args = "", []
         for tier in tiers[:-1]:
