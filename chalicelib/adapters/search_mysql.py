@@ -54,7 +54,7 @@ class MySQLSearchBackend:
 
     DRIVER_SAMPLE = 5000   # cap when estimating how selective each term is
     MAX_MERGED_ATOMS = 3   # posting ranges a broad query reads whole
-    ALTERNATIVES_BELOW = 5000   # pinyin/typo alternatives only for terms with fewer matches as typed
+    ALTERNATIVES_BELOW = 5000   # a term with more matches in all keeps its best tier only
     TOTAL_CAP = TOTAL_CAP  # matches counted exactly (tests lower it)
 
     def __init__(self, db, time_limit_ms=1500):
@@ -358,12 +358,14 @@ class MySQLSearchBackend:
                         for a in alts[t] if all(count[x] for x in a.atoms)] for t in query.terms}
             if not all(alts.values()):
                 return SearchPage([], 0)
-            # A word that matches thousands as typed keeps only that: its
-            # pinyin and typo matches would rank below all of them, and a
-            # single alternative keeps the broad plans (as Typesense's
-            # typo_tokens_threshold does).
-            alts = {t: a[:1] if a[0].tier == 0 and min(count[x] for x in a[0].atoms) >= self.ALTERNATIVES_BELOW
-                    else a for t, a in alts.items()}
+            # A term whose alternatives together match thousands keeps its
+            # best tier only (as typed, when that matches): the others would
+            # rank below thousands of better matches, and probing several
+            # alternatives per candidate is what would make it slow (the
+            # idea of Typesense's typo_tokens_threshold).
+            for t, found in alts.items():
+                if len(found) > 1 and sum(min(count[x] for x in a.atoms) for a in found) >= self.ALTERNATIVES_BELOW:
+                    alts[t] = [a for a in found if a.tier == min(b.tier for b in found)]
             # Selective: drive from the rarest atom (or multi-alternative
             # term) and probe the others per candidate. Broad (everything
             # has DRIVER_SAMPLE+ postings): merge the single-alternative terms.
