@@ -369,14 +369,19 @@ class MySQLSearchBackend:
             # Selective: drive from the rarest atom (or multi-alternative
             # term) and probe the others per candidate. Broad (everything
             # has DRIVER_SAMPLE+ postings): merge the single-alternative terms.
+            # A capped estimate means "DRIVER_SAMPLE or far more": it loses
+            # to any sum of exact counts, so a term of several selective
+            # alternatives drives rather than a broad atom.
+            broad = self.DRIVER_SAMPLE * 100
+            cost = {a: count[a] if count[a] < self.DRIVER_SAMPLE else broad for a in atoms}
             costs = {}
             for t in query.terms:
                 if len(alts[t]) > 1:
-                    costs[t] = sum(count[a.atoms[0]] for a in alts[t])
+                    costs[t] = sum(cost[a.atoms[0]] for a in alts[t])
                 else:
-                    costs.update({a: count[a] for a in alts[t][0].atoms})
+                    costs.update({a: cost[a] for a in alts[t][0].atoms})
             driver = min(costs, key=lambda k: (costs[k], str(k)))
-            merge = costs[driver] >= self.DRIVER_SAMPLE and any(len(alts[t]) == 1 for t in query.terms)
+            merge = costs[driver] >= broad and any(len(alts[t]) == 1 for t in query.terms)
         order, after_sql, first_col = _ORDER[query.sort]
         match_sql, match_args = self._match_sql(query, alts, driver, query.sort == "relevance", merge)
         if driver is not None and not merge:
