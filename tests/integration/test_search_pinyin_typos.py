@@ -53,6 +53,21 @@ def test_exact_matches_rank_above_pinyin(catalog):
     assert find(q="shouji") == ids(literal, pinyin, exact, homophone)        # as typed first, then pinyin by name hits, id
 
 
+def test_pinyin_postings_carry_the_filter_and_sort_copies(catalog):
+    # The top-k plan walks a pinyin-only term's own postings (py:/pi: rows),
+    # so their copies of price, category and status must follow the product.
+    cheap = make_product(catalog, name="蓝牙耳机", price_cents=500, category="audio")
+    dear = make_product(catalog, name="蓝牙音箱", price_cents=900, category="audio")
+    assert find(q="lanya", sort="price_asc") == ids(cheap, dear)
+    assert find(q="ly", sort="price_desc") == ids(dear, cheap)
+    catalog.update(cheap["id"], {"price_cents": 2000, "category": "gifts"})
+    assert find(q="lanya", sort="price_asc") == ids(dear, cheap)
+    assert find(q="lanya", category="audio") == ids(dear)
+    assert find(q="lanya", max_price=1000) == ids(dear)
+    catalog.update(dear["id"], {"status": "inactive"})
+    assert find(q="ly", sort="newest") == ids(cheap)
+
+
 def test_heteronyms_follow_the_phrase_and_cover_unknown_pairs(catalog):
     bank = make_product(catalog, name="银行卡套", description="")
     walk = make_product(catalog, name="行走 机器人", description="")
