@@ -162,9 +162,10 @@ def clean_db(test_env):
         with conn.cursor(pymysql.cursors.DictCursor) as cur:
             for table in TABLES:
                 cur.execute(f"DELETE FROM {table}")
-            cur.execute("SHOW TABLES LIKE 'search_terms'")
-            if cur.fetchone():
-                cur.execute("DELETE FROM search_terms")
+            for table in ("search_terms", "search_typos"):
+                cur.execute("SHOW TABLES LIKE %s", (table,))
+                if cur.fetchone():
+                    cur.execute(f"DELETE FROM {table}")
     finally:
         conn.close()
     # Metrics this process emitted in the previous test are written by a flusher

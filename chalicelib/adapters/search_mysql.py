@@ -2,7 +2,9 @@
 written inside the product transaction and queried with per-term posting
 lookups (see domain/search_text.py for the matching rules)."""
 from chalicelib.domain.search_query import TOTAL_CAP, SearchPage, encode_cursor
-from chalicelib.domain.search_text import document_terms, normalize
+from chalicelib.domain.search_text import (MAX_QUERY_TERMS, MAX_TYPO_CANDIDATES, Alternative, deletions,
+                                           dictionary_variants, document_terms, edit_distance, normalize,
+                                           typo_budget)
 from chalicelib.service.unit_of_work import PRODUCT_COLUMNS
 
 
@@ -23,6 +25,17 @@ _ORDER = {
     "price_desc": ("price_cents DESC, id ASC", "(price_cents < %s OR (price_cents = %s AND id > %s))", "price_cents"),
     "newest": ("created_at DESC, id DESC", "(created_at < %s OR (created_at = %s AND id < %s))", "created_at"),
 }
+
+
+# Relevance: each term adds TIER_WEIGHT * (2 - tier of its best match), and
+# one more when it is found in the name, so a match as typed outranks a
+# pinyin or typo match whatever the name hits (at most MAX_QUERY_TERMS).
+TIER_WEIGHT = MAX_QUERY_TERMS + 1
+TIERS = 3
+
+
+def _tier_score(tier):
+    return TIER_WEIGHT * (TIERS - 1 - tier)
 
 
 def _probe(table, cond):
@@ -50,6 +63,7 @@ class MySQLSearchBackend:
     MAX_EXPANSION = 32     # words of a prefix a broad query walks one by one
     DENSITY_SAMPLE = 1000  # postings per word read to rank a broad query's atoms
     PROBE_WORDS = 8        # an atom of more words is probed in the product's own terms
+    ALTERNATIVES_BELOW = 5000   # a term with more matches in all keeps its best tier only
     TOTAL_CAP = TOTAL_CAP  # matches counted exactly (tests lower it)
 
     def __init__(self, db, time_limit_ms=1500):
@@ -94,6 +108,9 @@ class MySQLSearchBackend:
                             (pid, *chunk))
             upserts += [(t, pid, flag, *metas[pid]) for t, flag in want.items() if have.get(t) != flag]
         upserts.sort()
+        # Every word, not only those new to the product: one indexed read,
+        # and a dictionary that lost a word (or predates it) heals on the next write.
+        self._add_typo_words(cur, {term for pid in ids for term in wanted[pid]})
         for start in range(0, len(upserts), 1000):
             chunk = upserts[start:start + 1000]
             cur.execute("INSERT INTO search_terms (term, product_id, in_name, active, category, price_cents, "
@@ -122,7 +139,44 @@ class MySQLSearchBackend:
                         "price_cents = VALUES(price_cents), created_at = VALUES(created_at)",
                         [value for row in chunk for value in row])
 
+    @staticmethod
+    def _add_typo_words(cur, terms):
+        """Put words new to the typo dictionary there with their deletion
+        variants (INSERT IGNORE: two writers adding one word agree)."""
+        words = sorted(t for t in terms if dictionary_variants(t))
+        if not words:
+            return
+        marks = ",".join(["%s"] * len(words))
+        cur.execute(f"SELECT term FROM search_typos WHERE variant IN ({marks}) AND term = variant", words)
+        known = {r["term"] for r in cur.fetchall()}
+        rows = sorted({(v, w) for w in words if w not in known for v in dictionary_variants(w)})
+        for start in range(0, len(rows), 1000):
+            chunk = rows[start:start + 1000]
+            cur.execute("INSERT IGNORE INTO search_typos (variant, term) VALUES " + ",".join(["(%s,%s)"] * len(chunk)),
+                        [value for pair in chunk for value in pair])
+
     # --- reads ------------------------------------------------------------
+
+    def _alternatives(self, cur, query):
+        """term -> its Alternatives: as typed, pinyin (pure), and, unless the
+        query turned typos off, the indexed words within its edit budget
+        (one read of the typo dictionary for all the words of the query)."""
+        alts = {term: term.alternatives() for term in query.terms}
+        budgets = {t: typo_budget(t.text) for t in query.terms if t.kind == "prefix"} if query.typo else {}
+        budgets = {t: k for t, k in budgets.items() if k}
+        if not budgets:
+            return alts
+        variants = sorted({v for t, k in budgets.items() for v in deletions(t.text, k)})
+        cur.execute(f"SELECT DISTINCT term FROM search_typos WHERE variant IN ({','.join(['%s'] * len(variants))})",
+                    variants)
+        found = [r["term"] for r in cur.fetchall()]
+        for term, budget in budgets.items():
+            # Words the prefix already matches need no typo alternative.
+            near = sorted((edit_distance(term.text, w, budget), w) for w in found if not w.startswith(term.text))
+            alts[term] = alts[term] + [Alternative(d, (("exact", w),))
+                                       for d, w in near if d <= budget][:MAX_TYPO_CANDIDATES]
+        return alts
+
 
     @staticmethod
     def _atom_sql(alias, atom):
@@ -144,8 +198,41 @@ class MySQLSearchBackend:
         row = cur.fetchone()
         return [int(row[f"c{i}"]) for i in range(len(atoms))]
 
-    def _match_sql(self, query, atoms, driver, with_score, words=None):
+    def _any_sql(self, pid, alternatives, alias="t", extra=""):
+        """SQL true when the product matches one of the alternatives (OR of
+        ANDs of posting probes)."""
+        ors, args = [], []
+        for alt in alternatives:
+            ands = []
+            for atom in alt.atoms:
+                cond, arg = self._atom_sql(alias, atom)
+                ands.append(_probe(f"search_terms {alias}", f"{alias}.product_id = {pid} AND {cond}{extra}"))
+                args.append(arg)
+            ors.append("(" + " AND ".join(ands) + ")")
+        return "(" + " OR ".join(ors) + ")", args
+
+    def _multi_score(self, pid, alternatives):
+        """Score of a term with several alternatives: its best tier, plus one
+        if an alternative's rarest atom is in the name (exact for one-atom
+        alternatives, close enough for a pinyin chain)."""
+        tiers = sorted({a.tier for a in alternatives})
+        sql, args = "", []
+        for tier in tiers[:-1]:
+            cond, cond_args = self._any_sql(pid, [a for a in alternatives if a.tier == tier])
+            sql += f" WHEN {cond} THEN {_tier_score(tier)}"
+            args += cond_args
+        tier_sql = f"(CASE{sql} ELSE {_tier_score(tiers[-1])} END)" if sql else str(_tier_score(tiers[-1]))
+        firsts = [Alternative(a.tier, a.atoms[:1]) for a in alternatives]
+        name_sql, name_args = self._any_sql(pid, firsts, "n", " AND n.in_name = 1")
+        return f"{tier_sql} + {name_sql}", args + name_args
+
+    def _match_sql(self, query, alts, driver, with_score, words=None):
         """SELECT id, price_cents, created_at, score of every match (no paging).
+
+        alts: term -> its Alternatives that can match (see _search). A term
+        with one alternative contributes its atoms to one AND; a term with
+        several is one OR condition. driver: an atom, or a term with several
+        alternatives (then the union of each alternative's first atom drives).
 
         With terms, everything but the stock comes from search_meta (compact,
         stays in the buffer pool); `products` is probed for stock only, and
@@ -155,14 +242,19 @@ class MySQLSearchBackend:
         `words` (atom -> its indexed words) lets the other atoms be probed
         with point lookups in their words' postings (see _has)."""
         words = words or {}
+        atoms = list(dict.fromkeys(a for t in query.terms if len(alts[t]) == 1 for a in alts[t][0].atoms))
+        multi = [t for t in query.terms if len(alts[t]) > 1]
         verify = [t for t in query.terms if t.kind == "substr"]
         if driver is not None:
-            # One range read of the rarest atom; MAX(in_name) is that term's
-            # name hit, so relevance needs no probe for it.
-            cond, arg = self._atom_sql("s", driver)
-            source = (f"(SELECT s.product_id, MAX(s.in_name) AS h FROM search_terms s WHERE {cond} "
+            # One range read of the rarest atom (or of each alternative's
+            # first atom); MAX(in_name) is that term's name hit, so relevance
+            # needs no probe for it.
+            conds = [self._atom_sql("s", a.atoms[0]) for a in alts[driver]] if driver in multi \
+                else [self._atom_sql("s", driver)]
+            source = (f"(SELECT s.product_id, MAX(s.in_name) AS h FROM search_terms s "
+                      f"WHERE {' OR '.join(c for c, _ in conds)} "
                       "GROUP BY s.product_id) c JOIN search_meta p ON p.product_id = c.product_id")
-            source_args = [arg]
+            source_args = [arg for _, arg in conds]
         else:
             source, source_args = "products p", []
         indexed = driver is not None
@@ -185,6 +277,12 @@ class MySQLSearchBackend:
             sql, atom_args = self._has("t", pid, atom, words.get(atom))
             where.append(sql)
             where_args += atom_args
+        for term in multi:
+            if term == driver and all(len(a.atoms) == 1 for a in alts[term]):
+                continue   # the union of its atoms is the source
+            cond, cond_args = self._any_sql(pid, alts[term])
+            where.append(cond)
+            where_args += cond_args
         for term in verify:
             where.append("(LOCATE(%s, d.name_norm) > 0 OR LOCATE(%s, d.body_norm) > 0)")
             where_args += [term.text, term.text]
@@ -197,19 +295,26 @@ class MySQLSearchBackend:
                 where.append("p.stock > 0")
         score, score_args = "0", []
         if with_score and query.terms:
-            pieces = []
+            pieces, constant = [], 0
             for term in query.terms:
+                if term in multi:
+                    piece, piece_args = self._multi_score(pid, alts[term])
+                    pieces.append(piece)
+                    score_args += piece_args
+                    continue
+                alt = alts[term][0]
+                constant += _tier_score(alt.tier)
                 if term.kind == "substr":
                     pieces.append("(LOCATE(%s, d.name_norm) > 0)")
                     score_args.append(term.text)
-                elif term.atoms()[0] == driver:
+                elif alt.atoms[0] == driver:
                     pieces.append("c.h")
                 else:
-                    atom = term.atoms()[0]
+                    atom = alt.atoms[0]
                     sql, atom_args = self._has("n", pid, atom, words.get(atom), " AND n.in_name = 1")
                     pieces.append(sql)
                     score_args += atom_args
-            score = "(" + " + ".join(pieces) + ")"
+            score = "(" + " + ".join(pieces + [str(constant)]) + ")"
         hint = "STRAIGHT_JOIN " if indexed else ""
         sql = (f"SELECT {hint}{pid} AS id, p.price_cents AS price_cents, p.created_at AS created_at, {score} AS score "
                f"FROM {source} WHERE {' AND '.join(where)}")
@@ -223,22 +328,51 @@ class MySQLSearchBackend:
         return self.db.run(work, time_limit_ms=self.time_limit_ms)
 
     def _search(self, cur, query):
-        atoms = list(dict.fromkeys(atom for term in query.terms for atom in term.atoms()))
+        alts = self._alternatives(cur, query)
         driver = None
-        if atoms:
-            # Selective: drive from the rarest term, materialise its few
-            # candidates and probe the others. Broad (every atom has
-            # DRIVER_SAMPLE+ postings): walk postings in sort order (_broad).
-            counts = self._estimate(cur, atoms)
-            if min(counts) == 0:
+        if query.terms:
+            atoms = list(dict.fromkeys(a for t in query.terms for alt in alts[t] for a in alt.atoms))
+            count = dict(zip(atoms, self._estimate(cur, atoms)))
+            # An alternative with an atom nobody has cannot match: dropping it
+            # leaves most terms with one alternative and the plans below as
+            # they were before pinyin and typos.
+            # Rarest atom first: it is what drives an alternative.
+            alts = {t: [Alternative(a.tier, tuple(sorted(a.atoms, key=lambda x: count[x])))
+                        for a in alts[t] if all(count[x] for x in a.atoms)] for t in query.terms}
+            if not all(alts.values()):
                 return SearchPage([], 0)
-            if min(counts) >= self.DRIVER_SAMPLE:
-                return self._broad(cur, query, atoms)
-            driver = atoms[counts.index(min(counts))]
+            # A term whose alternatives together match thousands keeps its
+            # best tier only (as typed, when that matches): the others would
+            # rank below thousands of better matches, and probing several
+            # alternatives per candidate is what would make it slow (the
+            # idea of Typesense's typo_tokens_threshold).
+            for t, found in alts.items():
+                if len(found) > 1 and sum(min(count[x] for x in a.atoms) for a in found) >= self.ALTERNATIVES_BELOW:
+                    alts[t] = [a for a in found if a.tier == min(b.tier for b in found)]
+            # Selective: drive from the rarest atom (or multi-alternative
+            # term), materialise its few candidates and probe the others.
+            # A capped estimate means "DRIVER_SAMPLE or far more": it loses
+            # to any sum of exact counts, so a term of several selective
+            # alternatives drives rather than a broad atom.
+            broad = self.DRIVER_SAMPLE * 100
+            cost = {a: count[a] if count[a] < self.DRIVER_SAMPLE else broad for a in atoms}
+            costs = {}
+            for t in query.terms:
+                if len(alts[t]) > 1:
+                    costs[t] = sum(cost[a.atoms[0]] for a in alts[t])
+                else:
+                    costs.update({a: cost[a] for a in alts[t][0].atoms})
+            driver = min(costs, key=lambda k: (costs[k], str(k)))
+            # Broad (every atom has DRIVER_SAMPLE+ postings, every term one
+            # alternative): walk postings in sort order (_broad). A term
+            # still of several broad alternatives after narrowing (several
+            # typo words of one tier) is rare and takes the selective plan.
+            if costs[driver] >= broad and all(len(alts[t]) == 1 for t in query.terms):
+                return self._broad(cur, query, alts)
         order, after_sql, first_col = _ORDER[query.sort]
         words = {atom: self._words(cur, atom, self.PROBE_WORDS) if atom[0] == "prefix" else [atom[1]]
-                 for atom in atoms if atom != driver}
-        match_sql, match_args = self._match_sql(query, atoms, driver, query.sort == "relevance", words)
+                 for t in query.terms if len(alts[t]) == 1 for atom in alts[t][0].atoms if atom != driver}
+        match_sql, match_args = self._match_sql(query, alts, driver, query.sort == "relevance", words)
         if driver is not None:
             # Selective: fewer than DRIVER_SAMPLE candidates. One pass over
             # them: the server counts (a window over every match, taken
@@ -260,7 +394,7 @@ class MySQLSearchBackend:
         # Browsing by filters (no terms): the products indexes give the order.
         keys = self._keyset_rows(cur, query, order, after_sql, match_args,
                                  f"SELECT id, price_cents, created_at, score FROM ({match_sql}) m")
-        count_sql, count_args = self._match_sql(query, atoms, driver, False)
+        count_sql, count_args = self._match_sql(query, alts, driver, False)
         # Stop counting past the cap: a browse has up to every product.
         cur.execute(f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM ({count_sql}) m LIMIT %s) x",
                     count_args + [self.TOTAL_CAP + 1])
@@ -314,16 +448,19 @@ class MySQLSearchBackend:
                 density[atom] += count / max(last, 1)
         return density
 
-    def _broad(self, cur, query, atoms):
-        """Every atom is common. The page: walk the driver's postings (the
-        atom with the fewest) in the order of the sort (one index per sort,
-        migration 0009), with the filters checked on the index entry and the
-        other atoms probed per posting, and stop at limit+1 matches; a prefix
-        driver walks each of its words and the walks are merged. Relevance
-        walks score tiers from the top (all terms in the name) down, each in
-        id order. The count comes first (the driver's postings, stopping at
+    def _broad(self, cur, query, alts):
+        """Every atom is common and every term has one alternative. The page:
+        walk the driver's postings (the atom with the fewest) in the order of
+        the sort (one index per sort, migration 0009), with the filters
+        checked on the index entry and the other atoms probed per posting,
+        and stop at limit+1 matches; a prefix driver walks each of its words
+        and the walks are merged. Relevance walks name-hit counts from the top
+        (all terms in the name) down, each in id order. The count comes first (the driver's postings, stopping at
         TOTAL_CAP + 1); when it finds fewer than DRIVER_SAMPLE matches they
-        are gathered and sorted instead of walked for."""
+        are gathered and sorted instead of walked for. Scores are those of
+        the selective plan: the terms' tiers (a constant here) plus name hits."""
+        atoms = list(dict.fromkeys(a for t in query.terms for a in alts[t][0].atoms))
+        base = sum(_tier_score(alts[t][0].tier) for t in query.terms)
         words = self._expand(cur, atoms)
         density = self._densities(cur, words)
         if density:
@@ -339,9 +476,9 @@ class MySQLSearchBackend:
             # the count has just read (and cached) exactly those postings.
             # Gather them the same way and sort them.
             source, args = self._count_source(query, words, driver)
-            score, score_args = self._score(query, words, driver) if query.sort == "relevance" else ("0", [])
+            score, score_args = self._score(query, alts, words, driver) if query.sort == "relevance" else ("0", [])
             sql = (f"SELECT id, price_cents, created_at, score FROM (SELECT DISTINCT d.product_id AS id, "
-                   f"d.price_cents AS price_cents, d.created_at AS created_at, {score} AS score {source}) m")
+                   f"d.price_cents AS price_cents, d.created_at AS created_at, {score} + {base} AS score {source}) m")
             args = score_args + args
             if query.after is not None:
                 sql += " WHERE " + after_sql
@@ -349,14 +486,15 @@ class MySQLSearchBackend:
             cur.execute(sql + f" ORDER BY {order} LIMIT %s", args + [need])
             return self._page(cur, query, list(cur.fetchall()), total, first_col)
         if query.sort != "relevance":
-            keys = self._walks(cur, query, words, driver, need, query.after, tier=None)
+            keys = self._walks(cur, query, alts, words, driver, need, query.after, hits=None)
         else:
+            # Walk name-hit counts from all terms down; a cursor's score is base + hits.
             keys = []
             top = len(query.terms)
-            start = top if query.after is None else min(top, int(query.after[0]))
-            for tier in range(start, -1, -1):
-                after = query.after if query.after is not None and tier == int(query.after[0]) else None
-                keys += self._walks(cur, query, words, driver, need - len(keys), after, tier)
+            start = top if query.after is None else min(top, int(query.after[0]) - base)
+            for hits in range(start, -1, -1):
+                after = query.after if query.after is not None and hits == int(query.after[0]) - base else None
+                keys += self._walks(cur, query, alts, words, driver, need - len(keys), after, hits, base)
                 if len(keys) >= need:
                     break
         return self._page(cur, query, keys, total, first_col)
@@ -405,18 +543,19 @@ class MySQLSearchBackend:
                                 f"ps.id = {alias}.product_id AND ps.stock > 0"))
         return where, args
 
-    def _score(self, query, words, driver, alias="d"):
-        """Relevance of a posting's product: its query terms found in the name."""
+    def _score(self, query, alts, words, driver, alias="d"):
+        """Name hits of a posting's product: its query terms found in the name
+        (relevance less the terms' tiers, which _broad adds)."""
         pieces, args = [], []
         for term in query.terms:
             if term.kind == "substr":
                 pieces.append(_probe("search_docs y",
                                      f"y.product_id = {alias}.product_id AND LOCATE(%s, y.name_norm) > 0"))
                 args.append(term.text)
-            elif term.atoms() == [driver] and len(words[driver] or []) == 1:
+            elif alts[term][0].atoms == (driver,) and len(words[driver] or []) == 1:
                 pieces.append(f"{alias}.in_name")
             else:
-                atom = term.atoms()[0]
+                atom = alts[term][0].atoms[0]
                 sql, atom_args = self._has("n", f"{alias}.product_id", atom, words[atom], " AND n.in_name = 1")
                 pieces.append(sql)
                 args += atom_args
@@ -432,31 +571,32 @@ class MySQLSearchBackend:
                    "(d.created_at < %s OR (d.created_at = %s AND d.product_id < %s))"),
     }
 
-    def _walks(self, cur, query, words, driver, need, after, tier):
+    def _walks(self, cur, query, alts, words, driver, need, after, hits, base=0):
         """Up to `need` sort-key rows after `after`, in the order of the sort
-        (within one relevance tier when `tier` is set: id order)."""
+        (for relevance, `hits` set: the products with that many name hits,
+        scored base + hits, in id order)."""
         if need <= 0:
             return []
         where, args = self._conditions(query, words, driver)
-        if tier is None:
+        if hits is None:
             index, order, after_sql = self._WALKS[query.sort]
             if after is not None:
                 where.append(after_sql)
                 args += [after[0], after[0], after[1]]
             select = "0 AS score"
         else:
-            score, score_args = self._score(query, words, driver)
-            # Top tier: every term is in the name, the driver's too.
-            index, order = ("ix_search_terms_name", "d.product_id ASC") if tier == len(query.terms) else \
+            score, score_args = self._score(query, alts, words, driver)
+            # Most hits: every term is in the name, the driver's too.
+            index, order = ("ix_search_terms_name", "d.product_id ASC") if hits == len(query.terms) else \
                 ("PRIMARY", "d.product_id ASC")
-            if tier == len(query.terms):
+            if hits == len(query.terms):
                 where.insert(0, "d.in_name = 1")
             if after is not None:
                 where.append("d.product_id > %s")
                 args.append(after[1])
             where.append(f"{score} = %s")
-            args += score_args + [tier]
-            select = f"{tier} AS score"
+            args += score_args + [hits]
+            select = f"{base + hits} AS score"
         walks, walk_args = [], []
         for word in (words[driver] or [None]):
             cond, arg = ("d.term = %s", word) if word is not None else self._atom_sql("d", driver)

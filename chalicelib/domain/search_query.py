@@ -11,15 +11,15 @@ from typing import Optional
 
 from chalicelib.domain import validation as v
 from chalicelib.domain.errors import ValidationError
-from chalicelib.domain.search_text import MAX_QUERY_CHARS, MAX_QUERY_TERMS, is_blank, query_terms
+from chalicelib.domain.search_text import MAX_QUERY_CHARS, MAX_QUERY_TERMS, is_blank, query_terms, typo_budget
 
 SORTS = ("relevance", "price_asc", "price_desc", "newest")
-PARAMS = ("q", "category", "min_price", "max_price", "in_stock", "sort", "limit", "cursor")
+PARAMS = ("q", "category", "min_price", "max_price", "in_stock", "sort", "limit", "cursor", "typo")
 MAX_PRICE_CENTS = 10**12
 # The backend reads and caches pages of these sizes and a request gets its
 # `limit` sliced from one, so `limit` cannot make every call a cache miss.
 PAGE_SIZES = (20, 50, 100)
-CACHE_FORMAT = 2   # cached pages carry their sort keys
+CACHE_FORMAT = 3   # cached pages carry their sort keys; 3: relevance scores carry match tiers
 TOTAL_CAP = 10000  # matches counted exactly; beyond, `total` is this lower bound
 
 
@@ -33,6 +33,7 @@ class SearchQuery:
     sort: str = "relevance"
     limit: int = 20
     after: Optional[tuple] = None     # the last sort key of the previous page
+    typo: bool = True                 # words of 5+ letters also match within one or two edits
 
     def canonical(self):
         """Everything that selects and orders the matches (not the page), with
@@ -42,6 +43,8 @@ class SearchQuery:
             "c": self.category, "lo": self.min_price or None,
             "hi": None if self.max_price == MAX_PRICE_CENTS else self.max_price,
             "s": self.in_stock, "o": self.sort,
+            # Without a word typos could apply to, typo=false changes nothing.
+            "ty": self.typo or not any(typo_budget(t.text) for t in self.terms if t.kind == "prefix"),
         }
 
     def backend_query(self):
@@ -71,6 +74,8 @@ class SearchQuery:
             params["max_price"] = str(canonical["hi"])
         if self.in_stock:
             params["in_stock"] = "true"
+        if not canonical["ty"]:
+            params["typo"] = "false"
         return json.dumps(params, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -177,7 +182,9 @@ def parse_query(params):
     sort = params.get("sort") or "relevance"
     v.choice(sort, "sort", SORTS)
     limit = v.query_int(params, "limit", 20, 1, 100)
-    query = SearchQuery(tuple(terms), category.lower() or None, min_price, max_price, in_stock, sort, limit)
+    typo = v.query_bool(params, "typo")
+    query = SearchQuery(tuple(terms), category.lower() or None, min_price, max_price, in_stock, sort, limit,
+                        typo=typo is not False)
     cursor = params.get("cursor")
     if cursor:
         query = replace(query, after=decode_cursor(cursor, query))

@@ -377,6 +377,9 @@ def build():
                 _query("limit", _integer(1, 100)),
                 _query("cursor", {"type": "string", "maxLength": 512, "pattern": NO_NUL},
                        "next_cursor of the previous page (opaque)."),
+                _query("typo", {"type": "string", "enum": ["true", "false", "1", "0"]},
+                       "Any case of true/false/1/0; default true: words of 5+ letters also match with one "
+                       "typo, of 8+ with two, ranked below exact matches. false turns that off."),
             ])},
         "/products/{product_id}": {
             "get": _operation("getProduct", "A product, also inactive", {

@@ -60,6 +60,7 @@ GARBAGE = [
     "cursor=abc", "cursor=%00%01", "cursor=eyJmIjoxLCJrIjpbMSwyXX0", "cursor=" + "A" * 600,
     "cursor=W10", "cursor=bnVsbA", "q=" + "x" * 300, "q=%00", "category=" + "c" * 100,
     "foo=bar", "q=a&q=b&unknown=1", "limit=%20",
+    "typo=yes", "typo=2", "typo=%00", "typo=" + "f" * 300, "q=phone&typo=off",
 ]
 
 
@@ -78,7 +79,8 @@ def test_garbage_parameters_are_400_never_500(api, query):
 
 
 @pytest.mark.parametrize("query", ["q=a%20%20%20b", "q=", "q=%20%20", "q=%E2%80%8B", "category=%27%20OR%201%3D1",
-                                   "sort=newest&in_stock=true"])
+                                   "sort=newest&in_stock=true", "q=phnoe&typo=FALSE", "q=shouji&typo=1",
+                                   "q=" + "a" * 64 + "&typo=true", "q=" + "an" * 32, "q=" + "zh" * 30])
 def test_odd_but_valid_queries_are_200(api, query):
     r = api.get("/products/search?" + query)
     assert r.status_code == 200, (query, r.text)

@@ -274,6 +274,12 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
     assert _body(call("POST", f"/products/{pid}/stock", {"delta": 5}, admin=True))["product"]["stock"] == 15
     found = call("GET", "/products/search", query={"q": "artifact lamp"})
     assert [p["id"] for p in _body(found)["items"]] == [pid] and found["headers"]["X-Cache"] in ("MISS", "HIT")
+    # Pinyin comes from pypinyin (in the zip) at write time; typos from the dictionary it filled.
+    cn = _body(call("POST", "/products", {"sku": sku + "-cn", "name": "蓝牙台灯 Artifact", "category": "lighting",
+                                          "price_cents": 900, "stock": 1}, admin=True, status=201))["product"]
+    assert [p["id"] for p in _body(call("GET", "/products/search", query={"q": "lanya taideng"}))["items"]] == [cn["id"]]
+    typo = _body(call("GET", "/products/search", query={"q": "artifcat lamp"}))["items"]
+    assert [p["id"] for p in typo] == [pid]
 
     batch = _body(call("POST", "/orders/batch", {"orders": [
         {"client_order_id": "art-1", "user_id": 7, "items": [{"product_id": pid, "quantity": 2}]},

@@ -103,3 +103,95 @@ def test_newest_cursor_must_carry_a_timestamp():
     raw = json.dumps({"f": q.fingerprint, "k": ["2026-13-45 00:00:00.000000", 7]}).encode()
     with pytest.raises(ValidationError):
         parse_query({"sort": "newest", "cursor": base64.urlsafe_b64encode(raw).decode()})
+
+
+# --- pinyin and typos (issue #17 items 3 and 4) -----------------------------
+
+def test_pinyin_terms_of_han_pairs_full_and_initials():
+    terms = document_terms("华为手机", "蓝牙")
+    for t in ("py:huawei", "py:weishou", "py:shouji", "pi:hw", "pi:ws", "pi:sj", "py:lanya", "pi:ly"):
+        assert t in terms, t
+    assert terms["py:shouji"] == 1 and terms["py:lanya"] == 0
+    assert document_terms("笔", "")["py:bi"] == 1            # a lone character: its syllable
+    assert not any(":" in t for t in document_terms("Phone ケース 한국", ""))   # kana, Hangul: no pinyin
+
+
+def test_heteronyms_phrase_reading_only_else_two_readings():
+    terms = document_terms("银行", "")
+    assert "py:yinhang" in terms and "py:yinxing" not in terms
+    alone = document_terms("行卡", "")                         # no phrase: both readings of 行
+    assert {"py:xingka", "py:hangka"} <= set(alone)
+
+
+def test_syllable_table_is_pypinyins():
+    from pypinyin.pinyin_dict import pinyin_dict
+    from pypinyin import Style
+    from pypinyin.style import convert
+    readings = {convert(r, Style.NORMAL, strict=True) for rs in pinyin_dict.values() for r in rs.split(",")}
+    readings = {r for r in readings if r.isascii() and r.isalpha() and set(r) & set("aeiouv")}
+    assert readings == search_text.SYLLABLES
+
+
+@pytest.mark.parametrize("word, parts", [
+    ("shouji", ["shou", "ji"]), ("xian", ["xian"]), ("huaweishouji", ["hua", "wei", "shou", "ji"]),
+    ("shouj", ["shou", "j"]), ("phone", None), ("sj", None), ("mate60", None), ("ｓｈｏｕ", None),
+])
+def test_split_syllables(word, parts):
+    assert search_text.split_syllables(word) == parts
+
+
+def test_query_term_alternatives_and_tiers():
+    alts = Term("prefix", "huaweishouji").alternatives()
+    assert [(a.tier, a.atoms) for a in alts] == [
+        (0, (("prefix", "huaweishouji"),)),
+        (1, (("exact", "py:huawei"), ("exact", "py:weishou"), ("prefix", "py:shouji")))]
+    assert [(a.tier, a.atoms) for a in Term("exact", "sj").alternatives()] == [
+        (0, (("exact", "sj"),)), (2, (("exact", "pi:sj"),))]
+    assert len(Term("prefix", "phone").alternatives()) == 1      # not pinyin, has vowels
+    assert len(Term("substr", "华为手机").alternatives()) == 1
+
+
+def test_long_adversarial_words_split_fast():
+    assert search_text.split_syllables("an" * 30 + "iii") is None   # memoised: no exponential backtracking
+    assert len(search_text.pinyin_atoms("zhongguorenminjiefangjunhao")) == search_text.MAX_BIGRAMS_PER_RUN
+
+
+def test_typo_budget_by_length_letters_only():
+    assert [search_text.typo_budget(w) for w in ("lamp", "phone", "phones1", "headphon", "手机手机手机", "x" * 25)] \
+        == [0, 1, 0, 2, 0, 0]
+
+
+def test_deletions_and_dictionary_variants():
+    assert search_text.deletions("abc", 1) == {"abc", "bc", "ac", "ab"}
+    assert search_text.deletions("abc", 2) == {"abc", "bc", "ac", "ab", "a", "b", "c"}
+    assert search_text.dictionary_variants("lamp") == search_text.deletions("lamp", 1)   # a 5-letter query may reach it
+    assert search_text.dictionary_variants("phones") == search_text.deletions("phones", 2)
+    assert search_text.dictionary_variants("abc") == set()
+    assert search_text.dictionary_variants("mate60") == set()
+    assert search_text.dictionary_variants("py:shouji") == set()
+
+
+@pytest.mark.parametrize("a, b, limit, want", [
+    ("phone", "phone", 1, 0), ("hpone", "phone", 1, 1), ("phne", "phone", 1, 1), ("phonee", "phone", 1, 1),
+    ("phine", "phone", 1, 1), ("haedphnes", "headphones", 2, 2), ("hedphns", "headphones", 1, 2),
+    ("abcdef", "uvwxyz", 2, 3),
+])
+def test_edit_distance_counts_transpositions_as_one(a, b, limit, want):
+    assert search_text.edit_distance(a, b, limit) == want
+
+
+def test_every_word_within_budget_shares_a_deletion_with_the_dictionary():
+    """The SymSpell property the typo lookup relies on, checked exhaustively
+    for one edit of a word and two of a longer one."""
+    import string
+    for word, budget in (("phone", 1), ("wireless", 2)):
+        stored = search_text.dictionary_variants(word)
+        typed = {word[:i] + c + word[i + 1:] for i in range(len(word)) for c in string.ascii_lowercase}
+        typed |= {word[:i] + c + word[i:] for i in range(len(word) + 1) for c in string.ascii_lowercase}
+        typed |= {word[:i] + word[i + 1:] for i in range(len(word))}
+        typed |= {word[:i] + word[i + 1] + word[i] + word[i + 2:] for i in range(len(word) - 1)}
+        if budget == 2:
+            typed = {t[:i] + t[i + 1:] for t in typed for i in range(len(t))} | typed
+        for t in typed:
+            if search_text.typo_budget(t) >= search_text.edit_distance(t, word, 2):
+                assert search_text.deletions(t, search_text.typo_budget(t)) & stored, t
