@@ -110,8 +110,7 @@ def _publish_lane(publisher, rows):
     for start in range(0, len(rows), SNS_BATCH):
         chunk = rows[start:start + SNS_BATCH]
         try:
-            accepted = publisher.publish_batch([
-                _message(row) for row in chunk])
+            accepted = publisher.publish_batch([_message(row) for row in chunk])
         except Exception as exc:  # SNS down: the rest waits in the outbox
             logger.warning("order events not published; they stay in the outbox",
                            extra={"first_event_id": chunk[0]["event_id"], "reason": str(exc)})
