@@ -103,3 +103,20 @@ def test_the_dashboard_asks_for_its_stats_relative_to_its_own_url():
     from chalicelib.ops.dashboard import DASHBOARD_HTML
 
     assert 'fetch("admin/stats?' in DASHBOARD_HTML and 'fetch("/admin/stats' not in DASHBOARD_HTML
+
+
+def test_many_values_of_one_metric_print_one_emf_line_per_hundred_and_all_reach_the_window(capsys, monkeypatch):
+    """A consumer batch of a thousand orders: its latencies are 10 EMF lines, not 1,000, and none is lost."""
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    window = metrics.MetricsWindow(lambda: None, clock=lambda: 1_700_000_000.0)
+    window.shared = lambda: False
+    monkeypatch.setattr(metrics, "METRICS", window)
+    values = [float(v) for v in range(1, 251)]
+    metrics.emit_values("FlashLatency", values, unit="Milliseconds", stage="test")
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [len(line["FlashLatency"]) if isinstance(line["FlashLatency"], list) else 1 for line in lines] == [
+        100, 100, 50]
+    assert sorted(v for line in lines for v in line["FlashLatency"]) == values
+    assert {line["stage"] for line in lines} == {"test"}
+    recorded, = window._local.values()
+    assert recorded["n|FlashLatency|stage=test"] == 250 and recorded["s|FlashLatency|stage=test"] == sum(values)
