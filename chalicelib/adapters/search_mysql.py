@@ -45,19 +45,37 @@ def _probe(table, cond):
     return f"((SELECT 1 FROM {table} WHERE {cond} LIMIT 1) IS NOT NULL)"
 
 
+# The listing state, in search_meta.active and on every posting (migration
+# 0014): in_stock=true is then checked on the index entry like the other
+# filters, not by reading each candidate's products row (one random read
+# per candidate: a broad in-stock query counted up to TOTAL_CAP of them).
+# (1 stays "for sale": a new migration only rewrites the postings of sold-out products.)
+NOT_LISTED, LISTED_IN_STOCK, LISTED_SOLD_OUT = 0, 1, 2
+
+
+def listing(status, stock):
+    if str(status).strip().lower() != "active":
+        return NOT_LISTED
+    return LISTED_IN_STOCK if int(stock) > 0 else LISTED_SOLD_OUT
+
+
+def _listed(alias, in_stock):
+    return f"{alias}.active = {LISTED_IN_STOCK}" if in_stock else f"{alias}.active <> {NOT_LISTED}"
+
+
 def _meta(row):
     """The search_meta values of a full product row."""
-    return (1 if str(row["status"]).strip().lower() == "active" else 0, row["category"],
+    return (listing(row["status"], row["stock"]), row["category"],
             int(row["price_cents"]), row["created_at"])
 
 
 class MySQLSearchBackend:
-    """Search over the search_terms index. Status, category, price and
-    created_at of the candidates come from search_meta (a compact copy kept
-    in the product write transaction), so totals, filters, sorts and keysets
-    are answered without the wide products rows; products is read for the
-    page only, plus the stock of the surviving candidates when in_stock=true
-    (orders change stock with plain UPDATEs, so it is never copied)."""
+    """Search over the search_terms index. Status, whether in stock, category,
+    price and created_at of the candidates come from search_meta (a compact
+    copy kept in the product write transaction), so totals, filters, sorts
+    and keysets are answered without the wide products rows; products is
+    read for the page only. Stock changes move the listing only when they
+    cross zero (set_in_stock, from the unit of work)."""
 
     DRIVER_SAMPLE = 5000   # cap when estimating how selective each term is
     MAX_EXPANSION = 32     # words of a prefix a broad query walks one by one
@@ -138,6 +156,17 @@ class MySQLSearchBackend:
                         + " ON DUPLICATE KEY UPDATE active = VALUES(active), category = VALUES(category), "
                         "price_cents = VALUES(price_cents), created_at = VALUES(created_at)",
                         [value for row in chunk for value in row])
+
+    @staticmethod
+    def set_in_stock(cur, in_stock):
+        """{product id: in stock now} of products whose stock this transaction
+        took to zero or back from it (the caller holds their rows): their
+        listing moves on search_meta and on every posting."""
+        for pid, now in sorted(in_stock.items()):
+            was, to = (LISTED_SOLD_OUT, LISTED_IN_STOCK) if now else (LISTED_IN_STOCK, LISTED_SOLD_OUT)
+            cur.execute("UPDATE search_meta SET active = %s WHERE product_id = %s AND active = %s", (to, pid, was))
+            if cur.rowcount:
+                cur.execute("UPDATE search_terms SET active = %s WHERE product_id = %s", (to, pid))
 
     @staticmethod
     def _add_typo_words(cur, terms):
@@ -234,10 +263,8 @@ class MySQLSearchBackend:
         several is one OR condition. driver: an atom, or a term with several
         alternatives (then the union of each alternative's first atom drives).
 
-        With terms, everything but the stock comes from search_meta (compact,
-        stays in the buffer pool); `products` is probed for stock only, and
-        only for candidates that pass every other condition (it is the last
-        condition of the WHERE). Without terms (browsing by filters), the
+        With terms, everything comes from search_meta (compact, stays in
+        the buffer pool), in_stock included (the listing). Without terms (browsing by filters), the
         products indexes on (status, price|created_at) serve the query.
         `words` (atom -> its indexed words) lets the other atoms be probed
         with point lookups in their words' postings (see _has)."""
@@ -261,7 +288,7 @@ class MySQLSearchBackend:
         pid = "p.product_id" if indexed else "p.id"
         if verify:
             source += f" JOIN search_docs d ON d.product_id = {pid}"
-        where, where_args = ["p.active = 1" if indexed else "p.status = 'active'"], []
+        where, where_args = [_listed("p", query.in_stock) if indexed else "p.status = 'active'"], []
         if query.category is not None:
             where.append("p.category = %s")
             where_args.append(query.category)
@@ -286,13 +313,8 @@ class MySQLSearchBackend:
         for term in verify:
             where.append("(LOCATE(%s, d.name_norm) > 0 OR LOCATE(%s, d.body_norm) > 0)")
             where_args += [term.text, term.text]
-        if query.in_stock:
-            # Last: stock is not denormalised (orders change it with plain UPDATEs).
-            if indexed:
-                where.append("EXISTS (SELECT 1 FROM products ps "
-                             "WHERE ps.id = p.product_id AND ps.stock > 0)")
-            else:
-                where.append("p.stock > 0")
+        if query.in_stock and not indexed:
+            where.append("p.stock > 0")
         score, score_args = "0", []
         if with_score and query.terms:
             pieces, constant = [], 0
@@ -516,9 +538,9 @@ class MySQLSearchBackend:
 
     def _conditions(self, query, words, driver, alias="d"):
         """WHERE pieces (and args) every match satisfies besides its driver
-        posting: filters on the posting's copy of search_meta, the other
-        atoms, exact CJK substrings, stock (last: it reads products)."""
-        where, args = [f"{alias}.active = 1"], []
+        posting: filters on the posting's copy of search_meta (the listing
+        answers in_stock), the other atoms, exact CJK substrings."""
+        where, args = [_listed(alias, query.in_stock)], []
         if query.category is not None:
             where.append(f"{alias}.category = %s")
             args.append(query.category)
@@ -538,9 +560,6 @@ class MySQLSearchBackend:
                 where.append(_probe("search_docs x", f"x.product_id = {alias}.product_id "
                                     "AND (LOCATE(%s, x.name_norm) > 0 OR LOCATE(%s, x.body_norm) > 0)"))
                 args += [term.text, term.text]
-        if query.in_stock:
-            where.append(_probe("products ps",
-                                f"ps.id = {alias}.product_id AND ps.stock > 0"))
         return where, args
 
     def _score(self, query, alts, words, driver, alias="d"):

@@ -13,9 +13,11 @@ does). `tx`, a `ProductTransaction`, is the only thing that may write the
   `SearchBackend` seam inside the same transaction;
 * every stock write declares its `stock_delta`; a product whose stock the
   transaction takes from at-or-above its `low_stock_threshold` to below it
-  gets a `stock.low` outbox row before commit (`StockLowOutbox`), from what
-  the transaction already read (a row read at the version before its first
-  stock write, or after its last) or, failing that, the same read-back.
+  gets a `stock.low` outbox row before commit (`StockLowOutbox`), and one
+  whose stock it takes to zero or back from it is listed as sold out or in
+  stock in the search index (`SearchIndex.set_in_stock`), both from what the
+  transaction already read (a row read at the version before its first stock
+  write, or after its last) or, failing that, the same read-back.
 
 When the session ends, normally or by an exception (what committed before a
 MySQL outage must not stay cached), the versions of every committed
@@ -41,6 +43,9 @@ T = TypeVar("T")
 class SearchIndex(Protocol):
     def index(self, cur, rows: Sequence[Mapping]) -> None:
         """(Re)index full product rows inside the product write transaction `cur`."""
+
+    def set_in_stock(self, cur, in_stock: Mapping[int, bool]) -> None:
+        """{product id: in stock now} of products whose stock `cur` took to zero or back from it."""
 
 
 class CacheInvalidator(Protocol):
@@ -200,13 +205,13 @@ class ProductTransaction:
             self._version_before[pid] = version_before
         self._stock_net[pid] = self._stock_net.get(pid, 0) + delta
 
-    def _low_stock_crossings(self) -> dict[int, tuple[int, int]]:
-        """{product id: (stock now, threshold)} for every product this transaction took from
-        at-or-above its threshold to below it. The row is ours (locked) from the first stock
-        write to commit, so stock at commit = stock before + the net change."""
-        taken = {pid: net for pid, net in self._stock_net.items() if net < 0}
+    def _stock_at_commit(self) -> dict[int, tuple[int, int]]:
+        """{product id: (stock now, threshold)} for every product whose stock this transaction
+        changed. The row is ours (locked) from the first stock write to commit, so stock at
+        commit = stock before + the net change."""
+        changed = {pid: net for pid, net in self._stock_net.items() if net}
         after, unread = {}, []
-        for pid, net in taken.items():
+        for pid, net in changed.items():
             seen = self._stock_at.get(pid, {})
             if self.versions.get(pid) in seen and pid not in self._unknown:
                 after[pid] = seen[self.versions[pid]]
@@ -218,8 +223,7 @@ class ProductTransaction:
         if unread:
             rows = self.select(unread, "id, stock, low_stock_threshold")
             after.update({pid: (rows[pid]["stock"], rows[pid]["low_stock_threshold"]) for pid in rows})
-        return {pid: (stock, threshold) for pid, (stock, threshold) in after.items()
-                if stock < threshold <= stock - taken[pid]}
+        return after
 
     def finish(self) -> None:
         """Before commit: re-index what needs it and read back the versions not known yet."""
@@ -231,9 +235,16 @@ class ProductTransaction:
                                                    if pid in self._full_rows])
         if self._stock_ambiguous:
             raise AssertionError("a stock write changed only some of its rows; which ones is unknown")
-        if self._stock_net and self._stock_low is not None:
-            for pid, (stock, threshold) in sorted(self._low_stock_crossings().items()):
-                self._stock_low.add_stock_low(self.cursor, pid, stock, threshold)
+        if self._stock_net and (self._stock_low is not None or self._search_index is not None):
+            now = self._stock_at_commit()
+            before = {pid: stock - self._stock_net[pid] for pid, (stock, _) in now.items()}
+            if self._stock_low is not None:
+                for pid, (stock, threshold) in sorted(now.items()):
+                    if stock < threshold <= before[pid]:
+                        self._stock_low.add_stock_low(self.cursor, pid, stock, threshold)
+            crossed = {pid: stock > 0 for pid, (stock, _) in now.items() if (stock > 0) != (before[pid] > 0)}
+            if crossed and self._search_index is not None:
+                self._search_index.set_in_stock(self.cursor, crossed)
         if self._unknown:
             self.select(self._unknown, "id")
 

@@ -9,6 +9,7 @@ from chalicelib.adapters.db import ProductWriteOutsideUnitOfWork
 from chalicelib.adapters.inventory import STRATEGIES, make_strategy
 from chalicelib.service.orders import OrderService
 from chalicelib.domain.orders import parse_batch
+from chalicelib.adapters.search_mysql import LISTED_IN_STOCK as IN, LISTED_SOLD_OUT as OUT, NOT_LISTED as NONE
 from chalicelib.adapters.search_mysql import MySQLSearchBackend
 from chalicelib.domain.search_query import parse_query
 from chalicelib.service.unit_of_work import ProductWrites
@@ -78,6 +79,81 @@ def test_orders_and_cancels_report_the_versions_mysql_holds(recorded, strategy):
     service.cancel(result["results"][0]["order_id"])
     assert invalidator.calls[-1] == _versions([a, b])
     assert len(invalidator.calls) == 2
+
+
+def _listing(pid):
+    """(search_meta's listing, the set of listings on the product's postings)."""
+    db = bootstrap.database()
+    meta = db.query("SELECT active FROM search_meta WHERE product_id = %s", (pid,))[0]["active"]
+    postings = {r["active"] for r in db.query("SELECT DISTINCT active FROM search_terms WHERE product_id = %s",
+                                               (pid,))}
+    return meta, postings
+
+
+def _in_stock_hits(term, monkeypatch):
+    """Ids found with in_stock=true by the probe plan and by the top-k walk (which reads the postings)."""
+    found = []
+    for sample in (MySQLSearchBackend.DRIVER_SAMPLE, 1):
+        with monkeypatch.context() as m:
+            m.setattr(MySQLSearchBackend, "DRIVER_SAMPLE", sample)
+            page = MySQLSearchBackend(bootstrap.database()).search(parse_query({"q": term, "in_stock": "true"}))
+            found.append([p["id"] for p in page.items])
+    return found
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_the_listing_follows_stock_across_zero_on_every_write_path(recorded, strategy, monkeypatch):
+    """in_stock=true reads the listing copied on search_meta and the postings: an order that
+    sells a product out, a cancel that brings it back, and admin stock changes all move it,
+    in their own transaction; a change that does not cross zero leaves it alone."""
+    _, writes, catalog = recorded
+    pid = make_product(catalog, name="Lantern brass", stock=2)["id"]
+    assert _listing(pid) == (IN, {IN}) and _in_stock_hits("lantern", monkeypatch) == [[pid], [pid]]
+    service = OrderService(bootstrap.database(), make_strategy(strategy, bootstrap.redis_gateway()), writes)
+
+    def order(coid, quantity):
+        return service.place_batch(parse_batch({"orders": [
+            {"client_order_id": coid, "user_id": 1, "items": [{"product_id": pid, "quantity": quantity}]}]}))
+
+    first = order("l-1", 1)["results"][0]
+    assert first["status"] == "created" and _listing(pid) == (IN, {IN})  # 1 left: still in stock
+    last = order("l-2", 1)["results"][0]
+    assert last["status"] == "created" and _listing(pid) == (OUT, {OUT})
+    assert _in_stock_hits("lantern", monkeypatch) == [[], []]
+    assert MySQLSearchBackend(bootstrap.database()).search(parse_query({"q": "lantern"})).total == 1
+
+    service.cancel(last["order_id"])
+    assert _listing(pid) == (IN, {IN}) and _in_stock_hits("lantern", monkeypatch) == [[pid], [pid]]
+    catalog.adjust_stock(pid, {"delta": -1})
+    assert _listing(pid) == (OUT, {OUT})
+    catalog.adjust_stock(pid, {"delta": 5})
+    assert _listing(pid) == (IN, {IN})
+    catalog.update(pid, {"status": "inactive"})
+    assert _listing(pid) == (NONE, {NONE})
+    catalog.update(pid, {"status": "active"})
+    assert _listing(pid) == (IN, {IN})
+
+
+def test_migration_0014_lists_the_sold_out_products_of_an_existing_index(recorded):
+    from chalicelib.adapters.migrate import migrate
+
+    _, _, catalog = recorded
+    sold_out, in_stock = (make_product(catalog, name="Lantern", stock=n)["id"] for n in (0, 3))
+    hidden = make_product(catalog, name="Lantern", stock=0)["id"]
+    catalog.update(hidden, {"status": "inactive"})
+    db = bootstrap.database()
+    conn = db.connect()
+    try:
+        with conn.cursor() as cur:   # what an index from before 0014 held: 1 for every product for sale
+            cur.execute("UPDATE search_meta SET active = 1 WHERE active = 2")
+            cur.execute("UPDATE search_terms SET active = 1 WHERE active = 2")
+            cur.execute("DELETE FROM schema_migrations WHERE name = '0014_search_in_stock.sql'")
+        conn.commit()
+    finally:
+        conn.close()
+    assert _listing(sold_out) == (IN, {IN})
+    assert migrate(db) == ["0014_search_in_stock.sql"]
+    assert [_listing(pid) for pid in (sold_out, in_stock, hidden)] == [(OUT, {OUT}), (IN, {IN}), (NONE, {NONE})]
 
 
 def test_a_product_write_outside_the_unit_of_work_is_refused(recorded):
