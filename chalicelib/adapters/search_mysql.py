@@ -71,11 +71,12 @@ def _meta(row):
 
 class MySQLSearchBackend:
     """Search over the search_terms index. Status, whether in stock, category,
-    price and created_at of the candidates come from search_meta (a compact
-    copy kept in the product write transaction), so totals, filters, sorts
-    and keysets are answered without the wide products rows; products is
-    read for the page only. Stock changes move the listing only when they
-    cross zero (set_in_stock, from the unit of work)."""
+    price and created_at of a product are copied on each of its postings (and
+    kept in search_meta, the copy index() compares with), in the product
+    write transaction, so totals, filters, sorts and keysets are answered
+    from the postings a query reads anyway; products is read for the page
+    only. Stock changes move the listing only when they cross zero
+    (set_in_stock, from the unit of work)."""
 
     DRIVER_SAMPLE = 5000   # cap when estimating how selective each term is
     MAX_EXPANSION = 32     # words of a prefix a broad query walks one by one
@@ -263,41 +264,46 @@ class MySQLSearchBackend:
         several is one OR condition. driver: an atom, or a term with several
         alternatives (then the union of each alternative's first atom drives).
 
-        With terms, everything comes from search_meta (compact, stays in
-        the buffer pool), in_stock included (the listing). Without terms (browsing by filters), the
-        products indexes on (status, price|created_at) serve the query.
+        With terms, filters and sort keys come from the driver's postings
+        (see below). Without terms (browsing by filters), the products
+        indexes on (status, price|created_at) serve the query.
         `words` (atom -> its indexed words) lets the other atoms be probed
         with point lookups in their words' postings (see _has)."""
         words = words or {}
         atoms = list(dict.fromkeys(a for t in query.terms if len(alts[t]) == 1 for a in alts[t][0].atoms))
         multi = [t for t in query.terms if len(alts[t]) > 1]
         verify = [t for t in query.terms if t.kind == "substr"]
+        # A driver term whose alternatives are single words: its tier is read with its postings.
+        lone = driver in multi and all(len(a.atoms) == 1 for a in alts[driver])
         if driver is not None:
             # One range read of the rarest atom (or of each alternative's
-            # first atom); MAX(in_name) is that term's name hit, so relevance
-            # needs no probe for it.
-            conds = [self._atom_sql("s", a.atoms[0]) for a in alts[driver]] if driver in multi \
-                else [self._atom_sql("s", driver)]
-            source = (f"(SELECT s.product_id, MAX(s.in_name) AS h FROM search_terms s "
-                      f"WHERE {' OR '.join(c for c, _ in conds)} "
-                      "GROUP BY s.product_id) c JOIN search_meta p ON p.product_id = c.product_id")
-            source_args = [arg for _, arg in conds]
+            # first atom). Every posting carries its product's listing,
+            # category, price and created_at (migrations 0009, 0014), so the
+            # filters and sort keys come from that read, with no lookup per
+            # candidate; MAX(in_name) is that term's name hit, and for `lone`
+            # the best tier of the alternatives a product matches, so
+            # relevance needs no probe for the driver.
+            firsts = [(a.tier, self._atom_sql("s", a.atoms[0])) for a in alts[driver]] if driver in multi \
+                else [(None, self._atom_sql("s", driver))]
+            filters, filter_args = self._filters(query, "s")
+            tier_sql, tier_args = "", []
+            if lone:
+                tier_sql = (", MAX(CASE " + " ".join(f"WHEN {c} THEN {_tier_score(tier)}" for tier, (c, _) in firsts)
+                            + " ELSE 0 END) AS tier")
+                tier_args = [arg for _, (_, arg) in firsts]
+            source = (f"(SELECT s.product_id, MAX(s.in_name) AS h{tier_sql}, MAX(s.price_cents) AS price_cents, "
+                      f"MAX(s.created_at) AS created_at FROM search_terms s "
+                      f"WHERE ({' OR '.join(c for _, (c, _) in firsts)}) AND {' AND '.join(filters)} "
+                      "GROUP BY s.product_id) p")
+            source_args = tier_args + [arg for _, (_, arg) in firsts] + filter_args
+            where, where_args = [], []
         else:
             source, source_args = "products p", []
+            where, where_args = self._filters(query, "p", listed="p.status = 'active'")
         indexed = driver is not None
         pid = "p.product_id" if indexed else "p.id"
         if verify:
             source += f" JOIN search_docs d ON d.product_id = {pid}"
-        where, where_args = [_listed("p", query.in_stock) if indexed else "p.status = 'active'"], []
-        if query.category is not None:
-            where.append("p.category = %s")
-            where_args.append(query.category)
-        if query.min_price is not None:
-            where.append("p.price_cents >= %s")
-            where_args.append(query.min_price)
-        if query.max_price is not None:
-            where.append("p.price_cents <= %s")
-            where_args.append(query.max_price)
         for atom in atoms:
             if atom == driver:
                 continue
@@ -305,7 +311,7 @@ class MySQLSearchBackend:
             where.append(sql)
             where_args += atom_args
         for term in multi:
-            if term == driver and all(len(a.atoms) == 1 for a in alts[term]):
+            if term == driver and lone:
                 continue   # the union of its atoms is the source
             cond, cond_args = self._any_sql(pid, alts[term])
             where.append(cond)
@@ -319,6 +325,9 @@ class MySQLSearchBackend:
         if with_score and query.terms:
             pieces, constant = [], 0
             for term in query.terms:
+                if term == driver and lone:
+                    pieces.append("(p.tier + p.h)")
+                    continue
                 if term in multi:
                     piece, piece_args = self._multi_score(pid, alts[term])
                     pieces.append(piece)
@@ -330,7 +339,7 @@ class MySQLSearchBackend:
                     pieces.append("(LOCATE(%s, d.name_norm) > 0)")
                     score_args.append(term.text)
                 elif alt.atoms[0] == driver:
-                    pieces.append("c.h")
+                    pieces.append("p.h")
                 else:
                     atom = alt.atoms[0]
                     sql, atom_args = self._has("n", pid, atom, words.get(atom), " AND n.in_name = 1")
@@ -339,7 +348,7 @@ class MySQLSearchBackend:
             score = "(" + " + ".join(pieces + [str(constant)]) + ")"
         hint = "STRAIGHT_JOIN " if indexed else ""
         sql = (f"SELECT {hint}{pid} AS id, p.price_cents AS price_cents, p.created_at AS created_at, {score} AS score "
-               f"FROM {source} WHERE {' AND '.join(where)}")
+               f"FROM {source}" + (f" WHERE {' AND '.join(where)}" if where else ""))
         args = score_args + source_args + where_args
         return sql, args
 
@@ -536,11 +545,12 @@ class MySQLSearchBackend:
         return (_probe(f"search_terms {alias} FORCE INDEX (ix_search_terms_product)",
                        f"{alias}.product_id = {pid} AND {cond}{extra}"), [arg])
 
-    def _conditions(self, query, words, driver, alias="d"):
-        """WHERE pieces (and args) every match satisfies besides its driver
-        posting: filters on the posting's copy of search_meta (the listing
-        answers in_stock), the other atoms, exact CJK substrings."""
-        where, args = [_listed(alias, query.in_stock)], []
+    @staticmethod
+    def _filters(query, alias, listed=None):
+        """WHERE pieces (and args) of the query's filters on `alias`: a posting
+        or search_meta row (the listing answers in_stock), or, given `listed`,
+        a products row."""
+        where, args = [listed or _listed(alias, query.in_stock)], []
         if query.category is not None:
             where.append(f"{alias}.category = %s")
             args.append(query.category)
@@ -550,6 +560,13 @@ class MySQLSearchBackend:
         if query.max_price is not None:
             where.append(f"{alias}.price_cents <= %s")
             args.append(query.max_price)
+        return where, args
+
+    def _conditions(self, query, words, driver, alias="d"):
+        """WHERE pieces (and args) every match satisfies besides its driver
+        posting: filters on the posting's copy of search_meta (the listing
+        answers in_stock), the other atoms, exact CJK substrings."""
+        where, args = self._filters(query, alias)
         for atom in words:
             if atom != driver:
                 sql, atom_args = self._has("t", f"{alias}.product_id", atom, words[atom])
