@@ -562,13 +562,13 @@ class MySQLSearchBackend:
             args.append(query.max_price)
         return where, args
 
-    def _conditions(self, query, words, driver, alias="d"):
+    def _conditions(self, query, words, driver, alias="d", joined=()):
         """WHERE pieces (and args) every match satisfies besides its driver
         posting: filters on the posting's copy of search_meta (the listing
         answers in_stock), the other atoms, exact CJK substrings."""
         where, args = self._filters(query, alias)
         for atom in words:
-            if atom != driver:
+            if atom != driver and atom not in joined:
                 sql, atom_args = self._has("t", f"{alias}.product_id", atom, words[atom])
                 where.append(sql)
                 args += atom_args
@@ -654,7 +654,12 @@ class MySQLSearchBackend:
         """FROM ... WHERE of the driver's matching postings, read in the order
         that visits the fewest: the price range's or the category's postings
         when the query filters on them, else the primary key (id order)."""
-        where, args = self._conditions(query, words, driver)
+        # Another atom of one word is an eq_ref join on its posting, not a subquery per posting
+        # (the server runs a join's lookups a quarter faster; these are most of a broad count).
+        joined = [a for a in words if a != driver and words[a] is not None and len(words[a]) == 1]
+        where, args = self._conditions(query, words, driver, joined=joined)
+        joins = "".join(f" STRAIGHT_JOIN search_terms j{i} FORCE INDEX (PRIMARY) "
+                        f"ON j{i}.term = %s AND j{i}.product_id = d.product_id" for i in range(len(joined)))
         if words[driver] is not None:
             cond, arg = f"d.term IN ({','.join(['%s'] * len(words[driver]))})", list(words[driver])
         else:
@@ -662,8 +667,8 @@ class MySQLSearchBackend:
             cond, arg = sql, [one]
         index = ("ix_search_terms_price" if query.min_price is not None or query.max_price is not None
                  else "ix_search_terms_category" if query.category is not None else "PRIMARY")
-        return (f"FROM search_terms d FORCE INDEX ({index}) WHERE {cond} AND {' AND '.join(where)}",
-                arg + args)
+        return (f"FROM search_terms d FORCE INDEX ({index}){joins} WHERE {cond} AND {' AND '.join(where)}",
+                [words[a][0] for a in joined] + arg + args)
 
     def _broad_count(self, cur, query, words, driver):
         """Matches counted over the driver's postings, up to TOTAL_CAP + 1."""
