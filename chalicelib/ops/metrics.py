@@ -181,18 +181,23 @@ def _no_gateway():
 METRICS = MetricsWindow(_no_gateway)
 
 
-def emit(name, value, unit=MetricUnit.Count, **dimensions):
-    """One EMF metric line plus the window (shared in Redis on the local stack); safe from any thread (no
-    shared metric buffer), no I/O besides stdout, never raises."""
+def _to_window(name, values, unit, dimensions):
+    """The values into the window (shared in Redis on the local stack); best effort, never raises."""
     try:
-        METRICS.record(name, value, unit, dimensions)
+        METRICS.record_values(name, values, unit, dimensions)
         if METRICS.shared():
             if not _in_lambda():
                 METRICS.start_flusher()
             elif name in END_OF_INVOCATION:
                 METRICS.flush()
-    except Exception:  # the window is best effort; the EMF line below is the record
+    except Exception:  # the window is best effort; the EMF line is the record
         _log.debug("metrics window update failed", exc_info=True)
+
+
+def emit(name, value, unit=MetricUnit.Count, **dimensions):
+    """One EMF metric line plus the window; safe from any thread (no shared metric buffer),
+    no I/O besides stdout, never raises."""
+    _to_window(name, (value,), unit, dimensions)
     if is_metrics_disabled():
         return
     with single_metric(name=name, unit=unit, value=value, namespace=NAMESPACE) as metric:
@@ -206,12 +211,7 @@ def emit_values(name, values, unit=MetricUnit.Count, **dimensions):
     values = list(values)
     if not values:
         return
-    try:
-        METRICS.record_values(name, values, unit, dimensions)
-        if METRICS.shared() and not _in_lambda():
-            METRICS.start_flusher()
-    except Exception:  # best effort, as in emit()
-        _log.debug("metrics window update failed", exc_info=True)
+    _to_window(name, values, unit, dimensions)
     if is_metrics_disabled():
         return
     metrics = EphemeralMetrics(namespace=NAMESPACE)

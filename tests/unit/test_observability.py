@@ -51,8 +51,9 @@ def test_emit_never_raises_even_if_the_window_breaks(monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("broken window")
 
-    monkeypatch.setattr(metrics.METRICS, "record", boom)
+    monkeypatch.setattr(metrics.METRICS, "record_values", boom)
     metrics.emit("OrdersCreated", 1)  # no exception
+    metrics.emit_values("FlashLatency", [1.0, 2.0], unit="Milliseconds")
 
 
 def test_status_for_code_knows_the_5xx_codes():
