@@ -302,7 +302,8 @@ class MySQLSearchBackend:
             where, where_args = [], []
         else:
             source, source_args = "products p", []
-            where, where_args = self._filters(query, "p", listed="p.status = 'active'")
+            where, where_args = self._filters(
+                query, "p", listed="p.status = 'active'" + (" AND p.stock > 0" if query.in_stock else ""))
         indexed = driver is not None
         pid = "p.product_id" if indexed else "p.id"
         if verify:
@@ -322,8 +323,6 @@ class MySQLSearchBackend:
         for term in verify:
             where.append("(LOCATE(%s, d.name_norm) > 0 OR LOCATE(%s, d.body_norm) > 0)")
             where_args += [term.text, term.text]
-        if query.in_stock and not indexed:
-            where.append("p.stock > 0")
         score, score_args = "0", []
         if with_score and query.terms:
             pieces, constant = [], 0
