@@ -132,8 +132,9 @@ class ThrowawayMariaDB(_Process):
     def start(self, timeout=60):
         """Start (or restart) the server and wait until it answers. A restart
         right after SIGKILL can find the port or the datadir lock still held
-        for a moment: mariadbd then exits, and is launched again."""
-        if not self._installed:
+        for a moment: mariadbd then exits, and is launched again. A datadir
+        that already holds a server's data (a kept base_dir) is used as is."""
+        if not self._installed and not (self.datadir / "mysql").is_dir():
             self.install()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
