@@ -497,7 +497,7 @@ class FlashWriter:
         cur = tx.cursor
         product_ids = sorted({pid for r in reservations for pid in r.quantities})
         # Lock the rows first (id order): the reads below then see every order committed before us.
-        rows = tx.select(product_ids, "id, stock, status, price_cents", lock=True)
+        rows = tx.select(product_ids, "id, stock, low_stock_threshold, status, price_cents", lock=True)
         keys = sorted({(r.client, r.customer_id, r.user_id, r.client_order_id) for r in reservations})
         cur.execute("SELECT id, client, customer_id, user_id, client_order_id, request_hash, total_cents, "
                     "flash_reservation FROM orders WHERE (client, customer_id, user_id, client_order_id) IN ("
