@@ -12,6 +12,7 @@ import itertools
 import random
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from chalicelib import bootstrap
@@ -158,6 +159,37 @@ class OrderLoad:
         """Orders that got a 503 and then, on retry, `duplicate: true`: their
         first attempt committed although the client was told to retry."""
         return [s for s in self.orders if s.unavailable and s.result and s.result.get("duplicate")]
+
+
+@contextmanager
+def breaker_held_open(breaker, owner, attribute):
+    """For the block, `breaker` stays open (no half-open probe, however slow the
+    machine) and `owner.attribute`, where a request would take a connection to the
+    dependency (redis-py's pool, our MySQL connect), is a tripwire. Yields the list of what reached past the breaker: it must stay
+    empty. This is the property the fault tests want from an open breaker (no
+    request waits on the dead dependency), checked without timing anything."""
+    assert breaker.state == "open", breaker.state
+    touched = []
+
+    class Tripwire:
+        def __getattr__(self, name):
+            touched.append(name)
+            raise OSError(f"{name}: reached past the open {breaker.name} breaker")
+
+        def __call__(self, *args, **kwargs):
+            return self.__getattr__("__call__")
+
+    reset_after, breaker.reset_after = breaker.reset_after, 3600.0
+    real = owner.__dict__.get(attribute)
+    setattr(owner, attribute, Tripwire())
+    try:
+        yield touched
+    finally:
+        if real is None:
+            delattr(owner, attribute)  # it was a method of the class
+        else:
+            setattr(owner, attribute, real)
+        breaker.reset_after = reset_after
 
 
 def percentile(values, p):
