@@ -1,6 +1,8 @@
 """The MySQL SearchBackend: the search_terms/search_docs/search_meta index,
 written inside the product transaction and queried with per-term posting
 lookups (see domain/search_text.py for the matching rules)."""
+import math
+
 from chalicelib.domain.search_query import TOTAL_CAP, SearchPage, encode_cursor
 from chalicelib.domain.search_text import (MAX_QUERY_TERMS, MAX_TYPO_CANDIDATES, Alternative, deletions,
                                            dictionary_variants, document_terms, edit_distance, normalize,
@@ -462,7 +464,8 @@ class MySQLSearchBackend:
     def _densities(self, cur, words):
         """atom -> share of products with a posting of it, estimated from the
         first DENSITY_SAMPLE postings of each word (in id order: the lower
-        the id they reach, the denser the word); one statement for all."""
+        the id they reach, the denser the word), and the size of the product
+        id space; one statement for all."""
         parts, args, keys = [], [], []
         for atom, atom_words in words.items():
             for word in atom_words or []:
@@ -473,13 +476,19 @@ class MySQLSearchBackend:
                 args.append(word)
                 keys.append(atom)
         density = {atom: 0.0 for atom in words if words[atom] is not None}
-        if parts:
-            cur.execute("SELECT " + ", ".join(parts), args)
-            row = cur.fetchone()
-            for i, atom in enumerate(keys):
-                count, last = (int(x) for x in row[f"w{i}"].split())
-                density[atom] += count / max(last, 1)
-        return density
+        if not parts:
+            return density, 0
+        cur.execute("SELECT " + ", ".join(parts) + ", (SELECT CONCAT(MIN(id), ' ', MAX(id)) FROM products) AS ids",
+                    args)
+        row = cur.fetchone()
+        low, high = (int(x) for x in (row["ids"] or "1 0").split())
+        id_space = max(high - low + 1, 1)
+        for i, atom in enumerate(keys):
+            count, last = (int(x) for x in row[f"w{i}"].split())
+            # A word read to its end: its share of the id space; else of the ids its sample spans.
+            span = max(last - low + 1, 1) if count >= self.DENSITY_SAMPLE else id_space
+            density[atom] += count / span
+        return density, id_space
 
     def _broad(self, cur, query, alts):
         """Every atom is common and every term has one alternative. The page:
@@ -488,36 +497,40 @@ class MySQLSearchBackend:
         checked on the index entry and the other atoms probed per posting,
         and stop at limit+1 matches; a prefix driver walks each of its words
         and the walks are merged. Relevance walks name-hit counts from the top
-        (all terms in the name) down, each in id order. The count comes first (the driver's postings, stopping at
-        TOTAL_CAP + 1); when it finds fewer than DRIVER_SAMPLE matches they
-        are gathered and sorted instead of walked for. Scores are those of
-        the selective plan: the terms' tiers (a constant here) plus name hits."""
+        (all terms in the name) down, each in id order. The count comes first
+        (the driver's postings, stopping at TOTAL_CAP + 1); when it finds fewer
+        than DRIVER_SAMPLE matches they are gathered and sorted instead of
+        walked for, and when the words' densities say that few is likely, the
+        gathering comes first and counts them. Scores are those of the
+        selective plan: the terms' tiers (a constant here) plus name hits."""
         atoms = list(dict.fromkeys(a for t in query.terms for a in alts[t][0].atoms))
         base = sum(_tier_score(alts[t][0].tier) for t in query.terms)
         words = self._expand(cur, atoms)
-        density = self._densities(cur, words)
+        density, id_space = self._densities(cur, words)
         if density:
             driver = min(density, key=density.get)
         else:
             driver = atoms[0]   # every atom is a prefix of very many words: walked as one range
         order, after_sql, first_col = _ORDER[query.sort]
         need = query.limit + 1
+        if len(density) > 1 and math.prod(density.values()) * id_space < self.DRIVER_SAMPLE / 2:
+            # Common words that are, as words mostly are, rarely together (an estimate that takes them
+            # as independent): gathering their matches with a count of them is one read of the driver's
+            # postings, where counting first and then gathering reads them twice. Should the estimate be
+            # wrong (DRIVER_SAMPLE matches or more), the plan below takes over.
+            keys = self._gather(cur, query, alts, words, driver, base, need, self.DRIVER_SAMPLE)
+            if keys and keys[0]["total"] < self.DRIVER_SAMPLE:
+                return self._page(cur, query, keys, int(keys[0]["total"]), first_col)
+            if not keys and query.after is None:
+                return self._page(cur, query, [], 0, first_col)
         total = self._broad_count(cur, query, words, driver)
         if total < self.DRIVER_SAMPLE:
             # Few matches (common words rarely together, a narrow filter): a
             # walk in sort order could read every posting to find them, and
             # the count has just read (and cached) exactly those postings.
             # Gather them the same way and sort them.
-            source, args = self._count_source(query, words, driver)
-            score, score_args = self._score(query, alts, words, driver) if query.sort == "relevance" else ("0", [])
-            sql = (f"SELECT id, price_cents, created_at, score FROM (SELECT DISTINCT d.product_id AS id, "
-                   f"d.price_cents AS price_cents, d.created_at AS created_at, {score} + {base} AS score {source}) m")
-            args = score_args + args
-            if query.after is not None:
-                sql += " WHERE " + after_sql
-                args += [query.after[0], query.after[0], query.after[1]]
-            cur.execute(sql + f" ORDER BY {order} LIMIT %s", args + [need])
-            return self._page(cur, query, list(cur.fetchall()), total, first_col)
+            keys = self._gather(cur, query, alts, words, driver, base, need)
+            return self._page(cur, query, keys, total, first_col)
         if query.sort != "relevance":
             keys = self._walks(cur, query, alts, words, driver, need, query.after, hits=None)
         else:
@@ -531,6 +544,26 @@ class MySQLSearchBackend:
                 if len(keys) >= need:
                     break
         return self._page(cur, query, keys, total, first_col)
+
+    def _gather(self, cur, query, alts, words, driver, base, need, up_to=None):
+        """Up to `need` sort-key rows after the cursor, in sort order, from
+        all matches sorted. With `up_to`, only the first `up_to` matches are
+        gathered and every row carries their count (`total`, taken before
+        the cursor's condition): less than `up_to` is every match."""
+        source, args = self._count_source(query, words, driver)
+        score, score_args = self._score(query, alts, words, driver) if query.sort == "relevance" else ("0", [])
+        matches = (f"SELECT DISTINCT d.product_id AS id, d.price_cents AS price_cents, d.created_at AS created_at, "
+                   f"{score} + {base} AS score {source}")
+        args = score_args + args
+        if up_to is not None:
+            matches = f"SELECT m.*, COUNT(*) OVER () AS total FROM ({matches} LIMIT %s) m"
+            args.append(up_to)
+        sql = f"SELECT * FROM ({matches}) w"
+        if query.after is not None:
+            sql += " WHERE " + _ORDER[query.sort][1]
+            args += [query.after[0], query.after[0], query.after[1]]
+        cur.execute(sql + f" ORDER BY {_ORDER[query.sort][0]} LIMIT %s", args + [need])
+        return list(cur.fetchall())
 
     @staticmethod
     def _has(alias, pid, atom, words, extra=""):

@@ -151,3 +151,39 @@ def test_cursors_walk_every_match_once_in_every_sort(catalog, monkeypatch, drive
             for sort in SORTS:
                 got = walk(q=q, sort=sort, limit=13, **params)
                 assert got == [p["id"] for p in expected[sort]], (q, params, sort)
+
+
+def test_common_words_rarely_together_are_gathered_with_their_count_in_one_read(catalog, monkeypatch):
+    """Two words each in a tenth of the products: taken as independent, they
+    are together in about 6 of 600, so the matches are gathered and counted
+    at once, without a count first. When that guess is wrong (words that
+    always go together), the count and the walk take over. Either way the
+    page, the total and the cursors are those of the probe plan."""
+    products = []
+    for i in range(600):
+        words = ["stock"]
+        if i % 10 == 0:
+            words += ["alpha"]
+        if i % 10 == 1 or i in (20, 40, 60):
+            words += ["beta"]   # with alpha in 3 products only
+        if i % 10 == 2:
+            words += ["gamma", "delta"]   # always together
+        products.append(product(i, " ".join(words)))
+    create(catalog, products)
+    monkeypatch.setattr(MySQLSearchBackend, "DRIVER_SAMPLE", 25)
+    monkeypatch.setattr(MySQLSearchBackend, "DENSITY_SAMPLE", 25)
+    counts = []
+    count = MySQLSearchBackend._broad_count
+    monkeypatch.setattr(MySQLSearchBackend, "_broad_count", lambda self, *a: counts.append(a) or count(self, *a))
+    for q, total, counted in (("alpha beta", 3, False), ("gamma delta", 60, True)):
+        for sort in SORTS:
+            counts.clear()
+            query = parse_query({"q": q, "sort": sort, "limit": "2"})
+            page = MySQLSearchBackend(bootstrap.database()).search(query)
+            assert (page.total, page.total_exact) == (total, True), (q, sort)
+            assert bool(counts) == counted, (q, sort)
+            assert page.items == probe_plan_items(query, monkeypatch)
+            walked = walk(q=q, sort=sort, limit=2 if total < 10 else 13)
+            with monkeypatch.context() as m:
+                m.setattr(MySQLSearchBackend, "DRIVER_SAMPLE", 10**6)
+                assert walked == walk(q=q, sort=sort, limit=7) and len(walked) == total, (q, sort)
