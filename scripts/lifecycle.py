@@ -1,6 +1,6 @@
 """The local stack's lifecycle loop (what the packaged `lifecycle` function
-does every minute in AWS): expire due orders and relay the outbox, every
-half second, until stopped. Started by `make run`."""
+does every minute in AWS): prune old dedupe records, then expire due orders
+and relay the outbox every half second, in rounds of 30 s, until stopped. Started by `make run`."""
 import logging
 import signal
 import sys
@@ -22,6 +22,9 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while True:
         try:
+            pruned = lifecycle.prune_dedupe_records(bootstrap.database())
+            if pruned:
+                log.info("pruned %d dedupe records", pruned)
             expired, published = lifecycle.run(bootstrap.orders(), bootstrap.database(), bootstrap.event_publisher(),
                                                until=time.monotonic() + 30, interval=0.5,
                                                timers=bootstrap.expiry_timers())

@@ -19,9 +19,12 @@ def handle_lifecycle(event, context=None):
     bootstrap.refuse_if_misconfigured()
     remaining = context.get_remaining_time_in_millis() / 1000 if context else 0
     until = time.monotonic() + max(0.0, remaining - MARGIN_SECONDS)
+    pruned = lifecycle.prune_dedupe_records(bootstrap.database())
+    if pruned:
+        emit("DedupeRecordsPruned", pruned)
     expired, published = lifecycle.run(bootstrap.orders(), bootstrap.database(), bootstrap.event_publisher(), until,
                                        timers=bootstrap.expiry_timers())
-    return {"expired": expired, "published": published}
+    return {"expired": expired, "published": published, "pruned": pruned}
 
 
 def timer_order_id(body):

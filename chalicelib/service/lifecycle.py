@@ -18,7 +18,9 @@
 
 One loop runs both every `interval` seconds: in AWS the `lifecycle` function
 (every minute, looping until its time is nearly up; reserved concurrency 1 so
-one relay keeps the order), locally scripts/lifecycle.py."""
+one relay keeps the order), locally scripts/lifecycle.py. Each invocation
+first deletes the consumers' dedupe records that can no longer be needed
+(prune_dedupe_records)."""
 import json
 import math
 import time
@@ -63,6 +65,33 @@ def fire_expiry_timer(orders, db, timers, order_id):
 def expire_due(orders, db, limit=200):
     """Expire what is due now; returns how many expired."""
     return sum(1 for order_id in orders_due_for_expiry(db, limit) if orders.expire(order_id))
+
+
+# A consumer's dedupe record may go once no copy of its event can still come: SQS keeps a message at
+# most 14 days (the DLQs, from which a redrive sends it again), and SNS retries a delivery to an SQS
+# queue it could not reach for up to 23 days.
+DEDUPE_RETENTION_DAYS = 30
+DEDUPE_RECORDS = {"related_events": "processed_at", "notifications_sent": "sent_at"}
+
+
+def prune_dedupe_records(db, batch=1000, most=20_000):
+    """Delete the consumers' dedupe records older than DEDUPE_RETENTION_DAYS
+    (by the database's clock), oldest first, `batch` rows per short
+    transaction and at most `most` per table per call, so a first run on a
+    large backlog does not take the lifecycle function's minute. Returns how
+    many went."""
+    pruned = 0
+    for table, column in DEDUPE_RECORDS.items():
+        done = 0
+        while done < most:
+            deleted = db.run(lambda cur: cur.execute(
+                f"DELETE FROM {table} WHERE {column} < CURRENT_TIMESTAMP(6) - INTERVAL %s DAY "
+                f"ORDER BY {column} LIMIT %s", (DEDUPE_RETENTION_DAYS, min(batch, most - done))))
+            done += deleted
+            if deleted < batch:
+                break
+        pruned += done
+    return pruned
 
 
 RELAY_LANES = 4     # SNS calls in flight at once; an order's events always take the same lane

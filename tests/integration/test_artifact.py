@@ -464,9 +464,16 @@ def test_the_lifecycle_function_relays_the_outbox(clean_db, functions, test_env)
         {"client_order_id": "art-life", "user_id": 3, "items": [{"product_id": product["id"], "quantity": 1}]}]})))
     order_id = placed["results"][0]["order_id"]
     event = json.loads((EVENTS / "scheduled_lifecycle.json").read_text())
-    # With 5 s left the function does one round (it keeps a 10 s margin before its timeout).
-    assert functions("Lifecycle").invoke(event, remaining_ms=[5_000]) == {"expired": 0, "published": 1}
     from chalicelib import bootstrap
+
+    old, recent = f"art-old-{uuid.uuid4()}", f"art-recent-{uuid.uuid4()}"
+    bootstrap.database().run(lambda cur: cur.execute(
+        "INSERT INTO related_events (event_id, processed_at) VALUES "
+        "(%s, CURRENT_TIMESTAMP(6) - INTERVAL 40 DAY), (%s, CURRENT_TIMESTAMP(6))", (old, recent)))
+    # With 5 s left the function does one round (it keeps a 10 s margin before its timeout).
+    assert functions("Lifecycle").invoke(event, remaining_ms=[5_000]) == {"expired": 0, "published": 1, "pruned": 1}
+    assert [r["event_id"] for r in bootstrap.database().query(
+        "SELECT event_id FROM related_events WHERE event_id IN (%s, %s)", (old, recent))] == [recent]
 
     stamped = bootstrap.database().query("SELECT published_at FROM order_events WHERE order_id = %s", (order_id,))
     assert [row["published_at"] is not None for row in stamped] == [True]

@@ -403,3 +403,32 @@ def test_thousands_of_orders_paid_cancelled_expired_by_timers_and_sweeps_reconci
     closing = db.query("SELECT order_id, COUNT(*) AS n FROM order_events WHERE type IN ('order.paid', "
                        "'order.cancelled', 'order.expired') GROUP BY order_id")
     assert len(closing) == len(ids) and all(row["n"] == 1 for row in closing)
+
+
+def test_dedupe_records_past_the_retention_are_pruned_oldest_first_and_a_bounded_number_per_call(clean_db):
+    """Records of events no copy of which can still arrive go; younger ones
+    (one just inside the retention) stay, whatever their number."""
+    db = bootstrap.database()
+    ages = {"r-35": 35, "r-34": 34, "r-33": 33, "r-32": 32, "r-31": 31, "r-edge": lifecycle.DEDUPE_RETENTION_DAYS - 1,
+            "r-now": 0}
+
+    def add(cur):
+        for event_id, days in ages.items():
+            cur.execute("INSERT INTO related_events (event_id, processed_at) VALUES "
+                        "(%s, CURRENT_TIMESTAMP(6) - INTERVAL %s DAY)", (event_id, days))
+        for event_id, days in (("n-40", 40), ("n-45", 45), ("n-now", 0)):
+            cur.execute("INSERT INTO notifications_sent (event_id, event_type, recipient, sent_at) VALUES "
+                        "(%s, 'order.paid', NULL, CURRENT_TIMESTAMP(6) - INTERVAL %s DAY)", (event_id, days))
+
+    db.run(add)
+
+    def left():
+        return (sorted(r["event_id"] for r in db.query("SELECT event_id FROM related_events")),
+                sorted(r["event_id"] for r in db.query("SELECT event_id FROM notifications_sent")))
+
+    # At most 3 per table, 2 per transaction: the three oldest of related_events, both old notifications.
+    assert lifecycle.prune_dedupe_records(db, batch=2, most=3) == 3 + 2
+    assert left() == (["r-31", "r-32", "r-edge", "r-now"], ["n-now"])
+    assert lifecycle.prune_dedupe_records(db) == 2
+    assert left() == (["r-edge", "r-now"], ["n-now"])
+    assert lifecycle.prune_dedupe_records(db) == 0
