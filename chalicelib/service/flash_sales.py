@@ -13,7 +13,6 @@ fails INSUFFICIENT_STOCK, never oversells.
 """
 import json
 import logging
-import math
 import time
 import uuid
 from collections import Counter
@@ -22,7 +21,6 @@ import pymysql
 
 from chalicelib.adapters.cache import CacheUnavailable
 from chalicelib.adapters.flash_gate import FlashGate, Settlement, customer_key, owner_key
-from chalicelib.adapters.queues import CALL_SECONDS, SQS_BATCH
 from chalicelib.domain import flash_message
 from chalicelib.domain import order_lifecycle
 from chalicelib.domain import validation as v
@@ -343,31 +341,21 @@ class FlashSales:
 
     def _hand_off(self, accepted):
         """One SendMessageBatch for the batch's accepted reservations. If SQS refuses,
-        every one is given back in Redis and the request answers 503: nothing half-taken.
-
-        The sends must end inside the reservations' lease: once it is out, a sweep
-        gives their units back, and a sale Redis lost is rebuilt from MySQL and the
-        queue, so a message still on its way would have its units offered twice
-        (the buyer told "accepted" would later get INSUFFICIENT_STOCK). A hand-off
-        that might not end in time (a process stalled since the admission) gives
-        the units back and answers 503 instead of sending."""
+        every one is given back in Redis and the request answers 503: nothing half-taken."""
         if not accepted:
             return
-        now = time.time()
-        bodies = flash_message.pack(accepted, now)
+        bodies = flash_message.pack(accepted, time.time())
         handles = [(self.gate.reservation_key(owner_key(r.client, r.customer_id, r.user_id, r.client_order_id)),
                     r.rid) for r in accepted]
-        lease_ends = min(r.accepted_at for r in accepted) + self.gate.lease_ms / 1000
-        if now + math.ceil(len(bodies) / SQS_BATCH) * CALL_SECONDS > lease_ends:
-            self._give_back(handles, "flash-order hand-off too late for its lease; giving the reservations back",
-                            f"{now - min(r.accepted_at for r in accepted):.1f} s after the admission")
-            raise ServiceUnavailable("The sale orders waited too long to be queued and were not accepted. "
-                                     "Retry shortly.")
         try:
             self.publisher.send_batch(self.queue_name, bodies)
         except Exception as exc:
-            self._give_back(handles, "flash-order hand-off failed; giving the reservations back",
-                            f"{type(exc).__name__}: {exc}")
+            logger.warning("flash-order hand-off failed; giving the reservations back",
+                           extra={"reservations": len(accepted), "error": f"{type(exc).__name__}: {exc}"})
+            try:
+                self.gate.release(handles)
+            except CacheUnavailable:
+                log.warning("could not give %d reservation(s) back; their leases will expire", len(handles))
             raise ServiceUnavailable("The flash-order queue is unavailable; the sale orders were not accepted. "
                                      "Retry shortly.") from exc
         try:
@@ -375,13 +363,6 @@ class FlashSales:
         except CacheUnavailable:
             # The leases expire and give the units back; the consumer takes them again when it writes.
             log.warning("could not confirm %d queued reservation(s)", len(handles))
-
-    def _give_back(self, handles, message, reason):
-        logger.warning(message, extra={"reservations": len(handles), "error": reason})
-        try:
-            self.gate.release(handles)
-        except CacheUnavailable:
-            log.warning("could not give %d reservation(s) back; their leases will expire", len(handles))
 
     # --- polling ------------------------------------------------------------
 
