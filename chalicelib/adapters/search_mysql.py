@@ -511,7 +511,7 @@ class MySQLSearchBackend:
             driver = min(density, key=density.get)
         else:
             driver = atoms[0]   # every atom is a prefix of very many words: walked as one range
-        order, after_sql, first_col = _ORDER[query.sort]
+        first_col = _ORDER[query.sort][2]
         need = query.limit + 1
         if len(density) > 1 and math.prod(density.values()) * id_space < self.DRIVER_SAMPLE / 2:
             # Common words that are, as words mostly are, rarely together (an estimate that takes them

@@ -164,10 +164,11 @@ class OrderLoad:
 @contextmanager
 def breaker_held_open(breaker, owner, attribute):
     """For the block, `breaker` stays open (no half-open probe, however slow the
-    machine) and `owner.attribute`, where a request would take a connection to the
-    dependency (redis-py's pool, our MySQL connect), is a tripwire. Yields the list of what reached past the breaker: it must stay
-    empty. This is the property the fault tests want from an open breaker (no
-    request waits on the dead dependency), checked without timing anything."""
+    machine) and `owner.attribute`, where a request would take a connection to
+    the dependency (redis-py's pool, our MySQL connect), is a tripwire. Yields
+    the list of what reached past the breaker: it must stay empty. This is the
+    property the fault tests want from an open breaker (no request waits on the
+    dead dependency), checked without timing anything."""
     assert breaker.state == "open", breaker.state
     touched = []
 
