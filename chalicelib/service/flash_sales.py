@@ -53,6 +53,11 @@ _ERRORS = {cls.code: cls for cls in (InsufficientStock, ProductNotFound, Idempot
 SALES_REFRESH_SECONDS = 1.0  # how stale a process's copy of MySQL's sale list may be
 
 
+# Seconds between the tries of a confirm Redis refused (None: the last try): ~2 s in all, far
+# inside the lease, and past the Redis breaker's 1 s window.
+CONFIRM_RETRY_PAUSES = (0.1, 0.3, 0.6, 1.0, None)
+
+
 class FlashSales:
     def __init__(self, db, gate: FlashGate, writes: ProductWrites, publisher, queue_name, metrics=emit):
         self._sales_cache = None  # (monotonic time, product ids on sale in MySQL)
@@ -358,11 +363,21 @@ class FlashSales:
                 log.warning("could not give %d reservation(s) back; their leases will expire", len(handles))
             raise ServiceUnavailable("The flash-order queue is unavailable; the sale orders were not accepted. "
                                      "Retry shortly.") from exc
-        try:
-            self.gate.confirm(handles)
-        except CacheUnavailable:
-            # The leases expire and give the units back; the consumer takes them again when it writes.
-            log.warning("could not confirm %d queued reservation(s)", len(handles))
+        # The messages are on SQS now. An unconfirmed lease would give their units back (the next
+        # admissions sweep expired leases) and another buyer could be sold them before the consumer
+        # takes them again: that buyer's order would then fail. So a confirm that Redis refuses
+        # (a blip, a busy pool, the breaker) is tried again, briefly, before it is left to the lease.
+        for pause in CONFIRM_RETRY_PAUSES:
+            try:
+                self.gate.confirm(handles)
+                return
+            except CacheUnavailable:
+                if pause is None:
+                    log.warning("could not confirm %d queued reservation(s); their leases will expire and the "
+                                "consumer takes their units again when it writes", len(handles))
+                    self.emit("FlashConfirmsFailed", len(handles))
+                else:
+                    time.sleep(pause)
 
     # --- polling ------------------------------------------------------------
 

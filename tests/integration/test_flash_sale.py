@@ -14,6 +14,7 @@ import uuid
 import pytest
 
 from chalicelib import bootstrap
+from chalicelib.adapters.cache import CacheUnavailable
 from chalicelib.adapters.flash_gate import customer_key, owner_key
 from chalicelib.domain import flash_message
 from chalicelib.domain.flash_message import Reservation
@@ -413,3 +414,29 @@ def test_with_mysql_down_sale_orders_are_still_accepted_and_others_get_503(sqs, 
     consume(sqs, flash_queue)  # MySQL is back: both are written
     assert stock(sale_pid) == 2 and stock(plain) == 5
     reconcile(sale_pid, 5)
+
+
+def test_a_confirm_redis_refuses_at_first_is_tried_again_so_the_lease_never_gives_queued_units_back(
+        sqs, flash_queue, monkeypatch):
+    """The message is on SQS once the send returns: if its confirm were left to
+    the lease, the next admissions' sweep would give its units back and sell
+    them twice (the consumer takes them again when it writes; a buyer already
+    told "accepted" then gets INSUFFICIENT_STOCK)."""
+    pid = on_sale(stock=5)
+    gate = bootstrap.flash_gate()
+    confirm, refusals = gate.confirm, []
+
+    def refused_twice(handles):
+        if len(refusals) < 2:
+            refusals.append(handles)
+            raise CacheUnavailable("connection pool exhausted")
+        return confirm(handles)
+
+    monkeypatch.setattr(gate, "confirm", refused_twice)
+    assert place(order("c", 1, (pid, 2)))["results"][0]["status"] == "pending"
+    assert len(refusals) == 2
+    assert gate.sweep(now_ms=int(time.time() * 1000) + gate.lease_ms + 1) == 0
+    assert remaining(pid) == 3
+    consume(sqs, flash_queue)
+    assert stock(pid) == 3 and remaining(pid) == 3
+    reconcile(pid, 5)
