@@ -63,8 +63,9 @@ def test_redis_killed_under_load(stack, strategy, caplog):
         stack.redis.kill()
         down_at = time.perf_counter()
         time.sleep(0.4)
-        gateway = bootstrap.redis_gateway()
-        with breaker_held_open(gateway.breaker, gateway.client.connection_pool, "get_connection") as touched:  # opened by the order load
+        gateway = bootstrap.redis_gateway()   # its breaker was opened by the order load's failures
+        pool = gateway.client.connection_pool
+        with breaker_held_open(gateway.breaker, pool, "get_connection") as touched:
             with caplog.at_level(logging.WARNING):
                 assert bootstrap.rate_limiter().check("shop-local-limited-key-0001", "limited") == (True, 0)
             assert "failed open" in caplog.text
