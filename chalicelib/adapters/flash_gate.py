@@ -431,8 +431,25 @@ class FlashGate:
     # --- orders -------------------------------------------------------------
 
     def admit(self, owner, customer, request_hash, quantities, now_ms=None) -> Admission:
-        keys, args = self.admit_call(owner, customer, request_hash, quantities, now_ms)
-        return self.admission(self._run(_ADMIT, keys, args), list(quantities))
+        return self.admit_many([(owner, customer, request_hash, quantities)], now_ms)[0]
+
+    def admit_many(self, orders, now_ms=None):
+        """[(owner, customer, request_hash, quantities)] -> their Admissions, decided in
+        order (a customer's second order sees the units of the first) in one round trip:
+        a batch's first reservation does not wait for the others' calls before its hand-off.
+        CacheUnavailable means none is known to be decided (Redis may have run some:
+        those leases expire, or a replay hands them off)."""
+        calls = [self.admit_call(*order, now_ms=now_ms) for order in orders]
+        script = self.gateway.script(_ADMIT)
+
+        def run(r):
+            pipe = r.pipeline(transaction=False)
+            for keys, args in calls:
+                script(keys=keys, args=args, client=pipe)
+            return pipe.execute()
+
+        replies = self.gateway.call(run)
+        return [self.admission(reply, list(order[3])) for reply, order in zip(replies, orders)]
 
     def admit_call(self, owner, customer, request_hash, quantities, now_ms=None):
         """(keys, args) of one admission: the very call `admit` makes (bench/flash pipelines them)."""
@@ -444,13 +461,16 @@ class FlashGate:
                       *quantities.values()]
 
     @staticmethod
-    def admission(reply, pids) -> Admission:
+    def lines(packed):
+        """((product_id, quantity, sale_id), ...) of a record's "pid:qty:sale_id,..." lines."""
+        return tuple((int(pid), int(qty), sale) for pid, qty, sale in (line.split(":") for line in packed.split(",")))
+
+    @classmethod
+    def admission(cls, reply, pids) -> Admission:
         """The Admission an _ADMIT reply stands for (`pids` in the call's order)."""
         outcome = reply[0]
         if outcome == "ACCEPTED":
-            lines = tuple((int(pid), int(qty), sale) for pid, qty, sale in
-                          (line.split(":") for line in reply[2].split(",")))
-            return Admission(outcome, rid=reply[1], lines=lines)
+            return Admission(outcome, rid=reply[1], lines=cls.lines(reply[2]))
         if outcome in ("REPLAY", "CONFLICT"):
             return Admission(outcome, rid=reply[1])
         pid = pids[int(reply[1]) - 1]

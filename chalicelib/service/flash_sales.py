@@ -11,6 +11,7 @@ stock, one guarded UPDATE for every product, multi-row inserts, one commit.
 MySQL's guard has the last word: what Redis admitted beyond MySQL's stock
 fails INSUFFICIENT_STOCK, never oversells.
 """
+import itertools
 import json
 import logging
 import time
@@ -53,9 +54,11 @@ _ERRORS = {cls.code: cls for cls in (InsufficientStock, ProductNotFound, Idempot
 SALES_REFRESH_SECONDS = 1.0  # how stale a process's copy of MySQL's sale list may be
 
 
-# Seconds between the tries of a confirm Redis refused (None: the last try): ~2 s in all, far
-# inside the lease, and past the Redis breaker's 1 s window.
-CONFIRM_RETRY_PAUSES = (0.1, 0.3, 0.6, 1.0, None)
+# A confirm Redis refused is tried again after these pauses (the last repeats; past the Redis
+# breaker's 1 s window) until this share of the first reservation's lease has gone: well before
+# the lease ends, and inside API Gateway's 29 s with the default 30 s lease.
+CONFIRM_PAUSES = (0.1, 0.2, 0.4, 0.8, 1.0)
+CONFIRM_WITHIN_LEASE = 0.8
 
 
 class FlashSales:
@@ -285,7 +288,7 @@ class FlashSales:
         on_sale, gate_up, mysql_down = self.sale_products({pid for o in requests for pid in o.quantities})
         if not on_sale:
             return {}, orders, mysql_down
-        results, rest, accepted = {}, [], []
+        results, rest, admitting = {}, [], []
         for key, order in orders:
             if not isinstance(order, OrderRequest) or not (set(order.quantities) & on_sale):
                 rest.append((key, order))
@@ -300,18 +303,29 @@ class FlashSales:
                 results[key] = failed(order.client_order_id, ServiceUnavailable(
                     "The flash-sale gate is unavailable; retry shortly."))
                 continue
+            admitting.append((key, order))
+        accepted, replayed = [], set()
+        try:
+            admissions = self.gate.admit_many([
+                (owner_key(o.client, o.customer_id, o.user_id, o.client_order_id),
+                 customer_key(o.client, o.customer_id, o.user_id), o.request_hash, o.quantities)
+                for _, o in admitting])
+        except CacheUnavailable:
+            admissions = None
+        for index, (key, order) in enumerate(admitting):
             try:
-                results[key] = self._admit(order, accepted, batch_id)
+                if admissions is None:
+                    raise CacheUnavailable("the admissions were not answered")
+                results[key] = self._answer(order, admissions[index], accepted, replayed, batch_id)
             except CacheUnavailable:
                 results[key] = failed(order.client_order_id, ServiceUnavailable(
                     "The flash-sale gate is unavailable; retry shortly."))
-        self._hand_off(accepted)
+        self._hand_off(accepted, replayed)
         return results, rest, mysql_down
 
-    def _admit(self, order: OrderRequest, accepted, batch_id=None):
-        owner = owner_key(order.client, order.customer_id, order.user_id, order.client_order_id)
-        admission = self.gate.admit(owner, customer_key(order.client, order.customer_id, order.user_id),
-                                    order.request_hash, order.quantities)
+    def _answer(self, order: OrderRequest, admission, accepted, replayed, batch_id=None):
+        """The result of one order's admission; an accepted one (or a replay of one that
+        may never have been handed off) joins `accepted`."""
         coid = order.client_order_id
         if admission.outcome == "ACCEPTED":
             accepted.append(Reservation(admission.rid, order.client, order.customer_id, order.user_id, coid,
@@ -319,12 +333,21 @@ class FlashSales:
             self.emit("FlashAdmitted", 1)
             return OrderResult(coid, status="pending", reservation_id=admission.rid)
         if admission.outcome == "REPLAY":
+            owner = owner_key(order.client, order.customer_id, order.user_id, coid)
             record = self.gate.record(self.gate.reservation_key(owner))
             if record.get("rid") != admission.rid:
                 # Gone since the Lua call (the first request's hand-off failed and gave it back, its lease
                 # expired, Redis lost it): nothing is held for this order now, so the client must try again.
                 return failed(coid, ServiceUnavailable("This order's reservation was just given back; retry it.",
                                                        reservation_id=admission.rid))
+            if record.get("state") == "leased":
+                # Still leased: the first request may never hand it off (its caller gave up after Redis had
+                # admitted it, its process died). Handed off again, "pending" holds: the consumer writes a
+                # reservation once, however many of its messages arrive.
+                accepted.append(Reservation(admission.rid, order.client, order.customer_id, order.user_id, coid,
+                                            order.request_hash, self.gate.lines(record["lines"]), time.time(),
+                                            batch_id))
+                replayed.add(admission.rid)
             return _result(coid, record, duplicate=True)
         if admission.outcome == "CONFLICT":
             return OrderResult(coid, error=IdempotencyConflict(
@@ -344,9 +367,10 @@ class FlashSales:
         return failed(coid, ServiceUnavailable(f"The flash sale of product {pid} is changing; retry shortly.",
                                                product_id=pid))
 
-    def _hand_off(self, accepted):
+    def _hand_off(self, accepted, replayed=frozenset()):
         """One SendMessageBatch for the batch's accepted reservations. If SQS refuses,
-        every one is given back in Redis and the request answers 503: nothing half-taken."""
+        every new one is given back in Redis and the request answers 503: nothing
+        half-taken. (A replayed one stays leased: its first request may have sent it.)"""
         if not accepted:
             return
         bodies = flash_message.pack(accepted, time.time())
@@ -358,7 +382,7 @@ class FlashSales:
             logger.warning("flash-order hand-off failed; giving the reservations back",
                            extra={"reservations": len(accepted), "error": f"{type(exc).__name__}: {exc}"})
             try:
-                self.gate.release(handles)
+                self.gate.release([h for h in handles if h[1] not in replayed])
             except CacheUnavailable:
                 log.warning("could not give %d reservation(s) back; their leases will expire", len(handles))
             raise ServiceUnavailable("The flash-order queue is unavailable; the sale orders were not accepted. "
@@ -366,18 +390,21 @@ class FlashSales:
         # The messages are on SQS now. An unconfirmed lease would give their units back (the next
         # admissions sweep expired leases) and another buyer could be sold them before the consumer
         # takes them again: that buyer's order would then fail. So a confirm that Redis refuses
-        # (a blip, a busy pool, the breaker) is tried again, briefly, before it is left to the lease.
-        for pause in CONFIRM_RETRY_PAUSES:
+        # (a blip, a busy pool, the breaker) is tried again until the first lease is near its end.
+        lease = self.gate.lease_ms / 1000
+        deadline = max(min(r.accepted_at for r in accepted) + CONFIRM_WITHIN_LEASE * lease, time.time() + 1.0)
+        for attempt in itertools.count():
             try:
                 self.gate.confirm(handles)
                 return
             except CacheUnavailable:
-                if pause is None:
+                pause = CONFIRM_PAUSES[min(attempt, len(CONFIRM_PAUSES) - 1)]
+                if time.time() + pause > deadline:
                     log.warning("could not confirm %d queued reservation(s); their leases will expire and the "
                                 "consumer takes their units again when it writes", len(handles))
                     self.emit("FlashConfirmsFailed", len(handles))
-                else:
-                    time.sleep(pause)
+                    return
+                time.sleep(pause)
 
     # --- polling ------------------------------------------------------------
 

@@ -18,8 +18,9 @@ from chalicelib.adapters.cache import CacheUnavailable
 from chalicelib.adapters.flash_gate import customer_key, owner_key
 from chalicelib.domain import flash_message
 from chalicelib.domain.flash_message import Reservation
-from chalicelib.domain.orders import parse_batch
+from chalicelib.domain.orders import parse_batch, parse_order
 from chalicelib.entrypoints import sqs as sqs_handlers
+from chalicelib.service import flash_sales
 from chalicelib.domain.errors import ServiceUnavailable
 from scripts import localstack
 from tests.conftest import make_product
@@ -439,4 +440,91 @@ def test_a_confirm_redis_refuses_at_first_is_tried_again_so_the_lease_never_give
     assert remaining(pid) == 3
     consume(sqs, flash_queue)
     assert stock(pid) == 3 and remaining(pid) == 3
+    reconcile(pid, 5)
+
+
+def test_a_confirm_refused_past_the_breaker_window_is_tried_until_near_the_lease_end(sqs, flash_queue, monkeypatch):
+    """Redis refuses for longer than a few quick tries (a failover, a busy pool):
+    the confirm goes on until 80% of the lease, so the sweep never meets it."""
+    reset(FLASH_LEASE_MS="1000")
+    monkeypatch.setattr(flash_sales, "CONFIRM_PAUSES", (0.05,))
+    pid = on_sale(stock=5)
+    gate = bootstrap.flash_gate()
+    confirm, refusals, until = gate.confirm, [], time.time() + 0.5
+
+    def refused_for_half_the_lease(handles):
+        if time.time() < until:
+            refusals.append(handles)
+            raise CacheUnavailable("failing over")
+        return confirm(handles)
+
+    monkeypatch.setattr(gate, "confirm", refused_for_half_the_lease)
+    assert place(order("c", 1, (pid, 2)))["results"][0]["status"] == "pending"
+    assert len(refusals) > 5  # more tries than a fixed handful would have made
+    assert gate.sweep(now_ms=int(time.time() * 1000) + gate.lease_ms + 1) == 0
+    consume(sqs, flash_queue)
+    assert stock(pid) == 3 and remaining(pid) == 3
+    reconcile(pid, 5)
+
+
+def test_a_confirm_refused_to_the_lease_end_is_counted_and_the_write_takes_the_units_again(
+        sqs, flash_queue, monkeypatch):
+    reset(FLASH_LEASE_MS="1000")
+    monkeypatch.setattr(flash_sales, "CONFIRM_PAUSES", (0.05,))
+    pid = on_sale(stock=5)
+    gate, service = bootstrap.flash_gate(), bootstrap.flash_sales()
+    counted = []
+    monkeypatch.setattr(service, "emit", lambda name, value, **dims: counted.append((name, value)))
+
+    def refused(handles):
+        raise CacheUnavailable("down")
+
+    monkeypatch.setattr(gate, "confirm", refused)
+    started = time.time()
+    assert place(order("c", 1, (pid, 2)))["results"][0]["status"] == "pending"  # the message is on SQS
+    assert time.time() - started < 1.0  # given up before the lease ends
+    assert ("FlashConfirmsFailed", 1) in counted
+    assert gate.sweep(now_ms=int(time.time() * 1000) + gate.lease_ms + 1) == 1
+    assert remaining(pid) == 5
+    consume(sqs, flash_queue)
+    assert stock(pid) == 3 and remaining(pid) == 3
+    reconcile(pid, 5)
+
+
+def test_a_replay_of_an_order_redis_admitted_but_nobody_handed_off_is_handed_off_by_the_replay(sqs, flash_queue):
+    """The first request's caller gave up after Redis had admitted the order (or its
+    process died before SQS): the replay must not answer "pending" for a reservation
+    no message carries, which the lease would then give back."""
+    pid = on_sale(stock=5)
+    gate = bootstrap.flash_gate()
+    request_hash = parse_order(order("a", 1, (pid, 2)), 0, "dev").request_hash
+    first = gate.admit(owner_key("dev", 0, 1, "a"), customer_key("dev", 0, 1), request_hash, {pid: 2})
+    assert first.outcome == "ACCEPTED"
+
+    replay = place(order("a", 1, (pid, 2)))["results"][0]
+    assert replay["status"] == "pending" and replay["reservation_id"] == first.rid and replay["duplicate"] is True
+    assert gate.lookup(first.rid)["state"] == "queued"
+    place(order("a", 1, (pid, 2)))  # a replay of a queued one sends nothing more
+    assert len(consume(sqs, flash_queue)) == 1
+    assert gate.sweep(now_ms=int(time.time() * 1000) + gate.lease_ms + 1) == 0
+    assert bootstrap.flash_sales().reservation(first.rid)["status"] == "created"
+    assert stock(pid) == 3 and remaining(pid) == 3
+    reconcile(pid, 5)
+
+
+def test_a_batch_is_admitted_in_one_round_trip_in_order(sqs, flash_queue, monkeypatch):
+    """One call for the batch: its first reservation does not wait for the others'
+    round trips before its hand-off; a customer's second order still sees the first."""
+    pid = on_sale(stock=5, limit=3)
+    gateway = bootstrap.redis_gateway()
+    calls, call = [], gateway.call
+    monkeypatch.setattr(gateway, "call", lambda fn: calls.append(fn) or call(fn))
+    results = place(order("a", 1, (pid, 2)), order("b", 1, (pid, 2)), order("c", 2, (pid, 3)),
+                    order("d", 3, (pid, 1)))["results"]
+    assert [r["status"] for r in results] == ["pending", "failed", "pending", "failed"]
+    assert results[1]["error"]["code"] == "SALE_LIMIT_EXCEEDED"
+    assert results[3]["error"]["code"] == "INSUFFICIENT_STOCK"
+    assert len(calls) == 3  # which products are on sale, the admissions, the confirm
+    consume(sqs, flash_queue)
+    assert stock(pid) == 0 and remaining(pid) == 0
     reconcile(pid, 5)
