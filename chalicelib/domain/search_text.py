@@ -35,6 +35,7 @@ queries over it adapters/search_mysql.py (behind the SearchBackend seam in
 service/search.py, which also caches the pages).
 """
 import functools
+import gc
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -110,15 +111,26 @@ def _cjk_terms(run):
             yield run[i:i + 2]
 
 
+@functools.lru_cache(maxsize=None)
+def load_pypinyin():
+    """pypinyin, imported on first use (the write path only: ~0.3 s). Its
+    dictionaries are ~190,000 objects the garbage collector tracks; every
+    full collection would walk them all (~35-40 ms, every thread stopped, in
+    whichever request it falls), so they are frozen out of its reach once loaded."""
+    from pypinyin import Style, lazy_pinyin, pinyin
+    from pypinyin.seg.mmseg import seg
+
+    gc.freeze()
+    return Style, lazy_pinyin, pinyin, seg
+
+
 def _han_readings(run):
     """Per character of a CJK run: its toneless pinyin readings ([] for kana,
     Hangul and the like). The reading pypinyin picks in context comes first
     and is the only one for a character inside a phrase it knows (行 in 银行
     is hang); a character read on its own also gets its next most common
     reading (行 alone: xing, hang)."""
-    from pypinyin import Style, lazy_pinyin, pinyin   # write path only: ~0.3 s to import
-    from pypinyin.seg.mmseg import seg
-
+    Style, lazy_pinyin, pinyin, seg = load_pypinyin()
     context = lazy_pinyin(run, style=Style.NORMAL, errors=lambda chars: [""] * len(chars))
     settled, at = set(), 0
     for word in seg.cut(run):

@@ -1,6 +1,9 @@
 """Pure tests of the search tokenizer, query parsing and cursors (no I/O)."""
 import base64
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -195,3 +198,13 @@ def test_every_word_within_budget_shares_a_deletion_with_the_dictionary():
         for t in typed:
             if search_text.typo_budget(t) >= search_text.edit_distance(t, word, 2):
                 assert search_text.deletions(t, search_text.typo_budget(t)) & stored, t
+
+
+def test_pypinyins_dictionaries_are_kept_out_of_the_garbage_collectors_walks():
+    """Left tracked, they make every full collection in a process that indexed
+    Chinese cost ~35-40 ms with every thread stopped (seen in bench/search's mix)."""
+    code = ("import gc; from chalicelib.domain.search_text import document_terms; "
+            "assert document_terms('手机', '')['py:shouji'] == 1; print(len(gc.get_objects()))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2],
+                         capture_output=True, text=True, check=True)
+    assert int(out.stdout) < 50_000  # ~200,000 with the dictionaries tracked
