@@ -513,7 +513,7 @@ class MySQLSearchBackend:
             driver = atoms[0]   # every atom is a prefix of very many words: walked as one range
         first_col = _ORDER[query.sort][2]
         need = query.limit + 1
-        if len(density) > 1 and math.prod(density.values()) * id_space < self.DRIVER_SAMPLE / 2:
+        if len(density) > 1 and math.prod(density.values()) * id_space < self.DRIVER_SAMPLE:
             # Common words that are, as words mostly are, rarely together (an estimate that takes them
             # as independent): gathering their matches with a count of them is one read of the driver's
             # postings, where counting first and then gathering reads them twice. Should the estimate be
