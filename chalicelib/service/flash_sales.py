@@ -300,8 +300,7 @@ class FlashSales:
                     "in another order).", details={"field": "items"}))
                 continue
             if not gate_up:
-                results[key] = failed(order.client_order_id, ServiceUnavailable(
-                    "The flash-sale gate is unavailable; retry shortly."))
+                results[key] = _gate_down(order)
                 continue
             admitting.append((key, order))
         accepted, replayed = [], set()
@@ -313,13 +312,13 @@ class FlashSales:
         except CacheUnavailable:
             admissions = None
         for index, (key, order) in enumerate(admitting):
+            if admissions is None:
+                results[key] = _gate_down(order)
+                continue
             try:
-                if admissions is None:
-                    raise CacheUnavailable("the admissions were not answered")
                 results[key] = self._answer(order, admissions[index], accepted, replayed, batch_id)
             except CacheUnavailable:
-                results[key] = failed(order.client_order_id, ServiceUnavailable(
-                    "The flash-sale gate is unavailable; retry shortly."))
+                results[key] = _gate_down(order)
         self._hand_off(accepted, replayed)
         return results, rest, mysql_down
 
@@ -392,7 +391,7 @@ class FlashSales:
         # takes them again: that buyer's order would then fail. So a confirm that Redis refuses
         # (a blip, a busy pool, the breaker) is tried again until the first lease is near its end.
         lease = self.gate.lease_ms / 1000
-        deadline = max(min(r.accepted_at for r in accepted) + CONFIRM_WITHIN_LEASE * lease, time.time() + 1.0)
+        deadline = min(r.accepted_at for r in accepted) + CONFIRM_WITHIN_LEASE * lease
         for attempt in itertools.count():
             try:
                 self.gate.confirm(handles)
@@ -457,6 +456,10 @@ class FlashSales:
                 final[rid] = OrderResult(coid, row["id"], row["total_cents"], duplicate=duplicate,
                                          reservation_id=rid).to_api()
         return final
+
+
+def _gate_down(order):
+    return failed(order.client_order_id, ServiceUnavailable("The flash-sale gate is unavailable; retry shortly."))
 
 
 def _result(coid, record, duplicate=False):
