@@ -69,8 +69,9 @@ end
 
 # KEYS[1] reservation key; then (sale key, held key) per product.
 # ARGV: prefix, rid, request hash, customer, now ms, lease ms, then one quantity per product.
-# -> {'ACCEPTED', rid, lines} | {'REPLAY', rid} | {'CONFLICT', rid} | {'NOT_ON_SALE', pid index}
-#    | {'SOLD_OUT', index, remaining} | {'LIMIT', index, held, limit}
+# -> {'ACCEPTED', rid, lines, swept} | {'REPLAY', rid} | {'CONFLICT', rid} | {'NOT_ON_SALE', pid index, swept}
+#    | {'SOLD_OUT', index, remaining, swept} | {'LIMIT', index, held, limit, swept}
+#    (swept: expired leases this call gave back)
 _ADMIT = _GIVE_BACK + """
 local prefix, rid, hash, customer = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, lease = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -79,18 +80,18 @@ if rec[1] then
   if rec[2] ~= hash then return {'CONFLICT', rec[1]} end
   return {'REPLAY', rec[1]}
 end
-sweep(prefix, now, 20)
+local swept = sweep(prefix, now, 20)
 local n = (#KEYS - 1) / 2
 local sales = {}
 for i = 1, n do
   local qty = tonumber(ARGV[6 + i])
   local s = redis.call('HMGET', KEYS[2 * i], 'sale_id', 'remaining', 'limit')
-  if not s[1] then return {'NOT_ON_SALE', i} end
-  if tonumber(s[2]) < qty then return {'SOLD_OUT', i, s[2]} end
+  if not s[1] then return {'NOT_ON_SALE', i, swept} end
+  if tonumber(s[2]) < qty then return {'SOLD_OUT', i, s[2], swept} end
   local limit = tonumber(s[3])
   if limit > 0 then
     local held = tonumber(redis.call('HGET', KEYS[2 * i + 1], customer) or '0')
-    if held + qty > limit then return {'LIMIT', i, held, limit} end
+    if held + qty > limit then return {'LIMIT', i, held, limit, swept} end
   end
   sales[i] = s[1]
 end
@@ -106,7 +107,7 @@ redis.call('HSET', KEYS[1], 'rid', rid, 'hash', hash, 'state', 'leased', 'lines'
            'customer', customer)
 redis.call('ZADD', prefix .. 'flash:leases', now + lease, KEYS[1])
 redis.call('SET', prefix .. 'flash:ref:' .. rid, KEYS[1])
-return {'ACCEPTED', rid, table.concat(lines, ',')}
+return {'ACCEPTED', rid, table.concat(lines, ','), swept}
 """
 
 # KEYS: reservation keys. ARGV[1]: prefix, then their rids. Marks leased ones queued.
@@ -310,6 +311,7 @@ class Admission:
     remaining: Optional[int] = None
     held: Optional[int] = None
     limit: Optional[int] = None
+    swept: int = 0          # expired leases the call gave back on its way
 
 
 @dataclass(frozen=True)
@@ -469,16 +471,17 @@ class FlashGate:
     def admission(cls, reply, pids) -> Admission:
         """The Admission an _ADMIT reply stands for (`pids` in the call's order)."""
         outcome = reply[0]
-        if outcome == "ACCEPTED":
-            return Admission(outcome, rid=reply[1], lines=cls.lines(reply[2]))
         if outcome in ("REPLAY", "CONFLICT"):
             return Admission(outcome, rid=reply[1])
+        swept = int(reply[-1])
+        if outcome == "ACCEPTED":
+            return Admission(outcome, rid=reply[1], lines=cls.lines(reply[2]), swept=swept)
         pid = pids[int(reply[1]) - 1]
         if outcome == "SOLD_OUT":
-            return Admission(outcome, product_id=pid, remaining=int(reply[2]))
+            return Admission(outcome, product_id=pid, remaining=int(reply[2]), swept=swept)
         if outcome == "LIMIT":
-            return Admission(outcome, product_id=pid, held=int(reply[2]), limit=int(reply[3]))
-        return Admission(outcome, product_id=pid)
+            return Admission(outcome, product_id=pid, held=int(reply[2]), limit=int(reply[3]), swept=swept)
+        return Admission(outcome, product_id=pid, swept=swept)
 
     def admit_script(self):
         """The registered _ADMIT script (bench/flash runs it through pipelines)."""

@@ -161,6 +161,7 @@ class FlashSales:
         if row is None:
             raise SaleNotFound(f"Product {product_id} is not on sale.", product_id=product_id)
         swept = self.gate.sweep()
+        self._report_swept(swept)
         # Read before the snapshot: if its seq still holds when we write, nothing moved the sale in between.
         live = self.gate.sale(product_id)
         sale_id = row["sale_id"]
@@ -231,6 +232,14 @@ class FlashSales:
             logger.warning("flash sale gate lowered to what MySQL can still sell", extra=report)
             return {**report, "action": "repaired"}
         return {**report, "action": "ok"}
+
+    def _report_swept(self, swept):
+        """Expired leases given back: each one a reservation whose hand-off never
+        confirmed (a process that died before SQS, or a confirm Redis kept refusing,
+        whose message the consumer will then take the units again for)."""
+        if swept:
+            logger.warning("expired flash leases gave their units back", extra={"swept": swept})
+            self.emit("FlashLeasesSwept", swept)
 
     def give_back(self, order, lines):
         """After a cancel or expiry committed (MySQL has its stock back): its sale lines'
@@ -311,6 +320,7 @@ class FlashSales:
                 for _, o in admitting])
         except CacheUnavailable:
             admissions = None
+        self._report_swept(sum(a.swept for a in admissions or ()))
         for index, (key, order) in enumerate(admitting):
             if admissions is None:
                 results[key] = _gate_down(order)

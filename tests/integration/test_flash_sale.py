@@ -530,3 +530,17 @@ def test_a_batch_is_admitted_in_one_round_trip_in_order(sqs, flash_queue, monkey
     consume(sqs, flash_queue)
     assert stock(pid) == 0 and remaining(pid) == 0
     reconcile(pid, 5)
+
+
+def test_leases_an_admission_sweeps_are_counted(sqs, flash_queue, monkeypatch):
+    """Each one is a hand-off that never confirmed: operators must see them."""
+    pid = on_sale(stock=5)
+    gate, service = bootstrap.flash_gate(), bootstrap.flash_sales()
+    dead = gate.admit(owner_key("dev", 0, 1, "dead"), customer_key("dev", 0, 1), "ab" * 32, {pid: 2}, now_ms=1_000)
+    assert dead.outcome == "ACCEPTED" and dead.swept == 0   # its process died before SQS
+    counted = []
+    monkeypatch.setattr(service, "emit", lambda name, value, **dims: counted.append((name, value)))
+    assert place(order("b", 2, (pid, 1)))["results"][0]["status"] == "pending"
+    assert ("FlashLeasesSwept", 1) in counted and remaining(pid) == 4
+    consume(sqs, flash_queue)
+    reconcile(pid, 5)
