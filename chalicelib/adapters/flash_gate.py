@@ -490,6 +490,20 @@ class FlashGate:
     def record(self, key):
         return self.gateway.call(lambda r: r.hgetall(key))
 
+    def records(self, keys):
+        """The reservation records at `keys`, in one round trip ({} where none)."""
+        keys = list(keys)
+        if not keys:
+            return []
+
+        def read(r):
+            pipe = r.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(key)
+            return pipe.execute()
+
+        return self.gateway.call(read)
+
     def lookup(self, rid):
         """The reservation record of `rid` (with its key), or None."""
         key = self.gateway.call(lambda r: r.get(self._k(f"flash:ref:{rid}")))

@@ -313,37 +313,45 @@ class FlashSales:
                 continue
             admitting.append((key, order))
         accepted, replayed = [], set()
+        owners = [owner_key(o.client, o.customer_id, o.user_id, o.client_order_id) for _, o in admitting]
         try:
             admissions = self.gate.admit_many([
-                (owner_key(o.client, o.customer_id, o.user_id, o.client_order_id),
-                 customer_key(o.client, o.customer_id, o.user_id), o.request_hash, o.quantities)
-                for _, o in admitting])
+                (owner, customer_key(o.client, o.customer_id, o.user_id), o.request_hash, o.quantities)
+                for owner, (_, o) in zip(owners, admitting)])
         except CacheUnavailable:
-            admissions = None
-        self._report_swept(sum(a.swept for a in admissions or ()))
-        for index, (key, order) in enumerate(admitting):
-            if admissions is None:
-                results[key] = _gate_down(order)
+            admissions = [None] * len(admitting)
+        self._report_swept(sum(a.swept for a in admissions if a))
+        # A replay answers from its recorded reservation: all of the batch's read in one round trip.
+        replay_keys = [self.gate.reservation_key(owner) for owner, a in zip(owners, admissions)
+                       if a and a.outcome == "REPLAY"]
+        try:
+            records = dict(zip(replay_keys, self.gate.records(replay_keys)))
+        except CacheUnavailable:
+            records = {}
+        for (key, order), owner, admission in zip(admitting, owners, admissions):
+            record = records.get(self.gate.reservation_key(owner))
+            if admission is None or (admission.outcome == "REPLAY" and record is None):
+                results[key] = _gate_down(order)   # Redis did not answer
                 continue
-            try:
-                results[key] = self._answer(order, admissions[index], accepted, replayed, batch_id)
-            except CacheUnavailable:
-                results[key] = _gate_down(order)
+            results[key] = self._answer(order, admission, record, accepted, replayed, batch_id)
         self._hand_off(accepted, replayed)
         return results, rest, mysql_down
 
-    def _answer(self, order: OrderRequest, admission, accepted, replayed, batch_id=None):
-        """The result of one order's admission; an accepted one (or a replay of one that
-        may never have been handed off) joins `accepted`."""
+    def _answer(self, order: OrderRequest, admission, record, accepted, replayed, batch_id=None):
+        """The result of one order's admission (`record`: a replay's reservation record, read
+        after the admission); an accepted one (or a replay of one that may never have been
+        handed off) joins `accepted`."""
         coid = order.client_order_id
-        if admission.outcome == "ACCEPTED":
+
+        def hand_off(lines):
             accepted.append(Reservation(admission.rid, order.client, order.customer_id, order.user_id, coid,
-                                        order.request_hash, admission.lines, time.time(), batch_id))
+                                        order.request_hash, lines, time.time(), batch_id))
+
+        if admission.outcome == "ACCEPTED":
+            hand_off(admission.lines)
             self.emit("FlashAdmitted", 1)
             return OrderResult(coid, status="pending", reservation_id=admission.rid)
         if admission.outcome == "REPLAY":
-            owner = owner_key(order.client, order.customer_id, order.user_id, coid)
-            record = self.gate.record(self.gate.reservation_key(owner))
             if record.get("rid") != admission.rid:
                 # Gone since the Lua call (the first request's hand-off failed and gave it back, its lease
                 # expired, Redis lost it): nothing is held for this order now, so the client must try again.
@@ -353,9 +361,7 @@ class FlashSales:
                 # Still leased: the first request may never hand it off (its caller gave up after Redis had
                 # admitted it, its process died). Handed off again, "pending" holds: the consumer writes a
                 # reservation once, however many of its messages arrive.
-                accepted.append(Reservation(admission.rid, order.client, order.customer_id, order.user_id, coid,
-                                            order.request_hash, self.gate.lines(record["lines"]), time.time(),
-                                            batch_id))
+                hand_off(self.gate.lines(record["lines"]))
                 replayed.add(admission.rid)
             return _result(coid, record, duplicate=True)
         if admission.outcome == "CONFLICT":

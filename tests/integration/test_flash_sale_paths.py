@@ -326,18 +326,18 @@ def test_a_replay_whose_reservation_was_given_back_meanwhile_is_told_to_retry(fl
     owner = owner_key("dev", 0, 1, "a")
     first = gate.admit(owner, customer_key("dev", 0, 1), parse_order(order("a", 1, (pid, 1)), 0, "dev").request_hash,
                        {pid: 1})
-    read = gate.record
+    read = gate.records
 
-    def released_first(key):
+    def released_first(keys):
         # The first request's hand-off fails and gives the reservation back between the replay's two calls.
-        gate.release([(key, first.rid)])
-        return read(key)
+        gate.release([(keys[0], first.rid)])
+        return read(keys)
 
-    gate.record = released_first
+    gate.records = released_first
     try:
         replay = place(order("a", 1, (pid, 1)))["results"][0]
     finally:
-        del gate.record
+        del gate.records
     assert replay["status"] == "failed" and replay["error"]["code"] == "SERVICE_UNAVAILABLE"
     assert remaining(pid) == 5
     assert place(order("a", 1, (pid, 1)))["results"][0]["status"] == "pending"  # the retry is accepted afresh
