@@ -21,6 +21,7 @@ from collections import Counter
 import pymysql
 
 from chalicelib.adapters.cache import CacheUnavailable
+from chalicelib.adapters.db import DUPLICATE_KEY
 from chalicelib.adapters.flash_gate import FlashGate, Settlement, customer_key, owner_key
 from chalicelib.domain import flash_message
 from chalicelib.domain import order_lifecycle
@@ -510,8 +511,19 @@ class _Decision:
         self.duplicate_of = duplicate_of
 
 
+class _NeedsLockedWrite(Exception):
+    """The optimistic write met a change it cannot settle without the product rows locked."""
+
+
 class FlashWriter:
-    """Writes the reservations of one SQS batch in one transaction and settles them in Redis."""
+    """Writes the reservations of one SQS batch in one transaction and settles them in Redis.
+
+    The write is optimistic first: it decides from the rows as read, writes the orders, and
+    locks the sale's product row only in the closing guarded UPDATE. The row lock is then held
+    for that statement and the commit, not for the whole batch's inserts, so the consumer's
+    concurrent environments overlap their writes instead of queueing on the hot row. When
+    stock, status or an order key moved under it (the guard falls short, a line would fail, a
+    duplicate key), the batch is written again with the rows locked first, as MySQL decides."""
 
     def __init__(self, gate: FlashGate, writes: ProductWrites, metrics=emit, payment_window=0,
                  metric_values=emit_values):
@@ -527,7 +539,13 @@ class FlashWriter:
         MySQL or Redis is unavailable. Safe to repeat: a written reservation finds its
         own order by `flash_reservation`."""
         with self.writes.session(enqueue=False) as session:
-            decisions = session.run(lambda tx: self._write(tx, reservations, self.payment_window))
+            try:
+                decisions = session.run(lambda tx: self._write(tx, reservations, self.payment_window, lock=False))
+            except (_NeedsLockedWrite, pymysql.err.IntegrityError) as exc:
+                if isinstance(exc, pymysql.err.IntegrityError) and exc.args[0] != DUPLICATE_KEY:
+                    raise
+                self.emit("FlashWritesLocked", 1)
+                decisions = session.run(lambda tx: self._write(tx, reservations, self.payment_window, lock=True))
         settlements = [self._settlement(d) for d in decisions]
         try:
             self.gate.settle(settlements)
@@ -554,11 +572,11 @@ class FlashWriter:
                           d.took, d.give_back, d.order_id, d.total, d.error.code if d.error else "", detail)
 
     @staticmethod
-    def _write(tx: ProductTransaction, reservations, payment_window=0):
+    def _write(tx: ProductTransaction, reservations, payment_window=0, lock=True):
         cur = tx.cursor
         product_ids = sorted({pid for r in reservations for pid in r.quantities})
-        # Lock the rows first (id order): the reads below then see every order committed before us.
-        rows = tx.select(product_ids, "id, stock, low_stock_threshold, status, price_cents", lock=True)
+        # With `lock`, the rows first (id order): the reads below then see every order committed before us.
+        rows = tx.select(product_ids, "id, stock, low_stock_threshold, status, price_cents", lock=lock)
         keys = sorted({(r.client, r.customer_id, r.user_id, r.client_order_id) for r in reservations})
         cur.execute("SELECT id, client, customer_id, user_id, client_order_id, request_hash, total_cents, "
                     "flash_reservation FROM orders WHERE (client, customer_id, user_id, client_order_id) IN ("
@@ -584,20 +602,12 @@ class FlashWriter:
                 decisions.append(_Decision(r, "created", duplicate_of=first_of_key[key]))
                 continue
             decision = _decide(r, rows, left)
+            if not lock and decision.outcome == "failed":
+                raise _NeedsLockedWrite()  # the rows as read may be stale: only locked rows may fail a line
             decisions.append(decision)
             if decision.took:
                 first_of_key[key] = decision
                 new.append(decision)
-        taken = {pid: rows[pid]["stock"] - left[pid] for pid in left if rows[pid]["stock"] != left[pid]}
-        if taken:
-            ids = sorted(taken)
-            case = f"CASE id {' '.join(['WHEN %s THEN %s'] * len(ids))} END"
-            params = [x for pid in ids for x in (pid, taken[pid])]
-            # The guard stays although we hold the rows: MySQL is the last word on stock.
-            changed = tx.update(ids, f"stock = stock - {case}", params, where=f"stock >= {case}", where_params=params,
-                                stock_delta={pid: -taken[pid] for pid in ids})
-            if changed != len(ids):
-                raise AssertionError(f"guarded update of locked products {ids} fell short")
         if new:
             window = int(payment_window)
             lifecycle_state = order_lifecycle.PENDING if window else order_lifecycle.PAID
@@ -631,6 +641,18 @@ class FlashWriter:
                     "user_id": d.reservation.user_id, "total_cents": d.total, "lifecycle": lifecycle_state,
                     "items": [{"product_id": pid, "quantity": qty} for pid, qty in d.reservation.quantities.items()],
                     "reservation_id": d.reservation.rid}, ensure_ascii=False)) for d in new])
+        taken = {pid: rows[pid]["stock"] - left[pid] for pid in left if rows[pid]["stock"] != left[pid]}
+        if taken:
+            ids = sorted(taken)
+            case = f"CASE id {' '.join(['WHEN %s THEN %s'] * len(ids))} END"
+            params = [x for pid in ids for x in (pid, taken[pid])]
+            # The guard stays even on locked rows: MySQL is the last word on stock.
+            changed = tx.update(ids, f"stock = stock - {case}", params, where=f"stock >= {case} AND status = 'active'",
+                                where_params=params, stock_delta={pid: -taken[pid] for pid in ids})
+            if changed != len(ids):
+                if not lock:
+                    raise _NeedsLockedWrite()
+                raise AssertionError(f"guarded update of locked products {ids} fell short")
         for d in decisions:
             if d.duplicate_of is not None:
                 d.order_id, d.total = d.duplicate_of.order_id, d.duplicate_of.total

@@ -544,3 +544,109 @@ def test_leases_an_admission_sweeps_are_counted(sqs, flash_queue, monkeypatch):
     assert ("FlashLeasesSwept", 1) in counted and remaining(pid) == 4
     consume(sqs, flash_queue)
     reconcile(pid, 5)
+
+
+def test_the_consumer_locks_the_sale_row_only_for_its_closing_update(sqs, flash_queue, monkeypatch):
+    """The consumer's concurrent environments overlap their batch writes: one held
+    between its inserts and its stock update does not stop another's whole write."""
+    pid = on_sale(stock=10)
+    place(order("a", 1, (pid, 3)))
+    first = receive(sqs, flash_queue)
+    place(order("b", 2, (pid, 2)))
+    second = receive(sqs, flash_queue)
+    write, held, release = flash_sales.FlashWriter._write, threading.Event(), threading.Event()
+
+    def held_before_its_update(tx, reservations, payment_window=0, lock=True):
+        if threading.current_thread().name == "held":
+            update = tx.update
+
+            def later(*args, **kwargs):
+                held.set()
+                assert release.wait(60)
+                return update(*args, **kwargs)
+            tx.update = later
+        return write(tx, reservations, payment_window, lock)
+
+    monkeypatch.setattr(flash_sales.FlashWriter, "_write", staticmethod(held_before_its_update))
+    outcomes = {}
+
+    def handle(name, records):
+        outcomes[name] = sqs_handlers.handle_flash_event({"Records": records})["batchItemFailures"]
+
+    writer_held = threading.Thread(target=handle, args=("held", first), name="held")
+    writer_held.start()
+    try:
+        assert held.wait(30)
+        other = threading.Thread(target=handle, args=("other", second))
+        other.start()
+        other.join(20)  # with the row locked from the start, it would wait for the held one's commit
+        assert not other.is_alive() and outcomes["other"] == [] and stock(pid) == 8
+    finally:
+        release.set()
+        writer_held.join(30)
+    assert outcomes["held"] == []
+    assert stock(pid) == 5 and remaining(pid) == 5
+    reconcile(pid, 10)
+
+
+def test_stock_that_moved_after_the_consumer_read_it_is_decided_again_on_the_locked_row(
+        sqs, flash_queue, monkeypatch):
+    """The optimistic write read 10 units; before its guarded update, 7 are taken
+    elsewhere. The guard falls short, and the batch is written again with the row
+    locked: MySQL's 3 units decide, nothing is oversold."""
+    pid = on_sale(stock=10)
+    reply = place(*[order(f"o{i}", i + 1, (pid, 1)) for i in range(5)])
+    records = receive(sqs, flash_queue)
+    write, selects = flash_sales.FlashWriter._write, []
+
+    def stock_taken_after_the_read(tx, reservations, payment_window=0, lock=True):
+        select = tx.select
+
+        def then_taken(*args, **kwargs):
+            rows = select(*args, **kwargs)
+            selects.append(kwargs.get("lock"))
+            if len(selects) == 1:  # another connection commits while this transaction runs
+                bootstrap.catalog().adjust_stock(pid, {"delta": -7})
+            return rows
+        tx.select = then_taken
+        return write(tx, reservations, payment_window, lock)
+
+    monkeypatch.setattr(flash_sales.FlashWriter, "_write", staticmethod(stock_taken_after_the_read))
+    writer = bootstrap.flash_writer()
+    counted = []
+    monkeypatch.setattr(writer, "emit", lambda name, value, **dims: counted.append((name, value)))
+
+    assert sqs_handlers.handle_flash_event({"Records": records}, writer=writer)["batchItemFailures"] == []
+
+    assert selects[:2] == [False, True]
+    assert ("FlashWritesLocked", 1) in counted
+    states = [bootstrap.flash_sales().reservation(r["reservation_id"]) for r in reply["results"]]
+    assert sum(s["status"] == "created" for s in states) == 3
+    assert {s["error"]["code"] for s in states if s["status"] == "failed"} == {"INSUFFICIENT_STOCK"}
+    assert stock(pid) == 0
+    reconcile(pid, 3)
+
+
+def test_concurrent_deliveries_of_the_same_batch_write_each_order_once(sqs, flash_queue):
+    """SQS delivers at least once: the same messages in several environments at the
+    same moment. Each optimistic write either finds the orders or meets their unique
+    keys and writes again on the locked row; no order twice, no unit taken twice."""
+    pid = on_sale(stock=200)
+    place(*[order(f"o{i}", i + 1, (pid, 1)) for i in range(50)])
+    place(*[order(f"p{i}", i + 1, (pid, 2)) for i in range(50)])
+    records = receive(sqs, flash_queue)
+    barrier, failures = threading.Barrier(4), []
+
+    def deliver():
+        barrier.wait()
+        failures.extend(sqs_handlers.handle_flash_event({"Records": records})["batchItemFailures"])
+
+    threads = [threading.Thread(target=deliver) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert failures == [] or sqs_handlers.handle_flash_event({"Records": records})["batchItemFailures"] == []
+    assert stock(pid) == 50 and remaining(pid) == 50
+    reconcile(pid, 200)
