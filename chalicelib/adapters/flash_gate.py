@@ -8,7 +8,8 @@ Keys (all under the gateway's prefix):
   flash:res:{owner}  HASH the reservation of one idempotency key
                      (owner = client|customer_id|user_id|client_order_id): rid, hash,
                      state (leased | queued | created | failed), lines "pid:qty:sale_id,...",
-                     customer, order_id, total_cents, code, message, product_id
+                     customer, admitted_ms (the admission's clock, which its lease counts from),
+                     order_id, total_cents, code, message, product_id
   flash:ref:{rid}    STRING -> the reservation's key (how GET /reservations/{rid} finds it)
   flash:leases       ZSET reservation key -> lease deadline (ms): accepted but not yet on SQS
   flash:returned:{pid} SET order ids whose units a cancel or expiry gave back to the sale
@@ -104,7 +105,7 @@ for i = 1, n do
   lines[i] = string.match(KEYS[2 * i], 'flash:sale:(%d+)$') .. ':' .. qty .. ':' .. sales[i]
 end
 redis.call('HSET', KEYS[1], 'rid', rid, 'hash', hash, 'state', 'leased', 'lines', table.concat(lines, ','),
-           'customer', customer)
+           'customer', customer, 'admitted_ms', now)
 redis.call('ZADD', prefix .. 'flash:leases', now + lease, KEYS[1])
 redis.call('SET', prefix .. 'flash:ref:' .. rid, KEYS[1])
 return {'ACCEPTED', rid, table.concat(lines, ','), swept}
@@ -312,6 +313,7 @@ class Admission:
     held: Optional[int] = None
     limit: Optional[int] = None
     swept: int = 0          # expired leases the call gave back on its way
+    admitted_at: float = 0  # ACCEPTED: the clock (s) its lease counts from
 
 
 @dataclass(frozen=True)
@@ -441,6 +443,7 @@ class FlashGate:
         a batch's first reservation does not wait for the others' calls before its hand-off.
         CacheUnavailable means none is known to be decided (Redis may have run some:
         those leases expire, or a replay hands them off)."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         calls = [self.admit_call(*order, now_ms=now_ms) for order in orders]
         script = self.gateway.script(_ADMIT)
 
@@ -451,7 +454,7 @@ class FlashGate:
             return pipe.execute()
 
         replies = self.gateway.call(run)
-        return [self.admission(reply, list(order[3])) for reply, order in zip(replies, orders)]
+        return [self.admission(reply, list(order[3]), now_ms / 1000) for reply, order in zip(replies, orders)]
 
     def admit_call(self, owner, customer, request_hash, quantities, now_ms=None):
         """(keys, args) of one admission: the very call `admit` makes (bench/flash pipelines them)."""
@@ -468,14 +471,14 @@ class FlashGate:
         return tuple((int(pid), int(qty), sale) for pid, qty, sale in (line.split(":") for line in packed.split(",")))
 
     @classmethod
-    def admission(cls, reply, pids) -> Admission:
-        """The Admission an _ADMIT reply stands for (`pids` in the call's order)."""
+    def admission(cls, reply, pids, admitted_at=0) -> Admission:
+        """The Admission an _ADMIT reply stands for (`pids` in the call's order; `admitted_at`: the call's now)."""
         outcome = reply[0]
         if outcome in ("REPLAY", "CONFLICT"):
             return Admission(outcome, rid=reply[1])
         swept = int(reply[-1])
         if outcome == "ACCEPTED":
-            return Admission(outcome, rid=reply[1], lines=cls.lines(reply[2]), swept=swept)
+            return Admission(outcome, rid=reply[1], lines=cls.lines(reply[2]), swept=swept, admitted_at=admitted_at)
         pid = pids[int(reply[1]) - 1]
         if outcome == "SOLD_OUT":
             return Admission(outcome, product_id=pid, remaining=int(reply[2]), swept=swept)

@@ -3,6 +3,13 @@ import json
 import os
 import threading
 
+# Every AWS call gives up after ATTEMPTS tries of at most CONNECT_TIMEOUT + READ_TIMEOUT seconds
+# each, with botocore's legacy backoff between them (at most 1 s, then 2 s): CALL_SECONDS bounds
+# one call. The flash hand-off counts on it to end inside its reservations' lease.
+CONNECT_TIMEOUT, READ_TIMEOUT, ATTEMPTS = 1, 3, 3
+CALL_SECONDS = ATTEMPTS * (CONNECT_TIMEOUT + READ_TIMEOUT) + sum(2 ** i for i in range(ATTEMPTS - 1))
+SQS_BATCH = 10  # SendMessageBatch's most entries per call
+
 
 def aws_client(service, endpoint_url, region):
     import boto3  # lazy: keeps cold start short
@@ -12,7 +19,8 @@ def aws_client(service, endpoint_url, region):
     local_credentials = {} if not endpoint_url or os.environ.get("AWS_ACCESS_KEY_ID") else {
         "aws_access_key_id": "test", "aws_secret_access_key": "test"}
     return boto3.client(service, endpoint_url=endpoint_url, region_name=region, **local_credentials,
-                        config=Config(connect_timeout=1, read_timeout=3, retries={"max_attempts": 2}))
+                        config=Config(connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
+                                      retries={"mode": "legacy", "total_max_attempts": ATTEMPTS}))
 
 
 class QueuePublisher:
@@ -43,11 +51,11 @@ class QueuePublisher:
         """Send up to 10 bodies per SQS call, each hidden for its `delays` seconds
         (SQS: 0-900) if given; raises if any message was refused."""
         url = self.queue_url(queue_name)
-        for start in range(0, len(bodies), 10):
-            chunk = bodies[start:start + 10]
+        for start in range(0, len(bodies), SQS_BATCH):
+            chunk = bodies[start:start + SQS_BATCH]
             entries = [{"Id": str(i), "MessageBody": json.dumps(b)} for i, b in enumerate(chunk)]
             if delays is not None:
-                for entry, delay in zip(entries, delays[start:start + 10]):
+                for entry, delay in zip(entries, delays[start:start + SQS_BATCH]):
                     entry["DelaySeconds"] = delay
             response = self.client.send_message_batch(QueueUrl=url, Entries=entries)
             if response.get("Failed"):

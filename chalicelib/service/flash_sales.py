@@ -22,6 +22,7 @@ import pymysql
 
 from chalicelib.adapters.cache import CacheUnavailable
 from chalicelib.adapters.db import DUPLICATE_KEY
+from chalicelib.adapters.queues import CALL_SECONDS, SQS_BATCH
 from chalicelib.adapters.flash_gate import FlashGate, Settlement, customer_key, owner_key
 from chalicelib.domain import flash_message
 from chalicelib.domain import order_lifecycle
@@ -60,6 +61,10 @@ SALES_REFRESH_SECONDS = 1.0  # how stale a process's copy of MySQL's sale list m
 # the lease ends, and inside API Gateway's 29 s with the default 30 s lease.
 CONFIRM_PAUSES = (0.1, 0.2, 0.4, 0.8, 1.0)
 CONFIRM_WITHIN_LEASE = 0.8
+
+
+class _TooLateForLease(Exception):
+    """A hand-off whose sends could end after its reservations' lease."""
 
 
 class FlashSales:
@@ -344,12 +349,12 @@ class FlashSales:
         handed off) joins `accepted`."""
         coid = order.client_order_id
 
-        def hand_off(lines):
+        def hand_off(lines, admitted_at):
             accepted.append(Reservation(admission.rid, order.client, order.customer_id, order.user_id, coid,
-                                        order.request_hash, lines, time.time(), batch_id))
+                                        order.request_hash, lines, admitted_at, batch_id))
 
         if admission.outcome == "ACCEPTED":
-            hand_off(admission.lines)
+            hand_off(admission.lines, admission.admitted_at)
             self.emit("FlashAdmitted", 1)
             return OrderResult(coid, status="pending", reservation_id=admission.rid)
         if admission.outcome == "REPLAY":
@@ -362,7 +367,8 @@ class FlashSales:
                 # Still leased: the first request may never hand it off (its caller gave up after Redis had
                 # admitted it, its process died). Handed off again, "pending" holds: the consumer writes a
                 # reservation once, however many of its messages arrive.
-                hand_off(self.gate.lines(record["lines"]))
+                # Its lease counts from the first admission (records older than the field: from now).
+                hand_off(self.gate.lines(record["lines"]), int(record.get("admitted_ms", time.time() * 1000)) / 1000)
                 replayed.add(admission.rid)
             return _result(coid, record, duplicate=True)
         if admission.outcome == "CONFLICT":
@@ -386,13 +392,26 @@ class FlashSales:
     def _hand_off(self, accepted, replayed=frozenset()):
         """One SendMessageBatch for the batch's accepted reservations. If SQS refuses,
         every new one is given back in Redis and the request answers 503: nothing
-        half-taken. (A replayed one stays leased: its first request may have sent it.)"""
+        half-taken. (A replayed one stays leased: its first request may have sent it.)
+
+        The send must end inside the reservations' lease: once it is out, a sweep gives
+        their units back, and a sale Redis lost is rebuilt one lease after, from MySQL
+        and the queue, so a message still on its way would have its units offered twice
+        (a buyer told "accepted" would later get INSUFFICIENT_STOCK). A hand-off whose
+        AWS calls, at their bound, could end after the lease (a process stalled since
+        the admission) gives the new units back and answers 503 instead of sending."""
         if not accepted:
             return
         bodies = flash_message.pack(accepted, time.time())
         handles = [(self.gate.reservation_key(owner_key(r.client, r.customer_id, r.user_id, r.client_order_id)),
                     r.rid) for r in accepted]
+        lease = self.gate.lease_ms / 1000
+        admitted = min(r.accepted_at for r in accepted)
         try:
+            self.publisher.queue_url(self.queue_name)  # looked up once per process: the bound below is the sends'
+            if time.time() + -(-len(bodies) // SQS_BATCH) * CALL_SECONDS > admitted + lease:
+                self.emit("FlashHandOffsTooLate", len(accepted))
+                raise _TooLateForLease(f"{time.time() - admitted:.1f} s after the admission")
             self.publisher.send_batch(self.queue_name, bodies)
         except Exception as exc:
             logger.warning("flash-order hand-off failed; giving the reservations back",
@@ -401,14 +420,16 @@ class FlashSales:
                 self.gate.release([h for h in handles if h[1] not in replayed])
             except CacheUnavailable:
                 log.warning("could not give %d reservation(s) back; their leases will expire", len(handles))
+            if isinstance(exc, _TooLateForLease):
+                raise ServiceUnavailable("The sale orders waited too long to be queued and were not accepted. "
+                                         "Retry shortly.") from exc
             raise ServiceUnavailable("The flash-order queue is unavailable; the sale orders were not accepted. "
                                      "Retry shortly.") from exc
         # The messages are on SQS now. An unconfirmed lease would give their units back (the next
         # admissions sweep expired leases) and another buyer could be sold them before the consumer
         # takes them again: that buyer's order would then fail. So a confirm that Redis refuses
         # (a blip, a busy pool, the breaker) is tried again until the first lease is near its end.
-        lease = self.gate.lease_ms / 1000
-        deadline = min(r.accepted_at for r in accepted) + CONFIRM_WITHIN_LEASE * lease
+        deadline = admitted + CONFIRM_WITHIN_LEASE * lease
         for attempt in itertools.count():
             try:
                 self.gate.confirm(handles)

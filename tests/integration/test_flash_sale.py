@@ -336,7 +336,13 @@ def test_a_malformed_message_is_dropped_and_a_mysql_outage_retries_the_batch(sqs
     reconcile(pid, 5)
 
 
-def test_a_redis_restart_loses_the_sale_and_reconcile_rebuilds_it(sqs, flash_queue):
+def short_lease_sends(monkeypatch):
+    """A lease of a second or two for the test: AWS calls bounded well inside it (the local endpoint answers in ms)."""
+    monkeypatch.setattr(flash_sales, "CALL_SECONDS", 0.1)
+
+
+def test_a_redis_restart_loses_the_sale_and_reconcile_rebuilds_it(sqs, flash_queue, monkeypatch):
+    short_lease_sends(monkeypatch)
     redis_server = ThrowawayRedis().start()
     reset(REDIS_URL=redis_server.url)
     try:
@@ -447,6 +453,7 @@ def test_a_confirm_refused_past_the_breaker_window_is_tried_until_near_the_lease
     """Redis refuses for longer than a few quick tries (a failover, a busy pool):
     the confirm goes on until 80% of the lease, so the sweep never meets it."""
     reset(FLASH_LEASE_MS="1000")
+    short_lease_sends(monkeypatch)
     monkeypatch.setattr(flash_sales, "CONFIRM_PAUSES", (0.05,))
     pid = on_sale(stock=5)
     gate = bootstrap.flash_gate()
@@ -470,6 +477,7 @@ def test_a_confirm_refused_past_the_breaker_window_is_tried_until_near_the_lease
 def test_a_confirm_refused_to_the_lease_end_is_counted_and_the_write_takes_the_units_again(
         sqs, flash_queue, monkeypatch):
     reset(FLASH_LEASE_MS="2000")
+    short_lease_sends(monkeypatch)
     monkeypatch.setattr(flash_sales, "CONFIRM_PAUSES", (0.05,))
     pid = on_sale(stock=5)
     gate, service = bootstrap.flash_gate(), bootstrap.flash_sales()
@@ -650,3 +658,49 @@ def test_concurrent_deliveries_of_the_same_batch_write_each_order_once(sqs, flas
     assert failures == [] or sqs_handlers.handle_flash_event({"Records": records})["batchItemFailures"] == []
     assert stock(pid) == 50 and remaining(pid) == 50
     reconcile(pid, 200)
+
+
+def test_a_hand_off_that_could_end_after_its_lease_gives_the_units_back_and_answers_503(
+        sqs, flash_queue, monkeypatch):
+    """A process stalled between the admission and the send: the sweep, or the rebuild of
+    a sale Redis lost, may offer its units again before its message would arrive. It must
+    not send, and its buyers must not be told "accepted"."""
+    pid = on_sale(stock=5)
+    gate, service = bootstrap.flash_gate(), bootstrap.flash_sales()
+    lease = gate.lease_ms / 1000
+    counted = []
+    monkeypatch.setattr(service, "emit", lambda name, value, **dims: counted.append((name, value)))
+    admit_many = gate.admit_many
+    # Admitted as if the process then stalled until only CALL_SECONDS - 1 of the lease is left.
+    monkeypatch.setattr(gate, "admit_many", lambda orders: admit_many(
+        orders, now_ms=int((time.time() - lease + flash_sales.CALL_SECONDS - 1) * 1000)))
+
+    with pytest.raises(ServiceUnavailable, match="waited too long"):
+        place(order("a", 1, (pid, 2)), order("b", 2, (pid, 1)))
+
+    assert ("FlashHandOffsTooLate", 2) in counted
+    assert receive(sqs, flash_queue) == [] and remaining(pid) == 5 and gate.leases() == 0
+    monkeypatch.setattr(gate, "admit_many", admit_many)
+    assert [r["status"] for r in place(order("a", 1, (pid, 2)))["results"]] == ["pending"]  # a retry goes through
+    consume(sqs, flash_queue)
+    assert stock(pid) == 3 and remaining(pid) == 3
+    reconcile(pid, 5)
+
+
+def test_a_replay_hands_off_with_the_lease_of_its_first_admission(sqs, flash_queue, monkeypatch):
+    """A replay that hands off a still-leased reservation counts the lease from the first
+    admission, not from the replay: too close to its end, it answers 503 and sends nothing."""
+    pid = on_sale(stock=5)
+    gate = bootstrap.flash_gate()
+    lease = gate.lease_ms / 1000
+    request_hash = parse_order(order("a", 1, (pid, 2)), 0, "dev").request_hash
+    stalled = int((time.time() - lease + flash_sales.CALL_SECONDS - 1) * 1000)
+    first = gate.admit(owner_key("dev", 0, 1, "a"), customer_key("dev", 0, 1), request_hash, {pid: 2}, now_ms=stalled)
+    assert first.outcome == "ACCEPTED"
+
+    with pytest.raises(ServiceUnavailable, match="waited too long"):
+        place(order("a", 1, (pid, 2)))
+
+    assert receive(sqs, flash_queue) == []
+    assert gate.lookup(first.rid)["state"] == "leased"  # not given back: its first request may have sent it
+    assert gate.sweep(now_ms=stalled + gate.lease_ms + 1) == 1 and remaining(pid) == 5
