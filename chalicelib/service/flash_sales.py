@@ -171,6 +171,16 @@ class FlashSales:
         # Read before the snapshot: if its seq still holds when we write, nothing moved the sale in between.
         live = self.gate.sale(product_id)
         sale_id = row["sale_id"]
+        # Nothing accepted is on its way when the queue is empty and no lease is open. Checked before the
+        # snapshot: an order the consumer writes after the snapshot was leased or queued at this check
+        # (it leaves the queue only after its commit). Checked after, it could be written and deleted in
+        # between, missing from both, and its units offered again. Anything admitted after `live` was read
+        # moves the sale's seq, and the resync below then refuses.
+        try:
+            depth = self.publisher.depth(self.queue_name)
+        except Exception:  # SQS cannot say: assume something is on its way
+            depth = None
+        quiet = depth == 0 and self.gate.leases() == 0
 
         def read(cur):
             # One snapshot: the stock, the sale's orders and the newest order id agree.
@@ -194,13 +204,6 @@ class FlashSales:
         sold = sum(held.values())
         # What the gate may offer at most: reservations on their way (not yet written) come on top of `sold`.
         most = max(0, min(row["sale_stock"] - sold, stock))
-        try:
-            depth = self.publisher.depth(self.queue_name)
-        except Exception:  # SQS cannot say: assume something is on its way
-            depth = None
-        # Nothing accepted is on its way when the queue is empty and no lease is open (checked after the
-        # snapshot: anything admitted since then is in one of the two).
-        quiet = depth == 0 and self.gate.leases() == 0
         report = {"product_id": product_id, "sale_id": sale_id, "sale_stock": row["sale_stock"],
                   "sold": sold, "returned_orders": len(returned), "mysql_stock": stock, "swept": swept,
                   "queue_quiet": quiet}

@@ -704,3 +704,60 @@ def test_a_replay_hands_off_with_the_lease_of_its_first_admission(sqs, flash_que
     assert receive(sqs, flash_queue) == []
     assert gate.lookup(first.rid)["state"] == "leased"  # not given back: its first request may have sent it
     assert gate.sweep(now_ms=stalled + gate.lease_ms + 1) == 1 and remaining(pid) == 5
+
+
+
+def consumed_right_after_the_next_snapshot(sqs, flash_queue, monkeypatch):
+    """The consumer commits and deletes what is queued just after reconcile's MySQL
+    snapshot: the snapshot misses those orders, and the queue is empty by then."""
+    service = bootstrap.flash_sales()
+    run, armed = service.db.run, [True]
+
+    def snapshot_then_consumed(work, *args, **kwargs):
+        found = run(work, *args, **kwargs)
+        if armed and getattr(work, "__name__", "") == "read":
+            armed.clear()
+            assert consume(sqs, flash_queue)
+        return found
+
+    monkeypatch.setattr(service.db, "run", snapshot_then_consumed)
+    return service
+
+
+def test_reconcile_never_counts_orders_written_after_its_snapshot_as_units_to_offer(sqs, flash_queue, monkeypatch):
+    pid = on_sale(stock=10)
+    place(order("a", 1, (pid, 2)))
+    service = consumed_right_after_the_next_snapshot(sqs, flash_queue, monkeypatch)
+
+    report = service.reconcile(pid)
+
+    assert report["action"] == "ok" and not report["queue_quiet"]  # the message was on its way at the check
+    assert stock(pid) == 8 and remaining(pid) == 8  # not 10: the 2 written units are not offered again
+    reconcile(pid, 10)
+
+
+def test_a_rebuild_never_offers_again_what_was_written_after_its_snapshot(sqs, flash_queue, monkeypatch):
+    """Redis lost the sale while a batch was on SQS; the consumer writes it just after the
+    rebuild's snapshot. Rebuilding from that snapshot would offer the batch's units twice."""
+    short_lease_sends(monkeypatch)
+    redis_server = ThrowawayRedis().start()
+    reset(REDIS_URL=redis_server.url)
+    try:
+        pid = on_sale(stock=10)
+        place(order("a", 1, (pid, 3)))
+        redis_server.kill()  # no persistence: it comes back empty
+        redis_server.start()
+        reset(REDIS_URL=redis_server.url, FLASH_LEASE_MS=300)
+        assert bootstrap.flash_sales().reconcile(pid)["action"] == "waiting"   # finds the sale lost
+        time.sleep(bootstrap.flash_gate().lease_ms / 1000)
+        service = consumed_right_after_the_next_snapshot(sqs, flash_queue, monkeypatch)
+
+        assert service.reconcile(pid)["action"] == "waiting"  # the batch was on its way at the check
+        report = service.reconcile(pid)
+
+        assert report["action"] == "rebuilt" and report["remaining"] == 7 and remaining(pid) == 7
+        assert stock(pid) == 7
+        reconcile(pid, 10)
+    finally:
+        reset()
+        redis_server.close()
