@@ -22,8 +22,8 @@ import pymysql
 
 from chalicelib.adapters.cache import CacheUnavailable
 from chalicelib.adapters.db import DUPLICATE_KEY
-from chalicelib.adapters.queues import CALL_SECONDS, SQS_BATCH
 from chalicelib.adapters.flash_gate import FlashGate, Settlement, customer_key, owner_key
+from chalicelib.adapters.queues import CALL_SECONDS, SQS_BATCH
 from chalicelib.domain import flash_message
 from chalicelib.domain import order_lifecycle
 from chalicelib.domain import validation as v
