@@ -8,7 +8,7 @@ import time
 from chalicelib import bootstrap
 from chalicelib.entrypoints.sqs import _partial_response
 from chalicelib.ops.logs import logger
-from chalicelib.ops.metrics import emit
+from chalicelib.ops.metrics import MetricUnit, emit
 from chalicelib.service import lifecycle
 
 # Left for the last round to finish before Lambda's timeout.
@@ -24,7 +24,9 @@ def handle_lifecycle(event, context=None):
         emit("DedupeRecordsPruned", pruned)
     expired, published = lifecycle.run(bootstrap.orders(), bootstrap.database(), bootstrap.event_publisher(), until,
                                        timers=bootstrap.expiry_timers())
-    return {"expired": expired, "published": published, "pruned": pruned}
+    waited = lifecycle.oldest_unpublished_seconds(bootstrap.database())
+    emit("OutboxOldestSeconds", waited, unit=MetricUnit.Seconds)
+    return {"expired": expired, "published": published, "pruned": pruned, "outbox_oldest_seconds": round(waited, 1)}
 
 
 def timer_order_id(body):

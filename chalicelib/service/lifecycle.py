@@ -101,12 +101,15 @@ SNS_BATCH = 10      # PublishBatch's most entries per call
 def publish_pending(db, publisher, limit=500, timers=None):
     """Publish unpublished events; returns how many went out. Each order's
     events go out in sequence: an order always takes the same lane, a lane
-    sends its rows in id order, ten per PublishBatch call, and stops at the
-    first event SNS did not accept (a later event of that order must not pass
-    it; the rest wait for the next round). Lanes run side by side, so the
-    relay keeps up with the order path although each SNS call takes a while.
-    Each published `order.created` of an order still pending starts its expiry
-    timer; a timer that cannot be sent is left to the sweep.
+    sends its rows in id order, ten per PublishBatch call, and an event SNS did
+    not accept holds back the later events of its order (or product) only: they
+    must not pass it, and they wait for the next round with it, while the lane
+    goes on with other orders. So one event SNS keeps refusing (a poison event)
+    holds one order, not its lane, and never fills the window of the `limit`
+    oldest events. Lanes run side by side, so the relay keeps up with the order
+    path although each SNS call takes a while. Each published `order.created` of
+    an order still pending starts its expiry timer; a timer that cannot be sent
+    is left to the sweep.
 
     Nothing is locked while SNS is called: a relay holding locks on the outbox
     index would make every new order wait for SNS. One relay runs at a time
@@ -117,12 +120,13 @@ def publish_pending(db, publisher, limit=500, timers=None):
         return 0
     lanes = {}
     for row in rows:
-        # A product's event (stock.low, no order) keeps to its product's lane: in order per product too.
-        key = row["order_id"] if row["order_id"] is not None else row["product_id"]
-        lanes.setdefault(key % RELAY_LANES, []).append(row)
+        lanes.setdefault(_key(row) % RELAY_LANES, []).append(row)
     with ThreadPoolExecutor(len(lanes)) as pool:
-        sent = [row for published in pool.map(lambda lane: _publish_lane(publisher, lane), lanes.values())
-                for row in published]
+        outcomes = list(pool.map(lambda lane: _publish_lane(publisher, lane), lanes.values()))
+    sent = [row for published, _ in outcomes for row in published]
+    refused = sum(held for _, held in outcomes)
+    if refused:
+        emit("OrderEventsRefused", refused)
     created = [row["order_id"] for row in sent if row["type"] == "order.created"]
     if timers and created:
         _start_timers(db, timers, created)
@@ -133,21 +137,48 @@ def publish_pending(db, publisher, limit=500, timers=None):
     return len(sent)
 
 
+def oldest_unpublished_seconds(db):
+    """How long the oldest event still in the outbox has waited (0: none waits): SNS
+    down, or an event SNS keeps refusing, shows here (the OutboxStalled alarm)."""
+    rows = db.query("SELECT TIMESTAMPDIFF(MICROSECOND, created_at, CURRENT_TIMESTAMP(6)) / 1e6 AS waited "
+                    "FROM order_events WHERE published_at IS NULL ORDER BY id LIMIT 1")
+    return max(0.0, float(rows[0]["waited"])) if rows else 0.0
+
+
+def _key(row):
+    """An order's events keep to their order; a product's event (stock.low, no order) to its product."""
+    return row["order_id"] if row["order_id"] is not None else row["product_id"]
+
+
 def _publish_lane(publisher, rows):
-    """The rows SNS accepted, from the first, in order."""
-    published = []
-    for start in range(0, len(rows), SNS_BATCH):
-        chunk = rows[start:start + SNS_BATCH]
+    """(the rows SNS accepted, in id order per order; how many orders it held back).
+    A call that failed for several events is tried again an event at a time, so the
+    one at fault is found and the others go out; SNS unreachable stops the lane."""
+    published, waiting, held, size = [], list(rows), set(), SNS_BATCH
+    while waiting:
+        chunk = waiting[:size]
         try:
             accepted = publisher.publish_batch([_message(row) for row in chunk])
-        except Exception as exc:  # SNS down: the rest waits in the outbox
-            logger.warning("order events not published; they stay in the outbox",
-                           extra={"first_event_id": chunk[0]["event_id"], "reason": str(exc)})
-            accepted = 0
+            reason = "refused by SNS"
+        except Exception as exc:
+            if _unreachable(exc):
+                logger.warning("order events not published: SNS is unreachable; they stay in the outbox",
+                               extra={"first_event_id": chunk[0]["event_id"], "reason": str(exc)})
+                break
+            if len(chunk) > 1:
+                size = 1
+                continue
+            accepted, reason, size = 0, f"{type(exc).__name__}: {exc}", SNS_BATCH
         published += chunk[:accepted]
+        rest = waiting[accepted:]
         if accepted < len(chunk):
-            break
-    return published
+            stopped = chunk[accepted]
+            held.add(_key(stopped))
+            logger.warning("order event not published; it and the later events of its order stay in the outbox",
+                           extra={"event_id": stopped["event_id"], "order_id": stopped["order_id"],
+                                  "product_id": stopped["product_id"], "type": stopped["type"], "reason": reason})
+        waiting = [row for row in rest if _key(row) not in held]
+    return published, len(held)
 
 
 def _message(row):
@@ -158,6 +189,13 @@ def _message(row):
     if row["product_id"] is not None:
         message["product_id"] = row["product_id"]
     return message
+
+
+def _unreachable(exc):
+    """SNS could not be reached or did not answer (after botocore's own retries): no event is at fault."""
+    from botocore.exceptions import ConnectionError as AwsConnectionError, HTTPClientError  # lazy, as boto3 is
+
+    return isinstance(exc, (AwsConnectionError, HTTPClientError))
 
 
 def _start_timers(db, timers, order_ids):

@@ -195,6 +195,79 @@ def test_an_event_sns_refused_holds_back_the_rest_of_its_order_only(window):
     assert sorted(map(len, calls)) == [3, 3]  # one call per lane, each lane in sequence order
 
 
+def orders_in_one_lane(pid, count):
+    """`count` orders whose events share one relay lane, each paid (two events each)."""
+    ids = []
+    while len(ids) < count:
+        order_id = place(pid, f"lane-{uuid.uuid4().hex[:8]}")
+        bootstrap.orders().pay(order_id, f"pay-{order_id}")
+        if not ids or order_id % lifecycle.RELAY_LANES == ids[0] % lifecycle.RELAY_LANES:
+            ids.append(order_id)
+    return ids
+
+
+class RefusesOrder:
+    """SNS refusing every event of one order (a poison event), as a failed entry or by raising."""
+
+    def __init__(self, order_id, raises=False):
+        self.order_id, self.raises, self.calls = order_id, raises, []
+
+    def publish_batch(self, events):
+        self.calls.append(len(events))
+        bad = [i for i, e in enumerate(events) if e["order_id"] == self.order_id]
+        if bad and self.raises:
+            raise ValueError("an entry the SDK cannot serialise")
+        return bad[0] if bad else len(events)
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["refused-entry", "call-raises"])
+def test_an_event_sns_keeps_refusing_holds_its_own_order_not_its_lane(window, raises, monkeypatch):
+    """A poison event: the later events of its order wait behind it, the other orders
+    of its lane go out. With the lane stopped at it, the lane's events would pile up
+    until the relay's window of the oldest events held nothing else."""
+    pid = make_product(bootstrap.catalog(), stock=50)["id"]
+    poisoned, *others = orders_in_one_lane(pid, 5)
+    publisher = RefusesOrder(poisoned, raises)
+    db = bootstrap.database()
+    counted = []
+    monkeypatch.setattr(lifecycle, "emit", lambda name, value, **dims: counted.append((name, value)))
+
+    rounds = [lifecycle.publish_pending(db, publisher, limit=4) for _ in range(len(_events()))]
+
+    assert sum(rounds) == len(_events()) - 2 and rounds[-1] == 0
+    assert all(e["published_at"] is not None for o in others for e in _events(o))
+    assert [e["published_at"] for e in _events(poisoned)] == [None, None]
+    assert counted == [("OrderEventsRefused", 1)] * len(rounds)  # every round, the one order held back
+    orders = bootstrap.orders()
+    orders.fulfil(others[0])  # a new event of the same lane still goes out
+    assert lifecycle.publish_pending(db, publisher, limit=4) == 1
+
+
+def test_the_lifecycle_function_reports_how_long_the_oldest_event_has_waited(window, monkeypatch):
+    """What the outbox-stalled alarm watches: SNS refusing an event shows as its age."""
+    from chalicelib.entrypoints import lifecycle as function
+
+    pid = make_product(bootstrap.catalog(), stock=5)["id"]
+    stuck = place(pid, "stuck-1")
+    counted = []
+    monkeypatch.setattr(function, "emit", lambda name, value, **dims: counted.append((name, value)))
+    monkeypatch.setattr(bootstrap, "event_publisher", lambda: RefusesOrder(stuck))
+    time.sleep(0.3)
+
+    report = function.handle_lifecycle({}, None)
+
+    assert report["published"] == 0 and report["outbox_oldest_seconds"] >= 0.3
+    assert [v for name, v in counted if name == "OutboxOldestSeconds"] == [pytest.approx(report["outbox_oldest_seconds"],
+                                                                                         abs=0.05)]
+    assert lifecycle.publish_pending(bootstrap.database(), PublishesAll()) == 1
+    assert lifecycle.oldest_unpublished_seconds(bootstrap.database()) == 0
+
+
+class PublishesAll:
+    def publish_batch(self, events):
+        return len(events)
+
+
 def test_events_wait_in_the_outbox_while_sns_is_down(window, test_env):
     pid = make_product(bootstrap.catalog(), stock=5)["id"]
     place(pid, "w-1")
