@@ -152,23 +152,27 @@ def _key(row):
 
 def _publish_lane(publisher, rows):
     """(the rows SNS accepted, in id order per order; how many orders it held back).
-    A call that failed for several events is tried again an event at a time, so the
-    one at fault is found and the others go out; SNS unreachable stops the lane."""
-    published, waiting, held, size = [], list(rows), set(), SNS_BATCH
-    while waiting:
-        chunk = waiting[:size]
+    A call that raised for several events is made again an event at a time, so the
+    one at fault is found and the others go out. Two calls in a row that got nothing
+    out mean SNS refuses everything now (throttling, a key it cannot use): the lane
+    stops there, as it does when SNS is unreachable, instead of one call per order."""
+    published, waiting, held = [], list(rows), set()
+    one_by_one = fruitless = 0
+    while waiting and fruitless < 2:
+        chunk = waiting[:1 if one_by_one else SNS_BATCH]
         try:
-            accepted = publisher.publish_batch([_message(row) for row in chunk])
-            reason = "refused by SNS"
+            accepted, reason = publisher.publish_batch([_message(row) for row in chunk]), "refused by SNS"
         except Exception as exc:
             if _unreachable(exc):
                 logger.warning("order events not published: SNS is unreachable; they stay in the outbox",
                                extra={"first_event_id": chunk[0]["event_id"], "reason": str(exc)})
                 break
             if len(chunk) > 1:
-                size = 1
+                one_by_one = len(chunk)
                 continue
-            accepted, reason, size = 0, f"{type(exc).__name__}: {exc}", SNS_BATCH
+            accepted, reason = 0, f"{type(exc).__name__}: {exc}"
+        one_by_one = max(0, one_by_one - 1)
+        fruitless = 0 if accepted else fruitless + 1
         published += chunk[:accepted]
         rest = waiting[accepted:]
         if accepted < len(chunk):

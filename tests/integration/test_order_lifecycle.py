@@ -243,6 +243,28 @@ def test_an_event_sns_keeps_refusing_holds_its_own_order_not_its_lane(window, ra
     assert lifecycle.publish_pending(db, publisher, limit=4) == 1
 
 
+@pytest.mark.parametrize("raises", [False, True], ids=["refused-entries", "calls-raise"])
+def test_sns_refusing_every_event_costs_a_lane_a_few_calls_not_one_per_order(window, raises):
+    """Throttling, a KMS key SNS cannot use: every event fails alike. Holding back one
+    order per call would make a call per order every round; the lane stops instead."""
+    pid = make_product(bootstrap.catalog(), stock=50)["id"]
+    ids = orders_in_one_lane(pid, 6)
+
+    lanes = []
+
+    class RefusesAll:
+        def publish_batch(self, events):
+            lanes.append(events[0]["order_id"] % lifecycle.RELAY_LANES)
+            if raises:
+                raise RuntimeError("KMS.DisabledException")
+            return 0
+
+    assert lifecycle.publish_pending(bootstrap.database(), RefusesAll()) == 0
+    # The lane of the 6 orders: one call, then at most two alone; not a call per order.
+    assert 1 <= lanes.count(ids[0] % lifecycle.RELAY_LANES) <= 3
+    assert all(e["published_at"] is None for o in ids for e in _events(o))
+
+
 def test_the_lifecycle_function_reports_how_long_the_oldest_event_has_waited(window, monkeypatch):
     """What the outbox-stalled alarm watches: SNS refusing an event shows as its age."""
     from chalicelib.entrypoints import lifecycle as function
