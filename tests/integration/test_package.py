@@ -457,6 +457,8 @@ def test_multi_az_is_a_parameter_and_alarms_watch_the_documented_metrics(real_te
     for dlq in ("OrderIngestDeadLetterAlarm", "CacheInvalidationDeadLetterAlarm"):
         assert resources[dlq]["Properties"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
     assert resources["Api5xxRateAlarm"]["Properties"]["MetricName"] == "5XXError"
+    outbox = resources["OutboxStalledAlarm"]["Properties"]  # what the lifecycle function emits each minute
+    assert (outbox["Namespace"], outbox["MetricName"], outbox["Unit"]) == ("Shop", "OutboxOldestSeconds", "Seconds")
     dashboard = json.dumps(resources["Dashboard"]["Properties"]["DashboardBody"])
     for needle in ("OrderLatency", "ProductCache", "SearchCache", "Errors", "RequestLatency", "5XXError"):
         assert needle in dashboard
