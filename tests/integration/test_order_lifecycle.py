@@ -279,8 +279,8 @@ def test_the_lifecycle_function_reports_how_long_the_oldest_event_has_waited(win
     report = function.handle_lifecycle({}, None)
 
     assert report["published"] == 0 and report["outbox_oldest_seconds"] >= 0.3
-    assert [v for name, v in counted if name == "OutboxOldestSeconds"] == [pytest.approx(report["outbox_oldest_seconds"],
-                                                                                         abs=0.05)]
+    reported = [value for name, value in counted if name == "OutboxOldestSeconds"]
+    assert reported == [pytest.approx(report["outbox_oldest_seconds"], abs=0.05)]
     assert lifecycle.publish_pending(bootstrap.database(), PublishesAll()) == 1
     assert lifecycle.oldest_unpublished_seconds(bootstrap.database()) == 0
 
