@@ -5,16 +5,20 @@ batch, not per order. Pure: no I/O.
     {"reservations": [{"rid": str(32 hex), "client": str, "customer_id": int, "user_id": int,
                        "client_order_id": str, "request_hash": str(64 hex),
                        "lines": [[product_id, quantity, sale_id], ...], "accepted_at": float,
-                       "batch_id"?: str(1..64)}, ...],
+                       "batch_id"?: str(1..64), "contact_email"?: str}, ...],
      "sent_at": float}
 
 `batch_id`: the async batch (or `sqs-<messageId>`) the order came in; the written
-order row records it, as an ordinary async order's does.
+order row records it, as an ordinary async order's does. `contact_email`: where the
+order's emails go, as the order gave it (an ordinary order's row records it too).
 """
 import json
 import re
 from dataclasses import asdict, dataclass
 from typing import Optional
+
+from chalicelib.domain.errors import ValidationError
+from chalicelib.domain.orders import contact_email
 
 # SQS takes 256 KiB per message; keep a margin as the ingest messages do.
 MAX_MESSAGE_BYTES = 200_000
@@ -33,6 +37,7 @@ class Reservation:
     lines: tuple  # ((product_id, quantity, sale_id), ...) ascending product id
     accepted_at: float = 0.0
     batch_id: Optional[str] = None
+    contact_email: Optional[str] = None
 
     @property
     def quantities(self):
@@ -46,8 +51,9 @@ class Reservation:
     def to_json(self):
         data = asdict(self)
         data["lines"] = [list(line) for line in self.lines]
-        if self.batch_id is None:
-            del data["batch_id"]
+        for optional in ("batch_id", "contact_email"):
+            if data[optional] is None:
+                del data[optional]
         return data
 
 
@@ -96,9 +102,15 @@ def _reservation(item):
     batch_id = item.get("batch_id")
     if batch_id is not None and not (isinstance(batch_id, str) and 1 <= len(batch_id) <= 64):
         raise ValueError("'batch_id' must be a string of 1 to 64 characters")
+    contact = item.get("contact_email")
+    if contact is not None:
+        try:
+            contact = contact_email(contact)
+        except ValidationError as exc:
+            raise ValueError(exc.message) from None
     accepted_at = item.get("accepted_at", 0.0)
     return Reservation(rid, client, item["customer_id"], item["user_id"], coid, hash_, tuple(sorted(parsed)),
-                       float(accepted_at) if isinstance(accepted_at, (int, float)) else 0.0, batch_id)
+                       float(accepted_at) if isinstance(accepted_at, (int, float)) else 0.0, batch_id, contact)
 
 
 def decode(body):

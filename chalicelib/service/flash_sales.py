@@ -354,7 +354,7 @@ class FlashSales:
 
         def hand_off(lines, admitted_at):
             accepted.append(Reservation(admission.rid, order.client, order.customer_id, order.user_id, coid,
-                                        order.request_hash, lines, admitted_at, batch_id))
+                                        order.request_hash, lines, admitted_at, batch_id, order.contact_email))
 
         if admission.outcome == "ACCEPTED":
             hand_off(admission.lines, admission.admitted_at)
@@ -638,10 +638,11 @@ class FlashWriter:
             # executemany sends one multi-row INSERT only when VALUES holds nothing but placeholders.
             cur.executemany(
                 "INSERT INTO orders (client, customer_id, user_id, client_order_id, request_hash, total_cents, "
-                "flash_reservation, batch_id, lifecycle) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                "flash_reservation, batch_id, lifecycle, contact_email) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 [(d.reservation.client, d.reservation.customer_id, d.reservation.user_id,
                   d.reservation.client_order_id, d.reservation.request_hash, d.total, d.reservation.rid,
-                  d.reservation.batch_id, lifecycle_state) for d in new])
+                  d.reservation.batch_id, lifecycle_state, d.reservation.contact_email) for d in new])
             rids = [d.reservation.rid for d in new]
             in_rids = f"({','.join(['%s'] * len(rids))})"
             if window:  # the payment window by the database's clock, as OrderRepository.add sets it

@@ -180,18 +180,29 @@ def test_garbage_orders_for_a_sale_product_fail_alone_and_take_nothing(sqs, flas
     assert remaining(pid) == 4
 
 
-def test_a_flash_message_with_a_garbage_batch_id_is_dropped_and_its_siblings_written(sqs, flash_queue):
+def test_a_flash_message_with_a_garbage_batch_id_or_contact_email_is_dropped_and_its_siblings_written(
+        sqs, flash_queue):
     pid = on_sale(stock=5)
     place(order("a", 1, (pid, 1)))
     records = receive(sqs, flash_queue)
     good = flash_message.decode(records[0]["body"])[0].to_json()
-    bad = [{"messageId": str(uuid.uuid4()), "body": json.dumps({"reservations": [{**good, "batch_id": b}]})}
-           for b in ("", 7, "b" * 65)]
+    bad = [{"messageId": str(uuid.uuid4()), "body": json.dumps({"reservations": [{**good, field: b}]})}
+           for field, b in (("batch_id", ""), ("batch_id", 7), ("batch_id", "b" * 65),
+                            ("contact_email", "not an address"), ("contact_email", 5), ("contact_email", "@" * 300))]
 
     assert sqs_handlers.handle_flash_event({"Records": [*bad, *records]})["batchItemFailures"] == []
 
     assert stock(pid) == 4 and remaining(pid) == 4
     reconcile(pid, 5)
+
+
+def test_a_sale_orders_contact_email_reaches_its_order_row(sqs, flash_queue):
+    """Where its emails go: the notification consumer reads the order row, as for any order."""
+    pid = on_sale(stock=5)
+    place({**order("a", 1, (pid, 1)), "contact_email": "ann@example.com"}, order("b", 2, (pid, 1)))
+    consume(sqs, flash_queue)
+    rows = bootstrap.database().query("SELECT client_order_id, contact_email FROM orders")
+    assert {r["client_order_id"]: r["contact_email"] for r in rows} == {"a": "ann@example.com", "b": None}
 
 
 def test_written_sale_orders_carry_their_created_event_in_the_same_transaction(sqs, flash_queue):
