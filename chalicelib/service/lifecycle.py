@@ -120,7 +120,7 @@ def publish_pending(db, publisher, limit=500, timers=None):
         return 0
     lanes = {}
     for row in rows:
-        lanes.setdefault(_key(row) % RELAY_LANES, []).append(row)
+        lanes.setdefault(_key(row)[1] % RELAY_LANES, []).append(row)
     with ThreadPoolExecutor(len(lanes)) as pool:
         outcomes = list(pool.map(lambda lane: _publish_lane(publisher, lane), lanes.values()))
     sent = [row for published, _ in outcomes for row in published]
@@ -146,8 +146,9 @@ def oldest_unpublished_seconds(db):
 
 
 def _key(row):
-    """An order's events keep to their order; a product's event (stock.low, no order) to its product."""
-    return row["order_id"] if row["order_id"] is not None else row["product_id"]
+    """What the event keeps its order within: its order, or for a product's event (stock.low, no order) its
+    product; the id picks the lane."""
+    return ("order", row["order_id"]) if row["order_id"] is not None else ("product", row["product_id"])
 
 
 def _publish_lane(publisher, rows):
