@@ -4,8 +4,9 @@ import os
 import threading
 
 # Every AWS call gives up after ATTEMPTS tries of at most CONNECT_TIMEOUT + READ_TIMEOUT seconds
-# each, with botocore's legacy backoff between them (at most 1 s, then 2 s): CALL_SECONDS bounds
-# one call. The flash hand-off counts on it to end inside its reservations' lease.
+# each, with botocore's standard-mode backoff between them (its default mode: at most 1 s, then
+# 2 s for throttling; 50 ms, then 100 ms otherwise): CALL_SECONDS bounds one call. The flash
+# hand-off counts on it to end inside its reservations' lease.
 CONNECT_TIMEOUT, READ_TIMEOUT, ATTEMPTS = 1, 3, 3
 CALL_SECONDS = ATTEMPTS * (CONNECT_TIMEOUT + READ_TIMEOUT) + sum(2 ** i for i in range(ATTEMPTS - 1))
 SQS_BATCH = 10  # SendMessageBatch's most entries per call
@@ -20,7 +21,7 @@ def aws_client(service, endpoint_url, region):
         "aws_access_key_id": "test", "aws_secret_access_key": "test"}
     return boto3.client(service, endpoint_url=endpoint_url, region_name=region, **local_credentials,
                         config=Config(connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
-                                      retries={"mode": "legacy", "total_max_attempts": ATTEMPTS}))
+                                      retries={"mode": "standard", "total_max_attempts": ATTEMPTS}))
 
 
 class QueuePublisher:
