@@ -63,10 +63,6 @@ CONFIRM_PAUSES = (0.1, 0.2, 0.4, 0.8, 1.0)
 CONFIRM_WITHIN_LEASE = 0.8
 
 
-class _TooLateForLease(Exception):
-    """A hand-off whose sends could end after its reservations' lease."""
-
-
 class FlashSales:
     def __init__(self, db, gate: FlashGate, writes: ProductWrites, publisher, queue_name, metrics=emit):
         self._sales_cache = None  # (monotonic time, product ids on sale in MySQL)
@@ -412,22 +408,19 @@ class FlashSales:
         admitted = min(r.accepted_at for r in accepted)
         try:
             self.publisher.queue_url(self.queue_name)  # looked up once per process: the bound below is the sends'
-            if time.time() + -(-len(bodies) // SQS_BATCH) * CALL_SECONDS > admitted + lease:
-                self.emit("FlashHandOffsTooLate", len(accepted))
-                raise _TooLateForLease(f"{time.time() - admitted:.1f} s after the admission")
-            self.publisher.send_batch(self.queue_name, bodies)
+            too_late = time.time() + -(-len(bodies) // SQS_BATCH) * CALL_SECONDS > admitted + lease
+            if not too_late:
+                self.publisher.send_batch(self.queue_name, bodies)
         except Exception as exc:
-            logger.warning("flash-order hand-off failed; giving the reservations back",
-                           extra={"reservations": len(accepted), "error": f"{type(exc).__name__}: {exc}"})
-            try:
-                self.gate.release([h for h in handles if h[1] not in replayed])
-            except CacheUnavailable:
-                log.warning("could not give %d reservation(s) back; their leases will expire", len(handles))
-            if isinstance(exc, _TooLateForLease):
-                raise ServiceUnavailable("The sale orders waited too long to be queued and were not accepted. "
-                                         "Retry shortly.") from exc
+            self._give_back(handles, replayed, "flash-order hand-off failed", f"{type(exc).__name__}: {exc}")
             raise ServiceUnavailable("The flash-order queue is unavailable; the sale orders were not accepted. "
                                      "Retry shortly.") from exc
+        if too_late:
+            self.emit("FlashHandOffsTooLate", len(accepted))
+            self._give_back(handles, replayed, "flash-order hand-off too late for its lease",
+                            f"{time.time() - admitted:.1f} s after the admission")
+            raise ServiceUnavailable("The sale orders waited too long to be queued and were not accepted. "
+                                     "Retry shortly.")
         # The messages are on SQS now. An unconfirmed lease would give their units back (the next
         # admissions sweep expired leases) and another buyer could be sold them before the consumer
         # takes them again: that buyer's order would then fail. So a confirm that Redis refuses
@@ -445,6 +438,15 @@ class FlashSales:
                     self.emit("FlashConfirmsFailed", len(handles))
                     return
                 time.sleep(pause)
+
+    def _give_back(self, handles, replayed, what, why):
+        """A hand-off that sent nothing: its new reservations' units back (a replayed one stays
+        leased: its first request may have sent it)."""
+        logger.warning(f"{what}; giving the reservations back", extra={"reservations": len(handles), "error": why})
+        try:
+            self.gate.release([h for h in handles if h[1] not in replayed])
+        except CacheUnavailable:
+            log.warning("could not give %d reservation(s) back; their leases will expire", len(handles))
 
     # --- polling ------------------------------------------------------------
 
