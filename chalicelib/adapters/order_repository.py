@@ -68,6 +68,9 @@ class OrderRepository(Protocol):
         """The order and its lines (ascending product id); OrderNotFound if unknown.
         `lock` holds the order row until the transaction ends."""
 
+    def owner_of(self, order_id: int) -> tuple[str, int]:
+        """(client, customer_id) of the order, read without a lock; OrderNotFound if unknown."""
+
     def mark_cancelled(self, order_id: int, lifecycle: str = "cancelled") -> None:
         """The order gave its stock back: status cancelled, lifecycle cancelled or expired."""
 
@@ -127,6 +130,13 @@ class MySQLOrderRepository:
         self.cur.execute("SELECT product_id, quantity, unit_price_cents, flash_sale_id AS sale_id FROM order_items "
                          "WHERE order_id = %s ORDER BY product_id", (order_id,))
         return StoredOrder(**row), [OrderLine(**item) for item in self.cur.fetchall()]
+
+    def owner_of(self, order_id):
+        self.cur.execute("SELECT client, customer_id FROM orders WHERE id = %s", (order_id,))
+        row = self.cur.fetchone()
+        if row is None:
+            raise OrderNotFound(f"Order {order_id} does not exist.", order_id=order_id)
+        return row["client"], row["customer_id"]
 
     def mark_cancelled(self, order_id, lifecycle="cancelled"):
         self.cur.execute("UPDATE orders SET status = 'cancelled', lifecycle = %s, cancelled_at = CURRENT_TIMESTAMP(6) "

@@ -158,6 +158,16 @@ class OrderService:
             raise OrderNotFound(f"Order {order.id} does not exist.", order_id=order.id)
         return loaded
 
+    def _require_owner(self, order_id, owner):
+        """404 unless `owner` may change the order, read without a lock before any
+        transaction locks it: a caller never waits on, nor holds, a row that is not
+        theirs. (An order's client and customer never change, so the check holds.)"""
+        if owner is None:
+            return
+        client, customer_id = self.db.run(lambda cur: self.repository(cur).owner_of(order_id))
+        if not owner.owns(client, customer_id):
+            raise OrderNotFound(f"Order {order_id} does not exist.", order_id=order_id)
+
     def get(self, order_id, owner=None):
         return self.db.run(lambda cur: self._to_api(*self._owned(self.repository(cur).load(order_id), owner)))
 
@@ -172,9 +182,11 @@ class OrderService:
         return self._close(order_id, None, lifecycle.EXPIRED) is not None
 
     def _close(self, order_id, owner, to_state):
+        self._require_owner(order_id, owner)
+
         def work(tx: ProductTransaction):
             orders = self.repository(tx.cursor)
-            order, lines = self._owned(orders.load(order_id, lock=True), owner)
+            order, lines = orders.load(order_id, lock=True)
             if to_state == lifecycle.EXPIRED:
                 if not orders.is_due(order_id):
                     return order, lines, False
@@ -198,10 +210,12 @@ class OrderService:
         return self._to_api(order, lines)
 
     def pay(self, order_id, payment_reference, owner=None):
-        """pending_payment -> paid, idempotent on the payment reference."""
+        """pending_payment -> paid, idempotent on the payment reference (unique per client)."""
+        self._require_owner(order_id, owner)
+
         def work(cur):
             orders = self.repository(cur)
-            order, lines = self._owned(orders.load(order_id, lock=True), owner)
+            order, lines = orders.load(order_id, lock=True)
             if lifecycle.pay(order_id, order.lifecycle, order.payment_reference, payment_reference) == lifecycle.ALREADY:
                 return order, lines
             try:
@@ -219,9 +233,11 @@ class OrderService:
 
     def fulfil(self, order_id, owner=None):
         """paid -> fulfilled (shipped); asked again, it answers the fulfilled order."""
+        self._require_owner(order_id, owner)
+
         def work(cur):
             orders = self.repository(cur)
-            order, lines = self._owned(orders.load(order_id, lock=True), owner)
+            order, lines = orders.load(order_id, lock=True)
             if lifecycle.fulfil(order_id, order.lifecycle) == lifecycle.ALREADY:
                 return order, lines
             orders.set_lifecycle(order_id, lifecycle.FULFILLED)

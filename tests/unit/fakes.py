@@ -155,6 +155,10 @@ class FakeOrders:
             raise OrderNotFound(f"Order {order_id} does not exist.", order_id=order_id)
         return self.store.orders[order_id], list(self.store.lines.get(order_id, []))
 
+    def owner_of(self, order_id):
+        order, _ = self.load(order_id)
+        return order.client, order.customer_id
+
     def mark_cancelled(self, order_id, lifecycle="cancelled"):
         self.store.orders[order_id] = replace(self.store.orders[order_id], status="cancelled", lifecycle=lifecycle)
 
