@@ -231,6 +231,7 @@ def orders(strategy_name=None):
     return _once(f"orders:{strategy.name}", lambda: OrderService(
         database(), strategy, product_writes(), max_in_flight=int(settings().number("ORDERS_MAX_IN_FLIGHT")),
         payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS")),
+        customer_payment_window=int(settings().number("CUSTOMER_PAYMENT_WINDOW_SECONDS")),
         flash=flash_sales()))
 
 
@@ -251,7 +252,8 @@ def flash_writer():
     from chalicelib.service.flash_sales import FlashWriter
 
     return _once("flash_writer", lambda: FlashWriter(
-        flash_gate(), product_writes(), payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS"))))
+        flash_gate(), product_writes(), payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS")),
+        customer_payment_window=int(settings().number("CUSTOMER_PAYMENT_WINDOW_SECONDS"))))
 
 
 def related_products():

@@ -29,10 +29,12 @@ from chalicelib.service.unit_of_work import ProductTransaction, ProductWrites, W
 class OrderService:
     def __init__(self, db, strategy: InventoryStrategy, writes: ProductWrites,
                  repository: Callable[[object], OrderRepository] = MySQLOrderRepository, max_in_flight=16,
-                 metrics=emit, payment_window=0, flash=None):
+                 metrics=emit, payment_window=0, customer_payment_window=lifecycle.DEFAULT_CUSTOMER_PAYMENT_WINDOW,
+                 flash=None):
         self.db = db
-        # Seconds an order waits for payment (pending_payment) before it expires; 0: orders are paid at creation.
-        self.payment_window = int(payment_window)
+        # Seconds a new order waits for payment (pending_payment) before it expires: a trusted server's
+        # payment_window (0: paid at creation), a customer token's customer_payment_window (never 0).
+        self.payment_windows = lifecycle.PaymentWindows(int(payment_window), int(customer_payment_window))
         # FlashSales (service/flash_sales.py): sync orders for products on sale go through its gate.
         self.flash = flash
         self.emit = metrics
@@ -113,8 +115,9 @@ class OrderService:
 
     def _place(self, tx: ProductTransaction, reserver: Reserver, order: OrderRequest, batch_id) -> OrderResult:
         orders = self.repository(tx.cursor)
+        window = self.payment_windows.for_order(order.customer_id)
         order_id = orders.add(order.client, order.customer_id, order.user_id, order.client_order_id,
-                              order.request_hash, batch_id, self.payment_window, order.contact_email)
+                              order.request_hash, batch_id, window, order.contact_email)
         if order_id is None:
             return self._replay(orders.find(order.client, order.customer_id, order.user_id, order.client_order_id),
                                 order)
@@ -124,7 +127,7 @@ class OrderService:
         orders.set_total(order_id, total)
         orders.add_event(order_id, lifecycle.CREATED, {
             "order_id": order_id, "client_order_id": order.client_order_id, "user_id": order.user_id,
-            "total_cents": total, "lifecycle": lifecycle.PENDING if self.payment_window else lifecycle.PAID,
+            "total_cents": total, "lifecycle": lifecycle.PENDING if window else lifecycle.PAID,
             "items": [{"product_id": pid, "quantity": qty} for pid, qty in order.quantities.items()]}, first=True)
         return OrderResult(order.client_order_id, order_id, total)
 
