@@ -232,7 +232,17 @@ def orders(strategy_name=None):
         database(), strategy, product_writes(), max_in_flight=int(settings().number("ORDERS_MAX_IN_FLIGHT")),
         payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS")),
         customer_payment_window=int(settings().number("CUSTOMER_PAYMENT_WINDOW_SECONDS")),
-        flash=flash_sales()))
+        flash=flash_sales(), customer_limits=customer_limits()))
+
+
+def customer_limits():
+    """A customer's caps (domain/customer_limits.py) as configured."""
+    from chalicelib.domain.customer_limits import CustomerLimits
+
+    s = settings()
+    return _once("customer_limits", lambda: CustomerLimits(
+        units_per_product=int(s.number("CUSTOMER_MAX_UNITS_PER_PRODUCT")),
+        unpaid_units=int(s.number("CUSTOMER_MAX_UNPAID_UNITS"))))
 
 
 def flash_gate():

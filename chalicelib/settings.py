@@ -91,6 +91,10 @@ DEFAULTS = {
     "ORDER_PAYMENT_WINDOW_SECONDS": "0",
     # Seconds an order placed with a customer token waits for payment; never 0 (see AT_LEAST_ONE).
     "CUSTOMER_PAYMENT_WINDOW_SECONDS": "900",
+    # A customer's caps (domain/customer_limits.py): units of one product in one order (its lines merged),
+    # and units held in their orders waiting for payment, across every client's app.
+    "CUSTOMER_MAX_UNITS_PER_PRODUCT": "50",
+    "CUSTOMER_MAX_UNPAID_UNITS": "100",
     # The SNS topic order events are published to (the package sets it; make run creates a local one).
     "ORDER_EVENTS_TOPIC_ARN": "",
     # Notifications (service/notifications.py): the verified SES sender, and who gets stock.low (empty: nobody).
@@ -114,8 +118,9 @@ DEFAULTS = {
 }
 DEFAULTS.update({q.setting: q.default_name for q in QUEUES})
 # Whole numbers of at least 1 in every stage, or the deployment refuses to serve: a customer's
-# payment window of 0 would make their orders final at creation, holding stock nobody pays for.
-AT_LEAST_ONE = ("CUSTOMER_PAYMENT_WINDOW_SECONDS",)
+# payment window of 0 would make their orders final at creation, holding stock nobody pays for,
+# and a cap of 0 would refuse every customer's order.
+AT_LEAST_ONE = ("CUSTOMER_PAYMENT_WINDOW_SECONDS", "CUSTOMER_MAX_UNITS_PER_PRODUCT", "CUSTOMER_MAX_UNPAID_UNITS")
 
 
 def _config_file_values(stage):

@@ -60,6 +60,13 @@ class OrderRepository(Protocol):
     def find(self, client: str, customer_id: int, user_id: int, client_order_id: str) -> StoredOrder:
         """The order with this idempotency key (it exists)."""
 
+    def lock_customer(self, customer_id: int) -> None:
+        """Hold the customer's row (customers.id) until the transaction ends: their
+        orders are placed one at a time. Must be the transaction's first statement."""
+
+    def unpaid_units(self, customer_id: int) -> int:
+        """Units the customer's orders waiting for payment hold, through every client."""
+
     def add_lines(self, order_id: int, lines: Mapping[int, OrderLine]) -> None: ...
 
     def set_total(self, order_id: int, total_cents: int) -> None: ...
@@ -112,6 +119,20 @@ class MySQLOrderRepository:
         self.cur.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE client = %s AND customer_id = %s "
                          "AND user_id = %s AND client_order_id = %s", (client, customer_id, user_id, client_order_id))
         return StoredOrder(**self.cur.fetchone())
+
+    def lock_customer(self, customer_id):
+        # First in the transaction, so its first consistent read (unpaid_units) is taken after this
+        # lock and sees every order of the customer committed before it. No other path locks a
+        # customer row, and this one comes before any order or product row: no deadlock.
+        if not self.cur.execute("SELECT id FROM customers WHERE id = %s FOR UPDATE", (customer_id,)):
+            # A missing row would only take a gap lock, which two transactions can hold at once.
+            raise LookupError(f"customer {customer_id} is not in customers")
+
+    def unpaid_units(self, customer_id):
+        self.cur.execute("SELECT COALESCE(SUM(i.quantity), 0) AS units FROM orders o "
+                         "JOIN order_items i ON i.order_id = o.id "
+                         "WHERE o.customer_id = %s AND o.lifecycle = 'pending_payment'", (customer_id,))
+        return int(self.cur.fetchone()["units"])
 
     def add_lines(self, order_id, lines):
         self.cur.executemany(

@@ -12,6 +12,7 @@ import pymysql
 
 from chalicelib.adapters.db import DUPLICATE_KEY
 from chalicelib.domain import order_lifecycle as lifecycle
+from chalicelib.domain.customer_limits import CustomerLimits
 from chalicelib.domain.errors import (
     ConcurrencyExhausted,
     IdempotencyConflict,
@@ -30,8 +31,10 @@ class OrderService:
     def __init__(self, db, strategy: InventoryStrategy, writes: ProductWrites,
                  repository: Callable[[object], OrderRepository] = MySQLOrderRepository, max_in_flight=16,
                  metrics=emit, payment_window=0, customer_payment_window=lifecycle.DEFAULT_CUSTOMER_PAYMENT_WINDOW,
-                 flash=None):
+                 flash=None, customer_limits=CustomerLimits()):
         self.db = db
+        # A customer's caps; the line cap applies at parse (domain/orders.parse_batch), the unpaid one here.
+        self.customer_limits = customer_limits
         # Seconds a new order waits for payment (pending_payment) before it expires: a trusted server's
         # payment_window (0: paid at creation), a customer token's customer_payment_window (never 0).
         self.payment_windows = lifecycle.PaymentWindows(int(payment_window), int(customer_payment_window))
@@ -115,12 +118,18 @@ class OrderService:
 
     def _place(self, tx: ProductTransaction, reserver: Reserver, order: OrderRequest, batch_id) -> OrderResult:
         orders = self.repository(tx.cursor)
+        if order.customer_id:
+            # The customer's orders one at a time (the customer row, before the order and product rows), so
+            # two concurrent batches of theirs, through any client, cannot together pass the unpaid cap.
+            orders.lock_customer(order.customer_id)
         window = self.payment_windows.for_order(order.customer_id)
         order_id = orders.add(order.client, order.customer_id, order.user_id, order.client_order_id,
                               order.request_hash, batch_id, window, order.contact_email)
         if order_id is None:
             return self._replay(orders.find(order.client, order.customer_id, order.user_id, order.client_order_id),
                                 order)
+        if order.customer_id:
+            self.customer_limits.check_unpaid(orders.unpaid_units(order.customer_id), sum(order.quantities.values()))
         prices = reserver.reserve(tx, order.quantities)
         orders.add_lines(order_id, {pid: OrderLine(pid, qty, prices[pid]) for pid, qty in order.quantities.items()})
         total = sum(qty * prices[pid] for pid, qty in order.quantities.items())
