@@ -140,7 +140,9 @@ def test_a_key_that_ships_in_an_app_cannot_name_users(api, pool):
     pid = create_product(api, "TOK-3", stock=5)
     body = {"orders": [{"client_order_id": "m-1", "user_id": 1, "items": [{"product_id": pid, "quantity": 1}]}]}
     for method, path, kwargs in (("POST", "/orders/batch", {"json": body}), ("GET", "/orders/1", {}),
-                                 ("POST", "/orders/1/cancel", {}), ("GET", "/batches/any", {})):
+                                 ("POST", "/orders/1/cancel", {}), ("GET", "/batches/any", {}),
+                                 ("POST", "/orders/1/pay", {"json": {"payment_reference": "psp-1"}}),
+                                 ("POST", "/orders/1/fulfil", {})):
         response = api.request(method, path, key=MOBILE, **kwargs)
         assert response.status_code == 403 and response.json()["error"]["code"] == "FORBIDDEN", path
     assert stock_of(api, pid) == 5
