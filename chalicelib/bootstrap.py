@@ -231,7 +231,18 @@ def orders(strategy_name=None):
     return _once(f"orders:{strategy.name}", lambda: OrderService(
         database(), strategy, product_writes(), max_in_flight=int(settings().number("ORDERS_MAX_IN_FLIGHT")),
         payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS")),
-        flash=flash_sales()))
+        customer_payment_window=int(settings().number("CUSTOMER_PAYMENT_WINDOW_SECONDS")),
+        flash=flash_sales(), customer_limits=customer_limits()))
+
+
+def customer_limits():
+    """A customer's caps (domain/customer_limits.py) as configured."""
+    from chalicelib.domain.customer_limits import CustomerLimits
+
+    s = settings()
+    return _once("customer_limits", lambda: CustomerLimits(
+        units_per_product=int(s.number("CUSTOMER_MAX_UNITS_PER_PRODUCT")),
+        unpaid_units=int(s.number("CUSTOMER_MAX_UNPAID_UNITS"))))
 
 
 def flash_gate():
@@ -251,7 +262,8 @@ def flash_writer():
     from chalicelib.service.flash_sales import FlashWriter
 
     return _once("flash_writer", lambda: FlashWriter(
-        flash_gate(), product_writes(), payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS"))))
+        flash_gate(), product_writes(), payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS")),
+        customer_payment_window=int(settings().number("CUSTOMER_PAYMENT_WINDOW_SECONDS"))))
 
 
 def related_products():

@@ -6,6 +6,7 @@ deployed; Chalice has already turned it into environment variables.
 """
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -85,8 +86,15 @@ DEFAULTS = {
     "DB_READ_TIMEOUT": "10",
     "DB_MAX_IN_FLIGHT": "16",
     "ORDERS_MAX_IN_FLIGHT": "8",
-    # Seconds a new order waits for payment (pending_payment, then expired); 0: orders are final (paid) at creation.
+    # Seconds a trusted server's new order waits for payment (pending_payment, then expired); 0: final (paid) at
+    # creation.
     "ORDER_PAYMENT_WINDOW_SECONDS": "0",
+    # Seconds an order placed with a customer token waits for payment; never 0 (see AT_LEAST_ONE).
+    "CUSTOMER_PAYMENT_WINDOW_SECONDS": "900",
+    # A customer's caps (domain/customer_limits.py): units of one product in one order (its lines merged),
+    # and units held in their orders waiting for payment, across every client's app.
+    "CUSTOMER_MAX_UNITS_PER_PRODUCT": "50",
+    "CUSTOMER_MAX_UNPAID_UNITS": "100",
     # The SNS topic order events are published to (the package sets it; make run creates a local one).
     "ORDER_EVENTS_TOPIC_ARN": "",
     # Notifications (service/notifications.py): the verified SES sender, and who gets stock.low (empty: nobody).
@@ -109,6 +117,10 @@ DEFAULTS = {
     "FLASH_LEASE_MS": "30000",
 }
 DEFAULTS.update({q.setting: q.default_name for q in QUEUES})
+# Whole numbers of at least 1 in every stage, or the deployment refuses to serve: a customer's
+# payment window of 0 would make their orders final at creation, holding stock nobody pays for,
+# and a cap of 0 would refuse every customer's order.
+AT_LEAST_ONE = ("CUSTOMER_PAYMENT_WINDOW_SECONDS", "CUSTOMER_MAX_UNITS_PER_PRODUCT", "CUSTOMER_MAX_UNPAID_UNITS")
 
 
 def _config_file_values(stage):
@@ -230,12 +242,14 @@ class Settings:
         return _truthy(self.values["APP_API_KEYS"])
 
     def misconfiguration(self):
-        """Why this configuration must not serve (empty when it may): outside the
-        local stage, or in Lambda, nothing may point at a local default."""
+        """Why this configuration must not serve (empty when it may): in every stage, a
+        setting of AT_LEAST_ONE below 1; outside the local stage, or in Lambda, anything
+        pointing at a local default."""
+        problems = [f"{name} is {self.values[name]!r}, not a whole number of at least 1" for name in AT_LEAST_ONE
+                    if not re.fullmatch(r"\s*[0-9]+\s*", str(self.values[name])) or int(self.values[name]) < 1]
         in_lambda = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME")) and not os.environ.get("AWS_CHALICE_CLI_MODE")
         if (self.stage == "local" and not in_lambda) or _truthy(self.values["ALLOW_LOOPBACK_ENDPOINTS"]):
-            return []
-        problems = []
+            return problems
         if self.stage == "local":
             problems.append("STAGE is 'local' (unset?) in a Lambda function")
         if self.values.get("DATABASE_SECRET_ARN") and "DATABASE_URL" not in self._explicit:

@@ -31,8 +31,10 @@ ADMIN_KEY = "shop-local-admin-key-0001"
 DEV_KEY = "shop-local-dev-key-0001"
 LIMITED_KEY = "shop-local-limited-key-0001"
 pytest_plugins = ["tests.support.failed_tests"]
+# Wiped before each test. Not `customers`: the app never deletes one, and a server process keeps
+# the ids it has seen (CustomerDirectory), which a customer's order locks by.
 TABLES = ("notifications_sent", "product_pairs", "related_events", "order_events", "order_items", "orders",
-          "batch_results", "batches", "flash_sales", "products", "customers")
+          "batch_results", "batches", "flash_sales", "products")
 
 
 def free_port():

@@ -3,7 +3,8 @@ order decides, so a sold-out product answers without touching MySQL.
 
 Keys (all under the gateway's prefix):
   flash:sale:{pid}   HASH sale_id, remaining, limit (0: none), sale_stock, watermark, seq, returns, epoch
-  flash:held:{pid}   HASH customer -> units this customer holds in the sale (the per-customer limit)
+  flash:held:{pid}   HASH customer -> units this customer holds in the sale (the per-customer limit;
+                     customer:{customers.id} for a token's customer, client|0|user_id for a trusted server's user)
   flash:active       SET of product ids on sale (one SMISMEMBER per sync batch)
   flash:res:{owner}  HASH the reservation of one idempotency key
                      (owner = client|customer_id|user_id|client_order_id): rid, hash,
@@ -336,7 +337,12 @@ def owner_key(client, customer_id, user_id, client_order_id):
 
 
 def customer_key(client, customer_id, user_id):
-    return f"{client}|{customer_id}|{user_id}"
+    """Whose units a sale's per-customer limit counts. A customer with a token is one
+    person whichever client's app they use (customers.id); a trusted server's user is
+    that client's (client, user_id). (`:` never occurs in a client name.)"""
+    if customer_id:
+        return f"customer:{customer_id}"
+    return f"{client}|0|{user_id}"
 
 
 class FlashGate:

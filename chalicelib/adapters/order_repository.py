@@ -60,6 +60,13 @@ class OrderRepository(Protocol):
     def find(self, client: str, customer_id: int, user_id: int, client_order_id: str) -> StoredOrder:
         """The order with this idempotency key (it exists)."""
 
+    def lock_customer(self, customer_id: int) -> None:
+        """Hold the customer's row (customers.id) until the transaction ends: their
+        orders are placed one at a time. Must be the transaction's first statement."""
+
+    def unpaid_units(self, customer_id: int) -> int:
+        """Units the customer's orders waiting for payment hold, through every client."""
+
     def add_lines(self, order_id: int, lines: Mapping[int, OrderLine]) -> None: ...
 
     def set_total(self, order_id: int, total_cents: int) -> None: ...
@@ -67,6 +74,9 @@ class OrderRepository(Protocol):
     def load(self, order_id: int, lock: bool = False) -> tuple[StoredOrder, list[OrderLine]]:
         """The order and its lines (ascending product id); OrderNotFound if unknown.
         `lock` holds the order row until the transaction ends."""
+
+    def owner_of(self, order_id: int) -> tuple[str, int]:
+        """(client, customer_id) of the order, read without a lock; OrderNotFound if unknown."""
 
     def mark_cancelled(self, order_id: int, lifecycle: str = "cancelled") -> None:
         """The order gave its stock back: status cancelled, lifecycle cancelled or expired."""
@@ -110,6 +120,20 @@ class MySQLOrderRepository:
                          "AND user_id = %s AND client_order_id = %s", (client, customer_id, user_id, client_order_id))
         return StoredOrder(**self.cur.fetchone())
 
+    def lock_customer(self, customer_id):
+        # First in the transaction, so its first consistent read (unpaid_units) is taken after this
+        # lock and sees every order of the customer committed before it. No other path locks a
+        # customer row, and this one comes before any order or product row: no deadlock.
+        if not self.cur.execute("SELECT id FROM customers WHERE id = %s FOR UPDATE", (customer_id,)):
+            # A missing row would only take a gap lock, which two transactions can hold at once.
+            raise LookupError(f"customer {customer_id} is not in customers")
+
+    def unpaid_units(self, customer_id):
+        self.cur.execute("SELECT COALESCE(SUM(i.quantity), 0) AS units FROM orders o "
+                         "JOIN order_items i ON i.order_id = o.id "
+                         "WHERE o.customer_id = %s AND o.lifecycle = 'pending_payment'", (customer_id,))
+        return int(self.cur.fetchone()["units"])
+
     def add_lines(self, order_id, lines):
         self.cur.executemany(
             "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents) VALUES (%s, %s, %s, %s)",
@@ -127,6 +151,13 @@ class MySQLOrderRepository:
         self.cur.execute("SELECT product_id, quantity, unit_price_cents, flash_sale_id AS sale_id FROM order_items "
                          "WHERE order_id = %s ORDER BY product_id", (order_id,))
         return StoredOrder(**row), [OrderLine(**item) for item in self.cur.fetchall()]
+
+    def owner_of(self, order_id):
+        self.cur.execute("SELECT client, customer_id FROM orders WHERE id = %s", (order_id,))
+        row = self.cur.fetchone()
+        if row is None:
+            raise OrderNotFound(f"Order {order_id} does not exist.", order_id=order_id)
+        return row["client"], row["customer_id"]
 
     def mark_cancelled(self, order_id, lifecycle="cancelled"):
         self.cur.execute("UPDATE orders SET status = 'cancelled', lifecycle = %s, cancelled_at = CURRENT_TIMESTAMP(6) "

@@ -83,6 +83,12 @@ class SaleLimitExceeded(ShopError):
     status, code = 409, "SALE_LIMIT_EXCEEDED"
 
 
+class QuantityLimitExceeded(ShopError):
+    """A customer's order past a per-customer cap (units of one product in an order, units held
+    unpaid); `details` carries the limit."""
+    status, code = 409, "QUANTITY_LIMIT_EXCEEDED"
+
+
 class IdempotencyConflict(ShopError):
     status, code = 409, "IDEMPOTENCY_CONFLICT"
 

@@ -2,6 +2,8 @@
 take. pending_payment -> paid -> fulfilled, or -> cancelled / expired. A
 transition asked for again is answered as done (idempotent); one that the
 state forbids is a 409 with a code that says why."""
+from dataclasses import dataclass
+
 from chalicelib.domain.errors import (
     AlreadyPaid,
     OrderCancelled,
@@ -18,6 +20,21 @@ CREATED, EVENT_PAID, EVENT_FULFILLED, EVENT_CANCELLED, EVENT_EXPIRED = (
     "order.created", "order.paid", "order.fulfilled", "order.cancelled", "order.expired")
 
 APPLY, ALREADY = "apply", "already"
+
+DEFAULT_CUSTOMER_PAYMENT_WINDOW = 900
+
+
+@dataclass(frozen=True)
+class PaymentWindows:
+    """Seconds a new order waits for payment before it expires, by who placed it. A
+    trusted server's order waits `trusted` (0: final, paid at creation); an order
+    placed with a customer token always waits `customer` (at least 1, settings.py
+    refuses less), so stock an unpaid customer holds comes back."""
+    trusted: int = 0
+    customer: int = DEFAULT_CUSTOMER_PAYMENT_WINDOW
+
+    def for_order(self, customer_id):
+        return self.customer if customer_id else self.trusted
 
 
 def _closed(order_id, state):

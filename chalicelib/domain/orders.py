@@ -8,8 +8,15 @@ import re
 from dataclasses import dataclass, replace
 from typing import Generic, Optional, TypeVar
 
+from chalicelib.domain import customer_limits
 from chalicelib.domain import validation as v
-from chalicelib.domain.errors import PayloadTooLarge, ServiceUnavailable, ShopError, ValidationError
+from chalicelib.domain.errors import (
+    PayloadTooLarge,
+    QuantityLimitExceeded,
+    ServiceUnavailable,
+    ShopError,
+    ValidationError,
+)
 
 MAX_ORDERS_PER_BATCH = 100
 MAX_LINES_PER_ORDER = 50
@@ -52,35 +59,43 @@ class Owner:
 
 @dataclass(frozen=True)
 class InvalidOrder:
+    """An order that fails before it is placed: VALIDATION_ERROR, or a customer's past a per-order cap."""
     client_order_id: object
-    error: ValidationError
+    error: ShopError
 
 
-def parse_batch(body, client="", customer_id=0):
+def parse_batch(body, client="", customer_id=0, limits=customer_limits.CustomerLimits()):
     """Whole-request problems raise; per-order problems become InvalidOrder entries.
     Every order is placed on behalf of `client`; with `customer_id` (a customer
     token) for that customer, whose id is the orders' user_id: an order naming
-    a user_id fails."""
+    a user_id fails, and the customer's caps (`limits`) apply."""
     v.require_object(body)
     v.reject_unknown(body, ("orders", "batch_id"))
     orders = body.get("orders")
     if not isinstance(orders, list) or not orders:
         raise ValidationError("'orders' must be a non-empty list of orders.", details={"field": "orders"})
-    if len(orders) > MAX_ORDERS_PER_BATCH:
-        raise PayloadTooLarge(f"At most {MAX_ORDERS_PER_BATCH} orders per batch; got {len(orders)}.")
+    most = customer_limits.MAX_ORDERS_PER_BATCH if customer_id else MAX_ORDERS_PER_BATCH
+    if len(orders) > most:
+        raise PayloadTooLarge(f"At most {most} orders per batch; got {len(orders)}.")
     if customer_id:
-        return [_for_customer(raw, i, client, customer_id) for i, raw in enumerate(orders)]
+        return [_for_customer(raw, i, client, customer_id, limits) for i, raw in enumerate(orders)]
     return [parse_order(raw, i, client) for i, raw in enumerate(orders)]
 
 
-def _for_customer(raw, index, client, customer_id):
+def _for_customer(raw, index, client, customer_id, limits):
     if isinstance(raw, dict) and "user_id" in raw:
         coid = raw.get("client_order_id")
         return InvalidOrder(coid if isinstance(coid, str) else None, ValidationError(
             f"orders[{index}]: 'user_id' comes from the customer token, not the body.",
             details={"field": "user_id"}))
     order = parse_order({**raw, "user_id": customer_id} if isinstance(raw, dict) else raw, index, client)
-    return replace(order, customer_id=customer_id) if isinstance(order, OrderRequest) else order
+    if not isinstance(order, OrderRequest):
+        return order
+    try:
+        limits.check_lines(order.quantities)
+    except QuantityLimitExceeded as exc:
+        return InvalidOrder(order.client_order_id, exc)
+    return replace(order, customer_id=customer_id)
 
 
 def contact_email(value):
@@ -164,6 +179,8 @@ class OrderResult:
         error = {"code": self.error.code, "message": v.echo(self.error.message, MAX_RESULT_MESSAGE)}
         if "product_id" in self.error.extra:
             error["product_id"] = self.error.extra["product_id"]
+        if isinstance(self.error, QuantityLimitExceeded):
+            error["details"] = self.error.extra["details"]  # the limit the order went past
         return {"client_order_id": coid, "status": "failed", "error": error, **sale}
 
 

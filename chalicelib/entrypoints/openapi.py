@@ -7,6 +7,7 @@ which also checks it against the app's routes and docs/api.md."""
 import inspect
 import json
 
+from chalicelib.domain import customer_limits
 from chalicelib.domain import errors
 from chalicelib.domain import order_lifecycle as lifecycle
 from chalicelib.domain import related
@@ -19,7 +20,7 @@ from chalicelib.domain.validation import MAX_JSON_DEPTH
 from chalicelib.ops.metrics import WINDOW_SECONDS
 from chalicelib.domain.sales import MAX_PER_CUSTOMER_LIMIT
 
-VERSION = "1.2.0"
+VERSION = "1.3.0"
 MAX_PATH_ID = 10**18 - 1  # ids in paths: up to 18 digits
 # Status codes of the error classes; NOT_FOUND is their common base, answered by no route.
 ERROR_CLASSES = sorted((cls for _, cls in inspect.getmembers(errors, inspect.isclass)
@@ -80,8 +81,13 @@ RESERVATION_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$",
                   "description": "A flash-sale order's reservation (GET /reservations/{reservation_id})."}
 ORDER_ERROR = _object({"code": {"type": "string", "enum": [
     "VALIDATION_ERROR", "PRODUCT_NOT_FOUND", "INSUFFICIENT_STOCK", "IDEMPOTENCY_CONFLICT", "SALE_LIMIT_EXCEEDED",
-    "SERVICE_UNAVAILABLE", "PAYLOAD_TOO_LARGE"]},
-    "message": {"type": "string"}, "product_id": {"type": "integer"}}, ["code", "message"])
+    "QUANTITY_LIMIT_EXCEEDED", "SERVICE_UNAVAILABLE", "PAYLOAD_TOO_LARGE"]},
+    "message": {"type": "string"}, "product_id": {"type": "integer"},
+    "details": _object({"limit": {"type": "integer", "minimum": 1}, "product_id": {"type": "integer"},
+                        "held": {"type": "integer", "minimum": 0}, "requested": {"type": "integer", "minimum": 1}},
+                       ["limit"], "QUANTITY_LIMIT_EXCEEDED only: the cap the order went past; product_id for the "
+                                  "units of one product in an order, held and requested for the units held unpaid.")},
+    ["code", "message"])
 
 SCHEMAS = {
     "ErrorCode": {"type": "string", "enum": ERROR_CODES,
@@ -154,13 +160,20 @@ SCHEMAS = {
         "client_order_id": {"type": "string", "minLength": 1, "maxLength": MAX_CLIENT_ORDER_ID,
                             "pattern": r"^[\x20-\x7e\u00a0-\uffff]+$",
                             "description": "Printable, case-sensitive, not trimmed; unique per customer."},
-        "items": {"type": "array", "minItems": 1, "maxItems": MAX_LINES_PER_ORDER, "items": _ref("OrderLine")},
+        "items": {"type": "array", "minItems": 1, "maxItems": MAX_LINES_PER_ORDER, "items": _ref("OrderLine"),
+                  "description": f"Lines of one product merged, at most {customer_limits.DEFAULT_UNITS_PER_PRODUCT} "
+                                 "units of it (CUSTOMER_MAX_UNITS_PER_PRODUCT); more fails the order with "
+                                 "QUANTITY_LIMIT_EXCEEDED."},
         "contact_email": CONTACT_EMAIL,
     }, ["client_order_id", "items"], "An order for the customer the token names (no user_id: an order with one "
-                                     "fails with VALIDATION_ERROR)."),
+                                     "fails with VALIDATION_ERROR). It waits for payment, and fails with "
+                                     "QUANTITY_LIMIT_EXCEEDED if the customer's orders waiting for payment would "
+                                     f"hold more than {customer_limits.DEFAULT_UNPAID_UNITS} units "
+                                     "(CUSTOMER_MAX_UNPAID_UNITS)."),
     "CustomerBatchRequest": _object({
-        "orders": {"type": "array", "minItems": 1, "maxItems": MAX_ORDERS_PER_BATCH,
-                   "items": _ref("CustomerOrderRequest")},
+        "orders": {"type": "array", "minItems": 1, "maxItems": customer_limits.MAX_ORDERS_PER_BATCH,
+                   "items": _ref("CustomerOrderRequest"),
+                   "description": f"More than {customer_limits.MAX_ORDERS_PER_BATCH} orders -> 413."},
     }, ["orders"]),
     "BatchRequest": _object({
         "orders": {"type": "array", "minItems": 1, "maxItems": MAX_ORDERS_PER_BATCH, "items": _ref("OrderRequest"),
@@ -424,7 +437,8 @@ def build():
             parameters=[_path_param("batch_id", {"type": "string", "minLength": 1, "maxLength": 64})],
             statuses=(404, 500))},
         "/customer/orders/batch": {"post": _operation("placeCustomerOrders", "The signed-in customer places "
-                                                      "1..100 of their own orders (sync only)", {
+                                                      f"1..{customer_limits.MAX_ORDERS_PER_BATCH} of their own "
+                                                      "orders (sync only), each waiting for payment", {
             "200": _json("BatchResponse", "One result per order, in request order.")},
             customer=True, parameters=[_query("mode", {"type": "string", "enum": ["sync"]})],
             body="CustomerBatchRequest", statuses=(400, 500))},

@@ -552,13 +552,13 @@ class FlashWriter:
     duplicate key), the batch is written again with the rows locked first, as MySQL decides."""
 
     def __init__(self, gate: FlashGate, writes: ProductWrites, metrics=emit, payment_window=0,
-                 metric_values=emit_values):
+                 metric_values=emit_values, customer_payment_window=order_lifecycle.DEFAULT_CUSTOMER_PAYMENT_WINDOW):
         self.gate = gate
         self.writes = writes
         self.emit = metrics
         self.emit_values = metric_values
-        # As for ordinary orders (OrderService): seconds a new order waits for payment; 0: paid at creation.
-        self.payment_window = int(payment_window)
+        # As for ordinary orders (OrderService): a trusted server's window (0: paid at creation), a customer's.
+        self.payment_windows = order_lifecycle.PaymentWindows(int(payment_window), int(customer_payment_window))
 
     def write(self, reservations):
         """Every reservation written or failed; raises (the messages are retried) when
@@ -566,12 +566,12 @@ class FlashWriter:
         own order by `flash_reservation`."""
         with self.writes.session(enqueue=False) as session:
             try:
-                decisions = session.run(lambda tx: self._write(tx, reservations, self.payment_window, lock=False))
+                decisions = session.run(lambda tx: self._write(tx, reservations, self.payment_windows, lock=False))
             except (_NeedsLockedWrite, pymysql.err.IntegrityError) as exc:
                 if isinstance(exc, pymysql.err.IntegrityError) and exc.args[0] != DUPLICATE_KEY:
                     raise
                 self.emit("FlashWritesLocked", 1)
-                decisions = session.run(lambda tx: self._write(tx, reservations, self.payment_window, lock=True))
+                decisions = session.run(lambda tx: self._write(tx, reservations, self.payment_windows, lock=True))
         settlements = [self._settlement(d) for d in decisions]
         try:
             self.gate.settle(settlements)
@@ -598,7 +598,7 @@ class FlashWriter:
                           d.took, d.give_back, d.order_id, d.total, d.error.code if d.error else "", detail)
 
     @staticmethod
-    def _write(tx: ProductTransaction, reservations, payment_window=0, lock=True):
+    def _write(tx: ProductTransaction, reservations, windows: order_lifecycle.PaymentWindows, lock=True):
         cur = tx.cursor
         product_ids = sorted({pid for r in reservations for pid in r.quantities})
         # With `lock`, the rows first (id order): the reads below then see every order committed before us.
@@ -635,8 +635,9 @@ class FlashWriter:
                 first_of_key[key] = decision
                 new.append(decision)
         if new:
-            window = int(payment_window)
-            lifecycle_state = order_lifecycle.PENDING if window else order_lifecycle.PAID
+            window = {d.reservation.rid: windows.for_order(d.reservation.customer_id) for d in new}
+            state = {rid: order_lifecycle.PENDING if seconds else order_lifecycle.PAID
+                     for rid, seconds in window.items()}
             # executemany sends one multi-row INSERT only when VALUES holds nothing but placeholders.
             cur.executemany(
                 "INSERT INTO orders (client, customer_id, user_id, client_order_id, request_hash, total_cents, "
@@ -644,12 +645,15 @@ class FlashWriter:
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 [(d.reservation.client, d.reservation.customer_id, d.reservation.user_id,
                   d.reservation.client_order_id, d.reservation.request_hash, d.total, d.reservation.rid,
-                  d.reservation.batch_id, lifecycle_state, d.reservation.contact_email) for d in new])
+                  d.reservation.batch_id, state[d.reservation.rid], d.reservation.contact_email) for d in new])
             rids = [d.reservation.rid for d in new]
             in_rids = f"({','.join(['%s'] * len(rids))})"
-            if window:  # the payment window by the database's clock, as OrderRepository.add sets it
+            # The payment windows by the database's clock, as OrderRepository.add sets them: one UPDATE per
+            # window (a trusted server's and a customer's).
+            for seconds in sorted(set(window.values()) - {0}):
+                waiting = [rid for rid in rids if window[rid] == seconds]
                 cur.execute("UPDATE orders SET expires_at = CURRENT_TIMESTAMP(6) + INTERVAL %s SECOND "
-                            f"WHERE flash_reservation IN {in_rids}", [window, *rids])
+                            f"WHERE flash_reservation IN ({','.join(['%s'] * len(waiting))})", [seconds, *waiting])
             cur.execute(f"SELECT id, flash_reservation FROM orders WHERE flash_reservation IN {in_rids}", rids)
             ids = {row["flash_reservation"]: row["id"] for row in cur.fetchall()}
             for d in new:
@@ -665,7 +669,7 @@ class FlashWriter:
                 "INSERT INTO order_events (event_id, order_id, sequence, type, payload) VALUES (%s, %s, %s, %s, %s)",
                 [(str(uuid.uuid4()), d.order_id, 1, order_lifecycle.CREATED, json.dumps({
                     "order_id": d.order_id, "client_order_id": d.reservation.client_order_id,
-                    "user_id": d.reservation.user_id, "total_cents": d.total, "lifecycle": lifecycle_state,
+                    "user_id": d.reservation.user_id, "total_cents": d.total, "lifecycle": state[d.reservation.rid],
                     "items": [{"product_id": pid, "quantity": qty} for pid, qty in d.reservation.quantities.items()],
                     "reservation_id": d.reservation.rid}, ensure_ascii=False)) for d in new])
         taken = {pid: rows[pid]["stock"] - left[pid] for pid in left if rows[pid]["stock"] != left[pid]}

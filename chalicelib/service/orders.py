@@ -12,6 +12,7 @@ import pymysql
 
 from chalicelib.adapters.db import DUPLICATE_KEY
 from chalicelib.domain import order_lifecycle as lifecycle
+from chalicelib.domain.customer_limits import CustomerLimits
 from chalicelib.domain.errors import (
     ConcurrencyExhausted,
     IdempotencyConflict,
@@ -29,10 +30,14 @@ from chalicelib.service.unit_of_work import ProductTransaction, ProductWrites, W
 class OrderService:
     def __init__(self, db, strategy: InventoryStrategy, writes: ProductWrites,
                  repository: Callable[[object], OrderRepository] = MySQLOrderRepository, max_in_flight=16,
-                 metrics=emit, payment_window=0, flash=None):
+                 metrics=emit, payment_window=0, customer_payment_window=lifecycle.DEFAULT_CUSTOMER_PAYMENT_WINDOW,
+                 flash=None, customer_limits=CustomerLimits()):
         self.db = db
-        # Seconds an order waits for payment (pending_payment) before it expires; 0: orders are paid at creation.
-        self.payment_window = int(payment_window)
+        # A customer's caps; the line cap applies at parse (domain/orders.parse_batch), the unpaid one here.
+        self.customer_limits = customer_limits
+        # Seconds a new order waits for payment (pending_payment) before it expires: a trusted server's
+        # payment_window (0: paid at creation), a customer token's customer_payment_window (never 0).
+        self.payment_windows = lifecycle.PaymentWindows(int(payment_window), int(customer_payment_window))
         # FlashSales (service/flash_sales.py): sync orders for products on sale go through its gate.
         self.flash = flash
         self.emit = metrics
@@ -113,18 +118,25 @@ class OrderService:
 
     def _place(self, tx: ProductTransaction, reserver: Reserver, order: OrderRequest, batch_id) -> OrderResult:
         orders = self.repository(tx.cursor)
+        if order.customer_id:
+            # The customer's orders one at a time (the customer row, before the order and product rows), so
+            # two concurrent batches of theirs, through any client, cannot together pass the unpaid cap.
+            orders.lock_customer(order.customer_id)
+        window = self.payment_windows.for_order(order.customer_id)
         order_id = orders.add(order.client, order.customer_id, order.user_id, order.client_order_id,
-                              order.request_hash, batch_id, self.payment_window, order.contact_email)
+                              order.request_hash, batch_id, window, order.contact_email)
         if order_id is None:
             return self._replay(orders.find(order.client, order.customer_id, order.user_id, order.client_order_id),
                                 order)
+        if order.customer_id:
+            self.customer_limits.check_unpaid(orders.unpaid_units(order.customer_id), sum(order.quantities.values()))
         prices = reserver.reserve(tx, order.quantities)
         orders.add_lines(order_id, {pid: OrderLine(pid, qty, prices[pid]) for pid, qty in order.quantities.items()})
         total = sum(qty * prices[pid] for pid, qty in order.quantities.items())
         orders.set_total(order_id, total)
         orders.add_event(order_id, lifecycle.CREATED, {
             "order_id": order_id, "client_order_id": order.client_order_id, "user_id": order.user_id,
-            "total_cents": total, "lifecycle": lifecycle.PENDING if self.payment_window else lifecycle.PAID,
+            "total_cents": total, "lifecycle": lifecycle.PENDING if window else lifecycle.PAID,
             "items": [{"product_id": pid, "quantity": qty} for pid, qty in order.quantities.items()]}, first=True)
         return OrderResult(order.client_order_id, order_id, total)
 
@@ -158,6 +170,16 @@ class OrderService:
             raise OrderNotFound(f"Order {order.id} does not exist.", order_id=order.id)
         return loaded
 
+    def _require_owner(self, order_id, owner):
+        """404 unless `owner` may change the order, read without a lock before any
+        transaction locks it: a caller never waits on, nor holds, a row that is not
+        theirs. (An order's client and customer never change, so the check holds.)"""
+        if owner is None:
+            return
+        client, customer_id = self.db.run(lambda cur: self.repository(cur).owner_of(order_id))
+        if not owner.owns(client, customer_id):
+            raise OrderNotFound(f"Order {order_id} does not exist.", order_id=order_id)
+
     def get(self, order_id, owner=None):
         return self.db.run(lambda cur: self._to_api(*self._owned(self.repository(cur).load(order_id), owner)))
 
@@ -172,9 +194,11 @@ class OrderService:
         return self._close(order_id, None, lifecycle.EXPIRED) is not None
 
     def _close(self, order_id, owner, to_state):
+        self._require_owner(order_id, owner)
+
         def work(tx: ProductTransaction):
             orders = self.repository(tx.cursor)
-            order, lines = self._owned(orders.load(order_id, lock=True), owner)
+            order, lines = orders.load(order_id, lock=True)
             if to_state == lifecycle.EXPIRED:
                 if not orders.is_due(order_id):
                     return order, lines, False
@@ -198,10 +222,12 @@ class OrderService:
         return self._to_api(order, lines)
 
     def pay(self, order_id, payment_reference, owner=None):
-        """pending_payment -> paid, idempotent on the payment reference."""
+        """pending_payment -> paid, idempotent on the payment reference (unique per client)."""
+        self._require_owner(order_id, owner)
+
         def work(cur):
             orders = self.repository(cur)
-            order, lines = self._owned(orders.load(order_id, lock=True), owner)
+            order, lines = orders.load(order_id, lock=True)
             if lifecycle.pay(order_id, order.lifecycle, order.payment_reference, payment_reference) == lifecycle.ALREADY:
                 return order, lines
             try:
@@ -219,9 +245,11 @@ class OrderService:
 
     def fulfil(self, order_id, owner=None):
         """paid -> fulfilled (shipped); asked again, it answers the fulfilled order."""
+        self._require_owner(order_id, owner)
+
         def work(cur):
             orders = self.repository(cur)
-            order, lines = self._owned(orders.load(order_id, lock=True), owner)
+            order, lines = orders.load(order_id, lock=True)
             if lifecycle.fulfil(order_id, order.lifecycle) == lifecycle.ALREADY:
                 return order, lines
             orders.set_lifecycle(order_id, lifecycle.FULFILLED)

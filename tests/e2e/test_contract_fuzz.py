@@ -9,7 +9,9 @@ orders its results say, and after each operation's run stock is conserved
 (what products were created with, plus accepted stock deltas, equals stock now
 plus what live orders hold). Every invalid case, and a quarter of the valid
 ones, also gets one value from HOSTILE (the inputs issue #13 listed, and kin)
-in a query parameter or body field.
+in a query parameter or body field. The /customer operations are called as a
+signed-in customer (a real token from the session's user pool), so their
+caps and payment window are in play, not only the 401.
 
 Bounded and repeatable for CI: MAX_EXAMPLES per operation and mode,
 derandomized (the same examples every run), no example database, no
@@ -32,6 +34,7 @@ from schemathesis.specs.openapi.checks import (
 
 from chalicelib import bootstrap
 from chalicelib.entrypoints import openapi
+from scripts import localstack
 from tests.conftest import ADMIN_KEY, DEV_KEY, make_product, start_server, free_port
 
 MAX_EXAMPLES = 50
@@ -60,6 +63,16 @@ def _runs():
         yield pytest.param(operation, GenerationMode.POSITIVE, id=f"{operation.label} valid")
         if operation.path_parameters or operation.query or operation.body:
             yield pytest.param(operation, GenerationMode.NEGATIVE, id=f"{operation.label} invalid")
+
+
+@pytest.fixture(scope="module")
+def customer_token(test_env):
+    """A signed-in customer's ID token: the /customer operations reach their rules (caps
+    included), not only the 401 of a missing token."""
+    cognito = localstack.cognito_client(test_env["AWS_ENDPOINT_URL"])
+    email, password = "fuzz-customer@example.com", "Fuzz-Passw0rd!"
+    localstack.ensure_customer(cognito, test_env["COGNITO_USER_POOL_ID"], email, password)
+    return localstack.sign_in(cognito, test_env["COGNITO_APP_CLIENT_IDS"], email, password)
 
 
 @pytest.fixture(scope="module")
@@ -103,17 +116,27 @@ class Ledger:
         assert db.query("SELECT COUNT(*) AS n FROM products WHERE stock < 0")[0]["n"] == 0
 
 
-def _seed(base_url, session, ledger):
-    """A few real ids, so valid requests also reach the found/created paths, not only the 404s."""
+def _seed(base_url, session, ledger, token):
+    """A few real ids, so valid requests also reach the found/created paths, not only the 404s
+    (the order ids: a trusted server's and the signed-in customer's)."""
     products = [make_product(bootstrap.catalog(), stock=1000, price_cents=100) for _ in range(3)]
     ledger.stock_in += 3000
     placed = session.post(f"{base_url}/orders/batch", headers={"x-api-key": DEV_KEY}, json={"orders": [
         {"client_order_id": "seed-1", "user_id": 1, "items": [{"product_id": products[0]["id"], "quantity": 1}]}]})
     queued = session.post(f"{base_url}/orders/batch?mode=async", headers={"x-api-key": DEV_KEY}, json={"orders": [
         {"client_order_id": "seed-2", "user_id": 1, "items": [{"product_id": products[1]["id"], "quantity": 1}]}]})
+    customers = session.post(f"{base_url}/customer/orders/batch", headers={"x-api-key": DEV_KEY, **_bearer(token)},
+                             json={"orders": [{"client_order_id": "seed-3", "items": [
+                                 {"product_id": products[2]["id"], "quantity": 1}]}]})
     assert placed.status_code == 200 and queued.status_code == 202, (placed.text, queued.text)
-    return {"product_id": [p["id"] for p in products], "order_id": [placed.json()["results"][0]["order_id"]],
+    assert customers.json()["results"][0]["status"] == "created", customers.text
+    return {"product_id": [p["id"] for p in products],
+            "order_id": [placed.json()["results"][0]["order_id"], customers.json()["results"][0]["order_id"]],
             "batch_id": [queued.json()["batch_id"]]}
+
+
+def _bearer(token):
+    return {"Authorization": f"Bearer {token}"}
 
 
 def _integers_as_integers(value):
@@ -128,6 +151,9 @@ def _integers_as_integers(value):
     return value
 
 
+BATCHES = ("POST /orders/batch", "POST /customer/orders/batch")
+
+
 def _steer(case, data, seeds):
     """Valid cases: integers as integers, and about half use a seeded id for each path id and order line."""
     if isinstance(case.body, (dict, list)):
@@ -135,11 +161,15 @@ def _steer(case, data, seeds):
     for name in list(case.path_parameters or {}):
         if name in seeds and data.draw(st.booleans(), label=f"seeded {name}"):
             case.path_parameters[name] = data.draw(st.sampled_from(seeds[name]), label=name)
-    if case.operation.label == "POST /orders/batch" and isinstance(case.body, dict):
+    if case.operation.label in BATCHES and isinstance(case.body, dict):
+        customer = case.operation.label == "POST /customer/orders/batch"
         for order in case.body.get("orders", []):
             for line in order.get("items", []):
                 if data.draw(st.booleans(), label="seeded line"):
                     line["product_id"] = data.draw(st.sampled_from(seeds["product_id"]), label="product_id")
+                # A customer's lines within their caps too, so the run also places orders and fills the unpaid cap.
+                if customer and data.draw(st.booleans(), label="few units"):
+                    line["quantity"] = data.draw(st.integers(1, 5), label="quantity")
 
 
 # Inputs that once got a 500 or an unbounded echo (issue #13), and their kin. Lone surrogates are
@@ -182,12 +212,13 @@ def _poison(case, data):
 
 
 @pytest.mark.parametrize("operation, mode", list(_runs()))
-def test_every_operation_answers_its_contract(contract_server, clean_db, operation, mode):
+def test_every_operation_answers_its_contract(contract_server, customer_token, clean_db, operation, mode):
     session = requests.Session()
     ledger = Ledger()
-    seeds = _seed(contract_server, session, ledger)
+    seeds = _seed(contract_server, session, ledger, customer_token)
     key = ADMIN_KEY if operation.definition.raw.get("x-plan") == "admin" else DEV_KEY
-    calls = []
+    headers = {"x-api-key": key, **(_bearer(customer_token) if operation.path.startswith("/customer/") else {})}
+    calls, outcomes = [], set()
 
     @FUZZ
     @given(case=operation.as_strategy(generation_mode=mode), data=st.data())
@@ -197,17 +228,21 @@ def test_every_operation_answers_its_contract(contract_server, clean_db, operati
         if mode is GenerationMode.NEGATIVE or data.draw(st.integers(0, 3), label="poison a valid case") == 0:
             _poison(case, data)
         before = _state()
-        response = case.call(base_url=contract_server, session=session, headers={"x-api-key": key}, timeout=30)
+        response = case.call(base_url=contract_server, session=session, headers=headers, timeout=30)
         calls.append(response.status_code)
         case.validate_response(response, checks=CHECKS)
         after = _state()
         if response.status_code >= 400:
             assert after == before, f"a rejected request ({response.status_code}) changed products or orders"
-        elif operation.label == "POST /orders/batch" and response.status_code == 200:
-            new = [r for r in response.json()["results"] if r["status"] == "created" and not r["duplicate"]]
+        elif operation.label in BATCHES and response.status_code == 200:
+            results = response.json()["results"]
+            new = [r for r in results if r["status"] == "created" and not r["duplicate"]]
             assert len(after[1]) - len(before[1]) == len(new), "orders created other than the results say"
+            outcomes.update(r["error"]["code"] if r["status"] == "failed" else r["status"] for r in results)
         ledger.record(case, response)
 
     run()
     ledger.check()
     assert calls and max(calls) < 500
+    if operation.label == "POST /customer/orders/batch" and mode is GenerationMode.POSITIVE:
+        assert {"created", "QUANTITY_LIMIT_EXCEEDED"} <= outcomes, outcomes  # the caps were reached

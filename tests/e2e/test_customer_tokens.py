@@ -1,8 +1,11 @@
 """Customers with tokens (docs/api.md, "Customers"), over real HTTP, with real
 tokens from the local endpoint's Cognito user pool: the customer comes from
 the token, never the body; a customer sees only their own orders, whichever
-client's app they used; expired, forged, other-pool and other-app tokens get
-401; a key that ships in an app cannot name users."""
+client's app they used; their orders wait for payment, and a customer past a
+cap (units of one product, units held unpaid, orders per batch) is refused
+with the limit; garbage gets a contract-shaped 4xx with nothing changed;
+expired, forged, other-pool and other-app tokens get 401; a key that ships in
+an app cannot name users."""
 import base64
 import json
 import time
@@ -84,11 +87,62 @@ def test_the_user_comes_from_the_token_never_the_body(api, pool):
     assert stock_of(api, pid) == 8
 
 
+def test_a_customers_order_waits_for_payment_and_fails_on_its_own_past_a_cap(api, pool):
+    pid = create_product(api, "TOK-CAP", stock=500)
+    lines = [[(pid, 50)], [(pid, 30), (pid, 30)], [(pid, 50)], [(pid, 1)]]
+    body = {"orders": [{"client_order_id": f"cap-{n}", "items": [{"product_id": p, "quantity": q} for p, q in line]}
+                       for n, line in enumerate(lines)]}
+    answer = api.post("/customer/orders/batch", key=MOBILE, headers=bearer(pool["tokens"]["bob"]), json=body)
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == ["created", "failed", "created", "failed"]
+    assert results[1]["error"] == {**results[1]["error"], "code": "QUANTITY_LIMIT_EXCEEDED", "product_id": pid,
+                                   "details": {"limit": 50, "product_id": pid}}
+    assert results[3]["error"]["details"] == {"limit": 100, "held": 100, "requested": 1}
+    order = api.get(f"/customer/orders/{results[0]['order_id']}", key=MOBILE,
+                    headers=bearer(pool["tokens"]["bob"])).json()["order"]
+    assert order["lifecycle"] == "pending_payment" and order["expires_at"]
+    # Through another client's app the same person holds the same units.
+    again = place(api, pool["tokens"]["bob"], key=STOREFRONT, coid="cap-x", items=[{"product_id": pid, "quantity": 1}])
+    assert again.json()["results"][0]["error"]["details"]["held"] == 100
+    assert stock_of(api, pid) == 400
+
+
+def test_a_customers_batch_of_more_than_ten_orders_is_refused_whole(api, pool):
+    pid = create_product(api, "TOK-413", stock=50)
+    body = {"orders": [{"client_order_id": f"b-{n}", "items": [{"product_id": pid, "quantity": 1}]}
+                       for n in range(11)]}
+    answer = api.post("/customer/orders/batch", key=MOBILE, headers=bearer(pool["tokens"]["ann"]), json=body)
+    assert answer.status_code == 413 and answer.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    assert stock_of(api, pid) == 50
+    body["orders"] = body["orders"][:10]
+    assert api.post("/customer/orders/batch", key=MOBILE, headers=bearer(pool["tokens"]["ann"]),
+                    json=body).json()["summary"] == {"created": 10, "failed": 0}
+
+
+@pytest.mark.parametrize("items", [
+    [{"product_id": "PID", "quantity": "51"}], [{"product_id": "PID", "quantity": 51.0}],
+    [{"product_id": "PID", "quantity": 10**12}], [{"product_id": "PID", "quantity": -50}],
+    [{"product_id": "PID", "quantity": 50, "price_cents": 0}], "PID", None, [],
+    [{"product_id": "PID", "quantity": 1000}] * 51,
+])
+def test_garbage_from_a_signed_in_customer_fails_the_order_and_changes_nothing(api, pool, items):
+    pid = create_product(api, "TOK-BAD", stock=100)
+    items = json.loads(json.dumps(items).replace('"PID"', str(pid)))
+    answer = place(api, pool["tokens"]["ann"], coid="bad", items=items)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()["results"][0]
+    assert result["status"] == "failed" and result["error"]["code"] == "VALIDATION_ERROR"
+    assert stock_of(api, pid) == 100
+
+
 def test_a_key_that_ships_in_an_app_cannot_name_users(api, pool):
     pid = create_product(api, "TOK-3", stock=5)
     body = {"orders": [{"client_order_id": "m-1", "user_id": 1, "items": [{"product_id": pid, "quantity": 1}]}]}
     for method, path, kwargs in (("POST", "/orders/batch", {"json": body}), ("GET", "/orders/1", {}),
-                                 ("POST", "/orders/1/cancel", {}), ("GET", "/batches/any", {})):
+                                 ("POST", "/orders/1/cancel", {}), ("GET", "/batches/any", {}),
+                                 ("POST", "/orders/1/pay", {"json": {"payment_reference": "psp-1"}}),
+                                 ("POST", "/orders/1/fulfil", {})):
         response = api.request(method, path, key=MOBILE, **kwargs)
         assert response.status_code == 403 and response.json()["error"]["code"] == "FORBIDDEN", path
     assert stock_of(api, pid) == 5

@@ -302,7 +302,9 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
     mine = _body(call("POST", "/customer/orders/batch", {"orders": [
         {"client_order_id": "cust-1", "items": [{"product_id": pid, "quantity": 1}]}]}, claims=ann))
     customer_order = mine["results"][0]["order_id"]
-    assert _body(call("GET", f"/customer/orders/{customer_order}", claims=ann))["order"]["client_order_id"] == "cust-1"
+    placed = _body(call("GET", f"/customer/orders/{customer_order}", claims=ann))["order"]
+    # A customer's order waits for payment where a trusted server's is final at creation.
+    assert placed["client_order_id"] == "cust-1" and placed["lifecycle"] == "pending_payment"
     assert [e["type"] for e in _body(call("GET", f"/customer/orders/{customer_order}/events", claims=ann))[
         "events"]] == ["order.created"]
     assert _body(call("GET", f"/customer/orders/{customer_order}/events", claims=bob, status=404))["error"][

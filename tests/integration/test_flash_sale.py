@@ -243,7 +243,7 @@ def test_a_crash_between_commit_and_settle_is_repaired_by_the_redelivery(sqs, fl
     writer = bootstrap.flash_writer()
     # The commit without the settle that would follow it: what a crash leaves.
     with writer.writes.session() as session:
-        session.run(lambda tx: writer._write(tx, flash_message.decode(records[0]["body"])))
+        session.run(lambda tx: writer._write(tx, flash_message.decode(records[0]["body"]), writer.payment_windows))
     assert bootstrap.flash_sales().reservation(rid)["status"] == "pending"
 
     assert sqs_handlers.handle_flash_event({"Records": records})["batchItemFailures"] == []
@@ -564,7 +564,7 @@ def test_the_consumer_locks_the_sale_row_only_for_its_closing_update(sqs, flash_
     second = receive(sqs, flash_queue)
     write, held, release = flash_sales.FlashWriter._write, threading.Event(), threading.Event()
 
-    def held_before_its_update(tx, reservations, payment_window=0, lock=True):
+    def held_before_its_update(tx, reservations, windows, lock=True):
         if threading.current_thread().name == "held":
             update = tx.update
 
@@ -573,7 +573,7 @@ def test_the_consumer_locks_the_sale_row_only_for_its_closing_update(sqs, flash_
                 assert release.wait(60)
                 return update(*args, **kwargs)
             tx.update = later
-        return write(tx, reservations, payment_window, lock)
+        return write(tx, reservations, windows, lock)
 
     monkeypatch.setattr(flash_sales.FlashWriter, "_write", staticmethod(held_before_its_update))
     outcomes = {}
@@ -607,7 +607,7 @@ def test_stock_that_moved_after_the_consumer_read_it_is_decided_again_on_the_loc
     records = receive(sqs, flash_queue)
     write, selects = flash_sales.FlashWriter._write, []
 
-    def stock_taken_after_the_read(tx, reservations, payment_window=0, lock=True):
+    def stock_taken_after_the_read(tx, reservations, windows, lock=True):
         select = tx.select
 
         def then_taken(*args, **kwargs):
@@ -617,7 +617,7 @@ def test_stock_that_moved_after_the_consumer_read_it_is_decided_again_on_the_loc
                 bootstrap.catalog().adjust_stock(pid, {"delta": -7})
             return rows
         tx.select = then_taken
-        return write(tx, reservations, payment_window, lock)
+        return write(tx, reservations, windows, lock)
 
     monkeypatch.setattr(flash_sales.FlashWriter, "_write", staticmethod(stock_taken_after_the_read))
     writer = bootstrap.flash_writer()

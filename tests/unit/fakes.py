@@ -144,6 +144,14 @@ class FakeOrders:
         key = (client, customer_id, user_id, client_order_id)
         return next(o for o in self.store.orders.values() if self._key(o) == key)
 
+    def lock_customer(self, customer_id):
+        """One transaction at a time here: nothing to hold."""
+
+    def unpaid_units(self, customer_id):
+        return sum(line.quantity for order in self.store.orders.values()
+                   if order.customer_id == customer_id and order.lifecycle == "pending_payment"
+                   for line in self.store.lines.get(order.id, []))
+
     def add_lines(self, order_id, lines):
         self.store.lines[order_id] = sorted(lines.values(), key=lambda line: line.product_id)
 
@@ -154,6 +162,10 @@ class FakeOrders:
         if order_id not in self.store.orders:
             raise OrderNotFound(f"Order {order_id} does not exist.", order_id=order_id)
         return self.store.orders[order_id], list(self.store.lines.get(order_id, []))
+
+    def owner_of(self, order_id):
+        order, _ = self.load(order_id)
+        return order.client, order.customer_id
 
     def mark_cancelled(self, order_id, lifecycle="cancelled"):
         self.store.orders[order_id] = replace(self.store.orders[order_id], status="cancelled", lifecycle=lifecycle)

@@ -32,7 +32,8 @@ def place_customer_batch(request):
         raise ValidationError("Customer batches are sync only: 'mode' must be 'sync'.", details={"field": "mode"})
     _, customer_id = _customer(request)
     body = json_body(request)
-    return 200, bootstrap.orders().place_batch(parse_batch(body, current_caller().client, customer_id))
+    orders = parse_batch(body, current_caller().client, customer_id, bootstrap.customer_limits())
+    return 200, bootstrap.orders().place_batch(orders)
 
 
 @endpoint(routes, "/customer/orders/{order_id}", methods=("GET",))
