@@ -57,7 +57,11 @@ def queue_names(prefix):
 DEFAULTS = {
     "STAGE": "local",
     "DATABASE_URL": "mysql://root:@127.0.0.1:3306/shop",
+    # The cache Redis (evicts under memory pressure): product copies, search pages, fences, the search generation.
     "REDIS_URL": "redis://127.0.0.1:6379/0",
+    # The state Redis (never evicts): rate buckets, search budgets, flash sales, redis_lock locks.
+    # Empty: the cache Redis holds the state too (the local default; the roles' key names never overlap).
+    "REDIS_STATE_URL": "",
     "AWS_ENDPOINT_URL": "http://127.0.0.1:4566",
     "AWS_DEFAULT_REGION": "us-east-1",
     "INVENTORY_STRATEGY": "guarded",
@@ -210,6 +214,10 @@ class Settings:
         return self.values["REDIS_URL"]
 
     @property
+    def redis_state_url(self):
+        return self.values["REDIS_STATE_URL"] or self.values["REDIS_URL"]
+
+    @property
     def aws_endpoint_url(self):
         return self.values["AWS_ENDPOINT_URL"] or None
 
@@ -247,6 +255,12 @@ class Settings:
         redis_host = urlparse(self.values["REDIS_URL"]).hostname or ""
         if _is_local_host(redis_host):
             problems.append(f"Redis is {redis_host or 'unset'} (a local default)")
+        state_url = self.values["REDIS_STATE_URL"]
+        if not state_url or state_url == self.values["REDIS_URL"]:
+            problems.append("REDIS_STATE_URL is unset or the cache's: flash sales and rate limits would live in "
+                            "a Redis that evicts")
+        elif _is_local_host(urlparse(state_url).hostname or ""):
+            problems.append(f"the state Redis is {urlparse(state_url).hostname or 'unset'} (a local default)")
         endpoint = self.values.get("AWS_ENDPOINT_URL") or ""
         if endpoint and _is_local_host(urlparse(endpoint).hostname or ""):
             problems.append(f"AWS_ENDPOINT_URL is {endpoint} (the local AWS endpoint)")

@@ -1,4 +1,4 @@
-"""Per-API-key token bucket in Redis, one atomic Lua call per request.
+"""Per-API-key token bucket in the state Redis, one atomic Lua call per request.
 In the cloud API Gateway usage plans do this; APP_RATE_LIMIT switches it off."""
 import logging
 import time

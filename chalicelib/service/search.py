@@ -62,11 +62,12 @@ class SearchService:
     POPULAR_PER_KEY_SEARCH = 100     # a key adds at most this to one search's daily count
     POPULAR_SEARCHES_PER_KEY = 500   # and counts at most this many distinct searches a day
 
-    def __init__(self, backend, gateway, generation, ttl_seconds=60, stale_seconds=86400, clock=time.time,
+    def __init__(self, backend, gateway, generation, state, ttl_seconds=60, stale_seconds=86400, clock=time.time,
                  budget_ms=30000):
         self.backend = backend
-        self.gateway = gateway
+        self.gateway = gateway        # the cache Redis: pages, their stale copies, loader leases, popular counts
         self.generation = generation
+        self.state = state            # the state Redis: the search budgets
         self.ttl_seconds = ttl_seconds
         self.stale_seconds = stale_seconds
         self.clock = clock
@@ -83,7 +84,7 @@ class SearchService:
         return self.gateway.key(f"product_search:popular:{day}")
 
     def budget_key(self, caller, minute):
-        return self.gateway.key(f"search_budget:{caller}:{minute}")
+        return self.state.key(f"search_budget:{caller}:{minute}")
 
     def search_params(self, params, caller=None):
         return self.search(parse_query(params), caller)
@@ -156,7 +157,7 @@ class SearchService:
         now = self.clock()
         key = self.budget_key(caller, int(now // 60))
         try:
-            spent = int(self.gateway.call(lambda r: r.get(key)) or 0)
+            spent = int(self.state.call(lambda r: r.get(key)) or 0)
         except CacheUnavailable:
             return None   # fails open, like the rate limit
         if spent >= self.budget_ms:
@@ -175,7 +176,7 @@ class SearchService:
             pipe.execute()
 
         try:
-            self.gateway.call(fn)
+            self.state.call(fn)
         except CacheUnavailable:
             pass
 

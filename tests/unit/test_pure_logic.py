@@ -117,19 +117,31 @@ def test_the_composition_root_takes_overrides_without_touching_the_environment(m
         bootstrap.reset()
 
 
+# What a cloud function needs besides the database and the cache Redis: a state store of its own.
+STATE = {"REDIS_STATE_URL": "rediss://state.internal:6379/0"}
+
+
 @pytest.mark.parametrize("environ, expected", [
     ({"STAGE": "local"}, []),
     ({"STAGE": "prod", "DATABASE_URL": "mysql://u:p@db.internal:3306/shop", "REDIS_URL": "rediss://cache.internal:6379/0",
-      "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false"}, []),
+      "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false", **STATE}, []),
     ({"STAGE": "prod", "DATABASE_SECRET_ARN": "arn:secret", "DATABASE_HOST": "proxy.internal",
-      "REDIS_URL": "rediss://cache.internal:6379/0", "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false"}, []),
-    ({"STAGE": "prod"}, ["database", "Redis", "AWS_ENDPOINT_URL"]),
+      "REDIS_URL": "rediss://cache.internal:6379/0", "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false", **STATE}, []),
+    ({"STAGE": "prod"}, ["database", "Redis", "REDIS_STATE_URL", "AWS_ENDPOINT_URL"]),
     ({"STAGE": "prod", "DATABASE_URL": "mysql://u:p@db.internal/shop", "REDIS_URL": "redis://cache.internal:6379/0",
-      "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "true"}, ["APP_API_KEYS"]),
+      "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "true", **STATE}, ["APP_API_KEYS"]),
     ({"STAGE": "prod", "DATABASE_SECRET_ARN": "arn:secret", "DATABASE_HOST": "",
-      "REDIS_URL": "rediss://cache.internal:6379/0", "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false"}, ["database"]),
+      "REDIS_URL": "rediss://cache.internal:6379/0", "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false", **STATE},
+     ["database"]),
     ({"STAGE": "dev", "DATABASE_URL": "mysql://u:p@db.internal/shop", "REDIS_URL": "redis://localhost:6379/0",
-      "AWS_ENDPOINT_URL": "http://localhost:4566", "APP_API_KEYS": "false"}, ["Redis", "AWS_ENDPOINT_URL"]),
+      "AWS_ENDPOINT_URL": "http://localhost:4566", "APP_API_KEYS": "false", **STATE}, ["Redis", "AWS_ENDPOINT_URL"]),
+    # The state store: its own, not the evicting cache's, and not a loopback default.
+    ({"STAGE": "prod", "DATABASE_URL": "mysql://u:p@db.internal/shop", "REDIS_URL": "rediss://cache.internal:6379/0",
+      "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false", **STATE, "REDIS_STATE_URL": "rediss://cache.internal:6379/0"},
+     ["REDIS_STATE_URL"]),
+    ({"STAGE": "prod", "DATABASE_URL": "mysql://u:p@db.internal/shop", "REDIS_URL": "rediss://cache.internal:6379/0",
+      "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false", **STATE, "REDIS_STATE_URL": "redis://127.0.0.1:6379/1"},
+     ["state Redis"]),
     ({"STAGE": "prod", "ALLOW_LOOPBACK_ENDPOINTS": "true"}, []),
 ])
 def test_a_cloud_stage_names_every_local_default_it_would_use(monkeypatch, environ, expected):
