@@ -22,6 +22,11 @@ class CacheUnavailable(Exception):
     pass
 
 
+class StoreFull(CacheUnavailable):
+    """Redis answered OOM: a `noeviction` store at maxmemory refuses writes. It is up (the
+    breaker is not told otherwise); a caller that guards a rule must refuse rather than skip it."""
+
+
 # KEYS: data key, fence key. ARGV: version, soft expiry (ms epoch), json, data ttl ms
 _PUT_IF_NEWER = """
 local v = tonumber(ARGV[1])
@@ -104,6 +109,7 @@ class RedisGateway:
         # default): the breaker decides, and a dead Redis must cost one timeout.
         self.client = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         self._errors = (redis.exceptions.RedisError, OSError)
+        self._out_of_memory = redis.exceptions.OutOfMemoryError
         self._scripts = {}
 
     def key(self, name):
@@ -142,6 +148,10 @@ class RedisGateway:
             raise CacheUnavailable(str(exc)) from None
         try:
             result = fn(self.client)
+        except self._out_of_memory as exc:
+            self.breaker.record_success()
+            log.warning("redis is full: %s", exc)
+            raise StoreFull(str(exc)) from exc
         except self._errors as exc:
             # Any Redis failure (unreachable, READONLY replica mid-failover, pool
             # exhausted) degrades to "no cache"; the breaker always learns the outcome.

@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
-from chalicelib.adapters.cache import CacheUnavailable
+from chalicelib.adapters.cache import CacheUnavailable, StoreFull
 from chalicelib.domain.errors import RateLimited, ServiceUnavailable, ValidationError
 from chalicelib.domain.search_query import SearchPage, SearchQuery, cut_page, parse_query
 
@@ -156,8 +156,21 @@ class SearchService:
             return None
         now = self.clock()
         key = self.budget_key(caller, int(now // 60))
+
+        def read(r):
+            # The minute's counter is made here, not only by the charge: a state store too full to
+            # take the charge refuses this write, so the search is refused before it runs.
+            pipe = r.pipeline(transaction=False)
+            pipe.set(key, 0, nx=True, ex=120)
+            pipe.get(key)
+            return pipe.execute()[1]
+
         try:
-            spent = int(self.state.call(lambda r: r.get(key)) or 0)
+            spent = int(self.state.call(read) or 0)
+        except StoreFull as exc:
+            raise ServiceUnavailable("The search budget store is full, so uncached searches cannot be metered; "
+                                     "cached searches still answer. Retry shortly.",
+                                     details={"reason": "state_store_full"}) from exc
         except CacheUnavailable:
             return None   # fails open, like the rate limit
         if spent >= self.budget_ms:
@@ -178,7 +191,7 @@ class SearchService:
         try:
             self.state.call(fn)
         except CacheUnavailable:
-            pass
+            pass   # down (fails open), or full since the check (the next check refuses)
 
     def _from_backend(self, query, key, caller):
         budget = self._check_budget(caller)
