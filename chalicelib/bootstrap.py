@@ -105,12 +105,13 @@ def catalog():
 
 def search_service():
     from chalicelib.adapters.search_mysql import MySQLSearchBackend
+    from chalicelib.domain.search_query import CursorSigner
     from chalicelib.service.search import SearchService
 
     s = settings()
     return _once("search_service", lambda: SearchService(
         MySQLSearchBackend(database(), time_limit_ms=int(s.number("SEARCH_TIME_LIMIT_MS"))),
-        redis_gateway(), search_generation(), state_gateway(),
+        redis_gateway(), search_generation(), state_gateway(), CursorSigner(s.cursor_secret),
         ttl_seconds=s.number("SEARCH_TTL_SECONDS"), stale_seconds=s.number("CACHE_STALE_SECONDS"),
         budget_ms=int(s.number("SEARCH_BUDGET_MS"))))
 

@@ -49,6 +49,10 @@ QUEUES = (
 
 
 
+# Only for the local stage: misconfiguration() refuses it anywhere else.
+LOCAL_CURSOR_SECRET = "shop-local-cursor-secret"
+
+
 def queue_names(prefix):
     """Every queue's setting -> `<prefix>-<name>`: a private set of queues (tests, benches)."""
     return {q.setting: f"{prefix}-{q.default_name.removeprefix('shop-')}" for q in QUEUES}
@@ -111,6 +115,9 @@ DEFAULTS = {
     "SEARCH_BUDGET_MS": "30000",
     # How long a flash-sale reservation may stay between the gate and SQS before its units come back.
     "FLASH_LEASE_MS": "30000",
+    # The key search cursors are signed with; in AWS a generated secret (CURSOR_SECRET_ARN) instead.
+    "CURSOR_SECRET": LOCAL_CURSOR_SECRET,
+    "CURSOR_SECRET_ARN": "",
 }
 DEFAULTS.update({q.setting: q.default_name for q in QUEUES})
 
@@ -143,11 +150,14 @@ class MySQLTarget:
     ca_file: str = ""
 
 
-def _read_secret(arn, region):
+def _read_secret_string(arn, region):
     import boto3  # lazy: only the cloud stages read secrets
 
-    value = boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=arn)["SecretString"]
-    return json.loads(value)
+    return boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=arn)["SecretString"]
+
+
+def _read_secret(arn, region):
+    return json.loads(_read_secret_string(arn, region))
 
 
 def parse_database_url(url, tls=False, ca_file=""):
@@ -218,6 +228,13 @@ class Settings:
         return self.values["REDIS_STATE_URL"] or self.values["REDIS_URL"]
 
     @property
+    def cursor_secret(self):
+        """The key search cursors are signed with: the generated secret in AWS, else CURSOR_SECRET."""
+        if self.values["CURSOR_SECRET_ARN"] and "CURSOR_SECRET" not in self._explicit:
+            return _read_secret_string(self.values["CURSOR_SECRET_ARN"], self.region)
+        return self.values["CURSOR_SECRET"]
+
+    @property
     def aws_endpoint_url(self):
         return self.values["AWS_ENDPOINT_URL"] or None
 
@@ -261,6 +278,8 @@ class Settings:
                             "a Redis that evicts")
         elif _is_local_host(urlparse(state_url).hostname or ""):
             problems.append(f"the state Redis is {urlparse(state_url).hostname or 'unset'} (a local default)")
+        if not self.values["CURSOR_SECRET_ARN"] and self.values["CURSOR_SECRET"] in ("", LOCAL_CURSOR_SECRET):
+            problems.append("search cursors would be signed with the local dev secret (set CURSOR_SECRET_ARN)")
         endpoint = self.values.get("AWS_ENDPOINT_URL") or ""
         if endpoint and _is_local_host(urlparse(endpoint).hostname or ""):
             problems.append(f"AWS_ENDPOINT_URL is {endpoint} (the local AWS endpoint)")

@@ -62,9 +62,10 @@ class SearchService:
     POPULAR_PER_KEY_SEARCH = 100     # a key adds at most this to one search's daily count
     POPULAR_SEARCHES_PER_KEY = 500   # and counts at most this many distinct searches a day
 
-    def __init__(self, backend, gateway, generation, state, ttl_seconds=60, stale_seconds=86400, clock=time.time,
-                 budget_ms=30000):
+    def __init__(self, backend, gateway, generation, state, cursors, ttl_seconds=60, stale_seconds=86400,
+                 clock=time.time, budget_ms=30000):
         self.backend = backend
+        self.cursors = cursors        # signs the next_cursor handed out, verifies the one sent back
         self.gateway = gateway        # the cache Redis: pages, their stale copies, loader leases, popular counts
         self.generation = generation
         self.state = state            # the state Redis: the search budgets
@@ -87,6 +88,10 @@ class SearchService:
         return self.state.key(f"search_budget:{caller}:{minute}")
 
     def search_params(self, params, caller=None):
+        """A caller's search: its cursor is verified before anything is read or cached."""
+        params = dict(params or {})
+        if params.get("cursor"):
+            params["cursor"] = self.cursors.verify(params["cursor"])
         return self.search(parse_query(params), caller)
 
     def search(self, query, caller=None):
@@ -96,7 +101,10 @@ class SearchService:
         cached, state = self._search(query.backend_query(), caller)
         if caller is not None and query.after is None and (query.terms or query.category) and cached["total"] > 0:
             self._count_popular(query, caller)
-        return cut_page(cached, query), state
+        page = cut_page(cached, query)
+        if page["next_cursor"]:
+            page["next_cursor"] = self.cursors.sign(page["next_cursor"])
+        return page, state
 
     def _search(self, query, caller):
         try:

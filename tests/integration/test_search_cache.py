@@ -11,8 +11,8 @@ import redis
 
 from chalicelib import bootstrap
 from chalicelib.adapters.cache import SEARCH_GENERATION_KEY
-from chalicelib.domain.search_query import parse_query
-from chalicelib.domain.errors import RateLimited, ServiceUnavailable
+from chalicelib.domain.search_query import CursorSigner, encode_cursor, parse_query
+from chalicelib.domain.errors import RateLimited, ServiceUnavailable, ValidationError
 from tests.conftest import free_port, make_product
 
 
@@ -322,6 +322,43 @@ def test_limit_is_cut_from_a_shared_cached_page(shop):
         if cursor is None:
             break
     assert seen == made
+
+
+def redis_keys(test_env):
+    """Every key of this session, in the cache and in the state store."""
+    found = set()
+    for url in (test_env["REDIS_URL"], test_env["REDIS_STATE_URL"]):
+        client = redis.Redis.from_url(url, decode_responses=True)
+        found |= {f"{url} {k}" for k in client.scan_iter(match=test_env["REDIS_KEY_PREFIX"] + "*")}
+        client.close()
+    return found
+
+
+@pytest.mark.parametrize("forgery", ["crafted", "moved", "tampered", "another_secret", "cut_short"])
+def test_a_cursor_this_deployment_did_not_sign_is_400_before_any_read_or_new_key(shop, test_env, monkeypatch,
+                                                                                forgery):
+    made = [make_product(shop, name=f"Lamp {i}", price_cents=100 + i)["id"] for i in range(5)]
+    first, _ = caller_q("pager", q="lamp", sort="price_asc", limit=2)
+    signed = first["next_cursor"]
+    cursor, _, mac = signed.rpartition(".")
+    query = parse_query({"q": "lamp", "sort": "price_asc"})
+    forged = {
+        "crafted": encode_cursor(query, (100, made[0])),               # a position the caller wrote itself
+        "moved": encode_cursor(query, (100, made[0])) + "." + mac,     # ... under the mac of the one it was given
+        "tampered": signed[:-1] + ("A" if signed[-1] != "A" else "B"),
+        "another_secret": CursorSigner("another deployment's secret").sign(cursor),
+        "cut_short": signed[:-4],
+    }[forgery]
+    keys = redis_keys(test_env)
+    backend_queries = []
+    monkeypatch.setattr(svc().backend, "search", backend_queries.append)
+    with pytest.raises(ValidationError) as refused:
+        caller_q("pager", q="lamp", sort="price_asc", limit=2, cursor=forged)
+    assert refused.value.extra["details"] == {"field": "cursor"}
+    assert backend_queries == [] and redis_keys(test_env) == keys
+    monkeypatch.undo()
+    second, _ = caller_q("pager", q="lamp", sort="price_asc", limit=2, cursor=signed)   # the one it issued pages on
+    assert [p["id"] for p in second["items"]] == made[2:4]
 
 
 def test_filters_that_select_nothing_away_share_the_cache_key(shop):
