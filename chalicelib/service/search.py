@@ -61,6 +61,10 @@ class SearchService:
     POPULAR_DAYS = 2
     POPULAR_PER_KEY_SEARCH = 100     # a key adds at most this to one search's daily count
     POPULAR_SEARCHES_PER_KEY = 500   # and counts at most this many distinct searches a day
+    # The most a cached page (fresh or stale) may take. The seeded demo catalog's 100-item pages
+    # are 36-41 KB; a page of products with the longest descriptions validation allows would be
+    # ~4 MB, twice over (fresh and stale copy). Larger pages are answered, not cached (BYPASS).
+    MAX_PAGE_BYTES = 256 * 1024
 
     def __init__(self, backend, gateway, generation, state, cursors, ttl_seconds=60, stale_seconds=86400,
                  clock=time.time, budget_ms=30000):
@@ -219,7 +223,9 @@ class SearchService:
                 self._charge(budget, started)
         if key is None:
             return page, "BYPASS"
-        payload = json.dumps(page, separators=(",", ":"), ensure_ascii=False)
+        payload = json.dumps(page, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(payload) > self.MAX_PAGE_BYTES:
+            return page, "BYPASS"   # answered from MySQL every time, and metered as such
 
         def store(r):
             pipe = r.pipeline(transaction=False)

@@ -361,6 +361,28 @@ def test_a_cursor_this_deployment_did_not_sign_is_400_before_any_read_or_new_key
     assert [p["id"] for p in second["items"]] == made[2:4]
 
 
+def test_no_cached_page_is_larger_than_the_bound_even_for_the_largest_products(shop, test_env):
+    """Descriptions as long as validation allows, in 4-byte characters: a 100-item page of
+    them is ~4 MB. It is answered but stored neither fresh nor stale; a page of ordinary
+    products (the demo catalog's are ~0.4 KB each) is cached as before."""
+    longest = "\U0001F600" * 10000
+    shop.create_many([{"sku": f"BIG-{i}", "name": f"Heavy crate {i}", "description": longest,
+                       "category": "bulk", "price_cents": 100 + i, "stock": 1} for i in range(100)])
+    shop.create_many([{"sku": f"STD-{i}", "name": f"Plain crate {i}", "description": "A wooden crate, 40 x 30 cm.",
+                       "category": "bulk", "price_cents": 100 + i, "stock": 1} for i in range(100)])
+    page, state = caller_q("crates", q="heavy crate", limit=100)
+    assert len(page["items"]) == 100 and state == "BYPASS"
+    assert caller_q("crates", q="heavy crate", limit=100)[1] == "BYPASS"
+    assert caller_q("crates", q="plain crate", limit=100)[1] == "MISS"
+    assert caller_q("crates", q="plain crate", limit=100)[1] == "HIT"
+    cache = redis.Redis.from_url(test_env["REDIS_URL"])
+    pages = [k for k in cache.scan_iter(match=test_env["REDIS_KEY_PREFIX"] + "product_search:*")
+             if cache.type(k) == b"string" and not k.endswith((b":generation", b":loading"))]
+    assert len(pages) == 2   # the plain page, fresh and stale
+    assert max(cache.strlen(k) for k in pages) <= svc().MAX_PAGE_BYTES
+    cache.close()
+
+
 def test_filters_that_select_nothing_away_share_the_cache_key(shop):
     make_product(shop, name="Globe")
     assert q(q="globe")[1] == "MISS"
