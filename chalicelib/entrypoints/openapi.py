@@ -284,7 +284,8 @@ ERROR_RESPONSES = {  # status -> (description, extra headers)
     429: ("RATE_LIMITED: the key's token bucket is empty (search: or its search budget is spent).", ("Retry-After",)),
     500: ("INTERNAL: a bug; quote the request id.", ()),
     503: ("SERVICE_UNAVAILABLE: MySQL (or for async, SQS) unavailable; retry. Search: also a search stopped at its "
-          "time limit (details.reason time_limit).", ("Retry-After",)),
+          "time limit (details.reason time_limit). The state store (flash sales, rate limits, search budgets) full: "
+          "details.reason state_store_full, nothing changed.", ("Retry-After",)),
 }
 
 
