@@ -20,6 +20,7 @@ from tests.conftest import ADMIN_KEY, DEV_KEY, free_port, make_product, session_
 from tests.support.throwaway import ThrowawayRedis
 
 ROOMY = 64 * 1024 * 1024
+MOBILE_KEY = "shop-local-mobile-app-key-0001"   # the public plan's key that ships in the app
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +129,22 @@ def test_a_full_store_refuses_flash_admission_whole_and_places_nothing(store):
     assert bootstrap.flash_gate().sale(sale)["remaining"] == 10
     assert store.flash_keys() == []
     assert order_count() == 0 and stock(plain) == 10 and stock(sale) == 10
+
+
+def test_a_signed_in_customer_on_the_public_app_key_gets_the_same_503(store, test_env):
+    """The caller the state is guarded against: open sign-up, the app's public key, a real token."""
+    cognito = localstack.cognito_client(test_env["AWS_ENDPOINT_URL"])
+    email = f"hostile-{uuid.uuid4().hex[:8]}@example.com"
+    localstack.ensure_customer(cognito, test_env["COGNITO_USER_POOL_ID"], email, "Customer-Passw0rd!")
+    token = localstack.sign_in(cognito, test_env["COGNITO_APP_CLIENT_IDS"], email, "Customer-Passw0rd!")
+    sale = on_sale(stock=10)
+    store.fill()
+    with store.app(APP_RATE_LIMIT="false") as client:
+        response = client.http.post("/customer/orders/batch", body=json.dumps(
+            {"orders": [{"client_order_id": "h1", "items": [{"product_id": sale, "quantity": 1}]}]}),
+            headers={"x-api-key": MOBILE_KEY, "authorization": f"Bearer {token}", "content-type": "application/json"})
+    assert_full_503(response)
+    assert bootstrap.flash_gate().sale(sale)["remaining"] == 10 and store.flash_keys() == [] and order_count() == 0
 
 
 def test_a_batch_the_store_fills_up_under_gives_back_the_orders_it_admitted(store):
