@@ -459,7 +459,8 @@ def test_multi_az_is_a_parameter_and_alarms_watch_the_documented_metrics(real_te
         assert parameters["CacheParameterGroupFamily"] == "redis" + props["EngineVersion"].split(".")[0]
     state_memory = resources["StateMemoryHighAlarm"]["Properties"]
     watched = [m["MetricStat"]["Metric"] for m in state_memory["Metrics"] if "MetricStat" in m]
-    assert {(m["Namespace"], m["MetricName"]) for m in watched} == {("AWS/ElastiCache", "DatabaseMemoryUsagePercentage")}
+    assert {(m["Namespace"], m["MetricName"]) for m in watched} == {
+        ("AWS/ElastiCache", "DatabaseMemoryUsagePercentage")}
     assert {m["Dimensions"][0]["Value"]["Fn::Sub"] for m in watched} == {"${RedisState}-001", "${RedisState}-002"}
     assert state_memory["Threshold"] == {"Ref": "StateMemoryAlarmPercent"}
     latency = resources["OrderLatencyP99Alarm"]["Properties"]
