@@ -40,11 +40,21 @@ def database():
 
 
 def redis_gateway():
+    """The cache Redis: copies it may evict, and the fences and search generation that guard them."""
     from chalicelib.adapters.cache import RedisGateway
 
     s = settings()
     return _once("redis", lambda: RedisGateway(s.redis_url, timeout=s.number("REDIS_TIMEOUT"),
                                                prefix=s.get("REDIS_KEY_PREFIX"), ca_file=s.tls_ca_file))
+
+
+def state_gateway():
+    """The state Redis (noeviction): what a rule depends on, so what a cache flood must not evict."""
+    from chalicelib.adapters.cache import RedisGateway
+
+    s = settings()
+    return _once("redis_state", lambda: RedisGateway(s.redis_state_url, timeout=s.number("REDIS_TIMEOUT"),
+                                                     prefix=s.get("REDIS_KEY_PREFIX"), ca_file=s.tls_ca_file))
 
 
 def product_cache():
@@ -95,12 +105,13 @@ def catalog():
 
 def search_service():
     from chalicelib.adapters.search_mysql import MySQLSearchBackend
+    from chalicelib.domain.search_query import CursorSigner
     from chalicelib.service.search import SearchService
 
     s = settings()
     return _once("search_service", lambda: SearchService(
         MySQLSearchBackend(database(), time_limit_ms=int(s.number("SEARCH_TIME_LIMIT_MS"))),
-        redis_gateway(), search_generation(),
+        redis_gateway(), search_generation(), state_gateway(), CursorSigner(s.cursor_secret),
         ttl_seconds=s.number("SEARCH_TTL_SECONDS"), stale_seconds=s.number("CACHE_STALE_SECONDS"),
         budget_ms=int(s.number("SEARCH_BUDGET_MS"))))
 
@@ -201,7 +212,7 @@ def reset(**overrides):
     if unknown:
         raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
     with _lock:
-        for name in ("db", "redis", "metrics_redis"):
+        for name in ("db", "redis", "redis_state", "metrics_redis"):
             client = _instances.get(name)
             if client is not None:
                 client.close()
@@ -214,14 +225,14 @@ def reset(**overrides):
 def rate_limiter():
     from chalicelib.entrypoints.ratelimit import RateLimiter
 
-    return _once("rate_limiter", lambda: RateLimiter(redis_gateway(), settings().plans))
+    return _once("rate_limiter", lambda: RateLimiter(state_gateway(), settings().plans))
 
 
 def inventory_strategy(name=None):
     from chalicelib.adapters.inventory import make_strategy
 
     name = name or settings().inventory_strategy
-    return _once(f"strategy:{name}", lambda: make_strategy(name, redis_gateway()))
+    return _once(f"strategy:{name}", lambda: make_strategy(name, state_gateway()))
 
 
 def orders(strategy_name=None):
@@ -248,7 +259,7 @@ def customer_limits():
 def flash_gate():
     from chalicelib.adapters.flash_gate import FlashGate
 
-    return _once("flash_gate", lambda: FlashGate(redis_gateway(), lease_ms=int(settings().number("FLASH_LEASE_MS"))))
+    return _once("flash_gate", lambda: FlashGate(state_gateway(), lease_ms=int(settings().number("FLASH_LEASE_MS"))))
 
 
 def flash_sales():

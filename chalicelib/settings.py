@@ -50,6 +50,10 @@ QUEUES = (
 
 
 
+# Only for the local stage: misconfiguration() refuses it anywhere else.
+LOCAL_CURSOR_SECRET = "shop-local-cursor-secret"
+
+
 def queue_names(prefix):
     """Every queue's setting -> `<prefix>-<name>`: a private set of queues (tests, benches)."""
     return {q.setting: f"{prefix}-{q.default_name.removeprefix('shop-')}" for q in QUEUES}
@@ -58,7 +62,11 @@ def queue_names(prefix):
 DEFAULTS = {
     "STAGE": "local",
     "DATABASE_URL": "mysql://root:@127.0.0.1:3306/shop",
+    # The cache Redis (evicts under memory pressure): product copies, search pages, fences, the search generation.
     "REDIS_URL": "redis://127.0.0.1:6379/0",
+    # The state Redis (never evicts): rate buckets, search budgets, flash sales, redis_lock locks.
+    # Empty: the cache Redis holds the state too (the local default; the roles' key names never overlap).
+    "REDIS_STATE_URL": "",
     "AWS_ENDPOINT_URL": "http://127.0.0.1:4566",
     "AWS_DEFAULT_REGION": "us-east-1",
     "INVENTORY_STRATEGY": "guarded",
@@ -115,6 +123,9 @@ DEFAULTS = {
     "SEARCH_BUDGET_MS": "30000",
     # How long a flash-sale reservation may stay between the gate and SQS before its units come back.
     "FLASH_LEASE_MS": "30000",
+    # The key search cursors are signed with; in AWS a generated secret (CURSOR_SECRET_ARN) instead.
+    "CURSOR_SECRET": LOCAL_CURSOR_SECRET,
+    "CURSOR_SECRET_ARN": "",
 }
 DEFAULTS.update({q.setting: q.default_name for q in QUEUES})
 # Whole numbers of at least 1 in every stage, or the deployment refuses to serve: a customer's
@@ -151,11 +162,14 @@ class MySQLTarget:
     ca_file: str = ""
 
 
-def _read_secret(arn, region):
+def _read_secret_string(arn, region):
     import boto3  # lazy: only the cloud stages read secrets
 
-    value = boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=arn)["SecretString"]
-    return json.loads(value)
+    return boto3.client("secretsmanager", region_name=region).get_secret_value(SecretId=arn)["SecretString"]
+
+
+def _read_secret(arn, region):
+    return json.loads(_read_secret_string(arn, region))
 
 
 def parse_database_url(url, tls=False, ca_file=""):
@@ -222,6 +236,17 @@ class Settings:
         return self.values["REDIS_URL"]
 
     @property
+    def redis_state_url(self):
+        return self.values["REDIS_STATE_URL"] or self.values["REDIS_URL"]
+
+    @property
+    def cursor_secret(self):
+        """The key search cursors are signed with: the generated secret in AWS, else CURSOR_SECRET."""
+        if self.values["CURSOR_SECRET_ARN"] and "CURSOR_SECRET" not in self._explicit:
+            return _read_secret_string(self.values["CURSOR_SECRET_ARN"], self.region)
+        return self.values["CURSOR_SECRET"]
+
+    @property
     def aws_endpoint_url(self):
         return self.values["AWS_ENDPOINT_URL"] or None
 
@@ -261,6 +286,14 @@ class Settings:
         redis_host = urlparse(self.values["REDIS_URL"]).hostname or ""
         if _is_local_host(redis_host):
             problems.append(f"Redis is {redis_host or 'unset'} (a local default)")
+        state_url = self.values["REDIS_STATE_URL"]
+        if not state_url or state_url == self.values["REDIS_URL"]:
+            problems.append("REDIS_STATE_URL is unset or the cache's: flash sales and rate limits would live in "
+                            "a Redis that evicts")
+        elif _is_local_host(urlparse(state_url).hostname or ""):
+            problems.append(f"the state Redis is {urlparse(state_url).hostname or 'unset'} (a local default)")
+        if not self.values["CURSOR_SECRET_ARN"] and self.values["CURSOR_SECRET"] in ("", LOCAL_CURSOR_SECRET):
+            problems.append("search cursors would be signed with the local dev secret (set CURSOR_SECRET_ARN)")
         endpoint = self.values.get("AWS_ENDPOINT_URL") or ""
         if endpoint and _is_local_host(urlparse(endpoint).hostname or ""):
             problems.append(f"AWS_ENDPOINT_URL is {endpoint} (the local AWS endpoint)")

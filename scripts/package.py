@@ -303,6 +303,10 @@ def function_environment(plans, logical_id=None):
         "DATABASE_NAME": {"Ref": "DatabaseName"},
         "DATABASE_TLS": "true",
         "REDIS_URL": {"Fn::Sub": "rediss://${Redis.PrimaryEndPoint.Address}:${Redis.PrimaryEndPoint.Port}/0"},
+        "REDIS_STATE_URL": {"Fn::Sub": "rediss://${RedisState.PrimaryEndPoint.Address}:"
+                                       "${RedisState.PrimaryEndPoint.Port}/0"},
+        # Only the API and the warmer may read it (their policies); the others never sign a cursor.
+        "CURSOR_SECRET_ARN": {"Ref": "CursorSecret"},
         **{setting: {"Fn::GetAtt": [logical_id, "QueueName"]} for setting, logical_id in QUEUE_ENV.items()},
         "AWS_ENDPOINT_URL": "",  # real AWS endpoints in the cloud
         "APP_API_KEYS": "false",  # API Gateway checks keys in the cloud

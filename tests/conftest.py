@@ -27,6 +27,9 @@ from scripts.stack import setup_queues  # noqa: E402
 
 BASE_DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "mysql://root:@127.0.0.1:3306/")
 BASE_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The state store of the tests: another database of the same server, so a key written through the
+# wrong role (cache or state) is not found where the code reads it.
+BASE_REDIS_STATE_URL = os.environ.get("TEST_REDIS_STATE_URL", "redis://127.0.0.1:6379/1")
 ADMIN_KEY = "shop-local-admin-key-0001"
 DEV_KEY = "shop-local-dev-key-0001"
 LIMITED_KEY = "shop-local-limited-key-0001"
@@ -86,6 +89,7 @@ def test_env(tmp_path_factory):
         "STAGE": "local",
         "DATABASE_URL": _database_url(f"shop_test_{worker}_{run_id}"),
         "REDIS_URL": BASE_REDIS_URL,
+        "REDIS_STATE_URL": BASE_REDIS_STATE_URL,
         "REDIS_KEY_PREFIX": f"test:{run_id}:",
         "AWS_ENDPOINT_URL": os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
         "AWS_ACCESS_KEY_ID": "test",
@@ -122,7 +126,8 @@ def test_env(tmp_path_factory):
             cognito.delete_user_pool(UserPoolId=pool_id)
     bootstrap.reset()
     _drop_database(env["DATABASE_URL"])
-    delete_prefix(BASE_REDIS_URL, env["REDIS_KEY_PREFIX"])
+    for url in (BASE_REDIS_URL, BASE_REDIS_STATE_URL):
+        delete_prefix(url, env["REDIS_KEY_PREFIX"])
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
@@ -174,7 +179,8 @@ def clean_db(test_env):
     # thread up to a second later: write them now, before the window is wiped,
     # so they cannot land in this test's window (the dashboard test compares it).
     metrics.METRICS.flush()
-    delete_prefix(test_env["REDIS_URL"], test_env["REDIS_KEY_PREFIX"])
+    for url in (test_env["REDIS_URL"], test_env["REDIS_STATE_URL"]):
+        delete_prefix(url, test_env["REDIS_KEY_PREFIX"])
     bootstrap.reset()
     yield test_env
 

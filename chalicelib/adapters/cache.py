@@ -9,6 +9,7 @@ import json
 import logging
 import queue
 import random
+import secrets
 import ssl
 import time
 
@@ -21,7 +22,12 @@ class CacheUnavailable(Exception):
     pass
 
 
-# KEYS: data key, fence key. ARGV: version, soft expiry (ms epoch), json, data ttl ms, fence ttl ms
+class StoreFull(CacheUnavailable):
+    """Redis answered OOM: a `noeviction` store at maxmemory refuses writes. It is up (the
+    breaker is not told otherwise); a caller that guards a rule must refuse rather than skip it."""
+
+
+# KEYS: data key, fence key. ARGV: version, soft expiry (ms epoch), json, data ttl ms
 _PUT_IF_NEWER = """
 local v = tonumber(ARGV[1])
 local fence = tonumber(redis.call('GET', KEYS[2]) or '-1')
@@ -36,14 +42,14 @@ return 1
 """
 
 # One round trip for a whole write: KEYS[1] is the search generation, then
-# (data key, fence key) pairs. ARGV: bump search (1/0), fence ttl ms, versions.
+# (data key, fence key) pairs. ARGV: the new search generation ('': searches stay), versions.
+# Fences carry no TTL: the cache Redis evicts only keys that have one (volatile-lfu).
 _INVALIDATE = """
-if ARGV[1] == '1' then redis.call('INCR', KEYS[1]) end
-local ttl = ARGV[2]
+if ARGV[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1]) end
 for i = 2, #KEYS, 2 do
-  local v = tonumber(ARGV[i / 2 + 2])
+  local v = tonumber(ARGV[i / 2 + 1])
   local fence = tonumber(redis.call('GET', KEYS[i + 1]) or '-1')
-  if v > fence then redis.call('SET', KEYS[i + 1], v, 'PX', ttl) end
+  if v > fence then redis.call('SET', KEYS[i + 1], v) end
   local cur = redis.call('GET', KEYS[i])
   if cur then
     local cv = tonumber(string.match(cur, '^(%d+)|'))
@@ -53,7 +59,21 @@ end
 return 1
 """
 
+# KEYS[1]: the search generation. ARGV[1]: a new one, taken if there is none.
+_CURRENT_GENERATION = """
+local current = redis.call('GET', KEYS[1])
+if current then return current end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+"""
+
 SEARCH_GENERATION_KEY = "product_search:generation"
+
+
+def new_generation():
+    """A random search generation: one that was lost (or flushed) is never taken again, so pages
+    cached under an old one cannot come back, as they could if a counter restarted at 0."""
+    return secrets.token_hex(8)
 
 
 class RedisGateway:
@@ -89,6 +109,7 @@ class RedisGateway:
         # default): the breaker decides, and a dead Redis must cost one timeout.
         self.client = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         self._errors = (redis.exceptions.RedisError, OSError)
+        self._out_of_memory = redis.exceptions.OutOfMemoryError
         self._scripts = {}
 
     def key(self, name):
@@ -127,6 +148,10 @@ class RedisGateway:
             raise CacheUnavailable(str(exc)) from None
         try:
             result = fn(self.client)
+        except self._out_of_memory as exc:
+            self.breaker.record_success()
+            log.warning("redis is full: %s", exc)
+            raise StoreFull(str(exc)) from exc
         except self._errors as exc:
             # Any Redis failure (unreachable, READONLY replica mid-failover, pool
             # exhausted) degrades to "no cache"; the breaker always learns the outcome.
@@ -194,7 +219,7 @@ class ProductCache:
             lambda r: script(
                 keys=[self.key(pid), self.fence_key(pid)],
                 args=[product["version"], soft_expiry, json.dumps(product, separators=(",", ":")),
-                      _jitter(self.stale_seconds), _jitter(self.stale_seconds)],
+                      _jitter(self.stale_seconds)],
                 client=r,
             )
         )
@@ -206,7 +231,7 @@ class ProductCache:
         `versions` maps product id -> version now in MySQL."""
         if not versions and not bump_search:
             return
-        keys, args = [self.gateway.key(SEARCH_GENERATION_KEY)], ["1" if bump_search else "0", self.stale_seconds * 2000]
+        keys, args = [self.gateway.key(SEARCH_GENERATION_KEY)], [new_generation() if bump_search else ""]
         for pid, version in sorted(versions.items()):
             keys += [self.key(pid), self.fence_key(pid)]
             args.append(int(version))
@@ -222,13 +247,17 @@ class ProductCache:
 
 
 class SearchGeneration:
-    """One INCR invalidates every cached search: keys embed the generation."""
+    """One SET of a new generation invalidates every cached search: keys embed the generation."""
 
     def __init__(self, gateway):
         self.gateway = gateway
 
     def current(self):
-        return int(self.gateway.call(lambda r: r.get(self.gateway.key(SEARCH_GENERATION_KEY))) or 0)
+        script = self.gateway.script(_CURRENT_GENERATION)
+        key = self.gateway.key(SEARCH_GENERATION_KEY)
+        return self.gateway.call(lambda r: script(keys=[key], args=[new_generation()], client=r))
 
     def bump(self):
-        return self.gateway.call(lambda r: r.incr(self.gateway.key(SEARCH_GENERATION_KEY)))
+        generation = new_generation()
+        self.gateway.call(lambda r: r.set(self.gateway.key(SEARCH_GENERATION_KEY), generation))
+        return generation

@@ -38,6 +38,15 @@ from typing import Optional
 
 FINAL_TTL_SECONDS = 7 * 24 * 3600  # how long a settled reservation answers replays and polls
 
+# The state Redis never evicts: at maxmemory it refuses writes (OOM). The scripts that add
+# to it (admission, a sale's start or rebuild) are refused whole before they run (a Redis 7
+# script flagged without allow-oom; unflagged, Redis would refuse only a first write, and one
+# that follows a DEL or ZREM of nothing would slip through). The scripts that give units
+# back, move a record on or lower a gate run all the same: a full store must not strand
+# reservations already admitted, and they add little or free memory.
+_REFUSED_WHEN_FULL = "#!lua\n"
+_EVEN_WHEN_FULL = "#!lua flags=allow-oom\n"
+
 # Returns the units of one reservation record (if it still holds them) and deletes it.
 # Shared by the sweep (expired leases) and the release (SQS send failed).
 _GIVE_BACK = """
@@ -74,7 +83,7 @@ end
 # -> {'ACCEPTED', rid, lines, swept} | {'REPLAY', rid} | {'CONFLICT', rid} | {'NOT_ON_SALE', pid index, swept}
 #    | {'SOLD_OUT', index, remaining, swept} | {'LIMIT', index, held, limit, swept}
 #    (swept: expired leases this call gave back)
-_ADMIT = _GIVE_BACK + """
+_ADMIT = _REFUSED_WHEN_FULL + _GIVE_BACK + """
 local prefix, rid, hash, customer = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, lease = tonumber(ARGV[5]), tonumber(ARGV[6])
 local rec = redis.call('HMGET', KEYS[1], 'rid', 'hash')
@@ -113,7 +122,7 @@ return {'ACCEPTED', rid, table.concat(lines, ','), swept}
 """
 
 # KEYS: reservation keys. ARGV[1]: prefix, then their rids. Marks leased ones queued.
-_CONFIRM = """
+_CONFIRM = _EVEN_WHEN_FULL + """
 local queued = 0
 for i, key in ipairs(KEYS) do
   if redis.call('HGET', key, 'rid') == ARGV[i + 1] and redis.call('HGET', key, 'state') == 'leased' then
@@ -126,7 +135,7 @@ return queued
 """
 
 # KEYS: reservation keys. ARGV[1]: prefix, then their rids. Gives back what they hold.
-_RELEASE = _GIVE_BACK + """
+_RELEASE = _EVEN_WHEN_FULL + _GIVE_BACK + """
 local released = 0
 for i, key in ipairs(KEYS) do
   if redis.call('HGET', key, 'rid') == ARGV[i + 1] then released = released + give_back(ARGV[1], key) end
@@ -134,7 +143,7 @@ end
 return released
 """
 
-_SWEEP = _GIVE_BACK + """
+_SWEEP = _EVEN_WHEN_FULL + _GIVE_BACK + """
 return sweep(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
 """
 
@@ -145,7 +154,7 @@ return sweep(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
 #   the sale; 0 when MySQL had fewer than Redis admitted, so Redis comes down to
 #   MySQL), order_id, total_cents, code, detail.
 # A reservation already settled is left alone (a duplicate delivery).
-_SETTLE = """
+_SETTLE = _EVEN_WHEN_FULL + """
 local prefix, ttl = ARGV[1], tonumber(ARGV[2])
 -- Per sale, read once per call: whether it still runs and its watermark; its seq moves once per call.
 local sales = {}
@@ -212,7 +221,7 @@ return #KEYS
 """
 
 # KEYS: sale key, held key, active set, returned set, lost marker. ARGV: pid, sale_id, sale stock, limit, epoch.
-_START = """
+_START = _REFUSED_WHEN_FULL + """
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
 redis.call('HSET', KEYS[1], 'sale_id', ARGV[2], 'remaining', ARGV[3], 'sale_stock', ARGV[3], 'limit', ARGV[4],
            'epoch', ARGV[5])
@@ -224,7 +233,7 @@ return 1
 # KEYS: sale key, held key, active set, returned set, lost marker. ARGV: pid, sale_id, sale stock,
 # limit, remaining, watermark, epoch, n, then n order ids whose units MySQL already gave back,
 # then customer, units pairs.
-_RESTORE = """
+_RESTORE = _REFUSED_WHEN_FULL + """
 local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
 redis.call('HSET', KEYS[1], 'sale_id', ARGV[2], 'remaining', ARGV[5], 'sale_stock', ARGV[3], 'limit', ARGV[4],
@@ -243,7 +252,7 @@ return 1
 # KEYS: sale key, held key, returned set. ARGV: sale_id, expected seq, remaining,
 # watermark, then (order id, customer, units) per cancelled order line of the sale.
 # -> the remaining units before (negative when it had re-taken more than it had), or 'moved'.
-_RESYNC = """
+_RESYNC = _REFUSED_WHEN_FULL + """
 local s = redis.call('HMGET', KEYS[1], 'sale_id', 'seq', 'remaining')
 if s[1] ~= ARGV[1] or (s[2] or '0') ~= ARGV[2] then return 'moved' end
 redis.call('HSET', KEYS[1], 'remaining', ARGV[3], 'watermark', ARGV[4])
@@ -264,7 +273,7 @@ return tonumber(s[3])
 # cancel gave units back since (or the sale was rebuilt): `most` may not count them.
 # (Admissions, settles and sweeps since the snapshot are safe: they move units MySQL
 # had not counted either way.)
-_CAP = """
+_CAP = _EVEN_WHEN_FULL + """
 local s = redis.call('HMGET', KEYS[1], 'sale_id', 'epoch', 'returns')
 if s[1] ~= ARGV[1] then return 'other' end
 if (s[2] or '') ~= ARGV[3] or (s[3] or '0') ~= ARGV[4] then return 'moved' end
@@ -281,7 +290,7 @@ return 0
 # the returned set remembers the order (reconcile and rebuild add the orders MySQL
 # already counts as returned, so a late call changes nothing).
 # KEYS: (sale key, held key, returned set) per line. ARGV: order id, customer, then qty, sale_id per line.
-_RETURN = """
+_RETURN = _EVEN_WHEN_FULL + """
 local order_id, customer, units = ARGV[1], ARGV[2], 0
 for i = 1, #KEYS / 3 do
   local sale, held, done = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
@@ -346,7 +355,8 @@ def customer_key(client, customer_id, user_id):
 
 
 class FlashGate:
-    """The gate's Redis calls; every one raises CacheUnavailable when Redis is."""
+    """The gate's calls to the state Redis; every one raises CacheUnavailable when Redis is,
+    StoreFull when it is full and the call would have added to it."""
 
     def __init__(self, gateway, lease_ms=30_000):
         self.gateway = gateway
@@ -448,16 +458,28 @@ class FlashGate:
         order (a customer's second order sees the units of the first) in one round trip:
         a batch's first reservation does not wait for the others' calls before its hand-off.
         CacheUnavailable means none is known to be decided (Redis may have run some:
-        those leases expire, or a replay hands them off)."""
+        those leases expire, or a replay hands them off); StoreFull (the state store is
+        full) means none was admitted."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         calls = [self.admit_call(*order, now_ms=now_ms) for order in orders]
-        script = self.gateway.script(_ADMIT)
+        script, release = self.gateway.script(_ADMIT), self.gateway.script(_RELEASE)
 
         def run(r):
             pipe = r.pipeline(transaction=False)
             for keys, args in calls:
                 script(keys=keys, args=args, client=pipe)
-            return pipe.execute()
+            replies = pipe.execute(raise_on_error=False)
+            refused = next((reply for reply in replies if isinstance(reply, Exception)), None)
+            if refused is not None:
+                # Redis refused a call (the store filled up after the first ones): the calls it ran
+                # give their units back, so the batch is admitted whole or not at all.
+                taken = [(keys[0], reply[1]) for (keys, _), reply in zip(calls, replies)
+                         if not isinstance(reply, Exception) and reply[0] == "ACCEPTED"]
+                if taken:
+                    release(keys=[key for key, _ in taken], args=[self.gateway.prefix, *[rid for _, rid in taken]],
+                            client=r)
+                raise refused
+            return replies
 
         replies = self.gateway.call(run)
         return [self.admission(reply, list(order[3]), now_ms / 1000) for reply, order in zip(replies, orders)]

@@ -1,8 +1,9 @@
 """A search request: parsing and validation of the query parameters, the
-canonical cache key, keyset cursors and the page shape. Pure: no I/O."""
+canonical cache key, keyset cursors (and their signatures) and the page shape. Pure: no I/O."""
 import base64
 import binascii
 import hashlib
+import hmac
 import json
 import re
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,8 @@ MAX_PRICE_CENTS = 10**12
 PAGE_SIZES = (20, 50, 100)
 CACHE_FORMAT = 3   # cached pages carry their sort keys; 3: relevance scores carry match tiers
 TOTAL_CAP = 10000  # matches counted exactly; beyond, `total` is this lower bound
+MAX_CURSOR_CHARS = 512
+CURSOR_MAC_CHARS = 22  # 128 bits of the HMAC-SHA256, base64url
 
 
 @dataclass(frozen=True)
@@ -123,9 +126,37 @@ def _bad_cursor(why="it is malformed"):
                            "with the same q, filters and sort.", details={"field": "cursor"})
 
 
+class CursorSigner:
+    """Signs the cursors this deployment hands out and refuses any other: a cursor is a
+    position the backend reads from, and one a caller could write would be a new backend
+    query and a new cache key for free. `<cursor>.<HMAC-SHA256 of it, truncated>`."""
+
+    def __init__(self, secret):
+        if not secret:
+            raise ValueError("search cursors need a secret to be signed with")
+        self._key = secret.encode()
+
+    def _mac(self, cursor):
+        digest = hmac.new(self._key, cursor.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode()[:CURSOR_MAC_CHARS]
+
+    def sign(self, cursor):
+        return f"{cursor}.{self._mac(cursor)}"
+
+    def verify(self, signed):
+        """The cursor `signed` carries; 400 unless this deployment signed it (crafted, changed,
+        cut short, signed with another secret, or issued before cursors were signed)."""
+        if not isinstance(signed, str) or len(signed) > MAX_CURSOR_CHARS:
+            raise _bad_cursor("it is too long" if isinstance(signed, str) else "it is not a string")
+        cursor, dot, mac = signed.rpartition(".")
+        if not (dot and signed.isascii() and hmac.compare_digest(mac, self._mac(cursor))):
+            raise _bad_cursor("it is not one this service issued")
+        return cursor
+
+
 def decode_cursor(raw, query):
     """The sort key a cursor carries, checked against this query's sort."""
-    if len(raw) > 512:
+    if len(raw) > MAX_CURSOR_CHARS:
         raise _bad_cursor("it is too long")
     try:
         data = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode())
@@ -151,7 +182,9 @@ def decode_cursor(raw, query):
 
 
 def parse_query(params):
-    """Validate raw query-string parameters into a SearchQuery (400 on anything odd)."""
+    """Validate raw query-string parameters into a SearchQuery (400 on anything odd). A
+    `cursor` is the position as the backend writes it: a caller's is verified first
+    (CursorSigner.verify, in the search service)."""
     params = dict(params or {})
     unknown = sorted(set(params) - set(PARAMS))
     if unknown:

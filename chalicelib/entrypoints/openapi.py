@@ -14,7 +14,7 @@ from chalicelib.domain import related
 from chalicelib.domain.orders import (MAX_CLIENT_ORDER_ID, MAX_EMAIL, MAX_LINES_PER_ORDER, MAX_ORDERS_PER_BATCH,
                                       MAX_QUANTITY)
 from chalicelib.domain.products import BULK_LIMIT, MAX_PRICE_CENTS, MAX_STOCK, STATUSES
-from chalicelib.domain.search_query import SORTS, TOTAL_CAP
+from chalicelib.domain.search_query import MAX_CURSOR_CHARS, SORTS, TOTAL_CAP
 from chalicelib.domain.search_text import MAX_QUERY_CHARS
 from chalicelib.domain.validation import MAX_JSON_DEPTH
 from chalicelib.ops.metrics import WINDOW_SECONDS
@@ -297,7 +297,8 @@ ERROR_RESPONSES = {  # status -> (description, extra headers)
     429: ("RATE_LIMITED: the key's token bucket is empty (search: or its search budget is spent).", ("Retry-After",)),
     500: ("INTERNAL: a bug; quote the request id.", ()),
     503: ("SERVICE_UNAVAILABLE: MySQL (or for async, SQS) unavailable; retry. Search: also a search stopped at its "
-          "time limit (details.reason time_limit).", ("Retry-After",)),
+          "time limit (details.reason time_limit). The state store (flash sales, rate limits, search budgets) full: "
+          "details.reason state_store_full, nothing changed.", ("Retry-After",)),
 }
 
 
@@ -388,8 +389,9 @@ def build():
                        "Any case of true/false/1/0."),
                 _query("sort", {"type": "string", "enum": list(SORTS)}),
                 _query("limit", _integer(1, 100)),
-                _query("cursor", {"type": "string", "maxLength": 512, "pattern": NO_NUL},
-                       "next_cursor of the previous page (opaque)."),
+                _query("cursor", {"type": "string", "maxLength": MAX_CURSOR_CHARS, "pattern": NO_NUL},
+                       "next_cursor of the previous page (opaque; any cursor this deployment did not issue, "
+                       "or issued for another query, is 400)."),
                 _query("typo", {"type": "string", "enum": ["true", "false", "1", "0"]},
                        "Any case of true/false/1/0; default true: words of 5+ letters also match with one "
                        "typo, of 8+ with two, ranked below exact matches. false turns that off."),

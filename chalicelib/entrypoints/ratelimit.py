@@ -1,11 +1,12 @@
-"""Per-API-key token bucket in Redis, one atomic Lua call per request.
+"""Per-API-key token bucket in the state Redis, one atomic Lua call per request.
 In the cloud API Gateway usage plans do this; APP_RATE_LIMIT switches it off."""
 import logging
 import time
 
 import redis
 
-from chalicelib.adapters.cache import CacheUnavailable
+from chalicelib.adapters.cache import CacheUnavailable, StoreFull
+from chalicelib.domain.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,9 @@ class RateLimiter:
         self.clock = clock
 
     def check(self, api_key, plan_name):
-        """(allowed, retry_after_seconds). Fails open when Redis is unavailable."""
+        """(allowed, retry_after_seconds). Fails open when Redis is unavailable; raises
+        ServiceUnavailable when the state store is full: it answers, but cannot count the
+        request, and letting every request through would hand an abuser an unlimited key."""
         plan = self.plans[plan_name]
         script = self.gateway.script(_TAKE)
         try:
@@ -50,11 +53,14 @@ class RateLimiter:
                 args=[plan["rate_per_second"], plan["burst"], round(self.clock() * 1000, 3)],
                 client=r,
             ))
+        except StoreFull as exc:
+            raise ServiceUnavailable("The rate-limit store is full and cannot count this request; retry shortly.",
+                                     details={"reason": "state_store_full"}) from exc
         except CacheUnavailable as exc:
             log.warning("rate limiting failed open (redis unavailable): %s", exc)
             return True, 0
         except redis.exceptions.RedisError as exc:
-            # e.g. READONLY from a replica mid-failover, OOM: limit nothing rather than fail every request.
+            # e.g. READONLY from a replica mid-failover: limit nothing rather than fail every request.
             log.warning("rate limiting failed open (redis error): %s", exc)
             return True, 0
         return bool(allowed), max(1, -(-int(wait_ms) // 1000)) if not allowed else 0

@@ -20,7 +20,7 @@ from collections import Counter
 
 import pymysql
 
-from chalicelib.adapters.cache import CacheUnavailable
+from chalicelib.adapters.cache import CacheUnavailable, StoreFull
 from chalicelib.adapters.db import DUPLICATE_KEY
 from chalicelib.adapters.flash_gate import FlashGate, Settlement, customer_key, owner_key
 from chalicelib.adapters.queues import CALL_SECONDS, SQS_BATCH
@@ -117,7 +117,8 @@ class FlashSales:
         except CacheUnavailable as exc:
             self.db.run(lambda cur: cur.execute("DELETE FROM flash_sales WHERE product_id = %s AND sale_id = %s",
                                                 (product_id, sale_id)))
-            raise ServiceUnavailable("Redis is unavailable; the sale was not started.") from exc
+            why = "The flash-sale store is full" if isinstance(exc, StoreFull) else "Redis is unavailable"
+            raise ServiceUnavailable(f"{why}; the sale was not started.") from exc
         return self.get(product_id)
 
     def get(self, product_id):
@@ -323,6 +324,11 @@ class FlashSales:
             admissions = self.gate.admit_many([
                 (owner, customer_key(o.client, o.customer_id, o.user_id), o.request_hash, o.quantities)
                 for owner, (_, o) in zip(owners, admitting)])
+        except StoreFull as exc:
+            # Nothing was admitted; a per-order "unavailable" would read like Redis being down.
+            raise ServiceUnavailable("The flash-sale store is full; the sale orders were not accepted and no "
+                                     "order of the batch was placed. Retry shortly.",
+                                     details={"reason": "state_store_full"}) from exc
         except CacheUnavailable:
             admissions = [None] * len(admitting)
         self._report_swept(sum(a.swept for a in admissions if a))

@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
-from chalicelib.adapters.cache import CacheUnavailable
+from chalicelib.adapters.cache import CacheUnavailable, StoreFull
 from chalicelib.domain.errors import RateLimited, ServiceUnavailable, ValidationError
 from chalicelib.domain.search_query import SearchPage, SearchQuery, cut_page, parse_query
 
@@ -61,12 +61,18 @@ class SearchService:
     POPULAR_DAYS = 2
     POPULAR_PER_KEY_SEARCH = 100     # a key adds at most this to one search's daily count
     POPULAR_SEARCHES_PER_KEY = 500   # and counts at most this many distinct searches a day
+    # The most a cached page (fresh or stale) may take. The seeded demo catalog's 100-item pages
+    # are 36-41 KB; a page of products with the longest descriptions validation allows would be
+    # ~4 MB, twice over (fresh and stale copy). Larger pages are answered, not cached (BYPASS).
+    MAX_PAGE_BYTES = 256 * 1024
 
-    def __init__(self, backend, gateway, generation, ttl_seconds=60, stale_seconds=86400, clock=time.time,
-                 budget_ms=30000):
+    def __init__(self, backend, gateway, generation, state, cursors, ttl_seconds=60, stale_seconds=86400,
+                 clock=time.time, budget_ms=30000):
         self.backend = backend
-        self.gateway = gateway
+        self.cursors = cursors        # signs the next_cursor handed out, verifies the one sent back
+        self.gateway = gateway        # the cache Redis: pages, their stale copies, loader leases, popular counts
         self.generation = generation
+        self.state = state            # the state Redis: the search budgets
         self.ttl_seconds = ttl_seconds
         self.stale_seconds = stale_seconds
         self.clock = clock
@@ -83,9 +89,13 @@ class SearchService:
         return self.gateway.key(f"product_search:popular:{day}")
 
     def budget_key(self, caller, minute):
-        return self.gateway.key(f"search_budget:{caller}:{minute}")
+        return self.state.key(f"search_budget:{caller}:{minute}")
 
     def search_params(self, params, caller=None):
+        """A caller's search: its cursor is verified before anything is read or cached."""
+        params = dict(params or {})
+        if params.get("cursor"):
+            params["cursor"] = self.cursors.verify(params["cursor"])
         return self.search(parse_query(params), caller)
 
     def search(self, query, caller=None):
@@ -95,7 +105,10 @@ class SearchService:
         cached, state = self._search(query.backend_query(), caller)
         if caller is not None and query.after is None and (query.terms or query.category) and cached["total"] > 0:
             self._count_popular(query, caller)
-        return cut_page(cached, query), state
+        page = cut_page(cached, query)
+        if page["next_cursor"]:
+            page["next_cursor"] = self.cursors.sign(page["next_cursor"])
+        return page, state
 
     def _search(self, query, caller):
         try:
@@ -155,8 +168,21 @@ class SearchService:
             return None
         now = self.clock()
         key = self.budget_key(caller, int(now // 60))
+
+        def read(r):
+            # The minute's counter is made here, not only by the charge: a state store too full to
+            # take the charge refuses this write, so the search is refused before it runs.
+            pipe = r.pipeline(transaction=False)
+            pipe.set(key, 0, nx=True, ex=120)
+            pipe.get(key)
+            return pipe.execute()[1]
+
         try:
-            spent = int(self.gateway.call(lambda r: r.get(key)) or 0)
+            spent = int(self.state.call(read) or 0)
+        except StoreFull as exc:
+            raise ServiceUnavailable("The search budget store is full, so uncached searches cannot be metered; "
+                                     "cached searches still answer. Retry shortly.",
+                                     details={"reason": "state_store_full"}) from exc
         except CacheUnavailable:
             return None   # fails open, like the rate limit
         if spent >= self.budget_ms:
@@ -175,9 +201,9 @@ class SearchService:
             pipe.execute()
 
         try:
-            self.gateway.call(fn)
+            self.state.call(fn)
         except CacheUnavailable:
-            pass
+            pass   # down (fails open), or full since the check (the next check refuses)
 
     def _from_backend(self, query, key, caller):
         budget = self._check_budget(caller)
@@ -197,7 +223,9 @@ class SearchService:
                 self._charge(budget, started)
         if key is None:
             return page, "BYPASS"
-        payload = json.dumps(page, separators=(",", ":"), ensure_ascii=False)
+        payload = json.dumps(page, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(payload) > self.MAX_PAGE_BYTES:
+            return page, "BYPASS"   # answered from MySQL every time, and metered as such
 
         def store(r):
             pipe = r.pipeline(transaction=False)

@@ -85,6 +85,7 @@ def fault_stack(tmp_path_factory):
             "STAGE": "local",
             "DATABASE_URL": f"mysql://root:@127.0.0.1:{mysql_proxy.port}/{DB_NAME}",
             "REDIS_URL": f"redis://127.0.0.1:{redis_proxy.port}/0",
+            "REDIS_STATE_URL": "",   # the one throwaway Redis is the cache and the state store
             "REDIS_KEY_PREFIX": "",
             "AWS_ENDPOINT_URL": os.environ.get("AWS_ENDPOINT_URL", "http://127.0.0.1:4566"),
             "AWS_ACCESS_KEY_ID": "test",

@@ -39,7 +39,8 @@ RUNTIME_REQUIREMENTS = ROOT / "tests" / "support" / "lambda-runtime.txt"
 ADMIN_KEY_ID, STANDARD_KEY_ID = "artifact-admin-key-id", "artifact-standard-key-id"
 # Template variables that name cloud resources; everything else is used as packaged.
 CLOUD_ENDPOINTS = {*(q.setting for q in QUEUES), "DATABASE_SECRET_ARN", "APP_DATABASE_SECRET_ARN", "DATABASE_HOST",
-                   "DATABASE_PORT", "DATABASE_NAME", "DATABASE_TLS", "REDIS_URL", "AWS_ENDPOINT_URL",
+                   "DATABASE_PORT", "DATABASE_NAME", "DATABASE_TLS", "REDIS_URL", "REDIS_STATE_URL",
+                   "CURSOR_SECRET_ARN", "AWS_ENDPOINT_URL",
                    "API_KEY_CLIENTS", "COGNITO_USER_POOL_ID", "COGNITO_APP_CLIENT_IDS", "ORDER_EVENTS_TOPIC_ARN",
                    "ORDER_PAYMENT_WINDOW_SECONDS", "NOTIFY_FROM_EMAIL", "OPERATOR_EMAIL"}
 POOL_ID = "us-east-1_Artifact1"
@@ -91,6 +92,9 @@ def local_endpoints(test_env):
     secrets = boto3.client("secretsmanager", endpoint_url=test_env["AWS_ENDPOINT_URL"], region_name="us-east-1")
     secret = secrets.create_secret(Name=f"artifact-db-{uuid.uuid4().hex[:8]}",
                                    SecretString=json.dumps({"username": "root", "password": ""}))
+    # What the template's generated CursorSecret holds: a plain string, read once per process.
+    cursor_secret = secrets.create_secret(Name=f"artifact-cursor-{uuid.uuid4().hex[:8]}",
+                                          SecretString=uuid.uuid4().hex + uuid.uuid4().hex)
     yield {
         **{q.setting: test_env[q.setting] for q in QUEUES},
         "DATABASE_SECRET_ARN": secret["ARN"],
@@ -101,6 +105,8 @@ def local_endpoints(test_env):
         "DATABASE_NAME": test_env["DATABASE_URL"].rsplit("/", 1)[1],
         "DATABASE_TLS": "false",
         "REDIS_URL": test_env["REDIS_URL"],
+        "REDIS_STATE_URL": test_env["REDIS_STATE_URL"],
+        "CURSOR_SECRET_ARN": cursor_secret["ARN"],
         # a prefix of its own under the session's: what the packaged functions write is told apart
         "REDIS_KEY_PREFIX": test_env["REDIS_KEY_PREFIX"] + "artifact:",
         "AWS_ENDPOINT_URL": test_env["AWS_ENDPOINT_URL"],
@@ -115,7 +121,8 @@ def local_endpoints(test_env):
         # The package's cloud stage refuses loopback endpoints; this run means them.
         "ALLOW_LOOPBACK_ENDPOINTS": "true",
     }
-    secrets.delete_secret(SecretId=secret["ARN"], ForceDeleteWithoutRecovery=True)
+    for made in (secret, cursor_secret):
+        secrets.delete_secret(SecretId=made["ARN"], ForceDeleteWithoutRecovery=True)
 
 
 def function_environment(properties, endpoints, task_root, name):
@@ -280,6 +287,12 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
     assert [p["id"] for p in _body(call("GET", "/products/search", query={"q": "lanya taideng"}))["items"]] == [cn["id"]]
     typo = _body(call("GET", "/products/search", query={"q": "artifcat lamp"}))["items"]
     assert [p["id"] for p in typo] == [pid]
+    # Cursors are signed with the key from Secrets Manager: the one handed out pages on, a changed one is 400.
+    page = _body(call("GET", "/products/search", query={"q": "artifact", "sort": "price_asc", "limit": "1"}))
+    following = {"q": "artifact", "sort": "price_asc", "limit": "1", "cursor": page["next_cursor"]}
+    assert _body(call("GET", "/products/search", query=following))["items"] != page["items"]
+    changed = {**following, "cursor": page["next_cursor"][:-1] + ("A" if page["next_cursor"][-1] != "A" else "B")}
+    assert _body(call("GET", "/products/search", query=changed, status=400))["error"]["code"] == "VALIDATION_ERROR"
 
     batch = _body(call("POST", "/orders/batch", {"orders": [
         {"client_order_id": "art-1", "user_id": 7, "items": [{"product_id": pid, "quantity": 2}]},

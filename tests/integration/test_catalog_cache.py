@@ -26,6 +26,18 @@ def test_miss_then_hit_then_fresh_after_write(catalog):
     assert state == "MISS"
 
 
+def test_a_fence_carries_no_ttl_so_the_cache_redis_never_evicts_it(catalog):
+    """The cache Redis evicts only keys with a TTL (volatile-lfu); a fence evicted with the
+    copy it guards would let a slow reader put an older version back."""
+    product = make_product(catalog, name="Kettle")
+    catalog.update(product["id"], {"name": "Kettle Pro"})
+    cache, gateway = bootstrap.product_cache(), bootstrap.redis_gateway()
+    assert gateway.call(lambda r: r.get(cache.fence_key(product["id"]))) == "2"
+    assert gateway.call(lambda r: r.pttl(cache.fence_key(product["id"]))) == -1
+    assert catalog.get(product["id"])[1] == "MISS"
+    assert 0 < gateway.call(lambda r: r.pttl(cache.key(product["id"])))   # the copy has one: it may go
+
+
 def test_slow_reader_cannot_put_back_an_old_copy(catalog):
     """The classic race: a reader loads v1, the write commits v2 and
     invalidates, then the slow reader tries to cache v1."""

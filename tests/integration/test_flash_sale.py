@@ -306,7 +306,7 @@ def test_an_expired_lease_returns_the_units_and_a_late_message_takes_them_again(
 def test_with_redis_down_sale_orders_are_refused_and_others_go_on(flash_queue):
     sale_pid = on_sale(stock=5)
     plain = make_product(bootstrap.catalog(), stock=5)["id"]
-    reset(REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
+    reset(REDIS_STATE_URL=f"redis://127.0.0.1:{closed_port()}/0")
     try:
         reply = place(order("s", 1, (sale_pid, 1)), order("p", 1, (plain, 1)))
     finally:
@@ -344,7 +344,7 @@ def short_lease_sends(monkeypatch):
 def test_a_redis_restart_loses_the_sale_and_reconcile_rebuilds_it(sqs, flash_queue, monkeypatch):
     short_lease_sends(monkeypatch)
     redis_server = ThrowawayRedis().start()
-    reset(REDIS_URL=redis_server.url)
+    reset(REDIS_STATE_URL=redis_server.url)
     try:
         pid = on_sale(stock=10, sale_stock=8, limit=3)
         place(order("a", 1, (pid, 2)), order("b", 2, (pid, 1)))
@@ -354,7 +354,7 @@ def test_a_redis_restart_loses_the_sale_and_reconcile_rebuilds_it(sqs, flash_que
 
         redis_server.kill()  # no persistence: it comes back empty
         redis_server.start()
-        reset(REDIS_URL=redis_server.url, FLASH_LEASE_MS=500)
+        reset(REDIS_STATE_URL=redis_server.url, FLASH_LEASE_MS=500)
         # MySQL still says the product is on sale: its orders wait for the rebuild instead of skipping the gate.
         lost = place(order("d", 3, (pid, 1)))["results"][0]
         assert lost["status"] == "failed" and lost["error"]["code"] == "SERVICE_UNAVAILABLE"
@@ -490,7 +490,7 @@ def test_a_confirm_refused_to_the_lease_end_is_counted_and_the_write_takes_the_u
 
     monkeypatch.setattr(gate, "confirm", refused)
     assert place(order("c", 1, (pid, 2)))["results"][0]["status"] == "pending"  # the message is on SQS
-    lease_ends = bootstrap.redis_gateway().call(
+    lease_ends = bootstrap.state_gateway().call(
         lambda r: r.zscore(gate.gateway.key("flash:leases"), gate.reservation_key(owner_key("dev", 0, 1, "c"))))
     assert len(tries) > 5 and max(tries) * 1000 < lease_ends  # kept trying, and gave up before the lease ended
     assert ("FlashConfirmsFailed", 1) in counted
@@ -526,7 +526,7 @@ def test_a_batch_is_admitted_in_one_round_trip_in_order(sqs, flash_queue, monkey
     """One call for the batch: its first reservation does not wait for the others'
     round trips before its hand-off; a customer's second order still sees the first."""
     pid = on_sale(stock=5, limit=3)
-    gateway = bootstrap.redis_gateway()
+    gateway = bootstrap.state_gateway()
     calls, call = [], gateway.call
     monkeypatch.setattr(gateway, "call", lambda fn: calls.append(fn) or call(fn))
     results = place(order("a", 1, (pid, 2)), order("b", 1, (pid, 2)), order("c", 2, (pid, 3)),
@@ -741,13 +741,13 @@ def test_a_rebuild_never_offers_again_what_was_written_after_its_snapshot(sqs, f
     rebuild's snapshot. Rebuilding from that snapshot would offer the batch's units twice."""
     short_lease_sends(monkeypatch)
     redis_server = ThrowawayRedis().start()
-    reset(REDIS_URL=redis_server.url)
+    reset(REDIS_STATE_URL=redis_server.url)
     try:
         pid = on_sale(stock=10)
         place(order("a", 1, (pid, 3)))
         redis_server.kill()  # no persistence: it comes back empty
         redis_server.start()
-        reset(REDIS_URL=redis_server.url, FLASH_LEASE_MS=300)
+        reset(REDIS_STATE_URL=redis_server.url, FLASH_LEASE_MS=300)
         assert bootstrap.flash_sales().reconcile(pid)["action"] == "waiting"   # finds the sale lost
         time.sleep(bootstrap.flash_gate().lease_ms / 1000)
         service = consumed_right_after_the_next_snapshot(sqs, flash_queue, monkeypatch)

@@ -151,7 +151,7 @@ def test_with_the_gate_down_an_ingested_sale_order_is_retried_not_recorded(sqs, 
     pid = on_sale(stock=5)
     batch_id = submit(spec, order("a", 1, (pid, 1)))
     poller, messages = ingest(sqs, spec, 1)
-    reset(REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
+    reset(REDIS_STATE_URL=f"redis://127.0.0.1:{closed_port()}/0")
     try:
         assert poller.invoke(messages) == {messages[0]["MessageId"]}  # SQS redelivers it
     finally:
@@ -273,7 +273,7 @@ def test_a_give_back_that_missed_redis_is_made_by_reconcile_once(sqs, flash_queu
     rid = place(order("a", 1, (pid, 3)))["results"][0]["reservation_id"]
     consume(sqs, flash_queue)
     order_id = bootstrap.flash_sales().reservation(rid)["order_id"]
-    reset(REDIS_URL=f"redis://127.0.0.1:{closed_port()}/0")
+    reset(REDIS_STATE_URL=f"redis://127.0.0.1:{closed_port()}/0")
     try:
         assert bootstrap.orders().cancel(order_id)["status"] == "cancelled"  # MySQL has the units back
     finally:

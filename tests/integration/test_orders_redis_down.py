@@ -16,7 +16,7 @@ def _closed_port():
 
 def test_redis_lock_falls_back_to_row_locks(clean_db, caplog):
     product = make_product(bootstrap.catalog(), stock=30)
-    bootstrap.reset(REDIS_URL=f"redis://127.0.0.1:{_closed_port()}/0")
+    bootstrap.reset(REDIS_STATE_URL=f"redis://127.0.0.1:{_closed_port()}/0")   # where the locks live
     orders = [{"client_order_id": f"down-{i}", "user_id": i + 1,
                "items": [{"product_id": product["id"], "quantity": 1}]} for i in range(60)]
 

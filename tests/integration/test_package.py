@@ -418,7 +418,9 @@ def test_functions_run_in_the_vpc_with_secret_not_credentials(packaged):
             assert env["DATABASE_SECRET_ARN"] == {"Ref": "AppDatabaseSecret"}
             assert "APP_DATABASE_SECRET_ARN" not in env
         assert env["DATABASE_HOST"] == {"Fn::GetAtt": ["DatabaseProxy", "Endpoint"]}
-        assert env["REDIS_URL"]["Fn::Sub"].startswith("rediss://")  # TLS: transit encryption is on
+        assert env["REDIS_URL"]["Fn::Sub"].startswith("rediss://${Redis.")  # TLS: transit encryption is on
+        assert env["REDIS_STATE_URL"]["Fn::Sub"].startswith("rediss://${RedisState.")   # the state store's own
+        assert env["CURSOR_SECRET_ARN"] == {"Ref": "CursorSecret"}
         assert env["ORDER_QUEUE_NAME"] == {"Fn::GetAtt": ["OrderIngestQueue", "QueueName"]}
         assert "DATABASE_URL" not in env
         assert not (set(env) & package.RESERVED_ENV), name
@@ -447,7 +449,20 @@ def test_multi_az_is_a_parameter_and_alarms_watch_the_documented_metrics(real_te
     assert resources["Database"]["Properties"]["MultiAZ"] == {"Fn::If": ["IsMultiAZ", True, False]}
     assert resources["Database"]["Properties"]["EngineVersion"] == {"Ref": "DatabaseEngineVersion"}
     assert params["DatabaseEngineVersion"]["Default"].startswith("8.")
-    assert resources["Redis"]["Properties"]["TransitEncryptionEnabled"] is True
+    # Two Redis roles: the cache evicts only keys with a TTL, the state never evicts; both encrypted.
+    for group, policy in (("Redis", "volatile-lfu"), ("RedisState", "noeviction")):
+        props = resources[group]["Properties"]
+        assert props["TransitEncryptionEnabled"] is True and props["AtRestEncryptionEnabled"] is True
+        assert props["SecurityGroupIds"] == [{"Ref": "RedisSecurityGroup"}]
+        parameters = resources[props["CacheParameterGroupName"]["Ref"]]["Properties"]
+        assert parameters["Properties"] == {"maxmemory-policy": policy}
+        assert parameters["CacheParameterGroupFamily"] == "redis" + props["EngineVersion"].split(".")[0]
+    state_memory = resources["StateMemoryHighAlarm"]["Properties"]
+    watched = [m["MetricStat"]["Metric"] for m in state_memory["Metrics"] if "MetricStat" in m]
+    assert {(m["Namespace"], m["MetricName"]) for m in watched} == {
+        ("AWS/ElastiCache", "DatabaseMemoryUsagePercentage")}
+    assert {m["Dimensions"][0]["Value"]["Fn::Sub"] for m in watched} == {"${RedisState}-001", "${RedisState}-002"}
+    assert state_memory["Threshold"] == {"Ref": "StateMemoryAlarmPercent"}
     latency = resources["OrderLatencyP99Alarm"]["Properties"]
     assert (latency["Namespace"], latency["MetricName"], latency["ExtendedStatistic"]) == ("Shop", "OrderLatency", "p99")
     cache_metrics = {(m["MetricStat"]["Metric"]["MetricName"], m["MetricStat"]["Metric"]["Dimensions"][0]["Value"])
@@ -528,7 +543,7 @@ def test_policies_grant_each_function_only_what_it_uses(real_template):
     _, template = real_template
     text = json.dumps
     api = statements(template, "ApiAccessPolicy")
-    assert set(api) == {"ReadAppDatabaseSecret", "SendToQueues"}
+    assert set(api) == {"ReadAppDatabaseSecret", "ReadCursorSecret", "SendToQueues"}
     assert api["ReadAppDatabaseSecret"]["Resource"] == {"Ref": "AppDatabaseSecret"}
     assert "sqs:ReceiveMessage" not in text(api)
     ingest = statements(template, "OrderIngestAccessPolicy")
@@ -543,7 +558,11 @@ def test_policies_grant_each_function_only_what_it_uses(real_template):
     assert flash["ConsumeFlashOrderQueue"]["Resource"] == {"Fn::GetAtt": ["FlashOrderQueue", "Arn"]}
     assert flash["SendInvalidations"]["Resource"] == {"Fn::GetAtt": ["CacheInvalidationQueue", "Arn"]}
     assert {"Fn::GetAtt": ["FlashOrderQueue", "Arn"]} in api["SendToQueues"]["Resource"]
-    assert set(statements(template, "WarmCacheAccessPolicy")) == {"ReadAppDatabaseSecret"}
+    assert set(statements(template, "WarmCacheAccessPolicy")) == {"ReadAppDatabaseSecret", "ReadCursorSecret"}
+    # Only the functions that sign cursors (the API, the warmer's searches) may read their key.
+    for policy in package.FUNCTION_POLICIES.values():
+        reads_cursor_key = '{"Ref": "CursorSecret"}' in text(statements(template, policy))
+        assert reads_cursor_key == (policy in ("ApiAccessPolicy", "WarmCacheAccessPolicy")), policy
     relay = statements(template, "LifecycleAccessPolicy")
     assert relay["PublishOrderEvents"] == {"Sid": "PublishOrderEvents", "Effect": "Allow", "Action": "sns:Publish",
                                            "Resource": {"Ref": "OrderEventsTopic"}}

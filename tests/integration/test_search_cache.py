@@ -10,8 +10,9 @@ import pytest
 import redis
 
 from chalicelib import bootstrap
-from chalicelib.domain.search_query import parse_query
-from chalicelib.domain.errors import RateLimited, ServiceUnavailable
+from chalicelib.adapters.cache import SEARCH_GENERATION_KEY
+from chalicelib.domain.search_query import CursorSigner, encode_cursor, parse_query
+from chalicelib.domain.errors import RateLimited, ServiceUnavailable, ValidationError
 from tests.conftest import free_port, make_product
 
 
@@ -40,9 +41,30 @@ def test_miss_then_hit_then_invalidated_by_a_write(shop):
     assert q(q="TEAPOT!!")[1] == "HIT"   # same normalised query, same key
     generation = bootstrap.search_generation().current()
     shop.update(p["id"], {"name": "Teapot deluxe"})
-    assert bootstrap.search_generation().current() > generation
+    assert bootstrap.search_generation().current() != generation
     page, state = q(q="teapot")
     assert state == "MISS" and names(page) == ["Teapot deluxe"]
+
+
+def test_a_lost_generation_never_brings_back_a_page_cached_before_it(shop):
+    """The generation key gone (deleted, lost in a failover): the next one is new, so pages
+    cached under any earlier generation stay unreachable. A counter that restarted at 0 found
+    the pages it had cached under 0 again, older than the write that moved it on."""
+    product = make_product(shop, name="Lantern")
+    gateway = bootstrap.redis_gateway()
+
+    def lose_generation():
+        gateway.call(lambda r: r.delete(gateway.key(SEARCH_GENERATION_KEY)))
+
+    lose_generation()                           # as a new cache Redis starts: no generation yet
+    assert q(q="lantern")[1] == "MISS"          # cached under the first generation
+    shop.update(product["id"], {"name": "Lantern pro"})
+    assert names(q(q="lantern")[0]) == ["Lantern pro"]
+    lose_generation()
+    page, state = q(q="lantern")
+    assert state == "MISS" and names(page) == ["Lantern pro"]
+    # The cache Redis evicts only keys with a TTL (volatile-lfu): the generation has none.
+    assert gateway.call(lambda r: r.pttl(gateway.key(SEARCH_GENERATION_KEY))) == -1
 
 
 def test_cache_key_embeds_generation_and_hash(shop):
@@ -300,6 +322,65 @@ def test_limit_is_cut_from_a_shared_cached_page(shop):
         if cursor is None:
             break
     assert seen == made
+
+
+def redis_keys(test_env):
+    """Every key of this session, in the cache and in the state store."""
+    found = set()
+    for url in (test_env["REDIS_URL"], test_env["REDIS_STATE_URL"]):
+        client = redis.Redis.from_url(url, decode_responses=True)
+        found |= {f"{url} {k}" for k in client.scan_iter(match=test_env["REDIS_KEY_PREFIX"] + "*")}
+        client.close()
+    return found
+
+
+@pytest.mark.parametrize("forgery", ["crafted", "moved", "tampered", "another_secret", "cut_short"])
+def test_a_cursor_this_deployment_did_not_sign_is_400_before_any_read_or_new_key(shop, test_env, monkeypatch,
+                                                                                forgery):
+    made = [make_product(shop, name=f"Lamp {i}", price_cents=100 + i)["id"] for i in range(5)]
+    first, _ = caller_q("pager", q="lamp", sort="price_asc", limit=2)
+    signed = first["next_cursor"]
+    cursor, _, mac = signed.rpartition(".")
+    query = parse_query({"q": "lamp", "sort": "price_asc"})
+    forged = {
+        "crafted": encode_cursor(query, (100, made[0])),               # a position the caller wrote itself
+        "moved": encode_cursor(query, (100, made[0])) + "." + mac,     # ... under the mac of the one it was given
+        "tampered": signed[:-1] + ("A" if signed[-1] != "A" else "B"),
+        "another_secret": CursorSigner("another deployment's secret").sign(cursor),
+        "cut_short": signed[:-4],
+    }[forgery]
+    keys = redis_keys(test_env)
+    backend_queries = []
+    monkeypatch.setattr(svc().backend, "search", backend_queries.append)
+    with pytest.raises(ValidationError) as refused:
+        caller_q("pager", q="lamp", sort="price_asc", limit=2, cursor=forged)
+    assert refused.value.extra["details"] == {"field": "cursor"}
+    assert backend_queries == [] and redis_keys(test_env) == keys
+    monkeypatch.undo()
+    second, _ = caller_q("pager", q="lamp", sort="price_asc", limit=2, cursor=signed)   # the one it issued pages on
+    assert [p["id"] for p in second["items"]] == made[2:4]
+
+
+def test_no_cached_page_is_larger_than_the_bound_even_for_the_largest_products(shop, test_env):
+    """Descriptions as long as validation allows, in 4-byte characters: a 100-item page of
+    them is ~4 MB. It is answered but stored neither fresh nor stale; a page of ordinary
+    products (the demo catalog's are ~0.4 KB each) is cached as before."""
+    longest = "\U0001F600" * 10000
+    shop.create_many([{"sku": f"BIG-{i}", "name": f"Heavy crate {i}", "description": longest,
+                       "category": "bulk", "price_cents": 100 + i, "stock": 1} for i in range(100)])
+    shop.create_many([{"sku": f"STD-{i}", "name": f"Plain crate {i}", "description": "A wooden crate, 40 x 30 cm.",
+                       "category": "bulk", "price_cents": 100 + i, "stock": 1} for i in range(100)])
+    page, state = caller_q("crates", q="heavy crate", limit=100)
+    assert len(page["items"]) == 100 and state == "BYPASS"
+    assert caller_q("crates", q="heavy crate", limit=100)[1] == "BYPASS"
+    assert caller_q("crates", q="plain crate", limit=100)[1] == "MISS"
+    assert caller_q("crates", q="plain crate", limit=100)[1] == "HIT"
+    cache = redis.Redis.from_url(test_env["REDIS_URL"])
+    pages = [k for k in cache.scan_iter(match=test_env["REDIS_KEY_PREFIX"] + "product_search:*")
+             if cache.type(k) == b"string" and not k.endswith((b":generation", b":loading"))]
+    assert len(pages) == 2   # the plain page, fresh and stale
+    assert max(cache.strlen(k) for k in pages) <= svc().MAX_PAGE_BYTES
+    cache.close()
 
 
 def test_filters_that_select_nothing_away_share_the_cache_key(shop):

@@ -185,7 +185,8 @@ def test_the_app_serves_as_the_app_user_over_verified_tls(migrated_with_app_user
     bootstrap.reset(**{**session_settings(test_env),
                        "DATABASE_URL": f"mysql://{APP_USER}:{APP_PASSWORD}@localhost:{migrated_with_app_user.port}/shop_tls",
                        "DATABASE_TLS": "true", "TLS_CA_FILE": str(pki["ca"]),
-                       "REDIS_URL": f"rediss://localhost:{tls_redis.port}/0", "APP_RATE_LIMIT": "false"})
+                       "REDIS_URL": f"rediss://localhost:{tls_redis.port}/0",
+                       "REDIS_STATE_URL": f"rediss://localhost:{tls_redis.port}/1", "APP_RATE_LIMIT": "false"})
     from app import app
 
     try:

@@ -64,7 +64,7 @@ def test_catalog_writes_report_the_versions_mysql_holds(recorded):
 def test_orders_and_cancels_report_the_versions_mysql_holds(recorded, strategy):
     invalidator, writes, catalog = recorded
     a, b = (make_product(catalog, stock=10)["id"] for _ in range(2))
-    service = OrderService(bootstrap.database(), make_strategy(strategy, bootstrap.redis_gateway()), writes)
+    service = OrderService(bootstrap.database(), make_strategy(strategy, bootstrap.state_gateway()), writes)
     invalidator.calls.clear()
 
     result = service.place_batch(parse_batch({"orders": [
@@ -109,7 +109,7 @@ def test_the_listing_follows_stock_across_zero_on_every_write_path(recorded, str
     _, writes, catalog = recorded
     pid = make_product(catalog, name="Lantern brass", stock=2)["id"]
     assert _listing(pid) == (IN, {IN}) and _in_stock_hits("lantern", monkeypatch) == [[pid], [pid]]
-    service = OrderService(bootstrap.database(), make_strategy(strategy, bootstrap.redis_gateway()), writes)
+    service = OrderService(bootstrap.database(), make_strategy(strategy, bootstrap.state_gateway()), writes)
 
     def order(coid, quantity):
         return service.place_batch(parse_batch({"orders": [

@@ -62,10 +62,12 @@ class _Process:
 
 
 class ThrowawayRedis(_Process):
-    def __init__(self, port=None, tls=None, maxmemory="64mb"):
+    def __init__(self, port=None, tls=None, maxmemory="64mb", policy="noeviction"):
         """tls=(cert_file, key_file, ca_file): serve TLS only, as ElastiCache with
-        in-transit encryption does (no client certificates asked for)."""
+        in-transit encryption does (no client certificates asked for). `policy`: its
+        maxmemory-policy (what it does at `maxmemory`: refuse writes, or evict)."""
         self.maxmemory = maxmemory
+        self.policy = policy
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="throwaway-redis-")
         self.tls = tls
@@ -82,7 +84,8 @@ class ThrowawayRedis(_Process):
                       "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(
             ["redis-server", *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--protected-mode", "no", "--maxmemory", self.maxmemory],
+             "--dir", self.dir, "--protected-mode", "no", "--maxmemory", self.maxmemory,
+             "--maxmemory-policy", self.policy],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout

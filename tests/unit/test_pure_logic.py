@@ -6,7 +6,7 @@ import pytest
 from chalicelib.adapters.breaker import CircuitBreaker, CircuitOpen
 from chalicelib.domain.errors import PayloadTooLarge, ValidationError
 from chalicelib.domain.orders import InvalidOrder, OrderRequest, parse_batch
-from chalicelib.settings import Settings, parse_database_url
+from chalicelib.settings import LOCAL_CURSOR_SECRET, Settings, parse_database_url
 from chalicelib.domain import validation as v
 
 
@@ -117,19 +117,38 @@ def test_the_composition_root_takes_overrides_without_touching_the_environment(m
         bootstrap.reset()
 
 
+# What a cloud function needs besides the database and the cache Redis: a state store and a cursor secret of its own.
+STATE = {"REDIS_STATE_URL": "rediss://state.internal:6379/0", "CURSOR_SECRET_ARN": "arn:cursor-secret"}
+
+
 @pytest.mark.parametrize("environ, expected", [
     ({"STAGE": "local"}, []),
     ({"STAGE": "prod", "DATABASE_URL": "mysql://u:p@db.internal:3306/shop", "REDIS_URL": "rediss://cache.internal:6379/0",
-      "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false"}, []),
+      "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false", **STATE}, []),
     ({"STAGE": "prod", "DATABASE_SECRET_ARN": "arn:secret", "DATABASE_HOST": "proxy.internal",
-      "REDIS_URL": "rediss://cache.internal:6379/0", "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false"}, []),
-    ({"STAGE": "prod"}, ["database", "Redis", "AWS_ENDPOINT_URL"]),
+      "REDIS_URL": "rediss://cache.internal:6379/0", "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false", **STATE}, []),
+    ({"STAGE": "prod"}, ["database", "Redis", "REDIS_STATE_URL", "cursors", "AWS_ENDPOINT_URL"]),
     ({"STAGE": "prod", "DATABASE_URL": "mysql://u:p@db.internal/shop", "REDIS_URL": "redis://cache.internal:6379/0",
-      "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "true"}, ["APP_API_KEYS"]),
+      "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "true", **STATE}, ["APP_API_KEYS"]),
     ({"STAGE": "prod", "DATABASE_SECRET_ARN": "arn:secret", "DATABASE_HOST": "",
-      "REDIS_URL": "rediss://cache.internal:6379/0", "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false"}, ["database"]),
+      "REDIS_URL": "rediss://cache.internal:6379/0", "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false", **STATE},
+     ["database"]),
     ({"STAGE": "dev", "DATABASE_URL": "mysql://u:p@db.internal/shop", "REDIS_URL": "redis://localhost:6379/0",
-      "AWS_ENDPOINT_URL": "http://localhost:4566", "APP_API_KEYS": "false"}, ["Redis", "AWS_ENDPOINT_URL"]),
+      "AWS_ENDPOINT_URL": "http://localhost:4566", "APP_API_KEYS": "false", **STATE}, ["Redis", "AWS_ENDPOINT_URL"]),
+    # The state store: its own, not the evicting cache's, and not a loopback default.
+    ({"STAGE": "prod", "DATABASE_URL": "mysql://u:p@db.internal/shop", "REDIS_URL": "rediss://cache.internal:6379/0",
+      "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false", **STATE, "REDIS_STATE_URL": "rediss://cache.internal:6379/0"},
+     ["REDIS_STATE_URL"]),
+    ({"STAGE": "prod", "DATABASE_URL": "mysql://u:p@db.internal/shop", "REDIS_URL": "rediss://cache.internal:6379/0",
+      "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false", **STATE, "REDIS_STATE_URL": "redis://127.0.0.1:6379/1"},
+     ["state Redis"]),
+    # Cursors: the local dev secret (named or defaulted) is refused; a secret of the deployment's own is not.
+    ({"STAGE": "prod", "DATABASE_URL": "mysql://u:p@db.internal/shop", "REDIS_URL": "rediss://cache.internal:6379/0",
+      "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false", **STATE, "CURSOR_SECRET_ARN": "",
+      "CURSOR_SECRET": LOCAL_CURSOR_SECRET}, ["cursors"]),
+    ({"STAGE": "prod", "DATABASE_URL": "mysql://u:p@db.internal/shop", "REDIS_URL": "rediss://cache.internal:6379/0",
+      "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false", **STATE, "CURSOR_SECRET_ARN": "",
+      "CURSOR_SECRET": "a-secret-of-this-deployment"}, []),
     ({"STAGE": "prod", "ALLOW_LOOPBACK_ENDPOINTS": "true"}, []),
 ])
 def test_a_cloud_stage_names_every_local_default_it_would_use(monkeypatch, environ, expected):

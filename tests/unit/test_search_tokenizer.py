@@ -108,6 +108,27 @@ def test_newest_cursor_must_carry_a_timestamp():
         parse_query({"sort": "newest", "cursor": base64.urlsafe_b64encode(raw).decode()})
 
 
+def test_a_signed_cursor_round_trips_and_any_other_is_refused():
+    signer = search_query.CursorSigner("this deployment's secret")
+    q = parse_query({"q": "phone", "sort": "price_asc"})
+    cursor = search_query.encode_cursor(q, (1500, 42))
+    signed = signer.sign(cursor)
+    assert signed != cursor and signer.verify(signed) == cursor
+    other_deployment = search_query.CursorSigner("another deployment's secret").sign(cursor)
+    tampered = signer.sign(cursor)[:-1] + ("A" if signed[-1] != "A" else "B")
+    crafted = search_query.encode_cursor(q, (0, 1)) + signed[signed.rindex("."):]   # another position, this mac
+    for bad in (cursor, other_deployment, tampered, crafted, signed[:-3], signed[:10], signed + "x", ".", "",
+                signed.replace(".", "\u00e9."), "\ud800" + signed, "x" * 600):
+        with pytest.raises(ValidationError) as refused:
+            signer.verify(bad)
+        assert refused.value.extra["details"] == {"field": "cursor"}
+
+
+def test_a_cursor_signer_needs_a_secret():
+    with pytest.raises(ValueError):
+        search_query.CursorSigner("")
+
+
 # --- pinyin and typos (issue #17 items 3 and 4) -----------------------------
 
 def test_pinyin_terms_of_han_pairs_full_and_initials():

@@ -14,7 +14,8 @@ routes = Blueprint(__name__)
 @endpoint(routes, "/health", public=True)
 def health(request):
     mysql_up = bootstrap.database().ping()
-    redis_up = bootstrap.redis_gateway().ping()
+    # "redis": the cache and the state store both answer.
+    redis_up = bootstrap.redis_gateway().ping() and bootstrap.state_gateway().ping()
     checks = {"mysql": "up" if mysql_up else "down", "redis": "up" if redis_up else "down"}
     return 200, {"status": "ok" if mysql_up and redis_up else "degraded", "checks": checks}
 
