@@ -58,8 +58,8 @@ def test_a_sale_limit_counts_a_customer_once_whichever_app_they_use(sqs, flash_q
     consume(sqs, flash_queue)
     assert remaining(pid) == 6
     # Written, and rebuilt from MySQL after Redis lost the sale: still one person's units.
-    bootstrap.redis_gateway().call(lambda r: r.delete(bootstrap.redis_gateway().key(f"flash:sale:{pid}"),
-                                                      bootstrap.redis_gateway().key(f"flash:held:{pid}")))
+    state = bootstrap.state_gateway()
+    state.call(lambda r: r.delete(state.key(f"flash:sale:{pid}"), state.key(f"flash:held:{pid}")))
     bootstrap.flash_gate().lost_since(pid, now_ms=0)
     assert bootstrap.flash_sales().reconcile(pid)["action"] == "rebuilt"
     again = place_as(ann, "partner", ("a-3", {pid: 1}))[0]
