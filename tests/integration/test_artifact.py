@@ -15,7 +15,6 @@ import shutil
 import time
 import uuid
 import zipfile
-from pathlib import Path
 
 import boto3
 import pymysql
@@ -24,17 +23,15 @@ import redis
 
 import app as shop_app
 from chalicelib.entrypoints import openapi
-from chalicelib.settings import QUEUES
 from scripts import package
 from tests.conftest import ROOT
-from tests.support.lambda_environments import EVENTS, KEY_CLIENTS, ExecutionEnvironment, function_environment
+from tests.support.lambda_environments import (EVENTS, ISSUER, ExecutionEnvironment, cloud_endpoints,
+                                               function_environment)
 from tests.support.lambda_environments import body as _body
 from tests.support.lambda_environments import proxy_event
 from tests.support.lambda_environments import resource_for as _resource_for
 from tests.support.lambda_environments import runtime_python as _runtime_python
 from tests.support.lambda_environments import sqs_event as _sqs_event
-POOL_ID = "us-east-1_Artifact1"
-ISSUER = f"https://cognito-idp.us-east-1.amazonaws.com/{POOL_ID}"
 
 
 @pytest.fixture(scope="module")
@@ -59,34 +56,8 @@ def runtime(packaged):
 
 @pytest.fixture(scope="module")
 def local_endpoints(test_env):
-    """Values for the template's cloud endpoints, on this machine's services."""
-    secrets = boto3.client("secretsmanager", endpoint_url=test_env["AWS_ENDPOINT_URL"], region_name="us-east-1")
-    secret = secrets.create_secret(Name=f"artifact-db-{uuid.uuid4().hex[:8]}",
-                                   SecretString=json.dumps({"username": "root", "password": ""}))
-    yield {
-        **{q.setting: test_env[q.setting] for q in QUEUES},
-        "DATABASE_SECRET_ARN": secret["ARN"],
-        # The app user is made on a throwaway server (test_tls_and_db_users), never on the shared one.
-        "APP_DATABASE_SECRET_ARN": "",
-        "DATABASE_HOST": "127.0.0.1",
-        "DATABASE_PORT": "3306",
-        "DATABASE_NAME": test_env["DATABASE_URL"].rsplit("/", 1)[1],
-        "DATABASE_TLS": "false",
-        "REDIS_URL": test_env["REDIS_URL"],
-        # a prefix of its own under the session's: what the packaged functions write is told apart
-        "REDIS_KEY_PREFIX": test_env["REDIS_KEY_PREFIX"] + "artifact:",
-        "AWS_ENDPOINT_URL": test_env["AWS_ENDPOINT_URL"],
-        "API_KEY_CLIENTS": KEY_CLIENTS,
-        "COGNITO_USER_POOL_ID": POOL_ID,
-        "COGNITO_APP_CLIENT_IDS": "artifact-app-client",
-        "ORDER_EVENTS_TOPIC_ARN": test_env["ORDER_EVENTS_TOPIC_ARN"],
-        "ORDER_PAYMENT_WINDOW_SECONDS": "0",  # the template's default
-        "NOTIFY_FROM_EMAIL": test_env["NOTIFY_FROM_EMAIL"],  # verified on the local SES by the session
-        "OPERATOR_EMAIL": test_env["OPERATOR_EMAIL"],
-        # The package's cloud stage refuses loopback endpoints; this run means them.
-        "ALLOW_LOOPBACK_ENDPOINTS": "true",
-    }
-    secrets.delete_secret(SecretId=secret["ARN"], ForceDeleteWithoutRecovery=True)
+    with cloud_endpoints(test_env) as endpoints:
+        yield endpoints
 
 
 @pytest.fixture(scope="module")

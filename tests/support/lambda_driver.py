@@ -20,8 +20,8 @@ registered with snapshot_restore_py run as the runtime runs them (before
 snapshot: last registered first), and the process is the snapshot. Each
 {"restore": true} line forks it: the child is an environment restored from
 that snapshot; it runs the after-restore hooks (in registration order), says
-so, and serves invocations until an {"end": true} line; then the snapshot
-waits for the next restore. A fork shares the snapshot's memory as a restored
+so, and serves invocations until an {"end": true} line; the snapshot says
+{"ended": true} once it is gone, then waits for the next restore. A fork shares the snapshot's memory as a restored
 environment does; what it does not cost is Lambda's loading of the snapshot."""
 import hashlib
 import importlib
@@ -119,16 +119,21 @@ def serve_snapshots(results):
         if not json.loads(line).get("restore"):
             raise SystemExit(f"a snapshot takes restore commands only, not {line!r}")
         started = time.perf_counter()
+        snapshot_random = random.getstate()
         child = os.fork()
         if child == 0:
             try:
+                # `random` reseeds itself in a forked child; a restored snapshot does not.
+                random.setstate(snapshot_random)
                 hooks = restore()
-                write(results, {"restored": {"hooks": hooks, "random": random_state(),
+                write(results, {"restored": {"hooks": hooks, "random": random_state(), "pid": os.getpid(),
                                              "ms": (time.perf_counter() - started) * 1000}})
                 serve(results)
             finally:
                 os._exit(0)
         os.waitpid(child, 0)
+        # Only now may the next command come: a line sent while the child still read would be the child's.
+        write(results, {"ended": True})
 
 
 def main(package_dir, result_fd, *options):

@@ -3,6 +3,7 @@
 the runtime's version with only the runtime's packages, the environment the
 template gives a function, one process per execution environment
 (tests/support/lambda_driver.py), and the events API Gateway and SQS hand over."""
+import contextlib
 import copy
 import hashlib
 import json
@@ -13,6 +14,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import boto3
+
 from chalicelib.settings import QUEUES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,6 +25,8 @@ RUNTIME_REQUIREMENTS = ROOT / "requirements-runtime.txt"
 ADMIN_KEY_ID, STANDARD_KEY_ID = "artifact-admin-key-id", "artifact-standard-key-id"
 # What the template's Fn::Join gives API_KEY_CLIENTS once API Gateway has made the keys.
 KEY_CLIENTS = f"{ADMIN_KEY_ID}=admin,{STANDARD_KEY_ID}=dev"
+POOL_ID = "us-east-1_Artifact1"
+ISSUER = f"https://cognito-idp.us-east-1.amazonaws.com/{POOL_ID}"
 # Template variables that name cloud resources; everything else is used as packaged.
 CLOUD_ENDPOINTS = {*(q.setting for q in QUEUES), "DATABASE_SECRET_ARN", "APP_DATABASE_SECRET_ARN", "DATABASE_HOST",
                    "DATABASE_PORT", "DATABASE_NAME", "DATABASE_TLS", "REDIS_URL", "AWS_ENDPOINT_URL",
@@ -53,6 +58,41 @@ def runtime_python(version):
                         "-r", str(RUNTIME_REQUIREMENTS)], check=True)
         stamp.write_text(stamp_value)
     return venv / "bin" / "python"
+
+
+@contextlib.contextmanager
+def cloud_endpoints(test_env):
+    """Values for the template's cloud endpoints, on this machine's services
+    (a test session's `test_env`); the database secret is made for the block."""
+    secrets = boto3.client("secretsmanager", endpoint_url=test_env["AWS_ENDPOINT_URL"], region_name="us-east-1")
+    secret = secrets.create_secret(Name=f"artifact-db-{uuid.uuid4().hex[:8]}",
+                                   SecretString=json.dumps({"username": "root", "password": ""}))
+    try:
+        yield {
+            **{q.setting: test_env[q.setting] for q in QUEUES},
+            "DATABASE_SECRET_ARN": secret["ARN"],
+            # The app user is made on a throwaway server (test_tls_and_db_users), never on the shared one.
+            "APP_DATABASE_SECRET_ARN": "",
+            "DATABASE_HOST": "127.0.0.1",
+            "DATABASE_PORT": "3306",
+            "DATABASE_NAME": test_env["DATABASE_URL"].rsplit("/", 1)[1],
+            "DATABASE_TLS": "false",
+            "REDIS_URL": test_env["REDIS_URL"],
+            # a prefix of its own under the session's: what the packaged functions write is told apart
+            "REDIS_KEY_PREFIX": test_env["REDIS_KEY_PREFIX"] + "artifact:",
+            "AWS_ENDPOINT_URL": test_env["AWS_ENDPOINT_URL"],
+            "API_KEY_CLIENTS": KEY_CLIENTS,
+            "COGNITO_USER_POOL_ID": POOL_ID,
+            "COGNITO_APP_CLIENT_IDS": "artifact-app-client",
+            "ORDER_EVENTS_TOPIC_ARN": test_env["ORDER_EVENTS_TOPIC_ARN"],
+            "ORDER_PAYMENT_WINDOW_SECONDS": "0",  # the template's default
+            "NOTIFY_FROM_EMAIL": test_env["NOTIFY_FROM_EMAIL"],  # verified on the local SES by the session
+            "OPERATOR_EMAIL": test_env["OPERATOR_EMAIL"],
+            # The package's cloud stage refuses loopback endpoints; this run means them.
+            "ALLOW_LOOPBACK_ENDPOINTS": "true",
+        }
+    finally:
+        secrets.delete_secret(SecretId=secret["ARN"], ForceDeleteWithoutRecovery=True)
 
 
 def function_environment(properties, endpoints, task_root, name):
@@ -117,12 +157,20 @@ class ExecutionEnvironment:
 
     def end_restored(self):
         self._send({"end": True})
+        assert self._read() == {"ended": True}
 
     def close(self):
         self.proc.stdin.close()
         self.proc.wait(30)
         self.results.close()
         self.log.close()
+
+
+def open_connections(pid, port):
+    """Established TCP connections process `pid` holds to 127.0.0.1:`port` (MySQL, Redis)."""
+    out = subprocess.run(["ss", "-tnpH", "state", "established", f"( dport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    return sum(f"pid={pid}," in line for line in out.splitlines())
 
 
 def proxy_event(method, path, body=None, query=None, admin=False, key="shop-prod-standard-key", claims=None):
