@@ -91,12 +91,6 @@ MIGRATE_FUNCTION = "Migrate"
 # so make's venv is made with this Python (the Makefile's RUNTIME_VERSION).
 LAMBDA_RUNTIME = "python3.12"
 SNAPSTART_ALIAS = "live"
-
-
-def alias_logical_id(function):
-    """The AWS::Lambda::Alias SAM makes for AutoPublishAlias (its naming; cfn-lint's
-    transform fails the template if it ever differs)."""
-    return f"{function}Alias{SNAPSTART_ALIAS}"
 SAM_TRANSFORM = "AWS::Serverless-2016-10-31"
 # Lambda sets these itself and refuses a function that sets them.
 RESERVED_ENV = {"_HANDLER", "_X_AMZN_TRACE_ID", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EXECUTION_ENV",
@@ -392,6 +386,12 @@ def give_each_function_its_role(template):
     for role_id in replaced:
         if f'"{role_id}"' not in still_used:
             del resources[role_id]
+
+
+def alias_logical_id(function):
+    """The AWS::Lambda::Alias SAM makes for AutoPublishAlias (its naming; cfn-lint's
+    transform fails the template if it ever differs)."""
+    return f"{function}Alias{SNAPSTART_ALIAS}"
 
 
 def snapstart(template):
