@@ -15,27 +15,43 @@ from snapshot_restore_py import get_after_restore, get_before_snapshot
 from chalicelib import bootstrap, snapstart  # noqa: F401 - registers the hooks, as app.py does
 from scripts import package
 from tests.support.lambda_environments import (ExecutionEnvironment, body, cloud_endpoints, function_environment,
-                                               open_connections, proxy_event, runtime_python)
+                                               open_connections, proxy_event, runtime_python, sqs_event)
 
 MYSQL_PORT, REDIS_PORT = 3306, 6379
 
 
 @pytest.fixture(scope="module")
-def snapshot(tmp_path_factory, test_env):
-    """The packaged API, initialised and snapshotted (its before-snapshot hooks run)."""
+def packaged(tmp_path_factory):
     out = tmp_path_factory.mktemp("snapstart")
     template = json.loads(package.package(stage="prod", out=out, quiet=True).read_text())
     task_root = out / "task"
     with zipfile.ZipFile(out / "deployment.zip") as archive:
         archive.extractall(task_root)
-    properties = template["Resources"]["APIHandler"]["Properties"]
+    return template, task_root
+
+
+@pytest.fixture(scope="module")
+def endpoints(test_env):
+    with cloud_endpoints(test_env) as values:
+        yield values
+
+
+def _snapshot(packaged, endpoints, name, log):
+    """Function `name` from the package, initialised and snapshotted (its before-snapshot hooks run)."""
+    template, task_root = packaged
+    properties = template["Resources"][name]["Properties"]
     assert properties["SnapStart"] == {"ApplyOn": "PublishedVersions"}
     runtime = runtime_python(properties["Runtime"][len("python"):])
-    with cloud_endpoints(test_env) as endpoints:
-        env = function_environment(properties, endpoints, task_root, "APIHandler")
-        environment = ExecutionEnvironment(runtime, task_root, env, out / "snapshot.log", snapstart=True)
-        yield environment
-        environment.close()
+    env = function_environment(properties, endpoints, task_root, name)
+    return ExecutionEnvironment(runtime, task_root, env, log, snapstart=True)
+
+
+@pytest.fixture(scope="module")
+def snapshot(packaged, endpoints, tmp_path_factory):
+    """The packaged API's snapshot."""
+    environment = _snapshot(packaged, endpoints, "APIHandler", tmp_path_factory.mktemp("api") / "snapshot.log")
+    yield environment
+    environment.close()
 
 
 def restored(snapshot):
@@ -64,6 +80,21 @@ def test_each_restored_environment_connects_anew_and_draws_its_own_random_number
     # The snapshot itself holds no connection a restored copy could inherit.
     assert open_connections(snapshot.proc.pid, MYSQL_PORT) == 0
     assert open_connections(snapshot.proc.pid, REDIS_PORT) == 0
+
+
+def test_a_restored_consumer_serves_its_queue(packaged, endpoints, test_env, tmp_path):
+    consumer = _snapshot(packaged, endpoints, "HandleOrderIngest", tmp_path / "ingest.log")
+    try:
+        restore = consumer.restore()
+        assert restore["hooks"] >= 1
+        # Not an order message: recorded as a permanent failure of its batch (MySQL), not retried.
+        event = sqs_event("sqs_order_ingest.json", test_env["ORDER_QUEUE_NAME"], ["not an order"])
+        assert consumer.invoke(event) == {"batchItemFailures": []}
+        assert open_connections(restore["pid"], MYSQL_PORT) >= 1
+        consumer.end_restored()
+        assert open_connections(consumer.proc.pid, MYSQL_PORT) == 0
+    finally:
+        consumer.close()
 
 
 def _run_before_snapshot():
