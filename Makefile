@@ -15,8 +15,15 @@ SHELL := /bin/bash
 
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.requirements.stamp
-PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+STAMP  = $(VENV)/.requirements-$(RUNTIME_VERSION).stamp
+# The Lambda runtime's Python (scripts/package.py, LAMBDA_RUNTIME): chalice packages
+# for the interpreter it runs under, so the venv is made with the same version. The
+# first python3.12 that runs (a pyenv shim of a version not enabled does not).
+RUNTIME_VERSION := 3.12
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(firstword $(foreach p,python$(RUNTIME_VERSION) $(wildcard $(HOME)/.pyenv/versions/$(RUNTIME_VERSION).*/bin/python$(RUNTIME_VERSION)),\
+            $(shell $(p) -c 'import sys; print(sys.executable)' 2>/dev/null)))
+endif
 ARGS   ?=
 PORT   ?= 8000
 # pytest-xdist workers for `make test` (empty or 1: one process). Measured on
@@ -38,7 +45,9 @@ help:
 # Re-installs only when a lock file changed (or the venv is new). The lock files
 # pin every package with its hashes: pip refuses anything else.
 $(STAMP): requirements.txt requirements-dev.txt
-	@test -x $(PY) || { echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@test -n "$(PYTHON)" || { echo "no python$(RUNTIME_VERSION) found (the Lambda runtime's): install it or set PYTHON="; exit 1; }
+	@$(PY) -c 'import sys; sys.exit("%d.%d" % sys.version_info[:2] != "$(RUNTIME_VERSION)")' 2>/dev/null || \
+	    { echo "creating $(VENV) with $(PYTHON)"; rm -rf $(VENV); $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q -r requirements-dev.txt
 	@touch $@
 
@@ -83,7 +92,7 @@ openapi: $(STAMP)
 	$(PY) -c 'import pathlib; from chalicelib.entrypoints.openapi import render; text = render(); pathlib.Path("docs/openapi.json").write_text(text)'
 
 # pip-tools in a venv of its own; the .in files are the ones to edit.
-LOCK_FLAGS := --generate-hashes --no-strip-extras --no-emit-index-url --no-emit-find-links -q
+LOCK_FLAGS := --generate-hashes --allow-unsafe --no-strip-extras --no-emit-index-url --no-emit-find-links -q
 lock:
 	@test -x .venv-lock/bin/pip-compile || { $(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install -q pip-tools==7.6.2; }
 	.venv-lock/bin/pip-compile $(LOCK_FLAGS) --output-file requirements.txt requirements.in

@@ -5,7 +5,7 @@ import os
 
 from chalice import Chalice, Rate
 
-from chalicelib import bootstrap
+from chalicelib import bootstrap, snapstart  # noqa: F401 - snapstart registers SnapStart's runtime hooks
 from chalicelib.entrypoints import http, lifecycle, schema, sqs
 from chalicelib.entrypoints.routes import batches, catalog, customer, flash, ops, orders, search
 from chalicelib.ops.logs import logger

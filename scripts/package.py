@@ -27,9 +27,15 @@ Steps:
    - the connection budget: every function's ReservedConcurrentExecutions, each
      SQS mapping's ScalingConfig.MaximumConcurrency and each environment's pool
      size (DB_MAX_IN_FLIGHT) from the budget parameters of infra/template.yml
-     (see connection_budget below), checked, and the parameters pinned.
+     (see connection_budget below), checked, and the parameters pinned;
+   - every function on LAMBDA_RUNTIME; SnapStart on the API and the SQS
+     consumers: each deploy publishes a version with the alias `live`, and API
+     Gateway and the event source mappings call the alias (SnapStart applies
+     to published versions only; $LATEST would start cold);
    Then it checks that no credential-looking value reached the template.
-4. Writes <out>/sam.json (+ <out>/deployment.zip), ready for
+4. Slims deployment.zip (scripts/slim_package.py): nothing the runtime carries,
+   bytecode for every module.
+5. Writes <out>/sam.json (+ <out>/deployment.zip), ready for
    `aws cloudformation package` / `sam deploy`.
 """
 import argparse
@@ -51,6 +57,7 @@ if str(PROJECT_DIR) not in sys.path:
     sys.path.insert(0, str(PROJECT_DIR))
 
 from chalicelib.settings import QUEUES as QUEUE_TABLE  # noqa: E402
+from scripts.slim_package import slim  # noqa: E402
 
 PLANS_FILE = PROJECT_DIR / "chalicelib" / "usage_plans.json"
 
@@ -80,6 +87,10 @@ FUNCTION_POLICIES = {
 # The setting naming a topic (QueueDef.topic_setting) -> the topic in infra/template.yml.
 TOPICS = {"ORDER_EVENTS_TOPIC_ARN": "OrderEventsTopic"}
 MIGRATE_FUNCTION = "Migrate"
+# Every function's runtime. Chalice packages for the interpreter it runs under,
+# so make's venv is made with this Python (the Makefile's RUNTIME_VERSION).
+LAMBDA_RUNTIME = "python3.12"
+SNAPSTART_ALIAS = "live"
 SAM_TRANSFORM = "AWS::Serverless-2016-10-31"
 # Lambda sets these itself and refuses a function that sets them.
 RESERVED_ENV = {"_HANDLER", "_X_AMZN_TRACE_ID", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_EXECUTION_ENV",
@@ -381,6 +392,50 @@ def give_each_function_its_role(template):
             del resources[role_id]
 
 
+def alias_logical_id(function):
+    """The AWS::Lambda::Alias SAM makes for AutoPublishAlias (its naming; cfn-lint's
+    transform fails the template if it ever differs)."""
+    return f"{function}Alias{SNAPSTART_ALIAS}"
+
+
+def snapstart(template):
+    """SnapStart for the functions whose cold starts callers wait on: the API and
+    the SQS consumers. SAM publishes a version per code change and points the
+    alias at it; the SQS mappings of an aliased function call the alias, and
+    the API's integrations and invoke permission are moved to it here."""
+    resources = template["Resources"]
+    snapped = []
+    for logical_id, props in _functions(template).items():
+        sqs = any(e.get("Type") == "SQS" for e in (props.get("Events") or {}).values())
+        if logical_id == API_FUNCTION or sqs:
+            props["AutoPublishAlias"] = SNAPSTART_ALIAS
+            props["SnapStart"] = {"ApplyOn": "PublishedVersions"}
+            snapped.append(logical_id)
+    api = resources.get(API_RESOURCE)
+    if API_FUNCTION in snapped and api is not None:
+        for methods in api["Properties"]["DefinitionBody"].get("paths", {}).values():
+            for operation in methods.values():
+                uri = (operation.get("x-amazon-apigateway-integration") or {}).get("uri") \
+                    if isinstance(operation, dict) else None
+                if isinstance(uri, dict) and "Fn::Sub" in uri:
+                    # An alias's Ref is its ARN: the integration invokes the published version.
+                    uri["Fn::Sub"] = uri["Fn::Sub"].replace(f"${{{API_FUNCTION}.Arn}}",
+                                                            f"${{{alias_logical_id(API_FUNCTION)}}}")
+        for res in resources.values():
+            props = res.get("Properties") or {}
+            if res["Type"] == "AWS::Lambda::Permission" and props.get("FunctionName") == {"Ref": API_FUNCTION}:
+                props["FunctionName"] = {"Ref": alias_logical_id(API_FUNCTION)}
+    return [f"SnapStart on {', '.join(sorted(snapped))} (alias {SNAPSTART_ALIAS})"] if snapped else []
+
+
+def check_runtime(template):
+    runtimes = {name: props.get("Runtime") for name, props in _functions(template).items()}
+    wrong = {name: runtime for name, runtime in runtimes.items() if runtime != LAMBDA_RUNTIME}
+    if wrong:
+        raise SystemExit(f"functions not on {LAMBDA_RUNTIME}: {wrong} (chalice packages for the Python it runs "
+                         f"under: package with {LAMBDA_RUNTIME}, as make's venv does)")
+
+
 def postprocess(template, plans, api_stage=None, queue_names=None, infra=INFRA_TEMPLATE,
                 budget_overrides=None):
     """Mutate the packaged template in place; returns a list of notes (what was changed)."""
@@ -432,6 +487,7 @@ def postprocess(template, plans, api_stage=None, queue_names=None, infra=INFRA_T
     if api_stage:
         params["Stage"]["Default"] = api_stage
     notes.extend(apply_connection_budget(template, budget_overrides))
+    notes.extend(snapstart(template))
 
     api = resources.get(API_RESOURCE)
     if api is not None:
@@ -702,12 +758,15 @@ def package(stage="dev", out="build", project_dir=PROJECT_DIR, infra=INFRA_TEMPL
         shutil.rmtree(chalice_out)
     run_chalice_package(project_dir, stage, merge_path, chalice_out)
     template = json.loads((chalice_out / "sam.json").read_text())
+    check_runtime(template)
     notes = postprocess(template, plans, api_stage=api_stage_name(project_dir, stage),
                         queue_names=stage_queue_names(project_dir, stage), infra=infra,
                         budget_overrides=budget)
     result = out / "sam.json"
     result.write_text(json.dumps(template, indent=2))
     shutil.copy(chalice_out / "deployment.zip", out / "deployment.zip")
+    dropped, compiled = slim(out / "deployment.zip", LAMBDA_RUNTIME[len("python"):])
+    notes.append(f"deployment.zip: {dropped} files the runtime carries left out, {compiled} modules compiled")
     if not quiet:
         for note in notes:
             print(note)

@@ -22,6 +22,11 @@ class _ColdStart:
             first, self._seen = not self._seen, True
             return first
 
+    def restart(self):
+        """An environment restored from a SnapStart snapshot starts here (chalicelib/snapstart.py)."""
+        with self._lock:
+            self._seen = False
+
 
 class ShopLogger(Logger):
     """Powertools Logger (JSON). Request-scoped keys (`request_id`, appended by

@@ -10,17 +10,11 @@ scheduled warmer with its event; the answers are the contract's.
 Local differences, each forced by the machine, not the code: no TLS to the
 local MariaDB/Redis (DATABASE_TLS=false, redis://), the test's own database,
 queues and Redis key prefix, and the AWS endpoint on 127.0.0.1."""
-import copy
-import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 import zipfile
-from pathlib import Path
 
 import boto3
 import pymysql
@@ -29,22 +23,15 @@ import redis
 
 import app as shop_app
 from chalicelib.entrypoints import openapi
-from chalicelib.settings import QUEUES
 from scripts import package
 from tests.conftest import ROOT
-
-EVENTS = ROOT / "events"
-DRIVER = ROOT / "tests" / "support" / "lambda_driver.py"
-RUNTIME_REQUIREMENTS = ROOT / "tests" / "support" / "lambda-runtime.txt"
-ADMIN_KEY_ID, STANDARD_KEY_ID = "artifact-admin-key-id", "artifact-standard-key-id"
-# Template variables that name cloud resources; everything else is used as packaged.
-CLOUD_ENDPOINTS = {*(q.setting for q in QUEUES), "DATABASE_SECRET_ARN", "APP_DATABASE_SECRET_ARN", "DATABASE_HOST",
-                   "DATABASE_PORT", "DATABASE_NAME", "DATABASE_TLS", "REDIS_URL", "REDIS_STATE_URL",
-                   "CURSOR_SECRET_ARN", "AWS_ENDPOINT_URL",
-                   "API_KEY_CLIENTS", "COGNITO_USER_POOL_ID", "COGNITO_APP_CLIENT_IDS", "ORDER_EVENTS_TOPIC_ARN",
-                   "ORDER_PAYMENT_WINDOW_SECONDS", "NOTIFY_FROM_EMAIL", "OPERATOR_EMAIL"}
-POOL_ID = "us-east-1_Artifact1"
-ISSUER = f"https://cognito-idp.us-east-1.amazonaws.com/{POOL_ID}"
+from tests.support.lambda_environments import (EVENTS, ISSUER, ExecutionEnvironment, cloud_endpoints,
+                                               function_environment)
+from tests.support.lambda_environments import body as _body
+from tests.support.lambda_environments import proxy_event
+from tests.support.lambda_environments import resource_for as _resource_for
+from tests.support.lambda_environments import runtime_python as _runtime_python
+from tests.support.lambda_environments import sqs_event as _sqs_event
 
 
 @pytest.fixture(scope="module")
@@ -59,25 +46,6 @@ def packaged(tmp_path_factory):
     return template, functions, task_root
 
 
-def _runtime_python(version):
-    """A virtualenv of Python `version` with only the runtime's SDK, built once
-    under build/ and rebuilt when lambda-runtime.txt changes."""
-    base = shutil.which(f"python{version}")
-    if base is None and "%d.%d" % sys.version_info[:2] == version:
-        base = getattr(sys, "_base_executable", sys.executable)
-    assert base, f"no python{version} on this machine: the template's runtime cannot be tested"
-    stamp_value = hashlib.sha256(RUNTIME_REQUIREMENTS.read_bytes()).hexdigest()
-    venv = ROOT / "build" / f"lambda-runtime-{version}"
-    stamp = venv / ".requirements.sha256"
-    if not stamp.exists() or stamp.read_text() != stamp_value:
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([base, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        "-r", str(RUNTIME_REQUIREMENTS)], check=True)
-        stamp.write_text(stamp_value)
-    return venv / "bin" / "python"
-
-
 @pytest.fixture(scope="module")
 def runtime(packaged):
     _, functions, _ = packaged
@@ -88,94 +56,8 @@ def runtime(packaged):
 
 @pytest.fixture(scope="module")
 def local_endpoints(test_env):
-    """Values for the template's cloud endpoints, on this machine's services."""
-    secrets = boto3.client("secretsmanager", endpoint_url=test_env["AWS_ENDPOINT_URL"], region_name="us-east-1")
-    secret = secrets.create_secret(Name=f"artifact-db-{uuid.uuid4().hex[:8]}",
-                                   SecretString=json.dumps({"username": "root", "password": ""}))
-    # What the template's generated CursorSecret holds: a plain string, read once per process.
-    cursor_secret = secrets.create_secret(Name=f"artifact-cursor-{uuid.uuid4().hex[:8]}",
-                                          SecretString=uuid.uuid4().hex + uuid.uuid4().hex)
-    yield {
-        **{q.setting: test_env[q.setting] for q in QUEUES},
-        "DATABASE_SECRET_ARN": secret["ARN"],
-        # The app user is made on a throwaway server (test_tls_and_db_users), never on the shared one.
-        "APP_DATABASE_SECRET_ARN": "",
-        "DATABASE_HOST": "127.0.0.1",
-        "DATABASE_PORT": "3306",
-        "DATABASE_NAME": test_env["DATABASE_URL"].rsplit("/", 1)[1],
-        "DATABASE_TLS": "false",
-        "REDIS_URL": test_env["REDIS_URL"],
-        "REDIS_STATE_URL": test_env["REDIS_STATE_URL"],
-        "CURSOR_SECRET_ARN": cursor_secret["ARN"],
-        # a prefix of its own under the session's: what the packaged functions write is told apart
-        "REDIS_KEY_PREFIX": test_env["REDIS_KEY_PREFIX"] + "artifact:",
-        "AWS_ENDPOINT_URL": test_env["AWS_ENDPOINT_URL"],
-        # What the template's Fn::Join gives once API Gateway has made the keys.
-        "API_KEY_CLIENTS": f"{ADMIN_KEY_ID}=admin,{STANDARD_KEY_ID}=dev",
-        "COGNITO_USER_POOL_ID": POOL_ID,
-        "COGNITO_APP_CLIENT_IDS": "artifact-app-client",
-        "ORDER_EVENTS_TOPIC_ARN": test_env["ORDER_EVENTS_TOPIC_ARN"],
-        "ORDER_PAYMENT_WINDOW_SECONDS": "0",  # the template's default
-        "NOTIFY_FROM_EMAIL": test_env["NOTIFY_FROM_EMAIL"],  # verified on the local SES by the session
-        "OPERATOR_EMAIL": test_env["OPERATOR_EMAIL"],
-        # The package's cloud stage refuses loopback endpoints; this run means them.
-        "ALLOW_LOOPBACK_ENDPOINTS": "true",
-    }
-    for made in (secret, cursor_secret):
-        secrets.delete_secret(SecretId=made["ARN"], ForceDeleteWithoutRecovery=True)
-
-
-def function_environment(properties, endpoints, task_root, name):
-    """What Lambda gives the function: the template's variables (cloud endpoints
-    replaced) plus the runtime's own. Nothing of this test process leaks in."""
-    variables = properties.get("Environment", {}).get("Variables", {})
-    assert "ALLOW_LOOPBACK_ENDPOINTS" not in variables, "the package must never let a cloud function use loopback"
-    unresolved = sorted(k for k, v in variables.items() if not isinstance(v, str) and k not in CLOUD_ENDPOINTS)
-    assert not unresolved, f"template variables with no local value: {unresolved}"
-    env = {k: v for k, v in variables.items() if isinstance(v, str)}
-    env.update(endpoints)
-    env.update({
-        "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "TZ": ":UTC",
-        "AWS_LAMBDA_FUNCTION_NAME": f"shop-prod-{name}", "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(properties["MemorySize"]),
-        "AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1", "LAMBDA_TASK_ROOT": str(task_root),
-        "_HANDLER": properties["Handler"], "AWS_EXECUTION_ENV": "AWS_Lambda_" + properties["Runtime"],
-        "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_SESSION_TOKEN": "test",
-        "_X_AMZN_TRACE_ID": "Root=1-67a1b2c3-0123456789abcdef01234567;Parent=53995c3f42cd8ad8;Sampled=1",
-        "AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:2000",
-    })
-    return env
-
-
-class ExecutionEnvironment:
-    """One warm execution environment of a packaged function (its own process)."""
-
-    def __init__(self, runtime, task_root, env, log_path):
-        read_fd, write_fd = os.pipe()
-        self.log = open(log_path, "w")
-        self.proc = subprocess.Popen([str(runtime), "-I", str(DRIVER), str(task_root), str(write_fd)],
-                                     cwd=task_root, env=env, stdin=subprocess.PIPE, stdout=self.log,
-                                     stderr=subprocess.STDOUT, pass_fds=(write_fd,), text=True)
-        os.close(write_fd)
-        self.results = os.fdopen(read_fd)
-        self.started = json.loads(self.results.readline())
-        self.handler = env["_HANDLER"]
-
-    def invoke(self, event, remaining_ms=(30_000,)):
-        self.proc.stdin.write(json.dumps({"handler": self.handler, "event": event,
-                                          "remaining_ms": list(remaining_ms)}) + "\n")
-        self.proc.stdin.flush()
-        line = self.results.readline()
-        assert line, f"the function's process died; see {self.log.name}"
-        outcome = json.loads(line)
-        self.origins = outcome["origins"]
-        assert "error" not in outcome, outcome.get("traceback")
-        return outcome["result"]
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait(30)
-        self.results.close()
-        self.log.close()
+    with cloud_endpoints(test_env) as endpoints:
+        yield endpoints
 
 
 @pytest.fixture(scope="module")
@@ -210,46 +92,6 @@ def test_the_package_runs_on_the_runtime_alone(packaged, functions):
     for name in ("pymysql", "redis", "aws_lambda_powertools", "aws_xray_sdk", "chalice"):
         assert api.origins[name] and api.origins[name].startswith(str(task_root)), (name, api.origins[name])
     assert not api.origins["boto3"] or ".venv" not in api.origins["boto3"]
-
-
-def proxy_event(method, path, body=None, query=None, admin=False, key="shop-prod-standard-key", claims=None):
-    """An API Gateway REST proxy event for `path`, shaped like the samples in events/;
-    `claims`: what API Gateway's Cognito authorizer hands over for a valid customer token."""
-    base = "apigw_create_product.json" if body is not None else "apigw_get_product.json"
-    event = copy.deepcopy(json.loads((EVENTS / base).read_text()))
-    resource = _resource_for(path)
-    event.update({"resource": resource, "path": path, "httpMethod": method,
-                  "body": None if body is None else json.dumps(body),
-                  "queryStringParameters": query or None,
-                  "multiValueQueryStringParameters": {k: [v] for k, v in (query or {}).items()} or None,
-                  "pathParameters": _path_parameters(resource, path)})
-    event["headers"]["x-api-key"] = key
-    event["multiValueHeaders"]["x-api-key"] = [key]
-    context = event["requestContext"]
-    context.update({"resourcePath": resource, "httpMethod": method, "path": "/prod" + path, "stage": "prod",
-                    "requestId": str(uuid.uuid4())})
-    context["identity"].update({"apiKey": key, "apiKeyId": ADMIN_KEY_ID if admin else STANDARD_KEY_ID})
-    if claims is not None:
-        context["authorizer"] = {"claims": claims}
-    return event
-
-
-def _resource_for(path):
-    """The route API Gateway would pick: literal segments win over {parameters}."""
-    parts = path.split("/")
-    matches = [r for r in shop_app.app.routes if len(r.split("/")) == len(parts)
-               and all(t.startswith("{") or t == p for t, p in zip(r.split("/"), parts))]
-    assert matches, f"no route for {path}"
-    return max(matches, key=lambda r: sum(not t.startswith("{") for t in r.split("/")))
-
-
-def _path_parameters(resource, path):
-    params = {t[1:-1]: p for t, p in zip(resource.split("/"), path.split("/")) if t.startswith("{")}
-    return params or None
-
-
-def _body(response):
-    return json.loads(response["body"])
 
 
 def test_every_route_answers_the_contract_from_the_package(clean_db, functions, local_endpoints):
@@ -391,18 +233,6 @@ def _new_product(api, name):
     return _body(api.invoke(proxy_event("POST", "/products", {
         "sku": f"ART-{uuid.uuid4().hex[:8]}", "name": name, "category": "lighting", "price_cents": 100, "stock": 5},
         admin=True)))["product"]
-
-
-def _sqs_event(sample, queue_name, bodies):
-    event = json.loads((EVENTS / sample).read_text())
-    template = event["Records"][0]
-    records = []
-    for body in bodies:
-        record = copy.deepcopy(template)
-        record.update({"messageId": str(uuid.uuid4()), "body": json.dumps(body),
-                       "eventSourceARN": f"arn:aws:sqs:us-east-1:000000000000:{queue_name}"})
-        records.append(record)
-    return {"Records": records}
 
 
 def test_order_ingest_consumer_reports_a_partial_failure(clean_db, functions, test_env):

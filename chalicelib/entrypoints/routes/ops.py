@@ -14,10 +14,11 @@ the route is `api_key_required` like every route but /health, so API Gateway
 only serves it to callers with a key (operators use the CloudWatch dashboard
 from infra/ there).
 """
+import functools
+
 from chalice import Blueprint, Response
 
 from chalicelib.domain.validation import query_int
-from chalicelib.entrypoints import openapi
 from chalicelib.entrypoints.http import endpoint, query_params
 from chalicelib.ops import metrics
 from chalicelib.ops.dashboard import DASHBOARD_HTML
@@ -48,9 +49,14 @@ def dashboard(request):
     return Response(body=DASHBOARD_HTML, status_code=200, headers=dict(HTML_HEADERS))
 
 
-OPENAPI_DOCUMENT = openapi.build()
+@functools.cache
+def _openapi_document():
+    # Built on its route's first request, not at every cold start of every route.
+    from chalicelib.entrypoints import openapi
+
+    return openapi.build()
 
 
 @endpoint(routes, "/openapi.json")
 def openapi_document(request):
-    return 200, OPENAPI_DOCUMENT
+    return 200, _openapi_document()
