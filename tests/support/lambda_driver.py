@@ -1,5 +1,5 @@
 """Runs Lambda handlers the way the Lambda Python runtime does, for the artifact
-test (tests/integration/test_artifact.py). Start it with `python -I` (no
+test (tests/tooling/test_artifact.py). Start it with `python -I` (no
 PYTHONPATH, no user site, no script directory on the path) from an interpreter
 that has nothing but boto3/botocore installed, as the runtime has:
 
