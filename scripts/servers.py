@@ -1,7 +1,8 @@
-"""Throwaway dependencies for fault tests: a `redis-server` and a `mariadbd`
-of the test's own, on free ports, in temporary directories, which the test may
-kill and restart at will. The shared MariaDB (3306) and Redis (6379) are never
-touched.
+"""MariaDB and Redis servers of our own, on a port of their own: the fault
+tests' throwaway servers (killed and restarted at will, in temporary
+directories) and the servers `make run`/`make test` start where nothing answers
+on the configured address (scripts/local_services.py). The shared MariaDB
+(3306) and Redis (6379) of a machine that has them are never touched.
 
     redis = ThrowawayRedis(); redis.start(); redis.url; redis.kill(); redis.start()
     db = ThrowawayMariaDB(tmpdir); db.start(); db.url("shop"); db.kill(); db.start()
@@ -173,26 +174,4 @@ class ThrowawayMariaDB(_Process):
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def kill_connections(port, database, exclude_id=None):
-    """`KILL` every client connection to `database` on the server at `port`
-    (what an operator or a failover does to sessions mid-transaction)."""
-    conn = pymysql.connect(host="127.0.0.1", port=port, user="root", password="", autocommit=True)
-    killed = 0
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()",
-                        (database,))
-            for (pid,) in cur.fetchall():
-                if pid == exclude_id:
-                    continue
-                try:
-                    cur.execute(f"KILL {int(pid)}")
-                    killed += 1
-                except pymysql.err.MySQLError:
-                    pass  # already gone
-    finally:
-        conn.close()
-    return killed
-
-
-__all__ = ["ThrowawayRedis", "ThrowawayMariaDB", "kill_connections", "free_port"]
+__all__ = ["ThrowawayRedis", "ThrowawayMariaDB", "free_port"]
