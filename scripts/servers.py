@@ -27,18 +27,44 @@ def free_port():
         return s.getsockname()[1]
 
 
+def redis_answers(host, port, timeout=0.5):
+    """True when a Redis server answers PING on host:port (one that wants a password says so)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
+def mysql_answers(host, port, timeout=0.5):
+    """True when what listens on host:port greets as a MySQL server (protocol 10,
+    or an error packet such as "too many connections")."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            greeting = s.recv(5)
+    except OSError:
+        return False
+    return len(greeting) == 5 and greeting[4] in (10, 0xFF)
+
+
+def port_open(port, timeout=0.1):
+    with socket.socket() as s:
+        s.settimeout(timeout)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _wait_port_closed(port, timeout=10):
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.1)
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                return
+    while time.monotonic() < deadline and port_open(port):
         time.sleep(0.05)
 
 
 class _Process:
     proc = None
+    # A server of its own session outlives a Ctrl-C meant for the command that
+    # started it, which stops it itself once nobody uses it (scripts/shared_server.py).
+    own_session = False
 
     @property
     def running(self):
@@ -63,13 +89,16 @@ class _Process:
 
 
 class ThrowawayRedis(_Process):
-    def __init__(self, port=None, tls=None, maxmemory="64mb"):
+    def __init__(self, port=None, tls=None, maxmemory="64mb", base_dir=None, own_session=False):
         """tls=(cert_file, key_file, ca_file): serve TLS only, as ElastiCache with
-        in-transit encryption does (no client certificates asked for)."""
+        in-transit encryption does (no client certificates asked for).
+        maxmemory=None: no limit, as a packaged redis-server has."""
         self.maxmemory = maxmemory
         self.port = port or free_port()
-        self.dir = tempfile.mkdtemp(prefix="throwaway-redis-")
+        self.dir = str(base_dir) if base_dir else tempfile.mkdtemp(prefix="throwaway-redis-")
+        Path(self.dir).mkdir(parents=True, exist_ok=True)
         self.tls = tls
+        self.own_session = own_session
 
     @property
     def url(self):
@@ -81,22 +110,18 @@ class ThrowawayRedis(_Process):
             cert, key, ca = self.tls
             listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
                       "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
+        limit = ["--maxmemory", self.maxmemory] if self.maxmemory else []
         self.proc = subprocess.Popen(
             ["redis-server", *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--protected-mode", "no", "--maxmemory", self.maxmemory],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+             "--dir", self.dir, "--protected-mode", "no", *limit],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=self.own_session,
         )
+        # TLS: listening is enough; the test's client does the handshake.
+        ready = (lambda: port_open(self.port)) if self.tls else (lambda: redis_answers("127.0.0.1", self.port, 0.2))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    if self.tls:  # listening is enough; the test's client does the handshake
-                        return self
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                pass
+            if ready():
+                return self
             if self.proc.poll() is not None:
                 raise RuntimeError("redis-server exited at start")
             time.sleep(0.02)
@@ -110,8 +135,9 @@ class ThrowawayRedis(_Process):
 class ThrowawayMariaDB(_Process):
     """mariadbd in a temporary datadir, root without password, small memory."""
 
-    def __init__(self, base_dir=None, port=None, extra_args=()):
+    def __init__(self, base_dir=None, port=None, extra_args=(), own_session=False):
         self.extra_args = list(extra_args)
+        self.own_session = own_session
         self.base = Path(base_dir or tempfile.mkdtemp(prefix="throwaway-mariadb-"))
         self.datadir = self.base / "data"
         self.port = port or free_port()
@@ -146,7 +172,7 @@ class ThrowawayMariaDB(_Process):
                  "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M", "--innodb-log-buffer-size=4M",
                  "--key-buffer-size=1M", "--performance-schema=OFF", "--max-connections=200",
                  "--innodb-lock-wait-timeout=10", "--innodb-flush-log-at-trx-commit=1", *self.extra_args],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=self.own_session,
             )
             while time.monotonic() < deadline and self.proc.poll() is None:
                 try:
