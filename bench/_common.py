@@ -97,10 +97,10 @@ class Private:
             os.environ.setdefault(key, value)
 
     @contextlib.contextmanager
-    def resources(self, queues=False, visibility_timeout=None, migrate=True):
+    def resources(self, queues=False, visibility_timeout=None, migrate=True, keep=False):
         """The database (migrated), and with `queues` the local AWS endpoint and the
         run's queues (yielded: (endpoint, sqs client, {name: (url, dlq url)})), for
-        the duration of the block; all removed afterwards."""
+        the duration of the block; all removed afterwards unless `keep`."""
         from chalicelib import bootstrap
         from chalicelib.adapters.migrate import migrate as apply_migrations
         from scripts import localstack
@@ -117,7 +117,8 @@ class Private:
                     apply_migrations(bootstrap.database())
                 yield endpoint, sqs, urls
             finally:
-                self.remove(sqs, urls)
+                if not keep:
+                    self.remove(sqs, urls)
 
     def remove(self, sqs=None, queue_urls=None):
         """Drop the run's database (unless kept), its Redis keys and its queues."""
