@@ -19,6 +19,7 @@ before the .venv's packages are on the path.
 """
 import contextlib
 import os
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -95,6 +96,8 @@ class Private:
         for key, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
                            ("AWS_DEFAULT_REGION", "us-east-1")):
             os.environ.setdefault(key, value)
+        # A bench stopped with SIGTERM (a timeout, `kill`) still removes what it created.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
     @contextlib.contextmanager
     def resources(self, queues=False, visibility_timeout=None, migrate=True, keep=False):
