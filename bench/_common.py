@@ -41,6 +41,12 @@ def use_venv():
         sys.path.insert(0, str(ROOT))
 
 
+def clean_up_on_sigterm():
+    """A bench stopped with SIGTERM (a timeout, `kill`) still runs its `finally`
+    blocks, which remove what it created and stop the servers it started."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
 def percentile(values, p):
     """The p-th percentile by nearest rank; nan for no values."""
     if not values:
@@ -96,8 +102,7 @@ class Private:
         for key, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
                            ("AWS_DEFAULT_REGION", "us-east-1")):
             os.environ.setdefault(key, value)
-        # A bench stopped with SIGTERM (a timeout, `kill`) still removes what it created.
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+        clean_up_on_sigterm()
 
     @contextlib.contextmanager
     def resources(self, queues=False, visibility_timeout=None, migrate=True, keep=False):
