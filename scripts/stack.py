@@ -327,7 +327,7 @@ def test(args):
     signal.signal(signal.SIGTERM, _raise_stop)
     proc = None
     try:
-        with local_services(*test_servers(settings)), localstack.aws_endpoint(settings.aws_endpoint_url):
+        with local_services(*servers_for_tests(settings)), localstack.aws_endpoint(settings.aws_endpoint_url):
             log.info("running: %s", " ".join(cmd))
             # Same process group as us: a Ctrl-C reaches pytest directly.
             proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "SHOP_FAILED_TESTS_FILE": str(report)},
@@ -353,7 +353,7 @@ def test(args):
     return code
 
 
-def test_servers(settings):
+def servers_for_tests(settings):
     """The MySQL server and Redis the tests use (TEST_DATABASE_URL, TEST_REDIS_URL;
     by default the configured ones), exported for tests/conftest.py."""
     server = urlsplit(settings.get("DATABASE_URL"))._replace(path="/")  # each session makes its own database
