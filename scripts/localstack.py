@@ -4,11 +4,8 @@
 LocalStack, or an endpoint someone else started) and otherwise starts
 `scripts/aws_endpoint.py` there (moto with the speed-ups of
 scripts/moto_patches.py, served by waitress), waits until it answers, and
-stops it when the last user leaves. Several commands (`make run`, two `make test` runs from two
-checkouts) may share one endpoint: each holds a shared flock on a lock file
-for the port while it uses the endpoint, and a moto started by any of them is
-stopped only by whoever finds itself the last holder. Without that, the first
-`make test` to finish would pull moto away from the others mid-run.
+stops it when the last user leaves: several commands (`make run`, two `make
+test` runs from two checkouts) may share one endpoint (scripts/shared_server.py).
 
 Queues: `ensure_queue(sqs, spec)` creates the queue and its dead-letter queue
 (`<name>-dlq`) with the redrive policy, or brings an existing pair to the
@@ -16,15 +13,12 @@ wanted attributes (safe to run any number of times). `inspect_queues` and
 `redrive` back `make queues` and `make redrive`.
 """
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +29,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from chalicelib.settings import QUEUES  # noqa: E402
+from scripts.shared_server import command_line, port_open, shared_server  # noqa: E402
+
 log = logging.getLogger("localstack")
 
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
@@ -74,15 +70,6 @@ def sqs_client(endpoint_url, region=REGION, timeout=5):
 # --- endpoint ---------------------------------------------------------------
 
 
-def port_open(host, port, timeout=1.0):
-    """True when something accepts TCP connections on host:port."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def endpoint_answers(endpoint_url, timeout=10.0):
     """True when an SQS API answers at `endpoint_url`.
 
@@ -111,12 +98,6 @@ def _host_port(endpoint_url):
     return parsed.hostname or "127.0.0.1", parsed.port or 4566
 
 
-def _state_paths(port):
-    base = Path(tempfile.gettempdir())
-    stem = f"shop-aws-endpoint-{port}"
-    return base / f"{stem}.lock", base / f"{stem}.users", base / f"{stem}.pid"
-
-
 def set_parent_death_signal():
     """Runs in the child before exec: if the parent dies without cleaning up
     (SIGKILL), the kernel sends the child SIGTERM. Linux only; harmless elsewhere."""
@@ -132,34 +113,10 @@ ENDPOINT_SCRIPT = ROOT / "scripts" / "aws_endpoint.py"
 
 
 def _is_our_moto(pid):
-    """True when `pid` is an endpoint a shop stack starts (this one, or the plain
+    """True for an endpoint a shop stack starts (this one, or the plain
     `python -m moto.server` that checkouts from before it start)."""
-    if not pid:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"moto.server" in cmdline or any(arg.endswith(b"scripts/aws_endpoint.py") for arg in cmdline)
-
-
-def _stop_pid(pid, name, timeout=10):
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.1)
-    log.warning("%s (pid %s) did not stop; killing it", name, pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    args = command_line(pid) if pid else []
+    return b"moto.server" in args or any(arg.endswith(b"scripts/aws_endpoint.py") for arg in args)
 
 
 class Endpoint:
@@ -217,66 +174,21 @@ def aws_endpoint(endpoint_url="http://127.0.0.1:4566", log_path=None):
             raise RuntimeError(f"No AWS endpoint answers at {endpoint_url}")
         yield Endpoint(endpoint_url)
         return
-    lock_path, users_path, pid_path = _state_paths(port)
     log_path = Path(log_path or (ROOT / ".run" / "moto.log"))
-    decide = open(lock_path, "a+")
-    users = open(users_path, "a+")
-    try:
-        # `decide` (exclusive, held briefly) serialises starting and stopping;
-        # `users` is held shared for as long as the endpoint is in use.
-        fcntl.flock(decide, fcntl.LOCK_EX)
-        try:
-            started = None
-            if port_open(host, port):
-                if not endpoint_answers(endpoint_url, timeout=30):
-                    raise RuntimeError(f"something listens on {host}:{port} but does not answer SQS calls "
-                                       "(not LocalStack/moto?); free the port or set AWS_ENDPOINT_URL")
-                log.info("AWS endpoint already answering at %s; using it", endpoint_url)
-                if not _is_our_moto(_read_pid(pid_path)):
-                    pid_path.unlink(missing_ok=True)
-            else:
-                log.info("starting the AWS endpoint (moto, patched) on %s:%s (log: %s)", host, port, log_path)
-                proc = start_moto(host, port, log_path)
-                started = proc.pid
-                pid_path.write_text(str(proc.pid))
-                log.info("the AWS endpoint is up (pid %s)", proc.pid)
-            fcntl.flock(users, fcntl.LOCK_SH)
-        finally:
-            fcntl.flock(decide, fcntl.LOCK_UN)
-        try:
-            yield Endpoint(endpoint_url, started)
-        finally:
-            _release(decide, users, pid_path)
-    finally:
-        users.close()
-        decide.close()
 
+    def start():
+        log.info("starting the AWS endpoint (moto, patched) on %s:%s (log: %s)", host, port, log_path)
+        proc = start_moto(host, port, log_path)
+        log.info("the AWS endpoint is up (pid %s)", proc.pid)
+        return proc.pid
 
-def _read_pid(pid_path):
-    try:
-        return int(pid_path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _release(decide, users, pid_path):
-    """Leave the endpoint; the last user stops a moto that a shop stack started."""
-    fcntl.flock(decide, fcntl.LOCK_EX)
-    try:
-        fcntl.flock(users, fcntl.LOCK_UN)
-        try:
-            fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("AWS endpoint still in use by another shop command; leaving it running")
-            return
-        pid = _read_pid(pid_path)
-        if pid is not None and _is_our_moto(pid):
-            log.info("stopping the AWS endpoint (pid %s)", pid)
-            _stop_pid(pid, "the AWS endpoint")
-        pid_path.unlink(missing_ok=True)
-        fcntl.flock(users, fcntl.LOCK_UN)
-    finally:
-        fcntl.flock(decide, fcntl.LOCK_UN)
+    with shared_server("aws-endpoint", "the AWS endpoint", host, port, start=start, ours=_is_our_moto,
+                       answers=lambda: endpoint_answers(endpoint_url, timeout=30),
+                       refusal=f"something listens on {host}:{port} but does not answer SQS calls "
+                               "(not LocalStack/moto?); free the port or set AWS_ENDPOINT_URL") as started:
+        if started is None:
+            log.info("AWS endpoint already answering at %s; using it", endpoint_url)
+        yield Endpoint(endpoint_url, started)
 
 
 # --- queues -----------------------------------------------------------------

@@ -2,14 +2,19 @@
 and `make seed` (docs/design.md section 5).
 
     stack.py run        endpoint + queues + migrations + demo catalog + API + one SQS poller per queue
-    stack.py test ...   endpoint up, then pytest (extra args go to pytest), endpoint stopped if we started it
+    stack.py test ...   MySQL, Redis and endpoint up, then pytest (extra args go to pytest)
     stack.py setup      endpoint must answer; queues, migrations, demo catalog (idempotent)
     stack.py queues     depth of each queue and its DLQ, and the DLQ bodies
     stack.py redrive    move DLQ messages back to their source queue
     stack.py seed       add missing demo products (migrates first)
 
-Everything it starts (moto, API server, pollers) is stopped on exit, Ctrl-C
-or SIGTERM; moto only if this command started it and nobody else still uses it.
+`run` and `test` first make sure MySQL and Redis answer (DATABASE_URL and
+REDIS_URL; for `test`, TEST_DATABASE_URL and TEST_REDIS_URL when set), starting
+servers of their own where nothing does (scripts/local_services.py).
+
+Everything it starts (MySQL, Redis, moto, API server, pollers) is stopped on
+exit, Ctrl-C or SIGTERM; a server only if this command started it and nobody
+else still uses it.
 """
 import argparse
 import contextlib
@@ -23,12 +28,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from scripts import localstack  # noqa: E402
+from scripts.local_services import local_services  # noqa: E402
 from scripts.poller import NO_HANDLER_EXIT, QUEUE_HANDLERS  # noqa: E402
 
 log = logging.getLogger("stack")
@@ -237,27 +244,11 @@ def run(args):
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGHUP, _raise_stop)
     try:
-        with localstack.aws_endpoint(settings.aws_endpoint_url):
+        with local_services(settings.get("DATABASE_URL"), settings.redis_url), \
+                localstack.aws_endpoint(settings.aws_endpoint_url):
             try:
                 setup(settings, seed=not args.no_seed)
-                env = {**os.environ, "PORT": str(port)}
-                server = Child("api", [PYTHON, str(ROOT / "scripts" / "serve.py"), "--stage", "local",
-                                       "--port", str(port)], env).start()
-                children.append(server)
-                url = f"http://127.0.0.1:{port}"
-                health = wait_for_health(url, server)
-                log.info("health: %s", json.dumps(health))
-                pollers = {}
-                for setting, handler in QUEUE_HANDLERS.items():
-                    queue = settings.get(setting)
-                    child = Child(f"poller:{queue}", [PYTHON, str(ROOT / "scripts" / "poller.py"),
-                                                      "--queue", queue, "--handler", handler], env).start()
-                    children.append(child)
-                    pollers[child] = 0
-                relay = Child("lifecycle", [PYTHON, str(ROOT / "scripts" / "lifecycle.py")], env).start()
-                children.append(relay)
-                time.sleep(1.5)  # a poller without a handler exits at once; say so in the banner
-                banner(url, settings, [c.name.split(":", 1)[1] for c in pollers if c.poll() is None])
+                server, pollers = start_processes(settings, port, children)
                 return supervise(server, pollers, children)
             finally:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -273,6 +264,29 @@ def run(args):
     except RuntimeError as exc:
         log.error("%s", exc)
         return 1
+
+
+def start_processes(settings, port, children):
+    """The API server, one SQS poller per queue and the lifecycle loop, each added
+    to `children` as it starts; returns (API server, {poller: restarts})."""
+    env = {**os.environ, "PORT": str(port)}
+    server = Child("api", [PYTHON, str(ROOT / "scripts" / "serve.py"), "--stage", "local", "--port", str(port)],
+                   env).start()
+    children.append(server)
+    url = f"http://127.0.0.1:{port}"
+    health = wait_for_health(url, server)
+    log.info("health: %s", json.dumps(health))
+    pollers = {}
+    for setting, handler in QUEUE_HANDLERS.items():
+        queue = settings.get(setting)
+        child = Child(f"poller:{queue}", [PYTHON, str(ROOT / "scripts" / "poller.py"), "--queue", queue,
+                                          "--handler", handler], env).start()
+        children.append(child)
+        pollers[child] = 0
+    children.append(Child("lifecycle", [PYTHON, str(ROOT / "scripts" / "lifecycle.py")], env).start())
+    time.sleep(1.5)  # a poller without a handler exits at once; say so in the banner
+    banner(url, settings, [c.name.split(":", 1)[1] for c in pollers if c.poll() is None])
+    return server, pollers
 
 
 def supervise(server, pollers, children):
@@ -313,7 +327,7 @@ def test(args):
     signal.signal(signal.SIGTERM, _raise_stop)
     proc = None
     try:
-        with localstack.aws_endpoint(settings.aws_endpoint_url):
+        with local_services(*servers_for_tests(settings)), localstack.aws_endpoint(settings.aws_endpoint_url):
             log.info("running: %s", " ".join(cmd))
             # Same process group as us: a Ctrl-C reaches pytest directly.
             proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "SHOP_FAILED_TESTS_FILE": str(report)},
@@ -337,6 +351,14 @@ def test(args):
     if code != 0:
         print(failure_summary(report, code), flush=True)
     return code
+
+
+def servers_for_tests(settings):
+    """The MySQL server and Redis the tests use (TEST_DATABASE_URL, TEST_REDIS_URL;
+    by default the configured ones), exported for tests/conftest.py."""
+    server = urlsplit(settings.get("DATABASE_URL"))._replace(path="/")  # each session makes its own database
+    mysql = os.environ.setdefault("TEST_DATABASE_URL", urlunsplit(server))
+    return mysql, os.environ.setdefault("TEST_REDIS_URL", settings.redis_url)
 
 
 def failure_summary(report, code):

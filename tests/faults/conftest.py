@@ -13,7 +13,7 @@ from chalicelib import bootstrap
 from chalicelib.adapters.migrate import migrate
 from chalicelib.settings import QUEUES, queue_names
 from tests.support.tcp_proxy import TcpProxy
-from tests.support.throwaway import ThrowawayMariaDB, ThrowawayRedis
+from scripts.servers import ThrowawayMariaDB, ThrowawayRedis
 
 DB_NAME = "shop_faults"
 TABLES = ("order_items", "orders", "batch_results", "batches", "products")

@@ -12,7 +12,23 @@ from chalicelib.adapters.breaker import CircuitBreaker, CircuitOpen
 from chalicelib.domain.errors import ServiceUnavailable
 from chalicelib.domain.orders import parse_batch
 from tests.faults.conftest import seed_products
-from tests.support.throwaway import kill_connections
+
+
+def kill_connections(port, database):
+    """`KILL` every client connection to `database` on the server at `port`
+    (what an operator or a failover does to sessions mid-transaction)."""
+    conn = pymysql.connect(host="127.0.0.1", port=port, user="root", password="", autocommit=True)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()",
+                        (database,))
+            for (pid,) in cur.fetchall():
+                try:
+                    cur.execute(f"KILL {int(pid)}")
+                except pymysql.err.MySQLError:
+                    pass  # already gone
+    finally:
+        conn.close()
 
 
 def _order(coid, pid, qty=1, user=1):

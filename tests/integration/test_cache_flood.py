@@ -21,7 +21,7 @@ from chalicelib.domain.orders import parse_batch
 from chalicelib.entrypoints.ratelimit import RateLimiter
 from scripts import localstack, package
 from tests.conftest import make_product, session_settings
-from tests.support.throwaway import ThrowawayRedis
+from scripts.servers import ThrowawayRedis
 
 CACHE_MAXMEMORY = 4 * 1024 * 1024
 # A plan that refills one token in 100 s: the drained bucket must still refuse after the flood.

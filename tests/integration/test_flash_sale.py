@@ -24,7 +24,7 @@ from chalicelib.service import flash_sales
 from chalicelib.domain.errors import ServiceUnavailable
 from scripts import localstack
 from tests.conftest import make_product
-from tests.support.throwaway import ThrowawayRedis
+from scripts.servers import ThrowawayRedis
 
 
 @pytest.fixture(scope="module")

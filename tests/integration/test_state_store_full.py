@@ -17,7 +17,7 @@ from chalicelib.domain.orders import parse_batch
 from chalicelib.entrypoints import sqs as sqs_handlers
 from scripts import localstack
 from tests.conftest import ADMIN_KEY, DEV_KEY, free_port, make_product, session_settings
-from tests.support.throwaway import ThrowawayRedis
+from scripts.servers import ThrowawayRedis
 
 ROOMY = 64 * 1024 * 1024
 MOBILE_KEY = "shop-local-mobile-app-key-0001"   # the public plan's key that ships in the app

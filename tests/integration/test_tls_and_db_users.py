@@ -20,7 +20,7 @@ from chalicelib.adapters.db import Database
 from chalicelib.adapters.migrate import migrate
 from chalicelib.settings import AWS_CA_BUNDLE, MySQLTarget, Settings
 from tests.conftest import ADMIN_KEY, DEV_KEY, session_settings
-from tests.support.throwaway import ThrowawayMariaDB, ThrowawayRedis
+from scripts.servers import ThrowawayMariaDB, ThrowawayRedis
 from tests.support.tls_certs import CertificateAuthority
 
 APP_USER, APP_PASSWORD = "shop_app_t", "app-pw-" + uuid.uuid4().hex[:12]

@@ -1,5 +1,5 @@
 """Runs Lambda handlers the way the Lambda Python runtime does, for the artifact
-test (tests/integration/test_artifact.py) and bench/lambda_sizes. Start it with
+test (tests/tooling/test_artifact.py) and bench/lambda_sizes. Start it with
 `python -I -B` (no PYTHONPATH, no user site, no script directory on the path,
 no bytecode written: /var/task is read-only in Lambda) from an interpreter that
 has nothing but the runtime's packages (requirements-runtime.txt):

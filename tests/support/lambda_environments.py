@@ -1,5 +1,5 @@
 """The packaged functions run here as Lambda runs them, for the artifact test
-(tests/integration/test_artifact.py) and bench/lambda_sizes: an interpreter of
+(tests/tooling/test_artifact.py) and bench/lambda_sizes: an interpreter of
 the runtime's version with only the runtime's packages, the environment the
 template gives a function, one process per execution environment
 (tests/support/lambda_driver.py), and the events API Gateway and SQS hand over."""

@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.bench
 @pytest.mark.timeout(600)
 def test_the_bench_runs_in_smoke_mode(test_env):
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "lambda_sizes"), "--smoke"], cwd=ROOT,

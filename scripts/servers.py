@@ -1,7 +1,8 @@
-"""Throwaway dependencies for fault tests: a `redis-server` and a `mariadbd`
-of the test's own, on free ports, in temporary directories, which the test may
-kill and restart at will. The shared MariaDB (3306) and Redis (6379) are never
-touched.
+"""MariaDB and Redis servers of our own, on a port of their own: the fault
+tests' throwaway servers (killed and restarted at will, in temporary
+directories) and the servers `make run`/`make test` start where nothing answers
+on the configured address (scripts/local_services.py). The shared MariaDB
+(3306) and Redis (6379) of a machine that has them are never touched.
 
     redis = ThrowawayRedis(); redis.start(); redis.url; redis.kill(); redis.start()
     db = ThrowawayMariaDB(tmpdir); db.start(); db.url("shop"); db.kill(); db.start()
@@ -26,18 +27,44 @@ def free_port():
         return s.getsockname()[1]
 
 
+def redis_answers(host, port, timeout=0.5):
+    """True when a Redis server answers PING on host:port (one that wants a password says so)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
+    except OSError:
+        return False
+
+
+def mysql_answers(host, port, timeout=0.5):
+    """True when what listens on host:port greets as a MySQL server (protocol 10,
+    or an error packet such as "too many connections")."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            greeting = s.recv(5)
+    except OSError:
+        return False
+    return len(greeting) == 5 and greeting[4] in (10, 0xFF)
+
+
+def port_open(port, timeout=0.1):
+    with socket.socket() as s:
+        s.settimeout(timeout)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _wait_port_closed(port, timeout=10):
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.settimeout(0.1)
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                return
+    while time.monotonic() < deadline and port_open(port):
         time.sleep(0.05)
 
 
 class _Process:
     proc = None
+    # A server of its own session outlives a Ctrl-C meant for the command that
+    # started it, which stops it itself once nobody uses it (scripts/shared_server.py).
+    own_session = False
 
     @property
     def running(self):
@@ -62,15 +89,18 @@ class _Process:
 
 
 class ThrowawayRedis(_Process):
-    def __init__(self, port=None, tls=None, maxmemory="64mb", policy="noeviction"):
+    def __init__(self, port=None, tls=None, maxmemory="64mb", policy="noeviction", base_dir=None, own_session=False):
         """tls=(cert_file, key_file, ca_file): serve TLS only, as ElastiCache with
-        in-transit encryption does (no client certificates asked for). `policy`: its
+        in-transit encryption does (no client certificates asked for).
+        maxmemory=None: no limit, as a packaged redis-server has; `policy`: its
         maxmemory-policy (what it does at `maxmemory`: refuse writes, or evict)."""
         self.maxmemory = maxmemory
         self.policy = policy
         self.port = port or free_port()
-        self.dir = tempfile.mkdtemp(prefix="throwaway-redis-")
+        self.dir = str(base_dir) if base_dir else tempfile.mkdtemp(prefix="throwaway-redis-")
+        Path(self.dir).mkdir(parents=True, exist_ok=True)
         self.tls = tls
+        self.own_session = own_session
 
     @property
     def url(self):
@@ -82,23 +112,18 @@ class ThrowawayRedis(_Process):
             cert, key, ca = self.tls
             listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(cert),
                       "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
+        limit = ["--maxmemory", self.maxmemory] if self.maxmemory else []
         self.proc = subprocess.Popen(
             ["redis-server", *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--protected-mode", "no", "--maxmemory", self.maxmemory,
-             "--maxmemory-policy", self.policy],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+             "--dir", self.dir, "--protected-mode", "no", *limit, "--maxmemory-policy", self.policy],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=self.own_session,
         )
+        # TLS: listening is enough; the test's client does the handshake.
+        ready = (lambda: port_open(self.port)) if self.tls else (lambda: redis_answers("127.0.0.1", self.port, 0.2))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    if self.tls:  # listening is enough; the test's client does the handshake
-                        return self
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                pass
+            if ready():
+                return self
             if self.proc.poll() is not None:
                 raise RuntimeError("redis-server exited at start")
             time.sleep(0.02)
@@ -112,8 +137,9 @@ class ThrowawayRedis(_Process):
 class ThrowawayMariaDB(_Process):
     """mariadbd in a temporary datadir, root without password, small memory."""
 
-    def __init__(self, base_dir=None, port=None, extra_args=()):
+    def __init__(self, base_dir=None, port=None, extra_args=(), own_session=False):
         self.extra_args = list(extra_args)
+        self.own_session = own_session
         self.base = Path(base_dir or tempfile.mkdtemp(prefix="throwaway-mariadb-"))
         self.datadir = self.base / "data"
         self.port = port or free_port()
@@ -148,7 +174,7 @@ class ThrowawayMariaDB(_Process):
                  "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=16M", "--innodb-log-buffer-size=4M",
                  "--key-buffer-size=1M", "--performance-schema=OFF", "--max-connections=200",
                  "--innodb-lock-wait-timeout=10", "--innodb-flush-log-at-trx-commit=1", *self.extra_args],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=self.own_session,
             )
             while time.monotonic() < deadline and self.proc.poll() is None:
                 try:
@@ -176,26 +202,4 @@ class ThrowawayMariaDB(_Process):
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def kill_connections(port, database, exclude_id=None):
-    """`KILL` every client connection to `database` on the server at `port`
-    (what an operator or a failover does to sessions mid-transaction)."""
-    conn = pymysql.connect(host="127.0.0.1", port=port, user="root", password="", autocommit=True)
-    killed = 0
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()",
-                        (database,))
-            for (pid,) in cur.fetchall():
-                if pid == exclude_id:
-                    continue
-                try:
-                    cur.execute(f"KILL {int(pid)}")
-                    killed += 1
-                except pymysql.err.MySQLError:
-                    pass  # already gone
-    finally:
-        conn.close()
-    return killed
-
-
-__all__ = ["ThrowawayRedis", "ThrowawayMariaDB", "kill_connections", "free_port"]
+__all__ = ["ThrowawayRedis", "ThrowawayMariaDB", "free_port"]

@@ -1,6 +1,6 @@
 """scripts/deploy.py's decisions that need no AWS: what a failed migrate or a
 stack in a state that cannot take a change set does to the deploy. (The deploy
-itself runs against the local AWS endpoint in tests/integration/test_infra_deploy.py.)"""
+itself runs against the local AWS endpoint in tests/tooling/test_infra_deploy.py.)"""
 import io
 import json
 
