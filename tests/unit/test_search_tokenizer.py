@@ -108,7 +108,7 @@ def test_newest_cursor_must_carry_a_timestamp():
         parse_query({"sort": "newest", "cursor": base64.urlsafe_b64encode(raw).decode()})
 
 
-# --- pinyin and typos (issue #17 items 3 and 4) -----------------------------
+# --- pinyin and typos ------------------------------------------------------
 
 def test_pinyin_terms_of_han_pairs_full_and_initials():
     terms = document_terms("华为手机", "蓝牙")
