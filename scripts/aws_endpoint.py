@@ -5,7 +5,7 @@ with scripts/moto_patches.py applied, served by waitress, plus LocalStack's
 
     python scripts/aws_endpoint.py -H 127.0.0.1 -p 4566
 
-Measured with bench/endpoint (README, "Local AWS endpoint"): waitress answers
+Measured with bench/endpoint (docs/benchmarks.md): waitress answers
 SQS calls faster than werkzeug's threaded development server that
 `python -m moto.server` uses (a thread per connection)."""
 import argparse

@@ -1,6 +1,6 @@
 """The local stack's lifecycle loop (what the packaged `lifecycle` function
 does every minute in AWS): prune old dedupe records, then expire due orders
-and relay the outbox every half second, in rounds of 30 s, until stopped. Started by `make run`."""
+and relay the outbox every half second, in passes of 30 s, until stopped. Started by `make run`."""
 import logging
 import signal
 import sys

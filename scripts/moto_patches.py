@@ -1,5 +1,5 @@
 """Speed-ups for moto's server that the local AWS endpoint applies at start
-(README, "Local AWS endpoint"; the same changes written into moto itself, for
+(docs/local-stack.md, "The local AWS endpoint"; the same changes written into moto itself, for
 upstream: docs/moto-sqs-speedups.patch).
 
 moto's SQS model costs grow with queue depth: every SendMessage builds all
@@ -174,7 +174,7 @@ def _get_random_string(self, length=20, include_digits=True, lower_case=False):
 
 def _cached_backend_for_host(original):
     # Which backend serves a host name is fixed once the server runs; moto
-    # tries ~170 URL patterns in turn for every request.
+    # tries ~170 URL patterns one after another for every request.
     cache = {}
 
     @functools.wraps(original)

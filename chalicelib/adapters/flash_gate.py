@@ -417,7 +417,7 @@ class FlashGate:
     def cap(self, product_id, sale_id, most, seen):
         """Lower the sale's remaining units to `most` if above; `seen` is the sale as read
         before the MySQL snapshot `most` comes from. The units removed; None for another
-        sale, or when a cancel's units came back since (try again next round)."""
+        sale, or when a cancel's units came back since (the next reconcile tries again)."""
         removed = self._run(_CAP, [self._k(f"flash:sale:{product_id}")],
                             [sale_id, most, seen.get("epoch", ""), seen.get("returns", 0)])
         return None if removed in ("other", "moved") else int(removed)

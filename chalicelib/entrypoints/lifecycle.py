@@ -11,7 +11,7 @@ from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import MetricUnit, emit
 from chalicelib.service import lifecycle
 
-# Left for the last round to finish before Lambda's timeout.
+# Left for the last pass to finish before Lambda's timeout.
 MARGIN_SECONDS = 10
 
 

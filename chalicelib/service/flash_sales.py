@@ -229,7 +229,7 @@ class FlashSales:
             # Moved meanwhile: not quiet after all; only lower it.
         removed = self.gate.cap(product_id, sale_id, most, live)
         if removed is None:
-            # A cancel gave units back after the snapshot: `most` may not count them. The next round decides.
+            # A cancel gave units back after the snapshot: `most` may not count them. The next reconcile decides.
             return {**report, "action": "moved", "remaining": None}
         remaining = most if removed else live["remaining"]
         # Units taken in Redis and not (yet) in MySQL: reservations on their way.

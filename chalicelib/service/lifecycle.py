@@ -103,7 +103,7 @@ def publish_pending(db, publisher, limit=500, timers=None):
     events go out in sequence: an order always takes the same lane, a lane
     sends its rows in id order, ten per PublishBatch call, and an event SNS did
     not accept holds back the later events of its order (or product) only: they
-    must not pass it, and they wait for the next round with it, while the lane
+    must not pass it, and they wait for the next call with it, while the lane
     goes on with other orders. So one event SNS keeps refusing (a poison event)
     holds one order, not its lane, and never fills the window of the `limit`
     oldest events. Lanes run side by side, so the relay keeps up with the order
@@ -215,7 +215,7 @@ def _start_timers(db, timers, order_ids):
 def run(orders, db, publisher, until, interval=1.0, clock=time.monotonic, sleep=time.sleep, timers=None):
     """Sweep and relay until `clock()` passes `until`; returns (expired, published)."""
     expired = published = 0
-    while True:  # at least one round
+    while True:  # at least one pass
         round_expired = expire_due(orders, db)
         round_published = publish_pending(db, publisher, timers=timers) if publisher else 0
         expired, published = expired + round_expired, published + round_published

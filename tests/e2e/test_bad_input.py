@@ -1,5 +1,5 @@
-"""Inputs that once got a 500, a dropped connection or an echo without bound
-(issue #13), over real HTTP against chalice local: each now gets the
+"""Hostile inputs (ones that could cost a 500, a dropped connection or an
+echo without bound), over real HTTP against chalice local: each gets the
 contract's 4xx, or a result cut to what the contract allows."""
 import pymysql
 import pytest

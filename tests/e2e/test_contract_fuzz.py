@@ -1,4 +1,4 @@
-"""Property-based contract test (issue #13): schemathesis generates valid and
+"""Property-based contract test: schemathesis generates valid and
 invalid requests for every operation of the OpenAPI document
 (chalicelib/entrypoints/openapi.py) and sends them over real HTTP to chalice
 local on this session's MariaDB, Redis and queues. Every response must be
@@ -8,7 +8,7 @@ request (4xx) changes no product and no order, a batch creates exactly the
 orders its results say, and after each operation's run stock is conserved
 (what products were created with, plus accepted stock deltas, equals stock now
 plus what live orders hold). Every invalid case, and a quarter of the valid
-ones, also gets one value from HOSTILE (the inputs issue #13 listed, and kin)
+ones, also gets one value from HOSTILE (known-hostile inputs, and kin)
 in a query parameter or body field. The /customer operations are called as a
 signed-in customer (a real token from the session's user pool), so their
 caps and payment window are in play, not only the 401.
@@ -16,7 +16,7 @@ caps and payment window are in play, not only the 401.
 Bounded and repeatable for CI: MAX_EXAMPLES per operation and mode,
 derandomized (the same examples every run), no example database, no
 shrinking (a failure reports the example as found). The server runs without
-the rate limiter so the keys' buckets do not turn the run into 429s."""
+the rate limiter so the keys' buckets do not answer the run with 429s."""
 import json
 
 import pytest
@@ -172,7 +172,7 @@ def _steer(case, data, seeds):
                     line["quantity"] = data.draw(st.integers(1, 5), label="quantity")
 
 
-# Inputs that once got a 500 or an unbounded echo (issue #13), and their kin. Lone surrogates are
+# Inputs that could cost a 500 or an unbounded echo, and their kin. Lone surrogates are
 # not here: schemathesis sends bodies and queries as UTF-8, which cannot carry one; the raw-body tests
 # in test_bad_input.py send them.
 HOSTILE = ["--5", "-+1", "+5", " 7", "٥", "1e3", "0x10", "\x00", "x" * 70_000, "", "  ", "\ufeff",

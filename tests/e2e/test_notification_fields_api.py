@@ -1,4 +1,4 @@
-"""The fields issue #16's notifications added to the HTTP contract, over HTTP:
+"""The fields notifications added to the HTTP contract, over HTTP:
 `contact_email` on orders and `low_stock_threshold` on products, with garbage
 (docs/api.md: a bad order fails on its own with VALIDATION_ERROR, a bad product
 body is 400; never a 500)."""

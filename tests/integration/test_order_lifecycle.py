@@ -172,7 +172,7 @@ def test_the_relay_publishes_every_event_at_least_once_in_order_per_order(window
 
 def test_an_event_sns_refused_holds_back_the_rest_of_its_order_only(window):
     """SNS may refuse single entries of a PublishBatch: the refused event and the
-    later ones of its lane wait for the next round; other lanes go on."""
+    later ones of its order wait for the next call; other orders go on."""
     orders = bootstrap.orders()
     pid = make_product(bootstrap.catalog(), stock=50)["id"]
     held, other = place(pid, "h-1"), place(pid, "h-2")
@@ -237,7 +237,7 @@ def test_an_event_sns_keeps_refusing_holds_its_own_order_not_its_lane(window, ra
     assert sum(rounds) == len(_events()) - 2 and rounds[-1] == 0
     assert all(e["published_at"] is not None for o in others for e in _events(o))
     assert [e["published_at"] for e in _events(poisoned)] == [None, None]
-    assert counted == [("OrderEventsRefused", 1)] * len(rounds)  # every round, the one order held back
+    assert counted == [("OrderEventsRefused", 1)] * len(rounds)  # every call, the one order held back
     orders = bootstrap.orders()
     orders.fulfil(others[0])  # a new event of the same lane still goes out
     assert lifecycle.publish_pending(db, publisher, limit=4) == 1
@@ -246,7 +246,7 @@ def test_an_event_sns_keeps_refusing_holds_its_own_order_not_its_lane(window, ra
 @pytest.mark.parametrize("raises", [False, True], ids=["refused-entries", "calls-raise"])
 def test_sns_refusing_every_event_costs_a_lane_a_few_calls_not_one_per_order(window, raises):
     """Throttling, a KMS key SNS cannot use: every event fails alike. Holding back one
-    order per call would make a call per order every round; the lane stops instead."""
+    order per call would make a call per order every pass; the lane stops instead."""
     pid = make_product(bootstrap.catalog(), stock=50)["id"]
     ids = orders_in_one_lane(pid, 6)
 

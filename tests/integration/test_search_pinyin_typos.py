@@ -1,4 +1,4 @@
-"""Pinyin and typo matching (issue #17 items 3 and 4) on the real MariaDB:
+"""Pinyin and typo matching on the real MariaDB:
 what matches, the order (as typed > pinyin/one typo > initials/two typos),
 the typo switch, and that product writes keep both indexes current."""
 import pytest

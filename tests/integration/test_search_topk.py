@@ -1,4 +1,4 @@
-"""Broad-query plans on the real MariaDB (issue #17 item 1): the page is a
+"""Broad-query plans on the real MariaDB: the page is a
 top-k walk in sort order that stops early, `total` is exact up to the cap and
 a lower bound beyond it, and keyset cursors walk every match once in every
 sort, under both plans (probe from the rarest term; walk postings in order)."""

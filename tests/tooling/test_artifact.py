@@ -315,7 +315,7 @@ def test_the_lifecycle_function_relays_the_outbox(clean_db, functions, test_env)
     bootstrap.database().run(lambda cur: cur.execute(
         "INSERT INTO related_events (event_id, processed_at) VALUES "
         "(%s, CURRENT_TIMESTAMP(6) - INTERVAL 40 DAY), (%s, CURRENT_TIMESTAMP(6))", (old, recent)))
-    # With 5 s left the function does one round (it keeps a 10 s margin before its timeout).
+    # With 5 s left the function does one pass (it keeps a 10 s margin before its timeout).
     assert functions("Lifecycle").invoke(event, remaining_ms=[5_000]) == {
         "expired": 0, "published": 1, "pruned": 1, "outbox_oldest_seconds": 0.0}  # nothing left waiting
     assert [r["event_id"] for r in bootstrap.database().query(

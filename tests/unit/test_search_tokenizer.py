@@ -129,7 +129,7 @@ def test_a_cursor_signer_needs_a_secret():
         search_query.CursorSigner("")
 
 
-# --- pinyin and typos (issue #17 items 3 and 4) -----------------------------
+# --- pinyin and typos ------------------------------------------------------
 
 def test_pinyin_terms_of_han_pairs_full_and_initials():
     terms = document_terms("华为手机", "蓝牙")

@@ -1,4 +1,4 @@
--- Typo dictionary (issue #17 item 4): one row per deletion variant of each
+-- Typo dictionary (typo-tolerant search): one row per deletion variant of each
 -- distinct indexed Latin word of 4..24 letters (SymSpell), keyed by the
 -- variant. A query word looks up its own deletion variants here (a few dozen
 -- primary-key reads), and the words found within its edit budget become
