@@ -102,7 +102,8 @@ DEFAULTS = {
     "OPERATOR_EMAIL": "",
     "REDIS_TIMEOUT": "0.25",
     "REDIS_KEY_PREFIX": "",
-    # Only for running a cloud stage's package against this machine's services (the artifact test).
+    # Only for running a cloud stage's package against this machine's services (the artifact test):
+    # loopback hosts for the database, Redis and the AWS endpoint; every other check still applies.
     "ALLOW_LOOPBACK_ENDPOINTS": "false",
     "CACHE_TTL_SECONDS": "300",
     "CACHE_STALE_SECONDS": "86400",
@@ -244,14 +245,25 @@ class Settings:
     def misconfiguration(self):
         """Why this configuration must not serve (empty when it may): in every stage, a
         setting of AT_LEAST_ONE below 1; outside the local stage, or in Lambda, anything
-        pointing at a local default."""
+        pointing at a local default. ALLOW_LOOPBACK_ENDPOINTS (a cloud stage's package run
+        against this machine's services) lets the database, Redis and the AWS endpoint be
+        loopback hosts, and nothing else: the local API keys stay refused."""
         problems = [f"{name} is {self.values[name]!r}, not a whole number of at least 1" for name in AT_LEAST_ONE
                     if not re.fullmatch(r"\s*[0-9]+\s*", str(self.values[name])) or int(self.values[name]) < 1]
         in_lambda = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME")) and not os.environ.get("AWS_CHALICE_CLI_MODE")
-        if (self.stage == "local" and not in_lambda) or _truthy(self.values["ALLOW_LOOPBACK_ENDPOINTS"]):
+        if self.stage == "local" and not in_lambda:
             return problems
         if self.stage == "local":
             problems.append("STAGE is 'local' (unset?) in a Lambda function")
+        if not _truthy(self.values["ALLOW_LOOPBACK_ENDPOINTS"]):
+            problems += self._loopback_endpoints()
+        if self.api_keys_enabled:
+            problems.append("APP_API_KEYS is on: the app would accept the local keys of usage_plans.json")
+        return problems
+
+    def _loopback_endpoints(self):
+        """The database, Redis and the AWS endpoint that are this machine (local defaults)."""
+        problems = []
         if self.values.get("DATABASE_SECRET_ARN") and "DATABASE_URL" not in self._explicit:
             db_host = self.values.get("DATABASE_HOST") or ""
         else:
@@ -264,8 +276,6 @@ class Settings:
         endpoint = self.values.get("AWS_ENDPOINT_URL") or ""
         if endpoint and _is_local_host(urlparse(endpoint).hostname or ""):
             problems.append(f"AWS_ENDPOINT_URL is {endpoint} (the local AWS endpoint)")
-        if self.api_keys_enabled:
-            problems.append("APP_API_KEYS is on: the app would accept the local keys of usage_plans.json")
         return problems
 
     def number(self, name):

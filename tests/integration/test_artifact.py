@@ -579,6 +579,25 @@ def test_a_cloud_function_pointed_at_local_defaults_refuses_to_serve(packaged, r
         consumer.close()
 
 
+def test_loopback_endpoints_allowed_still_refuse_the_local_keys(packaged, runtime, local_endpoints, tmp_path):
+    """ALLOW_LOOPBACK_ENDPOINTS lets this test point a cloud stage at 127.0.0.1, and only that:
+    a cloud function told to check keys itself (APP_API_KEYS) would take the local keys that
+    are in the repository, so it refuses to serve all the same."""
+    _, properties, task_root = packaged
+    env = function_environment(properties["APIHandler"], {**local_endpoints, "APP_API_KEYS": "true"}, task_root,
+                               "APIHandler")
+    api = ExecutionEnvironment(runtime, task_root, env, tmp_path / "api.log")
+    try:
+        event = proxy_event("GET", "/products/1", key="shop-local-dev-key-0001")
+        response = api.invoke(event)
+        assert response["statusCode"] == 503, response
+        error = _body(response)["error"]
+        assert error["code"] == "SERVICE_UNAVAILABLE" and "APP_API_KEYS" in error["message"]
+        assert "127.0.0.1" not in error["message"]  # the loopback endpoints themselves were allowed
+    finally:
+        api.close()
+
+
 def test_the_migrate_function_builds_a_fresh_schema_once(packaged, runtime, local_endpoints, tmp_path):
     """The deploy runs the migrations through the packaged `migrate` function:
     the SQL files ship in the zip, a fresh database gets every one, a second run none."""

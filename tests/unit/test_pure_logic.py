@@ -130,7 +130,11 @@ def test_the_composition_root_takes_overrides_without_touching_the_environment(m
       "REDIS_URL": "rediss://cache.internal:6379/0", "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false"}, ["database"]),
     ({"STAGE": "dev", "DATABASE_URL": "mysql://u:p@db.internal/shop", "REDIS_URL": "redis://localhost:6379/0",
       "AWS_ENDPOINT_URL": "http://localhost:4566", "APP_API_KEYS": "false"}, ["Redis", "AWS_ENDPOINT_URL"]),
-    ({"STAGE": "prod", "ALLOW_LOOPBACK_ENDPOINTS": "true"}, []),
+    # Loopback hosts allowed (the artifact test), nothing else: the local keys are still refused.
+    ({"STAGE": "prod", "ALLOW_LOOPBACK_ENDPOINTS": "true", "APP_API_KEYS": "false"}, []),
+    ({"STAGE": "prod", "ALLOW_LOOPBACK_ENDPOINTS": "true", "APP_API_KEYS": "true"}, ["APP_API_KEYS"]),
+    ({"STAGE": "prod", "ALLOW_LOOPBACK_ENDPOINTS": "true", "APP_API_KEYS": "false",
+      "CUSTOMER_PAYMENT_WINDOW_SECONDS": "0"}, ["CUSTOMER_PAYMENT_WINDOW_SECONDS"]),
 ])
 def test_a_cloud_stage_names_every_local_default_it_would_use(monkeypatch, environ, expected):
     monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
@@ -144,6 +148,13 @@ def test_stage_local_inside_lambda_is_refused(monkeypatch):
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "shop-prod-APIHandler")
     monkeypatch.delenv("AWS_CHALICE_CLI_MODE", raising=False)
     assert any("STAGE is 'local'" in problem for problem in Settings({}).misconfiguration())
+
+
+def test_loopback_endpoints_allowed_in_lambda_still_refuse_stage_local_and_local_keys(monkeypatch):
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "shop-prod-APIHandler")
+    monkeypatch.delenv("AWS_CHALICE_CLI_MODE", raising=False)
+    problems = Settings({"ALLOW_LOOPBACK_ENDPOINTS": "true"}).misconfiguration()
+    assert len(problems) == 2 and "STAGE is 'local'" in problems[0] and "APP_API_KEYS" in problems[1]
 
 
 @pytest.mark.parametrize("raw", ["--5", "-+5", "+5", " 5", "5 ", "1e3", "٥", "0x10", "-", "1" * 19])
