@@ -489,7 +489,7 @@ def cognito_client(endpoint_url, region=REGION):
 
 def ensure_customer_pool(cognito, name=CUSTOMER_POOL):
     """The customers' user pool with its app client (password sign-in, no
-    secret, as a mobile app has) and the `admin` group; (pool id, client id)."""
+    secret, as a mobile app has); (pool id, client id)."""
     pool = next((p for p in cognito.list_user_pools(MaxResults=60)["UserPools"] if p["Name"] == name), None)
     pool_id = pool["Id"] if pool else cognito.create_user_pool(
         PoolName=name, UsernameAttributes=["email"])["UserPool"]["Id"]
@@ -498,8 +498,6 @@ def ensure_customer_pool(cognito, name=CUSTOMER_POOL):
     client_id = client["ClientId"] if client else cognito.create_user_pool_client(
         UserPoolId=pool_id, ClientName="app", GenerateSecret=False,
         ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"])["UserPoolClient"]["ClientId"]
-    if not any(g["GroupName"] == "admin" for g in cognito.list_groups(UserPoolId=pool_id)["Groups"]):
-        cognito.create_group(UserPoolId=pool_id, GroupName="admin", Description="operators: see every order")
     return pool_id, client_id
 
 

@@ -30,6 +30,8 @@ def pool(test_env):
     pool_id, client_id = test_env["COGNITO_USER_POOL_ID"], test_env["COGNITO_APP_CLIENT_IDS"]
     run = uuid.uuid4().hex[:6]
     people = {name: f"{name}-{run}@example.com" for name in ("ann", "bob", "ops")}
+    if not any(g["GroupName"] == "admin" for g in cognito.list_groups(UserPoolId=pool_id)["Groups"]):
+        cognito.create_group(UserPoolId=pool_id, GroupName="admin")  # a group that gives no power
     for name, email in people.items():
         localstack.ensure_customer(cognito, pool_id, email, PASSWORD, groups=("admin",) if name == "ops" else ())
     tokens = {name: localstack.sign_in(cognito, client_id, email, PASSWORD) for name, email in people.items()}
@@ -64,8 +66,12 @@ def test_a_customer_orders_for_themselves_and_sees_only_their_own(api, pool):
     assert api.post(f"/customer/orders/{order_id}/cancel", key=MOBILE,
                     headers=bearer(pool["tokens"]["bob"])).status_code == 404
     assert stock_of(api, pid) == 8
-    # The pool's admin group sees any customer's order.
-    assert api.get(f"/customer/orders/{order_id}", key=MOBILE, headers=bearer(pool["tokens"]["ops"])).status_code == 200
+    # A customer in the pool's `admin` group is a customer like any other: another's order is not theirs.
+    assert "admin" in _claims(pool["tokens"]["ops"])["cognito:groups"]
+    for method, path in (("GET", f"/customer/orders/{order_id}"), ("GET", f"/customer/orders/{order_id}/events"),
+                         ("POST", f"/customer/orders/{order_id}/cancel")):
+        answer = api.request(method, path, key=MOBILE, headers=bearer(pool["tokens"]["ops"]))
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "ORDER_NOT_FOUND", path
     cancelled = api.post(f"/customer/orders/{order_id}/cancel", key=MOBILE, headers=bearer(pool["tokens"]["ann"]))
     assert cancelled.json()["order"]["status"] == "cancelled" and stock_of(api, pid) == 10
 

@@ -297,8 +297,12 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
     assert _body(call("GET", f"/products/{pid}"))["product"]["stock"] == 15  # fresh after the cancel
 
     # Customers: API Gateway's authorizer has checked the token and passes its claims.
-    ann = {"sub": str(uuid.uuid4()), "iss": ISSUER, "token_use": "id", "email": "ann@example.com"}
+    ann = {"sub": str(uuid.uuid4()), "iss": ISSUER, "aud": "artifact-app-client", "token_use": "id",
+           "email": "ann@example.com", "email_verified": "true"}
     bob = {**ann, "sub": str(uuid.uuid4())}
+    # The authorizer lets an access token and another app client's token through; the app does not.
+    for claims in ({**ann, "token_use": "access"}, {**ann, "aud": "another-app-client"}):
+        assert _body(call("GET", "/customer/orders/1", claims=claims, status=401))["error"]["code"] == "UNAUTHORIZED"
     mine = _body(call("POST", "/customer/orders/batch", {"orders": [
         {"client_order_id": "cust-1", "items": [{"product_id": pid, "quantity": 1}]}]}, claims=ann))
     customer_order = mine["results"][0]["order_id"]

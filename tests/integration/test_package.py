@@ -216,7 +216,11 @@ def test_customer_routes_have_the_pools_cognito_authorizer(real_template):
     env = resources["APIHandler"]["Properties"]["Environment"]["Variables"]
     assert env["APP_VERIFY_TOKENS"] == "false"  # the authorizer has verified the token
     assert env["COGNITO_USER_POOL_ID"] == {"Ref": "CustomerUserPool"}
+    # The app checks the authorizer's claims against the app clients (the authorizer takes any of the pool's).
+    assert env["COGNITO_APP_CLIENT_IDS"] == {"Ref": "CustomerUserPoolClient"}
     assert resources["CustomerUserPoolClient"]["Properties"]["GenerateSecret"] is False
+    # No group of the pool gives power (every order is for admin-plan keys).
+    assert not [r for r in resources.values() if r["Type"] == "AWS::Cognito::UserPoolGroup"]
 
 
 def test_tiny_app_route_without_api_key_required_gets_one(tiny_template):
