@@ -12,14 +12,16 @@ The pool's groups give no power here: seeing every order is for admin-plan API
 keys, which are not handed out in an app (an ID token says nothing of MFA)."""
 import functools
 from dataclasses import dataclass
+from typing import Optional
 
-from chalicelib.domain.errors import ServiceUnavailable, Unauthorized
-
+from chalicelib.domain.errors import ServiceUnavailable, Unauthorized, ValidationError
+from chalicelib.domain.orders import contact_email
 
 @dataclass(frozen=True)
 class Customer:
     issuer: str
     subject: str
+    email: Optional[str]  # the token's email if the pool verified it (the customer proved they read it); else None
 
 
 @functools.lru_cache(maxsize=4)
@@ -61,6 +63,18 @@ def check_claims(claims, settings):
         raise Unauthorized("The customer token is not valid.")
 
 
+def verified_email(claims):
+    """The token's email when the pool verified it, else None. A JWT carries `email_verified`
+    as a boolean; API Gateway's authorizer hands every claim over as a string ("true")."""
+    verified = claims.get("email_verified")
+    if not (verified is True or verified == "true"):
+        return None
+    try:
+        return contact_email(claims.get("email"))
+    except ValidationError:
+        return None
+
+
 def customer_for_request(settings, headers, context):
     """The Customer calling, or Unauthorized."""
     if not settings.token_issuer or not settings.token_audiences:
@@ -76,4 +90,4 @@ def customer_for_request(settings, headers, context):
         if not claims:
             raise Unauthorized("A customer token is required: header 'Authorization: Bearer <ID token>'.")
     check_claims(claims, settings)
-    return Customer(issuer=claims["iss"], subject=claims["sub"])
+    return Customer(issuer=claims["iss"], subject=claims["sub"], email=verified_email(claims))

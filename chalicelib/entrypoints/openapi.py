@@ -75,8 +75,7 @@ MAX_DELTA = MAX_STOCK
 LOW_STOCK_THRESHOLD = _integer(0, MAX_STOCK, "A stock write that takes stock from at-or-above it to below it "
                                 "emits stock.low (the operator is emailed); 0 (the default): never.")
 CONTACT_EMAIL = {"type": "string", "minLength": 3, "maxLength": MAX_EMAIL, "format": "email",
-                 "description": "Where the order's emails go (trimmed; one address). Without it, a customer "
-                                "token's orders go to the customer's own email."}
+                 "description": "Where the order's emails go (trimmed; one address). Without it, no email."}
 RESERVATION_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$",
                   "description": "A flash-sale order's reservation (GET /reservations/{reservation_id})."}
 ORDER_ERROR = _object({"code": {"type": "string", "enum": [
@@ -164,9 +163,9 @@ SCHEMAS = {
                   "description": f"Lines of one product merged, at most {customer_limits.DEFAULT_UNITS_PER_PRODUCT} "
                                  "units of it (CUSTOMER_MAX_UNITS_PER_PRODUCT); more fails the order with "
                                  "QUANTITY_LIMIT_EXCEEDED."},
-        "contact_email": CONTACT_EMAIL,
-    }, ["client_order_id", "items"], "An order for the customer the token names (no user_id: an order with one "
-                                     "fails with VALIDATION_ERROR). It waits for payment, and fails with "
+    }, ["client_order_id", "items"], "An order for the customer the token names (no user_id or contact_email: "
+                                     "an order with either fails with VALIDATION_ERROR; its emails go to the "
+                                     "token's email if the pool verified it). It waits for payment, and fails with "
                                      "QUANTITY_LIMIT_EXCEEDED if the customer's orders waiting for payment would "
                                      f"hold more than {customer_limits.DEFAULT_UNPAID_UNITS} units "
                                      "(CUSTOMER_MAX_UNPAID_UNITS)."),
@@ -246,8 +245,9 @@ SCHEMAS = {
                                      "created while the order holds its stock."},
         "expires_at": {"type": ["string", "null"], "description": "When a pending order expires (else null)."},
         "payment_reference": {"type": ["string", "null"]},
-        "contact_email": {"type": ["string", "null"], "description": "The address the order's emails go to, if "
-                                                                     "it carries one."},
+        "contact_email": {"type": ["string", "null"], "description": "The address the order's emails go to: "
+                                                                     "a trusted server's order's own, a customer's "
+                                                                     "verified token email; null: no email."},
         "items": {"type": "array", "items": _object({"product_id": {"type": "integer"},
                                                      "quantity": {"type": "integer"},
                                                      "unit_price_cents": {"type": "integer"}},

@@ -309,6 +309,7 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
     placed = _body(call("GET", f"/customer/orders/{customer_order}", claims=ann))["order"]
     # A customer's order waits for payment where a trusted server's is final at creation.
     assert placed["client_order_id"] == "cust-1" and placed["lifecycle"] == "pending_payment"
+    assert placed["contact_email"] == "ann@example.com"  # the authorizer's email claim, verified ("true")
     assert [e["type"] for e in _body(call("GET", f"/customer/orders/{customer_order}/events", claims=ann))[
         "events"]] == ["order.created"]
     assert _body(call("GET", f"/customer/orders/{customer_order}/events", claims=bob, status=404))["error"][
@@ -536,7 +537,7 @@ def test_the_notification_consumer_mails_once_and_reports_garbage(clean_db, func
     assert consumer.invoke(event) == {"batchItemFailures": [{"itemIdentifier": event["Records"][1]["messageId"]}]}
     mail = requests.get(f"{test_env['AWS_ENDPOINT_URL']}/_aws/ses", timeout=10).json()["messages"]
     assert [m["Subject"] for m in mail if to in m.get("Destination", {}).get("ToAddresses", [])] == [
-        f"Your order #{order_id} (art-mail) is placed"]
+        f"Your order #{order_id} is placed"]
 
 
 def test_a_missing_runtime_dependency_fails_the_artifact(packaged, runtime, local_endpoints, tmp_path):

@@ -53,3 +53,18 @@ def test_claims_the_authorizer_let_through_but_the_app_refuses(claims, words):
 def test_without_the_app_clients_configured_customers_are_not_served():
     with pytest.raises(ServiceUnavailable):
         customer(ID_CLAIMS, COGNITO_APP_CLIENT_IDS="")
+
+
+@pytest.mark.parametrize("verified, email", [
+    ("true", "ann@example.com"), (True, "ann@example.com"),   # the authorizer's string, a JWT's boolean
+    ("false", None), (False, None), ("True", None), (1, None), ("1", None), (None, None),
+])
+def test_the_customers_email_only_when_the_pool_verified_it(verified, email):
+    claims = {**ID_CLAIMS, "email_verified": verified} if verified is not None else {
+        k: v for k, v in ID_CLAIMS.items() if k != "email_verified"}
+    assert customer(claims).email == email
+
+
+@pytest.mark.parametrize("address", ["", "not an address", "a@b", "Ann <ann@example.com>", 42])
+def test_a_verified_claim_that_is_no_single_address_gives_no_email(address):
+    assert customer({**ID_CLAIMS, "email": address}).email is None

@@ -30,9 +30,9 @@ def _owner(request):
 def place_customer_batch(request):
     if query_params(request).get("mode", "sync") != "sync":
         raise ValidationError("Customer batches are sync only: 'mode' must be 'sync'.", details={"field": "mode"})
-    _, customer_id = _customer(request)
+    customer, customer_id = _customer(request)
     body = json_body(request)
-    orders = parse_batch(body, current_caller().client, customer_id, bootstrap.customer_limits())
+    orders = parse_batch(body, current_caller().client, customer_id, bootstrap.customer_limits(), customer.email)
     return 200, bootstrap.orders().place_batch(orders)
 
 
