@@ -50,6 +50,7 @@ INFRA_TEMPLATE = PROJECT_DIR / "infra" / "template.yml"
 if str(PROJECT_DIR) not in sys.path:
     sys.path.insert(0, str(PROJECT_DIR))
 
+from chalicelib.entrypoints.customers import CUSTOMER_PREFIX  # noqa: E402
 from chalicelib.settings import QUEUES as QUEUE_TABLE  # noqa: E402
 
 PLANS_FILE = PROJECT_DIR / "chalicelib" / "usage_plans.json"
@@ -60,7 +61,6 @@ QUEUES = {q.default_name: q.logical_id for q in QUEUE_TABLE}
 QUEUE_ENV = {q.setting: q.logical_id for q in QUEUE_TABLE}
 VISIBILITY_FACTOR = 6
 PUBLIC_PATHS = {"/health"}
-CUSTOMER_PREFIX = "/customer/"  # routes that also need a customer token (Cognito authorizer)
 API_RESOURCE = "RestAPI"  # Chalice's logical id of the REST API
 BASE_POLICY = "LambdaBasePolicy"
 # Packaged function (Chalice's logical id) -> its policy in infra/template.yml.
@@ -139,6 +139,9 @@ def usage_plan_definitions(plans):
             "suffix": logical_suffix(name),
             "admin": bool(plan.get("admin")),
             "throttle": {"RateLimit": float(rate), "BurstLimit": int(burst)},
+            # API Gateway keeps only the key's limits; the app keeps each person's (entrypoints/ratelimit.py).
+            "person": (f"; per person in the app: {plan['person_rate_per_second']:g} requests/s, burst "
+                       f"{plan['person_burst']}" if "person_rate_per_second" in plan else ""),
         }
         if plan.get("quota"):
             definition["quota"] = {"Limit": int(plan["quota"]["limit"]), "Period": plan["quota"].get("period", "DAY")}
@@ -166,7 +169,7 @@ def api_gateway_resources(plans, api_resource=API_RESOURCE):
         plan_props = {
             "UsagePlanName": {"Fn::Sub": "${ServiceName}-${Stage}-" + d["plan"]},
             "Description": f"{d['plan']}: {d['throttle']['RateLimit']:g} requests/s, burst {d['throttle']['BurstLimit']}"
-                           " (chalicelib/usage_plans.json)",
+                           f"{d['person']} (chalicelib/usage_plans.json)",
             "Throttle": dict(d["throttle"]),
             "ApiStages": [{"ApiId": {"Ref": api_resource}, "Stage": {"Ref": f"{api_resource}.Stage"}}],
         }

@@ -17,6 +17,11 @@ from typing import Optional
 from chalicelib.domain.errors import ServiceUnavailable, Unauthorized, ValidationError
 from chalicelib.domain.orders import contact_email
 
+# Routes under this prefix are for customers with a token: scripts/package.py puts API Gateway's
+# Cognito authorizer on them, and the HTTP layer reads the customer before the rate limit.
+CUSTOMER_PREFIX = "/customer/"
+
+
 @dataclass(frozen=True)
 class Customer:
     issuer: str

@@ -294,7 +294,9 @@ ERROR_RESPONSES = {  # status -> (description, extra headers)
           "PAYMENT_REFERENCE_USED.", ()),
     413: ("PAYLOAD_TOO_LARGE: body over 1,000,000 bytes, or too many items.", ()),
     415: ("UNSUPPORTED_MEDIA_TYPE: the body is not labelled as JSON.", ()),
-    429: ("RATE_LIMITED: the key's token bucket is empty (search: or its search budget is spent).", ("Retry-After",)),
+    429: ("RATE_LIMITED: the key's token bucket is empty, or on an app's key (plan public) the caller's own "
+          "(per customer or address); search: or the key's (app's key: the person's) search budget is spent.",
+          ("Retry-After",)),
     500: ("INTERNAL: a bug; quote the request id.", ()),
     503: ("SERVICE_UNAVAILABLE: MySQL (or for async, SQS) unavailable; retry. Search: also a search stopped at its "
           "time limit (details.reason time_limit).", ("Retry-After",)),
@@ -502,7 +504,8 @@ def build():
                                    "(chalicelib/usage_plans.json): operations marked x-plan: admin need a key on "
                                    "the admin plan; /orders and /batches need a trusted-server plan (not "
                                    "public); any other key gets 403 FORBIDDEN. A client sees only its own "
-                                   "orders and batches. Over the key's rate -> 429 RATE_LIMITED.",
+                                   "orders and batches. Over the key's rate, or on a public-plan key over the "
+                                   "caller's own (per customer or address) -> 429 RATE_LIMITED.",
                 },
                 "CustomerToken": {
                     "type": "http", "scheme": "bearer", "bearerFormat": "JWT",

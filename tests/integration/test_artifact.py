@@ -36,7 +36,7 @@ from tests.conftest import ROOT
 EVENTS = ROOT / "events"
 DRIVER = ROOT / "tests" / "support" / "lambda_driver.py"
 RUNTIME_REQUIREMENTS = ROOT / "tests" / "support" / "lambda-runtime.txt"
-ADMIN_KEY_ID, STANDARD_KEY_ID = "artifact-admin-key-id", "artifact-standard-key-id"
+ADMIN_KEY_ID, STANDARD_KEY_ID, APP_KEY_ID = "artifact-admin-key-id", "artifact-standard-key-id", "artifact-app-key-id"
 # Template variables that name cloud resources; everything else is used as packaged.
 CLOUD_ENDPOINTS = {*(q.setting for q in QUEUES), "DATABASE_SECRET_ARN", "APP_DATABASE_SECRET_ARN", "DATABASE_HOST",
                    "DATABASE_PORT", "DATABASE_NAME", "DATABASE_TLS", "REDIS_URL", "AWS_ENDPOINT_URL",
@@ -105,7 +105,7 @@ def local_endpoints(test_env):
         "REDIS_KEY_PREFIX": test_env["REDIS_KEY_PREFIX"] + "artifact:",
         "AWS_ENDPOINT_URL": test_env["AWS_ENDPOINT_URL"],
         # What the template's Fn::Join gives once API Gateway has made the keys.
-        "API_KEY_CLIENTS": f"{ADMIN_KEY_ID}=admin,{STANDARD_KEY_ID}=dev",
+        "API_KEY_CLIENTS": f"{ADMIN_KEY_ID}=admin,{STANDARD_KEY_ID}=dev,{APP_KEY_ID}=mobile-app",
         "COGNITO_USER_POOL_ID": POOL_ID,
         "COGNITO_APP_CLIENT_IDS": "artifact-app-client",
         "ORDER_EVENTS_TOPIC_ARN": test_env["ORDER_EVENTS_TOPIC_ARN"],
@@ -205,9 +205,11 @@ def test_the_package_runs_on_the_runtime_alone(packaged, functions):
     assert not api.origins["boto3"] or ".venv" not in api.origins["boto3"]
 
 
-def proxy_event(method, path, body=None, query=None, admin=False, key="shop-prod-standard-key", claims=None):
+def proxy_event(method, path, body=None, query=None, admin=False, key="shop-prod-standard-key", claims=None,
+                key_id=None, source_ip=None):
     """An API Gateway REST proxy event for `path`, shaped like the samples in events/;
-    `claims`: what API Gateway's Cognito authorizer hands over for a valid customer token."""
+    `claims`: what API Gateway's Cognito authorizer hands over for a valid customer token;
+    `key_id`: the key's id (default the admin or the standard key's); `source_ip`: the caller's."""
     base = "apigw_create_product.json" if body is not None else "apigw_get_product.json"
     event = copy.deepcopy(json.loads((EVENTS / base).read_text()))
     resource = _resource_for(path)
@@ -221,7 +223,9 @@ def proxy_event(method, path, body=None, query=None, admin=False, key="shop-prod
     context = event["requestContext"]
     context.update({"resourcePath": resource, "httpMethod": method, "path": "/prod" + path, "stage": "prod",
                     "requestId": str(uuid.uuid4())})
-    context["identity"].update({"apiKey": key, "apiKeyId": ADMIN_KEY_ID if admin else STANDARD_KEY_ID})
+    context["identity"].update({"apiKey": key, "apiKeyId": key_id or (ADMIN_KEY_ID if admin else STANDARD_KEY_ID)})
+    if source_ip:
+        context["identity"]["sourceIp"] = source_ip
     if claims is not None:
         context["authorizer"] = {"claims": claims}
     return event
@@ -376,6 +380,29 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
         assert not list(client.scan_iter(match=f"{prefix}stats:*", count=1000))
     finally:
         client.close()
+
+
+def test_the_apps_key_is_limited_per_person_in_the_cloud_stage(clean_db, functions):
+    """prod leaves each key's bucket to API Gateway's usage plan (APP_RATE_LIMIT=false); the
+    per-person buckets of the app's key, which API Gateway cannot keep, run all the same."""
+    api = functions("APIHandler")
+    ann = {"sub": str(uuid.uuid4()), "iss": ISSUER, "aud": "artifact-app-client", "token_use": "id"}
+    bob = {**ann, "sub": str(uuid.uuid4())}
+
+    def status(claims=None, path="/customer/orders/1", source_ip=None):
+        event = proxy_event("GET", path, key="shop-prod-app-key", key_id=APP_KEY_ID, claims=claims,
+                            source_ip=source_ip)
+        return api.invoke(event)["statusCode"]
+
+    statuses = [status(ann) for _ in range(25)]
+    assert statuses[:20] == [404] * 20 and statuses[-1] == 429  # the public plan's person_burst
+    assert status(bob) == 404
+    statuses = [status(path="/products/1", source_ip="198.51.100.7") for _ in range(25)]
+    assert statuses[:20] == [404] * 20 and statuses[-1] == 429
+    assert status(path="/products/1", source_ip="198.51.100.8") == 404
+    # A trusted server's key is not limited in the app here: its usage plan is.
+    assert {api.invoke(proxy_event("GET", "/products/1", source_ip="198.51.100.7"))["statusCode"]
+            for _ in range(25)} == {404}
 
 
 def _new_product(api, name):
