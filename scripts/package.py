@@ -274,6 +274,19 @@ def topic_subscriptions(queue_table=QUEUE_TABLE):
     return resources
 
 
+WEB_ACL = "ApiWebAcl"  # infra/template.yml's rate rules at the edge
+
+
+def web_acl_association(api_resource=API_RESOURCE):
+    """The edge's rate rules (infra/template.yml's WebACL) in front of the API's stage; generated here because
+    the REST API and its stage exist only in Chalice's part of the template."""
+    stage_arn = {"Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, ":apigateway:", {"Ref": "AWS::Region"},
+                                   "::/restapis/", {"Ref": api_resource}, "/stages/",
+                                   {"Ref": f"{api_resource}.Stage"}]]}
+    return {f"{WEB_ACL}Association": {"Type": "AWS::WAFv2::WebACLAssociation", "Properties": {
+        "ResourceArn": stage_arn, "WebACLArn": {"Fn::GetAtt": [WEB_ACL, "Arn"]}}}}
+
+
 def build_merge_template(infra_path=INFRA_TEMPLATE, plans=None, with_api=True):
     """infra/ plus the generated API Gateway resources and topic subscriptions: what `--merge-template` gets."""
     template = load_template(infra_path)
@@ -284,6 +297,7 @@ def build_merge_template(infra_path=INFRA_TEMPLATE, plans=None, with_api=True):
         plans = plans or load_plans()
         template["Resources"].update(api_gateway_resources(plans))
         template["Resources"].update(gateway_responses())
+        template["Resources"].update(web_acl_association())
         outputs = template.setdefault("Outputs", {})
         for key_id, client, generation, plan in client_keys(plans):
             outputs[f"{key_id}Id"] = {"Description": f"API key id of client {client} (generation {generation}, "
