@@ -139,13 +139,12 @@ def event_publisher():
 
 def notifier():
     """The notification consumer (chalicelib/service/notifications.py)."""
-    from chalicelib.adapters.mailer import CognitoEmails, SesMailer
+    from chalicelib.adapters.mailer import SesMailer
     from chalicelib.service.notifications import Notifier
 
     s = settings()
     return _once("notifier", lambda: Notifier(
-        database(), SesMailer(s.aws_endpoint_url, s.region, s.get("NOTIFY_FROM_EMAIL")),
-        CognitoEmails(s.aws_endpoint_url, s.region), s.get("OPERATOR_EMAIL")))
+        database(), SesMailer(s.aws_endpoint_url, s.region, s.get("NOTIFY_FROM_EMAIL")), s.get("OPERATOR_EMAIL")))
 
 
 def expiry_timers():

@@ -110,7 +110,8 @@ DEFAULTS = {
     "OPERATOR_EMAIL": "",
     "REDIS_TIMEOUT": "0.25",
     "REDIS_KEY_PREFIX": "",
-    # Only for running a cloud stage's package against this machine's services (the artifact test).
+    # Only for running a cloud stage's package against this machine's services (the artifact test):
+    # loopback hosts for the database, Redis and the AWS endpoint; every other check still applies.
     "ALLOW_LOOPBACK_ENDPOINTS": "false",
     "CACHE_TTL_SECONDS": "300",
     "CACHE_STALE_SECONDS": "86400",
@@ -269,14 +270,31 @@ class Settings:
     def misconfiguration(self):
         """Why this configuration must not serve (empty when it may): in every stage, a
         setting of AT_LEAST_ONE below 1; outside the local stage, or in Lambda, anything
-        pointing at a local default."""
+        pointing at a local default. ALLOW_LOOPBACK_ENDPOINTS (a cloud stage's package run
+        against this machine's services) lets the database, Redis and the AWS endpoint be
+        loopback hosts, and nothing else: the local API keys stay refused."""
         problems = [f"{name} is {self.values[name]!r}, not a whole number of at least 1" for name in AT_LEAST_ONE
                     if not re.fullmatch(r"\s*[0-9]+\s*", str(self.values[name])) or int(self.values[name]) < 1]
         in_lambda = bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME")) and not os.environ.get("AWS_CHALICE_CLI_MODE")
-        if (self.stage == "local" and not in_lambda) or _truthy(self.values["ALLOW_LOOPBACK_ENDPOINTS"]):
+        if self.stage == "local" and not in_lambda:
             return problems
         if self.stage == "local":
             problems.append("STAGE is 'local' (unset?) in a Lambda function")
+        if not _truthy(self.values["ALLOW_LOOPBACK_ENDPOINTS"]):
+            problems += self._loopback_endpoints()
+        state_url = self.values["REDIS_STATE_URL"]
+        if not state_url or state_url == self.values["REDIS_URL"]:
+            problems.append("REDIS_STATE_URL is unset or the cache's: flash sales and rate limits would live in "
+                            "a Redis that evicts")
+        if not self.values["CURSOR_SECRET_ARN"] and self.values["CURSOR_SECRET"] in ("", LOCAL_CURSOR_SECRET):
+            problems.append("search cursors would be signed with the local dev secret (set CURSOR_SECRET_ARN)")
+        if self.api_keys_enabled:
+            problems.append("APP_API_KEYS is on: the app would accept the local keys of usage_plans.json")
+        return problems
+
+    def _loopback_endpoints(self):
+        """The database, Redis and the AWS endpoint that are this machine (local defaults)."""
+        problems = []
         if self.values.get("DATABASE_SECRET_ARN") and "DATABASE_URL" not in self._explicit:
             db_host = self.values.get("DATABASE_HOST") or ""
         else:
@@ -286,19 +304,12 @@ class Settings:
         redis_host = urlparse(self.values["REDIS_URL"]).hostname or ""
         if _is_local_host(redis_host):
             problems.append(f"Redis is {redis_host or 'unset'} (a local default)")
-        state_url = self.values["REDIS_STATE_URL"]
-        if not state_url or state_url == self.values["REDIS_URL"]:
-            problems.append("REDIS_STATE_URL is unset or the cache's: flash sales and rate limits would live in "
-                            "a Redis that evicts")
-        elif _is_local_host(urlparse(state_url).hostname or ""):
-            problems.append(f"the state Redis is {urlparse(state_url).hostname or 'unset'} (a local default)")
-        if not self.values["CURSOR_SECRET_ARN"] and self.values["CURSOR_SECRET"] in ("", LOCAL_CURSOR_SECRET):
-            problems.append("search cursors would be signed with the local dev secret (set CURSOR_SECRET_ARN)")
+        state_host = urlparse(self.values["REDIS_STATE_URL"]).hostname or ""
+        if self.values["REDIS_STATE_URL"] and _is_local_host(state_host):
+            problems.append(f"the state Redis is {state_host} (a local default)")
         endpoint = self.values.get("AWS_ENDPOINT_URL") or ""
         if endpoint and _is_local_host(urlparse(endpoint).hostname or ""):
             problems.append(f"AWS_ENDPOINT_URL is {endpoint} (the local AWS endpoint)")
-        if self.api_keys_enabled:
-            problems.append("APP_API_KEYS is on: the app would accept the local keys of usage_plans.json")
         return problems
 
     def number(self, name):

@@ -71,8 +71,15 @@ def revoke(definitions, name, generation=None):
     return targets
 
 
+def _limits(plan):
+    text = f"{plan['rate_per_second']:g}/s burst {plan['burst']} per key"
+    if "person_rate_per_second" in plan:
+        text += f", {plan['person_rate_per_second']:g}/s burst {plan['person_burst']} per person"
+    return text
+
+
 def describe(definitions):
-    lines = []
+    lines = [f"plan {name:<9} {_limits(plan)}" for name, plan in definitions["plans"].items()]
     for name, client in definitions["clients"].items():
         keys = ", ".join(LOCAL_KEY.format(client=name, generation=g) for g in client["keys"]) or "(no live key)"
         lines.append(f"{name:<14} plan {client['plan']:<9} local keys: {keys}"

@@ -399,33 +399,41 @@ def cognito_client(endpoint_url, region=REGION):
                         aws_access_key_id="test", aws_secret_access_key="test")
 
 
+# What the app client reads into its ID tokens (infra/template.yml's too): the app mails a verified email only.
+APP_CLIENT_ATTRIBUTES = ["email", "email_verified"]
+
+
 def ensure_customer_pool(cognito, name=CUSTOMER_POOL):
     """The customers' user pool with its app client (password sign-in, no
-    secret, as a mobile app has) and the `admin` group; (pool id, client id)."""
+    secret, as a mobile app has); (pool id, client id)."""
     pool = next((p for p in cognito.list_user_pools(MaxResults=60)["UserPools"] if p["Name"] == name), None)
     pool_id = pool["Id"] if pool else cognito.create_user_pool(
-        PoolName=name, UsernameAttributes=["email"])["UserPool"]["Id"]
+        PoolName=name, UsernameAttributes=["email"], AutoVerifiedAttributes=["email"])["UserPool"]["Id"]
     clients = cognito.list_user_pool_clients(UserPoolId=pool_id, MaxResults=60)["UserPoolClients"]
     client = next((c for c in clients if c["ClientName"] == "app"), None)
-    client_id = client["ClientId"] if client else cognito.create_user_pool_client(
-        UserPoolId=pool_id, ClientName="app", GenerateSecret=False,
-        ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"])["UserPoolClient"]["ClientId"]
-    if not any(g["GroupName"] == "admin" for g in cognito.list_groups(UserPoolId=pool_id)["Groups"]):
-        cognito.create_group(UserPoolId=pool_id, GroupName="admin", Description="operators: see every order")
-    return pool_id, client_id
+    settings = {"UserPoolId": pool_id, "ClientName": "app", "ReadAttributes": APP_CLIENT_ATTRIBUTES,
+                "ExplicitAuthFlows": ["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"]}
+    if client is None:
+        return pool_id, cognito.create_user_pool_client(GenerateSecret=False, **settings)["UserPoolClient"]["ClientId"]
+    # A pool made before its tokens carried email_verified gets the attributes now.
+    cognito.update_user_pool_client(ClientId=client["ClientId"], **settings)
+    return pool_id, client["ClientId"]
 
 
-def ensure_customer(cognito, pool_id, email, password, groups=()):
+def ensure_customer(cognito, pool_id, email, password, groups=(), email_verified=True):
     """A confirmed customer with a permanent password (what sign-up and
-    confirmation would leave)."""
+    confirmation would leave: the pool verifies the email with a code it
+    mails); `email_verified=False`: one whose email the pool has not verified."""
     from botocore.exceptions import ClientError
 
+    attributes = [{"Name": "email", "Value": email}, {"Name": "email_verified", "Value": str(email_verified).lower()}]
     try:
         cognito.admin_create_user(UserPoolId=pool_id, Username=email, MessageAction="SUPPRESS",
-                                  UserAttributes=[{"Name": "email", "Value": email}])
+                                  UserAttributes=attributes)
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "UsernameExistsException":
             raise
+        cognito.admin_update_user_attributes(UserPoolId=pool_id, Username=email, UserAttributes=attributes)
     cognito.admin_set_user_password(UserPoolId=pool_id, Username=email, Password=password, Permanent=True)
     for group in groups:
         cognito.admin_add_user_to_group(UserPoolId=pool_id, Username=email, GroupName=group)

@@ -56,6 +56,7 @@ INFRA_TEMPLATE = PROJECT_DIR / "infra" / "template.yml"
 if str(PROJECT_DIR) not in sys.path:
     sys.path.insert(0, str(PROJECT_DIR))
 
+from chalicelib.entrypoints.customers import CUSTOMER_PREFIX  # noqa: E402
 from chalicelib.settings import QUEUES as QUEUE_TABLE  # noqa: E402
 from scripts.slim_package import slim  # noqa: E402
 
@@ -67,7 +68,6 @@ QUEUES = {q.default_name: q.logical_id for q in QUEUE_TABLE}
 QUEUE_ENV = {q.setting: q.logical_id for q in QUEUE_TABLE}
 VISIBILITY_FACTOR = 6
 PUBLIC_PATHS = {"/health"}
-CUSTOMER_PREFIX = "/customer/"  # routes that also need a customer token (Cognito authorizer)
 API_RESOURCE = "RestAPI"  # Chalice's logical id of the REST API
 BASE_POLICY = "LambdaBasePolicy"
 # Packaged function (Chalice's logical id) -> its policy in infra/template.yml.
@@ -150,6 +150,9 @@ def usage_plan_definitions(plans):
             "suffix": logical_suffix(name),
             "admin": bool(plan.get("admin")),
             "throttle": {"RateLimit": float(rate), "BurstLimit": int(burst)},
+            # API Gateway keeps only the key's limits; the app keeps each person's (entrypoints/ratelimit.py).
+            "person": (f"; per person in the app: {plan['person_rate_per_second']:g} requests/s, burst "
+                       f"{plan['person_burst']}" if "person_rate_per_second" in plan else ""),
         }
         if plan.get("quota"):
             definition["quota"] = {"Limit": int(plan["quota"]["limit"]), "Period": plan["quota"].get("period", "DAY")}
@@ -177,7 +180,7 @@ def api_gateway_resources(plans, api_resource=API_RESOURCE):
         plan_props = {
             "UsagePlanName": {"Fn::Sub": "${ServiceName}-${Stage}-" + d["plan"]},
             "Description": f"{d['plan']}: {d['throttle']['RateLimit']:g} requests/s, burst {d['throttle']['BurstLimit']}"
-                           " (chalicelib/usage_plans.json)",
+                           f"{d['person']} (chalicelib/usage_plans.json)",
             "Throttle": dict(d["throttle"]),
             "ApiStages": [{"ApiId": {"Ref": api_resource}, "Stage": {"Ref": f"{api_resource}.Stage"}}],
         }
@@ -282,6 +285,19 @@ def topic_subscriptions(queue_table=QUEUE_TABLE):
     return resources
 
 
+WEB_ACL = "ApiWebAcl"  # infra/template.yml's rate rules at the edge
+
+
+def web_acl_association(api_resource=API_RESOURCE):
+    """The edge's rate rules (infra/template.yml's WebACL) in front of the API's stage; generated here because
+    the REST API and its stage exist only in Chalice's part of the template."""
+    stage_arn = {"Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, ":apigateway:", {"Ref": "AWS::Region"},
+                                   "::/restapis/", {"Ref": api_resource}, "/stages/",
+                                   {"Ref": f"{api_resource}.Stage"}]]}
+    return {f"{WEB_ACL}Association": {"Type": "AWS::WAFv2::WebACLAssociation", "Properties": {
+        "ResourceArn": stage_arn, "WebACLArn": {"Fn::GetAtt": [WEB_ACL, "Arn"]}}}}
+
+
 def build_merge_template(infra_path=INFRA_TEMPLATE, plans=None, with_api=True):
     """infra/ plus the generated API Gateway resources and topic subscriptions: what `--merge-template` gets."""
     template = load_template(infra_path)
@@ -292,6 +308,7 @@ def build_merge_template(infra_path=INFRA_TEMPLATE, plans=None, with_api=True):
         plans = plans or load_plans()
         template["Resources"].update(api_gateway_resources(plans))
         template["Resources"].update(gateway_responses())
+        template["Resources"].update(web_acl_association())
         outputs = template.setdefault("Outputs", {})
         for key_id, client, generation, plan in client_keys(plans):
             outputs[f"{key_id}Id"] = {"Description": f"API key id of client {client} (generation {generation}, "

@@ -37,6 +37,23 @@ def _unknown_route_in_contract_shape(handle_request):
 
 chalice_local.LocalGateway.handle_request = _unknown_route_in_contract_shape(chalice_local.LocalGateway.handle_request)
 
+
+def _with_the_peers_address(generic_handle):
+    """chalice local puts 127.0.0.1 in every event's requestContext.identity.sourceIp; API Gateway
+    puts the caller's address, which the limits per person of an app's key count by. Each
+    connection has a gateway of its own, so its converter may carry that connection's peer."""
+
+    def handle(self):
+        self.local_gateway.event_converter.LOCAL_SOURCE_IP = self.client_address[0]
+        return generic_handle(self)
+
+    return handle
+
+
+_handle_with_peer = _with_the_peers_address(chalice_local.ChaliceRequestHandler._generic_handle)
+for _method in ("GET", "PUT", "POST", "HEAD", "DELETE", "PATCH", "OPTIONS"):
+    setattr(chalice_local.ChaliceRequestHandler, f"do_{_method}", _handle_with_peer)
+
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -7,7 +7,14 @@ come back. The caller's identity is the key's id: in AWS API Gateway's
 `requestContext.identity.apiKeyId`, mapped to its client by API_KEY_CLIENTS
 (the package fills it from the generated keys); locally the same id comes from
 the same definitions, with a key value derived from client and generation.
-Orders belong to the client (stable across rotations), not to one key. Pure."""
+Orders belong to the client (stable across rotations), not to one key.
+
+A plan limits each key (`rate_per_second`, `burst`: API Gateway's usage plan
+in AWS, the app's bucket locally). A plan whose key ships in an app (not a
+trusted server's) also limits each person who uses it
+(`person_rate_per_second`, `person_burst`; chalicelib/domain/people.py): its
+one key is shared by every install, so without them one abuser would spend
+everyone's bucket. Pure."""
 import functools
 import re
 from dataclasses import dataclass
@@ -23,6 +30,7 @@ class Caller:
     plan: str
     admin: bool
     trusted: bool  # a trusted server's plan: may name any user_id in order bodies
+    per_person: bool = False  # the plan limits each person (customer or address) besides the key
 
 
 def local_key_id(client, generation):
@@ -33,9 +41,41 @@ class ClientDefinitionError(ValueError):
     pass
 
 
+PERSON_LIMITS = ("person_rate_per_second", "person_burst")
+
+
+def _positive(value, whole=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        return False
+    return not whole or isinstance(value, int)
+
+
+def _check_limits(name, plan):
+    rate, burst = plan.get("rate_per_second"), plan.get("burst")
+    if not _positive(rate) or not _positive(burst, whole=True):
+        raise ClientDefinitionError(f"plan {name}: rate_per_second must be > 0 and burst a whole number >= 1")
+    given = [field for field in PERSON_LIMITS if field in plan]
+    if plan.get("trusted_server"):
+        if given:
+            raise ClientDefinitionError(f"plan {name}: a trusted server's plan is limited per key; "
+                                        f"{', '.join(given)} are for plans whose key ships in an app")
+        return
+    if len(given) != len(PERSON_LIMITS):
+        raise ClientDefinitionError(f"plan {name}: its key ships in an app (not trusted_server), so it needs "
+                                    "person_rate_per_second and person_burst: every install shares the key")
+    person_rate, person_burst = plan["person_rate_per_second"], plan["person_burst"]
+    if not _positive(person_rate) or not _positive(person_burst, whole=True):
+        raise ClientDefinitionError(f"plan {name}: person_rate_per_second must be > 0 and person_burst a whole "
+                                    "number >= 1")
+    if person_rate > rate or person_burst > burst:
+        raise ClientDefinitionError(f"plan {name}: a person's limits cannot exceed the key's")
+
+
 def validate(definitions):
     """The definitions as the app and the package read them, or ClientDefinitionError."""
     plans, clients = definitions.get("plans") or {}, definitions.get("clients") or {}
+    for name, plan in plans.items():
+        _check_limits(name, plan)
     for name, client in clients.items():
         if not CLIENT_NAME.match(name):
             raise ClientDefinitionError(f"client name {name!r}: lower-case letters, digits and '-', at most 40")
@@ -59,7 +99,8 @@ class ClientRegistry:
     def caller(self, key_id, client):
         plan = self.clients[client]["plan"]
         return Caller(key_id=key_id, client=client, plan=plan, admin=bool(self.plans[plan].get("admin")),
-                      trusted=bool(self.plans[plan].get("trusted_server")))
+                      trusted=bool(self.plans[plan].get("trusted_server")),
+                      per_person=PERSON_LIMITS[0] in self.plans[plan])
 
     def live_keys(self):
         """(client, generation) of every key that may call."""

@@ -1,5 +1,10 @@
 """Notification emails (docs/api.md, "Notifications"): which events are mailed,
-the shape a consumed event must have, and the text of each email. Pure: no I/O."""
+the shape a consumed event must have, and the text of each email. Pure: no I/O.
+
+An email holds no text a caller chose: the shop's own words, the order id, the
+items by their catalog names (an admin writes those) and totals. A caller's
+`client_order_id` would otherwise let anyone who can place an order write the
+subject of a mail from the shop's verified sender."""
 import json
 import re
 from dataclasses import dataclass
@@ -74,11 +79,19 @@ _ORDER_TEXT = {
 }
 
 
-def order_email(event: Event, order: dict):
-    """(subject, text) of the customer's email; `order`: client_order_id, total_cents."""
+def _item_line(item):
+    name = item["name"] if item.get("name") is not None else "(no longer in the catalog)"
+    return (f"  {item['quantity']} x {name} (product {item['product_id']}) at "
+            f"{_money(item['unit_price_cents'])}")
+
+
+def order_email(event: Event, order: dict, items: list):
+    """(subject, text) of the customer's email; `order`: total_cents; `items`: product_id, quantity,
+    unit_price_cents and the product's catalog `name` (None: no longer in the catalog)."""
     subject, text = _ORDER_TEXT[event.type]
-    values = {"ref": f"#{event.order_id} ({order['client_order_id']})", "total": _money(order["total_cents"])}
-    return subject.format(**values), text.format(**values) + f"\n\nOrder number: {event.order_id}\n"
+    values = {"ref": f"#{event.order_id}", "total": _money(order["total_cents"])}
+    lines = "\n".join(_item_line(item) for item in items)
+    return subject.format(**values), (text.format(**values) + f"\n\n{lines}\n\nOrder number: {event.order_id}\n")
 
 
 def stock_low_email(event: Event, product: Optional[dict]):

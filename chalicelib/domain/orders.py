@@ -64,11 +64,12 @@ class InvalidOrder:
     error: ShopError
 
 
-def parse_batch(body, client="", customer_id=0, limits=customer_limits.CustomerLimits()):
+def parse_batch(body, client="", customer_id=0, limits=customer_limits.CustomerLimits(), customer_email=None):
     """Whole-request problems raise; per-order problems become InvalidOrder entries.
     Every order is placed on behalf of `client`; with `customer_id` (a customer
     token) for that customer, whose id is the orders' user_id: an order naming
-    a user_id fails, and the customer's caps (`limits`) apply."""
+    a user_id or a contact_email fails, the customer's caps (`limits`) apply, and
+    the orders' emails go to `customer_email` (the token's verified email; None: none)."""
     v.require_object(body)
     v.reject_unknown(body, ("orders", "batch_id"))
     orders = body.get("orders")
@@ -78,16 +79,22 @@ def parse_batch(body, client="", customer_id=0, limits=customer_limits.CustomerL
     if len(orders) > most:
         raise PayloadTooLarge(f"At most {most} orders per batch; got {len(orders)}.")
     if customer_id:
-        return [_for_customer(raw, i, client, customer_id, limits) for i, raw in enumerate(orders)]
+        return [_for_customer(raw, i, client, customer_id, limits, customer_email) for i, raw in enumerate(orders)]
     return [parse_order(raw, i, client) for i, raw in enumerate(orders)]
 
 
-def _for_customer(raw, index, client, customer_id, limits):
-    if isinstance(raw, dict) and "user_id" in raw:
-        coid = raw.get("client_order_id")
-        return InvalidOrder(coid if isinstance(coid, str) else None, ValidationError(
-            f"orders[{index}]: 'user_id' comes from the customer token, not the body.",
-            details={"field": "user_id"}))
+# Fields a customer's order takes from the token, never the body: who orders, and where the
+# emails go (from the body, anyone who signs up could have the shop mail any address).
+_FROM_THE_TOKEN = ("user_id", "contact_email")
+
+
+def _for_customer(raw, index, client, customer_id, limits, email):
+    for field in _FROM_THE_TOKEN:
+        if isinstance(raw, dict) and field in raw:
+            coid = raw.get("client_order_id")
+            return InvalidOrder(coid if isinstance(coid, str) else None, ValidationError(
+                f"orders[{index}]: '{field}' comes from the customer token, not the body.",
+                details={"field": field}))
     order = parse_order({**raw, "user_id": customer_id} if isinstance(raw, dict) else raw, index, client)
     if not isinstance(order, OrderRequest):
         return order
@@ -95,7 +102,7 @@ def _for_customer(raw, index, client, customer_id, limits):
         limits.check_lines(order.quantities)
     except QuantityLimitExceeded as exc:
         return InvalidOrder(order.client_order_id, exc)
-    return replace(order, customer_id=customer_id)
+    return replace(order, customer_id=customer_id, contact_email=email)
 
 
 def contact_email(value):

@@ -1,6 +1,8 @@
-"""The one place HTTP concerns live: API key and plan check, rate limit,
-JSON body parsing, mapping every exception to the docs/api.md error body, metrics.
-Route modules in chalicelib/entrypoints/routes/ declare views with `endpoint`."""
+"""The one place HTTP concerns live: API key and plan check, the customer's
+token on /customer routes, rate limits (per key, and per person on a key that
+ships in an app), JSON body parsing, mapping every exception to the docs/api.md
+error body, metrics. Route modules in chalicelib/entrypoints/routes/ declare
+views with `endpoint`."""
 import contextvars
 import functools
 import json
@@ -10,27 +12,42 @@ import uuid
 from chalice import Response
 
 from chalicelib import bootstrap
+from chalicelib.domain import people
 from chalicelib.domain.errors import (
     MethodNotAllowed,
     PayloadTooLarge,
     RateLimited,
     ServiceUnavailable,
     ShopError,
+    Unauthorized,
     UnsupportedMediaType,
     ValidationError,
 )
 from chalicelib.domain.validation import echo, parse_json
 from chalicelib.entrypoints import auth
+from chalicelib.entrypoints.customers import CUSTOMER_PREFIX, customer_for_request
 from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import emit
 
 MAX_BODY_BYTES = 1_000_000
 # The Caller (chalicelib/domain/clients.py) of the request being served; None on public routes.
 _caller = contextvars.ContextVar("caller", default=None)
+# The Customer of a /customer route's token (chalicelib/entrypoints/customers.py).
+_customer = contextvars.ContextVar("customer", default=None)
+# "<client>|<person>" on a key whose plan limits each person (chalicelib/domain/people.py); else None.
+_person = contextvars.ContextVar("person", default=None)
 
 
 def current_caller():
     return _caller.get()
+
+
+def current_customer():
+    return _customer.get()
+
+
+def current_person():
+    return _person.get()
 
 
 # Bodies are JSON. Besides application/json, the labels that generic clients
@@ -115,11 +132,48 @@ def query_params(request):
     return dict(request.query_params or {})
 
 
+def _admit(request, customer_route, admin):
+    """(caller, customer, person) of a keyed request, or the error that refuses it. The key
+    first; on a /customer route the token, whose customer is the person a key that ships in
+    an app is limited by (elsewhere, or with no valid token: the caller's address); then the
+    rate limit, so a refused token counts too; then the token's refusal; then the admin plan."""
+    settings = bootstrap.settings()
+    context = request.context or {}
+    caller = auth.caller_for_request(settings, request.headers, context)
+    customer = refusal = person = None
+    if customer_route:
+        try:
+            customer = customer_for_request(settings, request.headers, context)
+        except Unauthorized as exc:
+            refusal = exc
+    if caller.per_person:
+        who = people.customer(customer.issuer, customer.subject) if customer else \
+            people.address((context.get("identity") or {}).get("sourceIp"))
+        person = f"{caller.client}|{who}"
+    if settings.rate_limit_enabled or person:
+        decision = bootstrap.rate_limiter().check(caller.key_id, caller.plan, person=person,
+                                                  per_key=settings.rate_limit_enabled)
+        if not decision.allowed:
+            raise RateLimited(_TOO_MANY[decision.refused_by], retry_after=decision.retry_after)
+    if refusal:
+        raise refusal
+    if admin:
+        auth.require_admin(caller)
+    return caller, customer, person
+
+
+_TOO_MANY = {"key": "Too many requests for this API key.",
+             "person": "Too many requests from this customer (or, without a customer token, this address) "
+                       "through this app's key."}
+
+
 def endpoint(routes, path, methods=("GET",), admin=False, public=False, check_key_in_app=True):
     """Declare a view on `routes` (an app or Blueprint). The view gets the
     request first and returns (status, body), (status, body, headers) or a
     ready Response (a page). `public` routes need no key anywhere;
     `check_key_in_app=False` leaves the key to API Gateway alone."""
+
+    customer_route = path.startswith(CUSTOMER_PREFIX)
 
     def decorate(view):
         @functools.wraps(view)
@@ -131,21 +185,15 @@ def endpoint(routes, path, methods=("GET",), admin=False, public=False, check_ke
             route = f"{request.method} {path}"
             try:
                 bootstrap.refuse_if_misconfigured()
-                caller = None
+                caller = customer = person = None
                 if not public and check_key_in_app:
-                    settings = bootstrap.settings()
-                    caller = auth.caller_for_request(settings, request.headers, request.context or {})
-                    if settings.rate_limit_enabled:
-                        allowed, retry_after = bootstrap.rate_limiter().check(caller.key_id, caller.plan)
-                        if not allowed:
-                            raise RateLimited("Too many requests for this API key.", retry_after=retry_after)
-                    if admin:
-                        auth.require_admin(caller)
-                token = _caller.set(caller)
+                    caller, customer, person = _admit(request, customer_route, admin)
+                tokens = (_caller.set(caller), _customer.set(customer), _person.set(person))
                 try:
                     result = view(request, *args, **kwargs)
                 finally:
-                    _caller.reset(token)
+                    for var, token in zip((_caller, _customer, _person), tokens):
+                        var.reset(token)
                 if isinstance(result, Response):
                     response = result
                     response.headers["X-Request-Id"] = request_id

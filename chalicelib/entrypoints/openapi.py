@@ -75,8 +75,7 @@ MAX_DELTA = MAX_STOCK
 LOW_STOCK_THRESHOLD = _integer(0, MAX_STOCK, "A stock write that takes stock from at-or-above it to below it "
                                 "emits stock.low (the operator is emailed); 0 (the default): never.")
 CONTACT_EMAIL = {"type": "string", "minLength": 3, "maxLength": MAX_EMAIL, "format": "email",
-                 "description": "Where the order's emails go (trimmed; one address). Without it, a customer "
-                                "token's orders go to the customer's own email."}
+                 "description": "Where the order's emails go (trimmed; one address). Without it, no email."}
 RESERVATION_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$",
                   "description": "A flash-sale order's reservation (GET /reservations/{reservation_id})."}
 ORDER_ERROR = _object({"code": {"type": "string", "enum": [
@@ -164,9 +163,9 @@ SCHEMAS = {
                   "description": f"Lines of one product merged, at most {customer_limits.DEFAULT_UNITS_PER_PRODUCT} "
                                  "units of it (CUSTOMER_MAX_UNITS_PER_PRODUCT); more fails the order with "
                                  "QUANTITY_LIMIT_EXCEEDED."},
-        "contact_email": CONTACT_EMAIL,
-    }, ["client_order_id", "items"], "An order for the customer the token names (no user_id: an order with one "
-                                     "fails with VALIDATION_ERROR). It waits for payment, and fails with "
+    }, ["client_order_id", "items"], "An order for the customer the token names (no user_id or contact_email: "
+                                     "an order with either fails with VALIDATION_ERROR; its emails go to the "
+                                     "token's email if the pool verified it). It waits for payment, and fails with "
                                      "QUANTITY_LIMIT_EXCEEDED if the customer's orders waiting for payment would "
                                      f"hold more than {customer_limits.DEFAULT_UNPAID_UNITS} units "
                                      "(CUSTOMER_MAX_UNPAID_UNITS)."),
@@ -246,8 +245,9 @@ SCHEMAS = {
                                      "created while the order holds its stock."},
         "expires_at": {"type": ["string", "null"], "description": "When a pending order expires (else null)."},
         "payment_reference": {"type": ["string", "null"]},
-        "contact_email": {"type": ["string", "null"], "description": "The address the order's emails go to, if "
-                                                                     "it carries one."},
+        "contact_email": {"type": ["string", "null"], "description": "The address the order's emails go to: "
+                                                                     "a trusted server's order's own, a customer's "
+                                                                     "verified token email; null: no email."},
         "items": {"type": "array", "items": _object({"product_id": {"type": "integer"},
                                                      "quantity": {"type": "integer"},
                                                      "unit_price_cents": {"type": "integer"}},
@@ -294,7 +294,9 @@ ERROR_RESPONSES = {  # status -> (description, extra headers)
           "PAYMENT_REFERENCE_USED.", ()),
     413: ("PAYLOAD_TOO_LARGE: body over 1,000,000 bytes, or too many items.", ()),
     415: ("UNSUPPORTED_MEDIA_TYPE: the body is not labelled as JSON.", ()),
-    429: ("RATE_LIMITED: the key's token bucket is empty (search: or its search budget is spent).", ("Retry-After",)),
+    429: ("RATE_LIMITED: the key's token bucket is empty, or on an app's key (plan public) the caller's own "
+          "(per customer or address); search: or the key's (app's key: the person's) search budget is spent.",
+          ("Retry-After",)),
     500: ("INTERNAL: a bug; quote the request id.", ()),
     503: ("SERVICE_UNAVAILABLE: MySQL (or for async, SQS) unavailable; retry. Search: also a search stopped at its "
           "time limit (details.reason time_limit). The state store (flash sales, rate limits, search budgets) full: "
@@ -504,7 +506,8 @@ def build():
                                    "(chalicelib/usage_plans.json): operations marked x-plan: admin need a key on "
                                    "the admin plan; /orders and /batches need a trusted-server plan (not "
                                    "public); any other key gets 403 FORBIDDEN. A client sees only its own "
-                                   "orders and batches. Over the key's rate -> 429 RATE_LIMITED.",
+                                   "orders and batches. Over the key's rate, or on a public-plan key over the "
+                                   "caller's own (per customer or address) -> 429 RATE_LIMITED.",
                 },
                 "CustomerToken": {
                     "type": "http", "scheme": "bearer", "bearerFormat": "JWT",

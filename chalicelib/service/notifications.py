@@ -22,16 +22,15 @@ from chalicelib.ops.metrics import emit
 
 
 class Notifier:
-    def __init__(self, db, mailer, customer_emails, operator_email=""):
+    def __init__(self, db, mailer, operator_email=""):
         self.db = db
         self.mailer = mailer
-        self.customer_emails = customer_emails
         self.operator_email = operator_email
 
     def process(self, body):
         """Handle one message; returns what happened: 'sent', 'duplicate', 'no_address'
         or 'ignored'. Raises ValidationError for a message that is not an event,
-        anything else (SES, MySQL, Cognito) for a retry."""
+        anything else (SES, MySQL) for a retry."""
         event = n.parse_event(body)
         if not event.mailed:
             return "ignored"
@@ -52,19 +51,16 @@ class Notifier:
             rows = self.db.query("SELECT sku, name FROM products WHERE id = %s", (event.product_id,))
             subject, text = n.stock_low_email(event, rows[0] if rows else None)
             return self.operator_email or None, subject, text
-        rows = self.db.query("SELECT o.client_order_id, o.total_cents, o.contact_email, c.issuer, c.subject "
-                             "FROM orders o LEFT JOIN customers c ON c.id = o.customer_id AND o.customer_id > 0 "
-                             "WHERE o.id = %s", (event.order_id,))
+        rows = self.db.query("SELECT total_cents, contact_email FROM orders WHERE id = %s", (event.order_id,))
         if not rows:
             logger.warning("event of an unknown order", extra={"event_id": event.event_id, "order_id": event.order_id})
             return None, "", ""
-        order = rows[0]
-        # The address the order carries wins; else the signed-in customer's own (their Cognito user's).
-        recipient = order["contact_email"]
-        if recipient is None and order["issuer"]:
-            recipient = self.customer_emails.email(order["issuer"], order["subject"])
-        subject, text = n.order_email(event, order)
-        return recipient, subject, text
+        items = self.db.query("SELECT i.product_id, i.quantity, i.unit_price_cents, p.name FROM order_items i "
+                              "LEFT JOIN products p ON p.id = i.product_id WHERE i.order_id = %s "
+                              "ORDER BY i.product_id", (event.order_id,))
+        # A trusted server's order's address, or the verified email of the customer whose token placed it.
+        subject, text = n.order_email(event, rows[0], items)
+        return rows[0]["contact_email"], subject, text
 
     def _send_once(self, cur, event, recipient, subject, text):
         try:

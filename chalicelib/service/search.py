@@ -91,18 +91,18 @@ class SearchService:
     def budget_key(self, caller, minute):
         return self.state.key(f"search_budget:{caller}:{minute}")
 
-    def search_params(self, params, caller=None):
+    def search_params(self, params, caller=None, budget_holder=None):
         """A caller's search: its cursor is verified before anything is read or cached."""
         params = dict(params or {})
         if params.get("cursor"):
             params["cursor"] = self.cursors.verify(params["cursor"])
-        return self.search(parse_query(params), caller)
+        return self.search(parse_query(params), caller, budget_holder)
 
-    def search(self, query, caller=None):
-        """(page dict, X-Cache state). `caller` (an API key id) is charged for
-        uncached work and counted in the popular searches; None (the warmer,
-        tools) is neither."""
-        cached, state = self._search(query.backend_query(), caller)
+    def search(self, query, caller=None, budget_holder=None):
+        """(page dict, X-Cache state). `caller` (an API key id) is counted in the popular
+        searches and charged for uncached work, unless a `budget_holder` (a person on a key
+        every app install shares) is charged instead; None (the warmer, tools): neither."""
+        cached, state = self._search(query.backend_query(), budget_holder or caller)
         if caller is not None and query.after is None and (query.terms or query.category) and cached["total"] > 0:
             self._count_popular(query, caller)
         page = cut_page(cached, query)
@@ -186,8 +186,9 @@ class SearchService:
         except CacheUnavailable:
             return None   # fails open, like the rate limit
         if spent >= self.budget_ms:
-            raise RateLimited(f"This API key used its search budget ({self.budget_ms} ms of database time a "
-                              "minute); cached searches still answer.", retry_after=max(1, 60 - int(now % 60)),
+            raise RateLimited(f"This API key (or, on an app's key, this caller) used its search budget "
+                              f"({self.budget_ms} ms of database time a minute); cached searches still answer.",
+                              retry_after=max(1, 60 - int(now % 60)),
                               details={"reason": "search_budget", "budget_ms": self.budget_ms})
         return key
 

@@ -11,7 +11,9 @@ plus what live orders hold). Every invalid case, and a quarter of the valid
 ones, also gets one value from HOSTILE (known-hostile inputs, and kin)
 in a query parameter or body field. The /customer operations are called as a
 signed-in customer (a real token from the session's user pool), so their
-caps and payment window are in play, not only the 401.
+caps and payment window are in play, not only the 401; some of their valid
+orders also name a contact_email, which a customer may not (the email comes
+from the token): those orders must fail alone with VALIDATION_ERROR.
 
 Bounded and repeatable for CI: MAX_EXAMPLES per operation and mode,
 derandomized (the same examples every run), no example database, no
@@ -152,6 +154,8 @@ def _integers_as_integers(value):
 
 
 BATCHES = ("POST /orders/batch", "POST /customer/orders/batch")
+# An address a signed-in customer types into an order: the shop must never mail it.
+STRANGER = "stranger@example.com"
 
 
 def _steer(case, data, seeds):
@@ -164,6 +168,8 @@ def _steer(case, data, seeds):
     if case.operation.label in BATCHES and isinstance(case.body, dict):
         customer = case.operation.label == "POST /customer/orders/batch"
         for order in case.body.get("orders", []):
+            if customer and data.draw(st.integers(0, 3), label="a stranger's address") == 0:
+                order["contact_email"] = STRANGER
             for line in order.get("items", []):
                 if data.draw(st.booleans(), label="seeded line"):
                     line["product_id"] = data.draw(st.sampled_from(seeds["product_id"]), label="product_id")
@@ -239,10 +245,15 @@ def test_every_operation_answers_its_contract(contract_server, customer_token, c
             new = [r for r in results if r["status"] == "created" and not r["duplicate"]]
             assert len(after[1]) - len(before[1]) == len(new), "orders created other than the results say"
             outcomes.update(r["error"]["code"] if r["status"] == "failed" else r["status"] for r in results)
+            if operation.label == "POST /customer/orders/batch":
+                for order, result in zip(case.body["orders"], results):
+                    if isinstance(order, dict) and order.get("contact_email") == STRANGER:
+                        assert result["status"] == "failed" and result["error"]["code"] == "VALIDATION_ERROR"
+                        outcomes.add("stranger refused")
         ledger.record(case, response)
 
     run()
     ledger.check()
     assert calls and max(calls) < 500
     if operation.label == "POST /customer/orders/batch" and mode is GenerationMode.POSITIVE:
-        assert {"created", "QUANTITY_LIMIT_EXCEEDED"} <= outcomes, outcomes  # the caps were reached
+        assert {"created", "QUANTITY_LIMIT_EXCEEDED", "stranger refused"} <= outcomes, outcomes  # caps, contact_email

@@ -1,11 +1,13 @@
 """Customers with tokens (docs/api.md, "Customers"), over real HTTP, with real
 tokens from the local endpoint's Cognito user pool: the customer comes from
 the token, never the body; a customer sees only their own orders, whichever
-client's app they used; their orders wait for payment, and a customer past a
-cap (units of one product, units held unpaid, orders per batch) is refused
-with the limit; garbage gets a contract-shaped 4xx with nothing changed;
-expired, forged, other-pool and other-app tokens get 401; a key that ships in
-an app cannot name users."""
+client's app they used (the pool's admin group gives no more); their orders
+wait for payment, and a customer past a cap (units of one product, units held
+unpaid, orders per batch) is refused with the limit; their emails go only to
+the token's verified address, never to one the body names, and carry no text
+of theirs; garbage gets a contract-shaped 4xx with nothing changed; expired,
+forged, other-pool and other-app tokens get 401; a key that ships in an app
+cannot name users."""
 import base64
 import json
 import time
@@ -30,6 +32,8 @@ def pool(test_env):
     pool_id, client_id = test_env["COGNITO_USER_POOL_ID"], test_env["COGNITO_APP_CLIENT_IDS"]
     run = uuid.uuid4().hex[:6]
     people = {name: f"{name}-{run}@example.com" for name in ("ann", "bob", "ops")}
+    if not any(g["GroupName"] == "admin" for g in cognito.list_groups(UserPoolId=pool_id)["Groups"]):
+        cognito.create_group(UserPoolId=pool_id, GroupName="admin")  # a group that gives no power
     for name, email in people.items():
         localstack.ensure_customer(cognito, pool_id, email, PASSWORD, groups=("admin",) if name == "ops" else ())
     tokens = {name: localstack.sign_in(cognito, client_id, email, PASSWORD) for name, email in people.items()}
@@ -64,8 +68,12 @@ def test_a_customer_orders_for_themselves_and_sees_only_their_own(api, pool):
     assert api.post(f"/customer/orders/{order_id}/cancel", key=MOBILE,
                     headers=bearer(pool["tokens"]["bob"])).status_code == 404
     assert stock_of(api, pid) == 8
-    # The pool's admin group sees any customer's order.
-    assert api.get(f"/customer/orders/{order_id}", key=MOBILE, headers=bearer(pool["tokens"]["ops"])).status_code == 200
+    # A customer in the pool's `admin` group is a customer like any other: another's order is not theirs.
+    assert "admin" in _claims(pool["tokens"]["ops"])["cognito:groups"]
+    for method, path in (("GET", f"/customer/orders/{order_id}"), ("GET", f"/customer/orders/{order_id}/events"),
+                         ("POST", f"/customer/orders/{order_id}/cancel")):
+        answer = api.request(method, path, key=MOBILE, headers=bearer(pool["tokens"]["ops"]))
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "ORDER_NOT_FOUND", path
     cancelled = api.post(f"/customer/orders/{order_id}/cancel", key=MOBILE, headers=bearer(pool["tokens"]["ann"]))
     assert cancelled.json()["order"]["status"] == "cancelled" and stock_of(api, pid) == 10
 
@@ -218,8 +226,7 @@ def test_the_access_token_is_not_the_customer_token(api, pool, test_env):
 
 def test_a_customer_reads_the_events_of_their_own_orders_only(api, pool):
     pid = create_product(api, "TOK-EV", stock=5)
-    placed = place(api, pool["tokens"]["ann"], coid="ev-1", items=[{"product_id": pid, "quantity": 1}],
-                   extra={"contact_email": "ann.orders@example.com"})
+    placed = place(api, pool["tokens"]["ann"], coid="ev-1", items=[{"product_id": pid, "quantity": 1}])
     order_id = placed.json()["results"][0]["order_id"]
     mine = api.get(f"/customer/orders/{order_id}/events", key=MOBILE, headers=bearer(pool["tokens"]["ann"]))
     assert mine.status_code == 200 and [e["type"] for e in mine.json()["events"]] == ["order.created"]
@@ -230,4 +237,60 @@ def test_a_customer_reads_the_events_of_their_own_orders_only(api, pool):
         answer = api.get(f"/customer/orders/{bad}/events", key=MOBILE, headers=bearer(pool["tokens"]["ann"]))
         assert answer.status_code == 400 and answer.json()["error"]["code"] == "VALIDATION_ERROR"
     order = api.get(f"/customer/orders/{order_id}", key=MOBILE, headers=bearer(pool["tokens"]["ann"])).json()
-    assert order["order"]["contact_email"] == "ann.orders@example.com"
+    assert order["order"]["contact_email"] == _claims(pool["tokens"]["ann"])["email"]  # the token's, verified
+
+
+# ------------------------------------------------------------------ emails
+@pytest.fixture
+def notifications(test_env, aws_endpoint):
+    """Publish the outbox and run the notification consumer over what reached the queue (as the poller
+    does); returns the mailbox reader of the local endpoint's SES."""
+    from tests.integration.test_notifications import mailbox, relay_and_drain
+
+    sqs = localstack.sqs_client(aws_endpoint.url)
+    return lambda: relay_and_drain(sqs, test_env), lambda to: mailbox(aws_endpoint, to)
+
+
+def test_a_customer_order_mails_only_the_tokens_verified_email(api, pool, notifications):
+    deliver, mailbox = notifications
+    stranger = f"stranger-{uuid.uuid4().hex[:8]}@example.com"
+    pid = create_product(api, "TOK-MAIL", stock=5)
+    # The caller's text in the id: it must not reach an email.
+    coid = "Win a prize at evil.example"
+    refused = place(api, pool["tokens"]["ann"], coid=coid, items=[{"product_id": pid, "quantity": 1}],
+                    extra={"contact_email": stranger})
+    assert refused.status_code == 200
+    [failed] = refused.json()["results"]
+    assert failed["status"] == "failed" and failed["error"]["code"] == "VALIDATION_ERROR"
+    assert "'contact_email' comes from the customer token" in failed["error"]["message"] and stock_of(api, pid) == 5
+
+    placed = place(api, pool["tokens"]["ann"], coid=coid, items=[{"product_id": pid, "quantity": 2}])
+    order_id = placed.json()["results"][0]["order_id"]
+    ann_email = _claims(pool["tokens"]["ann"])["email"]
+    assert _claims(pool["tokens"]["ann"])["email_verified"] == "true"
+    cancelled = api.post(f"/customer/orders/{order_id}/cancel", key=MOBILE, headers=bearer(pool["tokens"]["ann"]))
+    assert cancelled.json()["order"]["contact_email"] == ann_email
+    deliver()
+    assert mailbox(stranger) == []
+    mails = [m for m in mailbox(ann_email) if f"#{order_id} " in m["Subject"]]
+    assert sorted(m["Subject"] for m in mails) == [f"Your order #{order_id} is cancelled",
+                                                   f"Your order #{order_id} is placed"]
+    for mail in mails:
+        assert "evil" not in mail["Subject"] + mail["Body"]["text_part"]
+        assert f"2 x TOK-MAIL (product {pid})" in mail["Body"]["text_part"]  # the catalog's name
+
+
+def test_a_token_whose_email_the_pool_did_not_verify_gets_no_mail(api, pool, notifications):
+    deliver, mailbox = notifications
+    unverified = f"unverified-{uuid.uuid4().hex[:8]}@example.com"
+    localstack.ensure_customer(pool["cognito"], pool["pool_id"], unverified, PASSWORD, email_verified=False)
+    token = localstack.sign_in(pool["cognito"], pool["client_id"], unverified, PASSWORD)
+    assert _claims(token)["email"] == unverified and _claims(token).get("email_verified") != "true"
+    pid = create_product(api, "TOK-UNV", stock=5)
+    placed = place(api, token, coid="unv-1", items=[{"product_id": pid, "quantity": 1}])
+    order_id = placed.json()["results"][0]["order_id"]
+    order = api.get(f"/customer/orders/{order_id}", key=MOBILE, headers=bearer(token)).json()["order"]
+    assert order["contact_email"] is None
+    seen = [e for e in deliver() if e.get("order_id") == order_id]
+    assert [e["type"] for e in seen] == ["order.created"]  # the event went through the consumer
+    assert mailbox(unverified) == []

@@ -142,6 +142,9 @@ def test_dashboard_page_is_self_contained_html(api):
     # No data in the page, and nothing loaded from elsewhere (the machine is offline).
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
     assert "connect-src 'self'" in response.headers["Content-Security-Policy"]
+    # No other site may frame it (clickjacking): CSP for today's browsers, X-Frame-Options for older ones.
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Frame-Options"] == "DENY"
 
 
 @pytest.fixture(scope="session")
@@ -238,3 +241,22 @@ def test_dashboard_renders_the_stats_in_headless_chromium(api, chromium, tmp_pat
         shutil.copyfile(shot, SCREENSHOT_COPY)  # for a person to look at
     except OSError:
         pass
+
+
+def route_count(api, route):
+    return (stats(api)["routes"].get(route) or {}).get("count", 0)
+
+
+def test_another_page_cannot_frame_the_dashboard_in_chromium(api, chromium, tmp_path):
+    """A page of another origin frames the dashboard with the admin key in the fragment. Rendered,
+    the dashboard would poll /admin/stats at once; the browser refuses to render it in a frame."""
+    framing = tmp_path / "framing.html"
+    framing.write_text(f'<html><body><iframe src="{api.base_url}/dashboard#key={ADMIN_KEY}" width="900" '
+                       'height="700"></iframe></body></html>')
+    before = route_count(api, "GET /admin/stats")
+    run_chromium(chromium, tmp_path, framing.as_uri(), "--dump-dom")
+    # The one request since `before` is that read of the stats itself.
+    assert route_count(api, "GET /admin/stats") == before + 1
+    # The page alone (not framed) does poll: the check above could see a framed dashboard run.
+    run_chromium(chromium, tmp_path, f"{api.base_url}/dashboard#key={ADMIN_KEY}", "--dump-dom")
+    assert route_count(api, "GET /admin/stats") >= before + 3

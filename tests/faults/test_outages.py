@@ -67,7 +67,7 @@ def test_redis_killed_under_load(stack, strategy, caplog):
         pool = gateway.client.connection_pool
         with breaker_held_open(gateway.breaker, pool, "get_connection") as touched:
             with caplog.at_level(logging.WARNING):
-                assert bootstrap.rate_limiter().check("shop-local-limited-key-0001", "limited") == (True, 0)
+                assert bootstrap.rate_limiter().check("shop-local-limited-key-0001", "limited") == (True, 0, "")
             assert "failed open" in caplog.text
             for pid in ids[:3]:
                 product, state = bootstrap.catalog().get(pid)

@@ -74,3 +74,10 @@ def test_bad_commands_change_nothing(definitions):
     assert clients.main(["revoke", "dev", "--key", "7"], path=definitions) == 2
     assert clients.main(["rotate", "nobody"], path=definitions) == 2
     assert definitions.read_text() == before
+
+
+def test_the_list_shows_each_plans_limits_per_key_and_per_person(definitions, capsys):
+    assert clients.main(["list"], path=definitions) == 0
+    shown = capsys.readouterr().out
+    assert "plan public    2000/s burst 4000 per key, 5/s burst 20 per person" in shown
+    assert "plan standard  100/s burst 200 per key\n" in shown

@@ -1,5 +1,5 @@
 """stock.low and the notification consumer against the real MariaDB, Redis and
-the local endpoint's SNS/SQS/SES/Cognito (docs/api.md, "Notifications"): the
+the local endpoint's SNS/SQS/SES (docs/api.md, "Notifications"): the
 low-stock crossing written once in the crossing transaction (never for a
 rolled-back one, once under concurrent orders), the relay publishing it, the
 session's notification queue (subscribed with a filter policy) receiving the
@@ -16,7 +16,7 @@ import requests
 
 import app as shop_app
 from chalicelib import bootstrap
-from chalicelib.adapters.mailer import CognitoEmails, SesMailer
+from chalicelib.adapters.mailer import SesMailer
 from chalicelib.adapters.inventory import STRATEGIES
 from chalicelib.domain.orders import parse_batch
 from chalicelib.entrypoints import sqs as sqs_handlers
@@ -46,12 +46,15 @@ def stock_low_events(product_id=None):
 
 
 def place(product_id, coid, qty=1, contact_email=None, strategy=None, customer_id=0):
+    """A trusted server's order (contact_email in the body), or with `customer_id` a customer's
+    (contact_email: the token's verified email)."""
     order = {"client_order_id": coid, "items": [{"product_id": product_id, "quantity": qty}]}
     if not customer_id:
         order["user_id"] = 1
-    if contact_email:
-        order["contact_email"] = contact_email
-    return bootstrap.orders(strategy).place_batch(parse_batch({"orders": [order]}, "dev", customer_id))["results"][0]
+        if contact_email:
+            order["contact_email"] = contact_email
+    batch = parse_batch({"orders": [order]}, "dev", customer_id, customer_email=contact_email)
+    return bootstrap.orders(strategy).place_batch(batch)["results"][0]
 
 
 def record(message_id, body, receives=1):
@@ -146,11 +149,15 @@ def test_each_event_type_mails_once_and_stock_low_mails_the_operator(clean_db, s
         bootstrap.reset()
     assert sorted(e["type"] for e in seen) == sorted(
         ["order.created"] * 3 + ["order.paid", "order.cancelled", "order.expired", "stock.low"])
-    subjects = sorted(m["Subject"] for m in mailbox(aws_endpoint, to))
-    assert subjects == sorted([f"Your order #{paid} (n-paid) is placed", f"Your order #{cancelled} (n-cancel) is placed",
-                               f"Your order #{expired} (n-expire) is placed", f"Your order #{paid} (n-paid) is paid",
-                               f"Your order #{cancelled} (n-cancel) is cancelled",
-                               f"Your order #{expired} (n-expire) expired"])
+    mails = mailbox(aws_endpoint, to)
+    assert sorted(m["Subject"] for m in mails) == sorted([
+        f"Your order #{paid} is placed", f"Your order #{cancelled} is placed", f"Your order #{expired} is placed",
+        f"Your order #{paid} is paid", f"Your order #{cancelled} is cancelled", f"Your order #{expired} expired"])
+    # The shop's words, the order id, the items by their catalog name and totals; no client_order_id.
+    for mail in mails:
+        text = mail["Body"]["text_part"]
+        assert f"1 x Lamp (product {pid}) at 10.00" in text
+        assert "n-" not in mail["Subject"] + text
     [alert] = mailbox(aws_endpoint, test_env["OPERATOR_EMAIL"])[-1:]
     assert alert["Subject"] == f"Low stock: product {pid}" and "Lamp" in alert["Body"]["text_part"]
     assert alert["Source"] == test_env["NOTIFY_FROM_EMAIL"]
@@ -163,25 +170,26 @@ def test_each_event_type_mails_once_and_stock_low_mails_the_operator(clean_db, s
     assert len(mailbox(aws_endpoint, to)) == 6
 
 
-def test_customer_token_orders_mail_the_cognito_users_email(clean_db, test_env, aws_endpoint):
-    cognito = localstack.cognito_client(test_env["AWS_ENDPOINT_URL"])
+def test_customer_orders_mail_the_tokens_verified_email_and_no_one_else(clean_db, aws_endpoint):
     email = f"cust-{uuid.uuid4().hex[:8]}@example.com"
-    localstack.ensure_customer(cognito, test_env["COGNITO_USER_POOL_ID"], email, "Secret-pass-123")
-    user = cognito.admin_get_user(UserPoolId=test_env["COGNITO_USER_POOL_ID"], Username=email)
-    sub = next(a["Value"] for a in user["UserAttributes"] if a["Name"] == "sub")
-    customer_id = bootstrap.customer_directory().id_for(bootstrap.settings().token_issuer, sub)
+    customer_id = bootstrap.customer_directory().id_for(bootstrap.settings().token_issuer, str(uuid.uuid4()))
+    unverified_id = bootstrap.customer_directory().id_for(bootstrap.settings().token_issuer, str(uuid.uuid4()))
     pid = make_product(bootstrap.catalog(), stock=5)["id"]
-    order_id = place(pid, "tok-1", customer_id=customer_id)["order_id"]
-    nobody = place(pid, "nobody")["order_id"]  # a trusted server's order without contact: no address
+    order_id = place(pid, "tok-1", customer_id=customer_id, contact_email=email)["order_id"]
+    # A customer whose token's email the pool did not verify, and a trusted server's order without contact.
+    unverified = place(pid, "tok-2", customer_id=unverified_id)["order_id"]
+    nobody = place(pid, "nobody")["order_id"]
+    ours = (order_id, unverified, nobody)
     events = {row["order_id"]: row for row in bootstrap.database().query(
-        "SELECT event_id, order_id, type, payload FROM order_events WHERE order_id IN (%s, %s)", (order_id, nobody))}
+        "SELECT event_id, order_id, type, payload FROM order_events WHERE order_id IN (%s, %s, %s)", ours)}
     bodies = [json.dumps({"event_id": e["event_id"], "type": e["type"], "order_id": e["order_id"], "sequence": 1,
                           "occurred_at": "", "data": json.loads(e["payload"])}) for e in events.values()]
     assert deliver(*bodies) == set()
-    assert [m["Subject"] for m in mailbox(aws_endpoint, email)] == [f"Your order #{order_id} (tok-1) is placed"]
+    assert [m["Subject"] for m in mailbox(aws_endpoint, email)] == [f"Your order #{order_id} is placed"]
     recorded = {r["event_id"]: r["recipient"] for r in bootstrap.database().query(
         "SELECT event_id, recipient FROM notifications_sent")}
-    assert recorded == {events[order_id]["event_id"]: email, events[nobody]["event_id"]: None}
+    assert recorded == {events[order_id]["event_id"]: email, events[unverified]["event_id"]: None,
+                        events[nobody]["event_id"]: None}
 
 
 def _created_event(order_id):
@@ -197,8 +205,7 @@ def test_ses_refusing_retries_into_the_dlq_and_orders_go_on(clean_db, sqs, fast_
     body = _created_event(place(pid, "ses-down", contact_email=to)["order_id"])
     sqs.send_message(QueueUrl=url, MessageBody=body)
     # SES refuses every send (the sender is not a verified identity): a real SES failure.
-    refused = Notifier(bootstrap.database(), SesMailer(test_env["AWS_ENDPOINT_URL"], "us-east-1", "nobody@example.org"),
-                       CognitoEmails(test_env["AWS_ENDPOINT_URL"], "us-east-1"))
+    refused = Notifier(bootstrap.database(), SesMailer(test_env["AWS_ENDPOINT_URL"], "us-east-1", "nobody@example.org"))
     poller = Poller(sqs, spec.name, lambda event, context: sqs_handlers.handle_notification_event(
         event, context, notifier=refused), wait_seconds=1)
     attempts = 0

@@ -57,9 +57,11 @@ def clock():
 
 
 def drain(limiter, key, plan, limit=100_000):
-    """Requests until the first refusal; returns (admitted, retry_after of the refusal)."""
+    """Requests until the first refusal; returns (admitted, retry_after of the refusal).
+    `limiter`: a RateLimiter, or a function of (key, plan) that checks one request."""
+    check = limiter.check if isinstance(limiter, RateLimiter) else limiter
     for admitted in range(limit):
-        allowed, retry_after = limiter.check(key, plan)
+        allowed, retry_after, _ = check(key, plan)
         if not allowed:
             return admitted, retry_after
     raise AssertionError(f"{limit} requests never limited")
@@ -84,8 +86,8 @@ def test_each_plan_allows_its_burst_then_its_rate(gateway, clock, plan):
     # Steady state: one token per 1/rate seconds, never more.
     for _ in range(3 * rate):
         clock.advance(1 / rate)
-        assert limiter.check(key, plan) == (True, 0)
-        allowed, _ = limiter.check(key, plan)
+        assert limiter.check(key, plan) == (True, 0, "")
+        allowed = limiter.check(key, plan).allowed
         assert not allowed
 
     # Ten simulated seconds at 2x the plan's rate: admitted == rate * 10 (+/- 1 for the edge).
@@ -110,22 +112,22 @@ def test_retry_after_is_when_the_next_token_arrives(gateway, clock):
     limiter = RateLimiter(gateway, PLANS, clock=clock)
     assert drain(limiter, "retry", "limited") == (5, 1)
     clock.advance(0.5)
-    assert limiter.check("retry", "limited") == (False, 1)  # half a token: 500 ms more, rounded up to 1 s
+    assert limiter.check("retry", "limited") == (False, 1, "key")  # half a token: 500 ms more, rounded up
     clock.advance(0.499)
     assert limiter.check("retry", "limited")[0] is False
     clock.advance(0.001)
-    assert limiter.check("retry", "limited") == (True, 0)
+    assert limiter.check("retry", "limited") == (True, 0, "")
 
 
 def test_retry_after_rounds_up_for_slow_plans(gateway, clock):
     plans = {"slow": {"rate_per_second": 0.25, "burst": 1}}
     limiter = RateLimiter(gateway, plans, clock=clock)
-    assert limiter.check("slow", "slow") == (True, 0)
-    assert limiter.check("slow", "slow") == (False, 4)
+    assert limiter.check("slow", "slow") == (True, 0, "")
+    assert limiter.check("slow", "slow") == (False, 4, "key")
     clock.advance(3.9)
-    assert limiter.check("slow", "slow") == (False, 1)
+    assert limiter.check("slow", "slow") == (False, 1, "key")
     clock.advance(0.1)
-    assert limiter.check("slow", "slow") == (True, 0)
+    assert limiter.check("slow", "slow") == (True, 0, "")
 
 
 def test_refused_requests_do_not_consume_tokens(gateway, clock):
@@ -135,7 +137,7 @@ def test_refused_requests_do_not_consume_tokens(gateway, clock):
         clock.advance(0.01)
         limiter.check("hammer", "limited")
     clock.advance(0.5)  # 1.0 s since the bucket emptied: exactly one token
-    assert limiter.check("hammer", "limited") == (True, 0)
+    assert limiter.check("hammer", "limited") == (True, 0, "")
     assert limiter.check("hammer", "limited")[0] is False
 
 
@@ -155,7 +157,7 @@ def test_clock_skew_between_hosts_never_mints_tokens(gateway, clock):
     behind.advance(10)
     assert slow_host.check("skew", "limited")[0] is False
     clock.advance(1)
-    assert fast_host.check("skew", "limited") == (True, 0)
+    assert fast_host.check("skew", "limited") == (True, 0, "")
 
 
 def test_bucket_key_expires_once_it_would_be_full(gateway, clock, prefix):
@@ -163,6 +165,43 @@ def test_bucket_key_expires_once_it_would_be_full(gateway, clock, prefix):
     limiter.check("ttl", "limited")
     ttl_ms = redis.Redis.from_url(BASE_REDIS_URL).pttl(f"{prefix}ratelimit:ttl")
     assert 0 < ttl_ms <= 5 * 1000 + 1000
+
+
+# ------------------------------------------------------------------ per person (a key that ships in an app)
+APP = dict(PLANS, app={"rate_per_second": 10, "burst": 30, "person_rate_per_second": 2, "person_burst": 5})
+
+
+def test_a_person_past_their_bucket_leaves_the_apps_key_to_everyone_else(gateway, clock):
+    limiter = RateLimiter(gateway, APP, clock=clock)
+    admitted = 0
+    while limiter.check("app-key", "app", person="app|address:203.0.113.7").allowed:
+        admitted += 1
+    assert admitted == 5
+    refused = limiter.check("app-key", "app", person="app|address:203.0.113.7")
+    assert refused == (False, 1, "person")
+    for _ in range(100):  # the abuser goes on; refused requests take nothing from the key's bucket
+        limiter.check("app-key", "app", person="app|address:203.0.113.7")
+    # Another person in the same instant: their own burst, from the key's 25 tokens left.
+    assert [limiter.check("app-key", "app", person=f"app|customer:{n}").allowed for n in range(6)] == [True] * 6
+    clock.advance(0.5)  # one token a person per half second
+    assert limiter.check("app-key", "app", person="app|address:203.0.113.7") == (True, 0, "")
+
+
+def test_the_keys_bucket_stays_the_outer_limit_of_every_person(gateway, clock):
+    limiter = RateLimiter(gateway, APP, clock=clock)
+    taken = sum(limiter.check("app-key", "app", person=f"app|customer:{n}").allowed for n in range(40))
+    assert taken == 30  # the key's burst, although each of the 40 people had tokens left
+    assert limiter.check("app-key", "app", person="app|customer:new") == (False, 1, "key")
+
+
+def test_without_the_apps_key_bucket_only_the_person_is_limited(gateway, clock):
+    """In AWS API Gateway's usage plan keeps the key's bucket; the app keeps the person's."""
+    limiter = RateLimiter(gateway, APP, clock=clock)
+    assert [limiter.check("app-key", "app", person=f"app|customer:{n}", per_key=False).allowed
+            for n in range(40)] == [True] * 40
+    assert drain(lambda key, plan: limiter.check(key, plan, person="app|customer:0", per_key=False), "app-key",
+                 "app") == (4, 1)
+    assert limiter.check("other", "app", per_key=False) == (True, 0, "")  # no bucket at all: nothing to take
 
 
 @pytest.mark.parametrize("plan,threads,seconds", [
@@ -239,7 +278,7 @@ def test_redis_down_fails_open_and_logs(own_redis, clock, caplog):
     started = time.perf_counter()
     results = [limiter.check("down", "limited") for _ in range(20)]
     elapsed = time.perf_counter() - started
-    assert results == [(True, 0)] * 20
+    assert results == [(True, 0, "")] * 20
     assert any("failed open" in r.getMessage() for r in caplog.records if r.name == "chalicelib.entrypoints.ratelimit")
     # The breaker opens after the first failures, so a dead Redis costs nothing per request.
     assert elapsed < 2
@@ -262,7 +301,7 @@ def test_redis_errors_other_than_connection_fail_open(gateway, clock, caplog):
 
     caplog.set_level(logging.WARNING)
     limiter = RateLimiter(Broken(), PLANS, clock=clock)
-    assert limiter.check("ro", "limited") == (True, 0)
+    assert limiter.check("ro", "limited") == (True, 0, "")
     assert any("failed open" in r.getMessage() for r in caplog.records)
 
 

@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
 DRIVER = ROOT / "tests" / "support" / "lambda_driver.py"
 RUNTIME_REQUIREMENTS = ROOT / "requirements-runtime.txt"
-ADMIN_KEY_ID, STANDARD_KEY_ID = "artifact-admin-key-id", "artifact-standard-key-id"
+ADMIN_KEY_ID, STANDARD_KEY_ID, APP_KEY_ID = "artifact-admin-key-id", "artifact-standard-key-id", "artifact-app-key-id"
 # What the template's Fn::Join gives API_KEY_CLIENTS once API Gateway has made the keys.
-KEY_CLIENTS = f"{ADMIN_KEY_ID}=admin,{STANDARD_KEY_ID}=dev"
+KEY_CLIENTS = f"{ADMIN_KEY_ID}=admin,{STANDARD_KEY_ID}=dev,{APP_KEY_ID}=mobile-app"
 POOL_ID = "us-east-1_Artifact1"
 ISSUER = f"https://cognito-idp.us-east-1.amazonaws.com/{POOL_ID}"
 # Template variables that name cloud resources; everything else is used as packaged.
@@ -180,9 +180,11 @@ def open_connections(pid, port):
     return sum(f"pid={pid}," in line for line in out.splitlines())
 
 
-def proxy_event(method, path, body=None, query=None, admin=False, key="shop-prod-standard-key", claims=None):
+def proxy_event(method, path, body=None, query=None, admin=False, key="shop-prod-standard-key", claims=None,
+                key_id=None, source_ip=None):
     """An API Gateway REST proxy event for `path`, shaped like the samples in events/;
-    `claims`: what API Gateway's Cognito authorizer hands over for a valid customer token."""
+    `claims`: what API Gateway's Cognito authorizer hands over for a valid customer token;
+    `key_id`: the key's id (default the admin or the standard key's); `source_ip`: the caller's."""
     base = "apigw_create_product.json" if body is not None else "apigw_get_product.json"
     event = copy.deepcopy(json.loads((EVENTS / base).read_text()))
     resource = resource_for(path)
@@ -196,7 +198,9 @@ def proxy_event(method, path, body=None, query=None, admin=False, key="shop-prod
     context = event["requestContext"]
     context.update({"resourcePath": resource, "httpMethod": method, "path": "/prod" + path, "stage": "prod",
                     "requestId": str(uuid.uuid4())})
-    context["identity"].update({"apiKey": key, "apiKeyId": ADMIN_KEY_ID if admin else STANDARD_KEY_ID})
+    context["identity"].update({"apiKey": key, "apiKeyId": key_id or (ADMIN_KEY_ID if admin else STANDARD_KEY_ID)})
+    if source_ip:
+        context["identity"]["sourceIp"] = source_ip
     if claims is not None:
         context["authorizer"] = {"claims": claims}
     return event

@@ -25,7 +25,7 @@ import app as shop_app
 from chalicelib.entrypoints import openapi
 from scripts import package
 from tests.conftest import ROOT
-from tests.support.lambda_environments import (EVENTS, ISSUER, ExecutionEnvironment, cloud_endpoints,
+from tests.support.lambda_environments import (APP_KEY_ID, EVENTS, ISSUER, ExecutionEnvironment, cloud_endpoints,
                                                function_environment)
 from tests.support.lambda_environments import body as _body
 from tests.support.lambda_environments import proxy_event
@@ -152,14 +152,19 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
     assert _body(call("GET", f"/products/{pid}"))["product"]["stock"] == 15  # fresh after the cancel
 
     # Customers: API Gateway's authorizer has checked the token and passes its claims.
-    ann = {"sub": str(uuid.uuid4()), "iss": ISSUER, "token_use": "id", "email": "ann@example.com"}
+    ann = {"sub": str(uuid.uuid4()), "iss": ISSUER, "aud": "artifact-app-client", "token_use": "id",
+           "email": "ann@example.com", "email_verified": "true"}
     bob = {**ann, "sub": str(uuid.uuid4())}
+    # The authorizer lets an access token and another app client's token through; the app does not.
+    for claims in ({**ann, "token_use": "access"}, {**ann, "aud": "another-app-client"}):
+        assert _body(call("GET", "/customer/orders/1", claims=claims, status=401))["error"]["code"] == "UNAUTHORIZED"
     mine = _body(call("POST", "/customer/orders/batch", {"orders": [
         {"client_order_id": "cust-1", "items": [{"product_id": pid, "quantity": 1}]}]}, claims=ann))
     customer_order = mine["results"][0]["order_id"]
     placed = _body(call("GET", f"/customer/orders/{customer_order}", claims=ann))["order"]
     # A customer's order waits for payment where a trusted server's is final at creation.
     assert placed["client_order_id"] == "cust-1" and placed["lifecycle"] == "pending_payment"
+    assert placed["contact_email"] == "ann@example.com"  # the authorizer's email claim, verified ("true")
     assert [e["type"] for e in _body(call("GET", f"/customer/orders/{customer_order}/events", claims=ann))[
         "events"]] == ["order.created"]
     assert _body(call("GET", f"/customer/orders/{customer_order}/events", claims=bob, status=404))["error"][
@@ -226,6 +231,29 @@ def test_every_route_answers_the_contract_from_the_package(clean_db, functions, 
         assert not list(client.scan_iter(match=f"{prefix}stats:*", count=1000))
     finally:
         client.close()
+
+
+def test_the_apps_key_is_limited_per_person_in_the_cloud_stage(clean_db, functions):
+    """prod leaves each key's bucket to API Gateway's usage plan (APP_RATE_LIMIT=false); the
+    per-person buckets of the app's key, which API Gateway cannot keep, run all the same."""
+    api = functions("APIHandler")
+    ann = {"sub": str(uuid.uuid4()), "iss": ISSUER, "aud": "artifact-app-client", "token_use": "id"}
+    bob = {**ann, "sub": str(uuid.uuid4())}
+
+    def status(claims=None, path="/customer/orders/1", source_ip=None):
+        event = proxy_event("GET", path, key="shop-prod-app-key", key_id=APP_KEY_ID, claims=claims,
+                            source_ip=source_ip)
+        return api.invoke(event)["statusCode"]
+
+    statuses = [status(ann) for _ in range(25)]
+    assert statuses[:20] == [404] * 20 and statuses[-1] == 429  # the public plan's person_burst
+    assert status(bob) == 404
+    statuses = [status(path="/products/1", source_ip="198.51.100.7") for _ in range(25)]
+    assert statuses[:20] == [404] * 20 and statuses[-1] == 429
+    assert status(path="/products/1", source_ip="198.51.100.8") == 404
+    # A trusted server's key is not limited in the app here: its usage plan is.
+    assert {api.invoke(proxy_event("GET", "/products/1", source_ip="198.51.100.7"))["statusCode"]
+            for _ in range(25)} == {404}
 
 
 def _new_product(api, name):
@@ -375,7 +403,7 @@ def test_the_notification_consumer_mails_once_and_reports_garbage(clean_db, func
     assert consumer.invoke(event) == {"batchItemFailures": [{"itemIdentifier": event["Records"][1]["messageId"]}]}
     mail = requests.get(f"{test_env['AWS_ENDPOINT_URL']}/_aws/ses", timeout=10).json()["messages"]
     assert [m["Subject"] for m in mail if to in m.get("Destination", {}).get("ToAddresses", [])] == [
-        f"Your order #{order_id} (art-mail) is placed"]
+        f"Your order #{order_id} is placed"]
 
 
 def test_a_missing_runtime_dependency_fails_the_artifact(packaged, runtime, local_endpoints, tmp_path):
@@ -420,6 +448,25 @@ def test_a_cloud_function_pointed_at_local_defaults_refuses_to_serve(packaged, r
             consumer.invoke(_sqs_event("sqs_order_ingest.json", "q", [{"orders": []}]))
     finally:
         consumer.close()
+
+
+def test_loopback_endpoints_allowed_still_refuse_the_local_keys(packaged, runtime, local_endpoints, tmp_path):
+    """ALLOW_LOOPBACK_ENDPOINTS lets this test point a cloud stage at 127.0.0.1, and only that:
+    a cloud function told to check keys itself (APP_API_KEYS) would take the local keys that
+    are in the repository, so it refuses to serve all the same."""
+    _, properties, task_root = packaged
+    env = function_environment(properties["APIHandler"], {**local_endpoints, "APP_API_KEYS": "true"}, task_root,
+                               "APIHandler")
+    api = ExecutionEnvironment(runtime, task_root, env, tmp_path / "api.log")
+    try:
+        event = proxy_event("GET", "/products/1", key="shop-local-dev-key-0001")
+        response = api.invoke(event)
+        assert response["statusCode"] == 503, response
+        error = _body(response)["error"]
+        assert error["code"] == "SERVICE_UNAVAILABLE" and "APP_API_KEYS" in error["message"]
+        assert "127.0.0.1" not in error["message"]  # the loopback endpoints themselves were allowed
+    finally:
+        api.close()
 
 
 def test_the_migrate_function_builds_a_fresh_schema_once(packaged, runtime, local_endpoints, tmp_path):

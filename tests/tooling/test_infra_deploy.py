@@ -110,13 +110,16 @@ def supported_subset(template):
 
 
 def resolve(node, params, ids):
-    """Enough intrinsic-function evaluation for the generated API Gateway resources."""
+    """Enough intrinsic-function evaluation for the generated API Gateway resources and the edge's web ACL."""
     if isinstance(node, dict):
         if "Ref" in node:
             return {**params, **ids}[node["Ref"]]
         if "Fn::Sub" in node:
             values = {**params, **ids}
             return re.sub(r"\$\{([^}]+)\}", lambda m: str(values[m.group(1)]), node["Fn::Sub"])
+        if "Fn::Join" in node:
+            separator, parts = node["Fn::Join"]
+            return separator.join(str(resolve(part, params, ids)) for part in parts)
         return {k: resolve(v, params, ids) for k, v in node.items()}
     if isinstance(node, list):
         return [resolve(v, params, ids) for v in node]
@@ -319,3 +322,46 @@ def test_every_stage_in_the_deploy_config_names_parameters_the_template_has(depl
     assert deploy.stage_config("prod")["parameters"]["DatabaseDeletionProtection"] == "true"
     with pytest.raises(SystemExit, match="not in"):
         deploy.stage_config("staging-typo")
+
+
+# ------------------------------------------------------------------ the edge and the customers' pool
+def test_the_edge_rate_rules_replay_onto_the_apis_stage(deployed):
+    """moto's CloudFormation has no WAFv2 resources: the template's web ACL and its association with the
+    API's stage are replayed as the calls CloudFormation makes (botocore checks every property against
+    AWS's API model on the way), and the stage then answers with that ACL."""
+    template, params = deployed["template"], deployed["params"]
+    ids = {"AWS::Partition": "aws", "AWS::Region": "us-east-1", "RestAPI": deployed["api_id"],
+           "RestAPI.Stage": params["Stage"]}
+    acl = resolve(template["Resources"]["ApiWebAcl"]["Properties"], params, ids)
+    association = resolve(template["Resources"]["ApiWebAclAssociation"]["Properties"], params, ids)
+    waf = _client("wafv2", deployed["endpoint"])
+    created = waf.create_web_acl(**acl)["Summary"]
+    try:
+        assert association["WebACLArn"] == {"Fn::GetAtt": ["ApiWebAcl", "Arn"]}
+        stage_arn = association["ResourceArn"]
+        assert stage_arn == f"arn:aws:apigateway:us-east-1::/restapis/{deployed['api_id']}/stages/{params['Stage']}"
+        waf.associate_web_acl(WebACLArn=created["ARN"], ResourceArn=stage_arn)
+        guarding = waf.get_web_acl_for_resource(ResourceArn=stage_arn)["WebACL"]
+        rules = {r["Name"]: r["Statement"]["RateBasedStatement"] for r in guarding["Rules"]}
+        assert rules["requests-per-address"]["CustomKeys"] == [{"IP": {}}]
+        assert rules["requests-per-token"]["CustomKeys"][0]["Header"]["Name"] == "authorization"
+        assert (rules["requests-per-address"]["Limit"], rules["requests-per-token"]["Limit"]) == (
+            params["EdgeRequestsPerAddress"], params["EdgeRequestsPerToken"])
+        waf.disassociate_web_acl(ResourceArn=stage_arn)
+    finally:
+        waf.delete_web_acl(Name=created["Name"], Scope="REGIONAL", Id=created["Id"], LockToken=created["LockToken"])
+
+
+def test_the_customer_pool_replays_with_verified_email_and_threat_protection(deployed):
+    """The pool's properties as CreateUserPool takes them (moto's CloudFormation has no Cognito)."""
+    props = resolve(deployed["template"]["Resources"]["CustomerUserPool"]["Properties"], deployed["params"], {})
+    idp = _client("cognito-idp", deployed["endpoint"])
+    pool = idp.create_user_pool(PoolName=props.pop("UserPoolName"), **{**props, "DeletionProtection": "INACTIVE"})
+    try:
+        described = idp.describe_user_pool(UserPoolId=pool["UserPool"]["Id"])["UserPool"]
+        assert described["UserPoolTier"] == "PLUS"  # threat protection needs the Plus feature plan
+        assert described["UserPoolAddOns"] == {"AdvancedSecurityMode": "ENFORCED"}
+        assert described["AutoVerifiedAttributes"] == ["email"]
+        assert described["UserAttributeUpdateSettings"] == {"AttributesRequireVerificationBeforeUpdate": ["email"]}
+    finally:
+        idp.delete_user_pool(UserPoolId=pool["UserPool"]["Id"])

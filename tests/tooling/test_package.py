@@ -216,7 +216,56 @@ def test_customer_routes_have_the_pools_cognito_authorizer(real_template):
     env = resources["APIHandler"]["Properties"]["Environment"]["Variables"]
     assert env["APP_VERIFY_TOKENS"] == "false"  # the authorizer has verified the token
     assert env["COGNITO_USER_POOL_ID"] == {"Ref": "CustomerUserPool"}
+    # The app checks the authorizer's claims against the app clients (the authorizer takes any of the pool's).
+    assert env["COGNITO_APP_CLIENT_IDS"] == {"Ref": "CustomerUserPoolClient"}
     assert resources["CustomerUserPoolClient"]["Properties"]["GenerateSecret"] is False
+    # No group of the pool gives power (every order is for admin-plan keys).
+    assert not [r for r in resources.values() if r["Type"] == "AWS::Cognito::UserPoolGroup"]
+
+
+def test_the_edge_limits_each_address_and_token_in_front_of_the_api_stage(real_template):
+    """API Gateway's usage plans throttle per key and on a best-effort basis; the WAF's rate rules
+    count per source address and per Authorization header before any key check."""
+    _, template = real_template
+    resources, parameters = template["Resources"], template["Parameters"]
+    acl = resources["ApiWebAcl"]["Properties"]
+    assert acl["Scope"] == "REGIONAL" and acl["DefaultAction"] == {"Allow": {}}
+    rules = {r["Name"]: r for r in acl["Rules"]}
+    keys = {name: r["Statement"]["RateBasedStatement"] for name, r in rules.items()}
+    assert keys["requests-per-address"]["CustomKeys"] == [{"IP": {}}]
+    assert keys["requests-per-token"]["CustomKeys"] == [
+        {"Header": {"Name": "authorization", "TextTransformations": [{"Priority": 0, "Type": "NONE"}]}}]
+    for name, parameter in (("requests-per-address", "EdgeRequestsPerAddress"),
+                            ("requests-per-token", "EdgeRequestsPerToken")):
+        statement = keys[name]
+        assert statement["AggregateKeyType"] == "CUSTOM_KEYS"
+        assert statement["Limit"] == {"Ref": parameter} and parameter in parameters  # a deploy-time setting
+        assert statement["EvaluationWindowSec"] == {"Ref": "EdgeRateWindowSeconds"}
+        # Refused in the contract's shape: 429 RATE_LIMITED with Retry-After.
+        response = rules[name]["Action"]["Block"]["CustomResponse"]
+        assert response["ResponseCode"] == 429 and {"Name": "Retry-After", "Value": "60"} in response["ResponseHeaders"]
+        body = json.loads(acl["CustomResponseBodies"][response["CustomResponseBodyKey"]]["Content"])
+        assert body["error"]["code"] == "RATE_LIMITED"
+    association = resources["ApiWebAclAssociation"]["Properties"]
+    assert association["WebACLArn"] == {"Fn::GetAtt": ["ApiWebAcl", "Arn"]}
+    parts = association["ResourceArn"]["Fn::Join"][1]
+    assert {"Ref": "RestAPI"} in parts and {"Ref": "RestAPI.Stage"} in parts  # the API's own stage
+
+
+def test_the_customer_pool_verifies_email_and_blocks_risky_sign_ups_and_sign_ins(real_template):
+    _, template = real_template
+    resources = template["Resources"]
+    pool = resources["CustomerUserPool"]["Properties"]
+    assert pool["AutoVerifiedAttributes"] == ["email"]  # the pool mails a code; email_verified once used
+    assert pool["UserAttributeUpdateSettings"] == {"AttributesRequireVerificationBeforeUpdate": ["email"]}
+    assert pool["UserPoolAddOns"] == {"AdvancedSecurityMode": "ENFORCED"} and pool["UserPoolTier"] == "PLUS"
+    risk = resources["CustomerRiskConfiguration"]["Properties"]
+    assert risk["UserPoolId"] == {"Ref": "CustomerUserPool"} and risk["ClientId"] == "ALL"
+    leaked = risk["CompromisedCredentialsRiskConfiguration"]
+    assert {"SIGN_UP", "SIGN_IN"} <= set(leaked["EventFilter"]) and leaked["Actions"] == {"EventAction": "BLOCK"}
+    assert risk["AccountTakeoverRiskConfiguration"]["Actions"]["HighAction"]["EventAction"] == "BLOCK"
+    client = resources["CustomerUserPoolClient"]["Properties"]
+    assert {"email", "email_verified"} <= set(client["ReadAttributes"])  # what the app reads from the ID token
 
 
 def test_tiny_app_route_without_api_key_required_gets_one(tiny_template):

@@ -127,7 +127,7 @@ STATE = {"REDIS_STATE_URL": "rediss://state.internal:6379/0", "CURSOR_SECRET_ARN
       "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false", **STATE}, []),
     ({"STAGE": "prod", "DATABASE_SECRET_ARN": "arn:secret", "DATABASE_HOST": "proxy.internal",
       "REDIS_URL": "rediss://cache.internal:6379/0", "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false", **STATE}, []),
-    ({"STAGE": "prod"}, ["database", "Redis", "REDIS_STATE_URL", "cursors", "AWS_ENDPOINT_URL"]),
+    ({"STAGE": "prod"}, ["database", "Redis", "AWS_ENDPOINT_URL", "REDIS_STATE_URL", "cursors"]),
     ({"STAGE": "prod", "DATABASE_URL": "mysql://u:p@db.internal/shop", "REDIS_URL": "redis://cache.internal:6379/0",
       "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "true", **STATE}, ["APP_API_KEYS"]),
     ({"STAGE": "prod", "DATABASE_SECRET_ARN": "arn:secret", "DATABASE_HOST": "",
@@ -149,7 +149,11 @@ STATE = {"REDIS_STATE_URL": "rediss://state.internal:6379/0", "CURSOR_SECRET_ARN
     ({"STAGE": "prod", "DATABASE_URL": "mysql://u:p@db.internal/shop", "REDIS_URL": "rediss://cache.internal:6379/0",
       "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false", **STATE, "CURSOR_SECRET_ARN": "",
       "CURSOR_SECRET": "a-secret-of-this-deployment"}, []),
-    ({"STAGE": "prod", "ALLOW_LOOPBACK_ENDPOINTS": "true"}, []),
+    # Loopback hosts allowed (the artifact test), nothing else: the local keys are still refused.
+    ({"STAGE": "prod", "ALLOW_LOOPBACK_ENDPOINTS": "true", "APP_API_KEYS": "false", **STATE}, []),
+    ({"STAGE": "prod", "ALLOW_LOOPBACK_ENDPOINTS": "true", "APP_API_KEYS": "true", **STATE}, ["APP_API_KEYS"]),
+    ({"STAGE": "prod", "ALLOW_LOOPBACK_ENDPOINTS": "true", "APP_API_KEYS": "false", **STATE,
+      "CUSTOMER_PAYMENT_WINDOW_SECONDS": "0"}, ["CUSTOMER_PAYMENT_WINDOW_SECONDS"]),
 ])
 def test_a_cloud_stage_names_every_local_default_it_would_use(monkeypatch, environ, expected):
     monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
@@ -163,6 +167,13 @@ def test_stage_local_inside_lambda_is_refused(monkeypatch):
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "shop-prod-APIHandler")
     monkeypatch.delenv("AWS_CHALICE_CLI_MODE", raising=False)
     assert any("STAGE is 'local'" in problem for problem in Settings({}).misconfiguration())
+
+
+def test_loopback_endpoints_allowed_in_lambda_still_refuse_stage_local_and_local_keys(monkeypatch):
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "shop-prod-APIHandler")
+    monkeypatch.delenv("AWS_CHALICE_CLI_MODE", raising=False)
+    problems = Settings({"ALLOW_LOOPBACK_ENDPOINTS": "true", **STATE}).misconfiguration()
+    assert len(problems) == 2 and "STAGE is 'local'" in problems[0] and "APP_API_KEYS" in problems[1]
 
 
 @pytest.mark.parametrize("raw", ["--5", "-+5", "+5", " 5", "5 ", "1e3", "٥", "0x10", "-", "1" * 19])

@@ -28,9 +28,12 @@ routes = Blueprint(__name__)
 HTML_HEADERS = {
     "Content-Type": "text/html; charset=utf-8",
     "Cache-Control": "no-store",
-    # Everything is inline; the page only talks to this origin.
+    # Everything is inline; the page only talks to this origin, and no other page may frame it (it
+    # holds the admin key once typed in: a framing site could trick an operator's clicks).
     "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-                               "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'",
+                               "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+                               "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",  # the same for browsers without CSP frame-ancestors
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }

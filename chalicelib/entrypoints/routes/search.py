@@ -4,7 +4,7 @@ import logging
 from chalice import Blueprint, Rate
 
 from chalicelib import bootstrap
-from chalicelib.entrypoints.http import current_caller, endpoint, query_params
+from chalicelib.entrypoints.http import current_caller, current_person, endpoint, query_params
 from chalicelib.ops.metrics import emit
 
 routes = Blueprint(__name__)
@@ -14,8 +14,10 @@ log = logging.getLogger(__name__)
 @endpoint(routes, "/products/search")
 def search_products(request):
     caller = current_caller()
-    page, cache_state = bootstrap.search_service().search_params(query_params(request),
-                                                                 caller.key_id if caller else None)
+    # The budget is per person on a key that ships in an app (one person spending it would
+    # otherwise 429 every install), per key for a trusted server.
+    page, cache_state = bootstrap.search_service().search_params(
+        query_params(request), caller.key_id if caller else None, budget_holder=current_person())
     emit("SearchCache", 1, result=cache_state)
     return 200, page, {"X-Cache": cache_state}
 
