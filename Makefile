@@ -5,7 +5,7 @@
 #   make seed       add missing demo products             make package   deployment package
 #   make deploy STAGE=dev|prod   package, deploy the stack (infra/deploy.json), run the migrations
 #   make clients    API clients and keys (ARGS="add NAME --plan P" | "rotate NAME" | "revoke NAME [--key N]")
-#   make openapi    rewrite docs/openapi.json from chalicelib/entrypoints/openapi.py
+#   make openapi    rewrite docs/openapi.json from chalicelib/entrypoints/openapi/
 #   make lock       re-pin requirements*.txt (with hashes) from requirements*.in
 #   make bench-orders | bench-search | bench-ingest | bench-endpoint | bench-flash | bench-lambda-sizes | bench-writer-cost | bench-lifecycle | bench-related
 #   make flash-reconcile  compare and repair the flash-sale gates (Redis) against MySQL

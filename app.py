@@ -74,7 +74,7 @@ def order_lifecycle(event):
               description="Compare the flash-sale gates in Redis with MySQL and repair them")
 def flash_reconcile(event):
     bootstrap.refuse_if_misconfigured()
-    return {"sales": bootstrap.flash_sales().reconcile_all()}
+    return {"sales": bootstrap.flash_admin().reconcile_all()}
 
 
 @app.lambda_function(name="migrate")

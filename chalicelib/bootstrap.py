@@ -261,15 +261,29 @@ def flash_gate():
     return _once("flash_gate", lambda: FlashGate(state_gateway(), lease_ms=int(settings().number("FLASH_LEASE_MS"))))
 
 
+def flash_sales_on_record():
+    """MySQL's list of sales as this process sees it: one, shared by the admission and sale mode."""
+    from chalicelib.service.flash_sales import SalesOnRecord
+
+    return _once("flash_sales_on_record", lambda: SalesOnRecord(database()))
+
+
 def flash_sales():
     from chalicelib.service.flash_sales import FlashSales
 
-    return _once("flash_sales", lambda: FlashSales(database(), flash_gate(), product_writes(), publisher(),
+    return _once("flash_sales", lambda: FlashSales(database(), flash_gate(), flash_sales_on_record(), publisher(),
                                                    settings().get("FLASH_QUEUE_NAME")))
 
 
+def flash_admin():
+    from chalicelib.service.flash_admin import FlashSaleAdmin
+
+    return _once("flash_admin", lambda: FlashSaleAdmin(database(), flash_gate(), flash_sales_on_record(), publisher(),
+                                                       settings().get("FLASH_QUEUE_NAME")))
+
+
 def flash_writer():
-    from chalicelib.service.flash_sales import FlashWriter
+    from chalicelib.service.flash_writer import FlashWriter
 
     return _once("flash_writer", lambda: FlashWriter(
         flash_gate(), product_writes(), payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS")),

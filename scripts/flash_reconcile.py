@@ -20,7 +20,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--product-id", type=int, action="append", help="only this product (repeatable)")
     args = parser.parse_args(argv)
-    sales = bootstrap.flash_sales()
+    sales = bootstrap.flash_admin()
     found = [sales.reconcile(pid) for pid in args.product_id] if args.product_id else sales.reconcile_all()
     for report in found:
         print(json.dumps(report), flush=True)

@@ -34,283 +34,44 @@ keys they derive (the sweep, the settle), as Redis Cluster would not allow.
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 FINAL_TTL_SECONDS = 7 * 24 * 3600  # how long a settled reservation answers replays and polls
 
 # The state Redis never evicts: at maxmemory it refuses writes (OOM). The scripts that add
-# to it (admission, a sale's start or rebuild) are refused whole before they run (a Redis 7
-# script flagged without allow-oom; unflagged, Redis would refuse only a first write, and one
-# that follows a DEL or ZREM of nothing would slip through). The scripts that give units
-# back, move a record on or lower a gate run all the same: a full store must not strand
-# reservations already admitted, and they add little or free memory.
-_REFUSED_WHEN_FULL = "#!lua\n"
-_EVEN_WHEN_FULL = "#!lua flags=allow-oom\n"
+# to it (admission, a sale's start or rebuild) are refused whole before they run: their first
+# line is a Redis 7 shebang without allow-oom (`#!lua`; unflagged, Redis would refuse only a
+# first write, and one that follows a DEL or ZREM of nothing would slip through). The scripts
+# that give units back, move a record on or lower a gate carry `#!lua flags=allow-oom` and run
+# all the same: a full store must not strand reservations already admitted, and they add little
+# or free memory.
+_LUA = Path(__file__).with_name("lua")
 
-# Returns the units of one reservation record (if it still holds them) and deletes it.
-# Shared by the sweep (expired leases) and the release (SQS send failed).
-_GIVE_BACK = """
-local function give_back(prefix, rec_key)
-  local rec = redis.call('HMGET', rec_key, 'rid', 'state', 'lines', 'customer')
-  if not rec[1] then return 0 end
-  if rec[2] ~= 'leased' and rec[2] ~= 'queued' then return 0 end
-  for pid, qty, sale_id in string.gmatch(rec[3], '(%d+):(%d+):(%w+)') do
-    local sale = prefix .. 'flash:sale:' .. pid
-    if redis.call('HGET', sale, 'sale_id') == sale_id then
-      redis.call('HINCRBY', sale, 'remaining', qty)
-      redis.call('HINCRBY', sale, 'seq', 1)
-      local held = prefix .. 'flash:held:' .. pid
-      if redis.call('HINCRBY', held, rec[4], -qty) <= 0 then redis.call('HDEL', held, rec[4]) end
-    end
-  end
-  redis.call('DEL', rec_key, prefix .. 'flash:ref:' .. rec[1])
-  redis.call('ZREM', prefix .. 'flash:leases', rec_key)
-  return 1
-end
 
-local function sweep(prefix, now, max)
-  local expired = redis.call('ZRANGEBYSCORE', prefix .. 'flash:leases', '-inf', now, 'LIMIT', 0, max)
-  for _, rec_key in ipairs(expired) do
-    if redis.call('HGET', rec_key, 'state') == 'leased' then give_back(prefix, rec_key) end
-    redis.call('ZREM', prefix .. 'flash:leases', rec_key)
-  end
-  return #expired
-end
-"""
+def _script(name, *libraries):
+    """The source of lua/`name`, with the `libraries` (files of shared local functions)
+    after its shebang line, which must stay the first for its flags to count."""
+    text = (_LUA / name).read_text()
+    shared = "".join((_LUA / library).read_text() for library in libraries)
+    if not text.startswith("#!"):
+        return shared + text
+    shebang, _, body = text.partition("\n")
+    return f"{shebang}\n{shared}{body}"
 
-# KEYS[1] reservation key; then (sale key, held key) per product.
-# ARGV: prefix, rid, request hash, customer, now ms, lease ms, then one quantity per product.
-# -> {'ACCEPTED', rid, lines, swept} | {'REPLAY', rid} | {'CONFLICT', rid} | {'NOT_ON_SALE', pid index, swept}
-#    | {'SOLD_OUT', index, remaining, swept} | {'LIMIT', index, held, limit, swept}
-#    (swept: expired leases this call gave back)
-_ADMIT = _REFUSED_WHEN_FULL + _GIVE_BACK + """
-local prefix, rid, hash, customer = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local now, lease = tonumber(ARGV[5]), tonumber(ARGV[6])
-local rec = redis.call('HMGET', KEYS[1], 'rid', 'hash')
-if rec[1] then
-  if rec[2] ~= hash then return {'CONFLICT', rec[1]} end
-  return {'REPLAY', rec[1]}
-end
-local swept = sweep(prefix, now, 20)
-local n = (#KEYS - 1) / 2
-local sales = {}
-for i = 1, n do
-  local qty = tonumber(ARGV[6 + i])
-  local s = redis.call('HMGET', KEYS[2 * i], 'sale_id', 'remaining', 'limit')
-  if not s[1] then return {'NOT_ON_SALE', i, swept} end
-  if tonumber(s[2]) < qty then return {'SOLD_OUT', i, s[2], swept} end
-  local limit = tonumber(s[3])
-  if limit > 0 then
-    local held = tonumber(redis.call('HGET', KEYS[2 * i + 1], customer) or '0')
-    if held + qty > limit then return {'LIMIT', i, held, limit, swept} end
-  end
-  sales[i] = s[1]
-end
-local lines = {}
-for i = 1, n do
-  local qty = tonumber(ARGV[6 + i])
-  redis.call('HINCRBY', KEYS[2 * i], 'remaining', -qty)
-  redis.call('HINCRBY', KEYS[2 * i], 'seq', 1)
-  redis.call('HINCRBY', KEYS[2 * i + 1], customer, qty)
-  lines[i] = string.match(KEYS[2 * i], 'flash:sale:(%d+)$') .. ':' .. qty .. ':' .. sales[i]
-end
-redis.call('HSET', KEYS[1], 'rid', rid, 'hash', hash, 'state', 'leased', 'lines', table.concat(lines, ','),
-           'customer', customer, 'admitted_ms', now)
-redis.call('ZADD', prefix .. 'flash:leases', now + lease, KEYS[1])
-redis.call('SET', prefix .. 'flash:ref:' .. rid, KEYS[1])
-return {'ACCEPTED', rid, table.concat(lines, ','), swept}
-"""
 
-# KEYS: reservation keys. ARGV[1]: prefix, then their rids. Marks leased ones queued.
-_CONFIRM = _EVEN_WHEN_FULL + """
-local queued = 0
-for i, key in ipairs(KEYS) do
-  if redis.call('HGET', key, 'rid') == ARGV[i + 1] and redis.call('HGET', key, 'state') == 'leased' then
-    redis.call('HSET', key, 'state', 'queued')
-    redis.call('ZREM', ARGV[1] .. 'flash:leases', key)
-    queued = queued + 1
-  end
-end
-return queued
-"""
-
-# KEYS: reservation keys. ARGV[1]: prefix, then their rids. Gives back what they hold.
-_RELEASE = _EVEN_WHEN_FULL + _GIVE_BACK + """
-local released = 0
-for i, key in ipairs(KEYS) do
-  if redis.call('HGET', key, 'rid') == ARGV[i + 1] then released = released + give_back(ARGV[1], key) end
-end
-return released
-"""
-
-_SWEEP = _EVEN_WHEN_FULL + _GIVE_BACK + """
-return sweep(ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
-"""
-
-# The consumer's outcomes, after its MySQL commit. KEYS: reservation keys.
-# ARGV: prefix, final ttl s, then per reservation one value of 10 fields joined
-#   by byte 31: rid, lines, customer, outcome (created | failed), took (1: MySQL
-#   took the units for this very reservation), give_back (1: return the units to
-#   the sale; 0 when MySQL had fewer than Redis admitted, so Redis comes down to
-#   MySQL), order_id, total_cents, code, detail.
-# A reservation already settled is left alone (a duplicate delivery).
-_SETTLE = _EVEN_WHEN_FULL + """
-local prefix, ttl = ARGV[1], tonumber(ARGV[2])
--- Per sale, read once per call: whether it still runs and its watermark; its seq moves once per call.
-local sales = {}
-local function sale_of(pid, sale_id)
-  local sale = prefix .. 'flash:sale:' .. pid
-  local known = sales[sale]
-  if known == nil then
-    local cur = redis.call('HMGET', sale, 'sale_id', 'watermark')
-    known = {sale_id = cur[1], watermark = tonumber(cur[2] or '0'), moved = false}
-    sales[sale] = known
-  end
-  if known.sale_id ~= sale_id then return nil end
-  if not known.moved then
-    -- Also when nothing below changes: reconcile must learn that an order was written after its snapshot.
-    redis.call('HINCRBY', sale, 'seq', 1)
-    known.moved = true
-  end
-  return sale, known.watermark
-end
--- One argument per settlement, its fields joined by the unit separator (byte 31); the detail, last, may hold anything.
-local function fields(packed)
-  local out, start = {}, 1
-  for n = 1, 9 do
-    local stop = string.find(packed, '\\31', start, true)
-    out[n] = string.sub(packed, start, stop - 1)
-    start = stop + 1
-  end
-  out[10] = string.sub(packed, start)
-  return out
-end
-for i, key in ipairs(KEYS) do
-  local f = fields(ARGV[2 + i])
-  local rid, lines, customer, outcome = f[1], f[2], f[3], f[4]
-  local took, give = f[5] == '1', f[6] == '1'
-  local rec = redis.call('HMGET', key, 'rid', 'state')
-  local mine = rec[1] == rid
-  local holds = mine and (rec[2] == 'leased' or rec[2] == 'queued')
-  if not (mine and (rec[2] == 'created' or rec[2] == 'failed')) then
-    for pid, qty, sale_id in string.gmatch(lines, '(%d+):(%d+):(%w+)') do
-      local sale, watermark = sale_of(pid, sale_id)
-      if sale then
-        local held = prefix .. 'flash:held:' .. pid
-        if took and not holds and tonumber(f[7]) > watermark then
-          -- Swept (or lost) while its message was on SQS: MySQL sold these units, Redis must not offer them.
-          -- (Orders up to the watermark were counted by the rebuild that restored this sale.)
-          redis.call('HINCRBY', sale, 'remaining', -qty)
-          redis.call('HINCRBY', held, customer, qty)
-        elseif holds and not took then
-          if give then redis.call('HINCRBY', sale, 'remaining', qty) end
-          if redis.call('HINCRBY', held, customer, -qty) <= 0 then redis.call('HDEL', held, customer) end
-        end
-      end
-    end
-    if mine or not rec[1] then
-      redis.call('HSET', key, 'rid', rid, 'state', outcome, 'order_id', f[7], 'total_cents', f[8],
-                 'code', f[9], 'detail', f[10], 'lines', lines, 'customer', customer)
-      redis.call('EXPIRE', key, ttl)
-      redis.call('SET', prefix .. 'flash:ref:' .. rid, key, 'EX', ttl)
-    end
-    redis.call('ZREM', prefix .. 'flash:leases', key)
-  end
-end
-return #KEYS
-"""
-
-# KEYS: sale key, held key, active set, returned set, lost marker. ARGV: pid, sale_id, sale stock, limit, epoch.
-_START = _REFUSED_WHEN_FULL + """
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
-redis.call('HSET', KEYS[1], 'sale_id', ARGV[2], 'remaining', ARGV[3], 'sale_stock', ARGV[3], 'limit', ARGV[4],
-           'epoch', ARGV[5])
-redis.call('SADD', KEYS[3], ARGV[1])
-return 1
-"""
-
-# A rebuild after Redis lost the sale: the sale as MySQL says it stands.
-# KEYS: sale key, held key, active set, returned set, lost marker. ARGV: pid, sale_id, sale stock,
-# limit, remaining, watermark, epoch, n, then n order ids whose units MySQL already gave back,
-# then customer, units pairs.
-_RESTORE = _REFUSED_WHEN_FULL + """
-local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0') + 1
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
-redis.call('HSET', KEYS[1], 'sale_id', ARGV[2], 'remaining', ARGV[5], 'sale_stock', ARGV[3], 'limit', ARGV[4],
-           'watermark', ARGV[6], 'seq', seq, 'epoch', ARGV[7])
-local n = tonumber(ARGV[8])
-for i = 9, 8 + n do redis.call('SADD', KEYS[4], ARGV[i]) end
-for i = 9 + n, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-redis.call('SADD', KEYS[3], ARGV[1])
-return 1
-"""
-
-# Reconcile with nothing on its way: the sale's remaining units set to exactly what
-# MySQL can still sell, and the give-backs of cancelled orders that never reached
-# Redis applied (held units), only if nothing moved the sale since the caller read
-# its `seq` (before its MySQL snapshot). O(cancelled orders), not O(customers).
-# KEYS: sale key, held key, returned set. ARGV: sale_id, expected seq, remaining,
-# watermark, then (order id, customer, units) per cancelled order line of the sale.
-# -> the remaining units before (negative when it had re-taken more than it had), or 'moved'.
-_RESYNC = _REFUSED_WHEN_FULL + """
-local s = redis.call('HMGET', KEYS[1], 'sale_id', 'seq', 'remaining')
-if s[1] ~= ARGV[1] or (s[2] or '0') ~= ARGV[2] then return 'moved' end
-redis.call('HSET', KEYS[1], 'remaining', ARGV[3], 'watermark', ARGV[4])
-redis.call('HINCRBY', KEYS[1], 'seq', 1)
-for i = 5, #ARGV, 3 do
-  if redis.call('SADD', KEYS[3], ARGV[i]) == 1 then
-    if redis.call('HINCRBY', KEYS[2], ARGV[i + 1], -tonumber(ARGV[i + 2])) <= 0 then
-      redis.call('HDEL', KEYS[2], ARGV[i + 1])
-    end
-  end
-end
-return tonumber(s[3])
-"""
-
-# KEYS: sale key. ARGV: sale_id, the most the sale may still offer, and the epoch and
-# returns the caller read before its MySQL snapshot. Lowers `remaining` to `most` if
-# above; the units removed (0: none), 'other' for another sale, 'moved' when a
-# cancel gave units back since (or the sale was rebuilt): `most` may not count them.
-# (Admissions, settles and sweeps since the snapshot are safe: they move units MySQL
-# had not counted either way.)
-_CAP = _EVEN_WHEN_FULL + """
-local s = redis.call('HMGET', KEYS[1], 'sale_id', 'epoch', 'returns')
-if s[1] ~= ARGV[1] then return 'other' end
-if (s[2] or '') ~= ARGV[3] or (s[3] or '0') ~= ARGV[4] then return 'moved' end
-local remaining, most = tonumber(redis.call('HGET', KEYS[1], 'remaining')), tonumber(ARGV[2])
-if remaining > most then
-  redis.call('HSET', KEYS[1], 'remaining', most)
-  redis.call('HINCRBY', KEYS[1], 'seq', 1)
-  return remaining - most
-end
-return 0
-"""
-
-# A cancelled or expired sale order's units back to the sale it was sold in, once:
-# the returned set remembers the order (reconcile and rebuild add the orders MySQL
-# already counts as returned, so a late call changes nothing).
-# KEYS: (sale key, held key, returned set) per line. ARGV: order id, customer, then qty, sale_id per line.
-_RETURN = _EVEN_WHEN_FULL + """
-local order_id, customer, units = ARGV[1], ARGV[2], 0
-for i = 1, #KEYS / 3 do
-  local sale, held, done = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local qty = tonumber(ARGV[1 + 2 * i])
-  if redis.call('HGET', sale, 'sale_id') == ARGV[2 + 2 * i] and redis.call('SADD', done, order_id) == 1 then
-    redis.call('HINCRBY', sale, 'remaining', qty)
-    redis.call('HINCRBY', sale, 'seq', 1)
-    redis.call('HINCRBY', sale, 'returns', 1)
-    if redis.call('HINCRBY', held, customer, -qty) <= 0 then redis.call('HDEL', held, customer) end
-    units = units + qty
-  end
-end
-return units
-"""
-
-_STOP = """
-redis.call('SREM', KEYS[3], ARGV[1])
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
-return 1
-"""
+# Read once, when the module is imported; the gateway registers each with Redis on first use.
+_ADMIT = _script("flash_admit.lua", "flash_give_back.lua")
+_CONFIRM = _script("flash_confirm.lua")
+_RELEASE = _script("flash_release.lua", "flash_give_back.lua")
+_SWEEP = _script("flash_sweep.lua", "flash_give_back.lua")
+_SETTLE = _script("flash_settle.lua")
+_START = _script("flash_start.lua")
+_RESTORE = _script("flash_restore.lua")
+_RESYNC = _script("flash_resync.lua")
+_CAP = _script("flash_cap.lua")
+_RETURN = _script("flash_return.lua")
+_STOP = _script("flash_stop.lua")
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ def handle_order_event(event, context=None, ingest=None):
 
 def handle_flash_event(event, context=None, writer=None):
     """The flash-order Lambda: every reservation of the SQS batch is written in one
-    transaction (service/flash_sales.py FlashWriter). A body that is not a flash
+    transaction (service/flash_writer.py FlashWriter). A body that is not a flash
     message is logged and dropped (nothing in it was accepted by the gate); if the
     write or the settle fails, every record is reported failed and SQS redelivers
     them, which is safe: a written reservation finds its own order."""

@@ -1,6 +1,6 @@
 """Property-based contract test: schemathesis generates valid and
 invalid requests for every operation of the OpenAPI document
-(chalicelib/entrypoints/openapi.py) and sends them over real HTTP to chalice
+(chalicelib/entrypoints/openapi/) and sends them over real HTTP to chalice
 local on this session's MariaDB, Redis and queues. Every response must be
 documented for its operation and match its schema (status, content type,
 headers, body), never a 5xx. State is checked around every call: a rejected

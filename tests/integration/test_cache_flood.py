@@ -81,7 +81,7 @@ def test_a_cache_flood_evicts_copies_only(two_roles, monkeypatch):
 
     # The state: a sale with two customers' orders queued and one order leased (its process died before SQS) ...
     sale = make_product(catalog, stock=10)["id"]
-    bootstrap.flash_sales().start(sale, {"sale_stock": 6, "per_customer_limit": 2})
+    bootstrap.flash_admin().start(sale, {"sale_stock": 6, "per_customer_limit": 2})
     results = bootstrap.orders().place_batch(parse_batch({"orders": [
         order("f1", 1, sale, 2), order("f2", 2, sale, 2)]}, "dev"))["results"]
     assert [r["status"] for r in results] == ["pending", "pending"]

@@ -61,7 +61,7 @@ def test_a_sale_limit_counts_a_customer_once_whichever_app_they_use(sqs, flash_q
     state = bootstrap.state_gateway()
     state.call(lambda r: r.delete(state.key(f"flash:sale:{pid}"), state.key(f"flash:held:{pid}")))
     bootstrap.flash_gate().lost_since(pid, now_ms=0)
-    assert bootstrap.flash_sales().reconcile(pid)["action"] == "rebuilt"
+    assert bootstrap.flash_admin().reconcile(pid)["action"] == "rebuilt"
     again = place_as(ann, "partner", ("a-3", {pid: 1}))[0]
     assert again["status"] == "failed" and again["error"]["code"] == "SALE_LIMIT_EXCEEDED"
     reconcile(pid, 10)

@@ -20,7 +20,7 @@ from chalicelib.domain import flash_message
 from chalicelib.domain.flash_message import Reservation
 from chalicelib.domain.orders import parse_batch, parse_order
 from chalicelib.entrypoints import sqs as sqs_handlers
-from chalicelib.service import flash_sales
+from chalicelib.service import flash_sales, flash_writer
 from chalicelib.domain.errors import ServiceUnavailable
 from scripts import localstack
 from tests.conftest import make_product
@@ -65,7 +65,7 @@ def on_sale(stock=100, sale_stock=None, limit=None, price=500):
     body = {"sale_stock": sale_stock or stock}
     if limit:
         body["per_customer_limit"] = limit
-    bootstrap.flash_sales().start(product["id"], body)
+    bootstrap.flash_admin().start(product["id"], body)
     return product["id"]
 
 
@@ -361,12 +361,12 @@ def test_a_redis_restart_loses_the_sale_and_reconcile_rebuilds_it(sqs, flash_que
         assert stock(pid) == 7
 
         # A reservation is still on SQS: rebuilding now would offer its unit twice.
-        assert bootstrap.flash_sales().reconcile(pid)["action"] == "waiting"
+        assert bootstrap.flash_admin().reconcile(pid)["action"] == "waiting"
         consume(sqs, flash_queue)
         # Quiet, but an API process may still be sending what it was given before the loss: one lease first.
-        assert bootstrap.flash_sales().reconcile(pid)["action"] == "waiting"
+        assert bootstrap.flash_admin().reconcile(pid)["action"] == "waiting"
         time.sleep(bootstrap.flash_gate().lease_ms / 1000)
-        report = bootstrap.flash_sales().reconcile(pid)
+        report = bootstrap.flash_admin().reconcile(pid)
         assert report["action"] == "rebuilt" and report["sold"] == 4 and report["remaining"] == 4
         over = place(order("e", 1, (pid, 1)))["results"][0]  # customer 1 holds 3 again: 2 rebuilt + 1 written
         assert over["status"] == "failed" and over["error"]["code"] == "SALE_LIMIT_EXCEEDED"
@@ -374,7 +374,7 @@ def test_a_redis_restart_loses_the_sale_and_reconcile_rebuilds_it(sqs, flash_que
             ["pending", "pending"]
         consume(sqs, flash_queue)
 
-        final = bootstrap.flash_sales().reconcile(pid)
+        final = bootstrap.flash_admin().reconcile(pid)
         assert final["action"] == "ok" and final["in_flight"] == 0
         assert stock(pid) == 2 and remaining(pid) == 0 and final["sold"] == 8
         reconcile(pid, 10)
@@ -386,20 +386,20 @@ def test_a_redis_restart_loses_the_sale_and_reconcile_rebuilds_it(sqs, flash_que
 def test_reconcile_sets_the_gate_to_what_mysql_can_still_sell(sqs, flash_queue):
     pid = on_sale(stock=10, sale_stock=10)
     bootstrap.catalog().adjust_stock(pid, {"delta": -7})
-    report = bootstrap.flash_sales().reconcile(pid)
+    report = bootstrap.flash_admin().reconcile(pid)
     assert report["action"] == "repaired" and report["remaining_before"] == 10 and report["remaining"] == 3
     assert remaining(pid) == 3
-    assert bootstrap.flash_sales().reconcile(pid)["action"] == "ok"
+    assert bootstrap.flash_admin().reconcile(pid)["action"] == "ok"
 
     place(order("a", 1, (pid, 2)))
     # Units on their way are not drift: nothing is changed while the queue holds them.
-    assert bootstrap.flash_sales().reconcile(pid)["action"] == "ok"
+    assert bootstrap.flash_admin().reconcile(pid)["action"] == "ok"
     assert remaining(pid) == 1
     consume(sqs, flash_queue)
     # Redis too low with nothing on its way (drift the other way): raised back to MySQL's.
     live = bootstrap.flash_gate().sale(pid)
     bootstrap.flash_gate().cap(pid, live["sale_id"], 0, live)
-    fixed = bootstrap.flash_sales().reconcile(pid)
+    fixed = bootstrap.flash_admin().reconcile(pid)
     assert fixed["action"] == "repaired" and fixed["remaining"] == 1 and remaining(pid) == 1
 
 
@@ -562,7 +562,7 @@ def test_the_consumer_locks_the_sale_row_only_for_its_closing_update(sqs, flash_
     first = receive(sqs, flash_queue)
     place(order("b", 2, (pid, 2)))
     second = receive(sqs, flash_queue)
-    write, held, release = flash_sales.FlashWriter._write, threading.Event(), threading.Event()
+    write, held, release = flash_writer.FlashWriter._write, threading.Event(), threading.Event()
 
     def held_before_its_update(tx, reservations, windows, lock=True):
         if threading.current_thread().name == "held":
@@ -575,7 +575,7 @@ def test_the_consumer_locks_the_sale_row_only_for_its_closing_update(sqs, flash_
             tx.update = later
         return write(tx, reservations, windows, lock)
 
-    monkeypatch.setattr(flash_sales.FlashWriter, "_write", staticmethod(held_before_its_update))
+    monkeypatch.setattr(flash_writer.FlashWriter, "_write", staticmethod(held_before_its_update))
     outcomes = {}
 
     def handle(name, records):
@@ -605,7 +605,7 @@ def test_stock_that_moved_after_the_consumer_read_it_is_decided_again_on_the_loc
     pid = on_sale(stock=10)
     reply = place(*[order(f"o{i}", i + 1, (pid, 1)) for i in range(5)])
     records = receive(sqs, flash_queue)
-    write, selects = flash_sales.FlashWriter._write, []
+    write, selects = flash_writer.FlashWriter._write, []
 
     def stock_taken_after_the_read(tx, reservations, windows, lock=True):
         select = tx.select
@@ -619,7 +619,7 @@ def test_stock_that_moved_after_the_consumer_read_it_is_decided_again_on_the_loc
         tx.select = then_taken
         return write(tx, reservations, windows, lock)
 
-    monkeypatch.setattr(flash_sales.FlashWriter, "_write", staticmethod(stock_taken_after_the_read))
+    monkeypatch.setattr(flash_writer.FlashWriter, "_write", staticmethod(stock_taken_after_the_read))
     writer = bootstrap.flash_writer()
     counted = []
     monkeypatch.setattr(writer, "emit", lambda name, value, **dims: counted.append((name, value)))
@@ -710,7 +710,7 @@ def test_a_replay_hands_off_with_the_lease_of_its_first_admission(sqs, flash_que
 def consumed_right_after_the_next_snapshot(sqs, flash_queue, monkeypatch):
     """The consumer commits and deletes what is queued just after reconcile's MySQL
     snapshot: the snapshot misses those orders, and the queue is empty by then."""
-    service = bootstrap.flash_sales()
+    service = bootstrap.flash_admin()
     run, armed = service.db.run, [True]
 
     def snapshot_then_consumed(work, *args, **kwargs):
@@ -748,7 +748,7 @@ def test_a_rebuild_never_offers_again_what_was_written_after_its_snapshot(sqs, f
         redis_server.kill()  # no persistence: it comes back empty
         redis_server.start()
         reset(REDIS_STATE_URL=redis_server.url, FLASH_LEASE_MS=300)
-        assert bootstrap.flash_sales().reconcile(pid)["action"] == "waiting"   # finds the sale lost
+        assert bootstrap.flash_admin().reconcile(pid)["action"] == "waiting"   # finds the sale lost
         time.sleep(bootstrap.flash_gate().lease_ms / 1000)
         service = consumed_right_after_the_next_snapshot(sqs, flash_queue, monkeypatch)
 

@@ -141,7 +141,7 @@ def test_sqs_ingested_sale_orders_never_oversell_or_duplicate_under_concurrent_d
                                                                                  "SALE_LIMIT_EXCEEDED"}
     assert len({r["order_id"] for r in created}) == 30
     assert stock(pid) == 20 and len(sale_rows(pid)) == 30
-    report = bootstrap.flash_sales().reconcile(pid)
+    report = bootstrap.flash_admin().reconcile(pid)
     assert report["action"] == "ok" and report["in_flight"] == 0 and report["remaining"] == 0
     reconcile(pid, 50)
 
@@ -239,7 +239,7 @@ def test_cancels_return_units_to_the_sale_exactly_once_racing_reconcile(sqs, fla
     def reconciler():
         while not stop.is_set():
             try:
-                bootstrap.flash_sales().reconcile(pid)
+                bootstrap.flash_admin().reconcile(pid)
             except Exception as exc:  # noqa: BLE001 - reported below
                 errors.append(exc)
 
@@ -259,7 +259,7 @@ def test_cancels_return_units_to_the_sale_exactly_once_racing_reconcile(sqs, fla
     sale_id = gate.sale(pid)["sale_id"]
     # A late give-back (another cancel's, a retry's) changes nothing.
     assert gate.return_units(order_ids[0], customer_key("dev", 0, 1), [(pid, 2, sale_id)]) == 0
-    final = bootstrap.flash_sales().reconcile(pid)
+    final = bootstrap.flash_admin().reconcile(pid)
     assert final["action"] == "ok" and final["in_flight"] == 0 and final["returned_orders"] == 5
     # The customers hold nothing any more: each may buy up to the limit again.
     assert place(order("again", 1, (pid, 2)))["results"][0]["status"] == "pending"
@@ -280,7 +280,7 @@ def test_a_give_back_that_missed_redis_is_made_by_reconcile_once(sqs, flash_queu
         reset()
     assert stock(pid) == 6 and remaining(pid) == 3
 
-    report = bootstrap.flash_sales().reconcile(pid)
+    report = bootstrap.flash_admin().reconcile(pid)
     assert report["action"] == "repaired" and report["remaining"] == 6 and remaining(pid) == 6
     gate = bootstrap.flash_gate()
     assert gate.return_units(order_id, customer_key("dev", 0, 1), [(pid, 3, gate.sale(pid)["sale_id"])]) == 0
@@ -302,8 +302,8 @@ def test_the_units_of_a_stopped_sale_go_back_to_stock_only(sqs, flash_queue):
     pid = on_sale(stock=5)
     rid = place(order("a", 1, (pid, 2)))["results"][0]["reservation_id"]
     consume(sqs, flash_queue)
-    bootstrap.flash_sales().stop(pid)
-    bootstrap.flash_sales().start(pid, {"sale_stock": 3})
+    bootstrap.flash_admin().stop(pid)
+    bootstrap.flash_admin().start(pid, {"sale_stock": 3})
     order_id = bootstrap.flash_sales().reservation(rid)["order_id"]
 
     bootstrap.orders().cancel(order_id)
@@ -328,7 +328,7 @@ def test_expired_sale_orders_return_their_units_to_the_sale(sqs, flash_queue):
         reset()
     assert bootstrap.orders().get(order_id)["lifecycle"] == "expired"
     assert stock(pid) == 4 and remaining(pid) == 4
-    assert bootstrap.flash_sales().reconcile(pid)["action"] == "ok"
+    assert bootstrap.flash_admin().reconcile(pid)["action"] == "ok"
 
 
 def test_a_replay_whose_reservation_was_given_back_meanwhile_is_told_to_retry(flash_queue):

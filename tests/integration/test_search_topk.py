@@ -5,6 +5,7 @@ sort, under both plans (probe from the rarest term; walk postings in order)."""
 import pytest
 
 from chalicelib import bootstrap
+from chalicelib.adapters.search_broad import BroadPlan
 from chalicelib.adapters.search_mysql import MySQLSearchBackend
 from chalicelib.domain.search_query import parse_query
 
@@ -173,8 +174,8 @@ def test_common_words_rarely_together_are_gathered_with_their_count_in_one_read(
     monkeypatch.setattr(MySQLSearchBackend, "DRIVER_SAMPLE", 25)
     monkeypatch.setattr(MySQLSearchBackend, "DENSITY_SAMPLE", 25)
     counts = []
-    count = MySQLSearchBackend._broad_count
-    monkeypatch.setattr(MySQLSearchBackend, "_broad_count", lambda self, *a: counts.append(a) or count(self, *a))
+    count = BroadPlan.count
+    monkeypatch.setattr(BroadPlan, "count", lambda self, *a: counts.append(a) or count(self, *a))
     for q, total, counted in (("alpha beta", 3, False), ("gamma delta", 60, True)):
         for sort in SORTS:
             counts.clear()

@@ -89,7 +89,7 @@ class Store:
 def on_sale(stock=10, sale_stock=None, limit=None):
     product = make_product(bootstrap.catalog(), stock=stock)
     body = {"sale_stock": sale_stock or stock, **({"per_customer_limit": limit} if limit else {})}
-    bootstrap.flash_sales().start(product["id"], body)
+    bootstrap.flash_admin().start(product["id"], body)
     return product["id"]
 
 

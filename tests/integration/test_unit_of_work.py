@@ -9,7 +9,7 @@ from chalicelib.adapters.db import ProductWriteOutsideUnitOfWork
 from chalicelib.adapters.inventory import STRATEGIES, make_strategy
 from chalicelib.service.orders import OrderService
 from chalicelib.domain.orders import parse_batch
-from chalicelib.adapters.search_mysql import LISTED_IN_STOCK as IN, LISTED_SOLD_OUT as OUT, NOT_LISTED as NONE
+from chalicelib.adapters.search_sql import LISTED_IN_STOCK as IN, LISTED_SOLD_OUT as OUT, NOT_LISTED as NONE
 from chalicelib.adapters.search_mysql import MySQLSearchBackend
 from chalicelib.domain.search_query import parse_query
 from chalicelib.service.unit_of_work import ProductWrites

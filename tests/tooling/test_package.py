@@ -677,6 +677,19 @@ def test_the_package_ships_the_amazon_root_cas_it_verifies_against(real_template
     assert shipped == aws_ca_bundle.bundle_text()  # the same roots as the locked certifi's
 
 
+def test_the_package_ships_the_flash_gate_s_lua_scripts(real_template):
+    """The gate reads its scripts from chalicelib/adapters/lua/ when it is imported:
+    every one is in the zip as it is here (the artifact test runs them from there)."""
+    import zipfile
+
+    path, _ = real_template
+    scripts = sorted((ROOT / "chalicelib" / "adapters" / "lua").glob("*.lua"))
+    assert len(scripts) >= 12
+    with zipfile.ZipFile(path.parent / "deployment.zip") as zf:
+        for script in scripts:
+            assert zf.read(f"chalicelib/adapters/lua/{script.name}").decode() == script.read_text(), script.name
+
+
 def test_queues_that_settings_subscribe_to_a_topic_are_subscribed_with_raw_delivery_and_a_filter(real_template):
     """QueueDef.topic_setting (chalicelib/settings.py) -> an SNS subscription of
     the queue to that topic, and a queue policy letting that topic alone send."""

@@ -1,7 +1,7 @@
 """The OpenAPI document cannot drift: it must be valid OpenAPI 3.1, list
 exactly the app's routes, every error code of errors.py with the status
 docs/api.md gives it, every route docs/api.md names, and docs/openapi.json
-must be what chalicelib/entrypoints/openapi.py builds (`make openapi`)."""
+must be what chalicelib/entrypoints/openapi/ builds (`make openapi`)."""
 import json
 import re
 from pathlib import Path
@@ -11,6 +11,7 @@ import schemathesis
 import app as shop_app
 from chalicelib.domain import errors
 from chalicelib.entrypoints import openapi
+from chalicelib.entrypoints.openapi.responses import ERROR_CLASSES
 
 ROOT = Path(__file__).resolve().parents[2]
 API_MD = (ROOT / "docs" / "api.md").read_text()
@@ -47,10 +48,10 @@ def test_docs_api_md_names_exactly_the_documented_routes():
 
 def test_every_error_code_with_the_status_docs_api_md_gives_it():
     table = dict(re.findall(r"^\s*\| `([A-Z_]+)` \| (\d{3}) \|", API_MD, flags=re.MULTILINE))
-    classes = {cls.code: cls.status for cls in openapi.ERROR_CLASSES}
+    classes = {cls.code: cls.status for cls in ERROR_CLASSES}
     assert {code: int(status) for code, status in table.items()} == classes
     assert set(openapi.build()["components"]["schemas"]["ErrorCode"]["enum"]) == set(classes)
-    assert errors.ConcurrencyExhausted in openapi.ERROR_CLASSES  # subclasses are found too
+    assert errors.ConcurrencyExhausted in ERROR_CLASSES  # subclasses are found too
 
 
 def test_every_error_status_an_operation_can_answer_is_documented():

@@ -1,5 +1,5 @@
 -- Top-k plans for broad searches. Every posting carries a
--- copy of its product's search_meta values (kept by search_mysql.index() in
+-- copy of its product's search_meta values (kept by search_index.index() in
 -- the product transaction), so one term's postings can be walked in the order
 -- a page is sorted in and the walk stops after limit+1 matches, with the
 -- filters checked on the index entry itself: no plan materialises or sorts

@@ -1,5 +1,5 @@
 -- in_stock=true on the index entry (the search filter): search_meta.active and the
--- copy on every posting become the listing state (search_mysql.listing):
+-- copy on every posting become the listing state (search_sql.listing):
 --   0  not for sale (status is not 'active')
 --   1  for sale, in stock (what "active" meant so far: most rows keep it)
 --   2  for sale, sold out (stock 0)

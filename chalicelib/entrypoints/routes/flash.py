@@ -12,17 +12,17 @@ routes = Blueprint(__name__)
 
 @endpoint(routes, "/products/{product_id}/sale", methods=("POST",), admin=True)
 def start_sale(request, product_id):
-    return 201, {"sale": bootstrap.flash_sales().start(path_id(product_id, "product_id"), json_body(request))}
+    return 201, {"sale": bootstrap.flash_admin().start(path_id(product_id, "product_id"), json_body(request))}
 
 
 @endpoint(routes, "/products/{product_id}/sale", methods=("GET",), admin=True)
 def get_sale(request, product_id):
-    return 200, {"sale": bootstrap.flash_sales().get(path_id(product_id, "product_id"))}
+    return 200, {"sale": bootstrap.flash_admin().get(path_id(product_id, "product_id"))}
 
 
 @endpoint(routes, "/products/{product_id}/sale", methods=("DELETE",), admin=True)
 def stop_sale(request, product_id):
-    return 200, {"sale": bootstrap.flash_sales().stop(path_id(product_id, "product_id"))}
+    return 200, {"sale": bootstrap.flash_admin().stop(path_id(product_id, "product_id"))}
 
 
 @endpoint(routes, "/reservations/{reservation_id}", methods=("GET",))

@@ -1,5 +1,5 @@
 """Operations routes: `GET /admin/stats` (admin), `GET /dashboard` and
-`GET /openapi.json` (the machine-readable contract, entrypoints/openapi.py).
+`GET /openapi.json` (the machine-readable contract, entrypoints/openapi/).
 
 `/admin/stats?window=300&step=1` -> the last `window` seconds (1..300) of
 order latency, orders, cache hit rates, requests, errors and per-route

@@ -1,0 +1,193 @@
+"""A flash sale's life (docs/design.md section 10): an admin starts, reads and
+stops a product's sale (MySQL's flash_sales row and the gate in Redis), and
+reconcile compares the gate with MySQL and repairs it: a sale Redis lost is
+rebuilt, a gate that offers more than MySQL can still sell is lowered (the
+scheduled `flash_reconcile` function and `make flash-reconcile`)."""
+import time
+import uuid
+
+import pymysql
+
+from chalicelib.adapters.cache import CacheUnavailable, StoreFull
+from chalicelib.adapters.flash_gate import FlashGate, customer_key
+from chalicelib.domain.errors import InsufficientStock, ProductNotFound, SaleConflict, SaleNotFound, ServiceUnavailable
+from chalicelib.domain.products import iso
+from chalicelib.domain.sales import validate_sale
+from chalicelib.ops.logs import logger
+from chalicelib.ops.metrics import emit
+from chalicelib.service.flash_sales import SalesOnRecord, report_swept
+
+
+class FlashSaleAdmin:
+    def __init__(self, db, gate: FlashGate, on_record: SalesOnRecord, publisher, queue_name, metrics=emit):
+        self.db = db
+        self.gate = gate
+        self.on_record = on_record
+        self.publisher = publisher
+        self.queue_name = queue_name
+        self.emit = metrics
+
+    def _to_api(self, row, live=None):
+        sale = {"product_id": row["product_id"], "sale_id": row["sale_id"], "sale_stock": row["sale_stock"],
+                "per_customer_limit": row["per_customer_limit"], "on_sale": True,
+                "started_at": iso(row["started_at"])}
+        # What the gate still offers; null when Redis cannot say.
+        sale["remaining"] = live["remaining"] if live and live.get("sale_id") == row["sale_id"] else None
+        return sale
+
+    def _row(self, product_id):
+        rows = self.db.query("SELECT product_id, sale_id, sale_stock, per_customer_limit, started_at "
+                             "FROM flash_sales WHERE product_id = %s", (product_id,))
+        return rows[0] if rows else None
+
+    def start(self, product_id, body):
+        """Put a product on sale: its sale stock may not exceed its stock now.
+        MySQL records the sale first (so the API can refuse sale orders while Redis
+        is down), then the gate opens; if Redis refuses, the record is removed."""
+        sale_stock, limit = validate_sale(body)
+        sale_id = uuid.uuid4().hex
+
+        def work(cur):
+            cur.execute("SELECT id, stock, status FROM products WHERE id = %s LOCK IN SHARE MODE", (product_id,))
+            product = cur.fetchone()
+            if product is None:
+                raise ProductNotFound(f"Product {product_id} does not exist.", product_id=product_id)
+            if product["stock"] < sale_stock:
+                raise InsufficientStock(f"Product {product_id} has {product['stock']} in stock; a sale of "
+                                        f"{sale_stock} cannot be offered.", product_id=product_id)
+            try:
+                cur.execute("INSERT INTO flash_sales (product_id, sale_id, sale_stock, per_customer_limit) "
+                            "VALUES (%s, %s, %s, %s)", (product_id, sale_id, sale_stock, limit))
+            except pymysql.err.IntegrityError:
+                raise SaleConflict(f"Product {product_id} is already on sale; stop that sale first.",
+                                   product_id=product_id) from None
+
+        self.db.run(work)
+        self.on_record.changed()
+        try:
+            self.gate.start(product_id, sale_id, sale_stock, limit)
+        except CacheUnavailable as exc:
+            self.db.run(lambda cur: cur.execute("DELETE FROM flash_sales WHERE product_id = %s AND sale_id = %s",
+                                                (product_id, sale_id)))
+            why = "The flash-sale store is full" if isinstance(exc, StoreFull) else "Redis is unavailable"
+            raise ServiceUnavailable(f"{why}; the sale was not started.") from exc
+        return self.get(product_id)
+
+    def get(self, product_id):
+        row = self._row(product_id)
+        if row is None:
+            raise SaleNotFound(f"Product {product_id} is not on sale.", product_id=product_id)
+        try:
+            live = self.gate.sale(product_id)
+        except CacheUnavailable:
+            live = None
+        return self._to_api(row, live)
+
+    def stop(self, product_id):
+        """Close the gate first (no more admissions), then the record. Reservations
+        already accepted are still written by the consumer."""
+        sale = self.get(product_id)
+        try:
+            self.gate.stop(product_id)
+        except CacheUnavailable as exc:
+            raise ServiceUnavailable("Redis is unavailable; the sale was not stopped.") from exc
+        self.db.run(lambda cur: cur.execute("DELETE FROM flash_sales WHERE product_id = %s", (product_id,)))
+        self.on_record.changed()
+        return {**sale, "on_sale": False, "remaining": None}
+
+    def reconcile_all(self):
+        """Reconcile every running sale (the scheduled function and `make flash-reconcile`);
+        one sale that fails is reported and the others go on."""
+        found = []
+        for row in self.db.query("SELECT product_id FROM flash_sales ORDER BY product_id"):
+            try:
+                found.append(self.reconcile(row["product_id"]))
+            except SaleNotFound:
+                continue  # taken off sale since the list was read
+        return found
+
+    def reconcile(self, product_id):
+        """Compare the gate with MySQL and repair it: a sale Redis lost (restart,
+        failover) is rebuilt from MySQL (units sold in the sale, each customer's
+        units) once the flash queue is empty; a gate that offers more than MySQL
+        can still sell is lowered, and with nothing on its way it is set to
+        exactly that. Expired leases are swept first. Returns what it found and did."""
+        row = self._row(product_id)
+        if row is None:
+            raise SaleNotFound(f"Product {product_id} is not on sale.", product_id=product_id)
+        swept = self.gate.sweep()
+        report_swept(self.emit, swept)
+        # Read before the snapshot: if its seq still holds when we write, nothing moved the sale in between.
+        live = self.gate.sale(product_id)
+        sale_id = row["sale_id"]
+        # Nothing accepted is on its way when the queue is empty and no lease is open. Checked before the
+        # snapshot: an order the consumer writes after the snapshot was leased or queued at this check
+        # (it leaves the queue only after its commit). Checked after, it could be written and deleted in
+        # between, missing from both, and its units offered again. Anything admitted after `live` was read
+        # moves the sale's seq, and the resync below then refuses.
+        try:
+            depth = self.publisher.depth(self.queue_name)
+        except Exception:  # SQS cannot say: assume something is on its way
+            depth = None
+        quiet = depth == 0 and self.gate.leases() == 0
+
+        def read(cur):
+            # One snapshot: the stock, the sale's orders and the newest order id agree.
+            cur.execute("SELECT stock FROM products WHERE id = %s", (product_id,))
+            stock = cur.fetchone()["stock"]
+            cur.execute("SELECT COALESCE(MAX(id), 0) AS watermark FROM orders")
+            watermark = int(cur.fetchone()["watermark"])
+            cur.execute("SELECT o.client, o.customer_id, o.user_id, o.id, o.status, i.quantity FROM order_items i "
+                        "JOIN orders o ON o.id = i.order_id WHERE i.flash_sale_id = %s AND i.product_id = %s",
+                        (sale_id, product_id))
+            held, returned = {}, []
+            for r in cur.fetchall():
+                customer = customer_key(r["client"], r["customer_id"], r["user_id"])
+                if r["status"] == "cancelled":  # cancelled or expired: its units went back to the sale
+                    returned.append((r["id"], customer, int(r["quantity"])))
+                    continue
+                held[customer] = held.get(customer, 0) + int(r["quantity"])
+            return stock, watermark, held, returned
+
+        stock, watermark, held, returned = self.db.run(read)
+        sold = sum(held.values())
+        # What the gate may offer at most: reservations on their way (not yet written) come on top of `sold`.
+        most = max(0, min(row["sale_stock"] - sold, stock))
+        report = {"product_id": product_id, "sale_id": sale_id, "sale_stock": row["sale_stock"],
+                  "sold": sold, "returned_orders": len(returned), "mysql_stock": stock, "swept": swept,
+                  "queue_quiet": quiet}
+        if live is None or live.get("sale_id") != sale_id:
+            # Rebuild once nothing accepted can still arrive, or its units would be offered twice: the queue
+            # empty, no lease open, and one lease since the loss was found (the leases of reservations an API
+            # process was still handing to SQS went with Redis; the lease bounds how long that may take).
+            waited = time.time() * 1000 - self.gate.lost_since(product_id)
+            if not quiet or waited < self.gate.lease_ms:
+                return {**report, "action": "waiting", "remaining": None}
+            self.gate.restore(product_id, sale_id, row["sale_stock"], row["per_customer_limit"], most, watermark,
+                              held, [order_id for order_id, _, _ in returned])
+            logger.warning("flash sale rebuilt from MySQL", extra=report)
+            self.emit("FlashSalesRebuilt", 1)
+            return {**report, "action": "rebuilt", "remaining_before": None, "remaining": most}
+        if quiet:
+            # Nothing on its way: the gate must offer exactly `most`; a cancel whose give-back never
+            # reached Redis is counted here, once (also in its customer's units).
+            before = self.gate.resync(product_id, sale_id, live.get("seq", 0), most, watermark, returned)
+            if before is not None:
+                report.update(remaining_before=before, remaining=most, in_flight=most - before)
+                if before != most:
+                    logger.warning("flash sale gate set to what MySQL can still sell", extra=report)
+                    return {**report, "action": "repaired"}
+                return {**report, "action": "ok"}
+            # Moved meanwhile: not quiet after all; only lower it.
+        removed = self.gate.cap(product_id, sale_id, most, live)
+        if removed is None:
+            # A cancel gave units back after the snapshot: `most` may not count them. The next reconcile decides.
+            return {**report, "action": "moved", "remaining": None}
+        remaining = most if removed else live["remaining"]
+        # Units taken in Redis and not (yet) in MySQL: reservations on their way.
+        report.update(remaining_before=live["remaining"], remaining=remaining, in_flight=most - live["remaining"])
+        if removed:
+            logger.warning("flash sale gate lowered to what MySQL can still sell", extra=report)
+            return {**report, "action": "repaired"}
+        return {**report, "action": "ok"}
+
