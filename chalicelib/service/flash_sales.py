@@ -65,10 +65,11 @@ class SalesOnRecord:
         if cached is not None and time.monotonic() - cached[0] < SALES_REFRESH_SECONDS:
             return cached[1], None
         try:
-            ids = {row["product_id"] for row in self.db.query("SELECT product_id FROM flash_sales")}
+            # Frozen: callers narrow it for a batch, and the copy must stay whole for the next one.
+            ids = frozenset(row["product_id"] for row in self.db.query("SELECT product_id FROM flash_sales"))
         except ServiceUnavailable as exc:
             # Sale orders need no MySQL: go on with what we knew (and what Redis says).
-            return (cached[1] if cached is not None else set()), exc
+            return (cached[1] if cached is not None else frozenset()), exc
         self._sales_cache = (time.monotonic(), ids)
         return ids, None
 
@@ -121,7 +122,7 @@ class FlashSales:
         failover) or cannot answer for is refused (retryable) instead of slipping past the gate."""
         ids = set(product_ids)
         recorded, mysql_down = self.on_record.ids()
-        recorded &= ids
+        recorded = set(recorded & ids)
         try:
             return self.gate.on_sale(ids) | recorded, True, mysql_down
         except CacheUnavailable:

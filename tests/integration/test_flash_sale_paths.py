@@ -352,3 +352,18 @@ def test_a_replay_whose_reservation_was_given_back_meanwhile_is_told_to_retry(fl
     assert replay["status"] == "failed" and replay["error"]["code"] == "SERVICE_UNAVAILABLE"
     assert remaining(pid) == 5
     assert place(order("a", 1, (pid, 1)))["results"][0]["status"] == "pending"  # the retry is accepted afresh
+
+
+def test_mysqls_record_of_sales_is_not_narrowed_by_one_batchs_products(flash_queue):
+    """Redis lost two sales; a batch for the first must not make the second look off sale to a
+    batch within the same second (the process's copy of MySQL's record must stay whole)."""
+    first, second = on_sale(stock=10), on_sale(stock=10)
+    state = bootstrap.state_gateway()
+    lost = [state.key("flash:active"), *[state.key(f"flash:sale:{pid}") for pid in (first, second)]]
+    state.call(lambda r: r.delete(*lost))
+    flash = bootstrap.flash_sales()
+    assert flash.sale_products([first])[0] == {first}
+    assert flash.sale_products([second])[0] == {second}  # refused as retryable, not sold outside the gate
+    refused = place(order("late", 1, (second, 1)))["results"][0]
+    assert refused["status"] == "failed" and refused["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert stock(second) == 10
