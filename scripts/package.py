@@ -87,6 +87,9 @@ FUNCTION_POLICIES = {
 # The setting naming a topic (QueueDef.topic_setting) -> the topic in infra/template.yml.
 TOPICS = {"ORDER_EVENTS_TOPIC_ARN": "OrderEventsTopic"}
 MIGRATE_FUNCTION = "Migrate"
+# Functions whose security groups add to LambdaSecurityGroup: the notifier calls SES's API,
+# which has no VPC endpoint (infra/template.yml, MailerSecurityGroup).
+EXTRA_SECURITY_GROUPS = {"HandleNotifications": ["MailerSecurityGroup"]}
 # Every function's runtime. Chalice packages for the interpreter it runs under,
 # so make's venv is made with this Python (the Makefile's RUNTIME_VERSION).
 LAMBDA_RUNTIME = "python3.12"
@@ -477,7 +480,8 @@ def postprocess(template, plans, api_stage=None, queue_names=None, infra=INFRA_T
                 notes.append(f"{logical_id}: SQS {queue_id} with ReportBatchItemFailures")
             props["VpcConfig"] = {
                 "SubnetIds": [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}],
-                "SecurityGroupIds": [{"Ref": "LambdaSecurityGroup"}],
+                "SecurityGroupIds": [{"Ref": group} for group in
+                                     ["LambdaSecurityGroup", *EXTRA_SECURITY_GROUPS.get(logical_id, [])]],
             }
             props["Tracing"] = "Active"
             variables = props.setdefault("Environment", {}).setdefault("Variables", {})

@@ -458,7 +458,9 @@ def test_functions_run_in_the_vpc_with_secret_not_credentials(packaged):
     for name, fn in functions(template).items():
         props = fn["Properties"]
         assert props["VpcConfig"]["SubnetIds"] == [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
-        assert props["VpcConfig"]["SecurityGroupIds"] == [{"Ref": "LambdaSecurityGroup"}]
+        # Only the notifier may leave the VPC (HTTPS to SES's API, through the NAT gateway).
+        extra = [{"Ref": "MailerSecurityGroup"}] if name == "HandleNotifications" else []
+        assert props["VpcConfig"]["SecurityGroupIds"] == [{"Ref": "LambdaSecurityGroup"}, *extra]
         env = props["Environment"]["Variables"]
         if name == "Migrate":  # the master, and the app user it creates
             assert env["DATABASE_SECRET_ARN"] == {"Ref": "DatabaseSecret"}
@@ -711,3 +713,19 @@ def test_queues_that_settings_subscribe_to_a_topic_are_subscribed_with_raw_deliv
         [statement] = policy["PolicyDocument"]["Statement"]
         assert statement["Principal"] == {"Service": "sns.amazonaws.com"} and statement["Action"] == "sqs:SendMessage"
         assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": topic}}
+
+
+def test_only_the_notifier_can_reach_ses_which_has_no_vpc_endpoint(real_template):
+    """SES's API has no interface endpoint: the private subnets route to a NAT gateway, and
+    only the notifier's extra security group lets HTTPS out of the VPC."""
+    _, template = real_template
+    resources = template["Resources"]
+    route = resources["PrivateNatRoute"]["Properties"]
+    assert route["RouteTableId"] == {"Ref": "PrivateRouteTable"} and route["NatGatewayId"] == {"Ref": "NatGateway"}
+    assert resources["NatGateway"]["Properties"]["SubnetId"] == {"Ref": "PublicSubnet"}
+    leaving = {name for name, res in resources.items() if res["Type"] == "AWS::EC2::SecurityGroup"
+               and any(rule.get("CidrIp") == "0.0.0.0/0" for rule in res["Properties"].get("SecurityGroupEgress", []))}
+    assert leaving == {"MailerSecurityGroup"}
+    users = {name for name, fn in functions(template).items()
+             if {"Ref": "MailerSecurityGroup"} in fn["Properties"]["VpcConfig"]["SecurityGroupIds"]}
+    assert users == {"HandleNotifications"}
