@@ -91,7 +91,7 @@ def invalidator():
 def product_writes():
     from chalicelib.adapters.order_repository import StockLowEvents
     from chalicelib.adapters.search_mysql import MySQLSearchBackend
-    from chalicelib.service.unit_of_work import ProductWrites
+    from chalicelib.adapters.product_writes import ProductWrites
 
     return _once("product_writes", lambda: ProductWrites(database(), invalidator(), MySQLSearchBackend(database()),
                                                          StockLowEvents()))
@@ -222,7 +222,7 @@ def reset(**overrides):
 
 
 def rate_limiter():
-    from chalicelib.entrypoints.ratelimit import RateLimiter
+    from chalicelib.adapters.ratelimit import RateLimiter
 
     return _once("rate_limiter", lambda: RateLimiter(state_gateway(), settings().plans))
 

@@ -153,7 +153,7 @@ def usage_plan_definitions(plans):
             "suffix": logical_suffix(name),
             "admin": bool(plan.get("admin")),
             "throttle": {"RateLimit": float(rate), "BurstLimit": int(burst)},
-            # API Gateway keeps only the key's limits; the app keeps each person's (entrypoints/ratelimit.py).
+            # API Gateway keeps only the key's limits; the app keeps each person's (adapters/ratelimit.py).
             "person": (f"; per person in the app: {plan['person_rate_per_second']:g} requests/s, burst "
                        f"{plan['person_burst']}" if "person_rate_per_second" in plan else ""),
         }

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import pymysql
 import pymysql.cursors
 
-from chalicelib.adapters.admission import InFlightLimit
+from chalicelib.domain.in_flight import InFlightLimit
 from chalicelib.adapters.breaker import CircuitBreaker, CircuitOpen
 from chalicelib.adapters.tls import client_context
 from chalicelib.domain.errors import ConcurrencyExhausted, ServiceUnavailable, StatementTimeout
@@ -31,7 +31,7 @@ DUPLICATE_KEY = 1062
 STATEMENT_TIMEOUT_ERRNOS = frozenset({1969, 3024})
 _SELECT = re.compile(r"^\s*SELECT\b", re.IGNORECASE)
 
-# A statement that changes product rows (see service/unit_of_work.py).
+# A statement that changes product rows (see adapters/product_writes.py).
 _PRODUCT_WRITE = re.compile(
     r"^\s*(?:(?:INSERT|REPLACE)(?:\s+(?:LOW_PRIORITY|DELAYED|HIGH_PRIORITY|IGNORE))*(?:\s+INTO)?"
     r"|UPDATE(?:\s+(?:LOW_PRIORITY|IGNORE))*|DELETE(?:\s+(?:LOW_PRIORITY|QUICK|IGNORE))*\s+FROM|TRUNCATE(?:\s+TABLE)?)"
@@ -39,7 +39,7 @@ _PRODUCT_WRITE = re.compile(
 
 
 class ProductWriteOutsideUnitOfWork(RuntimeError):
-    """A statement tried to change `products` without going through unit_of_work.ProductTransaction."""
+    """A statement tried to change `products` without going through product_writes.ProductTransaction."""
 
 
 def server_flavor(conn):
@@ -77,7 +77,7 @@ class Cursor(pymysql.cursors.DictCursor):
         head = query if isinstance(query, str) else query[:128].decode("utf-8", "replace")
         if not self.products_writable and _PRODUCT_WRITE.match(head):
             raise ProductWriteOutsideUnitOfWork(
-                "products is written only through unit_of_work.ProductTransaction: " + head[:120])
+                "products is written only through product_writes.ProductTransaction: " + head[:120])
         if self.deadline is None:
             return super().execute(query, args)
         left_ms = int((self.deadline - time.monotonic()) * 1000)

@@ -6,7 +6,7 @@ transaction, and every one keeps a MySQL guard (`stock >= q` or a version
 compare) so stock can never go negative whatever happens around it.
 
 `transact(session, quantities, work)` runs `work(tx, reserver)` in a
-transaction of the write session (unit_of_work.py); `work` calls
+transaction of the write session (product_writes.py); `work` calls
 `reserver.reserve(tx, quantities)`, which returns {product_id: unit price}
 or raises ProductNotFound / InsufficientStock.
 """
@@ -18,7 +18,7 @@ from typing import Callable, Mapping, Protocol, TypeVar
 
 from chalicelib.adapters.cache import CacheUnavailable
 from chalicelib.domain.errors import ConcurrencyExhausted, InsufficientStock, ProductNotFound
-from chalicelib.service.unit_of_work import ProductTransaction, WriteSession
+from chalicelib.adapters.product_writes import ProductTransaction, WriteSession
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from chalicelib.domain.errors import (
 )
 from chalicelib.domain.products import MAX_STOCK, to_api, validate_delta, validate_new_product, validate_patch
 from chalicelib.domain.validation import MAX_ECHO_NAMES
-from chalicelib.service.unit_of_work import PRODUCT_COLUMNS, ProductTransaction, ProductWrites
+from chalicelib.adapters.product_writes import PRODUCT_COLUMNS, ProductTransaction, ProductWrites
 
 
 class Catalog:

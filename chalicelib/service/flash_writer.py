@@ -19,7 +19,7 @@ from chalicelib.domain import order_lifecycle
 from chalicelib.domain.errors import IdempotencyConflict, InsufficientStock, ProductNotFound, ServiceUnavailable
 from chalicelib.domain.flash_message import Reservation
 from chalicelib.ops.metrics import emit, emit_values
-from chalicelib.service.unit_of_work import ProductTransaction, ProductWrites
+from chalicelib.adapters.product_writes import ProductTransaction, ProductWrites
 
 
 class _Decision:

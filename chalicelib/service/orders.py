@@ -5,7 +5,7 @@ import time
 from dataclasses import replace
 from typing import Callable, Iterable, Union
 
-from chalicelib.adapters.admission import InFlightLimit
+from chalicelib.domain.in_flight import InFlightLimit
 from chalicelib.adapters.inventory import InventoryStrategy, Reserver
 from chalicelib.adapters.order_repository import MySQLOrderRepository, OrderLine, OrderRepository, StoredOrder
 import pymysql
@@ -24,7 +24,7 @@ from chalicelib.domain.errors import (
 from chalicelib.domain.orders import BatchOutcome, InvalidOrder, K, OrderRequest, OrderResult, failed, summarize
 from chalicelib.domain.products import iso
 from chalicelib.ops.metrics import emit
-from chalicelib.service.unit_of_work import ProductTransaction, ProductWrites, WriteSession
+from chalicelib.adapters.product_writes import ProductTransaction, ProductWrites, WriteSession
 
 
 class OrderService:

@@ -18,7 +18,7 @@ from chalicelib.adapters.inventory import STRATEGIES
 from chalicelib.domain.orders import parse_batch
 from chalicelib.service import lifecycle
 from chalicelib.service.orders import OrderService
-from chalicelib.service.unit_of_work import ProductWrites
+from chalicelib.adapters.product_writes import ProductWrites
 from tests.conftest import make_product
 from tests.integration.test_flash_sale import (  # noqa: F401 - fixtures
     consume, flash_queue, on_sale, reconcile, remaining, reset, sqs, stock,

@@ -1,4 +1,4 @@
-"""One path for every product write (chalicelib/unit_of_work.py): every path
+"""One path for every product write (chalicelib/adapters/product_writes.py): every path
 bumps `version`, reports exactly the versions MySQL holds to the cache
 invalidation after commit, and a write that skips the unit of work is refused."""
 import pytest
@@ -12,7 +12,7 @@ from chalicelib.domain.orders import parse_batch
 from chalicelib.adapters.search_sql import LISTED_IN_STOCK as IN, LISTED_SOLD_OUT as OUT, NOT_LISTED as NONE
 from chalicelib.adapters.search_mysql import MySQLSearchBackend
 from chalicelib.domain.search_query import parse_query
-from chalicelib.service.unit_of_work import ProductWrites
+from chalicelib.adapters.product_writes import ProductWrites
 from tests.conftest import make_product
 
 
