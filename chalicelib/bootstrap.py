@@ -154,6 +154,13 @@ def expiry_timers():
     return _once("expiry_timers", lambda: ExpiryTimers(publisher(), settings().get("EXPIRY_QUEUE_NAME")))
 
 
+def outbox():
+    """The relay's outbox, the consumers' dedupe records and the payment clock (service/lifecycle.py)."""
+    from chalicelib.adapters.outbox import MySQLOutbox
+
+    return _once("outbox", lambda: MySQLOutbox(database()))
+
+
 def customer_directory():
     from chalicelib.adapters.customer_directory import CustomerDirectory
 
@@ -235,11 +242,12 @@ def inventory_strategy(name=None):
 
 
 def orders(strategy_name=None):
+    from chalicelib.adapters.order_repository import MySQLOrderRepository
     from chalicelib.service.orders import OrderService
 
     strategy = inventory_strategy(strategy_name)
     return _once(f"orders:{strategy.name}", lambda: OrderService(
-        database(), strategy, product_writes(), max_in_flight=int(settings().number("ORDERS_MAX_IN_FLIGHT")),
+        database(), strategy, product_writes(), MySQLOrderRepository, max_in_flight=int(settings().number("ORDERS_MAX_IN_FLIGHT")),
         payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS")),
         customer_payment_window=int(settings().number("CUSTOMER_PAYMENT_WINDOW_SECONDS")),
         flash=flash_sales(), customer_limits=customer_limits()))

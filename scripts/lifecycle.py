@@ -22,10 +22,10 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while True:
         try:
-            pruned = lifecycle.prune_dedupe_records(bootstrap.database())
+            pruned = lifecycle.prune_dedupe_records(bootstrap.outbox())
             if pruned:
                 log.info("pruned %d dedupe records", pruned)
-            expired, published = lifecycle.run(bootstrap.orders(), bootstrap.database(), bootstrap.event_publisher(),
+            expired, published = lifecycle.run(bootstrap.orders(), bootstrap.outbox(), bootstrap.event_publisher(),
                                                until=time.monotonic() + 30, interval=0.5,
                                                timers=bootstrap.expiry_timers())
             if expired or published:

@@ -19,12 +19,12 @@ def handle_lifecycle(event, context=None):
     bootstrap.refuse_if_misconfigured()
     remaining = context.get_remaining_time_in_millis() / 1000 if context else 0
     until = time.monotonic() + max(0.0, remaining - MARGIN_SECONDS)
-    pruned = lifecycle.prune_dedupe_records(bootstrap.database())
+    pruned = lifecycle.prune_dedupe_records(bootstrap.outbox())
     if pruned:
         emit("DedupeRecordsPruned", pruned)
-    expired, published = lifecycle.run(bootstrap.orders(), bootstrap.database(), bootstrap.event_publisher(), until,
+    expired, published = lifecycle.run(bootstrap.orders(), bootstrap.outbox(), bootstrap.event_publisher(), until,
                                        timers=bootstrap.expiry_timers())
-    waited = lifecycle.oldest_unpublished_seconds(bootstrap.database())
+    waited = lifecycle.oldest_unpublished_seconds(bootstrap.outbox())
     emit("OutboxOldestSeconds", waited, unit=MetricUnit.Seconds)
     return {"expired": expired, "published": published, "pruned": pruned, "outbox_oldest_seconds": round(waited, 1)}
 
@@ -46,7 +46,7 @@ def handle_expiry_event(event, context=None):
     (the sweep still expires any order); MySQL or SQS unavailable fails the record
     so SQS delivers it again."""
     bootstrap.refuse_if_misconfigured()
-    orders, db, timers = bootstrap.orders(), bootstrap.database(), bootstrap.expiry_timers()
+    orders, outbox, timers = bootstrap.orders(), bootstrap.outbox(), bootstrap.expiry_timers()
 
     def record_handler(record):
         try:
@@ -56,7 +56,7 @@ def handle_expiry_event(event, context=None):
                                                         "body": record.body[:500]})
             emit("ExpiryTimersRejected", 1)
             return None
-        outcome = lifecycle.fire_expiry_timer(orders, db, timers, order_id)
+        outcome = lifecycle.fire_expiry_timer(orders, outbox, timers, order_id)
         emit("ExpiryTimersFired", 1, outcome=outcome)
         return outcome
 

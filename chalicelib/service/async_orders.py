@@ -57,12 +57,12 @@ import logging
 import time
 import uuid
 
-from chalicelib.adapters.batch_store import BatchStore
 from chalicelib.domain.errors import ServiceUnavailable, ShopError
 from chalicelib.domain.ingest_message import chunk_messages, decode_message
 from chalicelib.domain.orders import failed, parse_batch
 from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import emit
+from chalicelib.service.ports import BatchStore
 
 log = logging.getLogger(__name__)
 

@@ -2,11 +2,10 @@
 reads (one loader per hot key; X-Cache HIT / MISS / BYPASS / STALE)."""
 import time
 
-import pymysql
 
-from chalicelib.adapters.cache import CacheUnavailable
-from chalicelib.adapters.db import DUPLICATE_KEY
 from chalicelib.domain.errors import (
+    CacheUnavailable,
+    DuplicateKey,
     DuplicateSku,
     InsufficientStock,
     ProductNotFound,
@@ -14,9 +13,16 @@ from chalicelib.domain.errors import (
     ValidationError,
     VersionConflict,
 )
-from chalicelib.domain.products import MAX_STOCK, to_api, validate_delta, validate_new_product, validate_patch
+from chalicelib.domain.products import (
+    MAX_STOCK,
+    PRODUCT_COLUMNS,
+    to_api,
+    validate_delta,
+    validate_new_product,
+    validate_patch,
+)
 from chalicelib.domain.validation import MAX_ECHO_NAMES
-from chalicelib.adapters.product_writes import PRODUCT_COLUMNS, ProductTransaction, ProductWrites
+from chalicelib.service.ports import ProductTransaction, ProductWrites
 
 
 class Catalog:
@@ -54,9 +60,7 @@ class Catalog:
         def work(tx: ProductTransaction):
             try:
                 return tx.insert(products)
-            except pymysql.err.IntegrityError as exc:
-                if exc.args[0] != DUPLICATE_KEY:
-                    raise
+            except DuplicateKey:
                 # Name the taken skus ourselves: MySQL's text names its index and quotes the row.
                 # The column's collation decides what "the same sku" is (case and accents).
                 wanted = " UNION ALL ".join(["SELECT %s AS sku"] * len(skus))

@@ -6,16 +6,24 @@ scheduled `flash_reconcile` function and `make flash-reconcile`)."""
 import time
 import uuid
 
-import pymysql
 
-from chalicelib.adapters.cache import CacheUnavailable, StoreFull
-from chalicelib.adapters.flash_gate import FlashGate, customer_key
-from chalicelib.domain.errors import InsufficientStock, ProductNotFound, SaleConflict, SaleNotFound, ServiceUnavailable
+from chalicelib.domain.errors import (
+    CacheUnavailable,
+    DuplicateKey,
+    InsufficientStock,
+    ProductNotFound,
+    SaleConflict,
+    SaleNotFound,
+    ServiceUnavailable,
+    StoreFull,
+)
 from chalicelib.domain.products import iso
+from chalicelib.domain.reservations import customer_key
 from chalicelib.domain.sales import validate_sale
 from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import emit
 from chalicelib.service.flash_sales import SalesOnRecord, report_swept
+from chalicelib.service.ports import FlashGate
 
 
 class FlashSaleAdmin:
@@ -58,7 +66,7 @@ class FlashSaleAdmin:
             try:
                 cur.execute("INSERT INTO flash_sales (product_id, sale_id, sale_stock, per_customer_limit) "
                             "VALUES (%s, %s, %s, %s)", (product_id, sale_id, sale_stock, limit))
-            except pymysql.err.IntegrityError:
+            except DuplicateKey:
                 raise SaleConflict(f"Product {product_id} is already on sale; stop that sale first.",
                                    product_id=product_id) from None
 

@@ -13,12 +13,10 @@ import itertools
 import logging
 import time
 
-from chalicelib.adapters.cache import CacheUnavailable, StoreFull
-from chalicelib.adapters.flash_gate import FlashGate, customer_key, owner_key
-from chalicelib.adapters.queues import CALL_SECONDS, SQS_BATCH
 from chalicelib.domain import flash_message
 from chalicelib.domain import validation as v
 from chalicelib.domain.errors import (
+    CacheUnavailable,
     IdempotencyConflict,
     InsufficientStock,
     ProductNotFound,
@@ -26,12 +24,15 @@ from chalicelib.domain.errors import (
     SaleLimitExceeded,
     ServiceUnavailable,
     ShopError,
+    StoreFull,
     ValidationError,
 )
 from chalicelib.domain.flash_message import Reservation
 from chalicelib.domain.orders import OrderRequest, OrderResult, failed
+from chalicelib.domain.reservations import customer_key, owner_key
 from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import emit
+from chalicelib.service.ports import FlashGate
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ class FlashSales:
         admitted = min(r.accepted_at for r in accepted)
         try:
             self.publisher.queue_url(self.queue_name)  # looked up once per process: the bound below is the sends'
-            too_late = time.time() + -(-len(bodies) // SQS_BATCH) * CALL_SECONDS > admitted + lease
+            too_late = time.time() + -(-len(bodies) // self.publisher.batch_size) * self.publisher.call_seconds > admitted + lease
             if not too_late:
                 self.publisher.send_batch(self.queue_name, bodies)
         except Exception as exc:

@@ -3,7 +3,7 @@ through the cache-invalidation queue so a write whose immediate invalidation
 failed (Redis unreachable) is still applied once Redis answers again."""
 import logging
 
-from chalicelib.adapters.cache import CacheUnavailable
+from chalicelib.domain.errors import CacheUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,9 @@ a second time; we chose a rare duplicate over a lost email (SES has no
 idempotency key to close the window). The transaction holds one connection
 for the length of the SES call, locking only that event's row."""
 
-import pymysql
 
-from chalicelib.adapters.db import DUPLICATE_KEY
 from chalicelib.domain import notifications as n
+from chalicelib.domain.errors import DuplicateKey
 from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import emit
 
@@ -66,9 +65,7 @@ class Notifier:
         try:
             cur.execute("INSERT INTO notifications_sent (event_id, event_type, recipient) VALUES (%s, %s, %s)",
                         (event.event_id, event.type, recipient))
-        except pymysql.err.IntegrityError as exc:
-            if exc.args[0] != DUPLICATE_KEY:
-                raise
+        except DuplicateKey:
             return "duplicate"  # a concurrent delivery of the same event sent it and committed
         if recipient is None:
             emit("NotificationsSkipped", 1, type=event.type)

@@ -19,9 +19,8 @@ after the ranking was cached is left out at once."""
 import json
 from collections import Counter
 
-from chalicelib.adapters.cache import CacheUnavailable
 from chalicelib.domain import related as rules
-from chalicelib.domain.errors import ProductNotFound
+from chalicelib.domain.errors import CacheUnavailable, ProductNotFound
 
 COUNTED, DUPLICATE, IGNORED = "counted", "duplicate", "ignored"
 

@@ -1,4 +1,4 @@
-"""Search as a service: the SearchBackend seam, the read-through cache around
+"""Search as a service: the read-through cache around the SearchBackend port
 it (keys `product_search:{generation}:{sha256}`, one loader per hot key,
 X-Cache HIT / MISS / BYPASS / STALE) and cache warming."""
 import json
@@ -6,21 +6,12 @@ import logging
 import random
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Protocol
 
-from chalicelib.adapters.cache import CacheUnavailable, StoreFull
-from chalicelib.domain.errors import RateLimited, ServiceUnavailable, ValidationError
-from chalicelib.domain.search_query import SearchPage, SearchQuery, cut_page, parse_query
+from chalicelib.domain.errors import CacheUnavailable, RateLimited, ServiceUnavailable, StoreFull, ValidationError
+from chalicelib.domain.search_query import cut_page, parse_query
+from chalicelib.service.ports import SearchBackend
 
 log = logging.getLogger(__name__)
-
-
-class SearchBackend(Protocol):
-    def search(self, query: SearchQuery) -> SearchPage:
-        """One page of active products matching `query`; raises ServiceUnavailable."""
-
-    def index(self, cur, rows) -> None:
-        """(Re)index full product rows inside the product write transaction `cur`."""
 
 
 def _jitter_ms(seconds):
@@ -66,8 +57,8 @@ class SearchService:
     # ~4 MB, twice over (fresh and stale copy). Larger pages are answered, not cached (BYPASS).
     MAX_PAGE_BYTES = 256 * 1024
 
-    def __init__(self, backend, gateway, generation, state, cursors, ttl_seconds=60, stale_seconds=86400,
-                 clock=time.time, budget_ms=30000):
+    def __init__(self, backend: SearchBackend, gateway, generation, state, cursors, ttl_seconds=60,
+                 stale_seconds=86400, clock=time.time, budget_ms=30000):
         self.backend = backend
         self.cursors = cursors        # signs the next_cursor handed out, verifies the one sent back
         self.gateway = gateway        # the cache Redis: pages, their stale copies, loader leases, popular counts

@@ -15,6 +15,7 @@ import pytest
 
 from chalicelib import bootstrap
 from chalicelib.adapters.inventory import STRATEGIES
+from chalicelib.adapters.order_repository import MySQLOrderRepository
 from chalicelib.domain.orders import parse_batch
 from chalicelib.service import lifecycle
 from chalicelib.service.orders import OrderService
@@ -187,7 +188,7 @@ def without_deadlock_retries(strategy):
     writes, db = bootstrap.product_writes(), OneAttempt(bootstrap.database())
     return OrderService(db, bootstrap.inventory_strategy(strategy),
                         ProductWrites(db, writes.invalidator, writes.search_index, writes.stock_low),
-                        customer_limits=bootstrap.customer_limits())
+                        MySQLOrderRepository, customer_limits=bootstrap.customer_limits())
 
 
 def run_all(*jobs):
@@ -248,7 +249,7 @@ def test_the_customer_lock_never_deadlocks_with_cancels_payments_and_expiries(ca
     errors = run_all(lambda: batches(ann, "a"), lambda: batches(ann, "b"), lambda: batches(bob, "c"),
                      lambda: [service.cancel(order_id) for order_id in earlier[:5]],
                      lambda: [service.pay(order_id, f"psp-{order_id}") for order_id in earlier[5:8]],
-                     lambda: lifecycle.expire_due(service, bootstrap.database()))
+                     lambda: lifecycle.expire_due(service, bootstrap.outbox()))
     failures = [e for e in errors if "expired" not in str(e).lower()]  # a payment may lose to the sweep
     assert failures == []
     assert "SERVICE_UNAVAILABLE" not in codes(results)  # no deadlock, no lock wait ran out

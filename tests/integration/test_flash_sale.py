@@ -14,8 +14,8 @@ import uuid
 import pytest
 
 from chalicelib import bootstrap
-from chalicelib.adapters.cache import CacheUnavailable
-from chalicelib.adapters.flash_gate import customer_key, owner_key
+from chalicelib.domain.errors import CacheUnavailable
+from chalicelib.domain.reservations import customer_key, owner_key
 from chalicelib.domain import flash_message
 from chalicelib.domain.flash_message import Reservation
 from chalicelib.domain.orders import parse_batch, parse_order

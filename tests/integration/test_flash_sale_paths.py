@@ -15,7 +15,7 @@ import pytest
 
 import app as shop_app
 from chalicelib import bootstrap
-from chalicelib.adapters.flash_gate import customer_key, owner_key
+from chalicelib.domain.reservations import customer_key, owner_key
 from chalicelib.domain import flash_message
 from chalicelib.domain.orders import parse_order
 from chalicelib.entrypoints import sqs as sqs_handlers

@@ -74,7 +74,7 @@ def deliver(*bodies):
 def relay_and_drain(sqs, test_env):
     """Publish the outbox to the session's topic and hand whatever reached the session's
     notification queue to app.py's handler (as the poller does). The bodies it saw."""
-    assert lifecycle.publish_pending(bootstrap.database(), bootstrap.event_publisher()) >= 0
+    assert lifecycle.publish_pending(bootstrap.outbox(), bootstrap.event_publisher()) >= 0
     poller = Poller(sqs, test_env["NOTIFY_QUEUE_NAME"], shop_app.handle_notifications, wait_seconds=1)
     seen = []
     while True:

@@ -7,6 +7,7 @@ from chalicelib import bootstrap
 from chalicelib.service.catalog import Catalog
 from chalicelib.adapters.db import ProductWriteOutsideUnitOfWork
 from chalicelib.adapters.inventory import STRATEGIES, make_strategy
+from chalicelib.adapters.order_repository import MySQLOrderRepository
 from chalicelib.service.orders import OrderService
 from chalicelib.domain.orders import parse_batch
 from chalicelib.adapters.search_sql import LISTED_IN_STOCK as IN, LISTED_SOLD_OUT as OUT, NOT_LISTED as NONE
@@ -64,7 +65,8 @@ def test_catalog_writes_report_the_versions_mysql_holds(recorded):
 def test_orders_and_cancels_report_the_versions_mysql_holds(recorded, strategy):
     invalidator, writes, catalog = recorded
     a, b = (make_product(catalog, stock=10)["id"] for _ in range(2))
-    service = OrderService(bootstrap.database(), make_strategy(strategy, bootstrap.state_gateway()), writes)
+    service = OrderService(bootstrap.database(), make_strategy(strategy, bootstrap.state_gateway()), writes,
+                           MySQLOrderRepository)
     invalidator.calls.clear()
 
     result = service.place_batch(parse_batch({"orders": [
@@ -109,7 +111,8 @@ def test_the_listing_follows_stock_across_zero_on_every_write_path(recorded, str
     _, writes, catalog = recorded
     pid = make_product(catalog, name="Lantern brass", stock=2)["id"]
     assert _listing(pid) == (IN, {IN}) and _in_stock_hits("lantern", monkeypatch) == [[pid], [pid]]
-    service = OrderService(bootstrap.database(), make_strategy(strategy, bootstrap.state_gateway()), writes)
+    service = OrderService(bootstrap.database(), make_strategy(strategy, bootstrap.state_gateway()), writes,
+                           MySQLOrderRepository)
 
     def order(coid, quantity):
         return service.place_batch(parse_batch({"orders": [

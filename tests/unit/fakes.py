@@ -9,7 +9,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 
 from chalicelib.domain.errors import ConcurrencyExhausted, InsufficientStock, OrderNotFound, ProductNotFound, ServiceUnavailable
-from chalicelib.adapters.order_repository import StoredOrder
+from chalicelib.domain.order_records import StoredOrder
 from chalicelib.service.orders import OrderService
 
 
