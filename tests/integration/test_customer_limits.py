@@ -94,7 +94,7 @@ def test_a_customers_order_waits_for_payment_and_expires_where_trusted_orders_ar
     assert final["lifecycle"] == "paid" and final["expires_at"] is None
     assert stock(pid) == 5
     time.sleep(1.2)
-    assert lifecycle.expire_due(bootstrap.orders(), bootstrap.database()) == 1
+    assert lifecycle.expire_due(bootstrap.orders(), bootstrap.outbox()) == 1
     assert bootstrap.orders().get(mine["order_id"])["lifecycle"] == "expired"
     assert stock(pid) == 9  # the customer's units are back; the paid order keeps its one
 
@@ -114,7 +114,7 @@ def test_a_customers_flash_sale_order_is_written_with_the_customer_window(sqs, f
         assert bootstrap.orders().get(trusted_id)["lifecycle"] == "paid"
         assert stock(pid) == 5 and remaining(pid) == 5
         time.sleep(1.2)
-        assert lifecycle.expire_due(bootstrap.orders(), bootstrap.database()) == 1
+        assert lifecycle.expire_due(bootstrap.orders(), bootstrap.outbox()) == 1
     finally:
         reset()
     assert stock(pid) == 8 and remaining(pid) == 8  # back in the stock and in the sale

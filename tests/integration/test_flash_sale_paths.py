@@ -323,7 +323,7 @@ def test_expired_sale_orders_return_their_units_to_the_sale(sqs, flash_queue):
         assert bootstrap.orders().events(order_id)[0]["data"]["lifecycle"] == "pending_payment"
         assert remaining(pid) == 1 and stock(pid) == 1
         time.sleep(1.2)
-        assert lifecycle.expire_due(bootstrap.orders(), bootstrap.database()) == 1
+        assert lifecycle.expire_due(bootstrap.orders(), bootstrap.outbox()) == 1
     finally:
         reset()
     assert bootstrap.orders().get(order_id)["lifecycle"] == "expired"
