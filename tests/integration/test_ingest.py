@@ -223,7 +223,7 @@ class FlakyOrders(OrderService):
     """The real OrderService, except that chosen users hit an outage or run out of retries."""
 
     def __init__(self, real, outage_users=(), contention_users=()):
-        super().__init__(real.db, real.strategy, real.writes)
+        super().__init__(real.db, real.strategy, real.writes, real.repository)
         self.outage_users = set(outage_users)
         self.contention_users = set(contention_users)
 
