@@ -250,7 +250,8 @@ class FlashSales:
         admitted = min(r.accepted_at for r in accepted)
         try:
             self.publisher.queue_url(self.queue_name)  # looked up once per process: the bound below is the sends'
-            too_late = time.time() + -(-len(bodies) // self.publisher.batch_size) * self.publisher.call_seconds > admitted + lease
+            calls = -(-len(bodies) // self.publisher.batch_size)
+            too_late = time.time() + calls * self.publisher.call_seconds > admitted + lease
             if not too_late:
                 self.publisher.send_batch(self.queue_name, bodies)
         except Exception as exc:

@@ -14,13 +14,14 @@ import uuid
 import pytest
 
 from chalicelib import bootstrap
+from chalicelib.adapters.queues import QueuePublisher
 from chalicelib.domain.errors import CacheUnavailable
 from chalicelib.domain.reservations import customer_key, owner_key
 from chalicelib.domain import flash_message
 from chalicelib.domain.flash_message import Reservation
 from chalicelib.domain.orders import parse_batch, parse_order
 from chalicelib.entrypoints import sqs as sqs_handlers
-from chalicelib.service import flash_writer
+from chalicelib.service import flash_sales, flash_writer
 from chalicelib.domain.errors import ServiceUnavailable
 from scripts import localstack
 from tests.conftest import make_product
@@ -338,7 +339,7 @@ def test_a_malformed_message_is_dropped_and_a_mysql_outage_retries_the_batch(sqs
 
 def short_lease_sends(monkeypatch):
     """A lease of a second or two for the test: AWS calls bounded well inside it (the local endpoint answers in ms)."""
-    monkeypatch.setattr(bootstrap.publisher(), "call_seconds", 0.1)
+    monkeypatch.setattr(QueuePublisher, "call_seconds", 0.1)
 
 
 def test_a_redis_restart_loses_the_sale_and_reconcile_rebuilds_it(sqs, flash_queue, monkeypatch):
