@@ -167,10 +167,10 @@ def customer_directory():
     return _once("customer_directory", lambda: CustomerDirectory(database()))
 
 
-def submit_async_batch(body, client):
-    from chalicelib.service.async_orders import submit
+def async_batches():
+    from chalicelib.service.async_orders import AsyncBatches
 
-    return submit(body, publisher(), batch_store(), settings().get("ORDER_QUEUE_NAME"), client)
+    return _once("async_batches", lambda: AsyncBatches(publisher(), batch_store(), settings().get("ORDER_QUEUE_NAME")))
 
 
 def order_ingest():
@@ -198,16 +198,6 @@ metrics.METRICS.shared = lambda: settings().stage == "local"
 def deployment_problems():
     """Settings.misconfiguration(), worked out once per process (and per reset)."""
     return _once("deployment_problems", lambda: settings().misconfiguration())
-
-
-def refuse_if_misconfigured():
-    """Every entry point calls this first: a cloud function that would talk to
-    127.0.0.1 or accept the local API keys answers 503 instead of serving."""
-    problems = deployment_problems()
-    if problems:
-        from chalicelib.domain.errors import ServiceUnavailable
-
-        raise ServiceUnavailable("This deployment is misconfigured and refuses to serve: " + "; ".join(problems) + ".")
 
 
 def reset(**overrides):

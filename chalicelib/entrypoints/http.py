@@ -25,6 +25,7 @@ from chalicelib.domain.errors import (
 )
 from chalicelib.domain.validation import echo, parse_json
 from chalicelib.entrypoints import auth
+from chalicelib.entrypoints.deployment import refuse_if_misconfigured
 from chalicelib.entrypoints.customers import CUSTOMER_PREFIX, customer_for_request
 from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import emit
@@ -184,7 +185,7 @@ def endpoint(routes, path, methods=("GET",), admin=False, public=False, check_ke
             started = time.perf_counter()
             route = f"{request.method} {path}"
             try:
-                bootstrap.refuse_if_misconfigured()
+                refuse_if_misconfigured()
                 caller = customer = person = None
                 if not public and check_key_in_app:
                     caller, customer, person = _admit(request, customer_route, admin)

@@ -16,7 +16,6 @@ MARGIN_SECONDS = 10
 
 
 def handle_lifecycle(event, context=None):
-    bootstrap.refuse_if_misconfigured()
     remaining = context.get_remaining_time_in_millis() / 1000 if context else 0
     until = time.monotonic() + max(0.0, remaining - MARGIN_SECONDS)
     pruned = lifecycle.prune_dedupe_records(bootstrap.outbox())
@@ -45,7 +44,6 @@ def handle_expiry_event(event, context=None):
     """The order-expiry Lambda. A body that is not a timer is logged and dropped
     (the sweep still expires any order); MySQL or SQS unavailable fails the record
     so SQS delivers it again."""
-    bootstrap.refuse_if_misconfigured()
     orders, outbox, timers = bootstrap.orders(), bootstrap.outbox(), bootstrap.expiry_timers()
 
     def record_handler(record):

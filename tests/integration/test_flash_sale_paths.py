@@ -51,8 +51,8 @@ def ingest(sqs, spec, count):
 
 
 def submit(spec, *orders):
-    return async_orders.submit({"orders": list(orders)}, bootstrap.publisher(), bootstrap.batch_store(), spec.name,
-                               client="dev")["batch_id"]
+    batches = async_orders.AsyncBatches(bootstrap.publisher(), bootstrap.batch_store(), spec.name)
+    return batches.submit(list(orders), client="dev")["batch_id"]
 
 
 def batch(batch_id):
