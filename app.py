@@ -6,7 +6,7 @@ import os
 from chalice import Chalice, Rate
 
 from chalicelib import bootstrap, snapstart  # noqa: F401 - snapstart registers SnapStart's runtime hooks
-from chalicelib.entrypoints import http, lifecycle, schema, sqs
+from chalicelib.entrypoints import expiry_and_outbox, http, migrate_function, sqs
 from chalicelib.entrypoints.deployment import serving
 from chalicelib.entrypoints.routes import batches, catalog, customer, flash, ops, orders, search
 from chalicelib.ops.logs import logger
@@ -57,7 +57,7 @@ def handle_flash_orders(event):
 @app.on_sqs_message(queue=_queue_of("handle_order_expiry"), batch_size=10)
 @serving
 def handle_order_expiry(event):
-    return lifecycle.handle_expiry_event(event.to_dict(), event.context)
+    return expiry_and_outbox.handle_expiry_event(event.to_dict(), event.context)
 
 
 @app.on_sqs_message(queue=_queue_of("handle_related_products"), batch_size=10)
@@ -76,7 +76,7 @@ def handle_notifications(event):
               description="Expire unpaid orders and publish order events (loops for most of the minute)")
 @serving
 def order_lifecycle(event):
-    return lifecycle.handle_lifecycle(event.to_dict(), event.context)
+    return expiry_and_outbox.handle_lifecycle(event.to_dict(), event.context)
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES), name="flash_reconcile",
@@ -89,5 +89,5 @@ def flash_reconcile(event):
 @app.lambda_function(name="migrate")
 @serving
 def migrate_schema(event, context):
-    return schema.handle_migrate(event, context)
+    return migrate_function.handle_migrate(event, context)
 

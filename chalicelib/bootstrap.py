@@ -148,14 +148,14 @@ def notifier():
 
 
 def expiry_timers():
-    """Per-order expiry timers on the expiry queue (chalicelib/service/lifecycle.py)."""
-    from chalicelib.service.lifecycle import ExpiryTimers
+    """Per-order expiry timers on the expiry queue (chalicelib/service/expiry_and_outbox.py)."""
+    from chalicelib.service.expiry_and_outbox import ExpiryTimers
 
     return _once("expiry_timers", lambda: ExpiryTimers(publisher(), settings().get("EXPIRY_QUEUE_NAME")))
 
 
 def outbox():
-    """The relay's outbox, the consumers' dedupe records and the payment clock (service/lifecycle.py)."""
+    """The relay's outbox, the consumers' dedupe records and the payment clock (service/expiry_and_outbox.py)."""
     from chalicelib.adapters.outbox import MySQLOutbox
 
     return _once("outbox", lambda: MySQLOutbox(database()))
@@ -237,7 +237,8 @@ def orders(strategy_name=None):
 
     strategy = inventory_strategy(strategy_name)
     return _once(f"orders:{strategy.name}", lambda: OrderService(
-        database(), strategy, product_writes(), MySQLOrderRepository, max_in_flight=int(settings().number("ORDERS_MAX_IN_FLIGHT")),
+        database(), strategy, product_writes(), MySQLOrderRepository,
+        max_in_flight=int(settings().number("ORDERS_MAX_IN_FLIGHT")),
         payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS")),
         customer_payment_window=int(settings().number("CUSTOMER_PAYMENT_WINDOW_SECONDS")),
         flash=flash_sales(), customer_limits=customer_limits()))

@@ -56,7 +56,7 @@ INFRA_TEMPLATE = PROJECT_DIR / "infra" / "template.yml"
 if str(PROJECT_DIR) not in sys.path:
     sys.path.insert(0, str(PROJECT_DIR))
 
-from chalicelib.entrypoints.customers import CUSTOMER_PREFIX  # noqa: E402
+from chalicelib.entrypoints.customer_tokens import CUSTOMER_PREFIX  # noqa: E402
 from chalicelib.settings import QUEUES as QUEUE_TABLE  # noqa: E402
 from scripts.slim_package import slim  # noqa: E402
 

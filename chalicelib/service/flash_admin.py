@@ -19,7 +19,7 @@ from chalicelib.domain.errors import (
 )
 from chalicelib.domain.products import iso
 from chalicelib.domain.reservations import customer_key
-from chalicelib.domain.sales import validate_sale
+from chalicelib.domain.sale_mode import validate_sale
 from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import emit
 from chalicelib.service.flash_sales import SalesOnRecord, report_swept

@@ -20,7 +20,7 @@ from chalicelib.adapters.mailer import SesMailer
 from chalicelib.adapters.inventory import STRATEGIES
 from chalicelib.domain.orders import parse_batch
 from chalicelib.entrypoints import sqs as sqs_handlers
-from chalicelib.service import lifecycle
+from chalicelib.service import expiry_and_outbox
 from chalicelib.service.notifications import Notifier
 from scripts import localstack
 from scripts.poller import Poller
@@ -74,7 +74,7 @@ def deliver(*bodies):
 def relay_and_drain(sqs, test_env):
     """Publish the outbox to the session's topic and hand whatever reached the session's
     notification queue to app.py's handler (as the poller does). The bodies it saw."""
-    assert lifecycle.publish_pending(bootstrap.outbox(), bootstrap.event_publisher()) >= 0
+    assert expiry_and_outbox.publish_pending(bootstrap.outbox(), bootstrap.event_publisher()) >= 0
     poller = Poller(sqs, test_env["NOTIFY_QUEUE_NAME"], shop_app.handle_notifications, wait_seconds=1)
     seen = []
     while True:

@@ -19,7 +19,7 @@ from chalicelib.adapters.queues import EventPublisher
 from chalicelib.domain import related as rules
 from chalicelib.domain.orders import parse_batch
 from chalicelib.entrypoints import sqs as consumers
-from chalicelib.service import lifecycle
+from chalicelib.service import expiry_and_outbox
 from chalicelib.service.related import RelatedProducts
 from scripts.poller import FakeLambdaContext, Poller, sqs_event
 from tests.conftest import make_product
@@ -43,7 +43,7 @@ def related_queue(clean_db, sqs, test_env):
 
 def _relay(test_env):
     publisher = EventPublisher(test_env["AWS_ENDPOINT_URL"], REGION, test_env["ORDER_EVENTS_TOPIC_ARN"])
-    while lifecycle.publish_pending(bootstrap.outbox(), publisher):
+    while expiry_and_outbox.publish_pending(bootstrap.outbox(), publisher):
         pass
 
 
@@ -125,7 +125,7 @@ def test_counts_match_the_orders_after_concurrent_duplicate_deliveries(related_q
             t.join()
         assert not errors, errors
         time.sleep(1.1)
-        while lifecycle.expire_due(orders, bootstrap.outbox()):
+        while expiry_and_outbox.expire_due(orders, bootstrap.outbox()):
             pass
     finally:
         bootstrap.reset()
