@@ -140,11 +140,12 @@ def event_publisher():
 def notifier():
     """The notification consumer (chalicelib/service/notifications.py)."""
     from chalicelib.adapters.mailer import SesMailer
+    from chalicelib.adapters.notification_log import MySQLNotificationLog
     from chalicelib.service.notifications import Notifier
 
     s = settings()
     return _once("notifier", lambda: Notifier(
-        database(), SesMailer(s.aws_endpoint_url, s.region, s.get("NOTIFY_FROM_EMAIL")), s.get("OPERATOR_EMAIL")))
+        MySQLNotificationLog(database()), SesMailer(s.aws_endpoint_url, s.region, s.get("NOTIFY_FROM_EMAIL")), s.get("OPERATOR_EMAIL")))
 
 
 def expiry_timers():

@@ -161,6 +161,25 @@ class BatchStore(Protocol):
     def get(self, batch_id, owner=None, resolve=None) -> dict: ...
 
 
+class NotificationLog(Protocol):
+    """The events mailed, once each (adapters/notification_log.py), and what an email says."""
+
+    def recorded(self, event_id: str) -> bool: ...
+
+    def product(self, product_id: int) -> Optional[dict]:
+        """{sku, name} of the product, or None."""
+
+    def order(self, order_id: int) -> Optional[dict]:
+        """{total_cents, contact_email} of the order, or None."""
+
+    def order_items(self, order_id: int) -> list[dict]:
+        """[{product_id, quantity, unit_price_cents, name}] in product order."""
+
+    def record_and_send(self, event_id: str, event_type: str, recipient: Optional[str],
+                        send: Optional[Callable[[], str]] = None) -> bool:
+        """Record the event and call `send` in one transaction; False if it was recorded already."""
+
+
 # --- queues (adapters/queues.py) ---------------------------------------------
 
 class QueuePublisher(Protocol):
