@@ -265,7 +265,13 @@ def flash_sales_on_record():
     """MySQL's list of sales as this process sees it: one, shared by the admission and sale mode."""
     from chalicelib.service.flash_sales import SalesOnRecord
 
-    return _once("flash_sales_on_record", lambda: SalesOnRecord(database()))
+    return _once("flash_sales_on_record", lambda: SalesOnRecord(sale_records()))
+
+
+def sale_records():
+    from chalicelib.adapters.sale_records import MySQLSaleRecords
+
+    return _once("sale_records", lambda: MySQLSaleRecords(database()))
 
 
 def flash_sales():
@@ -278,7 +284,7 @@ def flash_sales():
 def flash_admin():
     from chalicelib.service.flash_admin import FlashSaleAdmin
 
-    return _once("flash_admin", lambda: FlashSaleAdmin(database(), flash_gate(), flash_sales_on_record(), publisher(),
+    return _once("flash_admin", lambda: FlashSaleAdmin(sale_records(), flash_gate(), flash_sales_on_record(), publisher(),
                                                        settings().get("FLASH_QUEUE_NAME")))
 
 

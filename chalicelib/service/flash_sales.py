@@ -32,7 +32,7 @@ from chalicelib.domain.orders import OrderRequest, OrderResult, failed
 from chalicelib.domain.reservations import customer_key, owner_key
 from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import emit
-from chalicelib.service.ports import FlashGate
+from chalicelib.service.ports import FlashGate, SaleRecords
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,9 @@ class SalesOnRecord:
     reads them (FlashSales.sale_products), sale mode (FlashSaleAdmin) says when
     this process changed them."""
 
-    def __init__(self, db):
+    def __init__(self, records: SaleRecords):
         self._sales_cache = None  # (monotonic time, product ids on sale in MySQL)
-        self.db = db
+        self.records = records
 
     def ids(self):
         """(product ids on sale per MySQL, read at most once a second per process;
@@ -67,7 +67,7 @@ class SalesOnRecord:
             return cached[1], None
         try:
             # Frozen: callers narrow it for a batch, and the copy must stay whole for the next one.
-            ids = frozenset(row["product_id"] for row in self.db.query("SELECT product_id FROM flash_sales"))
+            ids = frozenset(self.records.product_ids())
         except ServiceUnavailable as exc:
             # Sale orders need no MySQL: go on with what we knew (and what Redis says).
             return (cached[1] if cached is not None else frozenset()), exc

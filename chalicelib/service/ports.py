@@ -180,6 +180,24 @@ class NotificationLog(Protocol):
         """Record the event and call `send` in one transaction; False if it was recorded already."""
 
 
+class SaleRecords(Protocol):
+    """MySQL's record of the flash sales (adapters/sale_records.py)."""
+
+    def product_ids(self) -> list[int]: ...
+
+    def get(self, product_id: int) -> Optional[dict]:
+        """{product_id, sale_id, sale_stock, per_customer_limit, started_at}, or None."""
+
+    def add(self, product_id: int, sale_id: str, sale_stock: int, limit: Optional[int],
+            admit: Callable[[Optional[dict]], None]) -> None:
+        """Record the sale if `admit(product)` passes with the product held; DuplicateKey if on sale."""
+
+    def remove(self, product_id: int, sale_id: Optional[str] = None) -> None: ...
+
+    def snapshot(self, product_id: int, sale_id: str) -> tuple[int, int, list[dict]]:
+        """(stock, newest order id, the sale's order lines), read together."""
+
+
 # --- queues (adapters/queues.py) ---------------------------------------------
 
 class QueuePublisher(Protocol):

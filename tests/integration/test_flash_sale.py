@@ -712,16 +712,16 @@ def consumed_right_after_the_next_snapshot(sqs, flash_queue, monkeypatch):
     """The consumer commits and deletes what is queued just after reconcile's MySQL
     snapshot: the snapshot misses those orders, and the queue is empty by then."""
     service = bootstrap.flash_admin()
-    run, armed = service.db.run, [True]
+    snapshot, armed = service.records.snapshot, [True]
 
-    def snapshot_then_consumed(work, *args, **kwargs):
-        found = run(work, *args, **kwargs)
-        if armed and getattr(work, "__name__", "") == "read":
+    def snapshot_then_consumed(*args, **kwargs):
+        found = snapshot(*args, **kwargs)
+        if armed:
             armed.clear()
             assert consume(sqs, flash_queue)
         return found
 
-    monkeypatch.setattr(service.db, "run", snapshot_then_consumed)
+    monkeypatch.setattr(service.records, "snapshot", snapshot_then_consumed)
     return service
 
 
