@@ -297,8 +297,9 @@ def flash_writer():
 
 
 def related_products():
+    from chalicelib.adapters.pair_counts import MySQLPairCounts
     from chalicelib.service.related import RelatedProducts
 
     s = settings()
-    return _once("related_products", lambda: RelatedProducts(database(), redis_gateway(), catalog(),
+    return _once("related_products", lambda: RelatedProducts(MySQLPairCounts(database()), redis_gateway(), catalog(),
                                                              ttl_seconds=s.number("RELATED_TTL_SECONDS")))

@@ -198,6 +198,28 @@ class SaleRecords(Protocol):
         """(stock, newest order id, the sale's order lines), read together."""
 
 
+class PairCountingTransaction(Protocol):
+    def first_time(self, event_id: str) -> bool:
+        """Record the event as counted; False if it already was."""
+
+    def order_lines(self, order_ids: Sequence[int]) -> dict[int, dict[int, int]]: ...
+
+    def add(self, rows: Sequence[tuple[tuple[int, int], int]]) -> None:
+        """Add each ((product_id, other_id), change), in the order given (the lock order)."""
+
+
+class PairCounts(Protocol):
+    """Co-purchase counts (adapters/pair_counts.py)."""
+
+    def counting(self, work: Callable[[PairCountingTransaction], T]) -> T:
+        """`work(tx)` in one transaction."""
+
+    def product_exists(self, product_id: int) -> bool: ...
+
+    def ranking(self, product_id: int, limit: int) -> list[tuple[int, int]]:
+        """[(partner id, orders)] best first, of partners active and in stock now."""
+
+
 # --- queues (adapters/queues.py) ---------------------------------------------
 
 class QueuePublisher(Protocol):

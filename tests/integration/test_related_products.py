@@ -15,6 +15,7 @@ import boto3
 import pytest
 
 from chalicelib import bootstrap
+from chalicelib.adapters.pair_counts import MySQLPairCounts
 from chalicelib.adapters.queues import EventPublisher
 from chalicelib.domain import related as rules
 from chalicelib.domain.orders import parse_batch
@@ -332,7 +333,7 @@ def test_locks_are_taken_in_one_order_so_concurrent_batches_never_deadlock(clean
     copies = events * 8
     rng.shuffle(copies)
     batches = [copies[i:i + 10] for i in range(0, len(copies), 10)]
-    related, errors = RelatedProducts(OneAttempt(bootstrap.database()), None, None), []
+    related, errors = RelatedProducts(MySQLPairCounts(OneAttempt(bootstrap.database())), None, None), []
 
     def worker(mine):
         try:
