@@ -100,7 +100,13 @@ def product_writes():
 def catalog():
     from chalicelib.service.catalog import Catalog
 
-    return _once("catalog", lambda: Catalog(database(), product_cache(), product_writes()))
+    return _once("catalog", lambda: Catalog(product_reads(), product_cache(), product_writes()))
+
+
+def product_reads():
+    from chalicelib.adapters.product_reads import MySQLProductReads
+
+    return _once("product_reads", lambda: MySQLProductReads(database()))
 
 
 def search_service():
@@ -119,7 +125,7 @@ def search_service():
 def warm_caches(**options):
     from chalicelib.service.search import warm_caches as warm
 
-    return warm(catalog(), database(), search_service(), **options)
+    return warm(catalog(), product_reads(), search_service(), **options)
 
 
 def batch_store():

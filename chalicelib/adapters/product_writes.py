@@ -102,6 +102,13 @@ class ProductTransaction:
                 self._stock_at.setdefault(pid, {})[row["version"]] = (row["stock"], row["low_stock_threshold"])
         return rows
 
+    def taken_skus(self, skus: Sequence[str]) -> list[str]:
+        """Those of `skus` a product has; the column's collation decides what "the same sku"
+        is (case and accents)."""
+        wanted = " UNION ALL ".join(["SELECT %s AS sku"] * len(skus))
+        self.cursor.execute(f"SELECT DISTINCT w.sku FROM ({wanted}) w JOIN products p ON p.sku = w.sku", list(skus))
+        return [row["sku"] for row in self.cursor.fetchall()]
+
     # --- writes -------------------------------------------------------------
 
     def insert(self, products: Sequence[Mapping]) -> list[dict]:

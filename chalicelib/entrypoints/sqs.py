@@ -123,7 +123,7 @@ def handle_related_event(event, context=None, related=None):
 def handle_invalidation_event(event, context=None):
     """The cache-invalidation Lambda: a body that is not JSON is logged and dropped;
     Redis or MySQL unavailable fails the record so SQS retries it."""
-    invalidator, db = bootstrap.invalidator(), bootstrap.database()
+    invalidator, reads = bootstrap.invalidator(), bootstrap.product_reads()
 
     def record_handler(record):
         try:
@@ -134,7 +134,7 @@ def handle_invalidation_event(event, context=None):
             logger.error("cache-invalidation message dropped", extra={"message_id": record.message_id,
                                                                       "reason": str(exc), "body": record.body[:500]})
             return None
-        invalidator.handle_message(db, body)
+        invalidator.handle_message(reads, body)
         return None
 
     return _partial_response(event, context, record_handler)

@@ -31,6 +31,19 @@ class SearchBackend(SearchIndex, Protocol):
         """One page of active products matching `query`; raises ServiceUnavailable."""
 
 
+class ProductReads(Protocol):
+    """Product reads outside a write transaction (adapters/product_reads.py)."""
+
+    def rows(self, ids: Iterable[int]) -> list[dict]:
+        """Full rows of those that exist, in any order."""
+
+    def versions(self, ids: Iterable[int]) -> dict[int, int]: ...
+
+    def best_sellers(self, n: int, recent_orders: int) -> list[int]: ...
+
+    def newest_active(self, n: int) -> list[int]: ...
+
+
 class CacheInvalidator(Protocol):
     def after_commit(self, versions: Mapping[int, int], search: bool = True, enqueue: bool = True) -> None:
         """Invalidate the cached copies older than `versions`; never raises."""
@@ -47,6 +60,9 @@ class ProductTransaction(Protocol):
     versions: dict[int, int]
 
     def select(self, ids: Iterable[int], columns: str = ..., lock: bool = False) -> dict[int, dict]: ...
+
+    def taken_skus(self, skus: Sequence[str]) -> list[str]:
+        """Those of `skus` a product has (as the sku column's collation compares)."""
 
     def insert(self, products: Sequence[Mapping]) -> list[dict]:
         """The new products' full rows; DuplicateKey on a taken sku."""

@@ -8,6 +8,7 @@ from chalicelib.service.catalog import Catalog
 from chalicelib.adapters.db import ProductWriteOutsideUnitOfWork
 from chalicelib.adapters.inventory import STRATEGIES, make_strategy
 from chalicelib.adapters.order_repository import MySQLOrderRepository
+from chalicelib.adapters.product_reads import MySQLProductReads
 from chalicelib.service.orders import OrderService
 from chalicelib.domain.orders import parse_batch
 from chalicelib.adapters.search_sql import LISTED_IN_STOCK as IN, LISTED_SOLD_OUT as OUT, NOT_LISTED as NONE
@@ -36,7 +37,7 @@ def recorded(clean_db):
     db = bootstrap.database()
     invalidator = RecordingInvalidator()
     writes = ProductWrites(db, invalidator, MySQLSearchBackend(db))
-    return invalidator, writes, Catalog(db, bootstrap.product_cache(), writes)
+    return invalidator, writes, Catalog(MySQLProductReads(db), bootstrap.product_cache(), writes)
 
 
 def test_catalog_writes_report_the_versions_mysql_holds(recorded):
