@@ -151,7 +151,8 @@ def notifier():
 
     s = settings()
     return _once("notifier", lambda: Notifier(
-        MySQLNotificationLog(database()), SesMailer(s.aws_endpoint_url, s.region, s.get("NOTIFY_FROM_EMAIL")), s.get("OPERATOR_EMAIL")))
+        MySQLNotificationLog(database()), SesMailer(s.aws_endpoint_url, s.region, s.get("NOTIFY_FROM_EMAIL")),
+        s.get("OPERATOR_EMAIL")))
 
 
 def expiry_timers():
@@ -283,15 +284,15 @@ def sale_records():
 def flash_sales():
     from chalicelib.service.flash_sales import FlashSales
 
-    return _once("flash_sales", lambda: FlashSales(database(), flash_gate(), flash_sales_on_record(), publisher(),
+    return _once("flash_sales", lambda: FlashSales(sale_records(), flash_gate(), flash_sales_on_record(), publisher(),
                                                    settings().get("FLASH_QUEUE_NAME")))
 
 
 def flash_admin():
     from chalicelib.service.flash_admin import FlashSaleAdmin
 
-    return _once("flash_admin", lambda: FlashSaleAdmin(sale_records(), flash_gate(), flash_sales_on_record(), publisher(),
-                                                       settings().get("FLASH_QUEUE_NAME")))
+    return _once("flash_admin", lambda: FlashSaleAdmin(sale_records(), flash_gate(), flash_sales_on_record(),
+                                                       publisher(), settings().get("FLASH_QUEUE_NAME")))
 
 
 def flash_writer():

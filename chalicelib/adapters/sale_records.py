@@ -35,6 +35,16 @@ class MySQLSaleRecords:
             self.db.run(lambda cur: cur.execute("DELETE FROM flash_sales WHERE product_id = %s AND sale_id = %s",
                                                 (product_id, sale_id)))
 
+    def orders_of(self, reservation_ids):
+        """The orders written for those reservations: [{id, client, customer_id, user_id,
+        client_order_id, total_cents, status, flash_reservation}]."""
+        rids = list(reservation_ids)
+        if not rids:
+            return []
+        return self.db.query("SELECT id, client, customer_id, user_id, client_order_id, total_cents, status, "
+                             "flash_reservation FROM orders "
+                             f"WHERE flash_reservation IN ({','.join(['%s'] * len(rids))})", rids)
+
     def snapshot(self, product_id, sale_id):
         """One consistent read: (the product's stock, the newest order id, the sale's order
         lines [{client, customer_id, user_id, id, status, quantity}])."""

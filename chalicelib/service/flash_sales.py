@@ -88,8 +88,9 @@ def report_swept(emit_metric, swept):
 
 
 class FlashSales:
-    def __init__(self, db, gate: FlashGate, on_record: SalesOnRecord, publisher, queue_name, metrics=emit):
-        self.db = db
+    def __init__(self, records: SaleRecords, gate: FlashGate, on_record: SalesOnRecord, publisher, queue_name,
+                 metrics=emit):
+        self.records = records
         self.gate = gate
         self.on_record = on_record
         self.publisher = publisher
@@ -304,8 +305,7 @@ class FlashSales:
             record = None
         if record is None:
             # Redis lost it (or it expired): the order row, if one was written, still says.
-            rows = self.db.query("SELECT id, client, customer_id, user_id, client_order_id, total_cents, status "
-                                 "FROM orders WHERE flash_reservation = %s", (rid,))
+            rows = self.records.orders_of([rid])
             if not rows or (owner is not None and not owner.owns(rows[0]["client"], rows[0]["customer_id"])):
                 raise ReservationNotFound(f"Reservation {rid} does not exist.", reservation_id=rid)
             row = rows[0]
@@ -317,7 +317,6 @@ class FlashSales:
         body = {"reservation_id": rid, "client_order_id": coid, "user_id": int(user_id)}
         return {**body, **{k: val for k, val in _result(coid, record).to_api().items()
                            if k in ("status", "order_id", "total_cents", "error")}}
-
 
     def resolve(self, pending):
         """{rid: (client_order_id, duplicate)} of results recorded `pending` (async
@@ -334,9 +333,7 @@ class FlashSales:
         unknown = [rid for rid in pending if rid not in records]
         if unknown:
             # Redis lost it (or it expired): the order row, if one was written, still says.
-            rows = self.db.query("SELECT id, total_cents, flash_reservation FROM orders WHERE flash_reservation IN "
-                                 f"({','.join(['%s'] * len(unknown))})", unknown)
-            for row in rows:
+            for row in self.records.orders_of(unknown):
                 rid = row["flash_reservation"]
                 coid, duplicate = pending[rid]
                 final[rid] = OrderResult(coid, row["id"], row["total_cents"], duplicate=duplicate,

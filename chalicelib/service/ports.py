@@ -210,6 +210,9 @@ class SaleRecords(Protocol):
 
     def remove(self, product_id: int, sale_id: Optional[str] = None) -> None: ...
 
+    def orders_of(self, reservation_ids: Sequence[str]) -> list[dict]:
+        """The orders written for those flash reservations."""
+
     def snapshot(self, product_id: int, sale_id: str) -> tuple[int, int, list[dict]]:
         """(stock, newest order id, the sale's order lines), read together."""
 
