@@ -2,7 +2,6 @@
 reads (one loader per hot key; X-Cache HIT / MISS / BYPASS / STALE)."""
 import time
 
-
 from chalicelib.domain.errors import (
     CacheUnavailable,
     DuplicateKey,

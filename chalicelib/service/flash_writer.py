@@ -10,7 +10,6 @@ import time
 import uuid
 from collections import Counter
 
-
 from chalicelib.domain import order_lifecycle
 from chalicelib.domain.errors import (
     CacheUnavailable,
