@@ -91,7 +91,7 @@ def invalidator():
 def product_writes():
     from chalicelib.adapters.order_repository import StockLowEvents
     from chalicelib.adapters.search_mysql import MySQLSearchBackend
-    from chalicelib.service.unit_of_work import ProductWrites
+    from chalicelib.adapters.product_writes import ProductWrites
 
     return _once("product_writes", lambda: ProductWrites(database(), invalidator(), MySQLSearchBackend(database()),
                                                          StockLowEvents()))
@@ -100,7 +100,13 @@ def product_writes():
 def catalog():
     from chalicelib.service.catalog import Catalog
 
-    return _once("catalog", lambda: Catalog(database(), product_cache(), product_writes()))
+    return _once("catalog", lambda: Catalog(product_reads(), product_cache(), product_writes()))
+
+
+def product_reads():
+    from chalicelib.adapters.product_reads import MySQLProductReads
+
+    return _once("product_reads", lambda: MySQLProductReads(database()))
 
 
 def search_service():
@@ -119,7 +125,7 @@ def search_service():
 def warm_caches(**options):
     from chalicelib.service.search import warm_caches as warm
 
-    return warm(catalog(), database(), search_service(), **options)
+    return warm(catalog(), product_reads(), search_service(), **options)
 
 
 def batch_store():
@@ -140,18 +146,27 @@ def event_publisher():
 def notifier():
     """The notification consumer (chalicelib/service/notifications.py)."""
     from chalicelib.adapters.mailer import SesMailer
+    from chalicelib.adapters.notification_log import MySQLNotificationLog
     from chalicelib.service.notifications import Notifier
 
     s = settings()
     return _once("notifier", lambda: Notifier(
-        database(), SesMailer(s.aws_endpoint_url, s.region, s.get("NOTIFY_FROM_EMAIL")), s.get("OPERATOR_EMAIL")))
+        MySQLNotificationLog(database()), SesMailer(s.aws_endpoint_url, s.region, s.get("NOTIFY_FROM_EMAIL")),
+        s.get("OPERATOR_EMAIL")))
 
 
 def expiry_timers():
-    """Per-order expiry timers on the expiry queue (chalicelib/service/lifecycle.py)."""
-    from chalicelib.service.lifecycle import ExpiryTimers
+    """Per-order expiry timers on the expiry queue (chalicelib/service/expiry_and_outbox.py)."""
+    from chalicelib.service.expiry_and_outbox import ExpiryTimers
 
     return _once("expiry_timers", lambda: ExpiryTimers(publisher(), settings().get("EXPIRY_QUEUE_NAME")))
+
+
+def outbox():
+    """The relay's outbox, the consumers' dedupe records and the payment clock (service/expiry_and_outbox.py)."""
+    from chalicelib.adapters.outbox import MySQLOutbox
+
+    return _once("outbox", lambda: MySQLOutbox(database()))
 
 
 def customer_directory():
@@ -160,10 +175,10 @@ def customer_directory():
     return _once("customer_directory", lambda: CustomerDirectory(database()))
 
 
-def submit_async_batch(body, client):
-    from chalicelib.service.async_orders import submit
+def async_batches():
+    from chalicelib.service.async_orders import AsyncBatches
 
-    return submit(body, publisher(), batch_store(), settings().get("ORDER_QUEUE_NAME"), client)
+    return _once("async_batches", lambda: AsyncBatches(publisher(), batch_store(), settings().get("ORDER_QUEUE_NAME")))
 
 
 def order_ingest():
@@ -193,16 +208,6 @@ def deployment_problems():
     return _once("deployment_problems", lambda: settings().misconfiguration())
 
 
-def refuse_if_misconfigured():
-    """Every entry point calls this first: a cloud function that would talk to
-    127.0.0.1 or accept the local API keys answers 503 instead of serving."""
-    problems = deployment_problems()
-    if problems:
-        from chalicelib.domain.errors import ServiceUnavailable
-
-        raise ServiceUnavailable("This deployment is misconfigured and refuses to serve: " + "; ".join(problems) + ".")
-
-
 def reset(**overrides):
     """Forget every client. The next ones are built from the environment plus
     `overrides` (setting name -> value), so a test builds the setup it needs
@@ -222,7 +227,7 @@ def reset(**overrides):
 
 
 def rate_limiter():
-    from chalicelib.entrypoints.ratelimit import RateLimiter
+    from chalicelib.adapters.ratelimit import RateLimiter
 
     return _once("rate_limiter", lambda: RateLimiter(state_gateway(), settings().plans))
 
@@ -235,11 +240,13 @@ def inventory_strategy(name=None):
 
 
 def orders(strategy_name=None):
+    from chalicelib.adapters.order_repository import MySQLOrderRepository
     from chalicelib.service.orders import OrderService
 
     strategy = inventory_strategy(strategy_name)
     return _once(f"orders:{strategy.name}", lambda: OrderService(
-        database(), strategy, product_writes(), max_in_flight=int(settings().number("ORDERS_MAX_IN_FLIGHT")),
+        database(), strategy, product_writes(), MySQLOrderRepository,
+        max_in_flight=int(settings().number("ORDERS_MAX_IN_FLIGHT")),
         payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS")),
         customer_payment_window=int(settings().number("CUSTOMER_PAYMENT_WINDOW_SECONDS")),
         flash=flash_sales(), customer_limits=customer_limits()))
@@ -265,21 +272,27 @@ def flash_sales_on_record():
     """MySQL's list of sales as this process sees it: one, shared by the admission and sale mode."""
     from chalicelib.service.flash_sales import SalesOnRecord
 
-    return _once("flash_sales_on_record", lambda: SalesOnRecord(database()))
+    return _once("flash_sales_on_record", lambda: SalesOnRecord(sale_records()))
+
+
+def sale_records():
+    from chalicelib.adapters.sale_records import MySQLSaleRecords
+
+    return _once("sale_records", lambda: MySQLSaleRecords(database()))
 
 
 def flash_sales():
     from chalicelib.service.flash_sales import FlashSales
 
-    return _once("flash_sales", lambda: FlashSales(database(), flash_gate(), flash_sales_on_record(), publisher(),
+    return _once("flash_sales", lambda: FlashSales(sale_records(), flash_gate(), flash_sales_on_record(), publisher(),
                                                    settings().get("FLASH_QUEUE_NAME")))
 
 
 def flash_admin():
     from chalicelib.service.flash_admin import FlashSaleAdmin
 
-    return _once("flash_admin", lambda: FlashSaleAdmin(database(), flash_gate(), flash_sales_on_record(), publisher(),
-                                                       settings().get("FLASH_QUEUE_NAME")))
+    return _once("flash_admin", lambda: FlashSaleAdmin(sale_records(), flash_gate(), flash_sales_on_record(),
+                                                       publisher(), settings().get("FLASH_QUEUE_NAME")))
 
 
 def flash_writer():
@@ -291,8 +304,9 @@ def flash_writer():
 
 
 def related_products():
+    from chalicelib.adapters.pair_counts import MySQLPairCounts
     from chalicelib.service.related import RelatedProducts
 
     s = settings()
-    return _once("related_products", lambda: RelatedProducts(database(), redis_gateway(), catalog(),
+    return _once("related_products", lambda: RelatedProducts(MySQLPairCounts(database()), redis_gateway(), catalog(),
                                                              ttl_seconds=s.number("RELATED_TTL_SECONDS")))

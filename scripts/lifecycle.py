@@ -12,7 +12,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from chalicelib import bootstrap  # noqa: E402
-from chalicelib.service import lifecycle  # noqa: E402
+from chalicelib.service import expiry_and_outbox  # noqa: E402
 
 log = logging.getLogger("lifecycle")
 
@@ -22,12 +22,12 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while True:
         try:
-            pruned = lifecycle.prune_dedupe_records(bootstrap.database())
+            pruned = expiry_and_outbox.prune_dedupe_records(bootstrap.outbox())
             if pruned:
                 log.info("pruned %d dedupe records", pruned)
-            expired, published = lifecycle.run(bootstrap.orders(), bootstrap.database(), bootstrap.event_publisher(),
-                                               until=time.monotonic() + 30, interval=0.5,
-                                               timers=bootstrap.expiry_timers())
+            expired, published = expiry_and_outbox.run(
+                bootstrap.orders(), bootstrap.outbox(), bootstrap.event_publisher(),
+                until=time.monotonic() + 30, interval=0.5, timers=bootstrap.expiry_timers())
             if expired or published:
                 log.info("expired %d orders, published %d events", expired, published)
         except Exception as exc:  # MySQL or SNS down: wait and go on, as the scheduled function would

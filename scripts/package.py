@@ -56,7 +56,7 @@ INFRA_TEMPLATE = PROJECT_DIR / "infra" / "template.yml"
 if str(PROJECT_DIR) not in sys.path:
     sys.path.insert(0, str(PROJECT_DIR))
 
-from chalicelib.entrypoints.customers import CUSTOMER_PREFIX  # noqa: E402
+from chalicelib.entrypoints.customer_tokens import CUSTOMER_PREFIX  # noqa: E402
 from chalicelib.settings import QUEUES as QUEUE_TABLE  # noqa: E402
 from scripts.slim_package import slim  # noqa: E402
 
@@ -153,7 +153,7 @@ def usage_plan_definitions(plans):
             "suffix": logical_suffix(name),
             "admin": bool(plan.get("admin")),
             "throttle": {"RateLimit": float(rate), "BurstLimit": int(burst)},
-            # API Gateway keeps only the key's limits; the app keeps each person's (entrypoints/ratelimit.py).
+            # API Gateway keeps only the key's limits; the app keeps each person's (adapters/ratelimit.py).
             "person": (f"; per person in the app: {plan['person_rate_per_second']:g} requests/s, burst "
                        f"{plan['person_burst']}" if "person_rate_per_second" in plan else ""),
         }

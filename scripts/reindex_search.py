@@ -19,7 +19,7 @@ from chalicelib import bootstrap  # noqa: E402
 
 def reindex(db, backend, batch=500):
     """Products re-indexed, walking ids in ascending order."""
-    from chalicelib.service.unit_of_work import PRODUCT_COLUMNS
+    from chalicelib.domain.products import PRODUCT_COLUMNS
 
     last, done = 0, 0
     while True:

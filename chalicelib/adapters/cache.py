@@ -14,17 +14,9 @@ import ssl
 import time
 
 from chalicelib.adapters.breaker import CircuitBreaker, CircuitOpen
+from chalicelib.domain.errors import CacheUnavailable, StoreFull
 
 log = logging.getLogger(__name__)
-
-
-class CacheUnavailable(Exception):
-    pass
-
-
-class StoreFull(CacheUnavailable):
-    """Redis answered OOM: a `noeviction` store at maxmemory refuses writes. It is up (the
-    breaker is not told otherwise); a caller that guards a rule must refuse rather than skip it."""
 
 
 # KEYS: data key, fence key. ARGV: version, soft expiry (ms epoch), json, data ttl ms

@@ -12,10 +12,10 @@ from contextlib import contextmanager
 import pymysql
 import pymysql.cursors
 
-from chalicelib.adapters.admission import InFlightLimit
+from chalicelib.domain.in_flight import InFlightLimit
 from chalicelib.adapters.breaker import CircuitBreaker, CircuitOpen
 from chalicelib.adapters.tls import client_context
-from chalicelib.domain.errors import ConcurrencyExhausted, ServiceUnavailable, StatementTimeout
+from chalicelib.domain.errors import ConcurrencyExhausted, DuplicateKey, ServiceUnavailable, StatementTimeout
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ DUPLICATE_KEY = 1062
 STATEMENT_TIMEOUT_ERRNOS = frozenset({1969, 3024})
 _SELECT = re.compile(r"^\s*SELECT\b", re.IGNORECASE)
 
-# A statement that changes product rows (see service/unit_of_work.py).
+# A statement that changes product rows (see adapters/product_writes.py).
 _PRODUCT_WRITE = re.compile(
     r"^\s*(?:(?:INSERT|REPLACE)(?:\s+(?:LOW_PRIORITY|DELAYED|HIGH_PRIORITY|IGNORE))*(?:\s+INTO)?"
     r"|UPDATE(?:\s+(?:LOW_PRIORITY|IGNORE))*|DELETE(?:\s+(?:LOW_PRIORITY|QUICK|IGNORE))*\s+FROM|TRUNCATE(?:\s+TABLE)?)"
@@ -39,7 +39,7 @@ _PRODUCT_WRITE = re.compile(
 
 
 class ProductWriteOutsideUnitOfWork(RuntimeError):
-    """A statement tried to change `products` without going through unit_of_work.ProductTransaction."""
+    """A statement tried to change `products` without going through product_writes.ProductTransaction."""
 
 
 def server_flavor(conn):
@@ -62,7 +62,8 @@ def time_limited(sql, flavor, ms):
 class Cursor(pymysql.cursors.DictCursor):
     """The cursor of every transaction and query: product rows change only
     through a ProductTransaction, which keeps versions, the search index and
-    the caches in step (executemany of an INSERT ends in execute, so it is covered).
+    the caches in step (executemany of an INSERT ends in execute, so it is covered);
+    a duplicate key raises the domain's DuplicateKey.
 
     With a `deadline` (Database.run(time_limit_ms=...)) every statement runs
     under a server-side time limit of what is left of it, so the server stops
@@ -77,17 +78,22 @@ class Cursor(pymysql.cursors.DictCursor):
         head = query if isinstance(query, str) else query[:128].decode("utf-8", "replace")
         if not self.products_writable and _PRODUCT_WRITE.match(head):
             raise ProductWriteOutsideUnitOfWork(
-                "products is written only through unit_of_work.ProductTransaction: " + head[:120])
-        if self.deadline is None:
-            return super().execute(query, args)
-        left_ms = int((self.deadline - time.monotonic()) * 1000)
-        if left_ms < 1:
-            raise StatementTimeout(self.time_limit_ms)
+                "products is written only through product_writes.ProductTransaction: " + head[:120])
         try:
+            if self.deadline is None:
+                return super().execute(query, args)
+            left_ms = int((self.deadline - time.monotonic()) * 1000)
+            if left_ms < 1:
+                raise StatementTimeout(self.time_limit_ms)
             return super().execute(time_limited(query, server_flavor(self.connection), left_ms), args)
         except pymysql.err.OperationalError as exc:
-            if exc.args and exc.args[0] in STATEMENT_TIMEOUT_ERRNOS:
+            if self.deadline is not None and exc.args and exc.args[0] in STATEMENT_TIMEOUT_ERRNOS:
                 raise StatementTimeout(self.time_limit_ms) from exc
+            raise
+        except pymysql.err.IntegrityError as exc:
+            # The one place a duplicate key is recognised: callers catch DuplicateKey.
+            if exc.args and exc.args[0] == DUPLICATE_KEY:
+                raise DuplicateKey(exc.args[-1]) from exc
             raise
 
 

@@ -33,9 +33,9 @@ keys they derive (the sweep, the settle), as Redis Cluster would not allow.
 """
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+
+from chalicelib.domain.reservations import Admission
 
 FINAL_TTL_SECONDS = 7 * 24 * 3600  # how long a settled reservation answers replays and polls
 
@@ -72,47 +72,6 @@ _RESYNC = _script("flash_resync.lua")
 _CAP = _script("flash_cap.lua")
 _RETURN = _script("flash_return.lua")
 _STOP = _script("flash_stop.lua")
-
-
-@dataclass(frozen=True)
-class Admission:
-    outcome: str            # ACCEPTED | REPLAY | CONFLICT | NOT_ON_SALE | SOLD_OUT | LIMIT
-    rid: Optional[str] = None
-    lines: tuple = ()       # ACCEPTED: ((product_id, quantity, sale_id), ...)
-    product_id: Optional[int] = None
-    remaining: Optional[int] = None
-    held: Optional[int] = None
-    limit: Optional[int] = None
-    swept: int = 0          # expired leases the call gave back on its way
-    admitted_at: float = 0  # ACCEPTED: the clock (s) its lease counts from
-
-
-@dataclass(frozen=True)
-class Settlement:
-    key: str
-    rid: str
-    lines: str
-    customer: str
-    outcome: str            # created | failed
-    took: bool              # MySQL took the units for this reservation
-    give_back: bool = True  # (not took) return the units to the sale
-    order_id: int = 0
-    total_cents: int = 0
-    code: str = ""
-    detail: str = ""
-
-
-def owner_key(client, customer_id, user_id, client_order_id):
-    return f"{client}|{customer_id}|{user_id}|{client_order_id}"
-
-
-def customer_key(client, customer_id, user_id):
-    """Whose units a sale's per-customer limit counts. A customer with a token is one
-    person whichever client's app they use (customers.id); a trusted server's user is
-    that client's (client, user_id). (`:` never occurs in a client name.)"""
-    if customer_id:
-        return f"customer:{customer_id}"
-    return f"{client}|0|{user_id}"
 
 
 class FlashGate:

@@ -5,8 +5,9 @@ Every strategy reserves the merged lines of one order in product-id order
 transaction, and every one keeps a MySQL guard (`stock >= q` or a version
 compare) so stock can never go negative whatever happens around it.
 
+Each implements the `InventoryStrategy` port (service/ports.py):
 `transact(session, quantities, work)` runs `work(tx, reserver)` in a
-transaction of the write session (unit_of_work.py); `work` calls
+transaction of the write session (product_writes.py); `work` calls
 `reserver.reserve(tx, quantities)`, which returns {product_id: unit price}
 or raises ProductNotFound / InsufficientStock.
 """
@@ -14,32 +15,11 @@ import logging
 import random
 import time
 import uuid
-from typing import Callable, Mapping, Protocol, TypeVar
 
-from chalicelib.adapters.cache import CacheUnavailable
-from chalicelib.domain.errors import ConcurrencyExhausted, InsufficientStock, ProductNotFound
-from chalicelib.service.unit_of_work import ProductTransaction, WriteSession
+from chalicelib.adapters.product_writes import ProductTransaction
+from chalicelib.domain.errors import CacheUnavailable, ConcurrencyExhausted, InsufficientStock, ProductNotFound
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-Quantities = Mapping[int, int]  # product id -> merged quantity, ascending id
-
-
-class Reserver(Protocol):
-    def reserve(self, tx: ProductTransaction, quantities: Quantities) -> dict[int, int]:
-        """Take the stock of every line or none; {product_id: unit price in cents}."""
-
-
-class InventoryStrategy(Protocol):
-    name: str
-
-    def transact(self, session: WriteSession, quantities: Quantities,
-                 work: Callable[[ProductTransaction, Reserver], T]) -> T:
-        """Run `work(tx, reserver)` in a transaction of `session` (retrying as the strategy needs)."""
-
-    def release(self, tx: ProductTransaction, quantities: Quantities) -> None:
-        """Give the stock of a cancelled order back, inside `tx`."""
 
 
 def _quantity_by_id(quantities):
@@ -253,7 +233,7 @@ class RedisLockStrategy(_ReleasesStock):
 STRATEGIES = ("guarded", "pessimistic", "optimistic", "redis_lock")
 
 
-def make_strategy(name, redis_gateway=None) -> InventoryStrategy:
+def make_strategy(name, redis_gateway=None):
     if name == "guarded":
         return GuardedStrategy()
     if name == "pessimistic":

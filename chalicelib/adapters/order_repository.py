@@ -1,93 +1,11 @@
-"""Where orders live: the `OrderRepository` seam and its MySQL implementation.
-
-The order service talks to orders only through this interface, inside the
-transaction it is given (`cursor`), so its logic can run against an in-memory
-fake (tests/unit/fakes.py) and against MySQL with the same code."""
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Mapping, Optional, Protocol
-
+"""Where orders live: MySQL's implementation of the `OrderRepository` port
+(service/ports.py), used inside the transaction it is given (`cursor`), and
+the stock.low outbox rows."""
 import json
 import uuid
 
-import pymysql
-
-from chalicelib.adapters.db import DUPLICATE_KEY
-from chalicelib.domain.errors import OrderNotFound
-
-
-@dataclass(frozen=True)
-class StoredOrder:
-    id: int
-    client: str            # the API client that owns it ('' for orders from before clients)
-    customer_id: int       # the customer whose token placed it; 0 for a trusted server's order
-    client_order_id: str
-    user_id: int
-    status: str            # "created" | "cancelled"
-    total_cents: int
-    request_hash: str
-    created_at: datetime
-    lifecycle: str = "paid"            # chalicelib/domain/order_lifecycle.py
-    expires_at: Optional[datetime] = None
-    payment_reference: Optional[str] = None
-    contact_email: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class OrderEvent:
-    event_id: str
-    order_id: int
-    sequence: int
-    type: str
-    data: dict
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class OrderLine:
-    product_id: int
-    quantity: int
-    unit_price_cents: int
-    sale_id: Optional[str] = None  # the flash sale the line was sold in (None: an ordinary line)
-
-
-class OrderRepository(Protocol):
-    def add(self, client: str, customer_id: int, user_id: int, client_order_id: str, request_hash: str,
-            batch_id: Optional[str], payment_window: int = 0, contact_email: Optional[str] = None) -> Optional[int]:
-        """A new order's id, or None if (client, customer_id, user_id, client_order_id)
-        exists. A concurrent duplicate waits until the first one commits or rolls back."""
-
-    def find(self, client: str, customer_id: int, user_id: int, client_order_id: str) -> StoredOrder:
-        """The order with this idempotency key (it exists)."""
-
-    def lock_customer(self, customer_id: int) -> None:
-        """Hold the customer's row (customers.id) until the transaction ends: their
-        orders are placed one at a time. Must be the transaction's first statement."""
-
-    def unpaid_units(self, customer_id: int) -> int:
-        """Units the customer's orders waiting for payment hold, through every client."""
-
-    def add_lines(self, order_id: int, lines: Mapping[int, OrderLine]) -> None: ...
-
-    def set_total(self, order_id: int, total_cents: int) -> None: ...
-
-    def load(self, order_id: int, lock: bool = False) -> tuple[StoredOrder, list[OrderLine]]:
-        """The order and its lines (ascending product id); OrderNotFound if unknown.
-        `lock` holds the order row until the transaction ends."""
-
-    def owner_of(self, order_id: int) -> tuple[str, int]:
-        """(client, customer_id) of the order, read without a lock; OrderNotFound if unknown."""
-
-    def mark_cancelled(self, order_id: int, lifecycle: str = "cancelled") -> None:
-        """The order gave its stock back: status cancelled, lifecycle cancelled or expired."""
-
-    def set_lifecycle(self, order_id: int, lifecycle: str, payment_reference: Optional[str] = None) -> None: ...
-
-    def add_event(self, order_id: int, event_type: str, data: dict, first: bool = False) -> OrderEvent:
-        """The outbox row of a state change, in the change's transaction (next sequence of the order)."""
-
-    def events(self, order_id: int) -> list[OrderEvent]: ...
-
+from chalicelib.domain.errors import DuplicateKey, OrderNotFound
+from chalicelib.domain.order_records import OrderEvent, OrderLine, StoredOrder
 
 _ORDER_COLUMNS = ("id, client, customer_id, client_order_id, user_id, status, total_cents, request_hash, created_at, "
                   "lifecycle, expires_at, payment_reference, contact_email")
@@ -109,9 +27,7 @@ class MySQLOrderRepository:
                 "IF(%s > 0, CURRENT_TIMESTAMP(6) + INTERVAL %s SECOND, NULL), %s)",
                 (client, customer_id, user_id, client_order_id, request_hash, batch_id,
                  "pending_payment" if payment_window else "paid", payment_window, payment_window, contact_email))
-        except pymysql.err.IntegrityError as exc:
-            if exc.args[0] != DUPLICATE_KEY:
-                raise
+        except DuplicateKey:
             return None
         return self.cur.lastrowid
 
@@ -208,21 +124,3 @@ class StockLowEvents:
                     "VALUES (%s, NULL, %s, 0, %s, %s)",
                     (str(uuid.uuid4()), product_id, StockLowEvents.STOCK_LOW,
                      json.dumps({"product_id": product_id, "stock": stock, "low_stock_threshold": threshold})))
-
-
-def orders_due_for_expiry(db, limit=200):
-    """Ids of pending orders past their window, oldest first (ix_orders_expiry)."""
-    rows = db.query("SELECT id FROM orders WHERE lifecycle = 'pending_payment' AND expires_at <= CURRENT_TIMESTAMP(6) "
-                    "ORDER BY expires_at LIMIT %s", (limit,))
-    return [row["id"] for row in rows]
-
-
-def seconds_to_expiry(db, order_ids):
-    """{order id: seconds until its window closes, by the database's clock} for
-    those of `order_ids` still pending payment (<= 0: due now)."""
-    if not order_ids:
-        return {}
-    rows = db.query("SELECT id, TIMESTAMPDIFF(MICROSECOND, CURRENT_TIMESTAMP(6), expires_at) AS us FROM orders "
-                    f"WHERE lifecycle = 'pending_payment' AND id IN ({','.join(['%s'] * len(order_ids))})",
-                    list(order_ids))
-    return {row["id"]: row["us"] / 1e6 for row in rows}

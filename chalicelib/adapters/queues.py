@@ -25,6 +25,9 @@ def aws_client(service, endpoint_url, region):
 
 
 class QueuePublisher:
+    batch_size = SQS_BATCH
+    call_seconds = CALL_SECONDS
+
     def __init__(self, endpoint_url, region):
         self.endpoint_url = endpoint_url
         self.region = region

@@ -1,7 +1,7 @@
 """A search page from the sort-key rows a plan found: the sort orders and
 their keyset conditions, the next cursor, and the products read for the page."""
 from chalicelib.domain.search_query import SearchPage, encode_cursor
-from chalicelib.service.unit_of_work import PRODUCT_COLUMNS
+from chalicelib.domain.products import PRODUCT_COLUMNS
 
 # ORDER BY, the keyset condition "strictly after the cursor" and the cursor's first column, per sort.
 ORDER = {

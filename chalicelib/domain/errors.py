@@ -153,3 +153,18 @@ class StatementTimeout(ServiceUnavailable):
 
 class ConcurrencyExhausted(ServiceUnavailable):
     """Optimistic retries or deadlock retries ran out: transient, safe to retry."""
+
+
+# Raised by the adapters in place of their drivers' errors, so a service speaks neither pymysql nor redis.
+class DuplicateKey(Exception):
+    """A row with the same unique key exists (MySQL's error 1062). The transaction
+    is still usable: only the statement failed."""
+
+
+class CacheUnavailable(Exception):
+    """Redis (the cache or the state store) did not answer, or its breaker is open."""
+
+
+class StoreFull(CacheUnavailable):
+    """Redis answered OOM: a `noeviction` store at maxmemory refuses writes. It is up (the
+    breaker is not told otherwise); a caller that guards a rule must refuse rather than skip it."""

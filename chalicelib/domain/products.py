@@ -9,6 +9,9 @@ MAX_STOCK = 10**9
 BULK_LIMIT = 1000
 CREATE_FIELDS = ("sku", "name", "description", "category", "price_cents", "stock", "low_stock_threshold")
 PATCH_FIELDS = ("name", "description", "category", "price_cents", "status", "low_stock_threshold", "expected_version")
+# A product row as the API shows it (to_api), column by column.
+PRODUCT_COLUMNS = ("id, sku, name, description, category, price_cents, stock, low_stock_threshold, version, "
+                   "status, created_at, updated_at")
 
 
 def iso(ts):

@@ -31,8 +31,8 @@ whitespace only separate tokens.
   (typo_variants, SymSpell), never from a scan of the terms.
 
 The query and its cursors are domain/search_query.py; the index and the
-queries over it adapters/search_mysql.py (behind the SearchBackend seam in
-service/search.py, which also caches the pages).
+queries over it adapters/search_mysql.py (behind the SearchBackend port of
+service/ports.py; service/search.py caches the pages).
 """
 import functools
 import gc

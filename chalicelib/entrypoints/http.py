@@ -25,14 +25,15 @@ from chalicelib.domain.errors import (
 )
 from chalicelib.domain.validation import echo, parse_json
 from chalicelib.entrypoints import auth
-from chalicelib.entrypoints.customers import CUSTOMER_PREFIX, customer_for_request
+from chalicelib.entrypoints.deployment import refuse_if_misconfigured
+from chalicelib.entrypoints.customer_tokens import CUSTOMER_PREFIX, customer_for_request
 from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import emit
 
 MAX_BODY_BYTES = 1_000_000
 # The Caller (chalicelib/domain/clients.py) of the request being served; None on public routes.
 _caller = contextvars.ContextVar("caller", default=None)
-# The Customer of a /customer route's token (chalicelib/entrypoints/customers.py).
+# The Customer of a /customer route's token (chalicelib/entrypoints/customer_tokens.py).
 _customer = contextvars.ContextVar("customer", default=None)
 # "<client>|<person>" on a key whose plan limits each person (chalicelib/domain/people.py); else None.
 _person = contextvars.ContextVar("person", default=None)
@@ -184,7 +185,7 @@ def endpoint(routes, path, methods=("GET",), admin=False, public=False, check_ke
             started = time.perf_counter()
             route = f"{request.method} {path}"
             try:
-                bootstrap.refuse_if_misconfigured()
+                refuse_if_misconfigured()
                 caller = customer = person = None
                 if not public and check_key_in_app:
                     caller, customer, person = _admit(request, customer_route, admin)

@@ -26,7 +26,6 @@ def _partial_response(event, context, record_handler):
 
 def handle_order_event(event, context=None, ingest=None):
     """The order-ingest Lambda: `{"batchItemFailures": [{"itemIdentifier": id}...]}`."""
-    bootstrap.refuse_if_misconfigured()  # the whole batch stays on the queue
     ingest = ingest or bootstrap.order_ingest()
 
     def record_handler(record):
@@ -56,7 +55,6 @@ def handle_flash_event(event, context=None, writer=None):
     message is logged and dropped (nothing in it was accepted by the gate); if the
     write or the settle fails, every record is reported failed and SQS redelivers
     them, which is safe: a written reservation finds its own order."""
-    bootstrap.refuse_if_misconfigured()
     from chalicelib.domain import flash_message
 
     writer = writer or bootstrap.flash_writer()
@@ -93,7 +91,6 @@ def handle_related_event(event, context=None, related=None):
     receives it waits in the DLQ (its alarm fires) for someone to look at it,
     never silently dropped. If the transaction fails (MySQL unavailable), every
     event of the batch is reported failed and SQS redelivers them."""
-    bootstrap.refuse_if_misconfigured()
     from chalicelib.domain import related as rules
 
     related = related or bootstrap.related_products()
@@ -126,8 +123,7 @@ def handle_related_event(event, context=None, related=None):
 def handle_invalidation_event(event, context=None):
     """The cache-invalidation Lambda: a body that is not JSON is logged and dropped;
     Redis or MySQL unavailable fails the record so SQS retries it."""
-    bootstrap.refuse_if_misconfigured()
-    invalidator, db = bootstrap.invalidator(), bootstrap.database()
+    invalidator, reads = bootstrap.invalidator(), bootstrap.product_reads()
 
     def record_handler(record):
         try:
@@ -138,7 +134,7 @@ def handle_invalidation_event(event, context=None):
             logger.error("cache-invalidation message dropped", extra={"message_id": record.message_id,
                                                                       "reason": str(exc), "body": record.body[:500]})
             return None
-        invalidator.handle_message(db, body)
+        invalidator.handle_message(reads, body)
         return None
 
     return _partial_response(event, context, record_handler)
@@ -152,7 +148,6 @@ def handle_notification_event(event, context=None, notifier=None):
     its receives instead of being dropped: nothing is lost, nothing crashes."""
     from chalicelib.domain.errors import ValidationError
 
-    bootstrap.refuse_if_misconfigured()
     notifier = notifier or bootstrap.notifier()
 
     def record_handler(record):

@@ -57,12 +57,12 @@ import logging
 import time
 import uuid
 
-from chalicelib.adapters.batch_store import BatchStore
 from chalicelib.domain.errors import ServiceUnavailable, ShopError
 from chalicelib.domain.ingest_message import chunk_messages, decode_message
 from chalicelib.domain.orders import failed, parse_batch
 from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import emit
+from chalicelib.service.ports import BatchStore, QueuePublisher
 
 log = logging.getLogger(__name__)
 
@@ -75,29 +75,35 @@ def new_batch_id():
     return uuid.uuid4().hex
 
 
-def submit(body, publisher, batches: BatchStore, queue_name, client=""):
-    """Queue a validated batch: 202 body. Whole-request errors raise before anything is sent.
+class AsyncBatches:
+    """Async submit: a batch onto the order-ingest queue, answered 202 at once."""
 
-    The messages go to SQS first, then the batch row is recorded; if MySQL is
-    down the batch is still accepted (the consumer records the row)."""
-    parse_batch(body)  # the very same whole-request validation as the sync path
-    batch_id = new_batch_id()
-    orders = body["orders"]
-    messages = chunk_messages(batch_id, orders, client=client)
-    try:
-        publisher.send_batch(queue_name, messages)
-    except Exception as exc:
-        logger.exception("could not queue async batch", extra={"batch_id": batch_id})
-        raise ServiceUnavailable("The order queue is unavailable; the batch was not accepted. Retry shortly.") from exc
-    recorded = True
-    try:
-        batches.ensure(batch_id, len(orders), client)
-    except ServiceUnavailable:
-        recorded = False  # the consumer records it when MySQL is back
-        logger.warning("async batch queued while MySQL is down; the consumer will record it",
-                       extra={"batch_id": batch_id})
-    emit("AsyncBatchesQueued", 1, recorded=str(recorded).lower())
-    return {"batch_id": batch_id, "status": "queued"}
+    def __init__(self, publisher: QueuePublisher, batches: BatchStore, queue_name):
+        self.publisher, self.batches, self.queue_name = publisher, batches, queue_name
+
+    def submit(self, orders, client=""):
+        """Queue the raw `orders` of a batch whose whole-request validation passed
+        (domain/orders.parse_batch, as for a sync batch): the 202 body.
+
+        The messages go to SQS first, then the batch row is recorded; if MySQL is
+        down the batch is still accepted (the consumer records the row)."""
+        batch_id = new_batch_id()
+        messages = chunk_messages(batch_id, orders, client=client)
+        try:
+            self.publisher.send_batch(self.queue_name, messages)
+        except Exception as exc:
+            logger.exception("could not queue async batch", extra={"batch_id": batch_id})
+            raise ServiceUnavailable("The order queue is unavailable; the batch was not accepted. "
+                                     "Retry shortly.") from exc
+        recorded = True
+        try:
+            self.batches.ensure(batch_id, len(orders), client)
+        except ServiceUnavailable:
+            recorded = False  # the consumer records it when MySQL is back
+            logger.warning("async batch queued while MySQL is down; the consumer will record it",
+                           extra={"batch_id": batch_id})
+        emit("AsyncBatchesQueued", 1, recorded=str(recorded).lower())
+        return {"batch_id": batch_id, "status": "queued"}
 
 
 class OrderIngest:

@@ -2,11 +2,9 @@
 reads (one loader per hot key; X-Cache HIT / MISS / BYPASS / STALE)."""
 import time
 
-import pymysql
-
-from chalicelib.adapters.cache import CacheUnavailable
-from chalicelib.adapters.db import DUPLICATE_KEY
 from chalicelib.domain.errors import (
+    CacheUnavailable,
+    DuplicateKey,
     DuplicateSku,
     InsufficientStock,
     ProductNotFound,
@@ -14,14 +12,20 @@ from chalicelib.domain.errors import (
     ValidationError,
     VersionConflict,
 )
-from chalicelib.domain.products import MAX_STOCK, to_api, validate_delta, validate_new_product, validate_patch
+from chalicelib.domain.products import (
+    MAX_STOCK,
+    to_api,
+    validate_delta,
+    validate_new_product,
+    validate_patch,
+)
 from chalicelib.domain.validation import MAX_ECHO_NAMES
-from chalicelib.service.unit_of_work import PRODUCT_COLUMNS, ProductTransaction, ProductWrites
+from chalicelib.service.ports import ProductReads, ProductTransaction, ProductWrites
 
 
 class Catalog:
-    def __init__(self, db, cache, writes: ProductWrites):
-        self.db = db
+    def __init__(self, reads: ProductReads, cache, writes: ProductWrites):
+        self.reads = reads
         self.cache = cache
         self.writes = writes
 
@@ -54,14 +58,9 @@ class Catalog:
         def work(tx: ProductTransaction):
             try:
                 return tx.insert(products)
-            except pymysql.err.IntegrityError as exc:
-                if exc.args[0] != DUPLICATE_KEY:
-                    raise
+            except DuplicateKey:
                 # Name the taken skus ourselves: MySQL's text names its index and quotes the row.
-                # The column's collation decides what "the same sku" is (case and accents).
-                wanted = " UNION ALL ".join(["SELECT %s AS sku"] * len(skus))
-                tx.cursor.execute(f"SELECT DISTINCT w.sku FROM ({wanted}) w JOIN products p ON p.sku = w.sku", skus)
-                existing = sorted(row["sku"] for row in tx.cursor.fetchall())[:MAX_ECHO_NAMES]
+                existing = sorted(tx.taken_skus(skus))[:MAX_ECHO_NAMES]
                 if not existing:  # two skus of the request that only the collation finds equal
                     message = "Two skus in the request are the same when compared case- and accent-insensitively."
                 else:
@@ -115,7 +114,7 @@ class Catalog:
     # --- reads --------------------------------------------------------------
 
     def load(self, product_id):
-        rows = self.db.query(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id = %s", (product_id,))
+        rows = self.reads.rows([product_id])
         if not rows:
             raise ProductNotFound(f"Product {product_id} does not exist.", product_id=product_id)
         return to_api(rows[0])
@@ -147,9 +146,7 @@ class Catalog:
             cache_up = True
         missing = [pid for pid in product_ids if pid not in found]
         if missing:
-            rows = self.db.query(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN "
-                                 f"({','.join(['%s'] * len(missing))})", missing)
-            for row in rows:
+            for row in self.reads.rows(missing):
                 product = found[row["id"]] = to_api(row)
                 if cache_up:
                     try:

@@ -6,21 +6,26 @@ scheduled `flash_reconcile` function and `make flash-reconcile`)."""
 import time
 import uuid
 
-import pymysql
-
-from chalicelib.adapters.cache import CacheUnavailable, StoreFull
-from chalicelib.adapters.flash_gate import FlashGate, customer_key
-from chalicelib.domain.errors import InsufficientStock, ProductNotFound, SaleConflict, SaleNotFound, ServiceUnavailable
+from chalicelib.domain.errors import (
+    CacheUnavailable,
+    DuplicateKey,
+    SaleConflict,
+    SaleNotFound,
+    ServiceUnavailable,
+    StoreFull,
+)
 from chalicelib.domain.products import iso
-from chalicelib.domain.sales import validate_sale
+from chalicelib.domain.sale_mode import check_offer, holdings, validate_sale
 from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import emit
 from chalicelib.service.flash_sales import SalesOnRecord, report_swept
+from chalicelib.service.ports import FlashGate, SaleRecords
 
 
 class FlashSaleAdmin:
-    def __init__(self, db, gate: FlashGate, on_record: SalesOnRecord, publisher, queue_name, metrics=emit):
-        self.db = db
+    def __init__(self, records: SaleRecords, gate: FlashGate, on_record: SalesOnRecord, publisher, queue_name,
+                 metrics=emit):
+        self.records = records
         self.gate = gate
         self.on_record = on_record
         self.publisher = publisher
@@ -35,11 +40,6 @@ class FlashSaleAdmin:
         sale["remaining"] = live["remaining"] if live and live.get("sale_id") == row["sale_id"] else None
         return sale
 
-    def _row(self, product_id):
-        rows = self.db.query("SELECT product_id, sale_id, sale_stock, per_customer_limit, started_at "
-                             "FROM flash_sales WHERE product_id = %s", (product_id,))
-        return rows[0] if rows else None
-
     def start(self, product_id, body):
         """Put a product on sale: its sale stock may not exceed its stock now.
         MySQL records the sale first (so the API can refuse sale orders while Redis
@@ -47,34 +47,23 @@ class FlashSaleAdmin:
         sale_stock, limit = validate_sale(body)
         sale_id = uuid.uuid4().hex
 
-        def work(cur):
-            cur.execute("SELECT id, stock, status FROM products WHERE id = %s LOCK IN SHARE MODE", (product_id,))
-            product = cur.fetchone()
-            if product is None:
-                raise ProductNotFound(f"Product {product_id} does not exist.", product_id=product_id)
-            if product["stock"] < sale_stock:
-                raise InsufficientStock(f"Product {product_id} has {product['stock']} in stock; a sale of "
-                                        f"{sale_stock} cannot be offered.", product_id=product_id)
-            try:
-                cur.execute("INSERT INTO flash_sales (product_id, sale_id, sale_stock, per_customer_limit) "
-                            "VALUES (%s, %s, %s, %s)", (product_id, sale_id, sale_stock, limit))
-            except pymysql.err.IntegrityError:
-                raise SaleConflict(f"Product {product_id} is already on sale; stop that sale first.",
-                                   product_id=product_id) from None
-
-        self.db.run(work)
+        try:
+            self.records.add(product_id, sale_id, sale_stock, limit,
+                             lambda product: check_offer(product_id, product, sale_stock))
+        except DuplicateKey:
+            raise SaleConflict(f"Product {product_id} is already on sale; stop that sale first.",
+                               product_id=product_id) from None
         self.on_record.changed()
         try:
             self.gate.start(product_id, sale_id, sale_stock, limit)
         except CacheUnavailable as exc:
-            self.db.run(lambda cur: cur.execute("DELETE FROM flash_sales WHERE product_id = %s AND sale_id = %s",
-                                                (product_id, sale_id)))
+            self.records.remove(product_id, sale_id)
             why = "The flash-sale store is full" if isinstance(exc, StoreFull) else "Redis is unavailable"
             raise ServiceUnavailable(f"{why}; the sale was not started.") from exc
         return self.get(product_id)
 
     def get(self, product_id):
-        row = self._row(product_id)
+        row = self.records.get(product_id)
         if row is None:
             raise SaleNotFound(f"Product {product_id} is not on sale.", product_id=product_id)
         try:
@@ -91,7 +80,7 @@ class FlashSaleAdmin:
             self.gate.stop(product_id)
         except CacheUnavailable as exc:
             raise ServiceUnavailable("Redis is unavailable; the sale was not stopped.") from exc
-        self.db.run(lambda cur: cur.execute("DELETE FROM flash_sales WHERE product_id = %s", (product_id,)))
+        self.records.remove(product_id)
         self.on_record.changed()
         return {**sale, "on_sale": False, "remaining": None}
 
@@ -99,9 +88,9 @@ class FlashSaleAdmin:
         """Reconcile every running sale (the scheduled function and `make flash-reconcile`);
         one sale that fails is reported and the others go on."""
         found = []
-        for row in self.db.query("SELECT product_id FROM flash_sales ORDER BY product_id"):
+        for product_id in self.records.product_ids():
             try:
-                found.append(self.reconcile(row["product_id"]))
+                found.append(self.reconcile(product_id))
             except SaleNotFound:
                 continue  # taken off sale since the list was read
         return found
@@ -112,7 +101,7 @@ class FlashSaleAdmin:
         units) once the flash queue is empty; a gate that offers more than MySQL
         can still sell is lowered, and with nothing on its way it is set to
         exactly that. Expired leases are swept first. Returns what it found and did."""
-        row = self._row(product_id)
+        row = self.records.get(product_id)
         if row is None:
             raise SaleNotFound(f"Product {product_id} is not on sale.", product_id=product_id)
         swept = self.gate.sweep()
@@ -131,25 +120,9 @@ class FlashSaleAdmin:
             depth = None
         quiet = depth == 0 and self.gate.leases() == 0
 
-        def read(cur):
-            # One snapshot: the stock, the sale's orders and the newest order id agree.
-            cur.execute("SELECT stock FROM products WHERE id = %s", (product_id,))
-            stock = cur.fetchone()["stock"]
-            cur.execute("SELECT COALESCE(MAX(id), 0) AS watermark FROM orders")
-            watermark = int(cur.fetchone()["watermark"])
-            cur.execute("SELECT o.client, o.customer_id, o.user_id, o.id, o.status, i.quantity FROM order_items i "
-                        "JOIN orders o ON o.id = i.order_id WHERE i.flash_sale_id = %s AND i.product_id = %s",
-                        (sale_id, product_id))
-            held, returned = {}, []
-            for r in cur.fetchall():
-                customer = customer_key(r["client"], r["customer_id"], r["user_id"])
-                if r["status"] == "cancelled":  # cancelled or expired: its units went back to the sale
-                    returned.append((r["id"], customer, int(r["quantity"])))
-                    continue
-                held[customer] = held.get(customer, 0) + int(r["quantity"])
-            return stock, watermark, held, returned
-
-        stock, watermark, held, returned = self.db.run(read)
+        # One snapshot: the stock, the sale's orders and the newest order id agree.
+        stock, watermark, lines = self.records.snapshot(product_id, sale_id)
+        held, returned = holdings(lines)
         sold = sum(held.values())
         # What the gate may offer at most: reservations on their way (not yet written) come on top of `sold`.
         most = max(0, min(row["sale_stock"] - sold, stock))

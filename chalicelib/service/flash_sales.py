@@ -13,12 +13,10 @@ import itertools
 import logging
 import time
 
-from chalicelib.adapters.cache import CacheUnavailable, StoreFull
-from chalicelib.adapters.flash_gate import FlashGate, customer_key, owner_key
-from chalicelib.adapters.queues import CALL_SECONDS, SQS_BATCH
 from chalicelib.domain import flash_message
 from chalicelib.domain import validation as v
 from chalicelib.domain.errors import (
+    CacheUnavailable,
     IdempotencyConflict,
     InsufficientStock,
     ProductNotFound,
@@ -26,12 +24,15 @@ from chalicelib.domain.errors import (
     SaleLimitExceeded,
     ServiceUnavailable,
     ShopError,
+    StoreFull,
     ValidationError,
 )
 from chalicelib.domain.flash_message import Reservation
 from chalicelib.domain.orders import OrderRequest, OrderResult, failed
+from chalicelib.domain.reservations import customer_key, owner_key
 from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import emit
+from chalicelib.service.ports import FlashGate, SaleRecords
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,9 @@ class SalesOnRecord:
     reads them (FlashSales.sale_products), sale mode (FlashSaleAdmin) says when
     this process changed them."""
 
-    def __init__(self, db):
+    def __init__(self, records: SaleRecords):
         self._sales_cache = None  # (monotonic time, product ids on sale in MySQL)
-        self.db = db
+        self.records = records
 
     def ids(self):
         """(product ids on sale per MySQL, read at most once a second per process;
@@ -66,7 +67,7 @@ class SalesOnRecord:
             return cached[1], None
         try:
             # Frozen: callers narrow it for a batch, and the copy must stay whole for the next one.
-            ids = frozenset(row["product_id"] for row in self.db.query("SELECT product_id FROM flash_sales"))
+            ids = frozenset(self.records.product_ids())
         except ServiceUnavailable as exc:
             # Sale orders need no MySQL: go on with what we knew (and what Redis says).
             return (cached[1] if cached is not None else frozenset()), exc
@@ -87,8 +88,9 @@ def report_swept(emit_metric, swept):
 
 
 class FlashSales:
-    def __init__(self, db, gate: FlashGate, on_record: SalesOnRecord, publisher, queue_name, metrics=emit):
-        self.db = db
+    def __init__(self, records: SaleRecords, gate: FlashGate, on_record: SalesOnRecord, publisher, queue_name,
+                 metrics=emit):
+        self.records = records
         self.gate = gate
         self.on_record = on_record
         self.publisher = publisher
@@ -249,7 +251,8 @@ class FlashSales:
         admitted = min(r.accepted_at for r in accepted)
         try:
             self.publisher.queue_url(self.queue_name)  # looked up once per process: the bound below is the sends'
-            too_late = time.time() + -(-len(bodies) // SQS_BATCH) * CALL_SECONDS > admitted + lease
+            calls = -(-len(bodies) // self.publisher.batch_size)
+            too_late = time.time() + calls * self.publisher.call_seconds > admitted + lease
             if not too_late:
                 self.publisher.send_batch(self.queue_name, bodies)
         except Exception as exc:
@@ -302,8 +305,7 @@ class FlashSales:
             record = None
         if record is None:
             # Redis lost it (or it expired): the order row, if one was written, still says.
-            rows = self.db.query("SELECT id, client, customer_id, user_id, client_order_id, total_cents, status "
-                                 "FROM orders WHERE flash_reservation = %s", (rid,))
+            rows = self.records.orders_of([rid])
             if not rows or (owner is not None and not owner.owns(rows[0]["client"], rows[0]["customer_id"])):
                 raise ReservationNotFound(f"Reservation {rid} does not exist.", reservation_id=rid)
             row = rows[0]
@@ -315,7 +317,6 @@ class FlashSales:
         body = {"reservation_id": rid, "client_order_id": coid, "user_id": int(user_id)}
         return {**body, **{k: val for k, val in _result(coid, record).to_api().items()
                            if k in ("status", "order_id", "total_cents", "error")}}
-
 
     def resolve(self, pending):
         """{rid: (client_order_id, duplicate)} of results recorded `pending` (async
@@ -332,9 +333,7 @@ class FlashSales:
         unknown = [rid for rid in pending if rid not in records]
         if unknown:
             # Redis lost it (or it expired): the order row, if one was written, still says.
-            rows = self.db.query("SELECT id, total_cents, flash_reservation FROM orders WHERE flash_reservation IN "
-                                 f"({','.join(['%s'] * len(unknown))})", unknown)
-            for row in rows:
+            for row in self.records.orders_of(unknown):
                 rid = row["flash_reservation"]
                 coid, duplicate = pending[rid]
                 final[rid] = OrderResult(coid, row["id"], row["total_cents"], duplicate=duplicate,

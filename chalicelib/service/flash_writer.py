@@ -10,16 +10,19 @@ import time
 import uuid
 from collections import Counter
 
-import pymysql
-
-from chalicelib.adapters.cache import CacheUnavailable
-from chalicelib.adapters.db import DUPLICATE_KEY
-from chalicelib.adapters.flash_gate import FlashGate, Settlement, customer_key, owner_key
 from chalicelib.domain import order_lifecycle
-from chalicelib.domain.errors import IdempotencyConflict, InsufficientStock, ProductNotFound, ServiceUnavailable
+from chalicelib.domain.errors import (
+    CacheUnavailable,
+    DuplicateKey,
+    IdempotencyConflict,
+    InsufficientStock,
+    ProductNotFound,
+    ServiceUnavailable,
+)
 from chalicelib.domain.flash_message import Reservation
+from chalicelib.domain.reservations import Settlement, customer_key, owner_key
 from chalicelib.ops.metrics import emit, emit_values
-from chalicelib.service.unit_of_work import ProductTransaction, ProductWrites
+from chalicelib.service.ports import FlashGate, ProductTransaction, ProductWrites
 
 
 class _Decision:
@@ -67,9 +70,7 @@ class FlashWriter:
         with self.writes.session(enqueue=False) as session:
             try:
                 decisions = session.run(lambda tx: self._write(tx, reservations, self.payment_windows, lock=False))
-            except (_NeedsLockedWrite, pymysql.err.IntegrityError) as exc:
-                if isinstance(exc, pymysql.err.IntegrityError) and exc.args[0] != DUPLICATE_KEY:
-                    raise
+            except (_NeedsLockedWrite, DuplicateKey):
                 self.emit("FlashWritesLocked", 1)
                 decisions = session.run(lambda tx: self._write(tx, reservations, self.payment_windows, lock=True))
         settlements = [self._settlement(d) for d in decisions]

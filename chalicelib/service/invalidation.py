@@ -3,7 +3,8 @@ through the cache-invalidation queue so a write whose immediate invalidation
 failed (Redis unreachable) is still applied once Redis answers again."""
 import logging
 
-from chalicelib.adapters.cache import CacheUnavailable
+from chalicelib.domain.errors import CacheUnavailable
+from chalicelib.service.ports import ProductReads
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,8 @@ class Invalidator:
         except Exception:
             log.exception("could not enqueue cache invalidation %s", body)
 
-    def handle_message(self, db, body):
+    def handle_message(self, reads: ProductReads, body):
         """Apply one cache-invalidation message using the versions now in MySQL.
         Raises CacheUnavailable / ServiceUnavailable for SQS to redeliver."""
-        product_ids = body.get("product_ids") or []
-        versions = {}
-        if product_ids:
-            placeholders = ",".join(["%s"] * len(product_ids))
-            rows = db.query(f"SELECT id, version FROM products WHERE id IN ({placeholders})", product_ids)
-            versions = {row["id"]: row["version"] for row in rows}
+        versions = reads.versions(body.get("product_ids") or [])
         self.apply(versions, search=bool(body.get("search")) or bool(versions))

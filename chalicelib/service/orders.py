@@ -5,31 +5,35 @@ import time
 from dataclasses import replace
 from typing import Callable, Iterable, Union
 
-from chalicelib.adapters.admission import InFlightLimit
-from chalicelib.adapters.inventory import InventoryStrategy, Reserver
-from chalicelib.adapters.order_repository import MySQLOrderRepository, OrderLine, OrderRepository, StoredOrder
-import pymysql
-
-from chalicelib.adapters.db import DUPLICATE_KEY
 from chalicelib.domain import order_lifecycle as lifecycle
 from chalicelib.domain.customer_limits import CustomerLimits
 from chalicelib.domain.errors import (
     ConcurrencyExhausted,
+    DuplicateKey,
     IdempotencyConflict,
     OrderNotFound,
     PaymentReferenceUsed,
     ServiceUnavailable,
     ShopError,
 )
+from chalicelib.domain.in_flight import InFlightLimit
+from chalicelib.domain.order_records import OrderLine, StoredOrder
 from chalicelib.domain.orders import BatchOutcome, InvalidOrder, K, OrderRequest, OrderResult, failed, summarize
 from chalicelib.domain.products import iso
 from chalicelib.ops.metrics import emit
-from chalicelib.service.unit_of_work import ProductTransaction, ProductWrites, WriteSession
+from chalicelib.service.ports import (
+    InventoryStrategy,
+    OrderRepository,
+    ProductTransaction,
+    ProductWrites,
+    Reserver,
+    WriteSession,
+)
 
 
 class OrderService:
     def __init__(self, db, strategy: InventoryStrategy, writes: ProductWrites,
-                 repository: Callable[[object], OrderRepository] = MySQLOrderRepository, max_in_flight=16,
+                 repository: Callable[[object], OrderRepository], max_in_flight=16,
                  metrics=emit, payment_window=0, customer_payment_window=lifecycle.DEFAULT_CUSTOMER_PAYMENT_WINDOW,
                  flash=None, customer_limits=CustomerLimits()):
         self.db = db
@@ -232,9 +236,7 @@ class OrderService:
                 return order, lines
             try:
                 orders.set_lifecycle(order_id, lifecycle.PAID, payment_reference)
-            except pymysql.err.IntegrityError as exc:
-                if exc.args[0] != DUPLICATE_KEY:
-                    raise
+            except DuplicateKey:
                 raise PaymentReferenceUsed("This payment reference already paid another order.",
                                            order_id=order_id) from None
             orders.add_event(order_id, lifecycle.EVENT_PAID, {"order_id": order_id, "lifecycle": lifecycle.PAID,

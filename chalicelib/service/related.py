@@ -19,16 +19,16 @@ after the ranking was cached is left out at once."""
 import json
 from collections import Counter
 
-from chalicelib.adapters.cache import CacheUnavailable
 from chalicelib.domain import related as rules
-from chalicelib.domain.errors import ProductNotFound
+from chalicelib.domain.errors import CacheUnavailable, ProductNotFound
+from chalicelib.service.ports import PairCounts
 
 COUNTED, DUPLICATE, IGNORED = "counted", "duplicate", "ignored"
 
 
 class RelatedProducts:
-    def __init__(self, db, gateway, catalog, ttl_seconds=30):
-        self.db, self.gateway, self.catalog = db, gateway, catalog
+    def __init__(self, counts: PairCounts, gateway, catalog, ttl_seconds=30):
+        self.counts, self.gateway, self.catalog = counts, gateway, catalog
         self.ttl_seconds = max(1, int(ttl_seconds))
 
     # --- counting (the consumer) ----------------------------------------------
@@ -53,34 +53,23 @@ class RelatedProducts:
         if not counted:
             return outcomes
 
-        def work(cur):
+        def work(tx):
             fresh = []
             for event_id in sorted(counted):
-                cur.execute("INSERT IGNORE INTO related_events (event_id) VALUES (%s)", (event_id,))
-                outcomes[event_id] = COUNTED if cur.rowcount else DUPLICATE
-                if cur.rowcount:
+                first = tx.first_time(event_id)
+                outcomes[event_id] = COUNTED if first else DUPLICATE
+                if first:
                     fresh.append(counted[event_id])
             # A cancel or expiry takes back what the order's creation added: the order's own lines.
-            taken_back = sorted({e.order_id for e in fresh if e.change < 0})
-            lines = {}
-            if taken_back:
-                cur.execute("SELECT order_id, product_id, quantity FROM order_items WHERE order_id IN "
-                            f"({','.join(['%s'] * len(taken_back))})", taken_back)
-                for row in cur.fetchall():
-                    lines.setdefault(row["order_id"], {})[row["product_id"]] = row["quantity"]
+            lines = tx.order_lines(sorted({e.order_id for e in fresh if e.change < 0}))
             changes = Counter()
             for event in fresh:
                 quantities = event.quantities if event.change > 0 else lines.get(event.order_id, {})
                 for pair in rules.pair_rows(quantities):
                     changes[pair] += event.change
-            rows = sorted((pair, n) for pair, n in changes.items() if n)
-            if rows:
-                cur.execute("INSERT INTO product_pairs (product_id, other_id, orders) VALUES "
-                            + ",".join(["(%s, %s, %s)"] * len(rows))
-                            + " ON DUPLICATE KEY UPDATE orders = orders + VALUES(orders)",
-                            [value for (a, b), n in rows for value in (a, b, n)])
+            tx.add(sorted((pair, n) for pair, n in changes.items() if n))
 
-        self.db.run(work)
+        self.counts.counting(work)
         return outcomes
 
     # --- reading (the route) ----------------------------------------------------
@@ -90,13 +79,9 @@ class RelatedProducts:
 
     def _rank(self, product_id):
         """[(partner id, orders)] best first, active and in stock now; ProductNotFound if no such product."""
-        if not self.db.query("SELECT 1 FROM products WHERE id = %s", (product_id,)):
+        if not self.counts.product_exists(product_id):
             raise ProductNotFound(f"Product {product_id} does not exist.", product_id=product_id)
-        rows = self.db.query(
-            "SELECT pp.other_id, pp.orders FROM product_pairs pp JOIN products p ON p.id = pp.other_id "
-            "WHERE pp.product_id = %s AND pp.orders > 0 AND p.status = 'active' AND p.stock > 0 "
-            "ORDER BY pp.orders DESC, pp.other_id LIMIT %s", (product_id, rules.CANDIDATES))
-        return [(row["other_id"], row["orders"]) for row in rows]
+        return self.counts.ranking(product_id, rules.CANDIDATES)
 
     def _ranking(self, product_id):
         """(ranking, X-Cache value)."""

@@ -1,4 +1,4 @@
-"""Search as a service: the SearchBackend seam, the read-through cache around
+"""Search as a service: the read-through cache around the SearchBackend port
 it (keys `product_search:{generation}:{sha256}`, one loader per hot key,
 X-Cache HIT / MISS / BYPASS / STALE) and cache warming."""
 import json
@@ -6,21 +6,12 @@ import logging
 import random
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Protocol
 
-from chalicelib.adapters.cache import CacheUnavailable, StoreFull
-from chalicelib.domain.errors import RateLimited, ServiceUnavailable, ValidationError
-from chalicelib.domain.search_query import SearchPage, SearchQuery, cut_page, parse_query
+from chalicelib.domain.errors import CacheUnavailable, RateLimited, ServiceUnavailable, StoreFull, ValidationError
+from chalicelib.domain.search_query import cut_page, parse_query
+from chalicelib.service.ports import ProductReads, SearchBackend
 
 log = logging.getLogger(__name__)
-
-
-class SearchBackend(Protocol):
-    def search(self, query: SearchQuery) -> SearchPage:
-        """One page of active products matching `query`; raises ServiceUnavailable."""
-
-    def index(self, cur, rows) -> None:
-        """(Re)index full product rows inside the product write transaction `cur`."""
 
 
 def _jitter_ms(seconds):
@@ -66,8 +57,8 @@ class SearchService:
     # ~4 MB, twice over (fresh and stale copy). Larger pages are answered, not cached (BYPASS).
     MAX_PAGE_BYTES = 256 * 1024
 
-    def __init__(self, backend, gateway, generation, state, cursors, ttl_seconds=60, stale_seconds=86400,
-                 clock=time.time, budget_ms=30000):
+    def __init__(self, backend: SearchBackend, gateway, generation, state, cursors, ttl_seconds=60,
+                 stale_seconds=86400, clock=time.time, budget_ms=30000):
         self.backend = backend
         self.cursors = cursors        # signs the next_cursor handed out, verifies the one sent back
         self.gateway = gateway        # the cache Redis: pages, their stale copies, loader leases, popular counts
@@ -258,30 +249,25 @@ class SearchService:
         return [json.loads(member) for member, _ in ranked]
 
 
-def top_product_ids(db, n=100, recent_orders=100000):
+def top_product_ids(reads: ProductReads, n=100, recent_orders=100000):
     """Best sellers among recent orders, topped up with the newest active products."""
     ids = []
     try:
-        rows = db.query(
-            "SELECT oi.product_id AS id FROM order_items oi JOIN products p ON p.id = oi.product_id "
-            "WHERE p.status = 'active' AND oi.order_id > (SELECT COALESCE(MAX(id), 0) - %s FROM orders) "
-            "GROUP BY oi.product_id ORDER BY SUM(oi.quantity) DESC LIMIT %s", (recent_orders, n))
-        ids = [int(r["id"]) for r in rows]
+        ids = reads.best_sellers(n, recent_orders)
     except ServiceUnavailable:
         raise
     except Exception as exc:  # the orders tables may not exist yet in some deployments
         log.warning("best sellers unavailable: %s", exc)
     if len(ids) < n:
-        rows = db.query("SELECT id FROM products WHERE status = 'active' ORDER BY created_at DESC LIMIT %s", (n,))
-        ids += [int(r["id"]) for r in rows if int(r["id"]) not in ids]
+        ids += [pid for pid in reads.newest_active(n) if pid not in ids]
     return ids[:n]
 
 
-def warm_caches(catalog, db, svc: SearchService, top_products=100, searches=(), popular=50):
+def warm_caches(catalog, reads: ProductReads, svc: SearchService, top_products=100, searches=(), popular=50):
     """Preload the product cache for the top products and the frequent searches
     (given ones plus the most popular recorded ones). Returns a summary dict."""
     summary = {"products": {}, "searches": {}, "errors": 0}
-    for pid in top_product_ids(db, top_products):
+    for pid in top_product_ids(reads, top_products):
         try:
             _, state = catalog.get(pid)
         except Exception as exc:

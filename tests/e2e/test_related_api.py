@@ -8,7 +8,7 @@ import boto3
 import pytest
 
 from chalicelib import bootstrap
-from chalicelib.service import lifecycle
+from chalicelib.service import expiry_and_outbox
 from scripts.poller import Poller
 from tests.conftest import ADMIN_KEY, DEV_KEY
 
@@ -37,7 +37,7 @@ def _consume(test_env):
     from chalicelib.adapters.queues import EventPublisher
 
     publisher = EventPublisher(test_env["AWS_ENDPOINT_URL"], "us-east-1", test_env["ORDER_EVENTS_TOPIC_ARN"])
-    while lifecycle.publish_pending(bootstrap.database(), publisher):
+    while expiry_and_outbox.publish_pending(bootstrap.outbox(), publisher):
         pass
     sqs = boto3.client("sqs", endpoint_url=test_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                        aws_access_key_id="test", aws_secret_access_key="test")

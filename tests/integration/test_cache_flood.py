@@ -15,10 +15,10 @@ import redis
 
 from chalicelib import bootstrap
 from chalicelib.adapters.cache import SEARCH_GENERATION_KEY
-from chalicelib.adapters.flash_gate import customer_key, owner_key
+from chalicelib.domain.reservations import customer_key, owner_key
 from chalicelib.domain.errors import RateLimited
 from chalicelib.domain.orders import parse_batch
-from chalicelib.entrypoints.ratelimit import RateLimiter
+from chalicelib.adapters.ratelimit import RateLimiter
 from scripts import localstack, package
 from tests.conftest import make_product, session_settings
 from scripts.servers import ThrowawayRedis

@@ -15,10 +15,11 @@ import pytest
 
 from chalicelib import bootstrap
 from chalicelib.adapters.inventory import STRATEGIES
+from chalicelib.adapters.order_repository import MySQLOrderRepository
 from chalicelib.domain.orders import parse_batch
-from chalicelib.service import lifecycle
+from chalicelib.service import expiry_and_outbox
 from chalicelib.service.orders import OrderService
-from chalicelib.service.unit_of_work import ProductWrites
+from chalicelib.adapters.product_writes import ProductWrites
 from tests.conftest import make_product
 from tests.integration.test_flash_sale import (  # noqa: F401 - fixtures
     consume, flash_queue, on_sale, reconcile, remaining, reset, sqs, stock,
@@ -93,7 +94,7 @@ def test_a_customers_order_waits_for_payment_and_expires_where_trusted_orders_ar
     assert final["lifecycle"] == "paid" and final["expires_at"] is None
     assert stock(pid) == 5
     time.sleep(1.2)
-    assert lifecycle.expire_due(bootstrap.orders(), bootstrap.database()) == 1
+    assert expiry_and_outbox.expire_due(bootstrap.orders(), bootstrap.outbox()) == 1
     assert bootstrap.orders().get(mine["order_id"])["lifecycle"] == "expired"
     assert stock(pid) == 9  # the customer's units are back; the paid order keeps its one
 
@@ -113,7 +114,7 @@ def test_a_customers_flash_sale_order_is_written_with_the_customer_window(sqs, f
         assert bootstrap.orders().get(trusted_id)["lifecycle"] == "paid"
         assert stock(pid) == 5 and remaining(pid) == 5
         time.sleep(1.2)
-        assert lifecycle.expire_due(bootstrap.orders(), bootstrap.database()) == 1
+        assert expiry_and_outbox.expire_due(bootstrap.orders(), bootstrap.outbox()) == 1
     finally:
         reset()
     assert stock(pid) == 8 and remaining(pid) == 8  # back in the stock and in the sale
@@ -187,7 +188,7 @@ def without_deadlock_retries(strategy):
     writes, db = bootstrap.product_writes(), OneAttempt(bootstrap.database())
     return OrderService(db, bootstrap.inventory_strategy(strategy),
                         ProductWrites(db, writes.invalidator, writes.search_index, writes.stock_low),
-                        customer_limits=bootstrap.customer_limits())
+                        MySQLOrderRepository, customer_limits=bootstrap.customer_limits())
 
 
 def run_all(*jobs):
@@ -248,7 +249,7 @@ def test_the_customer_lock_never_deadlocks_with_cancels_payments_and_expiries(ca
     errors = run_all(lambda: batches(ann, "a"), lambda: batches(ann, "b"), lambda: batches(bob, "c"),
                      lambda: [service.cancel(order_id) for order_id in earlier[:5]],
                      lambda: [service.pay(order_id, f"psp-{order_id}") for order_id in earlier[5:8]],
-                     lambda: lifecycle.expire_due(service, bootstrap.database()))
+                     lambda: expiry_and_outbox.expire_due(service, bootstrap.outbox()))
     failures = [e for e in errors if "expired" not in str(e).lower()]  # a payment may lose to the sweep
     assert failures == []
     assert "SERVICE_UNAVAILABLE" not in codes(results)  # no deadlock, no lock wait ran out

@@ -14,8 +14,9 @@ import uuid
 import pytest
 
 from chalicelib import bootstrap
-from chalicelib.adapters.cache import CacheUnavailable
-from chalicelib.adapters.flash_gate import customer_key, owner_key
+from chalicelib.adapters.queues import QueuePublisher
+from chalicelib.domain.errors import CacheUnavailable
+from chalicelib.domain.reservations import customer_key, owner_key
 from chalicelib.domain import flash_message
 from chalicelib.domain.flash_message import Reservation
 from chalicelib.domain.orders import parse_batch, parse_order
@@ -338,7 +339,7 @@ def test_a_malformed_message_is_dropped_and_a_mysql_outage_retries_the_batch(sqs
 
 def short_lease_sends(monkeypatch):
     """A lease of a second or two for the test: AWS calls bounded well inside it (the local endpoint answers in ms)."""
-    monkeypatch.setattr(flash_sales, "CALL_SECONDS", 0.1)
+    monkeypatch.setattr(QueuePublisher, "call_seconds", 0.1)
 
 
 def test_a_redis_restart_loses_the_sale_and_reconcile_rebuilds_it(sqs, flash_queue, monkeypatch):
@@ -671,9 +672,9 @@ def test_a_hand_off_that_could_end_after_its_lease_gives_the_units_back_and_answ
     counted = []
     monkeypatch.setattr(service, "emit", lambda name, value, **dims: counted.append((name, value)))
     admit_many = gate.admit_many
-    # Admitted as if the process then stalled until only CALL_SECONDS - 1 of the lease is left.
+    # Admitted as if the process then stalled until only call_seconds - 1 of the lease is left.
     monkeypatch.setattr(gate, "admit_many", lambda orders: admit_many(
-        orders, now_ms=int((time.time() - lease + flash_sales.CALL_SECONDS - 1) * 1000)))
+        orders, now_ms=int((time.time() - lease + bootstrap.publisher().call_seconds - 1) * 1000)))
 
     with pytest.raises(ServiceUnavailable, match="waited too long"):
         place(order("a", 1, (pid, 2)), order("b", 2, (pid, 1)))
@@ -694,7 +695,7 @@ def test_a_replay_hands_off_with_the_lease_of_its_first_admission(sqs, flash_que
     gate = bootstrap.flash_gate()
     lease = gate.lease_ms / 1000
     request_hash = parse_order(order("a", 1, (pid, 2)), 0, "dev").request_hash
-    stalled = int((time.time() - lease + flash_sales.CALL_SECONDS - 1) * 1000)
+    stalled = int((time.time() - lease + bootstrap.publisher().call_seconds - 1) * 1000)
     first = gate.admit(owner_key("dev", 0, 1, "a"), customer_key("dev", 0, 1), request_hash, {pid: 2}, now_ms=stalled)
     assert first.outcome == "ACCEPTED"
 
@@ -711,16 +712,16 @@ def consumed_right_after_the_next_snapshot(sqs, flash_queue, monkeypatch):
     """The consumer commits and deletes what is queued just after reconcile's MySQL
     snapshot: the snapshot misses those orders, and the queue is empty by then."""
     service = bootstrap.flash_admin()
-    run, armed = service.db.run, [True]
+    snapshot, armed = service.records.snapshot, [True]
 
-    def snapshot_then_consumed(work, *args, **kwargs):
-        found = run(work, *args, **kwargs)
-        if armed and getattr(work, "__name__", "") == "read":
+    def snapshot_then_consumed(*args, **kwargs):
+        found = snapshot(*args, **kwargs)
+        if armed:
             armed.clear()
             assert consume(sqs, flash_queue)
         return found
 
-    monkeypatch.setattr(service.db, "run", snapshot_then_consumed)
+    monkeypatch.setattr(service.records, "snapshot", snapshot_then_consumed)
     return service
 
 

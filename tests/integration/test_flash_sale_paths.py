@@ -15,12 +15,12 @@ import pytest
 
 import app as shop_app
 from chalicelib import bootstrap
-from chalicelib.adapters.flash_gate import customer_key, owner_key
+from chalicelib.domain.reservations import customer_key, owner_key
 from chalicelib.domain import flash_message
 from chalicelib.domain.orders import parse_order
 from chalicelib.entrypoints import sqs as sqs_handlers
 from chalicelib.service import async_orders
-from chalicelib.service import lifecycle
+from chalicelib.service import expiry_and_outbox
 from scripts import localstack
 from scripts.poller import Poller
 from tests.conftest import make_product
@@ -51,8 +51,8 @@ def ingest(sqs, spec, count):
 
 
 def submit(spec, *orders):
-    return async_orders.submit({"orders": list(orders)}, bootstrap.publisher(), bootstrap.batch_store(), spec.name,
-                               client="dev")["batch_id"]
+    batches = async_orders.AsyncBatches(bootstrap.publisher(), bootstrap.batch_store(), spec.name)
+    return batches.submit(list(orders), client="dev")["batch_id"]
 
 
 def batch(batch_id):
@@ -323,7 +323,7 @@ def test_expired_sale_orders_return_their_units_to_the_sale(sqs, flash_queue):
         assert bootstrap.orders().events(order_id)[0]["data"]["lifecycle"] == "pending_payment"
         assert remaining(pid) == 1 and stock(pid) == 1
         time.sleep(1.2)
-        assert lifecycle.expire_due(bootstrap.orders(), bootstrap.database()) == 1
+        assert expiry_and_outbox.expire_due(bootstrap.orders(), bootstrap.outbox()) == 1
     finally:
         reset()
     assert bootstrap.orders().get(order_id)["lifecycle"] == "expired"

@@ -223,7 +223,7 @@ class FlakyOrders(OrderService):
     """The real OrderService, except that chosen users hit an outage or run out of retries."""
 
     def __init__(self, real, outage_users=(), contention_users=()):
-        super().__init__(real.db, real.strategy, real.writes)
+        super().__init__(real.db, real.strategy, real.writes, real.repository)
         self.outage_users = set(outage_users)
         self.contention_users = set(contention_users)
 
@@ -277,7 +277,8 @@ def test_async_submit_while_mysql_is_down_is_accepted_and_processed_later(clean_
     product = make_product(bootstrap.catalog(), stock=100)
     body = {"orders": [order(f"late-{i}", product["id"], 2) for i in range(15)]}
     with mysql_down(test_env):
-        accepted = async_orders.submit(body, bootstrap.publisher(), bootstrap.batch_store(), spec.name)
+        accepted = async_orders.AsyncBatches(bootstrap.publisher(), bootstrap.batch_store(), spec.name).submit(
+            body["orders"])
         assert accepted["status"] == "queued"
         with pytest.raises(ServiceUnavailable):
             bootstrap.batch_store().get(accepted["batch_id"])

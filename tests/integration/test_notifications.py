@@ -17,10 +17,11 @@ import requests
 import app as shop_app
 from chalicelib import bootstrap
 from chalicelib.adapters.mailer import SesMailer
+from chalicelib.adapters.notification_log import MySQLNotificationLog
 from chalicelib.adapters.inventory import STRATEGIES
 from chalicelib.domain.orders import parse_batch
 from chalicelib.entrypoints import sqs as sqs_handlers
-from chalicelib.service import lifecycle
+from chalicelib.service import expiry_and_outbox
 from chalicelib.service.notifications import Notifier
 from scripts import localstack
 from scripts.poller import Poller
@@ -74,7 +75,7 @@ def deliver(*bodies):
 def relay_and_drain(sqs, test_env):
     """Publish the outbox to the session's topic and hand whatever reached the session's
     notification queue to app.py's handler (as the poller does). The bodies it saw."""
-    assert lifecycle.publish_pending(bootstrap.database(), bootstrap.event_publisher()) >= 0
+    assert expiry_and_outbox.publish_pending(bootstrap.outbox(), bootstrap.event_publisher()) >= 0
     poller = Poller(sqs, test_env["NOTIFY_QUEUE_NAME"], shop_app.handle_notifications, wait_seconds=1)
     seen = []
     while True:
@@ -205,7 +206,7 @@ def test_ses_refusing_retries_into_the_dlq_and_orders_go_on(clean_db, sqs, fast_
     body = _created_event(place(pid, "ses-down", contact_email=to)["order_id"])
     sqs.send_message(QueueUrl=url, MessageBody=body)
     # SES refuses every send (the sender is not a verified identity): a real SES failure.
-    refused = Notifier(bootstrap.database(), SesMailer(test_env["AWS_ENDPOINT_URL"], "us-east-1", "nobody@example.org"))
+    refused = Notifier(MySQLNotificationLog(bootstrap.database()), SesMailer(test_env["AWS_ENDPOINT_URL"], "us-east-1", "nobody@example.org"))
     poller = Poller(sqs, spec.name, lambda event, context: sqs_handlers.handle_notification_event(
         event, context, notifier=refused), wait_seconds=1)
     attempts = 0

@@ -20,7 +20,7 @@ from chalicelib.domain.errors import (
     PaymentReferenceUsed,
 )
 from chalicelib.domain.orders import parse_batch
-from chalicelib.service import lifecycle
+from chalicelib.service import expiry_and_outbox
 from tests.conftest import make_product
 
 
@@ -78,8 +78,8 @@ def test_an_expired_order_gives_its_stock_back_once_and_cannot_be_paid(window):
     order_id = place(pid, "late", qty=4)
     assert _stock(pid) == 6
     time.sleep(1.2)
-    assert lifecycle.expire_due(orders, bootstrap.database()) == 1
-    assert lifecycle.expire_due(orders, bootstrap.database()) == 0
+    assert expiry_and_outbox.expire_due(orders, bootstrap.outbox()) == 1
+    assert expiry_and_outbox.expire_due(orders, bootstrap.outbox()) == 0
     assert _stock(pid) == 10
     assert orders.get(order_id)["lifecycle"] == "expired" and orders.get(order_id)["status"] == "cancelled"
     with pytest.raises(OrderExpired):
@@ -154,10 +154,11 @@ def test_the_relay_publishes_every_event_at_least_once_in_order_per_order(window
     orders.fulfil(ids[2])
     real = EventPublisher(test_env["AWS_ENDPOINT_URL"], "us-east-1", test_env["ORDER_EVENTS_TOPIC_ARN"])
     with pytest.raises(SystemExit):
-        lifecycle.publish_pending(bootstrap.database(), CrashAfterFirstBatch(real))
+        expiry_and_outbox.publish_pending(bootstrap.outbox(), CrashAfterFirstBatch(real))
     assert all(e["published_at"] is None for e in _events())  # the crash left no stamp: they go again
-    assert lifecycle.publish_pending(bootstrap.database(), real) == 8  # 4 created, 2 paid, 1 cancelled, 1 fulfilled
-    assert lifecycle.publish_pending(bootstrap.database(), real) == 0
+    # 4 created, 2 paid, 1 cancelled, 1 fulfilled
+    assert expiry_and_outbox.publish_pending(bootstrap.outbox(), real) == 8
+    assert expiry_and_outbox.publish_pending(bootstrap.outbox(), real) == 0
     got = subscriber()
     assert len(got) > 8  # some twice: at least once
     unique = {e["event_id"]: e for e in got}
@@ -176,7 +177,7 @@ def test_an_event_sns_refused_holds_back_the_rest_of_its_order_only(window):
     orders = bootstrap.orders()
     pid = make_product(bootstrap.catalog(), stock=50)["id"]
     held, other = place(pid, "h-1"), place(pid, "h-2")
-    assert held % lifecycle.RELAY_LANES != other % lifecycle.RELAY_LANES
+    assert held % expiry_and_outbox.RELAY_LANES != other % expiry_and_outbox.RELAY_LANES
     for order_id in (held, other):
         orders.pay(order_id, f"pay-{order_id}")
         orders.fulfil(order_id)
@@ -188,7 +189,7 @@ def test_an_event_sns_refused_holds_back_the_rest_of_its_order_only(window):
             refused = [i for i, e in enumerate(events) if (e["order_id"], e["type"]) == (held, "order.paid")]
             return refused[0] if refused else len(events)
 
-    assert lifecycle.publish_pending(bootstrap.database(), RefusesHeldPayment()) == 4
+    assert expiry_and_outbox.publish_pending(bootstrap.outbox(), RefusesHeldPayment()) == 4
     stamped = {(e["order_id"], e["type"]): e["published_at"] is not None for e in _events()}
     assert stamped == {(held, "order.created"): True, (held, "order.paid"): False, (held, "order.fulfilled"): False,
                        (other, "order.created"): True, (other, "order.paid"): True, (other, "order.fulfilled"): True}
@@ -201,7 +202,7 @@ def orders_in_one_lane(pid, count):
     while len(ids) < count:
         order_id = place(pid, f"lane-{uuid.uuid4().hex[:8]}")
         bootstrap.orders().pay(order_id, f"pay-{order_id}")
-        if not ids or order_id % lifecycle.RELAY_LANES == ids[0] % lifecycle.RELAY_LANES:
+        if not ids or order_id % expiry_and_outbox.RELAY_LANES == ids[0] % expiry_and_outbox.RELAY_LANES:
             ids.append(order_id)
     return ids
 
@@ -228,11 +229,10 @@ def test_an_event_sns_keeps_refusing_holds_its_own_order_not_its_lane(window, ra
     pid = make_product(bootstrap.catalog(), stock=50)["id"]
     poisoned, *others = orders_in_one_lane(pid, 5)
     publisher = RefusesOrder(poisoned, raises)
-    db = bootstrap.database()
     counted = []
-    monkeypatch.setattr(lifecycle, "emit", lambda name, value, **dims: counted.append((name, value)))
+    monkeypatch.setattr(expiry_and_outbox, "emit", lambda name, value, **dims: counted.append((name, value)))
 
-    rounds = [lifecycle.publish_pending(db, publisher, limit=4) for _ in range(len(_events()))]
+    rounds = [expiry_and_outbox.publish_pending(bootstrap.outbox(), publisher, limit=4) for _ in range(len(_events()))]
 
     assert sum(rounds) == len(_events()) - 2 and rounds[-1] == 0
     assert all(e["published_at"] is not None for o in others for e in _events(o))
@@ -240,7 +240,7 @@ def test_an_event_sns_keeps_refusing_holds_its_own_order_not_its_lane(window, ra
     assert counted == [("OrderEventsRefused", 1)] * len(rounds)  # every call, the one order held back
     orders = bootstrap.orders()
     orders.fulfil(others[0])  # a new event of the same lane still goes out
-    assert lifecycle.publish_pending(db, publisher, limit=4) == 1
+    assert expiry_and_outbox.publish_pending(bootstrap.outbox(), publisher, limit=4) == 1
 
 
 @pytest.mark.parametrize("raises", [False, True], ids=["refused-entries", "calls-raise"])
@@ -254,20 +254,20 @@ def test_sns_refusing_every_event_costs_a_lane_a_few_calls_not_one_per_order(win
 
     class RefusesAll:
         def publish_batch(self, events):
-            lanes.append(events[0]["order_id"] % lifecycle.RELAY_LANES)
+            lanes.append(events[0]["order_id"] % expiry_and_outbox.RELAY_LANES)
             if raises:
                 raise RuntimeError("KMS.DisabledException")
             return 0
 
-    assert lifecycle.publish_pending(bootstrap.database(), RefusesAll()) == 0
+    assert expiry_and_outbox.publish_pending(bootstrap.outbox(), RefusesAll()) == 0
     # The lane of the 6 orders: one call, then at most two alone; not a call per order.
-    assert 1 <= lanes.count(ids[0] % lifecycle.RELAY_LANES) <= 3
+    assert 1 <= lanes.count(ids[0] % expiry_and_outbox.RELAY_LANES) <= 3
     assert all(e["published_at"] is None for o in ids for e in _events(o))
 
 
 def test_the_lifecycle_function_reports_how_long_the_oldest_event_has_waited(window, monkeypatch):
     """What the outbox-stalled alarm watches: SNS refusing an event shows as its age."""
-    from chalicelib.entrypoints import lifecycle as function
+    from chalicelib.entrypoints import expiry_and_outbox as function
 
     pid = make_product(bootstrap.catalog(), stock=5)["id"]
     stuck = place(pid, "stuck-1")
@@ -281,8 +281,8 @@ def test_the_lifecycle_function_reports_how_long_the_oldest_event_has_waited(win
     assert report["published"] == 0 and report["outbox_oldest_seconds"] >= 0.3
     reported = [value for name, value in counted if name == "OutboxOldestSeconds"]
     assert reported == [pytest.approx(report["outbox_oldest_seconds"], abs=0.05)]
-    assert lifecycle.publish_pending(bootstrap.database(), PublishesAll()) == 1
-    assert lifecycle.oldest_unpublished_seconds(bootstrap.database()) == 0
+    assert expiry_and_outbox.publish_pending(bootstrap.outbox(), PublishesAll()) == 1
+    assert expiry_and_outbox.oldest_unpublished_seconds(bootstrap.outbox()) == 0
 
 
 class PublishesAll:
@@ -294,7 +294,7 @@ def test_events_wait_in_the_outbox_while_sns_is_down(window, test_env):
     pid = make_product(bootstrap.catalog(), stock=5)["id"]
     place(pid, "w-1")
     down = EventPublisher("http://127.0.0.1:9", "us-east-1", test_env["ORDER_EVENTS_TOPIC_ARN"])  # nothing listens
-    assert lifecycle.publish_pending(bootstrap.database(), down) == 0
+    assert expiry_and_outbox.publish_pending(bootstrap.outbox(), down) == 0
     assert [e["published_at"] for e in _events()] == [None]
 
 
@@ -324,7 +324,7 @@ def test_the_relay_holds_no_lock_that_makes_new_orders_wait_for_sns(window, test
                 conn.close()
             return len(events)
 
-    assert lifecycle.publish_pending(bootstrap.database(), SlowSns()) == 1
+    assert expiry_and_outbox.publish_pending(bootstrap.outbox(), SlowSns()) == 1
     assert inserted  # a lock wait timeout (1205) would have raised instead
 
 
@@ -351,7 +351,7 @@ def test_timers_expire_orders_on_time_without_the_sweep(clean_db, expiry_queue, 
     """The relay starts a timer per pending order; the expiry consumer (as the
     poller runs it) expires each when it fires. No sweep runs, so only the timers
     can have done it; none fires before `expires_at`, and stock comes back once."""
-    from chalicelib.entrypoints.lifecycle import handle_expiry_event
+    from chalicelib.entrypoints.expiry_and_outbox import handle_expiry_event
     from scripts.poller import Poller
 
     sqs, name, url = expiry_queue
@@ -360,7 +360,7 @@ def test_timers_expire_orders_on_time_without_the_sweep(clean_db, expiry_queue, 
     ids = [place(pids[i % 3], f"t-{i}", qty=1 + i % 2, user_id=1 + i % 5) for i in range(60)]
     bootstrap.orders().pay(ids[0], "paid-in-time")  # paid before the relay ran: it needs no timer
     real = EventPublisher(test_env["AWS_ENDPOINT_URL"], "us-east-1", test_env["ORDER_EVENTS_TOPIC_ARN"])
-    assert lifecycle.publish_pending(bootstrap.database(), real, timers=bootstrap.expiry_timers()) == 61
+    assert expiry_and_outbox.publish_pending(bootstrap.outbox(), real, timers=bootstrap.expiry_timers()) == 61
     visible, delayed = _queue_counts(sqs, url)
     # One timer per pending order; hidden until due (unless placing them took longer than the window).
     assert visible + delayed == 59 and delayed > 0
@@ -380,7 +380,7 @@ def test_timers_expire_orders_on_time_without_the_sweep(clean_db, expiry_queue, 
 
 
 def test_a_window_longer_than_sqs_delays_is_waited_out_in_steps(clean_db, expiry_queue):
-    from chalicelib.service.lifecycle import SQS_MAX_DELAY_SECONDS, fire_expiry_timer
+    from chalicelib.service.expiry_and_outbox import SQS_MAX_DELAY_SECONDS, fire_expiry_timer
 
     sqs, name, url = expiry_queue
     bootstrap.reset(ORDER_PAYMENT_WINDOW_SECONDS="3600", EXPIRY_QUEUE_NAME=name)
@@ -388,17 +388,17 @@ def test_a_window_longer_than_sqs_delays_is_waited_out_in_steps(clean_db, expiry
     order_id = place(pid, "long")
     timers = bootstrap.expiry_timers()
     # The timer fired after SQS's longest delay: the order is not due; a new timer waits again.
-    assert fire_expiry_timer(bootstrap.orders(), bootstrap.database(), timers, order_id) == "waiting"
+    assert fire_expiry_timer(bootstrap.orders(), bootstrap.outbox(), timers, order_id) == "waiting"
     assert _queue_counts(sqs, url) == (0, 1)
     assert bootstrap.orders().get(order_id)["lifecycle"] == "pending_payment" and _stock(pid) == 4
     assert SQS_MAX_DELAY_SECONDS == 900  # the most SQS allows; a longer DelaySeconds is refused
     bootstrap.orders().cancel(order_id)
-    assert fire_expiry_timer(bootstrap.orders(), bootstrap.database(), timers, order_id) == "closed"
+    assert fire_expiry_timer(bootstrap.orders(), bootstrap.outbox(), timers, order_id) == "closed"
     assert _queue_counts(sqs, url) == (0, 1) and _stock(pid) == 5  # nothing restarted, stock back once
 
 
 def test_garbage_timers_are_dropped_and_real_ones_still_act(window, expiry_queue):
-    from chalicelib.entrypoints.lifecycle import handle_expiry_event
+    from chalicelib.entrypoints.expiry_and_outbox import handle_expiry_event
     from scripts.poller import sqs_event
 
     _, name, _ = expiry_queue
@@ -418,13 +418,13 @@ def test_garbage_timers_are_dropped_and_real_ones_still_act(window, expiry_queue
 def test_the_relay_publishes_when_timers_cannot_be_sent(window, test_env):
     """SQS down: the events still go out and are stamped; the sweep is the backstop."""
     from chalicelib.adapters.queues import QueuePublisher
-    from chalicelib.service.lifecycle import ExpiryTimers
+    from chalicelib.service.expiry_and_outbox import ExpiryTimers
 
     pid = make_product(bootstrap.catalog(), stock=5)["id"]
     place(pid, "nt-1")
     real = EventPublisher(test_env["AWS_ENDPOINT_URL"], "us-east-1", test_env["ORDER_EVENTS_TOPIC_ARN"])
     down = ExpiryTimers(QueuePublisher("http://127.0.0.1:9", "us-east-1"), "nowhere")
-    assert lifecycle.publish_pending(bootstrap.database(), real, timers=down) == 1
+    assert expiry_and_outbox.publish_pending(bootstrap.outbox(), real, timers=down) == 1
     assert [e["published_at"] is not None for e in _events()] == [True]
 
 
@@ -435,7 +435,7 @@ def test_thousands_of_orders_paid_cancelled_expired_by_timers_and_sweeps_reconci
     timers and sweeps expire them concurrently. Every order ends in exactly one
     closing state with one closing event; each product's stock is its initial
     stock minus what the paid orders hold."""
-    from chalicelib.service.lifecycle import fire_expiry_timer
+    from chalicelib.service.expiry_and_outbox import fire_expiry_timer
 
     _, name, _ = expiry_queue
     bootstrap.reset(ORDER_PAYMENT_WINDOW_SECONDS="4", EXPIRY_QUEUE_NAME=name)
@@ -470,11 +470,11 @@ def test_thousands_of_orders_paid_cancelled_expired_by_timers_and_sweeps_reconci
         time.sleep(max(0.0, first_due - time.monotonic()))
         while time.monotonic() < last_due + 1:
             for order_id in chunk:
-                fire_expiry_timer(orders, db, timers, order_id)
+                fire_expiry_timer(orders, bootstrap.outbox(), timers, order_id)
 
     def sweeper():
         while time.monotonic() < last_due + 1:
-            lifecycle.expire_due(orders, db)
+            expiry_and_outbox.expire_due(orders, bootstrap.outbox())
 
     threads = [threading.Thread(target=guarded(payer), args=(ids[0::3],)),
                threading.Thread(target=guarded(payer), args=(ids[1::6],)),
@@ -487,7 +487,7 @@ def test_thousands_of_orders_paid_cancelled_expired_by_timers_and_sweeps_reconci
     for t in threads:
         t.join(90)
     assert not errors, errors[:3]
-    lifecycle.expire_due(orders, db, limit=2000)
+    expiry_and_outbox.expire_due(orders, bootstrap.outbox(), limit=2000)
     rows = db.query("SELECT o.id, o.lifecycle, i.product_id, i.quantity FROM orders o "
                     "JOIN order_items i ON i.order_id = o.id")
     states = {r["lifecycle"] for r in rows}
@@ -504,8 +504,8 @@ def test_dedupe_records_past_the_retention_are_pruned_oldest_first_and_a_bounded
     """Records of events no copy of which can still arrive go; younger ones
     (one just inside the retention) stay, whatever their number."""
     db = bootstrap.database()
-    ages = {"r-35": 35, "r-34": 34, "r-33": 33, "r-32": 32, "r-31": 31, "r-edge": lifecycle.DEDUPE_RETENTION_DAYS - 1,
-            "r-now": 0}
+    ages = {"r-35": 35, "r-34": 34, "r-33": 33, "r-32": 32, "r-31": 31,
+            "r-edge": expiry_and_outbox.DEDUPE_RETENTION_DAYS - 1, "r-now": 0}
 
     def add(cur):
         for event_id, days in ages.items():
@@ -522,8 +522,8 @@ def test_dedupe_records_past_the_retention_are_pruned_oldest_first_and_a_bounded
                 sorted(r["event_id"] for r in db.query("SELECT event_id FROM notifications_sent")))
 
     # At most 3 per table, 2 per transaction: the three oldest of related_events, both old notifications.
-    assert lifecycle.prune_dedupe_records(db, batch=2, most=3) == 3 + 2
+    assert expiry_and_outbox.prune_dedupe_records(bootstrap.outbox(), batch=2, most=3) == 3 + 2
     assert left() == (["r-31", "r-32", "r-edge", "r-now"], ["n-now"])
-    assert lifecycle.prune_dedupe_records(db) == 2
+    assert expiry_and_outbox.prune_dedupe_records(bootstrap.outbox()) == 2
     assert left() == (["r-edge", "r-now"], ["n-now"])
-    assert lifecycle.prune_dedupe_records(db) == 0
+    assert expiry_and_outbox.prune_dedupe_records(bootstrap.outbox()) == 0

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from chalicelib.adapters.cache import RedisGateway
-from chalicelib.entrypoints.ratelimit import RateLimiter
+from chalicelib.adapters.ratelimit import RateLimiter
 from chalicelib.settings import PLANS_FILE
 from tests.conftest import BASE_REDIS_URL, delete_prefix, free_port
 
@@ -279,7 +279,7 @@ def test_redis_down_fails_open_and_logs(own_redis, clock, caplog):
     results = [limiter.check("down", "limited") for _ in range(20)]
     elapsed = time.perf_counter() - started
     assert results == [(True, 0, "")] * 20
-    assert any("failed open" in r.getMessage() for r in caplog.records if r.name == "chalicelib.entrypoints.ratelimit")
+    assert any("failed open" in r.getMessage() for r in caplog.records if r.name == "chalicelib.adapters.ratelimit")
     # The breaker opens after the first failures, so a dead Redis costs nothing per request.
     assert elapsed < 2
 

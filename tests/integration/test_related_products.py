@@ -15,11 +15,12 @@ import boto3
 import pytest
 
 from chalicelib import bootstrap
+from chalicelib.adapters.pair_counts import MySQLPairCounts
 from chalicelib.adapters.queues import EventPublisher
 from chalicelib.domain import related as rules
 from chalicelib.domain.orders import parse_batch
 from chalicelib.entrypoints import sqs as consumers
-from chalicelib.service import lifecycle
+from chalicelib.service import expiry_and_outbox
 from chalicelib.service.related import RelatedProducts
 from scripts.poller import FakeLambdaContext, Poller, sqs_event
 from tests.conftest import make_product
@@ -43,7 +44,7 @@ def related_queue(clean_db, sqs, test_env):
 
 def _relay(test_env):
     publisher = EventPublisher(test_env["AWS_ENDPOINT_URL"], REGION, test_env["ORDER_EVENTS_TOPIC_ARN"])
-    while lifecycle.publish_pending(bootstrap.database(), publisher):
+    while expiry_and_outbox.publish_pending(bootstrap.outbox(), publisher):
         pass
 
 
@@ -125,7 +126,7 @@ def test_counts_match_the_orders_after_concurrent_duplicate_deliveries(related_q
             t.join()
         assert not errors, errors
         time.sleep(1.1)
-        while lifecycle.expire_due(orders, bootstrap.database()):
+        while expiry_and_outbox.expire_due(orders, bootstrap.outbox()):
             pass
     finally:
         bootstrap.reset()
@@ -332,7 +333,7 @@ def test_locks_are_taken_in_one_order_so_concurrent_batches_never_deadlock(clean
     copies = events * 8
     rng.shuffle(copies)
     batches = [copies[i:i + 10] for i in range(0, len(copies), 10)]
-    related, errors = RelatedProducts(OneAttempt(bootstrap.database()), None, None), []
+    related, errors = RelatedProducts(MySQLPairCounts(OneAttempt(bootstrap.database())), None, None), []
 
     def worker(mine):
         try:

@@ -11,9 +11,9 @@ import redis
 from chalice.test import Client
 
 from chalicelib import bootstrap
-from chalicelib.adapters.cache import StoreFull
+from chalicelib.domain.errors import StoreFull
 from chalicelib.adapters import flash_gate
-from chalicelib.adapters.flash_gate import customer_key, owner_key
+from chalicelib.domain.reservations import customer_key, owner_key
 from chalicelib.domain.orders import parse_batch
 from chalicelib.entrypoints import sqs as sqs_handlers
 from scripts import localstack

@@ -1,4 +1,4 @@
-"""One path for every product write (chalicelib/unit_of_work.py): every path
+"""One path for every product write (chalicelib/adapters/product_writes.py): every path
 bumps `version`, reports exactly the versions MySQL holds to the cache
 invalidation after commit, and a write that skips the unit of work is refused."""
 import pytest
@@ -7,12 +7,14 @@ from chalicelib import bootstrap
 from chalicelib.service.catalog import Catalog
 from chalicelib.adapters.db import ProductWriteOutsideUnitOfWork
 from chalicelib.adapters.inventory import STRATEGIES, make_strategy
+from chalicelib.adapters.order_repository import MySQLOrderRepository
+from chalicelib.adapters.product_reads import MySQLProductReads
 from chalicelib.service.orders import OrderService
 from chalicelib.domain.orders import parse_batch
 from chalicelib.adapters.search_sql import LISTED_IN_STOCK as IN, LISTED_SOLD_OUT as OUT, NOT_LISTED as NONE
 from chalicelib.adapters.search_mysql import MySQLSearchBackend
 from chalicelib.domain.search_query import parse_query
-from chalicelib.service.unit_of_work import ProductWrites
+from chalicelib.adapters.product_writes import ProductWrites
 from tests.conftest import make_product
 
 
@@ -35,7 +37,7 @@ def recorded(clean_db):
     db = bootstrap.database()
     invalidator = RecordingInvalidator()
     writes = ProductWrites(db, invalidator, MySQLSearchBackend(db))
-    return invalidator, writes, Catalog(db, bootstrap.product_cache(), writes)
+    return invalidator, writes, Catalog(MySQLProductReads(db), bootstrap.product_cache(), writes)
 
 
 def test_catalog_writes_report_the_versions_mysql_holds(recorded):
@@ -64,7 +66,8 @@ def test_catalog_writes_report_the_versions_mysql_holds(recorded):
 def test_orders_and_cancels_report_the_versions_mysql_holds(recorded, strategy):
     invalidator, writes, catalog = recorded
     a, b = (make_product(catalog, stock=10)["id"] for _ in range(2))
-    service = OrderService(bootstrap.database(), make_strategy(strategy, bootstrap.state_gateway()), writes)
+    service = OrderService(bootstrap.database(), make_strategy(strategy, bootstrap.state_gateway()), writes,
+                           MySQLOrderRepository)
     invalidator.calls.clear()
 
     result = service.place_batch(parse_batch({"orders": [
@@ -109,7 +112,8 @@ def test_the_listing_follows_stock_across_zero_on_every_write_path(recorded, str
     _, writes, catalog = recorded
     pid = make_product(catalog, name="Lantern brass", stock=2)["id"]
     assert _listing(pid) == (IN, {IN}) and _in_stock_hits("lantern", monkeypatch) == [[pid], [pid]]
-    service = OrderService(bootstrap.database(), make_strategy(strategy, bootstrap.state_gateway()), writes)
+    service = OrderService(bootstrap.database(), make_strategy(strategy, bootstrap.state_gateway()), writes,
+                           MySQLOrderRepository)
 
     def order(coid, quantity):
         return service.place_batch(parse_batch({"orders": [

@@ -356,12 +356,13 @@ def test_the_lifecycle_function_relays_the_outbox(clean_db, functions, test_env)
 def test_the_expiry_consumer_acts_on_timers(clean_db, functions, test_env):
     from chalicelib import bootstrap
     from chalicelib.domain.orders import parse_batch
+    from chalicelib.adapters.order_repository import MySQLOrderRepository
     from chalicelib.service.orders import OrderService
 
     api = functions("APIHandler")
     product = _new_product(api, "Timed lamp")
     pending = OrderService(bootstrap.database(), bootstrap.inventory_strategy(), bootstrap.product_writes(),
-                           payment_window=1)
+                           MySQLOrderRepository, payment_window=1)
     order_id = pending.place_batch(parse_batch({"orders": [{"client_order_id": "art-timer", "user_id": 4, "items": [
         {"product_id": product["id"], "quantity": 2}]}]}, "dev"))["results"][0]["order_id"]
     time.sleep(1.1)

@@ -23,7 +23,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from chalicelib.entrypoints import schema
+from chalicelib.entrypoints import migrate_function
 from scripts import deploy, localstack, package
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -175,7 +175,7 @@ def deployed(endpoint, test_env, tmp_path_factory):
 
     def migrate(stack):  # the packaged function itself is run from the artifact in test_artifact.py
         migrations.append(stack)
-        return schema.handle_migrate({})
+        return migrate_function.handle_migrate({})
 
     first = deploy.deploy(copy.deepcopy(config), copy.deepcopy(subset), zip_path, clients, migrate=migrate,
                           poll_seconds=0.2, say=lambda line: None)

@@ -8,8 +8,15 @@ from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 
-from chalicelib.domain.errors import ConcurrencyExhausted, InsufficientStock, OrderNotFound, ProductNotFound, ServiceUnavailable
-from chalicelib.adapters.order_repository import StoredOrder
+from chalicelib.domain.errors import (
+    ConcurrencyExhausted,
+    DuplicateKey,
+    InsufficientStock,
+    OrderNotFound,
+    ProductNotFound,
+    ServiceUnavailable,
+)
+from chalicelib.domain.order_records import StoredOrder
 from chalicelib.service.orders import OrderService
 
 
@@ -171,6 +178,11 @@ class FakeOrders:
         self.store.orders[order_id] = replace(self.store.orders[order_id], status="cancelled", lifecycle=lifecycle)
 
     def set_lifecycle(self, order_id, lifecycle, payment_reference=None):
+        client = self.store.orders[order_id].client
+        if payment_reference is not None and any(  # MySQL's unique key (client, payment_reference)
+                o.id != order_id and (o.client, o.payment_reference) == (client, payment_reference)
+                for o in self.store.orders.values()):
+            raise DuplicateKey("uq_orders_client_payment_reference")
         self.store.orders[order_id] = replace(self.store.orders[order_id], lifecycle=lifecycle,
                                               payment_reference=payment_reference)
 
@@ -210,6 +222,6 @@ class FakeBatches:
         return "done" if len(recorded) >= order_count else "processing"
 
 
-def order_service(world, inventory=None, metrics=None):
+def order_service(world, inventory=None, metrics=None, payment_window=0):
     return OrderService(FakeDatabase(world), inventory or FakeInventory(), world, repository=FakeOrders,
-                        metrics=metrics or Metrics())
+                        metrics=metrics or Metrics(), payment_window=payment_window)

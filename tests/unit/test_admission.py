@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from chalicelib.adapters.admission import InFlightLimit
+from chalicelib.domain.in_flight import InFlightLimit
 
 
 def test_never_more_than_limit_inside_and_every_thread_gets_through():

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ON_DEMAND = {
     "pypinyin": "domain/search_text.py, where Chinese is indexed",
     "chalicelib.entrypoints.openapi": "GET /openapi.json",
-    "jwt": "entrypoints/customers.py, where the app verifies tokens itself",
+    "jwt": "entrypoints/customer_tokens.py, where the app verifies tokens itself",
     "aws_xray_sdk": "ops/logs.py, when tracing is on",
     "boto3": "the first AWS client (the runtime's copy; a GET from the cache needs none)",
 }

@@ -6,7 +6,7 @@ pool through. Pure: the claims are what the Lambda event carries (strings)."""
 import pytest
 
 from chalicelib.domain.errors import ServiceUnavailable, Unauthorized
-from chalicelib.entrypoints.customers import customer_for_request
+from chalicelib.entrypoints.customer_tokens import customer_for_request
 from chalicelib.settings import Settings
 
 POOL = "us-east-1_Pool1"

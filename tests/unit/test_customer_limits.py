@@ -11,6 +11,7 @@ from chalicelib.domain.customer_limits import CustomerLimits
 from chalicelib.domain.errors import PayloadTooLarge, ServiceUnavailable
 from chalicelib.domain.order_lifecycle import PaymentWindows
 from chalicelib.domain.orders import InvalidOrder, OrderRequest, parse_batch
+from chalicelib.entrypoints.deployment import refuse_if_misconfigured
 from chalicelib.settings import Settings
 from tests.unit.fakes import World, order_service
 
@@ -37,7 +38,7 @@ def test_a_customer_window_or_cap_below_one_refuses_to_serve_in_every_stage(monk
     try:
         bootstrap.reset(**{setting: value})
         with pytest.raises(ServiceUnavailable, match=f"refuses to serve: {setting}"):
-            bootstrap.refuse_if_misconfigured()
+            refuse_if_misconfigured()
     finally:
         bootstrap.reset()
 

@@ -9,7 +9,7 @@ import pytest
 from chalicelib.domain import flash_message
 from chalicelib.domain.flash_message import Reservation
 from chalicelib.domain.orders import OrderResult, summarize
-from chalicelib.domain.sales import validate_sale
+from chalicelib.domain.sale_mode import validate_sale
 from chalicelib.domain.errors import ValidationError
 
 SALE = "c" * 32

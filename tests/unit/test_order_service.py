@@ -4,7 +4,7 @@ real services in tests/integration/test_orders_invariants.py."""
 import pytest
 
 from chalicelib.service import async_orders
-from chalicelib.domain.errors import ServiceUnavailable
+from chalicelib.domain.errors import PaymentReferenceUsed, ServiceUnavailable
 from chalicelib.domain.orders import parse_batch
 from tests.unit.fakes import FakeBatches, FakeInventory, Metrics, World, order_service
 
@@ -122,3 +122,16 @@ def test_ingest_keeps_what_committed_before_an_outage(world):
         consumer.process(body, "m-2")
     assert list(batches.results["b1"]) == [4]
     assert world.invalidations == [{1: 2}]
+
+
+def test_a_payment_reference_that_paid_another_order_is_refused_and_the_order_stays_pending(world):
+    """The repository's duplicate key (one reference per client) is the service's PAYMENT_REFERENCE_USED."""
+    service = order_service(world, payment_window=60)
+    first, second = (r["order_id"] for r in service.place_batch(parse_batch(
+        {"orders": [order("a", (1, 1)), order("b", (1, 1))]}, "dev"))["results"])
+    assert service.pay(first, "pay-1")["lifecycle"] == "paid"
+    assert service.pay(first, "pay-1")["lifecycle"] == "paid"  # the same payment again: idempotent
+    with pytest.raises(PaymentReferenceUsed):
+        service.pay(second, "pay-1")
+    assert service.get(second)["lifecycle"] == "pending_payment"
+    assert service.pay(second, "pay-2")["lifecycle"] == "paid"

@@ -6,7 +6,7 @@ from chalicelib.domain import related
 from chalicelib.domain.orders import (MAX_CLIENT_ORDER_ID, MAX_EMAIL, MAX_LINES_PER_ORDER, MAX_ORDERS_PER_BATCH,
                                       MAX_QUANTITY)
 from chalicelib.domain.products import BULK_LIMIT, MAX_PRICE_CENTS, MAX_STOCK, STATUSES
-from chalicelib.domain.sales import MAX_PER_CUSTOMER_LIMIT
+from chalicelib.domain.sale_mode import MAX_PER_CUSTOMER_LIMIT
 from chalicelib.domain.search_query import TOTAL_CAP
 from chalicelib.entrypoints.openapi.fields import NO_NUL, TIMESTAMP, integer, object_schema, ref, string
 from chalicelib.entrypoints.openapi.responses import ERROR_CODES

@@ -1,5 +1,5 @@
 """Customer routes (docs/api.md: Customers): a customer's own orders, with the
-customer from the token (chalicelib/entrypoints/customers.py) and the client
+customer from the token (chalicelib/entrypoints/customer_tokens.py) and the client
 from the key. A customer sees and cancels only their own orders, whichever
 client's app they used (the pool's groups give no more: every order is for admin-plan keys)."""
 from chalice import Blueprint
@@ -14,7 +14,7 @@ routes = Blueprint(__name__)
 
 
 def _customer():
-    """The token's customer (the HTTP layer read it: chalicelib/entrypoints/customers.py) and their id."""
+    """The token's customer (the HTTP layer read it: chalicelib/entrypoints/customer_tokens.py) and their id."""
     customer = current_customer()
     return customer, bootstrap.customer_directory().id_for(customer.issuer, customer.subject)
 

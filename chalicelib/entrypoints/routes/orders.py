@@ -29,10 +29,10 @@ def place_batch(request):
         raise ValidationError("'mode' must be 'sync' or 'async'.", details={"field": "mode"})
     body = json_body(request)
     client = current_caller().client
+    batch = parse_batch(body, client)  # whole-request errors raise here, in either mode
     if mode == "async":
-        # Same whole-request validation; the orders go through the order-ingest queue.
-        return 202, bootstrap.submit_async_batch(body, client)
-    return 200, bootstrap.orders().place_batch(parse_batch(body, client))
+        return 202, bootstrap.async_batches().submit(body["orders"], client)
+    return 200, bootstrap.orders().place_batch(batch)
 
 
 def owner():

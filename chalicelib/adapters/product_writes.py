@@ -31,31 +31,14 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Mapping, Optional, Protocol, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, TypeVar
 
-PRODUCT_COLUMNS = ("id, sku, name, description, category, price_cents, stock, low_stock_threshold, version, "
-                   "status, created_at, updated_at")
+from chalicelib.domain.products import PRODUCT_COLUMNS
+from chalicelib.service.ports import CacheInvalidator, SearchIndex, StockLowOutbox
+
 _ALL_COLUMNS = frozenset(c.strip() for c in PRODUCT_COLUMNS.split(","))
 
 T = TypeVar("T")
-
-
-class SearchIndex(Protocol):
-    def index(self, cur, rows: Sequence[Mapping]) -> None:
-        """(Re)index full product rows inside the product write transaction `cur`."""
-
-    def set_in_stock(self, cur, in_stock: Mapping[int, bool]) -> None:
-        """{product id: in stock now} of products whose stock `cur` took to zero or back from it."""
-
-
-class CacheInvalidator(Protocol):
-    def after_commit(self, versions: Mapping[int, int], search: bool = True, enqueue: bool = True) -> None:
-        """Invalidate the cached copies older than `versions`; never raises."""
-
-
-class StockLowOutbox(Protocol):
-    def add_stock_low(self, cur, product_id: int, stock: int, threshold: int) -> None:
-        """Write the `stock.low` outbox row inside the product write transaction `cur`."""
 
 
 # An assignment to `stock` (not `low_stock_threshold`): such a write must say its delta.
@@ -119,11 +102,18 @@ class ProductTransaction:
                 self._stock_at.setdefault(pid, {})[row["version"]] = (row["stock"], row["low_stock_threshold"])
         return rows
 
+    def taken_skus(self, skus: Sequence[str]) -> list[str]:
+        """Those of `skus` a product has; the column's collation decides what "the same sku"
+        is (case and accents)."""
+        wanted = " UNION ALL ".join(["SELECT %s AS sku"] * len(skus))
+        self.cursor.execute(f"SELECT DISTINCT w.sku FROM ({wanted}) w JOIN products p ON p.sku = w.sku", list(skus))
+        return [row["sku"] for row in self.cursor.fetchall()]
+
     # --- writes -------------------------------------------------------------
 
     def insert(self, products: Sequence[Mapping]) -> list[dict]:
         """Insert new products (validated dicts); their full rows in the given order.
-        Raises pymysql's IntegrityError on a duplicate sku."""
+        Raises DuplicateKey on a duplicate sku."""
         self.cursor.products_writable = True
         try:
             self.cursor.executemany(

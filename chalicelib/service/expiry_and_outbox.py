@@ -26,7 +26,6 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from chalicelib.adapters.order_repository import orders_due_for_expiry, seconds_to_expiry
 from chalicelib.domain.products import iso
 from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import emit
@@ -49,11 +48,11 @@ class ExpiryTimers:
                                            for order_id in order_ids])
 
 
-def fire_expiry_timer(orders, db, timers, order_id):
+def fire_expiry_timer(orders, outbox, timers, order_id):
     """A timer fired: expire the order if its window has closed (by the database's
     clock), start the timer again if it has not; a paid, cancelled or expired
     order needs nothing. Returns 'expired', 'waiting' or 'closed'."""
-    left = seconds_to_expiry(db, [order_id]).get(order_id)
+    left = outbox.seconds_left([order_id]).get(order_id)
     if left is None:
         return "closed"
     if left > 0:
@@ -62,31 +61,28 @@ def fire_expiry_timer(orders, db, timers, order_id):
     return "expired" if orders.expire(order_id) else "closed"
 
 
-def expire_due(orders, db, limit=200):
+def expire_due(orders, outbox, limit=200):
     """Expire what is due now; returns how many expired."""
-    return sum(1 for order_id in orders_due_for_expiry(db, limit) if orders.expire(order_id))
+    return sum(1 for order_id in outbox.due(limit) if orders.expire(order_id))
 
 
 # A consumer's dedupe record may go once no copy of its event can still come: SQS keeps a message at
 # most 14 days (the DLQs, from which a redrive sends it again), and SNS retries a delivery to an SQS
 # queue it could not reach for up to 23 days.
 DEDUPE_RETENTION_DAYS = 30
-DEDUPE_RECORDS = {"related_events": "processed_at", "notifications_sent": "sent_at"}
 
 
-def prune_dedupe_records(db, batch=1000, most=20_000):
+def prune_dedupe_records(outbox, batch=1000, most=20_000):
     """Delete the consumers' dedupe records older than DEDUPE_RETENTION_DAYS
     (by the database's clock), oldest first, `batch` rows per short
     transaction and at most `most` per table per call, so a first run on a
     large backlog does not take the lifecycle function's minute. Returns how
     many went."""
     pruned = 0
-    for table, column in DEDUPE_RECORDS.items():
+    for table in outbox.dedupe_consumers():
         done = 0
         while done < most:
-            deleted = db.run(lambda cur: cur.execute(
-                f"DELETE FROM {table} WHERE {column} < CURRENT_TIMESTAMP(6) - INTERVAL %s DAY "
-                f"ORDER BY {column} LIMIT %s", (DEDUPE_RETENTION_DAYS, min(batch, most - done))))
+            deleted = outbox.prune_dedupe(table, DEDUPE_RETENTION_DAYS, min(batch, most - done))
             done += deleted
             if deleted < batch:
                 break
@@ -98,7 +94,7 @@ RELAY_LANES = 4     # SNS calls in flight at once; an order's events always take
 SNS_BATCH = 10      # PublishBatch's most entries per call
 
 
-def publish_pending(db, publisher, limit=500, timers=None):
+def publish_pending(outbox, publisher, limit=500, timers=None):
     """Publish unpublished events; returns how many went out. Each order's
     events go out in sequence: an order always takes the same lane, a lane
     sends its rows in id order, ten per PublishBatch call, and an event SNS did
@@ -114,8 +110,7 @@ def publish_pending(db, publisher, limit=500, timers=None):
     Nothing is locked while SNS is called: a relay holding locks on the outbox
     index would make every new order wait for SNS. One relay runs at a time
     (see the module doc), so a plain read is enough; the stamp comes after."""
-    rows = db.query("SELECT id, event_id, order_id, product_id, sequence, type, payload, created_at "
-                    "FROM order_events WHERE published_at IS NULL ORDER BY id LIMIT %s", (limit,))
+    rows = outbox.unpublished(limit)
     if not rows:
         return 0
     lanes = {}
@@ -129,20 +124,16 @@ def publish_pending(db, publisher, limit=500, timers=None):
         emit("OrderEventsRefused", refused)
     created = [row["order_id"] for row in sent if row["type"] == "order.created"]
     if timers and created:
-        _start_timers(db, timers, created)
+        _start_timers(outbox, timers, created)
     if sent:
-        ids = [row["id"] for row in sent]
-        db.run(lambda cur: cur.execute("UPDATE order_events SET published_at = CURRENT_TIMESTAMP(6) "
-                                       f"WHERE id IN ({','.join(['%s'] * len(ids))})", ids))
+        outbox.mark_published([row["id"] for row in sent])
     return len(sent)
 
 
-def oldest_unpublished_seconds(db):
+def oldest_unpublished_seconds(outbox):
     """How long the oldest event still in the outbox has waited (0: none waits): SNS
     down, or an event SNS keeps refusing, shows here (the OutboxStalled alarm)."""
-    rows = db.query("SELECT TIMESTAMPDIFF(MICROSECOND, created_at, CURRENT_TIMESTAMP(6)) / 1e6 AS waited "
-                    "FROM order_events WHERE published_at IS NULL ORDER BY id LIMIT 1")
-    return max(0.0, float(rows[0]["waited"])) if rows else 0.0
+    return outbox.oldest_unpublished_seconds()
 
 
 def _key(row):
@@ -203,21 +194,21 @@ def _unreachable(exc):
     return isinstance(exc, (AwsConnectionError, HTTPClientError))
 
 
-def _start_timers(db, timers, order_ids):
+def _start_timers(outbox, timers, order_ids):
     try:
-        timers.start(seconds_to_expiry(db, order_ids))
+        timers.start(outbox.seconds_left(order_ids))
     except Exception as exc:  # SQS down: the sweep expires these orders, later
         logger.warning("expiry timers not started; the sweep is the backstop",
                        extra={"orders": len(order_ids), "reason": str(exc)})
         emit("ExpiryTimersFailed", len(order_ids))
 
 
-def run(orders, db, publisher, until, interval=1.0, clock=time.monotonic, sleep=time.sleep, timers=None):
+def run(orders, outbox, publisher, until, interval=1.0, clock=time.monotonic, sleep=time.sleep, timers=None):
     """Sweep and relay until `clock()` passes `until`; returns (expired, published)."""
     expired = published = 0
     while True:  # at least one pass
-        round_expired = expire_due(orders, db)
-        round_published = publish_pending(db, publisher, timers=timers) if publisher else 0
+        round_expired = expire_due(orders, outbox)
+        round_published = publish_pending(outbox, publisher, timers=timers) if publisher else 0
         expired, published = expired + round_expired, published + round_published
         if clock() >= until:
             return expired, published

@@ -1,7 +1,7 @@
 """The `lifecycle` function: every minute, it expires due orders and relays
 the outbox until its invocation is nearly out of time; and the order-expiry
 consumer, which acts on the per-order timers the relay starts
-(chalicelib/service/lifecycle.py)."""
+(chalicelib/service/expiry_and_outbox.py)."""
 import json
 import time
 
@@ -9,22 +9,21 @@ from chalicelib import bootstrap
 from chalicelib.entrypoints.sqs import _partial_response
 from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import MetricUnit, emit
-from chalicelib.service import lifecycle
+from chalicelib.service import expiry_and_outbox
 
 # Left for the last pass to finish before Lambda's timeout.
 MARGIN_SECONDS = 10
 
 
 def handle_lifecycle(event, context=None):
-    bootstrap.refuse_if_misconfigured()
     remaining = context.get_remaining_time_in_millis() / 1000 if context else 0
     until = time.monotonic() + max(0.0, remaining - MARGIN_SECONDS)
-    pruned = lifecycle.prune_dedupe_records(bootstrap.database())
+    pruned = expiry_and_outbox.prune_dedupe_records(bootstrap.outbox())
     if pruned:
         emit("DedupeRecordsPruned", pruned)
-    expired, published = lifecycle.run(bootstrap.orders(), bootstrap.database(), bootstrap.event_publisher(), until,
-                                       timers=bootstrap.expiry_timers())
-    waited = lifecycle.oldest_unpublished_seconds(bootstrap.database())
+    expired, published = expiry_and_outbox.run(bootstrap.orders(), bootstrap.outbox(), bootstrap.event_publisher(),
+                                               until, timers=bootstrap.expiry_timers())
+    waited = expiry_and_outbox.oldest_unpublished_seconds(bootstrap.outbox())
     emit("OutboxOldestSeconds", waited, unit=MetricUnit.Seconds)
     return {"expired": expired, "published": published, "pruned": pruned, "outbox_oldest_seconds": round(waited, 1)}
 
@@ -45,8 +44,7 @@ def handle_expiry_event(event, context=None):
     """The order-expiry Lambda. A body that is not a timer is logged and dropped
     (the sweep still expires any order); MySQL or SQS unavailable fails the record
     so SQS delivers it again."""
-    bootstrap.refuse_if_misconfigured()
-    orders, db, timers = bootstrap.orders(), bootstrap.database(), bootstrap.expiry_timers()
+    orders, outbox, timers = bootstrap.orders(), bootstrap.outbox(), bootstrap.expiry_timers()
 
     def record_handler(record):
         try:
@@ -56,7 +54,7 @@ def handle_expiry_event(event, context=None):
                                                         "body": record.body[:500]})
             emit("ExpiryTimersRejected", 1)
             return None
-        outcome = lifecycle.fire_expiry_timer(orders, db, timers, order_id)
+        outcome = expiry_and_outbox.fire_expiry_timer(orders, outbox, timers, order_id)
         emit("ExpiryTimersFired", 1, outcome=outcome)
         return outcome
 
