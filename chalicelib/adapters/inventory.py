@@ -208,7 +208,7 @@ class RedisLockStrategy(_ReleasesStock):
         self._fallback = PessimisticStrategy()
 
     def _lock_key(self, pid):
-        return self.gateway.key(f"lock:product:{pid}")
+        return self.gateway.key(f"lock:product:{pid}", tag=pid)
 
     def _acquire(self, keys, token):
         acquired = []
@@ -216,7 +216,7 @@ class RedisLockStrategy(_ReleasesStock):
         try:
             for key in keys:
                 delay = 0.001
-                while not self.gateway.call(lambda r: r.set(key, token, nx=True, px=self.lease_ms)):
+                while not self.gateway.call(lambda r: r.set(key, token, nx=True, px=self.lease_ms), key=key):
                     if time.monotonic() > deadline:
                         raise ConcurrencyExhausted("Timed out waiting for a product lock; retry shortly.")
                     time.sleep(random.uniform(0, delay))
@@ -231,8 +231,19 @@ class RedisLockStrategy(_ReleasesStock):
         if not keys:
             return
         script = self.gateway.script(_RELEASE)
+        # Each product's lock is in its own slot of a cluster: one call per slot, in one round trip.
+        by_slot = {}
+        for key in keys:
+            by_slot.setdefault(self.gateway.slot(key), []).append(key)
+
+        def release(r):
+            pipe = r.pipeline(transaction=False)
+            for group in by_slot.values():
+                script(keys=group, args=[token], client=pipe)
+            pipe.execute()
+
         try:
-            self.gateway.call(lambda r: script(keys=keys, args=[token], client=r))
+            self.gateway.call(release)
         except CacheUnavailable:
             log.warning("could not release %d product lock(s); their lease will expire", len(keys))
 

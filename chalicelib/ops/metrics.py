@@ -89,7 +89,8 @@ class MetricsWindow:
                     del self._local[old]
 
     def key(self, gateway, second):
-        return gateway.key(f"{self.namespace}:{second}")
+        # One hash tag for the window: a flush's MULTI touches one slot of a cluster.
+        return gateway.key(f"{self.namespace}:{second}", tag=self.namespace)
 
     def flush(self):
         """Write the pending buckets in one MULTI/EXEC round trip. True when
