@@ -235,7 +235,8 @@ class _Script:
 
     def __call__(self, keys=(), args=(), client=None):
         if isinstance(client, self._cluster_pipeline):
-            return client.eval(self.script.script, len(keys), *keys, *args)
+            # (ClusterPipeline.eval is a stub that takes no script.)
+            return client.execute_command("EVAL", self.script.script, len(keys), *keys, *args)
         return self.script(keys=keys, args=args, client=client)
 
 
