@@ -121,7 +121,8 @@ class RedisGateway:
         else:
             pool = redis.BlockingConnectionPool.from_url(url, **options)
             self.client = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
-        self._errors = (redis.exceptions.RedisError, OSError)
+        # SlotNotCoveredError: a cluster's slot map lost a master; not a RedisError in redis-py.
+        self._errors = (redis.exceptions.RedisError, OSError, redis.exceptions.SlotNotCoveredError)
         self._out_of_memory = redis.exceptions.OutOfMemoryError
         self._scripts = {}
 
