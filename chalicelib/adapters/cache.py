@@ -225,19 +225,27 @@ class RedisGateway:
 
 
 class _Script:
-    """A registered script; in a cluster pipeline, which refuses EVALSHA, sent as EVAL
-    (the server caches its compiled body by hash all the same)."""
+    """A registered script. On a cluster it is never loaded with SCRIPT LOAD, which redis-py
+    sends to every master (one dead master would fail every call of a script some live master
+    had not run yet): EVALSHA, and EVAL where the master lacks it, which caches it there. In a
+    cluster pipeline, which refuses EVALSHA, always EVAL."""
 
     def __init__(self, script):
-        from redis.cluster import ClusterPipeline
+        from redis.cluster import ClusterPipeline, RedisCluster
+        from redis.exceptions import NoScriptError
 
         self.script = script
-        self._cluster_pipeline = ClusterPipeline
+        self._cluster_pipeline, self._cluster, self._no_script = ClusterPipeline, RedisCluster, NoScriptError
 
     def __call__(self, keys=(), args=(), client=None):
         if isinstance(client, self._cluster_pipeline):
             # (ClusterPipeline.eval is a stub that takes no script.)
             return client.execute_command("EVAL", self.script.script, len(keys), *keys, *args)
+        if isinstance(client, self._cluster):
+            try:
+                return client.execute_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
+            except self._no_script:
+                return client.execute_command("EVAL", self.script.script, len(keys), *keys, *args)
         return self.script(keys=keys, args=args, client=client)
 
 
