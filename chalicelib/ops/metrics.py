@@ -115,7 +115,7 @@ class MetricsWindow:
                         pipe.expire(key, self.ttl_seconds)
                     return pipe.execute()
 
-                gateway.call(write)
+                gateway.call(write, key=self.key(gateway, 0))
                 return True
             except Exception as exc:  # CacheUnavailable, config errors: metrics must never break a request
                 self.flush_failures += 1
@@ -158,7 +158,7 @@ class MetricsWindow:
                     pipe.hgetall(self.key(gateway, second))
                 return pipe.execute()
 
-            rows = gateway.call(fetch)
+            rows = gateway.call(fetch, key=self.key(gateway, 0))
             buckets = {s: {f: float(v) for f, v in row.items()} for s, row in zip(seconds, rows) if row}
             return buckets, "redis"
         except Exception as exc:
