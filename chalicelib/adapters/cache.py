@@ -15,9 +15,11 @@ import queue
 import random
 import secrets
 import ssl
+import threading
 import time
 
 from chalicelib.adapters.breaker import CircuitBreaker, CircuitOpen
+from chalicelib.adapters.redis_cluster import ClusterRouting, Script, is_cluster_url
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +80,7 @@ def new_generation():
     return secrets.token_hex(8)
 
 
-CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
-
-
-def is_cluster_url(url):
-    return url.startswith(CLUSTER_SCHEMES)
-
-
-class RedisGateway:
+class RedisGateway(ClusterRouting):
     """Every Redis call goes through `call`: short socket timeouts plus a
     breaker, so a dead Redis costs a request microseconds, not a timeout.
     On a cluster each master has its breaker: a dead shard fails only the keys it held."""
@@ -114,17 +109,28 @@ class RedisGateway:
                        socket_connect_timeout=timeout, health_check_interval=30, decode_responses=True, **tls)
         # No client-side retries (redis-py retries 3 times with backoff by
         # default): the breaker decides, and a dead Redis must cost one timeout.
+        self._client, self._connecting = None, threading.Lock()
         if self.cluster:
-            # One such pool per master; the slot map comes from whichever node answers.
-            self.client = redis.RedisCluster.from_url(url, connection_pool_class=redis.BlockingConnectionPool,
-                                                      retry=Retry(NoBackoff(), 0), **options)
+            # One such pool per master. Made on the first call, not here: RedisCluster reads the
+            # slot map when made, and a cluster down at cold start must cost a call, not the process.
+            self._connect = lambda: redis.RedisCluster.from_url(
+                url, connection_pool_class=redis.BlockingConnectionPool, retry=Retry(NoBackoff(), 0), **options)
         else:
             pool = redis.BlockingConnectionPool.from_url(url, **options)
-            self.client = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
-        # SlotNotCoveredError: a cluster's slot map lost a master; not a RedisError in redis-py.
-        self._errors = (redis.exceptions.RedisError, OSError, redis.exceptions.SlotNotCoveredError)
+            self._client = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+        # RedisClusterException: no node answered for the slot map (SlotNotCoveredError: it
+        # lost a master); not RedisErrors in redis-py.
+        self._errors = (redis.exceptions.RedisError, OSError, redis.exceptions.RedisClusterException)
         self._out_of_memory = redis.exceptions.OutOfMemoryError
         self._scripts = {}
+
+    @property
+    def client(self):
+        if self._client is None:
+            with self._connecting:
+                if self._client is None:
+                    self._client = self._connect()
+        return self._client
 
     def key(self, name, tag=None):
         """`name` under the prefix. With `tag` (never empty), on a cluster the key starts with
@@ -132,10 +138,6 @@ class RedisGateway:
         if tag is not None and self.cluster:
             return f"{self.prefix}{{{tag}}}{name}"
         return self.prefix + name
-
-    def slot(self, key):
-        """The cluster slot of `key` (0 on a single node: every key is together)."""
-        return self.client.keyslot(key) if self.cluster else 0
 
     def close(self):
         """Close the idle pooled connections; the pool stays usable and reconnects on demand.
@@ -145,8 +147,10 @@ class RedisGateway:
         handed to another thread in between is closed under that thread's
         command (AttributeError: 'NoneType' object has no attribute 'readline').
         Taking them out of the pool's queue first means nobody else holds them."""
+        if self._client is None:
+            return
         if self.cluster:
-            pools = [node.redis_connection.connection_pool for node in self.client.get_nodes()
+            pools = [node.redis_connection.connection_pool for node in self._client.get_nodes()
                      if node.redis_connection is not None]
         else:
             pools = [self.client.connection_pool]
@@ -170,29 +174,13 @@ class RedisGateway:
 
     def script(self, source):
         if source not in self._scripts:
-            self._scripts[source] = _Script(self.client.register_script(source))
+            self._scripts[source] = Script(source, None if self.cluster else self.client.register_script(source))
         return self._scripts[source]
-
-    def _breaker(self, key):
-        """The breaker of the master that serves `key` (cluster), else the one breaker.
-        A cluster call without a key (a pipeline over several slots) has none: it costs
-        at most one socket timeout per call while a master is dead."""
-        if not self.cluster:
-            return self.breaker
-        if key is None:
-            return None
-        try:
-            node = self.client.nodes_manager.get_node_from_slot(self.client.keyslot(key)).name
-        except Exception:  # slot map being rebuilt: no breaker for this call
-            return None
-        breaker = self._breakers.get(node)
-        if breaker is None:
-            breaker = self._breakers.setdefault(node, CircuitBreaker(f"redis {node}", failure_threshold=2,
-                                                                     reset_after=1.0))
-        return breaker
 
     def call(self, fn, key=None):
         """fn(client)'s result; `key` (any key the call touches) picks a cluster master's breaker."""
+        if self._client is None:
+            self._reach_cluster()
         breaker = self._breaker(key)
         try:
             if breaker is not None:
@@ -222,31 +210,6 @@ class RedisGateway:
             return bool(self.call(lambda r: r.ping()))
         except CacheUnavailable:
             return False
-
-
-class _Script:
-    """A registered script. On a cluster it is never loaded with SCRIPT LOAD, which redis-py
-    sends to every master (one dead master would fail every call of a script some live master
-    had not run yet): EVALSHA, and EVAL where the master lacks it, which caches it there. In a
-    cluster pipeline, which refuses EVALSHA, always EVAL."""
-
-    def __init__(self, script):
-        from redis.cluster import ClusterPipeline, RedisCluster
-        from redis.exceptions import NoScriptError
-
-        self.script = script
-        self._cluster_pipeline, self._cluster, self._no_script = ClusterPipeline, RedisCluster, NoScriptError
-
-    def __call__(self, keys=(), args=(), client=None):
-        if isinstance(client, self._cluster_pipeline):
-            # (ClusterPipeline.eval is a stub that takes no script.)
-            return client.execute_command("EVAL", self.script.script, len(keys), *keys, *args)
-        if isinstance(client, self._cluster):
-            try:
-                return client.execute_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
-            except self._no_script:
-                return client.execute_command("EVAL", self.script.script, len(keys), *keys, *args)
-        return self.script(keys=keys, args=args, client=client)
 
 
 def _jitter(seconds):
@@ -284,8 +247,15 @@ class ProductCache:
         if not product_ids:
             return {}
         keys = [self.key(pid) for pid in product_ids]
-        # A cluster's MGET takes one slot: redis-py splits it per slot.
-        raws = self.gateway.call(lambda r: r.mget_nonatomic(keys) if self.gateway.cluster else r.mget(keys))
+        if self.gateway.cluster:
+            # One GET per key, per master: a dead master's products are misses, the others answer.
+            raws = self.gateway.per_master([(key, lambda pipe, key=key: pipe.get(key)) for key in keys])
+            failed = [raw for raw in raws if isinstance(raw, CacheUnavailable)]
+            if failed and len(failed) == len(raws):
+                raise failed[0]
+            raws = [None if isinstance(raw, CacheUnavailable) else raw for raw in raws]
+        else:
+            raws = self.gateway.call(lambda r: r.mget(keys))
         now_ms = time.time() * 1000
         fresh = {}
         for pid, raw in zip(product_ids, raws):
@@ -319,23 +289,22 @@ class ProductCache:
         if not versions and not bump_search:
             return
         script = self.gateway.script(_INVALIDATE)
-        # One script call per slot (a single node: one for all), the new search generation
-        # beside them, in one round trip. Their order does not matter: all follow the commit.
+        # One script call per slot (a single node: one for all) and the new search generation, one
+        # pipeline per master. Their order does not matter: all follow the commit. A master that did
+        # not take its part raises, once the others took theirs (the queue applies it again).
         by_slot = {}
         for pid, version in sorted(versions.items()):
             keys, args = by_slot.setdefault(self.gateway.slot(self.key(pid)), ([], []))
             keys += [self.key(pid), self.fence_key(pid)]
             args.append(int(version))
-
-        def run(r):
-            pipe = r.pipeline(transaction=False)
-            if bump_search:
-                pipe.set(self.gateway.key(SEARCH_GENERATION_KEY), new_generation())
-            for keys, args in by_slot.values():
-                script(keys=keys, args=args, client=pipe)
-            pipe.execute()
-
-        self.gateway.call(run)
+        commands = [(keys[0], lambda pipe, keys=keys, args=args: script(keys=keys, args=args, client=pipe))
+                    for keys, args in by_slot.values()]
+        if bump_search:
+            generation = self.gateway.key(SEARCH_GENERATION_KEY)
+            commands.append((generation, lambda pipe: pipe.set(generation, new_generation())))
+        failed = [r for r in self.gateway.per_master(commands) if isinstance(r, CacheUnavailable)]
+        if failed:
+            raise failed[0]
 
     def acquire_loader(self, product_id, lease_ms=2000):
         """One loader per hot key on a miss: True for the caller that should load."""

@@ -231,19 +231,16 @@ class RedisLockStrategy(_ReleasesStock):
         if not keys:
             return
         script = self.gateway.script(_RELEASE)
-        # Each product's lock is in its own slot of a cluster: one call per slot, in one round trip.
+        # Each product's lock is in its own slot of a cluster: one call per slot, pipelined per master.
         by_slot = {}
         for key in keys:
             by_slot.setdefault(self.gateway.slot(key), []).append(key)
-
-        def release(r):
-            pipe = r.pipeline(transaction=False)
-            for group in by_slot.values():
-                script(keys=group, args=[token], client=pipe)
-            pipe.execute()
-
+        commands = [(group[0], lambda pipe, group=group: script(keys=group, args=[token], client=pipe))
+                    for group in by_slot.values()]
         try:
-            self.gateway.call(release)
+            failed = [r for r in self.gateway.per_master(commands) if isinstance(r, CacheUnavailable)]
+            if failed:
+                raise failed[0]
         except CacheUnavailable:
             log.warning("could not release %d product lock(s); their lease will expire", len(keys))
 
