@@ -118,9 +118,10 @@ class RedisGateway(ClusterRouting):
         else:
             pool = redis.BlockingConnectionPool.from_url(url, **options)
             self._client = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
-        # RedisClusterException: no node answered for the slot map (SlotNotCoveredError: it
-        # lost a master); not RedisErrors in redis-py.
-        self._errors = (redis.exceptions.RedisError, OSError, redis.exceptions.RedisClusterException)
+        # SlotNotCoveredError: the slot map lost a master; not a RedisError in redis-py. (Its parent,
+        # RedisClusterException, also says "keys of several slots": a bug, left to fail loudly.)
+        self._errors = (redis.exceptions.RedisError, OSError, redis.exceptions.SlotNotCoveredError)
+        self._unreachable = redis.exceptions.RedisClusterException   # no node gave the slot map
         self._out_of_memory = redis.exceptions.OutOfMemoryError
         self._scripts = {}
 

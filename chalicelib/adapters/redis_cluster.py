@@ -116,7 +116,7 @@ class ClusterRouting:
             raise CacheUnavailable(str(exc)) from None
         try:
             self.client
-        except self._errors as exc:
+        except (*self._errors, self._unreachable) as exc:
             self.breaker.record_failure()
             log.warning("redis cluster unreachable: %s", exc)
             raise CacheUnavailable(str(exc)) from exc
