@@ -321,6 +321,15 @@ def build_merge_template(infra_path=INFRA_TEMPLATE, plans=None, with_api=True):
 
 
 # ------------------------------------------------------------------ post-processing
+def redis_url(group):
+    """TLS (transit encryption is on) to a replication group's primary, or with cluster mode
+    (IsRedisCluster) to its configuration endpoint as a Redis Cluster (chalicelib/adapters/cache.py)."""
+    return {"Fn::If": ["IsRedisCluster",
+                       {"Fn::Sub": f"rediss+cluster://${{{group}.ConfigurationEndPoint.Address}}:"
+                                   f"${{{group}.ConfigurationEndPoint.Port}}/0"},
+                       {"Fn::Sub": f"rediss://${{{group}.PrimaryEndPoint.Address}}:${{{group}.PrimaryEndPoint.Port}}/0"}]}
+
+
 def function_environment(plans, logical_id=None):
     if logical_id == MIGRATE_FUNCTION:
         secrets = {"DATABASE_SECRET_ARN": {"Ref": "DatabaseSecret"},
@@ -333,9 +342,8 @@ def function_environment(plans, logical_id=None):
         "DATABASE_PORT": "3306",
         "DATABASE_NAME": {"Ref": "DatabaseName"},
         "DATABASE_TLS": "true",
-        "REDIS_URL": {"Fn::Sub": "rediss://${Redis.PrimaryEndPoint.Address}:${Redis.PrimaryEndPoint.Port}/0"},
-        "REDIS_STATE_URL": {"Fn::Sub": "rediss://${RedisState.PrimaryEndPoint.Address}:"
-                                       "${RedisState.PrimaryEndPoint.Port}/0"},
+        "REDIS_URL": redis_url("Redis"),
+        "REDIS_STATE_URL": redis_url("RedisState"),
         # Only the API and the warmer may read it (their policies); the others never sign a cursor.
         "CURSOR_SECRET_ARN": {"Ref": "CursorSecret"},
         **{setting: {"Fn::GetAtt": [logical_id, "QueueName"]} for setting, logical_id in QUEUE_ENV.items()},

@@ -6,6 +6,7 @@ on the configured address (scripts/local_services.py). The shared MariaDB
 
     redis = ThrowawayRedis(); redis.start(); redis.url; redis.kill(); redis.start()
     db = ThrowawayMariaDB(tmpdir); db.start(); db.url("shop"); db.kill(); db.start()
+    cluster = ThrowawayRedisCluster(3); cluster.start(); cluster.url; cluster.nodes[1].kill()
 
 A restarted Redis comes back EMPTY (no RDB, no AOF); a restarted MariaDB keeps
 its data directory (InnoDB crash recovery), as a real server restart would.
@@ -89,11 +90,13 @@ class _Process:
 
 
 class ThrowawayRedis(_Process):
-    def __init__(self, port=None, tls=None, maxmemory="64mb", policy="noeviction", base_dir=None, own_session=False):
+    def __init__(self, port=None, tls=None, maxmemory="64mb", policy="noeviction", base_dir=None, own_session=False,
+                 extra_args=()):
         """tls=(cert_file, key_file, ca_file): serve TLS only, as ElastiCache with
         in-transit encryption does (no client certificates asked for).
         maxmemory=None: no limit, as a packaged redis-server has; `policy`: its
         maxmemory-policy (what it does at `maxmemory`: refuse writes, or evict)."""
+        self.extra_args = list(extra_args)
         self.maxmemory = maxmemory
         self.policy = policy
         self.port = port or free_port()
@@ -115,7 +118,8 @@ class ThrowawayRedis(_Process):
         limit = ["--maxmemory", self.maxmemory] if self.maxmemory else []
         self.proc = subprocess.Popen(
             ["redis-server", *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.dir, "--protected-mode", "no", *limit, "--maxmemory-policy", self.policy],
+             "--dir", self.dir, "--protected-mode", "no", *limit, "--maxmemory-policy", self.policy,
+             *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=self.own_session,
         )
         # TLS: listening is enough; the test's client does the handshake.
@@ -131,6 +135,100 @@ class ThrowawayRedis(_Process):
 
     def close(self):
         self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ThrowawayRedisCluster:
+    """`masters` redis-servers in cluster mode (no replicas), the 16384 slots split evenly
+    between them. A killed master's slots stay its own (nobody takes them over), and the
+    others keep serving theirs (cluster-require-full-coverage no, as on ElastiCache):
+    what a dead shard holds fails, nothing else. Restarted, it rejoins empty."""
+
+    SLOTS = 16384
+
+    def __init__(self, masters=3, maxmemory="64mb", policy="noeviction"):
+        self.dir = tempfile.mkdtemp(prefix="throwaway-redis-cluster-")
+        args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"]
+        # The bus port of its own: the default (port + 10000) of a high free port does not exist.
+        self.bus_ports = [free_port() for _ in range(masters)]
+        self.nodes = [ThrowawayRedis(maxmemory=maxmemory, policy=policy, base_dir=Path(self.dir) / str(i),
+                                     extra_args=[*args, "--cluster-port", str(bus)])
+                      for i, bus in enumerate(self.bus_ports)]
+
+    @property
+    def url(self):
+        """The app's URL: any one node; the client learns the others from it."""
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+
+    def ranges(self):
+        """[(first slot, last slot)] of each node, in `nodes` order."""
+        n = len(self.nodes)
+        return [(i * self.SLOTS // n, (i + 1) * self.SLOTS // n - 1) for i in range(n)]
+
+    def _client(self, node):
+        import redis
+
+        return redis.Redis(port=node.port, socket_timeout=2, decode_responses=True)
+
+    def start(self, timeout=30):
+        for node in self.nodes:
+            node.start()
+        clients = [self._client(node) for node in self.nodes]
+        try:
+            for i, (client, (first, last)) in enumerate(zip(clients, self.ranges())):
+                # Distinct config epochs, as `redis-cli --cluster create` sets them: no collision to settle.
+                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+            for node, bus in zip(self.nodes[1:], self.bus_ports[1:]):
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
+            self.wait_ok(clients, timeout)
+        finally:
+            for client in clients:
+                client.close()
+        return self
+
+    def wait_ok(self, clients, timeout=30):
+        """Every node sees every other and the whole slot map."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            infos = [client.cluster("info") for client in clients]
+            if all(i["cluster_state"] == "ok" and int(i["cluster_known_nodes"]) == len(self.nodes)
+                   and int(i["cluster_slots_assigned"]) == self.SLOTS for i in infos):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("the redis cluster did not come up")
+
+    def node_of(self, slot):
+        """The node (ThrowawayRedis) that holds `slot`."""
+        for node, (first, last) in zip(self.nodes, self.ranges()):
+            if first <= slot <= last:
+                return node
+        raise ValueError(slot)
+
+    def flush(self):
+        """FLUSHALL on every running node (our own servers)."""
+        for node in self.nodes:
+            if node.running:
+                client = self._client(node)
+                try:
+                    client.flushall()
+                finally:
+                    client.close()
+
+    def restart(self, node, timeout=30):
+        """Start a killed node again: it rejoins with its slots (nodes.conf), empty."""
+        node.start()
+        clients = [self._client(n) for n in self.nodes if n.running]
+        try:
+            self.wait_ok(clients, timeout)
+        finally:
+            for client in clients:
+                client.close()
+
+    def close(self):
+        for node in self.nodes:
+            node.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -202,4 +300,4 @@ class ThrowawayMariaDB(_Process):
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-__all__ = ["ThrowawayRedis", "ThrowawayMariaDB", "free_port"]
+__all__ = ["ThrowawayRedis", "ThrowawayRedisCluster", "ThrowawayMariaDB", "free_port"]

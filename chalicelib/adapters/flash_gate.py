@@ -1,7 +1,7 @@
 """The flash-sale gate in Redis (docs/design.md section 10): one Lua call per
 order decides, so a sold-out product answers without touching MySQL.
 
-Keys (all under the gateway's prefix):
+Keys (all under the gateway's prefix; on a cluster after it the hash tag `{flash}`):
   flash:sale:{pid}   HASH sale_id, remaining, limit (0: none), sale_stock, watermark, seq, returns, epoch
   flash:held:{pid}   HASH customer -> units this customer holds in the sale (the per-customer limit;
                      customer:{customers.id} for a token's customer, client|0|user_id for a trusted server's user)
@@ -28,8 +28,11 @@ The consumer `settle`s each reservation after its MySQL commit: `created` or
 `failed`, re-taking the units of a reservation whose lease was swept although
 its message did reach SQS, so Redis never counts units MySQL has sold.
 
-Non-cluster Redis only (ElastiCache replication group): the scripts touch
-keys they derive (the sweep, the settle), as Redis Cluster would not allow.
+On a Redis Cluster every key above starts with the hash tag `{flash}`: one order's
+admission spans its products' sales and the leases, and the scripts touch keys they
+derive (the sweep, the settle), which a cluster allows only within the slot of the
+keys declared. So the gate lives on one shard, which answers far more calls a second
+than the consumer can write orders to MySQL.
 """
 import time
 import uuid
@@ -83,14 +86,23 @@ class FlashGate:
         self.lease_ms = lease_ms
 
     def _k(self, name):
-        return self.gateway.key(name)
+        return self.gateway.key(name, tag="flash")
+
+    @property
+    def prefix(self):
+        """What the scripts put before the names of the keys they derive (`flash:leases`, ...)."""
+        return self._k("")
 
     def reservation_key(self, owner):
         return self._k(f"flash:res:{owner}")
 
+    def _call(self, fn):
+        # Every key of the gate is in one slot: any of them picks the master's breaker.
+        return self.gateway.call(fn, key=self.prefix)
+
     def _run(self, source, keys, args):
         script = self.gateway.script(source)
-        return self.gateway.call(lambda r: script(keys=keys, args=args, client=r))
+        return self._call(lambda r: script(keys=keys, args=args, client=r))
 
     # --- sale mode ----------------------------------------------------------
 
@@ -123,7 +135,7 @@ class FlashGate:
             r.set(key, now_ms, nx=True)
             return int(r.get(key))
 
-        return self.gateway.call(mark)
+        return self._call(mark)
 
     def resync(self, product_id, sale_id, seq, remaining, watermark, returned=()):
         """Set a quiet sale to `remaining` and apply the give-backs of `returned`
@@ -153,19 +165,19 @@ class FlashGate:
 
     def leases(self):
         """Accepted reservations not yet on SQS."""
-        return self.gateway.call(lambda r: r.zcard(self._k("flash:leases")))
+        return self._call(lambda r: r.zcard(self._k("flash:leases")))
 
     def on_sale(self, product_ids):
         """The subset of `product_ids` on sale (one round trip)."""
         ids = sorted(set(product_ids))
         if not ids:
             return set()
-        flags = self.gateway.call(lambda r: r.smismember(self._k("flash:active"), ids))
+        flags = self._call(lambda r: r.smismember(self._k("flash:active"), ids))
         return {pid for pid, flag in zip(ids, flags) if flag}
 
     def sale(self, product_id):
         """{sale_id, remaining, sale_stock, limit, epoch, watermark?, seq?, returns?} or None."""
-        row = self.gateway.call(lambda r: r.hgetall(self._k(f"flash:sale:{product_id}")))
+        row = self._call(lambda r: r.hgetall(self._k(f"flash:sale:{product_id}")))
         return {k: (v if k in ("sale_id", "epoch") else int(v)) for k, v in row.items()} if row else None
 
     # --- orders -------------------------------------------------------------
@@ -196,12 +208,12 @@ class FlashGate:
                 taken = [(keys[0], reply[1]) for (keys, _), reply in zip(calls, replies)
                          if not isinstance(reply, Exception) and reply[0] == "ACCEPTED"]
                 if taken:
-                    release(keys=[key for key, _ in taken], args=[self.gateway.prefix, *[rid for _, rid in taken]],
+                    release(keys=[key for key, _ in taken], args=[self.prefix, *[rid for _, rid in taken]],
                             client=r)
                 raise refused
             return replies
 
-        replies = self.gateway.call(run)
+        replies = self._call(run)
         return [self.admission(reply, list(order[3]), now_ms / 1000) for reply, order in zip(replies, orders)]
 
     def admit_call(self, owner, customer, request_hash, quantities, now_ms=None):
@@ -210,7 +222,7 @@ class FlashGate:
         for pid in quantities:
             keys += [self._k(f"flash:sale:{pid}"), self._k(f"flash:held:{pid}")]
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        return keys, [self.gateway.prefix, uuid.uuid4().hex, request_hash, customer, now_ms, self.lease_ms,
+        return keys, [self.prefix, uuid.uuid4().hex, request_hash, customer, now_ms, self.lease_ms,
                       *quantities.values()]
 
     @staticmethod
@@ -239,7 +251,7 @@ class FlashGate:
         return self.gateway.script(_ADMIT)
 
     def record(self, key):
-        return self.gateway.call(lambda r: r.hgetall(key))
+        return self._call(lambda r: r.hgetall(key))
 
     def records(self, keys):
         """The reservation records at `keys`, in one round trip ({} where none)."""
@@ -253,11 +265,11 @@ class FlashGate:
                 pipe.hgetall(key)
             return pipe.execute()
 
-        return self.gateway.call(read)
+        return self._call(read)
 
     def lookup(self, rid):
         """The reservation record of `rid` (with its key), or None."""
-        key = self.gateway.call(lambda r: r.get(self._k(f"flash:ref:{rid}")))
+        key = self._call(lambda r: r.get(self._k(f"flash:ref:{rid}")))
         if not key:
             return None
         record = self.record(key)
@@ -279,23 +291,24 @@ class FlashGate:
                 pipe.hgetall(key)
             return {rid: record for (rid, _), record in zip(found, pipe.execute()) if record.get("rid") == rid}
 
-        return self.gateway.call(read)
+        return self._call(read)
 
     def confirm(self, reservations):
         """[(key, rid)] now on SQS: their leases end."""
         if reservations:
-            self._run(_CONFIRM, [k for k, _ in reservations], [self.gateway.prefix, *[r for _, r in reservations]])
+            self._run(_CONFIRM, [k for k, _ in reservations], [self.prefix, *[r for _, r in reservations]])
 
     def release(self, reservations):
         """[(key, rid)] whose message never reached SQS: units back, records gone."""
         if not reservations:
             return 0
-        return self._run(_RELEASE, [k for k, _ in reservations], [self.gateway.prefix, *[r for _, r in reservations]])
+        return self._run(_RELEASE, [k for k, _ in reservations], [self.prefix, *[r for _, r in reservations]])
 
     def sweep(self, now_ms=None, max_records=1000):
         """Give back the units of leases that expired; how many were swept."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-        return self._run(_SWEEP, [], [self.gateway.prefix, now_ms, max_records])
+        # The leases key is declared, though the script derives it: a cluster runs a call on the master of its keys.
+        return self._run(_SWEEP, [self._k("flash:leases")], [self.prefix, now_ms, max_records])
 
     def settle(self, settlements):
         if not settlements:
@@ -304,4 +317,4 @@ class FlashGate:
         packed = ["\x1f".join((s.rid, s.lines, s.customer, s.outcome, "1" if s.took else "0",
                                 "1" if s.give_back else "0", str(s.order_id), str(s.total_cents), s.code, s.detail))
                   for s in settlements]
-        self._run(_SETTLE, [s.key for s in settlements], [self.gateway.prefix, FINAL_TTL_SECONDS, *packed])
+        self._run(_SETTLE, [s.key for s in settlements], [self.prefix, FINAL_TTL_SECONDS, *packed])

@@ -188,7 +188,7 @@ class RedisLockStrategy(_ReleasesStock):
         self._fallback = PessimisticStrategy()
 
     def _lock_key(self, pid):
-        return self.gateway.key(f"lock:product:{pid}")
+        return self.gateway.key(f"lock:product:{pid}", tag=pid)
 
     def _acquire(self, keys, token):
         acquired = []
@@ -196,7 +196,7 @@ class RedisLockStrategy(_ReleasesStock):
         try:
             for key in keys:
                 delay = 0.001
-                while not self.gateway.call(lambda r: r.set(key, token, nx=True, px=self.lease_ms)):
+                while not self.gateway.call(lambda r: r.set(key, token, nx=True, px=self.lease_ms), key=key):
                     if time.monotonic() > deadline:
                         raise ConcurrencyExhausted("Timed out waiting for a product lock; retry shortly.")
                     time.sleep(random.uniform(0, delay))
@@ -211,8 +211,16 @@ class RedisLockStrategy(_ReleasesStock):
         if not keys:
             return
         script = self.gateway.script(_RELEASE)
+        # Each product's lock is in its own slot of a cluster: one call per slot, pipelined per master.
+        by_slot = {}
+        for key in keys:
+            by_slot.setdefault(self.gateway.slot(key), []).append(key)
+        commands = [(group[0], lambda pipe, group=group: script(keys=group, args=[token], client=pipe))
+                    for group in by_slot.values()]
         try:
-            self.gateway.call(lambda r: script(keys=keys, args=[token], client=r))
+            failed = [r for r in self.gateway.per_master(commands) if isinstance(r, CacheUnavailable)]
+            if failed:
+                raise failed[0]
         except CacheUnavailable:
             log.warning("could not release %d product lock(s); their lease will expire", len(keys))
 

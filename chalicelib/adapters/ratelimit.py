@@ -3,14 +3,16 @@
 APP_RATE_LIMIT switches it off) and, on a key whose plan limits each person
 (chalicelib/domain/clients.py), that person's bucket, which API Gateway cannot
 keep. A request takes a token from every bucket or from none: a person refused
-spends nothing of the key's bucket that everyone with the app shares."""
+spends nothing of the key's bucket that everyone with the app shares. On a Redis
+Cluster both buckets carry the key id as hash tag (one script touches one slot), so
+there a person has a bucket per API key they use."""
 import logging
 import time
 from typing import NamedTuple
 
 import redis
 
-from chalicelib.adapters.cache import CacheUnavailable, StoreFull
+from chalicelib.domain.errors import CacheUnavailable, StoreFull
 from chalicelib.domain.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -76,9 +78,10 @@ class RateLimiter:
         args = [round(self.clock() * 1000, 3)]
         for _, _, rate, burst in buckets:
             args += [rate, burst]
+        keys = [self.gateway.key(key, tag=api_key) for _, key, _, _ in buckets]
         try:
-            allowed, wait_ms, refused = self.gateway.call(lambda r: script(
-                keys=[self.gateway.key(key) for _, key, _, _ in buckets], args=args, client=r))
+            allowed, wait_ms, refused = self.gateway.call(lambda r: script(keys=keys, args=args, client=r),
+                                                          key=keys[0])
         except StoreFull as exc:
             raise ServiceUnavailable("The rate-limit store is full and cannot count this request; retry shortly.",
                                      details={"reason": "state_store_full"}) from exc

@@ -89,7 +89,8 @@ class MetricsWindow:
                     del self._local[old]
 
     def key(self, gateway, second):
-        return gateway.key(f"{self.namespace}:{second}")
+        # One hash tag for the window: a flush's MULTI touches one slot of a cluster.
+        return gateway.key(f"{self.namespace}:{second}", tag=self.namespace)
 
     def flush(self):
         """Write the pending buckets in one MULTI/EXEC round trip. True when
@@ -114,7 +115,7 @@ class MetricsWindow:
                         pipe.expire(key, self.ttl_seconds)
                     return pipe.execute()
 
-                gateway.call(write)
+                gateway.call(write, key=self.key(gateway, 0))
                 return True
             except Exception as exc:  # CacheUnavailable, config errors: metrics must never break a request
                 self.flush_failures += 1
@@ -157,7 +158,7 @@ class MetricsWindow:
                     pipe.hgetall(self.key(gateway, second))
                 return pipe.execute()
 
-            rows = gateway.call(fetch)
+            rows = gateway.call(fetch, key=self.key(gateway, 0))
             buckets = {s: {f: float(v) for f, v in row.items()} for s, row in zip(seconds, rows) if row}
             return buckets, "redis"
         except Exception as exc:

@@ -86,14 +86,15 @@ class RelatedProducts:
     def _ranking(self, product_id):
         """(ranking, X-Cache value)."""
         try:
-            cached = self.gateway.call(lambda r: r.get(self._key(product_id)))
+            cached = self.gateway.call(lambda r: r.get(self._key(product_id)), key=self._key(product_id))
         except CacheUnavailable:
             return self._rank(product_id), "BYPASS"
         if cached is not None:
             return [tuple(pair) for pair in json.loads(cached)], "HIT"
         ranking = self._rank(product_id)
         try:
-            self.gateway.call(lambda r: r.set(self._key(product_id), json.dumps(ranking), ex=self.ttl_seconds))
+            self.gateway.call(lambda r: r.set(self._key(product_id), json.dumps(ranking), ex=self.ttl_seconds),
+                              key=self._key(product_id))
         except CacheUnavailable:
             return ranking, "BYPASS"
         return ranking, "MISS"

@@ -69,15 +69,18 @@ class SearchService:
         self.clock = clock
         self.budget_ms = budget_ms
 
+    # A query's page, its stale copy and its loader lease share the query's hash as hash tag
+    # (stored in one pipeline to one master on a cluster).
     def key(self, generation, query):
-        return self.gateway.key(f"product_search:{generation}:{query.cache_hash}")
+        return self.gateway.key(f"product_search:{generation}:{query.cache_hash}", tag=query.cache_hash)
 
     def stale_key(self, query):
-        return self.gateway.key(f"product_search:stale:{query.cache_hash}")
+        return self.gateway.key(f"product_search:stale:{query.cache_hash}", tag=query.cache_hash)
 
     def popular_key(self, day=None):
+        # A day's counts share the day as hash tag: _COUNT_POPULAR touches two of them.
         day = day or datetime.fromtimestamp(self.clock(), timezone.utc).strftime("%Y%m%d")
-        return self.gateway.key(f"product_search:popular:{day}")
+        return self.gateway.key(f"product_search:popular:{day}", tag=day)
 
     def budget_key(self, caller, minute):
         return self.state.key(f"search_budget:{caller}:{minute}")
@@ -108,7 +111,7 @@ class SearchService:
             return self._from_backend(query, None, caller)
         key = self.key(generation, query)
         try:
-            raw = self.gateway.call(lambda r: r.get(key))
+            raw = self.gateway.call(lambda r: r.get(key), key=key)
         except CacheUnavailable:
             return self._from_backend(query, None, caller)
         if raw is not None:
@@ -120,17 +123,17 @@ class SearchService:
         script = self.gateway.script(_COUNT_POPULAR)
         try:
             self.gateway.call(lambda r: script(
-                keys=[self.popular_key(day), self.gateway.key(f"product_search:popular:{day}:by:{caller}")],
+                keys=[self.popular_key(day), self.gateway.key(f"product_search:popular:{day}:by:{caller}", tag=day)],
                 args=[query.popularity_member(), self.POPULAR_PER_KEY_SEARCH, self.POPULAR_SEARCHES_PER_KEY,
                       86400 * (self.POPULAR_DAYS + 1)],
-                client=r))
+                client=r), key=self.popular_key(day))
         except CacheUnavailable:
             pass   # only warming loses
 
     def _load(self, key, query, caller):
         lease = key + ":loading"
         try:
-            leader = bool(self.gateway.call(lambda r: r.set(lease, "1", nx=True, px=self.LEASE_MS)))
+            leader = bool(self.gateway.call(lambda r: r.set(lease, "1", nx=True, px=self.LEASE_MS), key=lease))
         except CacheUnavailable:
             return self._from_backend(query, None, caller)
         if not leader:
@@ -138,7 +141,7 @@ class SearchService:
             while time.monotonic() < deadline:
                 time.sleep(0.01)
                 try:
-                    raw = self.gateway.call(lambda r: r.get(key))
+                    raw = self.gateway.call(lambda r: r.get(key), key=key)
                 except CacheUnavailable:
                     break
                 if raw is not None:
@@ -148,7 +151,7 @@ class SearchService:
         finally:
             if leader:
                 try:
-                    self.gateway.call(lambda r: r.delete(lease))
+                    self.gateway.call(lambda r: r.delete(lease), key=lease)
                 except CacheUnavailable:
                     pass
 
@@ -169,7 +172,7 @@ class SearchService:
             return pipe.execute()[1]
 
         try:
-            spent = int(self.state.call(read) or 0)
+            spent = int(self.state.call(read, key=key) or 0)
         except StoreFull as exc:
             raise ServiceUnavailable("The search budget store is full, so uncached searches cannot be metered; "
                                      "cached searches still answer. Retry shortly.",
@@ -193,7 +196,7 @@ class SearchService:
             pipe.execute()
 
         try:
-            self.state.call(fn)
+            self.state.call(fn, key=key)
         except CacheUnavailable:
             pass   # down (fails open), or full since the check (the next check refuses)
 
@@ -204,7 +207,7 @@ class SearchService:
             page = self.backend.search(query).to_cache()
         except ServiceUnavailable:
             try:
-                raw = self.gateway.call(lambda r: r.get(self.stale_key(query)))
+                raw = self.gateway.call(lambda r: r.get(self.stale_key(query)), key=self.stale_key(query))
             except CacheUnavailable:
                 raw = None
             if raw is None:
@@ -226,7 +229,7 @@ class SearchService:
             pipe.execute()
 
         try:
-            self.gateway.call(store)
+            self.gateway.call(store, key=key)
         except CacheUnavailable:
             return page, "BYPASS"
         return page, "MISS"

@@ -529,7 +529,7 @@ def test_a_batch_is_admitted_in_one_round_trip_in_order(sqs, flash_queue, monkey
     pid = on_sale(stock=5, limit=3)
     gateway = bootstrap.state_gateway()
     calls, call = [], gateway.call
-    monkeypatch.setattr(gateway, "call", lambda fn: calls.append(fn) or call(fn))
+    monkeypatch.setattr(gateway, "call", lambda fn, key=None: calls.append(fn) or call(fn, key))
     results = place(order("a", 1, (pid, 2)), order("b", 1, (pid, 2)), order("c", 2, (pid, 3)),
                     order("d", 3, (pid, 1)))["results"]
     assert [r["status"] for r in results] == ["pending", "failed", "pending", "failed"]

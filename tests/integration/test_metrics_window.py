@@ -96,7 +96,7 @@ def test_flush_is_one_round_trip(window, monkeypatch):
     gateway = bootstrap.redis_gateway()
     calls = []
     real_call = gateway.call
-    monkeypatch.setattr(gateway, "call", lambda fn: calls.append(fn) or real_call(fn))
+    monkeypatch.setattr(gateway, "call", lambda fn, key=None: calls.append(fn) or real_call(fn, key))
     for i in range(50):
         window.clock.now += 0.1
         window.record("RequestLatency", 5.0, "Milliseconds", {"route": "GET /x"})

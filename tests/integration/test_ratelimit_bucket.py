@@ -290,13 +290,13 @@ def test_redis_errors_other_than_connection_fail_open(gateway, clock, caplog):
     class Broken:
         prefix = gateway.prefix
 
-        def key(self, name):
-            return gateway.key(name)
+        def key(self, name, tag=None):
+            return gateway.key(name, tag)
 
         def script(self, source):
             return gateway.script(source)
 
-        def call(self, fn):
+        def call(self, fn, key=None):
             raise redis.exceptions.ReadOnlyError("You can't write against a read only replica.")
 
     caplog.set_level(logging.WARNING)

@@ -123,6 +123,27 @@ def test_packaged_template_passes_cfn_lint(packaged):
     assert code == 0, output
 
 
+def test_cluster_mode_on_passes_cfn_lint_and_shards_both_redis_groups(real_template, tmp_path):
+    """RedisClusterMode true: each replication group has RedisShards node groups of a primary and
+    RedisReplicasPerShard replicas, its cluster-enabled parameter group, and the app's URL says cluster."""
+    _, template = real_template
+    clustered = json.loads(json.dumps(template))
+    clustered["Parameters"]["RedisClusterMode"]["Default"] = "true"
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps(clustered))
+    code, output = lint(path)
+    assert code == 0, output
+    assert template["Parameters"]["RedisClusterMode"]["Default"] == "false"   # one node stays the default
+    assert template["Conditions"]["IsRedisCluster"] == {"Fn::Equals": [{"Ref": "RedisClusterMode"}, "true"]}
+    for group in ("Redis", "RedisState"):
+        props = template["Resources"][group]["Properties"]
+        assert props["ClusterMode"] == {"Fn::If": ["IsRedisCluster", "enabled", "disabled"]}
+        assert props["NumNodeGroups"] == {"Fn::If": ["IsRedisCluster", {"Ref": "RedisShards"}, {"Ref": "AWS::NoValue"}]}
+        assert props["ReplicasPerNodeGroup"]["Fn::If"][1] == {"Ref": "RedisReplicasPerShard"}
+        assert props["NumCacheClusters"]["Fn::If"][1] == {"Ref": "AWS::NoValue"}
+        assert props["AutomaticFailoverEnabled"] is True   # cluster mode requires it
+
+
 def test_lint_would_catch_a_broken_template(real_template, tmp_path):
     _, template = real_template
     broken = json.loads(json.dumps(template))
@@ -469,8 +490,11 @@ def test_functions_run_in_the_vpc_with_secret_not_credentials(packaged):
             assert env["DATABASE_SECRET_ARN"] == {"Ref": "AppDatabaseSecret"}
             assert "APP_DATABASE_SECRET_ARN" not in env
         assert env["DATABASE_HOST"] == {"Fn::GetAtt": ["DatabaseProxy", "Endpoint"]}
-        assert env["REDIS_URL"]["Fn::Sub"].startswith("rediss://${Redis.")  # TLS: transit encryption is on
-        assert env["REDIS_STATE_URL"]["Fn::Sub"].startswith("rediss://${RedisState.")   # the state store's own
+        for setting, group in (("REDIS_URL", "Redis"), ("REDIS_STATE_URL", "RedisState")):  # the state store's own
+            condition, cluster, single = env[setting]["Fn::If"]
+            assert condition == "IsRedisCluster"
+            assert cluster["Fn::Sub"].startswith(f"rediss+cluster://${{{group}.ConfigurationEndPoint.")
+            assert single["Fn::Sub"].startswith(f"rediss://${{{group}.PrimaryEndPoint.")  # TLS: transit encryption
         assert env["CURSOR_SECRET_ARN"] == {"Ref": "CursorSecret"}
         assert env["ORDER_QUEUE_NAME"] == {"Fn::GetAtt": ["OrderIngestQueue", "QueueName"]}
         assert "DATABASE_URL" not in env
@@ -505,14 +529,20 @@ def test_multi_az_is_a_parameter_and_alarms_watch_the_documented_metrics(real_te
         props = resources[group]["Properties"]
         assert props["TransitEncryptionEnabled"] is True and props["AtRestEncryptionEnabled"] is True
         assert props["SecurityGroupIds"] == [{"Ref": "RedisSecurityGroup"}]
-        parameters = resources[props["CacheParameterGroupName"]["Ref"]]["Properties"]
+        condition, cluster, single = props["CacheParameterGroupName"]["Fn::If"]
+        parameters = resources[single["Ref"]]["Properties"]
         assert parameters["Properties"] == {"maxmemory-policy": policy}
         assert parameters["CacheParameterGroupFamily"] == "redis" + props["EngineVersion"].split(".")[0]
+        clustered = resources[cluster["Ref"]]
+        assert clustered["Condition"] == condition == "IsRedisCluster"
+        assert clustered["Properties"]["Properties"] == {"maxmemory-policy": policy, "cluster-enabled": "yes"}
     state_memory = resources["StateMemoryHighAlarm"]["Properties"]
     watched = [m["MetricStat"]["Metric"] for m in state_memory["Metrics"] if "MetricStat" in m]
     assert {(m["Namespace"], m["MetricName"]) for m in watched} == {
         ("AWS/ElastiCache", "DatabaseMemoryUsagePercentage")}
-    assert {m["Dimensions"][0]["Value"]["Fn::Sub"] for m in watched} == {"${RedisState}-001", "${RedisState}-002"}
+    nodes = {(m["Dimensions"][0]["Value"]["Fn::If"][1]["Fn::Sub"], m["Dimensions"][0]["Value"]["Fn::If"][2]["Fn::Sub"])
+             for m in watched}
+    assert nodes == {("${RedisState}-0001-001", "${RedisState}-001"), ("${RedisState}-0002-001", "${RedisState}-002")}
     assert state_memory["Threshold"] == {"Ref": "StateMemoryAlarmPercent"}
     latency = resources["OrderLatencyP99Alarm"]["Properties"]
     assert (latency["Namespace"], latency["MetricName"], latency["ExtendedStatistic"]) == ("Shop", "OrderLatency", "p99")
