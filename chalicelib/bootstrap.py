@@ -39,6 +39,32 @@ def database():
     ))
 
 
+def readers():
+    """Where reads that may lag go: DATABASE_READER_URL's reader while it is up and close behind, else the writer."""
+    from dataclasses import replace
+
+    from chalicelib.adapters.db import Database
+    from chalicelib.adapters.readers import Readers
+    from chalicelib.settings import parse_database_url
+
+    def build():
+        s = settings()
+        url = s.get("DATABASE_READER_URL")
+        if not url:
+            return Readers(database())
+        given = parse_database_url(url)
+        writer = s.database   # the reader takes the writer's credentials unless its URL names a user
+        target = replace(writer, host=given.host, port=given.port, database=given.database,
+                         **({"user": given.user, "password": given.password} if "@" in url else {}))
+        reader = Database(target, connect_timeout=s.number("DB_CONNECT_TIMEOUT"),
+                          read_timeout=s.number("DB_READ_TIMEOUT"), max_in_flight=int(s.number("DB_MAX_IN_FLIGHT")),
+                          name="mysql-reader")
+        return Readers(database(), reader, max_lag_ms=s.number("READER_MAX_LAG_MS"),
+                       clock_skew_ms=s.number("READER_CLOCK_SKEW_MS"), metrics=metrics.emit)
+
+    return _once("readers", build)
+
+
 def redis_gateway():
     """The cache Redis: copies it may evict, and the fences and search generation that guard them."""
     from chalicelib.adapters.cache import RedisGateway
@@ -100,7 +126,7 @@ def product_writes():
 def catalog():
     from chalicelib.service.catalog import Catalog
 
-    return _once("catalog", lambda: Catalog(database(), product_cache(), product_writes()))
+    return _once("catalog", lambda: Catalog(database(), product_cache(), product_writes(), readers()))
 
 
 def search_service():
@@ -109,11 +135,17 @@ def search_service():
     from chalicelib.service.search import SearchService
 
     s = settings()
-    return _once("search_service", lambda: SearchService(
-        MySQLSearchBackend(database(), time_limit_ms=int(s.number("SEARCH_TIME_LIMIT_MS"))),
-        redis_gateway(), search_generation(), state_gateway(), CursorSigner(s.cursor_secret),
-        ttl_seconds=s.number("SEARCH_TTL_SECONDS"), stale_seconds=s.number("CACHE_STALE_SECONDS"),
-        budget_ms=int(s.number("SEARCH_BUDGET_MS"))))
+    def build():
+        limit = int(s.number("SEARCH_TIME_LIMIT_MS"))
+        reads = readers()
+        return SearchService(
+            MySQLSearchBackend(database(), time_limit_ms=limit),
+            redis_gateway(), search_generation(), state_gateway(), CursorSigner(s.cursor_secret),
+            ttl_seconds=s.number("SEARCH_TTL_SECONDS"), stale_seconds=s.number("CACHE_STALE_SECONDS"),
+            budget_ms=int(s.number("SEARCH_BUDGET_MS")), readers=reads,
+            reader_backend=MySQLSearchBackend(reads.reader, time_limit_ms=limit) if reads.reader else None)
+
+    return _once("search_service", build)
 
 
 def warm_caches(**options):
@@ -215,6 +247,8 @@ def reset(**overrides):
             client = _instances.get(name)
             if client is not None:
                 client.close()
+        if _instances.get("readers") is not None and _instances["readers"].reader is not None:
+            _instances["readers"].reader.close()
         _instances.clear()
         reset_settings()
         _overrides.clear()
@@ -295,4 +329,5 @@ def related_products():
 
     s = settings()
     return _once("related_products", lambda: RelatedProducts(database(), redis_gateway(), catalog(),
-                                                             ttl_seconds=s.number("RELATED_TTL_SECONDS")))
+                                                             ttl_seconds=s.number("RELATED_TTL_SECONDS"),
+                                                             readers=readers()))

@@ -93,6 +93,11 @@ DEFAULTS = {
     "DB_CONNECT_TIMEOUT": "2",
     "DB_READ_TIMEOUT": "10",
     "DB_MAX_IN_FLIGHT": "16",
+    # A MySQL reader for search, product and related reads (adapters/readers.py); empty: the writer serves them.
+    # In AWS the user and password are DATABASE_SECRET_ARN's. Past READER_MAX_LAG_MS behind, reads use the writer.
+    "DATABASE_READER_URL": "",
+    "READER_MAX_LAG_MS": "2500",
+    "READER_CLOCK_SKEW_MS": "100",
     "ORDERS_MAX_IN_FLIGHT": "8",
     # Seconds a trusted server's new order waits for payment (pending_payment, then expired); 0: final (paid) at
     # creation.
