@@ -1,5 +1,12 @@
 """The catalog service: product writes through the unit of work, and cached
-reads (one loader per hot key; X-Cache HIT / MISS / BYPASS / STALE)."""
+reads (one loader per hot key; X-Cache HIT / MISS / BYPASS / STALE).
+
+A cache miss reads from the MySQL reader when there is one (adapters/readers.py).
+The copy it gets is cached only if the version fence takes it; one the fence
+refuses is older than a committed write (an admin's change the reader has not
+applied yet), so the product is read again from the writer, as is one the
+reader does not have yet (just created). With the cache down there is no fence
+to ask: reads go to the writer."""
 import time
 
 import pymysql
@@ -20,10 +27,11 @@ from chalicelib.service.unit_of_work import PRODUCT_COLUMNS, ProductTransaction,
 
 
 class Catalog:
-    def __init__(self, db, cache, writes: ProductWrites):
+    def __init__(self, db, cache, writes: ProductWrites, readers=None):
         self.db = db
         self.cache = cache
         self.writes = writes
+        self.readers = readers
 
     # --- writes -------------------------------------------------------------
 
@@ -115,10 +123,38 @@ class Catalog:
     # --- reads --------------------------------------------------------------
 
     def load(self, product_id):
+        """The product as the writer has it."""
         rows = self.db.query(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id = %s", (product_id,))
         if not rows:
             raise ProductNotFound(f"Product {product_id} does not exist.", product_id=product_id)
         return to_api(rows[0])
+
+    def _read_rows(self, product_ids):
+        """({id: row} of those that exist, whether the reader answered): one read, on the reader if usable."""
+        sql = f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN ({','.join(['%s'] * len(product_ids))})"
+        if self.readers is None:
+            rows, on_reader = self.db.query(sql, product_ids), False
+        else:
+            rows, on_reader = self.readers.query(sql, product_ids)
+        return {row["id"]: row for row in rows}, on_reader
+
+    def _load_and_cache(self, product_ids):
+        """{id: product} of those of `product_ids` that exist, each cached unless the fence refuses
+        it; a reader's copy the fence refuses, or a product the reader lacks, comes from the writer."""
+        rows, on_reader = self._read_rows(product_ids)
+        found, again = {}, [pid for pid in product_ids if pid not in rows] if on_reader else []
+        for pid, row in rows.items():
+            product = found[pid] = to_api(row)
+            if not self.cache.put(product) and on_reader:
+                again.append(pid)
+        if again:
+            self.readers.emit("ReaderFallback", 1, reason="stale")
+            rows = self.db.query(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN "
+                                 f"({','.join(['%s'] * len(again))})", again)
+            for row in rows:
+                product = found[row["id"]] = to_api(row)
+                self.cache.put(product)
+        return found
 
     def get(self, product_id):
         """(product, X-Cache value)."""
@@ -146,16 +182,16 @@ class Catalog:
         else:
             cache_up = True
         missing = [pid for pid in product_ids if pid not in found]
+        if missing and cache_up:
+            try:
+                found.update(self._load_and_cache(missing))
+                return found
+            except CacheUnavailable:
+                pass   # down since the lookup: no fence to ask, so the writer answers
         if missing:
             rows = self.db.query(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN "
                                  f"({','.join(['%s'] * len(missing))})", missing)
-            for row in rows:
-                product = found[row["id"]] = to_api(row)
-                if cache_up:
-                    try:
-                        self.cache.put(product)
-                    except CacheUnavailable:
-                        cache_up = False
+            found.update({row["id"]: to_api(row) for row in rows})
         return found
 
     def _load_through_cache(self, product_id, wait_seconds=0.2):
@@ -175,11 +211,12 @@ class Catalog:
                 if cached is not None and fresh:
                     return cached
         try:
-            product = self.load(product_id)
             try:
-                self.cache.put(product)
+                product = self._load_and_cache([product_id]).get(product_id)
             except CacheUnavailable:
-                pass
+                return self.load(product_id)
+            if product is None:
+                raise ProductNotFound(f"Product {product_id} does not exist.", product_id=product_id)
             return product
         finally:
             if leader:

@@ -15,7 +15,9 @@ every order, so invalidating on each event would leave its ranking uncached
 when it is read most; a TTL bounds both the staleness and the database reads
 (one ranking query per product per TTL). The products themselves come from the
 catalog's version-fenced cache, so a partner that sold out or was deactivated
-after the ranking was cached is left out at once."""
+after the ranking was cached is left out at once. The ranking is read from
+the MySQL reader when there is one (its lag adds to the TTL's staleness); a
+product the reader does not have yet is looked up on the writer."""
 import json
 from collections import Counter
 
@@ -27,8 +29,8 @@ COUNTED, DUPLICATE, IGNORED = "counted", "duplicate", "ignored"
 
 
 class RelatedProducts:
-    def __init__(self, db, gateway, catalog, ttl_seconds=30):
-        self.db, self.gateway, self.catalog = db, gateway, catalog
+    def __init__(self, db, gateway, catalog, ttl_seconds=30, readers=None):
+        self.db, self.gateway, self.catalog, self.readers = db, gateway, catalog, readers
         self.ttl_seconds = max(1, int(ttl_seconds))
 
     # --- counting (the consumer) ----------------------------------------------
@@ -90,9 +92,20 @@ class RelatedProducts:
 
     def _rank(self, product_id):
         """[(partner id, orders)] best first, active and in stock now; ProductNotFound if no such product."""
-        if not self.db.query("SELECT 1 FROM products WHERE id = %s", (product_id,)):
+        ranking, on_reader = (self.readers.read(lambda db: self._rank_on(db, product_id)) if self.readers
+                              else (self._rank_on(self.db, product_id), False))
+        if ranking is None and on_reader:   # maybe created since the reader's position: the writer knows
+            ranking = self._rank_on(self.db, product_id)
+        if ranking is None:
             raise ProductNotFound(f"Product {product_id} does not exist.", product_id=product_id)
-        rows = self.db.query(
+        return ranking
+
+    @staticmethod
+    def _rank_on(db, product_id):
+        """The ranking as `db` has it, or None when it has no such product."""
+        if not db.query("SELECT 1 FROM products WHERE id = %s", (product_id,)):
+            return None
+        rows = db.query(
             "SELECT pp.other_id, pp.orders FROM product_pairs pp JOIN products p ON p.id = pp.other_id "
             "WHERE pp.product_id = %s AND pp.orders > 0 AND p.status = 'active' AND p.stock > 0 "
             "ORDER BY pp.orders DESC, pp.other_id LIMIT %s", (product_id, rules.CANDIDATES))

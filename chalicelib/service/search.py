@@ -8,7 +8,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
-from chalicelib.adapters.cache import CacheUnavailable, StoreFull
+from chalicelib.adapters.cache import CacheUnavailable, StoreFull, generation_born_ms
 from chalicelib.domain.errors import RateLimited, ServiceUnavailable, ValidationError
 from chalicelib.domain.search_query import SearchPage, SearchQuery, cut_page, parse_query
 
@@ -51,6 +51,13 @@ class SearchService:
     stores its (possibly old) page under the old generation, which no request
     reads once the write has returned.
 
+    With a MySQL reader (adapters/readers.py) uncached searches run there while
+    it is usable. A reader's page is cached only when the reader provably had
+    every write committed before the generation was made (its heartbeat is
+    later than the generation's birth, read before the search); otherwise it
+    is answered (MISS) but not cached, so a lagging reader never puts an old
+    page under a new generation.
+
     Cost: the backend answers and the cache stores pages of a few fixed sizes
     (SearchQuery.backend_query) cut to the requested limit; a caller's
     uncached searches draw on a budget of backend milliseconds per minute
@@ -67,8 +74,10 @@ class SearchService:
     MAX_PAGE_BYTES = 256 * 1024
 
     def __init__(self, backend, gateway, generation, state, cursors, ttl_seconds=60, stale_seconds=86400,
-                 clock=time.time, budget_ms=30000):
+                 clock=time.time, budget_ms=30000, readers=None, reader_backend=None):
         self.backend = backend
+        self.readers = readers
+        self.reader_backend = reader_backend   # the same backend over the reader (None: no reader)
         self.cursors = cursors        # signs the next_cursor handed out, verifies the one sent back
         self.gateway = gateway        # the cache Redis: pages, their stale copies, loader leases, popular counts
         self.generation = generation
@@ -122,7 +131,7 @@ class SearchService:
             return self._from_backend(query, None, caller)
         if raw is not None:
             return json.loads(raw), "HIT"
-        return self._load(key, query, caller)
+        return self._load(key, query, caller, generation_born_ms(generation))
 
     def _count_popular(self, query, caller):
         day = datetime.fromtimestamp(self.clock(), timezone.utc).strftime("%Y%m%d")
@@ -136,7 +145,7 @@ class SearchService:
         except CacheUnavailable:
             pass   # only warming loses
 
-    def _load(self, key, query, caller):
+    def _load(self, key, query, caller, born_ms=None):
         lease = key + ":loading"
         try:
             leader = bool(self.gateway.call(lambda r: r.set(lease, "1", nx=True, px=self.LEASE_MS)))
@@ -153,7 +162,7 @@ class SearchService:
                 if raw is not None:
                     return json.loads(raw), "HIT"
         try:
-            return self._from_backend(query, key, caller)
+            return self._from_backend(query, key, caller, born_ms)
         finally:
             if leader:
                 try:
@@ -206,11 +215,25 @@ class SearchService:
         except CacheUnavailable:
             pass   # down (fails open), or full since the check (the next check refuses)
 
-    def _from_backend(self, query, key, caller):
+    def _run(self, query, born_ms):
+        """(page, whether it may be cached under the generation born at `born_ms`)."""
+        if self.reader_backend is None:
+            return self.backend.search(query), True
+
+        def on(db):
+            if db is not self.readers.reader:
+                return self.backend.search(query), True
+            covered = self.readers.covers(born_ms)   # before the query: the reader only moves forward
+            return self.reader_backend.search(query), covered
+
+        return self.readers.read(on)[0]
+
+    def _from_backend(self, query, key, caller, born_ms=None):
         budget = self._check_budget(caller)
         started = time.monotonic()
         try:
-            page = self.backend.search(query).to_cache()
+            page, cacheable = self._run(query, born_ms)
+            page = page.to_cache()
         except ServiceUnavailable:
             try:
                 raw = self.gateway.call(lambda r: r.get(self.stale_key(query)))
@@ -224,6 +247,8 @@ class SearchService:
                 self._charge(budget, started)
         if key is None:
             return page, "BYPASS"
+        if not cacheable:
+            return page, "MISS"   # from a reader that may not have the write that made this generation
         payload = json.dumps(page, separators=(",", ":"), ensure_ascii=False).encode()
         if len(payload) > self.MAX_PAGE_BYTES:
             return page, "BYPASS"   # answered from MySQL every time, and metered as such
