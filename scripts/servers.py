@@ -208,12 +208,12 @@ class ThrowawayReplicaPair:
     and a second mariadbd replicating it by GTID from its first transaction: a MySQL reader
     (an RDS read replica's stand-in) to test and bench against."""
 
-    def __init__(self, base_dir=None, own_session=False):
-        base = Path(base_dir or tempfile.mkdtemp(prefix="throwaway-replica-pair-"))
+    def __init__(self, base_dir=None, extra_args=(), own_session=False):
+        self.base = base = Path(base_dir or tempfile.mkdtemp(prefix="throwaway-replica-pair-"))
         self.primary = ThrowawayMariaDB(base / "primary", own_session=own_session, extra_args=[
-            "--log-bin=binlog", "--server-id=1", "--binlog-format=ROW", "--event-scheduler=ON"])
+            "--log-bin=binlog", "--server-id=1", "--binlog-format=ROW", "--event-scheduler=ON", *extra_args])
         self.replica = ThrowawayMariaDB(base / "replica", own_session=own_session, extra_args=[
-            "--server-id=2", "--relay-log=relay", "--read-only"])
+            "--server-id=2", "--relay-log=relay", "--read-only", *extra_args])
 
     def start(self):
         self.primary.start()
@@ -240,6 +240,7 @@ class ThrowawayReplicaPair:
     def close(self):
         for server in (self.replica, self.primary):
             server.close()
+        shutil.rmtree(self.base, ignore_errors=True)
 
 
 __all__ = ["ThrowawayRedis", "ThrowawayMariaDB", "ThrowawayReplicaPair", "free_port"]
