@@ -333,6 +333,8 @@ def function_environment(plans, logical_id=None):
         "DATABASE_PORT": "3306",
         "DATABASE_NAME": {"Ref": "DatabaseName"},
         "DATABASE_TLS": "true",
+        "DATABASE_READER_URL": {"Fn::If": ["HasReader", {"Fn::Sub": "mysql://${DatabaseReaderHost}:3306/${DatabaseName}"},
+                                           ""]},
         "REDIS_URL": {"Fn::Sub": "rediss://${Redis.PrimaryEndPoint.Address}:${Redis.PrimaryEndPoint.Port}/0"},
         "REDIS_STATE_URL": {"Fn::Sub": "rediss://${RedisState.PrimaryEndPoint.Address}:"
                                        "${RedisState.PrimaryEndPoint.Port}/0"},
