@@ -306,6 +306,9 @@ class Settings:
             db_host = urlparse(self.values["DATABASE_URL"]).hostname or ""
         if _is_local_host(db_host):
             problems.append(f"the database is {db_host or 'unset'} (a local default)")
+        reader_host = urlparse(self.values["DATABASE_READER_URL"]).hostname or ""
+        if self.values["DATABASE_READER_URL"] and _is_local_host(reader_host):
+            problems.append(f"the database reader is {reader_host} (a local default)")
         redis_host = urlparse(self.values["REDIS_URL"]).hostname or ""
         if _is_local_host(redis_host):
             problems.append(f"Redis is {redis_host or 'unset'} (a local default)")
