@@ -1,6 +1,7 @@
 """Search as a service: the SearchBackend seam, the read-through cache around
 it (keys `product_search:{generation}:{sha256}`, one loader per hot key,
 X-Cache HIT / MISS / BYPASS / STALE) and cache warming."""
+import copy
 import json
 import logging
 import random
@@ -99,6 +100,13 @@ class SearchService:
 
     def budget_key(self, caller, minute):
         return self.state.key(f"search_budget:{caller}:{minute}")
+
+    def on_writer(self):
+        """This service with every uncached search on the writer: for a caller who writes the
+        catalog and must find what they just changed (read-your-writes)."""
+        view = copy.copy(self)
+        view.reader_backend = None
+        return view
 
     def search_params(self, params, caller=None, budget_holder=None):
         """A caller's search: its cursor is verified before anything is read or cached."""

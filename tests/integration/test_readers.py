@@ -4,6 +4,7 @@ Search, product and related reads are served by the replica; a replica held
 back (STOP SLAVE SQL_THREAD) never leaves an old product or search page in the
 cache after a write; reads fall back to the writer when the replica dies or
 lags past READER_MAX_LAG_MS, and the lag is reported."""
+import os
 import time
 import uuid
 
@@ -15,7 +16,7 @@ from chalicelib.adapters.migrate import migrate
 from chalicelib.domain.orders import parse_batch
 from chalicelib.domain.search_query import parse_query
 from scripts.servers import ThrowawayReplicaPair
-from tests.conftest import delete_prefix
+from tests.conftest import ADMIN_KEY, DEV_KEY, delete_prefix
 
 pytestmark = pytest.mark.replica
 
@@ -234,6 +235,35 @@ def test_related_products_are_ranked_on_the_replica(pair, reads):
     assert [(item["product"]["name"], item["bought_together"]) for item in body["items"]] == [("Pair bulb", 3)]
     # the partner came from the product cache (the create put it there), the ranking from the replica
     assert selects(pair.primary) == primary
+
+
+def test_over_http_a_catalog_writer_finds_its_change_while_a_held_replica_answers_others(pair, reads):
+    from chalice.test import Client
+
+    from app import app
+
+    product = new_product(name="Maple floor lamp")
+    assert pair.caught_up()
+    pair.hold()
+    environ = os.environ   # Chalice's test client swaps os.environ per request
+    try:
+        with Client(app, stage_name="local") as client:
+            changed = client.http.patch(f"/products/{product['id']}", body='{"name": "Cherry floor lamp"}',
+                                        headers={"x-api-key": ADMIN_KEY, "content-type": "application/json"})
+            assert changed.status_code == 200, changed.body
+            # the held replica answers a storefront (not cached); the admin's search goes to the writer,
+            # and its page, cached, then answers everyone
+            for key, expected, state in ((DEV_KEY, [], "MISS"), (ADMIN_KEY, ["Cherry floor lamp"], "MISS"),
+                                         (DEV_KEY, ["Cherry floor lamp"], "HIT")):
+                got = client.http.get("/products/search?q=cherry", headers={"x-api-key": key})
+                assert got.status_code == 200
+                assert ([item["name"] for item in got.json_body["items"]], got.headers["X-Cache"]) == \
+                    (expected, state), key
+            got = client.http.get(f"/products/{product['id']}", headers={"x-api-key": DEV_KEY})
+            assert got.json_body["product"]["name"] == "Cherry floor lamp"
+    finally:
+        os.environ = environ
+    assert cached_page("cherry") is not None
 
 
 def test_without_a_reader_every_read_goes_to_the_writer(pair, reads):
