@@ -133,6 +133,10 @@ def test_the_mysql_reader_option_lints_off_and_on_and_reaches_every_function(rea
     code, output = lint(path)
     assert code == 0, output
     assert chosen["Resources"]["DatabaseParameterGroup"]["Condition"] == "HasReader"
+    for alarm, metric in (("ReaderFallbackAlarm", "ReaderFallback"), ("ReaderLagAlarm", "ReaderLag")):
+        props = chosen["Resources"][alarm]["Properties"]   # what adapters/readers.py emits
+        assert chosen["Resources"][alarm]["Condition"] == "HasReader"
+        assert (props["Namespace"], props["MetricName"]) == ("Shop", metric)
     assert chosen["Resources"]["DatabaseParameterGroup"]["Properties"]["Parameters"] == {"event_scheduler": "ON"}
     for name, fn in functions(chosen).items():
         reader_url = fn["Properties"]["Environment"]["Variables"]["DATABASE_READER_URL"]
