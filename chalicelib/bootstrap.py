@@ -143,7 +143,7 @@ def search_service():
             redis_gateway(), search_generation(), state_gateway(), CursorSigner(s.cursor_secret),
             ttl_seconds=s.number("SEARCH_TTL_SECONDS"), stale_seconds=s.number("CACHE_STALE_SECONDS"),
             budget_ms=int(s.number("SEARCH_BUDGET_MS")), readers=reads,
-            reader_backend=MySQLSearchBackend(reads.reader, time_limit_ms=limit) if reads.reader else None)
+            reader_backend=MySQLSearchBackend(reads.stamped, time_limit_ms=limit) if reads.reader else None)
 
     return _once("search_service", build)
 

@@ -9,8 +9,8 @@ read at most every `check_seconds` per process (`ReaderLag`, milliseconds).
 
 What a caller may cache from a reader is its own business: the product cache's
 version fence refuses an old copy (service/catalog.py), and a search page is
-cached only when `covers()` shows the reader had every write before its
-search generation was made (service/search.py)."""
+cached only when `covers()` shows the snapshot it was read from had every
+write before its search generation was made (service/search.py)."""
 import logging
 import threading
 import time
@@ -25,11 +25,40 @@ HEARTBEAT_SQL = ("SELECT beat_ms, FLOOR(UNIX_TIMESTAMP(NOW(6)) * 1000) AS now_ms
                  "FROM replica_heartbeat WHERE id = 1")
 
 
+class StampedReader:
+    """The reader's Database whose every transaction reads the heartbeat first. Under
+    REPEATABLE READ the snapshot is taken at that first read, so all the transaction reads
+    holds at least the stamp's writes, whichever reader behind an endpoint (or a proxy's
+    multiplexed connection) served it. `stamp()`: this thread's last transaction's stamp."""
+
+    def __init__(self, db):
+        self.db = db
+        self._local = threading.local()
+
+    def run(self, work, **options):
+        self._local.stamp = None
+
+        def stamped(cur):
+            cur.execute("SELECT beat_ms FROM replica_heartbeat WHERE id = 1")
+            row = cur.fetchone()
+            self._local.stamp = int(row["beat_ms"]) if row else None
+            return work(cur)
+
+        return self.db.run(stamped, **options)
+
+    def stamp(self):
+        return getattr(self._local, "stamp", None)
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+
 class Readers:
     def __init__(self, writer, reader=None, max_lag_ms=2500, clock_skew_ms=100, check_seconds=0.5,
                  monotonic=time.monotonic, metrics=None):
         self.writer = writer
         self.reader = reader
+        self.stamped = StampedReader(reader) if reader is not None else None
         self.max_lag_ms = max_lag_ms
         # How far the app's clock (a search generation's birth) and the writer's (the stamp) may differ.
         self.clock_skew_ms = clock_skew_ms
@@ -38,15 +67,14 @@ class Readers:
         self.emit = metrics or (lambda *args, **dimensions: None)   # ops.metrics.emit, from bootstrap
         self._lock = threading.Lock()
         self._checked_at = None
-        self.beat_ms = None     # the newest stamp the reader was seen to have
         self.lag_ms = None      # None: not measured, or the reader did not answer
         self.down = False
 
-    def _check(self, force=False):
-        """Read the reader's heartbeat unless it was read within check_seconds (or `force`)."""
+    def _check(self):
+        """Read the reader's heartbeat unless it was read within check_seconds."""
         now = self.monotonic()
         with self._lock:
-            if not force and self._checked_at is not None and now - self._checked_at < self.check_seconds:
+            if self._checked_at is not None and now - self._checked_at < self.check_seconds:
                 return
             self._checked_at = now
         try:
@@ -60,9 +88,7 @@ class Readers:
         if not rows:
             self.lag_ms = None
             return
-        beat, reader_now = int(rows[0]["beat_ms"]), int(rows[0]["now_ms"])
-        self.beat_ms = max(beat, self.beat_ms or beat)
-        self.lag_ms = max(0, reader_now - beat)
+        self.lag_ms = max(0, int(rows[0]["now_ms"]) - int(rows[0]["beat_ms"]))
         self.emit("ReaderLag", self.lag_ms, unit="Milliseconds")
 
     def status(self):
@@ -86,15 +112,11 @@ class Readers:
         return self.reader
 
     def covers(self, since_ms):
-        """True when the reader has every write the writer committed before `since_ms` (epoch ms,
-        the app's clock): its stamp is later, by more than the clocks may differ. A stamp read
-        earlier may not show it yet, so it is read again (the caller's query comes after this)."""
-        if self.reader is None or since_ms is None:
-            return False
-        wanted = since_ms + self.clock_skew_ms
-        if self.beat_ms is None or self.beat_ms < wanted:
-            self._check(force=True)
-        return not self.down and self.beat_ms is not None and self.beat_ms >= wanted
+        """True when the snapshot of this thread's last `stamped` transaction holds every write the
+        writer committed before `since_ms` (epoch ms, the app's clock): its heartbeat stamp is
+        later, by more than the two clocks may differ."""
+        stamp = self.stamped.stamp() if self.stamped is not None else None
+        return stamp is not None and since_ms is not None and stamp >= since_ms + self.clock_skew_ms
 
     def failed(self, exc):
         """A read on the reader lost its connection: the next reads go to the writer until a check sees it up."""

@@ -53,11 +53,11 @@ class SearchService:
     reads once the write has returned.
 
     With a MySQL reader (adapters/readers.py) uncached searches run there while
-    it is usable. A reader's page is cached only when the reader provably had
-    every write committed before the generation was made (its heartbeat is
-    later than the generation's birth, read before the search); otherwise it
-    is answered (MISS) but not cached, so a lagging reader never puts an old
-    page under a new generation.
+    it is usable. A reader's page is cached only when the snapshot it was read
+    from provably had every write committed before the generation was made
+    (the heartbeat stamp the search's transaction read first is later than
+    the generation's birth); otherwise it is answered (MISS) but not cached,
+    so a lagging reader never puts an old page under a new generation.
 
     Cost: the backend answers and the cache stores pages of a few fixed sizes
     (SearchQuery.backend_query) cut to the requested limit; a caller's
@@ -231,8 +231,8 @@ class SearchService:
         def on(db):
             if db is not self.readers.reader:
                 return self.backend.search(query), True
-            covered = self.readers.covers(born_ms)   # before the query: the reader only moves forward
-            return self.reader_backend.search(query), covered
+            page = self.reader_backend.search(query)   # on readers.stamped: its snapshot's stamp is kept
+            return page, self.readers.covers(born_ms)
 
         return self.readers.read(on)[0]
 

@@ -1,6 +1,6 @@
 """Readers' choices from what the reader answers (the real replica is in
 tests/integration/test_readers.py): fall back on a dead or lagging reader,
-prove a search generation only with a later heartbeat, never retry a
+prove a search generation only by the stamp its own snapshot holds, never retry a
 statement the server stopped at its time limit on the writer."""
 import pytest
 
@@ -13,7 +13,19 @@ class FakeDatabase:
     def __init__(self, name, beat_ms=0, now_ms=0):
         self.name, self.beat_ms, self.now_ms = name, beat_ms, now_ms
         self.fail = None
-        self.queries = []
+        self.queries, self.run_statements = [], []
+
+    def run(self, work, **options):
+        db = self
+
+        class Cursor:
+            def execute(self, sql, args=None):
+                db.run_statements.append(sql)
+
+            def fetchone(self):
+                return {"beat_ms": db.beat_ms}
+
+        return work(Cursor())
 
     def query(self, sql, args=None):
         self.queries.append(sql)
@@ -75,20 +87,24 @@ def test_a_statement_stopped_at_its_time_limit_is_not_run_again_on_the_writer():
     assert reads.writer.queries == []
 
 
-def test_a_generation_is_proven_only_by_a_stamp_later_than_its_birth_and_the_clock_skew():
+def test_a_generation_is_proven_only_by_the_stamp_its_search_read_first():
     reads, _, _ = readers(beat_ms=10_000)
+    assert reads.covers(9_000) is False, "no search has run on this thread"
+    statements = []
+    assert reads.stamped.run(lambda cur: statements.append("search") or "page") == "page"
+    assert statements == ["search"] and reads.reader.run_statements[0].startswith("SELECT beat_ms")
     assert reads.covers(9_900) is True
-    assert reads.covers(9_901) is False      # within the skew
-    reads.reader.beat_ms = 10_200
-    assert reads.covers(10_050) is True, "an unproven generation reads the stamp again at once"
+    assert reads.covers(9_901) is False      # within the clock skew
     assert reads.covers(None) is False
+    reads.reader.beat_ms = 20_000   # a later heartbeat proves nothing until a search reads it
+    assert reads.covers(10_000) is False
 
 
 def test_without_a_reader_the_writer_serves_and_nothing_is_proven():
     writer = FakeDatabase("writer")
     reads = Readers(writer)
     assert reads.query("SELECT 1") == ([{"served_by": "writer"}], False)
-    assert reads.covers(0) is False and reads.status() == {"configured": False}
+    assert reads.covers(0) is False and reads.stamped is None and reads.status() == {"configured": False}
 
 
 def test_a_generation_carries_its_birth_and_an_old_one_proves_nothing():
