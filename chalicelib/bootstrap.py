@@ -39,6 +39,32 @@ def database():
     ))
 
 
+def readers():
+    """Where reads that may lag go: DATABASE_READER_URL's reader while it is up and close behind, else the writer."""
+    from dataclasses import replace
+
+    from chalicelib.adapters.db import Database
+    from chalicelib.adapters.readers import Readers
+    from chalicelib.settings import parse_database_url
+
+    def build():
+        s = settings()
+        url = s.get("DATABASE_READER_URL")
+        if not url:
+            return Readers(database())
+        given = parse_database_url(url)
+        writer = s.database   # the reader takes the writer's credentials unless its URL names a user
+        target = replace(writer, host=given.host, port=given.port, database=given.database,
+                         **({"user": given.user, "password": given.password} if "@" in url else {}))
+        reader = Database(target, connect_timeout=s.number("DB_CONNECT_TIMEOUT"),
+                          read_timeout=s.number("DB_READ_TIMEOUT"), max_in_flight=int(s.number("DB_MAX_IN_FLIGHT")),
+                          name="mysql-reader")
+        return Readers(database(), reader, max_lag_ms=s.number("READER_MAX_LAG_MS"),
+                       clock_skew_ms=s.number("READER_CLOCK_SKEW_MS"), metrics=metrics.emit)
+
+    return _once("readers", build)
+
+
 def redis_gateway():
     """The cache Redis: copies it may evict, and the fences and search generation that guard them."""
     from chalicelib.adapters.cache import RedisGateway
@@ -98,9 +124,11 @@ def product_writes():
 
 
 def catalog():
+    from chalicelib.adapters.product_reads import MySQLProductReads
     from chalicelib.service.catalog import Catalog
 
-    return _once("catalog", lambda: Catalog(product_reads(), product_cache(), product_writes()))
+    return _once("catalog", lambda: Catalog(product_reads(), product_cache(), product_writes(),
+                                            lagging_reads(MySQLProductReads)))
 
 
 def product_reads():
@@ -109,17 +137,31 @@ def product_reads():
     return _once("product_reads", lambda: MySQLProductReads(database()))
 
 
+def lagging_reads(make):
+    """The read port `make(db)` on the MySQL reader while it is usable, or None without one."""
+    from chalicelib.adapters.readers import RoutedReads
+
+    reads = readers()
+    return RoutedReads(reads, make) if reads.reader is not None else None
+
+
 def search_service():
     from chalicelib.adapters.search_mysql import MySQLSearchBackend
     from chalicelib.domain.search_query import CursorSigner
     from chalicelib.service.search import SearchService
 
     s = settings()
-    return _once("search_service", lambda: SearchService(
-        MySQLSearchBackend(database(), time_limit_ms=int(s.number("SEARCH_TIME_LIMIT_MS"))),
-        redis_gateway(), search_generation(), state_gateway(), CursorSigner(s.cursor_secret),
-        ttl_seconds=s.number("SEARCH_TTL_SECONDS"), stale_seconds=s.number("CACHE_STALE_SECONDS"),
-        budget_ms=int(s.number("SEARCH_BUDGET_MS"))))
+    def build():
+        limit = int(s.number("SEARCH_TIME_LIMIT_MS"))
+        reads = readers()
+        return SearchService(
+            MySQLSearchBackend(database(), time_limit_ms=limit),
+            redis_gateway(), search_generation(), state_gateway(), CursorSigner(s.cursor_secret),
+            ttl_seconds=s.number("SEARCH_TTL_SECONDS"), stale_seconds=s.number("CACHE_STALE_SECONDS"),
+            budget_ms=int(s.number("SEARCH_BUDGET_MS")), readers=reads,
+            reader_backend=MySQLSearchBackend(reads.stamped, time_limit_ms=limit) if reads.reader else None)
+
+    return _once("search_service", build)
 
 
 def warm_caches(**options):
@@ -220,6 +262,8 @@ def reset(**overrides):
             client = _instances.get(name)
             if client is not None:
                 client.close()
+        if _instances.get("readers") is not None and _instances["readers"].reader is not None:
+            _instances["readers"].reader.close()
         _instances.clear()
         reset_settings()
         _overrides.clear()
@@ -309,4 +353,5 @@ def related_products():
 
     s = settings()
     return _once("related_products", lambda: RelatedProducts(MySQLPairCounts(database()), redis_gateway(), catalog(),
-                                                             ttl_seconds=s.number("RELATED_TTL_SECONDS")))
+                                                             ttl_seconds=s.number("RELATED_TTL_SECONDS"),
+                                                             lagging=lagging_reads(MySQLPairCounts)))

@@ -93,6 +93,11 @@ DEFAULTS = {
     "DB_CONNECT_TIMEOUT": "2",
     "DB_READ_TIMEOUT": "10",
     "DB_MAX_IN_FLIGHT": "16",
+    # A MySQL reader for search, product and related reads (adapters/readers.py); empty: the writer serves them.
+    # In AWS the user and password are DATABASE_SECRET_ARN's. Past READER_MAX_LAG_MS behind, reads use the writer.
+    "DATABASE_READER_URL": "",
+    "READER_MAX_LAG_MS": "2500",
+    "READER_CLOCK_SKEW_MS": "100",
     "ORDERS_MAX_IN_FLIGHT": "8",
     # Seconds a trusted server's new order waits for payment (pending_payment, then expired); 0: final (paid) at
     # creation.
@@ -301,6 +306,9 @@ class Settings:
             db_host = urlparse(self.values["DATABASE_URL"]).hostname or ""
         if _is_local_host(db_host):
             problems.append(f"the database is {db_host or 'unset'} (a local default)")
+        reader_host = urlparse(self.values["DATABASE_READER_URL"]).hostname or ""
+        if self.values["DATABASE_READER_URL"] and _is_local_host(reader_host):
+            problems.append(f"the database reader is {reader_host} (a local default)")
         redis_host = urlparse(self.values["REDIS_URL"]).hostname or ""
         if _is_local_host(redis_host):
             problems.append(f"Redis is {redis_host or 'unset'} (a local default)")

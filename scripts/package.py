@@ -342,6 +342,8 @@ def function_environment(plans, logical_id=None):
         "DATABASE_PORT": "3306",
         "DATABASE_NAME": {"Ref": "DatabaseName"},
         "DATABASE_TLS": "true",
+        "DATABASE_READER_URL": {"Fn::If": ["HasReader", {"Fn::Sub": "mysql://${DatabaseReaderHost}:3306/${DatabaseName}"},
+                                           ""]},
         "REDIS_URL": redis_url("Redis"),
         "REDIS_STATE_URL": redis_url("RedisState"),
         # Only the API and the warmer may read it (their policies); the others never sign a cursor.

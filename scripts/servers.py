@@ -7,6 +7,7 @@ on the configured address (scripts/local_services.py). The shared MariaDB
     redis = ThrowawayRedis(); redis.start(); redis.url; redis.kill(); redis.start()
     db = ThrowawayMariaDB(tmpdir); db.start(); db.url("shop"); db.kill(); db.start()
     cluster = ThrowawayRedisCluster(3); cluster.start(); cluster.url; cluster.nodes[1].kill()
+    pair = ThrowawayReplicaPair(tmpdir); pair.start(); pair.primary.url("shop"); pair.replica.url("shop")
 
 A restarted Redis comes back EMPTY (no RDB, no AOF); a restarted MariaDB keeps
 its data directory (InnoDB crash recovery), as a real server restart would.
@@ -300,4 +301,44 @@ class ThrowawayMariaDB(_Process):
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-__all__ = ["ThrowawayRedis", "ThrowawayRedisCluster", "ThrowawayMariaDB", "free_port"]
+class ThrowawayReplicaPair:
+    """A throwaway primary (binary log; event scheduler on, for the heartbeat of migration 0018)
+    and a second mariadbd replicating it by GTID from its first transaction: a MySQL reader
+    (an RDS read replica's stand-in) to test and bench against."""
+
+    def __init__(self, base_dir=None, extra_args=(), own_session=False):
+        self.base = base = Path(base_dir or tempfile.mkdtemp(prefix="throwaway-replica-pair-"))
+        self.primary = ThrowawayMariaDB(base / "primary", own_session=own_session, extra_args=[
+            "--log-bin=binlog", "--server-id=1", "--binlog-format=ROW", "--event-scheduler=ON", *extra_args])
+        self.replica = ThrowawayMariaDB(base / "replica", own_session=own_session, extra_args=[
+            "--server-id=2", "--relay-log=relay", "--read-only", *extra_args])
+
+    def start(self):
+        self.primary.start()
+        self.replica.start()
+        self.replica.execute("STOP SLAVE")
+        self.replica.execute(
+            f"CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={self.primary.port}, MASTER_USER='root', "
+            "MASTER_PASSWORD='', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1")
+        self.replica.execute("START SLAVE")
+        return self
+
+    def caught_up(self, timeout=10):
+        """Wait until the replica applied everything the primary committed so far; True if it did."""
+        position = self.primary.execute("SELECT @@gtid_binlog_pos AS pos")[0]["pos"]
+        return self.replica.execute("SELECT MASTER_GTID_WAIT(%s, %s) AS r", (position, timeout))[0]["r"] == 0
+
+    def hold(self):
+        """The replica receives but applies nothing (a replica held back)."""
+        self.replica.execute("STOP SLAVE SQL_THREAD")
+
+    def release(self):
+        self.replica.execute("START SLAVE SQL_THREAD")
+
+    def close(self):
+        for server in (self.replica, self.primary):
+            server.close()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+__all__ = ["ThrowawayRedis", "ThrowawayRedisCluster", "ThrowawayMariaDB", "ThrowawayReplicaPair", "free_port"]

@@ -68,8 +68,10 @@ SEARCH_GENERATION_KEY = "product_search:generation"
 
 def new_generation():
     """A random search generation: one that was lost (or flushed) is never taken again, so pages
-    cached under an old one cannot come back, as they could if a counter restarted at 0."""
-    return secrets.token_hex(8)
+    cached under an old one cannot come back, as they could if a counter restarted at 0. It ends
+    in its birth (epoch ms), after the commit of the write that made it: a MySQL reader whose
+    heartbeat is later had that write, so its pages may be cached under it (service/search.py)."""
+    return f"{secrets.token_hex(8)}-{int(time.time() * 1000)}"
 
 
 class RedisGateway(ClusterRouting):

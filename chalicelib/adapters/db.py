@@ -108,11 +108,11 @@ def is_retryable(exc):
 
 
 class Database:
-    def __init__(self, target, connect_timeout=2.0, read_timeout=10.0, max_in_flight=16):
+    def __init__(self, target, connect_timeout=2.0, read_timeout=10.0, max_in_flight=16, name="mysql"):
         self.target = target
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self.breaker = CircuitBreaker("mysql", failure_threshold=2, reset_after=1.0)
+        self.breaker = CircuitBreaker(name, failure_threshold=2, reset_after=1.0)
         self._slots = InFlightLimit(max_in_flight)
         self._idle = queue.LifoQueue()
 

@@ -222,3 +222,9 @@ def parse_query(params):
     if cursor:
         query = replace(query, after=decode_cursor(cursor, query))
     return query
+
+
+def generation_born_ms(generation):
+    """The birth new_generation() wrote into `generation`; None for one without (conservative)."""
+    _, _, born = str(generation).rpartition("-")
+    return int(born) if born.isdigit() else None

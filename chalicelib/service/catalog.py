@@ -1,5 +1,12 @@
 """The catalog service: product writes through the unit of work, and cached
-reads (one loader per hot key; X-Cache HIT / MISS / BYPASS / STALE)."""
+reads (one loader per hot key; X-Cache HIT / MISS / BYPASS / STALE).
+
+A cache miss reads from the MySQL reader when there is one (adapters/readers.py).
+The copy it gets is cached only if the version fence takes it; one the fence
+refuses is older than a committed write (an admin's change the reader has not
+applied yet), so the product is read again from the writer, as is one the
+reader does not have yet (just created). With the cache down there is no fence
+to ask: reads go to the writer."""
 import time
 
 from chalicelib.domain.errors import (
@@ -24,8 +31,9 @@ from chalicelib.service.ports import ProductReads, ProductTransaction, ProductWr
 
 
 class Catalog:
-    def __init__(self, reads: ProductReads, cache, writes: ProductWrites):
-        self.reads = reads
+    def __init__(self, reads: ProductReads, cache, writes: ProductWrites, lagging: ProductReads = None):
+        self.reads = reads        # on the writer
+        self.lagging = lagging    # on the MySQL reader while it is usable (adapters/readers.py); None: no reader
         self.cache = cache
         self.writes = writes
 
@@ -114,10 +122,35 @@ class Catalog:
     # --- reads --------------------------------------------------------------
 
     def load(self, product_id):
+        """The product as the writer has it."""
         rows = self.reads.rows([product_id])
         if not rows:
             raise ProductNotFound(f"Product {product_id} does not exist.", product_id=product_id)
         return to_api(rows[0])
+
+    def _read_rows(self, product_ids):
+        """({id: row} of those that exist, whether the reader answered): one read, on the reader if usable."""
+        if self.lagging is None:
+            rows, on_reader = self.reads.rows(product_ids), False
+        else:
+            rows, on_reader = self.lagging.rows(product_ids), self.lagging.answered()
+        return {row["id"]: row for row in rows}, on_reader
+
+    def _load_and_cache(self, product_ids):
+        """{id: product} of those of `product_ids` that exist, each cached unless the fence refuses
+        it; a reader's copy the fence refuses, or a product the reader lacks, comes from the writer."""
+        rows, on_reader = self._read_rows(product_ids)
+        found, again = {}, [pid for pid in product_ids if pid not in rows] if on_reader else []
+        for pid, row in rows.items():
+            product = found[pid] = to_api(row)
+            if not self.cache.put(product) and on_reader:
+                again.append(pid)
+        if again:
+            self.lagging.fell_back("stale")
+            for row in self.reads.rows(again):
+                product = found[row["id"]] = to_api(row)
+                self.cache.put(product)
+        return found
 
     def get(self, product_id):
         """(product, X-Cache value)."""
@@ -145,14 +178,14 @@ class Catalog:
         else:
             cache_up = True
         missing = [pid for pid in product_ids if pid not in found]
+        if missing and cache_up:
+            try:
+                found.update(self._load_and_cache(missing))
+                return found
+            except CacheUnavailable:
+                pass   # down since the lookup: no fence to ask, so the writer answers
         if missing:
-            for row in self.reads.rows(missing):
-                product = found[row["id"]] = to_api(row)
-                if cache_up:
-                    try:
-                        self.cache.put(product)
-                    except CacheUnavailable:
-                        cache_up = False
+            found.update({row["id"]: to_api(row) for row in self.reads.rows(missing)})
         return found
 
     def _load_through_cache(self, product_id, wait_seconds=0.2):
@@ -172,11 +205,12 @@ class Catalog:
                 if cached is not None and fresh:
                     return cached
         try:
-            product = self.load(product_id)
             try:
-                self.cache.put(product)
+                product = self._load_and_cache([product_id]).get(product_id)
             except CacheUnavailable:
-                pass
+                return self.load(product_id)
+            if product is None:
+                raise ProductNotFound(f"Product {product_id} does not exist.", product_id=product_id)
             return product
         finally:
             if leader:

@@ -15,7 +15,9 @@ every order, so invalidating on each event would leave its ranking uncached
 when it is read most; a TTL bounds both the staleness and the database reads
 (one ranking query per product per TTL). The products themselves come from the
 catalog's version-fenced cache, so a partner that sold out or was deactivated
-after the ranking was cached is left out at once."""
+after the ranking was cached is left out at once. The ranking is read from
+the MySQL reader when there is one (its lag adds to the TTL's staleness); a
+product the reader does not have yet is looked up on the writer."""
 import json
 from collections import Counter
 
@@ -27,8 +29,9 @@ COUNTED, DUPLICATE, IGNORED = "counted", "duplicate", "ignored"
 
 
 class RelatedProducts:
-    def __init__(self, counts: PairCounts, gateway, catalog, ttl_seconds=30):
+    def __init__(self, counts: PairCounts, gateway, catalog, ttl_seconds=30, lagging: PairCounts = None):
         self.counts, self.gateway, self.catalog = counts, gateway, catalog
+        self.lagging = lagging   # the counts on the MySQL reader while it is usable; None: no reader
         self.ttl_seconds = max(1, int(ttl_seconds))
 
     # --- counting (the consumer) ----------------------------------------------
@@ -79,9 +82,19 @@ class RelatedProducts:
 
     def _rank(self, product_id):
         """[(partner id, orders)] best first, active and in stock now; ProductNotFound if no such product."""
-        if not self.counts.product_exists(product_id):
+        ranking = self._rank_on(self.lagging, product_id) if self.lagging is not None else None
+        if ranking is None:   # no reader, or maybe created since the reader's position: the writer knows
+            ranking = self._rank_on(self.counts, product_id)
+        if ranking is None:
             raise ProductNotFound(f"Product {product_id} does not exist.", product_id=product_id)
-        return self.counts.ranking(product_id, rules.CANDIDATES)
+        return ranking
+
+    @staticmethod
+    def _rank_on(counts, product_id):
+        """The ranking as `counts` has it, or None when it has no such product."""
+        if not counts.product_exists(product_id):
+            return None
+        return counts.ranking(product_id, rules.CANDIDATES)
 
     def _ranking(self, product_id):
         """(ranking, X-Cache value)."""

@@ -1,6 +1,7 @@
 """Search as a service: the read-through cache around the SearchBackend port
 it (keys `product_search:{generation}:{sha256}`, one loader per hot key,
 X-Cache HIT / MISS / BYPASS / STALE) and cache warming."""
+import copy
 import json
 import logging
 import random
@@ -8,7 +9,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from chalicelib.domain.errors import CacheUnavailable, RateLimited, ServiceUnavailable, StoreFull, ValidationError
-from chalicelib.domain.search_query import cut_page, parse_query
+from chalicelib.domain.search_query import cut_page, generation_born_ms, parse_query
 from chalicelib.service.ports import ProductReads, SearchBackend
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,13 @@ class SearchService:
     stores its (possibly old) page under the old generation, which no request
     reads once the write has returned.
 
+    With a MySQL reader (adapters/readers.py) uncached searches run there while
+    it is usable. A reader's page is cached only when the snapshot it was read
+    from provably had every write committed before the generation was made
+    (the heartbeat stamp the search's transaction read first is later than
+    the generation's birth); otherwise it is answered (MISS) but not cached,
+    so a lagging reader never puts an old page under a new generation.
+
     Cost: the backend answers and the cache stores pages of a few fixed sizes
     (SearchQuery.backend_query) cut to the requested limit; a caller's
     uncached searches draw on a budget of backend milliseconds per minute
@@ -58,8 +66,10 @@ class SearchService:
     MAX_PAGE_BYTES = 256 * 1024
 
     def __init__(self, backend: SearchBackend, gateway, generation, state, cursors, ttl_seconds=60,
-                 stale_seconds=86400, clock=time.time, budget_ms=30000):
+                 stale_seconds=86400, clock=time.time, budget_ms=30000, readers=None, reader_backend=None):
         self.backend = backend
+        self.readers = readers
+        self.reader_backend = reader_backend   # the same backend over the reader (None: no reader)
         self.cursors = cursors        # signs the next_cursor handed out, verifies the one sent back
         self.gateway = gateway        # the cache Redis: pages, their stale copies, loader leases, popular counts
         self.generation = generation
@@ -84,6 +94,13 @@ class SearchService:
 
     def budget_key(self, caller, minute):
         return self.state.key(f"search_budget:{caller}:{minute}")
+
+    def on_writer(self):
+        """This service with every uncached search on the writer: for a caller who writes the
+        catalog and must find what they just changed (read-your-writes)."""
+        view = copy.copy(self)
+        view.reader_backend = None
+        return view
 
     def search_params(self, params, caller=None, budget_holder=None):
         """A caller's search: its cursor is verified before anything is read or cached."""
@@ -116,7 +133,7 @@ class SearchService:
             return self._from_backend(query, None, caller)
         if raw is not None:
             return json.loads(raw), "HIT"
-        return self._load(key, query, caller)
+        return self._load(key, query, caller, generation_born_ms(generation))
 
     def _count_popular(self, query, caller):
         day = datetime.fromtimestamp(self.clock(), timezone.utc).strftime("%Y%m%d")
@@ -130,7 +147,7 @@ class SearchService:
         except CacheUnavailable:
             pass   # only warming loses
 
-    def _load(self, key, query, caller):
+    def _load(self, key, query, caller, born_ms=None):
         lease = key + ":loading"
         try:
             leader = bool(self.gateway.call(lambda r: r.set(lease, "1", nx=True, px=self.LEASE_MS), key=lease))
@@ -147,7 +164,7 @@ class SearchService:
                 if raw is not None:
                     return json.loads(raw), "HIT"
         try:
-            return self._from_backend(query, key, caller)
+            return self._from_backend(query, key, caller, born_ms)
         finally:
             if leader:
                 try:
@@ -200,11 +217,25 @@ class SearchService:
         except CacheUnavailable:
             pass   # down (fails open), or full since the check (the next check refuses)
 
-    def _from_backend(self, query, key, caller):
+    def _run(self, query, born_ms):
+        """(page, whether it may be cached under the generation born at `born_ms`)."""
+        if self.reader_backend is None:
+            return self.backend.search(query), True
+
+        def on(db):
+            if db is not self.readers.reader:
+                return self.backend.search(query), True
+            page = self.reader_backend.search(query)   # on readers.stamped: its snapshot's stamp is kept
+            return page, self.readers.covers(born_ms)
+
+        return self.readers.read(on)[0]
+
+    def _from_backend(self, query, key, caller, born_ms=None):
         budget = self._check_budget(caller)
         started = time.monotonic()
         try:
-            page = self.backend.search(query).to_cache()
+            page, cacheable = self._run(query, born_ms)
+            page = page.to_cache()
         except ServiceUnavailable:
             try:
                 raw = self.gateway.call(lambda r: r.get(self.stale_key(query)), key=self.stale_key(query))
@@ -218,6 +249,8 @@ class SearchService:
                 self._charge(budget, started)
         if key is None:
             return page, "BYPASS"
+        if not cacheable:
+            return page, "MISS"   # from a reader that may not have the write that made this generation
         payload = json.dumps(page, separators=(",", ":"), ensure_ascii=False).encode()
         if len(payload) > self.MAX_PAGE_BYTES:
             return page, "BYPASS"   # answered from MySQL every time, and metered as such

@@ -149,14 +149,14 @@ def test_mysql_down_serves_stale_copy_and_503_when_uncached(clean_db):
 def test_one_loader_per_hot_key(catalog, monkeypatch):
     product = make_product(catalog)
     loads = []
-    real_load = catalog.load
+    real_read = catalog._read_rows   # a miss's read (on the reader when there is one)
 
-    def counting_load(product_id):
-        loads.append(product_id)
+    def counting_read(product_ids):
+        loads.append(product_ids)
         time.sleep(0.05)
-        return real_load(product_id)
+        return real_read(product_ids)
 
-    monkeypatch.setattr(catalog, "load", counting_load)
+    monkeypatch.setattr(catalog, "_read_rows", counting_read)
     barrier = threading.Barrier(10)
     states = []
 

@@ -29,7 +29,8 @@ POOL_ID = "us-east-1_Artifact1"
 ISSUER = f"https://cognito-idp.us-east-1.amazonaws.com/{POOL_ID}"
 # Template variables that name cloud resources; everything else is used as packaged.
 CLOUD_ENDPOINTS = {*(q.setting for q in QUEUES), "DATABASE_SECRET_ARN", "APP_DATABASE_SECRET_ARN", "DATABASE_HOST",
-                   "DATABASE_PORT", "DATABASE_NAME", "DATABASE_TLS", "REDIS_URL", "REDIS_STATE_URL",
+                   "DATABASE_PORT", "DATABASE_NAME", "DATABASE_TLS", "DATABASE_READER_URL", "REDIS_URL",
+                   "REDIS_STATE_URL",
                    "CURSOR_SECRET_ARN", "AWS_ENDPOINT_URL",
                    "API_KEY_CLIENTS", "COGNITO_USER_POOL_ID", "COGNITO_APP_CLIENT_IDS", "ORDER_EVENTS_TOPIC_ARN",
                    "ORDER_PAYMENT_WINDOW_SECONDS", "NOTIFY_FROM_EMAIL", "OPERATOR_EMAIL"}
@@ -81,6 +82,7 @@ def cloud_endpoints(test_env):
             "DATABASE_PORT": "3306",
             "DATABASE_NAME": test_env["DATABASE_URL"].rsplit("/", 1)[1],
             "DATABASE_TLS": "false",
+            "DATABASE_READER_URL": "",   # the template's default: no reader, the writer serves every read
             "REDIS_URL": test_env["REDIS_URL"],
             "REDIS_STATE_URL": test_env["REDIS_STATE_URL"],
             "CURSOR_SECRET_ARN": cursor_secret["ARN"],

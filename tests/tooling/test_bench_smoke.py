@@ -26,7 +26,7 @@ LAST_LINE_FIELDS = {
     "orders": {"default_strategy", "ceiling_ratio", "high_concurrency_ratio", "oversold"},
     "related": {"related_events_per_s", "related_p50_ms", "related_p99_ms"},
     "search": {"products", "uncached_p50_ms", "cached_p50_ms", "like_speedup", "hit_ratio", "broad_p99_ms",
-               "miss_p99_ms", "pinyin_p50_ms", "typo_p50_ms"},
+               "miss_p99_ms", "pinyin_p50_ms", "typo_p50_ms", "abuse_order_p50_ms", "abuse_order_p99_ms"},
     "writer_cost": {"orders_per_s", "mysqld_ms_per_order", "app_ms_per_order", "searches_per_s",
                     "mysqld_ms_per_search", "app_ms_per_search", "cached_per_s", "app_ms_per_cached"},
 }

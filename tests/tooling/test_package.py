@@ -144,6 +144,26 @@ def test_cluster_mode_on_passes_cfn_lint_and_shards_both_redis_groups(real_templ
         assert props["AutomaticFailoverEnabled"] is True   # cluster mode requires it
 
 
+@pytest.mark.parametrize("reader_host", ["", "shop-dev-read.endpoint.proxy-abc.us-east-1.rds.amazonaws.com"])
+def test_the_mysql_reader_option_lints_off_and_on_and_reaches_every_function(real_template, tmp_path, reader_host):
+    _, template = real_template
+    chosen = json.loads(json.dumps(template))
+    chosen["Parameters"]["DatabaseReaderHost"]["Default"] = reader_host
+    path = tmp_path / "reader.json"
+    path.write_text(json.dumps(chosen))
+    code, output = lint(path)
+    assert code == 0, output
+    assert chosen["Resources"]["DatabaseParameterGroup"]["Condition"] == "HasReader"
+    for alarm, metric in (("ReaderFallbackAlarm", "ReaderFallback"), ("ReaderLagAlarm", "ReaderLag")):
+        props = chosen["Resources"][alarm]["Properties"]   # what adapters/readers.py emits
+        assert chosen["Resources"][alarm]["Condition"] == "HasReader"
+        assert (props["Namespace"], props["MetricName"]) == ("Shop", metric)
+    assert chosen["Resources"]["DatabaseParameterGroup"]["Properties"]["Parameters"] == {"event_scheduler": "ON"}
+    for name, fn in functions(chosen).items():
+        reader_url = fn["Properties"]["Environment"]["Variables"]["DATABASE_READER_URL"]
+        assert reader_url["Fn::If"][0] == "HasReader" and reader_url["Fn::If"][2] == "", name
+
+
 def test_lint_would_catch_a_broken_template(real_template, tmp_path):
     _, template = real_template
     broken = json.loads(json.dumps(template))

@@ -149,6 +149,13 @@ STATE = {"REDIS_STATE_URL": "rediss://state.internal:6379/0", "CURSOR_SECRET_ARN
     ({"STAGE": "prod", "DATABASE_URL": "mysql://u:p@db.internal/shop", "REDIS_URL": "rediss://cache.internal:6379/0",
       "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false", **STATE, "CURSOR_SECRET_ARN": "",
       "CURSOR_SECRET": "a-secret-of-this-deployment"}, []),
+    # A reader on this machine is a local default too; one of the deployment's own is not.
+    ({"STAGE": "prod", "DATABASE_URL": "mysql://u:p@db.internal/shop", "REDIS_URL": "rediss://cache.internal:6379/0",
+      "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false", **STATE,
+      "DATABASE_READER_URL": "mysql://127.0.0.1:3307/shop"}, ["database reader"]),
+    ({"STAGE": "prod", "DATABASE_URL": "mysql://u:p@db.internal/shop", "REDIS_URL": "rediss://cache.internal:6379/0",
+      "AWS_ENDPOINT_URL": "", "APP_API_KEYS": "false", **STATE,
+      "DATABASE_READER_URL": "mysql://reader.proxy.internal/shop"}, []),
     # Loopback hosts allowed (the artifact test), nothing else: the local keys are still refused.
     ({"STAGE": "prod", "ALLOW_LOOPBACK_ENDPOINTS": "true", "APP_API_KEYS": "false", **STATE}, []),
     ({"STAGE": "prod", "ALLOW_LOOPBACK_ENDPOINTS": "true", "APP_API_KEYS": "true", **STATE}, ["APP_API_KEYS"]),
