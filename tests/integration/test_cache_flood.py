@@ -29,10 +29,13 @@ SLOW_PLAN = {"slow": {"rate_per_second": 0.01, "burst": 3}}
 
 
 def template_policy(group):
-    """The maxmemory-policy infra/template.yml gives a Redis replication group."""
+    """The maxmemory-policy infra/template.yml gives a Redis replication group (the same with
+    cluster mode on or off)."""
     resources = package.load_template(package.INFRA_TEMPLATE)["Resources"]
-    parameter_group = resources[group]["Properties"]["CacheParameterGroupName"]["Ref"]
-    return resources[parameter_group]["Properties"]["Properties"]["maxmemory-policy"]
+    _, *parameter_groups = resources[group]["Properties"]["CacheParameterGroupName"]["Fn::If"]
+    policies = {resources[g["Ref"]]["Properties"]["Properties"]["maxmemory-policy"] for g in parameter_groups}
+    assert len(policies) == 1, policies
+    return policies.pop()
 
 
 @pytest.fixture(scope="module")
