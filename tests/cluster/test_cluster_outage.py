@@ -10,7 +10,7 @@ import pytest
 
 from chalicelib import bootstrap
 from chalicelib.adapters.cache import SEARCH_GENERATION_KEY, CacheUnavailable, RedisGateway
-from chalicelib.entrypoints.ratelimit import RateLimiter
+from chalicelib.adapters.ratelimit import RateLimiter
 from chalicelib.settings import PLANS_FILE
 from tests.conftest import make_product
 from tests.integration.test_flash_sale import flash_queue, on_sale, order, place, remaining, sqs, stock  # noqa: F401
