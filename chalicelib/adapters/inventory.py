@@ -17,7 +17,8 @@ import uuid
 from typing import Callable, Mapping, Protocol, TypeVar
 
 from chalicelib.adapters.cache import CacheUnavailable
-from chalicelib.domain.errors import ConcurrencyExhausted, InsufficientStock, ProductNotFound
+from chalicelib.domain.errors import ConcurrencyExhausted
+from chalicelib.domain.products import unsellable
 from chalicelib.service.unit_of_work import ProductTransaction, WriteSession
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class InventoryStrategy(Protocol):
 
 
 def _quantity_by_id(quantities):
-    """`CASE id WHEN .. THEN q .. END` and its parameters: each line's quantity in one statement."""
+    """`CASE id WHEN .. THEN q .. END` and its parameters: each row's value in one statement."""
     ids = sorted(quantities)
     return (f"CASE id {' '.join(['WHEN %s THEN %s'] * len(ids))} END",
             [value for pid in ids for value in (pid, quantities[pid])])
@@ -62,13 +63,9 @@ def _read_sellable(tx: ProductTransaction, quantities, lock):
     or the business error that stops the order."""
     rows = tx.select(quantities, "id, stock, low_stock_threshold, status, price_cents, version", lock=lock)
     for pid in quantities:
-        row = rows.get(pid)
-        if row is None or row["status"] != "active":
-            raise ProductNotFound(f"Product {pid} does not exist or is not for sale.", product_id=pid)
-        if row["stock"] < quantities[pid]:
-            raise InsufficientStock(
-                f"Product {pid} has {row['stock']} in stock; {quantities[pid]} requested.", product_id=pid
-            )
+        error = unsellable(pid, rows.get(pid), quantities[pid])
+        if error is not None:
+            raise error
     return rows
 
 
@@ -101,12 +98,12 @@ class GuardedStrategy(_ReleasesStock):
             return session.run(lambda tx: work(tx, _LockedFirst))
 
     def reserve(self, tx, quantities):
-        taken = _take(tx, quantities)
+        taken = take_stock(tx, quantities)
         if taken == 0:
             # Raises why the order cannot be sold; if it can after all (restocked
             # between the two statements), we now hold the row locks and retake.
             _read_sellable(tx, quantities, lock=True)
-            taken = _take(tx, quantities)
+            taken = take_stock(tx, quantities)
         if taken != len(quantities):
             raise _PartlyTaken()
         return _prices(tx, quantities)
@@ -116,16 +113,21 @@ class _LockedFirst:
     @staticmethod
     def reserve(tx, quantities):
         _read_sellable(tx, quantities, lock=True)
-        if _take(tx, quantities) != len(quantities):
+        if take_stock(tx, quantities) != len(quantities):
             raise AssertionError(f"guarded update of locked products {sorted(quantities)} fell short")
         return _prices(tx, quantities)
 
 
-def _take(tx: ProductTransaction, quantities):
-    """Take every line whose row is active with enough stock; the number of rows taken."""
+def take_stock(tx: ProductTransaction, quantities, prices=None):
+    """Take every line whose row is active with enough stock (and, with `prices`, still at
+    the unit price the caller decided with), in one statement; the number of rows taken.
+    Every order writer takes stock here: one guard, the rows locked in ascending id order."""
     case, params = _quantity_by_id(quantities)
-    return tx.update(quantities, f"stock = stock - {case}", params,
-                     where=f"status = 'active' AND stock >= {case}", where_params=params,
+    where, where_params = f"status = 'active' AND stock >= {case}", params
+    if prices is not None:
+        price_case, price_params = _quantity_by_id({pid: prices[pid] for pid in quantities})
+        where, where_params = f"{where} AND price_cents = {price_case}", [*params, *price_params]
+    return tx.update(quantities, f"stock = stock - {case}", params, where=where, where_params=where_params,
                      stock_delta={pid: -qty for pid, qty in quantities.items()})
 
 

@@ -5,7 +5,7 @@ transaction it is given (`cursor`), so its logic can run against an in-memory
 fake (tests/unit/fakes.py) and against MySQL with the same code."""
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Mapping, Optional, Protocol
+from typing import Mapping, Optional, Protocol, Sequence
 
 import json
 import uuid
@@ -13,6 +13,7 @@ import uuid
 import pymysql
 
 from chalicelib.adapters.db import DUPLICATE_KEY
+from chalicelib.domain import order_lifecycle
 from chalicelib.domain.errors import OrderNotFound
 
 
@@ -31,6 +32,7 @@ class StoredOrder:
     expires_at: Optional[datetime] = None
     payment_reference: Optional[str] = None
     contact_email: Optional[str] = None
+    flash_reservation: Optional[str] = None  # the flash-sale reservation it was written for
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,37 @@ class OrderLine:
     sale_id: Optional[str] = None  # the flash sale the line was sold in (None: an ordinary line)
 
 
+Key = tuple  # (client, customer_id, user_id, client_order_id): an order's idempotency key
+
+
+@dataclass(frozen=True)
+class NewOrder:
+    """An order decided in full before it is written (OrderRepository.add_many)."""
+    client: str
+    customer_id: int
+    user_id: int
+    client_order_id: str
+    request_hash: str
+    total_cents: int
+    lines: Sequence[OrderLine]     # ascending product id, merged
+    payment_window: int = 0        # seconds until it expires unpaid (0: paid at creation)
+    batch_id: Optional[str] = None
+    contact_email: Optional[str] = None
+    flash_reservation: Optional[str] = None
+
+    @property
+    def key(self) -> Key:
+        return self.client, self.customer_id, self.user_id, self.client_order_id
+
+    @property
+    def lifecycle(self):
+        return order_lifecycle.PENDING if self.payment_window else order_lifecycle.PAID
+
+
+class DuplicateOrderKey(Exception):
+    """add_many met an idempotency key another transaction committed after the caller looked."""
+
+
 class OrderRepository(Protocol):
     def add(self, client: str, customer_id: int, user_id: int, client_order_id: str, request_hash: str,
             batch_id: Optional[str], payment_window: int = 0, contact_email: Optional[str] = None) -> Optional[int]:
@@ -68,6 +101,19 @@ class OrderRepository(Protocol):
         """Units the customer's orders waiting for payment hold, through every client."""
 
     def add_lines(self, order_id: int, lines: Mapping[int, OrderLine]) -> None: ...
+
+    def lock_customers(self, customer_ids: Sequence[int]) -> None:
+        """lock_customer for several, in ascending id order (first statements of the transaction)."""
+
+    def find_many(self, keys: Sequence[Key]) -> dict[Key, StoredOrder]:
+        """The orders that exist among these idempotency keys."""
+
+    def unpaid_units_many(self, customer_ids: Sequence[int]) -> dict[int, int]:
+        """unpaid_units of several customers."""
+
+    def add_many(self, orders: Sequence[NewOrder]) -> list[int]:
+        """Write the orders, their lines and their order.created outbox rows in a few
+        multi-row statements; their ids in the given order. DuplicateOrderKey if a key exists."""
 
     def set_total(self, order_id: int, total_cents: int) -> None: ...
 
@@ -90,7 +136,11 @@ class OrderRepository(Protocol):
 
 
 _ORDER_COLUMNS = ("id, client, customer_id, client_order_id, user_id, status, total_cents, request_hash, created_at, "
-                  "lifecycle, expires_at, payment_reference, contact_email")
+                  "lifecycle, expires_at, payment_reference, contact_email, flash_reservation")
+
+
+def _marks(n):
+    return ",".join(["%s"] * n)
 
 
 class MySQLOrderRepository:
@@ -138,6 +188,72 @@ class MySQLOrderRepository:
         self.cur.executemany(
             "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents) VALUES (%s, %s, %s, %s)",
             [(order_id, line.product_id, line.quantity, line.unit_price_cents) for line in lines.values()])
+
+    def lock_customers(self, customer_ids):
+        ids = sorted(set(customer_ids))
+        if not ids:
+            return
+        # Ascending ids: two transactions that lock the same customers cannot deadlock on them.
+        if self.cur.execute(f"SELECT id FROM customers WHERE id IN ({_marks(len(ids))}) ORDER BY id FOR UPDATE",
+                            ids) != len(ids):
+            raise LookupError(f"some of customers {ids} are not in customers")
+
+    def find_many(self, keys):
+        keys = sorted(set(keys))
+        if not keys:
+            return {}
+        self.cur.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE (client, customer_id, user_id, client_order_id) "
+                         f"IN ({','.join(['(%s, %s, %s, %s)'] * len(keys))})", [x for key in keys for x in key])
+        return {(r["client"], r["customer_id"], r["user_id"], r["client_order_id"]): StoredOrder(**r)
+                for r in self.cur.fetchall()}
+
+    def unpaid_units_many(self, customer_ids):
+        ids = sorted(set(customer_ids))
+        if not ids:
+            return {}
+        self.cur.execute("SELECT o.customer_id, COALESCE(SUM(i.quantity), 0) AS units FROM orders o "
+                         "JOIN order_items i ON i.order_id = o.id "
+                         f"WHERE o.customer_id IN ({_marks(len(ids))}) AND o.lifecycle = 'pending_payment' "
+                         "GROUP BY o.customer_id", ids)
+        units = {row["customer_id"]: int(row["units"]) for row in self.cur.fetchall()}
+        return {cid: units.get(cid, 0) for cid in ids}
+
+    def add_many(self, orders):
+        if not orders:
+            return []
+        # Multi-row statements built here: executemany folds rows into one INSERT only when
+        # VALUES holds nothing but placeholders, and expires_at is computed by the database's clock.
+        try:
+            self.cur.execute(
+                "INSERT INTO orders (client, customer_id, user_id, client_order_id, request_hash, total_cents, "
+                "batch_id, lifecycle, expires_at, contact_email, flash_reservation) VALUES " + ",".join(
+                    ["(%s, %s, %s, %s, %s, %s, %s, %s, IF(%s > 0, CURRENT_TIMESTAMP(6) + INTERVAL %s SECOND, NULL), "
+                     "%s, %s)"] * len(orders)),
+                [x for o in orders for x in (o.client, o.customer_id, o.user_id, o.client_order_id, o.request_hash,
+                                             o.total_cents, o.batch_id, o.lifecycle, o.payment_window,
+                                             o.payment_window, o.contact_email, o.flash_reservation)])
+        except pymysql.err.IntegrityError as exc:
+            if exc.args[0] != DUPLICATE_KEY:
+                raise
+            raise DuplicateOrderKey(str(exc)) from None
+        # Read the ids back by key: consecutive auto-increment values are not promised everywhere
+        # (interleaved lock mode, an auto_increment_increment above 1).
+        ids = {key: stored.id for key, stored in self.find_many([o.key for o in orders]).items()}
+        order_ids = [ids[o.key] for o in orders]
+        lines = [(order_id, line) for order_id, o in zip(order_ids, orders) for line in o.lines]
+        self.cur.execute("INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents, flash_sale_id) "
+                         "VALUES " + ",".join(["(%s, %s, %s, %s, %s)"] * len(lines)),
+                         [x for order_id, line in lines for x in (order_id, line.product_id, line.quantity,
+                                                                  line.unit_price_cents, line.sale_id)])
+        self.cur.execute("INSERT INTO order_events (event_id, order_id, sequence, type, payload) VALUES "
+                         + ",".join(["(%s, %s, 1, %s, %s)"] * len(orders)),
+                         [x for order_id, o in zip(order_ids, orders) for x in (
+                             str(uuid.uuid4()), order_id, order_lifecycle.CREATED, json.dumps(
+                                 order_lifecycle.created_event(
+                                     order_id, o.client_order_id, o.user_id, o.total_cents, o.lifecycle,
+                                     {line.product_id: line.quantity for line in o.lines}, o.flash_reservation),
+                                 ensure_ascii=False))])
+        return order_ids
 
     def set_total(self, order_id, total_cents):
         self.cur.execute("UPDATE orders SET total_cents = %s WHERE id = %s", (total_cents, order_id))
