@@ -235,14 +235,22 @@ def inventory_strategy(name=None):
 
 
 def orders(strategy_name=None):
+    strategy = inventory_strategy(strategy_name)
+    return _once(f"orders:{strategy.name}", lambda: _order_service(strategy))
+
+
+def _order_service(strategy):
+    from chalicelib.domain.order_lifecycle import PaymentWindows
+    from chalicelib.service.batch_writer import BatchWriter
     from chalicelib.service.orders import OrderService
 
-    strategy = inventory_strategy(strategy_name)
-    return _once(f"orders:{strategy.name}", lambda: OrderService(
-        database(), strategy, product_writes(), max_in_flight=int(settings().number("ORDERS_MAX_IN_FLIGHT")),
-        payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS")),
-        customer_payment_window=int(settings().number("CUSTOMER_PAYMENT_WINDOW_SECONDS")),
-        flash=flash_sales(), customer_limits=customer_limits()))
+    s = settings()
+    windows = PaymentWindows(int(s.number("ORDER_PAYMENT_WINDOW_SECONDS")),
+                             int(s.number("CUSTOMER_PAYMENT_WINDOW_SECONDS")))
+    return OrderService(database(), strategy, product_writes(), max_in_flight=int(s.number("ORDERS_MAX_IN_FLIGHT")),
+                        payment_window=windows.trusted, customer_payment_window=windows.customer,
+                        flash=flash_sales(), customer_limits=customer_limits(),
+                        batch_writer=BatchWriter(customer_limits=customer_limits(), payment_windows=windows))
 
 
 def customer_limits():
