@@ -109,6 +109,52 @@ class OrderIngest:
         self.emit = metrics
 
     def process(self, body, message_id):
+        """One record on its own (process_all of one): its summary, or the exception that retries it."""
+        answer = self.process_all([(body, message_id)])[message_id]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def process_all(self, records):
+        """{message_id: summary, or the exception that has SQS redeliver the record} for
+        records [(body, message_id)]. The orders of every message of one batch are placed in
+        one run of the order service (one transaction), each message's results recorded on
+        its own; a position two records carry (a duplicate delivery) is placed once."""
+        answers, ready = {}, []
+        for body, message_id in records:
+            try:
+                prepared = self._prepare(body, message_id)
+            except Exception as exc:
+                answers[message_id] = exc
+                continue
+            if isinstance(prepared, dict):
+                answers[message_id] = prepared
+            else:
+                ready.append((message_id, *prepared))
+        by_batch = {}
+        for item in ready:
+            by_batch.setdefault(item[1].batch_id, []).append(item)
+        for batch_id, items in by_batch.items():
+            try:
+                orders = {}
+                for _, message, parsed, done in items:
+                    for position, order in zip(message.positions, parsed):
+                        if position not in done:
+                            orders.setdefault(position, order)
+                outcome = self.orders.place_all(orders.items(), batch_id)
+            except Exception as exc:
+                answers.update({message_id: exc for message_id, *_ in items})
+                continue
+            for message_id, message, _, done in items:
+                try:
+                    answers[message_id] = self._finish(message, outcome, done)
+                except Exception as exc:
+                    answers[message_id] = exc
+        return answers
+
+    def _prepare(self, body, message_id):
+        """(message, parsed orders, positions already recorded), or the summary of a message
+        that is done without placing anything (rejected: recorded as failed, not retried)."""
         message = decode_message(body, message_id)
         if message.error is not None:
             logger.error("order-ingest message rejected (recorded as failed, not retried)",
@@ -127,19 +173,21 @@ class OrderIngest:
                                 message.client)
             self.emit("IngestMessagesRejected", 1)
             return {"batch_id": message.batch_id, "recorded": len(message.positions), "rejected": True}
-
-        done = self.batches.recorded_positions(message.batch_id, message.positions)
         # Positions already placed and recorded by an earlier delivery are skipped.
-        outcome = self.orders.place_all(((position, order) for position, order in zip(message.positions, parsed)
-                                         if position not in done), message.batch_id)
+        return message, parsed, self.batches.recorded_positions(message.batch_id, message.positions)
+
+    def _finish(self, message, outcome, done):
+        """Record the message's share of `outcome`; raises to have SQS retry the message."""
+        mine = {pos: outcome.results[pos] for pos in message.positions if pos not in done and pos in outcome.results}
         # A transient failure is not recorded: the message is retried.
-        results = {pos: r for pos, r in outcome.results.items() if not r.transient}
-        transient = [pos for pos, r in outcome.results.items() if r.transient]
+        results = {pos: r for pos, r in mine.items() if not r.transient}
+        transient = [pos for pos, r in mine.items() if r.transient]
         if message.enqueued_at:
             for result in results.values():
                 if result.status == "created" and result.created and not result.duplicate:
                     self.emit("IngestLatency", max(0.0, (time.time() - message.enqueued_at) * 1000), unit="Milliseconds")
-        if outcome.interrupted is not None:
+        unplaced = [pos for pos in message.positions if pos not in done and pos not in outcome.results]
+        if outcome.interrupted is not None and unplaced:
             # Keep what was placed before the outage, if MySQL still takes it.
             if results:
                 try:
