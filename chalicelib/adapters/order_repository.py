@@ -139,8 +139,16 @@ _ORDER_COLUMNS = ("id, client, customer_id, client_order_id, user_id, status, to
                   "lifecycle, expires_at, payment_reference, contact_email, flash_reservation")
 
 
+_KEY_COLUMNS = ("client", "customer_id", "user_id", "client_order_id")  # uq_orders_owner, the idempotency key
+_KEY = ", ".join(_KEY_COLUMNS)
+
+
 def _marks(n):
     return ",".join(["%s"] * n)
+
+
+def _key_marks(n):
+    return ",".join(["(%s, %s, %s, %s)"] * n)
 
 
 class MySQLOrderRepository:
@@ -202,10 +210,9 @@ class MySQLOrderRepository:
         keys = sorted(set(keys))
         if not keys:
             return {}
-        self.cur.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE (client, customer_id, user_id, client_order_id) "
-                         f"IN ({','.join(['(%s, %s, %s, %s)'] * len(keys))})", [x for key in keys for x in key])
-        return {(r["client"], r["customer_id"], r["user_id"], r["client_order_id"]): StoredOrder(**r)
-                for r in self.cur.fetchall()}
+        self.cur.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE ({_KEY}) IN ({_key_marks(len(keys))})",
+                         [x for key in keys for x in key])
+        return {tuple(r[c] for c in _KEY_COLUMNS): StoredOrder(**r) for r in self.cur.fetchall()}
 
     def unpaid_units_many(self, customer_ids):
         ids = sorted(set(customer_ids))
@@ -238,7 +245,10 @@ class MySQLOrderRepository:
             raise DuplicateOrderKey(str(exc)) from None
         # Read the ids back by key: consecutive auto-increment values are not promised everywhere
         # (interleaved lock mode, an auto_increment_increment above 1).
-        ids = {key: stored.id for key, stored in self.find_many([o.key for o in orders]).items()}
+        keys = sorted(o.key for o in orders)
+        self.cur.execute(f"SELECT id, {_KEY} FROM orders WHERE ({_KEY}) IN ({_key_marks(len(keys))})",
+                         [x for key in keys for x in key])
+        ids = {tuple(r[c] for c in _KEY_COLUMNS): r["id"] for r in self.cur.fetchall()}
         order_ids = [ids[o.key] for o in orders]
         lines = [(order_id, line) for order_id, o in zip(order_ids, orders) for line in o.lines]
         self.cur.execute("INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents, flash_sale_id) "
