@@ -17,6 +17,7 @@ from chalicelib import bootstrap
 from chalicelib.adapters.inventory import STRATEGIES
 from chalicelib.domain.orders import parse_batch
 from chalicelib.service import lifecycle
+from chalicelib.service.batch_writer import BatchWriter
 from chalicelib.service.orders import OrderService
 from chalicelib.service.unit_of_work import ProductWrites
 from tests.conftest import make_product
@@ -183,11 +184,13 @@ class OneAttempt:
 
 
 def without_deadlock_retries(strategy):
-    """An OrderService like bootstrap's whose transactions each get one attempt."""
+    """An OrderService like bootstrap's whose transactions each get one attempt (its
+    batches of several orders written in one transaction, as bootstrap's are)."""
     writes, db = bootstrap.product_writes(), OneAttempt(bootstrap.database())
     return OrderService(db, bootstrap.inventory_strategy(strategy),
                         ProductWrites(db, writes.invalidator, writes.search_index, writes.stock_low),
-                        customer_limits=bootstrap.customer_limits())
+                        customer_limits=bootstrap.customer_limits(),
+                        batch_writer=BatchWriter(customer_limits=bootstrap.customer_limits()))
 
 
 def run_all(*jobs):
