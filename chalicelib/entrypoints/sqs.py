@@ -38,7 +38,9 @@ def handle_order_event(event, context=None, ingest=None):
         answers = {r["messageId"]: TransientFailure("Too little time left in this invocation; SQS will redeliver "
                                                      "the message.") for r in records}
     else:
-        answers = ingest.process_all([(r["body"], r["messageId"]) for r in records])
+        # Each batch after the first starts only with time left (the records were just checked).
+        answers = ingest.process_all([(r["body"], r["messageId"]) for r in records],
+                                     has_time=lambda: remaining is None or remaining() >= TIME_RESERVE_MS)
     failed = []
     for record in records:
         exc = answers[record["messageId"]]

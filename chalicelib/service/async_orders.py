@@ -115,11 +115,12 @@ class OrderIngest:
             raise answer
         return answer
 
-    def process_all(self, records):
+    def process_all(self, records, has_time=None):
         """{message_id: summary, or the exception that has SQS redeliver the record} for
         records [(body, message_id)]. The orders of every message of one batch are placed in
         one run of the order service (one transaction) and their results recorded together;
-        a position two records carry (a duplicate delivery) is placed once."""
+        a position two records carry (a duplicate delivery) is placed once. `has_time()`
+        is asked before every batch but the first: False hands the rest back unstarted."""
         answers, by_batch = {}, {}
         for body, message_id in records:
             try:
@@ -131,7 +132,13 @@ class OrderIngest:
                 answers[message_id] = prepared
             else:
                 by_batch.setdefault(prepared[0].batch_id, []).append((message_id, *prepared))
-        for batch_id, items in by_batch.items():
+        for n, (batch_id, items) in enumerate(by_batch.items()):
+            if n and has_time is not None and not has_time():
+                self.emit("IngestRecordsDeferred", len(items))
+                answers.update({message_id: TransientFailure(
+                    "Too little time left in this invocation; SQS will redeliver the message.")
+                    for message_id, *_ in items})
+                continue
             try:
                 # Positions already placed and recorded by an earlier delivery are skipped.
                 done = self.batches.recorded_positions(batch_id, sorted({p for _, m, _ in items for p in m.positions}))

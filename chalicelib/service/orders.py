@@ -32,7 +32,7 @@ from chalicelib.domain.orders import (
     summarize,
 )
 from chalicelib.domain.products import iso
-from chalicelib.ops.metrics import emit
+from chalicelib.ops.metrics import emit, emit_values
 from chalicelib.service.unit_of_work import ProductTransaction, ProductWrites, WriteSession
 
 
@@ -40,7 +40,7 @@ class OrderService:
     def __init__(self, db, strategy: InventoryStrategy, writes: ProductWrites,
                  repository: Callable[[object], OrderRepository] = MySQLOrderRepository, max_in_flight=16,
                  metrics=emit, payment_window=0, customer_payment_window=lifecycle.DEFAULT_CUSTOMER_PAYMENT_WINDOW,
-                 flash=None, customer_limits=CustomerLimits(), batch_writer=None):
+                 flash=None, customer_limits=CustomerLimits(), batch_writer=None, metric_values=emit_values):
         self.db = db
         # A customer's caps; the line cap applies at parse (domain/orders.parse_batch), the unpaid one here.
         self.customer_limits = customer_limits
@@ -50,6 +50,7 @@ class OrderService:
         # FlashSales (service/flash_sales.py): sync orders for products on sale go through its gate.
         self.flash = flash
         self.emit = metrics
+        self.emit_values = metric_values
         self.strategy = strategy
         self.writes = writes
         self.repository = repository  # the OrderRepository inside a transaction's cursor
@@ -103,8 +104,9 @@ class OrderService:
         created = sum(1 for r in placed.values() if r.created and not r.duplicate)
         if created:
             self.emit("OrdersCreated", created)
-            # Every order of the batch committed with the batch: its latency is the batch's.
-            self.emit("OrderLatency", (time.perf_counter() - started) * 1000, unit="Milliseconds")
+            # Every order of the batch committed with the batch: each one's latency is the batch's.
+            latency = (time.perf_counter() - started) * 1000
+            self.emit_values("OrderLatency", [latency] * created, unit="Milliseconds")
         for code, count in Counter(r.error.code for r in placed.values() if not r.created).items():
             self.emit("OrdersFailed", count, code=code)
         return placed
