@@ -62,6 +62,20 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def mysqld_pid():
+    """The pid of the MySQL server the bench uses (not any mariadbd of this machine's: tests start their
+    own), from its pid file; None when it is not on this machine (its CPU cannot be read)."""
+    from chalicelib import bootstrap
+
+    pid_file = bootstrap.database().query("SELECT @@pid_file AS f")[0]["f"]
+    try:
+        pid = int(Path(pid_file).read_text())
+        cpu_seconds(pid)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
 def print_result(**fields):
     """The bench's last line: key=value pairs, values already formatted."""
     print(" ".join(f"{key}={value}" for key, value in fields.items()), flush=True)

@@ -284,16 +284,25 @@ def inventory_strategy(name=None):
 
 
 def orders(strategy_name=None):
+    strategy = inventory_strategy(strategy_name)
+    return _once(f"orders:{strategy.name}", lambda: _order_service(strategy))
+
+
+def _order_service(strategy):
     from chalicelib.adapters.order_repository import MySQLOrderRepository
+    from chalicelib.domain.order_lifecycle import PaymentWindows
+    from chalicelib.service.batch_writer import BatchWriter
     from chalicelib.service.orders import OrderService
 
-    strategy = inventory_strategy(strategy_name)
-    return _once(f"orders:{strategy.name}", lambda: OrderService(
-        database(), strategy, product_writes(), MySQLOrderRepository,
-        max_in_flight=int(settings().number("ORDERS_MAX_IN_FLIGHT")),
-        payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS")),
-        customer_payment_window=int(settings().number("CUSTOMER_PAYMENT_WINDOW_SECONDS")),
-        flash=flash_sales(), customer_limits=customer_limits()))
+    s = settings()
+    windows = PaymentWindows(int(s.number("ORDER_PAYMENT_WINDOW_SECONDS")),
+                             int(s.number("CUSTOMER_PAYMENT_WINDOW_SECONDS")))
+    return OrderService(database(), strategy, product_writes(), MySQLOrderRepository,
+                        max_in_flight=int(s.number("ORDERS_MAX_IN_FLIGHT")),
+                        payment_window=windows.trusted, customer_payment_window=windows.customer,
+                        flash=flash_sales(), customer_limits=customer_limits(),
+                        batch_writer=BatchWriter(MySQLOrderRepository, customer_limits=customer_limits(),
+                                                 payment_windows=windows))
 
 
 def customer_limits():
@@ -342,8 +351,10 @@ def flash_admin():
 def flash_writer():
     from chalicelib.service.flash_writer import FlashWriter
 
+    from chalicelib.adapters.order_repository import MySQLOrderRepository
+
     return _once("flash_writer", lambda: FlashWriter(
-        flash_gate(), product_writes(), payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS")),
+        flash_gate(), product_writes(), MySQLOrderRepository, payment_window=int(settings().number("ORDER_PAYMENT_WINDOW_SECONDS")),
         customer_payment_window=int(settings().number("CUSTOMER_PAYMENT_WINDOW_SECONDS"))))
 
 

@@ -16,24 +16,18 @@ import random
 import time
 import uuid
 
-from chalicelib.adapters.product_writes import ProductTransaction
-from chalicelib.domain.errors import CacheUnavailable, ConcurrencyExhausted, InsufficientStock, ProductNotFound
+from chalicelib.adapters.product_writes import ProductTransaction, quantity_case
+from chalicelib.domain.errors import CacheUnavailable, ConcurrencyExhausted
+from chalicelib.domain.products import unsellable
 
 log = logging.getLogger(__name__)
-
-
-def _quantity_by_id(quantities):
-    """`CASE id WHEN .. THEN q .. END` and its parameters: each line's quantity in one statement."""
-    ids = sorted(quantities)
-    return (f"CASE id {' '.join(['WHEN %s THEN %s'] * len(ids))} END",
-            [value for pid in ids for value in (pid, quantities[pid])])
 
 
 class _ReleasesStock:
     @staticmethod
     def release(tx, quantities):
         """One statement for every line; a restock cannot oversell, so no strategy needs more."""
-        case, params = _quantity_by_id(quantities)
+        case, params = quantity_case(quantities)
         tx.update(quantities, f"stock = stock + {case}", params, stock_delta=quantities)
 
 
@@ -42,13 +36,9 @@ def _read_sellable(tx: ProductTransaction, quantities, lock):
     or the business error that stops the order."""
     rows = tx.select(quantities, "id, stock, low_stock_threshold, status, price_cents, version", lock=lock)
     for pid in quantities:
-        row = rows.get(pid)
-        if row is None or row["status"] != "active":
-            raise ProductNotFound(f"Product {pid} does not exist or is not for sale.", product_id=pid)
-        if row["stock"] < quantities[pid]:
-            raise InsufficientStock(
-                f"Product {pid} has {row['stock']} in stock; {quantities[pid]} requested.", product_id=pid
-            )
+        error = unsellable(pid, rows.get(pid), quantities[pid])
+        if error is not None:
+            raise error
     return rows
 
 
@@ -81,12 +71,12 @@ class GuardedStrategy(_ReleasesStock):
             return session.run(lambda tx: work(tx, _LockedFirst))
 
     def reserve(self, tx, quantities):
-        taken = _take(tx, quantities)
+        taken = tx.take_stock(quantities)
         if taken == 0:
             # Raises why the order cannot be sold; if it can after all (restocked
             # between the two statements), we now hold the row locks and retake.
             _read_sellable(tx, quantities, lock=True)
-            taken = _take(tx, quantities)
+            taken = tx.take_stock(quantities)
         if taken != len(quantities):
             raise _PartlyTaken()
         return _prices(tx, quantities)
@@ -96,17 +86,9 @@ class _LockedFirst:
     @staticmethod
     def reserve(tx, quantities):
         _read_sellable(tx, quantities, lock=True)
-        if _take(tx, quantities) != len(quantities):
+        if tx.take_stock(quantities) != len(quantities):
             raise AssertionError(f"guarded update of locked products {sorted(quantities)} fell short")
         return _prices(tx, quantities)
-
-
-def _take(tx: ProductTransaction, quantities):
-    """Take every line whose row is active with enough stock; the number of rows taken."""
-    case, params = _quantity_by_id(quantities)
-    return tx.update(quantities, f"stock = stock - {case}", params,
-                     where=f"status = 'active' AND stock >= {case}", where_params=params,
-                     stock_delta={pid: -qty for pid, qty in quantities.items()})
 
 
 class PessimisticStrategy(_ReleasesStock):

@@ -4,11 +4,24 @@ the stock.low outbox rows."""
 import json
 import uuid
 
-from chalicelib.domain.errors import DuplicateKey, OrderNotFound
+from chalicelib.domain import order_lifecycle
+from chalicelib.domain.errors import DuplicateKey, DuplicateOrderKey, OrderNotFound
 from chalicelib.domain.order_records import OrderEvent, OrderLine, StoredOrder
 
 _ORDER_COLUMNS = ("id, client, customer_id, client_order_id, user_id, status, total_cents, request_hash, created_at, "
-                  "lifecycle, expires_at, payment_reference, contact_email")
+                  "lifecycle, expires_at, payment_reference, contact_email, flash_reservation")
+
+
+_KEY_COLUMNS = ("client", "customer_id", "user_id", "client_order_id")  # uq_orders_owner, the idempotency key
+_KEY = ", ".join(_KEY_COLUMNS)
+
+
+def _marks(n):
+    return ",".join(["%s"] * n)
+
+
+def _key_marks(n):
+    return ",".join(["(%s, %s, %s, %s)"] * n)
 
 
 class MySQLOrderRepository:
@@ -54,6 +67,72 @@ class MySQLOrderRepository:
         self.cur.executemany(
             "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents) VALUES (%s, %s, %s, %s)",
             [(order_id, line.product_id, line.quantity, line.unit_price_cents) for line in lines.values()])
+
+    def lock_customers(self, customer_ids):
+        ids = sorted(set(customer_ids))
+        if not ids:
+            return
+        # Ascending ids: two transactions that lock the same customers cannot deadlock on them.
+        if self.cur.execute(f"SELECT id FROM customers WHERE id IN ({_marks(len(ids))}) ORDER BY id FOR UPDATE",
+                            ids) != len(ids):
+            raise LookupError(f"some of customers {ids} are not in customers")
+
+    def find_many(self, keys):
+        keys = sorted(set(keys))
+        if not keys:
+            return {}
+        self.cur.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE ({_KEY}) IN ({_key_marks(len(keys))})",
+                         [x for key in keys for x in key])
+        return {tuple(r[c] for c in _KEY_COLUMNS): StoredOrder(**r) for r in self.cur.fetchall()}
+
+    def unpaid_units_many(self, customer_ids):
+        ids = sorted(set(customer_ids))
+        if not ids:
+            return {}
+        self.cur.execute("SELECT o.customer_id, COALESCE(SUM(i.quantity), 0) AS units FROM orders o "
+                         "JOIN order_items i ON i.order_id = o.id "
+                         f"WHERE o.customer_id IN ({_marks(len(ids))}) AND o.lifecycle = 'pending_payment' "
+                         "GROUP BY o.customer_id", ids)
+        units = {row["customer_id"]: int(row["units"]) for row in self.cur.fetchall()}
+        return {cid: units.get(cid, 0) for cid in ids}
+
+    def add_many(self, orders):
+        if not orders:
+            return []
+        # Multi-row statements built here: executemany folds rows into one INSERT only when
+        # VALUES holds nothing but placeholders, and expires_at is computed by the database's clock.
+        try:
+            self.cur.execute(
+                "INSERT INTO orders (client, customer_id, user_id, client_order_id, request_hash, total_cents, "
+                "batch_id, lifecycle, expires_at, contact_email, flash_reservation) VALUES " + ",".join(
+                    ["(%s, %s, %s, %s, %s, %s, %s, %s, IF(%s > 0, CURRENT_TIMESTAMP(6) + INTERVAL %s SECOND, NULL), "
+                     "%s, %s)"] * len(orders)),
+                [x for o in orders for x in (o.client, o.customer_id, o.user_id, o.client_order_id, o.request_hash,
+                                             o.total_cents, o.batch_id, o.lifecycle, o.payment_window,
+                                             o.payment_window, o.contact_email, o.flash_reservation)])
+        except DuplicateKey as exc:
+            raise DuplicateOrderKey(str(exc)) from None
+        # Read the ids back by key: consecutive auto-increment values are not promised everywhere
+        # (interleaved lock mode, an auto_increment_increment above 1).
+        keys = sorted(o.key for o in orders)
+        self.cur.execute(f"SELECT id, {_KEY} FROM orders WHERE ({_KEY}) IN ({_key_marks(len(keys))})",
+                         [x for key in keys for x in key])
+        ids = {tuple(r[c] for c in _KEY_COLUMNS): r["id"] for r in self.cur.fetchall()}
+        order_ids = [ids[o.key] for o in orders]
+        lines = [(order_id, line) for order_id, o in zip(order_ids, orders) for line in o.lines]
+        self.cur.execute("INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents, flash_sale_id) "
+                         "VALUES " + ",".join(["(%s, %s, %s, %s, %s)"] * len(lines)),
+                         [x for order_id, line in lines for x in (order_id, line.product_id, line.quantity,
+                                                                  line.unit_price_cents, line.sale_id)])
+        self.cur.execute("INSERT INTO order_events (event_id, order_id, sequence, type, payload) VALUES "
+                         + ",".join(["(%s, %s, 1, %s, %s)"] * len(orders)),
+                         [x for order_id, o in zip(order_ids, orders) for x in (
+                             str(uuid.uuid4()), order_id, order_lifecycle.CREATED, json.dumps(
+                                 order_lifecycle.created_event(
+                                     order_id, o.client_order_id, o.user_id, o.total_cents, o.lifecycle,
+                                     {line.product_id: line.quantity for line in o.lines}, o.flash_reservation),
+                                 ensure_ascii=False))])
+        return order_ids
 
     def set_total(self, order_id, total_cents):
         self.cur.execute("UPDATE orders SET total_cents = %s WHERE id = %s", (total_cents, order_id))

@@ -161,6 +161,10 @@ class DuplicateKey(Exception):
     is still usable: only the statement failed."""
 
 
+class DuplicateOrderKey(DuplicateKey):
+    """OrderRepository.add_many met an idempotency key another transaction committed after the caller looked."""
+
+
 class CacheUnavailable(Exception):
     """Redis (the cache or the state store) did not answer, or its breaker is open."""
 

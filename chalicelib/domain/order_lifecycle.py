@@ -37,6 +37,16 @@ class PaymentWindows:
         return self.customer if customer_id else self.trusted
 
 
+def created_event(order_id, client_order_id, user_id, total_cents, state, quantities, reservation_id=None):
+    """The payload of an order's first outbox row (order.created), whichever writer placed it."""
+    data = {"order_id": order_id, "client_order_id": client_order_id, "user_id": user_id,
+            "total_cents": total_cents, "lifecycle": state,
+            "items": [{"product_id": pid, "quantity": qty} for pid, qty in quantities.items()]}
+    if reservation_id is not None:
+        data["reservation_id"] = reservation_id
+    return data
+
+
 def _closed(order_id, state):
     if state == EXPIRED:
         return OrderExpired(f"Order {order_id} expired before it was paid.", order_id=order_id)

@@ -1,7 +1,9 @@
 """An order as the order repository stores and returns it. Pure: no I/O."""
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Optional
+from typing import Optional, Sequence
+
+from chalicelib.domain import order_lifecycle
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,7 @@ class StoredOrder:
     expires_at: Optional[datetime] = None
     payment_reference: Optional[str] = None
     contact_email: Optional[str] = None
+    flash_reservation: Optional[str] = None  # the flash-sale reservation it was written for
 
 
 @dataclass(frozen=True)
@@ -37,3 +40,30 @@ class OrderLine:
     quantity: int
     unit_price_cents: int
     sale_id: Optional[str] = None  # the flash sale the line was sold in (None: an ordinary line)
+
+
+Key = tuple  # (client, customer_id, user_id, client_order_id): an order's idempotency key
+
+
+@dataclass(frozen=True)
+class NewOrder:
+    """An order decided in full before it is written (OrderRepository.add_many)."""
+    client: str
+    customer_id: int
+    user_id: int
+    client_order_id: str
+    request_hash: str
+    total_cents: int
+    lines: Sequence[OrderLine]     # ascending product id, merged
+    payment_window: int = 0        # seconds until it expires unpaid (0: paid at creation)
+    batch_id: Optional[str] = None
+    contact_email: Optional[str] = None
+    flash_reservation: Optional[str] = None
+
+    @property
+    def key(self) -> Key:
+        return self.client, self.customer_id, self.user_id, self.client_order_id
+
+    @property
+    def lifecycle(self):
+        return order_lifecycle.PENDING if self.payment_window else order_lifecycle.PAID

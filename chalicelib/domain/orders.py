@@ -11,6 +11,7 @@ from typing import Generic, Optional, TypeVar
 from chalicelib.domain import customer_limits
 from chalicelib.domain import validation as v
 from chalicelib.domain.errors import (
+    IdempotencyConflict,
     PayloadTooLarge,
     QuantityLimitExceeded,
     ServiceUnavailable,
@@ -201,6 +202,12 @@ def summarize(results) -> dict:
         if not counts[optional]:
             del counts[optional]
     return counts
+
+
+def idempotency_conflict(client_order_id, user_id) -> IdempotencyConflict:
+    """A key already used for other lines (every order writer answers with these words)."""
+    return IdempotencyConflict(f"client_order_id {client_order_id!r} was already used by user {user_id} "
+                               "for different lines.")
 
 
 def failed(client_order_id, exc: ShopError) -> OrderResult:

@@ -1,7 +1,7 @@
 """Products: the rules for a valid new product, a change and a stock delta, and
 the API shape of a product row. Pure: no I/O (the writes are service/catalog.py)."""
 from chalicelib.domain import validation as v
-from chalicelib.domain.errors import ValidationError
+from chalicelib.domain.errors import InsufficientStock, ProductNotFound, ValidationError
 
 STATUSES = ("active", "inactive")
 MAX_PRICE_CENTS = 10**12
@@ -12,6 +12,18 @@ PATCH_FIELDS = ("name", "description", "category", "price_cents", "status", "low
 # A product row as the API shows it (to_api), column by column.
 PRODUCT_COLUMNS = ("id, sku, name, description, category, price_cents, stock, low_stock_threshold, version, "
                    "status, created_at, updated_at")
+
+
+def unsellable(product_id, row, wanted, stock=None):
+    """Why `wanted` units of the product (`row`: its status, and stock unless `stock` says
+    what is left of it) cannot be sold, or None: the one rule every order writer applies."""
+    if row is None or row["status"] != "active":
+        return ProductNotFound(f"Product {product_id} does not exist or is not for sale.", product_id=product_id)
+    left = row["stock"] if stock is None else stock
+    if left < wanted:
+        return InsufficientStock(f"Product {product_id} has {left} in stock; {wanted} requested.",
+                                 product_id=product_id)
+    return None
 
 
 def iso(ts):

@@ -1,5 +1,6 @@
-"""The SQS-triggered Lambda handlers: Powertools partial batch responses around
-the order-ingest consumer and the cache-invalidation apply."""
+"""The SQS-triggered Lambda handlers: partial batch responses around the
+order-ingest consumer (its records placed together) and, through Powertools,
+the cache-invalidation apply and the other consumers."""
 import json
 from collections import Counter
 
@@ -25,28 +26,35 @@ def _partial_response(event, context, record_handler):
 
 
 def handle_order_event(event, context=None, ingest=None):
-    """The order-ingest Lambda: `{"batchItemFailures": [{"itemIdentifier": id}...]}`."""
+    """The order-ingest Lambda: `{"batchItemFailures": [{"itemIdentifier": id}...]}`. The
+    records of one invocation are placed together (OrderIngest.process_all): the orders of
+    one batch in one transaction."""
     ingest = ingest or bootstrap.order_ingest()
-
-    def record_handler(record):
-        remaining = getattr(context, "get_remaining_time_in_millis", None)
-        if remaining is not None and remaining() < TIME_RESERVE_MS:
-            emit("IngestRecordsDeferred", 1)
-            raise TransientFailure("Too little time left in this invocation; SQS will redeliver the message.")
-        try:
-            return ingest.process(record.body, record.message_id)
-        except Exception as exc:
-            transient = isinstance(exc, (ServiceUnavailable, TransientFailure))
-            (logger.warning if transient else logger.exception)(
-                "order-ingest record failed; SQS will redeliver it",
-                extra={"message_id": record.message_id, "error": f"{type(exc).__name__}: {exc}",
-                       "receive_count": record.attributes.approximate_receive_count})
-            emit("IngestRecordsFailed", 1, reason="transient" if transient else "unexpected")
-            raise
-
-    response = _partial_response(event, context, record_handler)
-    emit("IngestRecords", len(event.get("Records", [])))
-    return response
+    records = event.get("Records", [])
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining is not None and remaining() < TIME_RESERVE_MS:
+        emit("IngestRecordsDeferred", len(records))
+        answers = {r["messageId"]: TransientFailure("Too little time left in this invocation; SQS will redeliver "
+                                                     "the message.") for r in records}
+    else:
+        # Each batch after the first starts only with time left (the records were just checked).
+        answers = ingest.process_all([(r["body"], r["messageId"]) for r in records],
+                                     has_time=lambda: remaining is None or remaining() >= TIME_RESERVE_MS)
+    failed = []
+    for record in records:
+        exc = answers[record["messageId"]]
+        if not isinstance(exc, Exception):
+            continue
+        failed.append(record["messageId"])
+        transient = isinstance(exc, (ServiceUnavailable, TransientFailure))
+        (logger.warning if transient else logger.exception)(
+            "order-ingest record failed; SQS will redeliver it",
+            extra={"message_id": record["messageId"], "error": f"{type(exc).__name__}: {exc}",
+                   "receive_count": record.get("attributes", {}).get("ApproximateReceiveCount")},
+            exc_info=None if transient else exc)
+        emit("IngestRecordsFailed", 1, reason="transient" if transient else "unexpected")
+    emit("IngestRecords", len(records))
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
 
 
 def handle_flash_event(event, context=None, writer=None):

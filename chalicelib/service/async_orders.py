@@ -115,6 +115,52 @@ class OrderIngest:
         self.emit = metrics
 
     def process(self, body, message_id):
+        """One record on its own (process_all of one): its summary, or the exception that retries it."""
+        answer = self.process_all([(body, message_id)])[message_id]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def process_all(self, records, has_time=None):
+        """{message_id: summary, or the exception that has SQS redeliver the record} for
+        records [(body, message_id)]. The orders of every message of one batch are placed in
+        one run of the order service (one transaction) and their results recorded together;
+        a position two records carry (a duplicate delivery) is placed once. `has_time()`
+        is asked before every batch but the first: False hands the rest back unstarted."""
+        answers, by_batch = {}, {}
+        for body, message_id in records:
+            try:
+                prepared = self._prepare(body, message_id)
+            except Exception as exc:
+                answers[message_id] = exc
+                continue
+            if isinstance(prepared, dict):
+                answers[message_id] = prepared
+            else:
+                by_batch.setdefault(prepared[0].batch_id, []).append((message_id, *prepared))
+        for n, (batch_id, items) in enumerate(by_batch.items()):
+            if n and has_time is not None and not has_time():
+                self.emit("IngestRecordsDeferred", len(items))
+                answers.update({message_id: TransientFailure(
+                    "Too little time left in this invocation; SQS will redeliver the message.")
+                    for message_id, *_ in items})
+                continue
+            try:
+                # Positions already placed and recorded by an earlier delivery are skipped.
+                done = self.batches.recorded_positions(batch_id, sorted({p for _, m, _ in items for p in m.positions}))
+                orders = {}
+                for _, message, parsed in items:
+                    for position, order in zip(message.positions, parsed):
+                        if position not in done:
+                            orders.setdefault(position, order)
+                answers.update(self._finish(batch_id, items, self.orders.place_all(orders.items(), batch_id), done))
+            except Exception as exc:
+                answers.update({message_id: exc for message_id, *_ in items})
+        return answers
+
+    def _prepare(self, body, message_id):
+        """(message, parsed orders), or the summary of a message that is done without
+        placing anything (rejected: recorded as failed, not retried)."""
         message = decode_message(body, message_id)
         if message.error is not None:
             logger.error("order-ingest message rejected (recorded as failed, not retried)",
@@ -133,28 +179,38 @@ class OrderIngest:
                                 message.client)
             self.emit("IngestMessagesRejected", 1)
             return {"batch_id": message.batch_id, "recorded": len(message.positions), "rejected": True}
+        return message, parsed
 
-        done = self.batches.recorded_positions(message.batch_id, message.positions)
-        # Positions already placed and recorded by an earlier delivery are skipped.
-        outcome = self.orders.place_all(((position, order) for position, order in zip(message.positions, parsed)
-                                         if position not in done), message.batch_id)
+    def _finish(self, batch_id, items, outcome, done):
+        """Record the batch's results of `outcome` and answer each message: its summary, or
+        the exception that retries it (an order of it hit contention, or was not reached)."""
         # A transient failure is not recorded: the message is retried.
         results = {pos: r for pos, r in outcome.results.items() if not r.transient}
-        transient = [pos for pos, r in outcome.results.items() if r.transient]
-        if message.enqueued_at:
-            for result in results.values():
-                if result.status == "created" and result.created and not result.duplicate:
-                    self.emit("IngestLatency", max(0.0, (time.time() - message.enqueued_at) * 1000), unit="Milliseconds")
-        if outcome.interrupted is not None:
+        errors = {}
+        for message_id, message, _ in items:
+            mine = [pos for pos in message.positions if pos not in done]
+            if outcome.interrupted is not None and any(pos not in outcome.results for pos in mine):
+                errors[message_id] = outcome.interrupted
+            elif any(outcome.results[pos].transient for pos in mine):
+                transient = [pos for pos in mine if outcome.results[pos].transient]
+                errors[message_id] = TransientFailure(
+                    f"{len(transient)} order(s) of batch {batch_id} hit contention (positions {transient}); "
+                    "retrying the message")
+            if message.enqueued_at:
+                for pos in mine:
+                    result = results.get(pos)
+                    if result is not None and result.status == "created" and result.created and not result.duplicate:
+                        self.emit("IngestLatency", max(0.0, (time.time() - message.enqueued_at) * 1000),
+                                  unit="Milliseconds")
+        first = items[0][1]
+        try:
+            status = self.batches.record(batch_id, first.order_count, results, first.client)
+        except Exception:
+            if outcome.interrupted is None:
+                raise
             # Keep what was placed before the outage, if MySQL still takes it.
-            if results:
-                try:
-                    self.batches.record(message.batch_id, message.order_count, results, message.client)
-                except Exception:
-                    log.warning("could not record partial results of batch %s", message.batch_id)
-            raise outcome.interrupted
-        status = self.batches.record(message.batch_id, message.order_count, results, message.client)
-        if transient:
-            raise TransientFailure(f"{len(transient)} order(s) of batch {message.batch_id} hit contention "
-                                   f"(positions {transient}); retrying the message")
-        return {"batch_id": message.batch_id, "recorded": len(results), "status": status}
+            log.warning("could not record partial results of batch %s", batch_id)
+            status = None
+        return {message_id: errors.get(message_id) or {
+            "batch_id": batch_id, "recorded": sum(1 for pos in message.positions if pos in results), "status": status}
+            for message_id, message, _ in items}

@@ -28,7 +28,7 @@ from chalicelib.domain.errors import (
     ValidationError,
 )
 from chalicelib.domain.flash_message import Reservation
-from chalicelib.domain.orders import OrderRequest, OrderResult, failed
+from chalicelib.domain.orders import OrderRequest, OrderResult, failed, idempotency_conflict
 from chalicelib.domain.reservations import customer_key, owner_key
 from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import emit
@@ -214,9 +214,7 @@ class FlashSales:
                 replayed.add(admission.rid)
             return _result(coid, record, duplicate=True)
         if admission.outcome == "CONFLICT":
-            return OrderResult(coid, error=IdempotencyConflict(
-                f"client_order_id {coid!r} was already used by user {order.user_id} for different lines."),
-                reservation_id=admission.rid)
+            return OrderResult(coid, error=idempotency_conflict(coid, order.user_id), reservation_id=admission.rid)
         self.emit("FlashRefused", 1, reason=admission.outcome)
         pid = admission.product_id
         if admission.outcome == "SOLD_OUT":

@@ -5,24 +5,19 @@ one guarded UPDATE for every product, multi-row inserts, one commit, then
 settled in Redis. MySQL's guard has the last word: what Redis admitted
 beyond MySQL's stock fails INSUFFICIENT_STOCK, never oversells.
 """
-import json
 import time
-import uuid
 from collections import Counter
+from typing import Callable
 
 from chalicelib.domain import order_lifecycle
-from chalicelib.domain.errors import (
-    CacheUnavailable,
-    DuplicateKey,
-    IdempotencyConflict,
-    InsufficientStock,
-    ProductNotFound,
-    ServiceUnavailable,
-)
+from chalicelib.domain.errors import CacheUnavailable, DuplicateOrderKey, InsufficientStock, ServiceUnavailable
 from chalicelib.domain.flash_message import Reservation
+from chalicelib.domain.order_records import NewOrder, OrderLine
+from chalicelib.domain.orders import idempotency_conflict
+from chalicelib.domain.products import unsellable
 from chalicelib.domain.reservations import Settlement, customer_key, owner_key
 from chalicelib.ops.metrics import emit, emit_values
-from chalicelib.service.ports import FlashGate, ProductTransaction, ProductWrites
+from chalicelib.service.ports import FlashGate, OrderRepository, ProductTransaction, ProductWrites
 
 
 class _Decision:
@@ -54,10 +49,12 @@ class FlashWriter:
     stock, status or an order key moved under it (the guard falls short, a line would fail, a
     duplicate key), the batch is written again with the rows locked first, as MySQL decides."""
 
-    def __init__(self, gate: FlashGate, writes: ProductWrites, metrics=emit, payment_window=0,
+    def __init__(self, gate: FlashGate, writes: ProductWrites, repository: Callable[[object], OrderRepository],
+                 metrics=emit, payment_window=0,
                  metric_values=emit_values, customer_payment_window=order_lifecycle.DEFAULT_CUSTOMER_PAYMENT_WINDOW):
         self.gate = gate
         self.writes = writes
+        self.repository = repository  # the OrderRepository inside a transaction's cursor
         self.emit = metrics
         self.emit_values = metric_values
         # As for ordinary orders (OrderService): a trusted server's window (0: paid at creation), a customer's.
@@ -70,7 +67,7 @@ class FlashWriter:
         with self.writes.session(enqueue=False) as session:
             try:
                 decisions = session.run(lambda tx: self._write(tx, reservations, self.payment_windows, lock=False))
-            except (_NeedsLockedWrite, DuplicateKey):
+            except (_NeedsLockedWrite, DuplicateOrderKey):
                 self.emit("FlashWritesLocked", 1)
                 decisions = session.run(lambda tx: self._write(tx, reservations, self.payment_windows, lock=True))
         settlements = [self._settlement(d) for d in decisions]
@@ -98,32 +95,24 @@ class FlashWriter:
                           r.rid, r.packed_lines, customer_key(r.client, r.customer_id, r.user_id), d.outcome,
                           d.took, d.give_back, d.order_id, d.total, d.error.code if d.error else "", detail)
 
-    @staticmethod
-    def _write(tx: ProductTransaction, reservations, windows: order_lifecycle.PaymentWindows, lock=True):
-        cur = tx.cursor
+    def _write(self, tx: ProductTransaction, reservations, windows: order_lifecycle.PaymentWindows, lock=True):
+        repo = self.repository(tx.cursor)
         product_ids = sorted({pid for r in reservations for pid in r.quantities})
         # With `lock`, the rows first (id order): the reads below then see every order committed before us.
         rows = tx.select(product_ids, "id, stock, low_stock_threshold, status, price_cents", lock=lock)
-        keys = sorted({(r.client, r.customer_id, r.user_id, r.client_order_id) for r in reservations})
-        cur.execute("SELECT id, client, customer_id, user_id, client_order_id, request_hash, total_cents, "
-                    "flash_reservation FROM orders WHERE (client, customer_id, user_id, client_order_id) IN ("
-                    + ",".join(["(%s, %s, %s, %s)"] * len(keys)) + ")", [x for k in keys for x in k])
-        existing = {(o["client"], o["customer_id"], o["user_id"], o["client_order_id"]): o for o in cur.fetchall()}
+        existing = repo.find_many([_key(r) for r in reservations])
         left = {pid: row["stock"] for pid, row in rows.items()}
         decisions, new, first_of_key = [], [], {}
         for r in reservations:
-            key = (r.client, r.customer_id, r.user_id, r.client_order_id)
+            key = _key(r)
             found = existing.get(key)
             if found is not None:
-                if found["flash_reservation"] == r.rid:  # written by an earlier delivery of this message
-                    decisions.append(_Decision(r, "created", took=True, order_id=found["id"],
-                                               total=found["total_cents"]))
-                elif found["request_hash"] == r.request_hash:
-                    decisions.append(_Decision(r, "created", order_id=found["id"], total=found["total_cents"]))
+                if found.flash_reservation == r.rid:  # written by an earlier delivery of this message
+                    decisions.append(_Decision(r, "created", took=True, order_id=found.id, total=found.total_cents))
+                elif found.request_hash == r.request_hash:
+                    decisions.append(_Decision(r, "created", order_id=found.id, total=found.total_cents))
                 else:
-                    decisions.append(_Decision(r, "failed", error=IdempotencyConflict(
-                        f"client_order_id {r.client_order_id!r} was already used by user {r.user_id} "
-                        "for different lines.")))
+                    decisions.append(_Decision(r, "failed", error=idempotency_conflict(r.client_order_id, r.user_id)))
                 continue
             if key in first_of_key:  # the same key twice in this batch (a replay after a swept lease)
                 decisions.append(_Decision(r, "created", duplicate_of=first_of_key[key]))
@@ -136,72 +125,38 @@ class FlashWriter:
                 first_of_key[key] = decision
                 new.append(decision)
         if new:
-            window = {d.reservation.rid: windows.for_order(d.reservation.customer_id) for d in new}
-            state = {rid: order_lifecycle.PENDING if seconds else order_lifecycle.PAID
-                     for rid, seconds in window.items()}
-            # executemany sends one multi-row INSERT only when VALUES holds nothing but placeholders.
-            cur.executemany(
-                "INSERT INTO orders (client, customer_id, user_id, client_order_id, request_hash, total_cents, "
-                "flash_reservation, batch_id, lifecycle, contact_email) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [(d.reservation.client, d.reservation.customer_id, d.reservation.user_id,
-                  d.reservation.client_order_id, d.reservation.request_hash, d.total, d.reservation.rid,
-                  d.reservation.batch_id, state[d.reservation.rid], d.reservation.contact_email) for d in new])
-            rids = [d.reservation.rid for d in new]
-            in_rids = f"({','.join(['%s'] * len(rids))})"
-            # The payment windows by the database's clock, as OrderRepository.add sets them: one UPDATE per
-            # window (a trusted server's and a customer's).
-            for seconds in sorted(set(window.values()) - {0}):
-                waiting = [rid for rid in rids if window[rid] == seconds]
-                cur.execute("UPDATE orders SET expires_at = CURRENT_TIMESTAMP(6) + INTERVAL %s SECOND "
-                            f"WHERE flash_reservation IN ({','.join(['%s'] * len(waiting))})", [seconds, *waiting])
-            cur.execute(f"SELECT id, flash_reservation FROM orders WHERE flash_reservation IN {in_rids}", rids)
-            ids = {row["flash_reservation"]: row["id"] for row in cur.fetchall()}
-            for d in new:
-                d.order_id = ids[d.reservation.rid]
             # Each line records its sale: a cancel gives the units back to it, reconcile counts them in it.
-            cur.executemany(
-                "INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents, flash_sale_id) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                [(d.order_id, pid, qty, rows[pid]["price_cents"], sale_id) for d in new
-                 for pid, qty, sale_id in d.reservation.lines])
-            # The outbox rows, in the same transaction as the orders (as OrderService writes them).
-            cur.executemany(
-                "INSERT INTO order_events (event_id, order_id, sequence, type, payload) VALUES (%s, %s, %s, %s, %s)",
-                [(str(uuid.uuid4()), d.order_id, 1, order_lifecycle.CREATED, json.dumps({
-                    "order_id": d.order_id, "client_order_id": d.reservation.client_order_id,
-                    "user_id": d.reservation.user_id, "total_cents": d.total, "lifecycle": state[d.reservation.rid],
-                    "items": [{"product_id": pid, "quantity": qty} for pid, qty in d.reservation.quantities.items()],
-                    "reservation_id": d.reservation.rid}, ensure_ascii=False)) for d in new])
+            ids = repo.add_many([NewOrder(
+                d.reservation.client, d.reservation.customer_id, d.reservation.user_id, d.reservation.client_order_id,
+                d.reservation.request_hash, d.total,
+                [OrderLine(pid, qty, rows[pid]["price_cents"], sale_id) for pid, qty, sale_id in d.reservation.lines],
+                windows.for_order(d.reservation.customer_id), d.reservation.batch_id, d.reservation.contact_email,
+                d.reservation.rid) for d in new])
+            for d, order_id in zip(new, ids):
+                d.order_id = order_id
         taken = {pid: rows[pid]["stock"] - left[pid] for pid in left if rows[pid]["stock"] != left[pid]}
-        if taken:
-            ids = sorted(taken)
-            case = f"CASE id {' '.join(['WHEN %s THEN %s'] * len(ids))} END"
-            params = [x for pid in ids for x in (pid, taken[pid])]
-            # The guard stays even on locked rows: MySQL is the last word on stock.
-            changed = tx.update(ids, f"stock = stock - {case}", params, where=f"stock >= {case} AND status = 'active'",
-                                where_params=params, stock_delta={pid: -taken[pid] for pid in ids})
-            if changed != len(ids):
-                if not lock:
-                    raise _NeedsLockedWrite()
-                raise AssertionError(f"guarded update of locked products {ids} fell short")
+        # The guard stays even on locked rows: MySQL is the last word on stock.
+        if taken and tx.take_stock(taken) != len(taken):
+            if not lock:
+                raise _NeedsLockedWrite()
+            raise AssertionError(f"guarded update of locked products {sorted(taken)} fell short")
         for d in decisions:
             if d.duplicate_of is not None:
                 d.order_id, d.total = d.duplicate_of.order_id, d.duplicate_of.total
         return decisions
 
 
+def _key(r: Reservation):
+    return r.client, r.customer_id, r.user_id, r.client_order_id
+
+
 def _decide(r: Reservation, rows, left):
     """Take the reservation's lines from what MySQL has left, or say why not."""
     for pid, qty in r.quantities.items():
-        row = rows.get(pid)
-        if row is None or row["status"] != "active":
-            return _Decision(r, "failed", error=ProductNotFound(
-                f"Product {pid} does not exist or is not for sale.", product_id=pid))
-        if left[pid] < qty:
+        error = unsellable(pid, rows.get(pid), qty, left.get(pid))
+        if error is not None:
             # Redis admitted more than MySQL has: MySQL wins; the units stay gone from the sale too.
-            return _Decision(r, "failed", give_back=False, error=InsufficientStock(
-                f"Product {pid} has {left[pid]} in stock; {qty} requested.", product_id=pid))
+            return _Decision(r, "failed", give_back=not isinstance(error, InsufficientStock), error=error)
     total = 0
     for pid, qty in r.quantities.items():
         left[pid] -= qty

@@ -2,6 +2,7 @@
 partial, exactly once per (client, user_id, client_order_id)) and cancels them.
 Reads and cancels see only the caller's own orders (`owner`; None: any)."""
 import time
+from collections import Counter
 from dataclasses import replace
 from typing import Callable, Iterable, Union
 
@@ -10,7 +11,6 @@ from chalicelib.domain.customer_limits import CustomerLimits
 from chalicelib.domain.errors import (
     ConcurrencyExhausted,
     DuplicateKey,
-    IdempotencyConflict,
     OrderNotFound,
     PaymentReferenceUsed,
     ServiceUnavailable,
@@ -18,9 +18,18 @@ from chalicelib.domain.errors import (
 )
 from chalicelib.domain.in_flight import InFlightLimit
 from chalicelib.domain.order_records import OrderLine, StoredOrder
-from chalicelib.domain.orders import BatchOutcome, InvalidOrder, K, OrderRequest, OrderResult, failed, summarize
+from chalicelib.domain.orders import (
+    BatchOutcome,
+    InvalidOrder,
+    K,
+    OrderRequest,
+    OrderResult,
+    failed,
+    idempotency_conflict,
+    summarize,
+)
 from chalicelib.domain.products import iso
-from chalicelib.ops.metrics import emit
+from chalicelib.ops.metrics import emit, emit_values
 from chalicelib.service.ports import (
     InventoryStrategy,
     OrderRepository,
@@ -35,7 +44,7 @@ class OrderService:
     def __init__(self, db, strategy: InventoryStrategy, writes: ProductWrites,
                  repository: Callable[[object], OrderRepository], max_in_flight=16,
                  metrics=emit, payment_window=0, customer_payment_window=lifecycle.DEFAULT_CUSTOMER_PAYMENT_WINDOW,
-                 flash=None, customer_limits=CustomerLimits()):
+                 flash=None, customer_limits=CustomerLimits(), batch_writer=None, metric_values=emit_values):
         self.db = db
         # A customer's caps; the line cap applies at parse (domain/orders.parse_batch), the unpaid one here.
         self.customer_limits = customer_limits
@@ -45,9 +54,12 @@ class OrderService:
         # FlashSales (service/flash_sales.py): sync orders for products on sale go through its gate.
         self.flash = flash
         self.emit = metrics
+        self.emit_values = metric_values
         self.strategy = strategy
         self.writes = writes
         self.repository = repository  # the OrderRepository inside a transaction's cursor
+        # service/batch_writer.py: two or more orders in one transaction (None: each in its own).
+        self.batch_writer = batch_writer
         # Admission control: at most this many batches are being worked on in a
         # process; the rest wait asleep. Hundreds of runnable threads fighting
         # for the GIL (and for Redis/MySQL connections) collapse throughput;
@@ -73,14 +85,35 @@ class OrderService:
         results = dict(sale)
         with self._admission, self.writes.session(enqueue=False) as session:
             try:
+                placed = self._place_together(session, orders, batch_id)
                 for key, order in orders:
                     if isinstance(order, InvalidOrder):
                         results[key] = failed(order.client_order_id, order.error)
                     else:
-                        results[key] = self.place(session, order, batch_id)
+                        results[key] = placed[key] if key in placed else self.place(session, order, batch_id)
             except ServiceUnavailable as exc:
                 return BatchOutcome(results, exc)
         return BatchOutcome(results)
+
+    def _place_together(self, session, orders, batch_id):
+        """{key: result} of the valid orders placed in one transaction, or {} (none placed)."""
+        valid = [(key, order) for key, order in orders if isinstance(order, OrderRequest)]
+        if self.batch_writer is None or len(valid) < 2:
+            return {}
+        started = time.perf_counter()
+        placed = self.batch_writer.write(session, valid, batch_id)
+        if placed is None:
+            self.emit("BatchesPlacedOneByOne", 1)
+            return {}
+        created = sum(1 for r in placed.values() if r.created and not r.duplicate)
+        if created:
+            self.emit("OrdersCreated", created)
+            # Every order of the batch committed with the batch: each one's latency is the batch's.
+            latency = (time.perf_counter() - started) * 1000
+            self.emit_values("OrderLatency", [latency] * created, unit="Milliseconds")
+        for code, count in Counter(r.error.code for r in placed.values() if not r.created).items():
+            self.emit("OrdersFailed", count, code=code)
+        return placed
 
     def place_batch(self, parsed, batch_id=None):
         """A sync batch: results in request order, or a 503 that says which orders committed."""
@@ -138,19 +171,15 @@ class OrderService:
         orders.add_lines(order_id, {pid: OrderLine(pid, qty, prices[pid]) for pid, qty in order.quantities.items()})
         total = sum(qty * prices[pid] for pid, qty in order.quantities.items())
         orders.set_total(order_id, total)
-        orders.add_event(order_id, lifecycle.CREATED, {
-            "order_id": order_id, "client_order_id": order.client_order_id, "user_id": order.user_id,
-            "total_cents": total, "lifecycle": lifecycle.PENDING if window else lifecycle.PAID,
-            "items": [{"product_id": pid, "quantity": qty} for pid, qty in order.quantities.items()]}, first=True)
+        orders.add_event(order_id, lifecycle.CREATED, lifecycle.created_event(
+            order_id, order.client_order_id, order.user_id, total, lifecycle.PENDING if window else lifecycle.PAID,
+            order.quantities), first=True)
         return OrderResult(order.client_order_id, order_id, total)
 
     @staticmethod
     def _replay(existing: StoredOrder, order: OrderRequest) -> OrderResult:
         if existing.request_hash != order.request_hash:
-            raise IdempotencyConflict(
-                f"client_order_id {order.client_order_id!r} was already used by user {order.user_id} "
-                "for different lines."
-            )
+            raise idempotency_conflict(order.client_order_id, order.user_id)
         return OrderResult(order.client_order_id, existing.id, existing.total_cents, duplicate=True,
                            status=existing.status)
 

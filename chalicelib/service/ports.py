@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, ContextManager, Iterable, Mapping, Optional, Protocol, Sequence, TypeVar
 
-from chalicelib.domain.order_records import OrderEvent, OrderLine, StoredOrder
+from chalicelib.domain.order_records import Key, NewOrder, OrderEvent, OrderLine, StoredOrder
 from chalicelib.domain.reservations import Admission, Settlement
 from chalicelib.domain.search_query import SearchPage, SearchQuery
 
@@ -71,6 +71,10 @@ class ProductTransaction(Protocol):
                where_params: Sequence = (), reindex: bool = False,
                stock_delta: Optional[Mapping[int, int]] = None) -> int: ...
 
+    def take_stock(self, quantities: Quantities, prices: Optional[Mapping[int, int]] = None) -> int:
+        """Take every line whose row is active with enough stock (and, with `prices`, still at
+        that unit price) in one guarded statement; the number of rows taken."""
+
     def compare_and_set(self, product_id: int, version: int, assignments: str, params: Sequence = (),
                         where: str = "", where_params: Sequence = (), stock_delta: Optional[int] = None) -> bool: ...
 
@@ -123,6 +127,19 @@ class OrderRepository(Protocol):
         """Units the customer's orders waiting for payment hold, through every client."""
 
     def add_lines(self, order_id: int, lines: Mapping[int, OrderLine]) -> None: ...
+
+    def lock_customers(self, customer_ids: Sequence[int]) -> None:
+        """lock_customer for several, in ascending id order (first statements of the transaction)."""
+
+    def find_many(self, keys: Sequence[Key]) -> dict[Key, StoredOrder]:
+        """The orders that exist among these idempotency keys."""
+
+    def unpaid_units_many(self, customer_ids: Sequence[int]) -> dict[int, int]:
+        """unpaid_units of several customers."""
+
+    def add_many(self, orders: Sequence[NewOrder]) -> list[int]:
+        """Write the orders, their lines and their order.created outbox rows in a few
+        multi-row statements; their ids in the given order. DuplicateOrderKey if a key exists."""
 
     def set_total(self, order_id: int, total_cents: int) -> None: ...
 

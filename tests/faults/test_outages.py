@@ -195,9 +195,11 @@ def test_mysql_blackholed_costs_a_bounded_time(stack):
 
 @pytest.mark.slow
 def test_sync_batch_cut_mid_way_names_what_committed_and_leaves_no_stale_copy(stack, monkeypatch):
-    """MySQL drops between two orders of one sync batch: the 503 says which
-    orders were committed, their products' cached copies are not left stale,
-    and the client's retry finds them as duplicates and places the rest."""
+    """MySQL drops between two orders of a sync batch placed order by order (as
+    one the batch writer hands back is): the 503 says which orders were
+    committed, their products' cached copies are not left stale, and the
+    client's retry finds them as duplicates and places the rest. (A batch
+    written in one transaction commits all or nothing: test_batch_writes.py.)"""
     bootstrap.reset(DB_CONNECT_TIMEOUT=0.5)
     first, second = seed_products(2, stock=10)
     catalog = bootstrap.catalog()
@@ -208,6 +210,7 @@ def test_sync_batch_cut_mid_way_names_what_committed_and_leaves_no_stale_copy(st
         {"client_order_id": "mid-1", "user_id": 1, "items": [{"product_id": first, "quantity": 2}]},
         {"client_order_id": "mid-2", "user_id": 1, "items": [{"product_id": second, "quantity": 3}]}]})
     service = bootstrap.orders()
+    monkeypatch.setattr(service, "batch_writer", None)
     place = service.place
 
     def place_then_lose_mysql(session, order, batch_id=None):

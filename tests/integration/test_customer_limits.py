@@ -18,6 +18,7 @@ from chalicelib.adapters.inventory import STRATEGIES
 from chalicelib.adapters.order_repository import MySQLOrderRepository
 from chalicelib.domain.orders import parse_batch
 from chalicelib.service import expiry_and_outbox
+from chalicelib.service.batch_writer import BatchWriter
 from chalicelib.service.orders import OrderService
 from chalicelib.adapters.product_writes import ProductWrites
 from tests.conftest import make_product
@@ -184,11 +185,13 @@ class OneAttempt:
 
 
 def without_deadlock_retries(strategy):
-    """An OrderService like bootstrap's whose transactions each get one attempt."""
+    """An OrderService like bootstrap's whose transactions each get one attempt (its
+    batches of several orders written in one transaction, as bootstrap's are)."""
     writes, db = bootstrap.product_writes(), OneAttempt(bootstrap.database())
     return OrderService(db, bootstrap.inventory_strategy(strategy),
                         ProductWrites(db, writes.invalidator, writes.search_index, writes.stock_low),
-                        MySQLOrderRepository, customer_limits=bootstrap.customer_limits())
+                        MySQLOrderRepository, customer_limits=bootstrap.customer_limits(),
+                        batch_writer=BatchWriter(MySQLOrderRepository, customer_limits=bootstrap.customer_limits()))
 
 
 def run_all(*jobs):
