@@ -565,7 +565,7 @@ def test_the_consumer_locks_the_sale_row_only_for_its_closing_update(sqs, flash_
     second = receive(sqs, flash_queue)
     write, held, release = flash_writer.FlashWriter._write, threading.Event(), threading.Event()
 
-    def held_before_its_update(tx, reservations, windows, lock=True):
+    def held_before_its_update(self, tx, reservations, windows, lock=True):
         if threading.current_thread().name == "held":
             update = tx.update
 
@@ -574,9 +574,9 @@ def test_the_consumer_locks_the_sale_row_only_for_its_closing_update(sqs, flash_
                 assert release.wait(60)
                 return update(*args, **kwargs)
             tx.update = later
-        return write(tx, reservations, windows, lock)
+        return write(self, tx, reservations, windows, lock)
 
-    monkeypatch.setattr(flash_writer.FlashWriter, "_write", staticmethod(held_before_its_update))
+    monkeypatch.setattr(flash_writer.FlashWriter, "_write", held_before_its_update)
     outcomes = {}
 
     def handle(name, records):
@@ -608,7 +608,7 @@ def test_stock_that_moved_after_the_consumer_read_it_is_decided_again_on_the_loc
     records = receive(sqs, flash_queue)
     write, selects = flash_writer.FlashWriter._write, []
 
-    def stock_taken_after_the_read(tx, reservations, windows, lock=True):
+    def stock_taken_after_the_read(self, tx, reservations, windows, lock=True):
         select = tx.select
 
         def then_taken(*args, **kwargs):
@@ -618,9 +618,9 @@ def test_stock_that_moved_after_the_consumer_read_it_is_decided_again_on_the_loc
                 bootstrap.catalog().adjust_stock(pid, {"delta": -7})
             return rows
         tx.select = then_taken
-        return write(tx, reservations, windows, lock)
+        return write(self, tx, reservations, windows, lock)
 
-    monkeypatch.setattr(flash_writer.FlashWriter, "_write", staticmethod(stock_taken_after_the_read))
+    monkeypatch.setattr(flash_writer.FlashWriter, "_write", stock_taken_after_the_read)
     writer = bootstrap.flash_writer()
     counted = []
     monkeypatch.setattr(writer, "emit", lambda name, value, **dims: counted.append((name, value)))
