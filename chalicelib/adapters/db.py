@@ -38,6 +38,11 @@ _PRODUCT_WRITE = re.compile(
     r"\s+(?:`?\w+`?\.)?`?products`?(?![\w`])", re.IGNORECASE)
 
 
+class DuplicateKeyError(DuplicateKey, pymysql.err.IntegrityError):
+    """The domain's DuplicateKey, still the driver's IntegrityError (errno first) for
+    adapter code that tells errors apart by the driver's number."""
+
+
 class ProductWriteOutsideUnitOfWork(RuntimeError):
     """A statement tried to change `products` without going through product_writes.ProductTransaction."""
 
@@ -93,7 +98,7 @@ class Cursor(pymysql.cursors.DictCursor):
         except pymysql.err.IntegrityError as exc:
             # The one place a duplicate key is recognised: callers catch DuplicateKey.
             if exc.args and exc.args[0] == DUPLICATE_KEY:
-                raise DuplicateKey(exc.args[-1]) from exc
+                raise DuplicateKeyError(*exc.args) from exc
             raise
 
 
