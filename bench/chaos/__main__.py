@@ -82,23 +82,26 @@ def run(args, stack):
     ledger = Ledger()
     products = sorted(pid for pid in initial if pid != sale)
     workload = Workload(stack.api_url, ledger, stack.tokens, products, sale, args.seed).start()
-    nemesis = Nemesis(stack, args.seed, args.interval, VISIBILITY).start(args.seconds)
+    nemesis = Nemesis(stack, args.seed, args.interval, VISIBILITY, pauses=not args.smoke).start(args.seconds)
     time.sleep(args.seconds)
     while args.smoke and nemesis.faults < args.minimum and nemesis.thread.is_alive():
         time.sleep(1)
     nemesis.finish()
     print(f"load stopped after {args.seconds:.0f}s; healing, answering owed requests, settling", flush=True)
+    started = time.monotonic()
     workload.finish()
     stack.heal()
     drained = workload.drain(time.monotonic() + 120)
     checks = Checks(stack, ledger, initial, sale)
     state = checks.settle(240)
-    print(f"settled: {state}; owed requests answered: {drained}", flush=True)
+    print(f"settled in {time.monotonic() - started:.0f}s: {state}; owed requests answered: {drained}", flush=True)
     return checks, nemesis, ledger, state
 
 
 def report(args, checks, nemesis, ledger, state):
+    started = time.monotonic()
     problems = checks.run()
+    print(f"checked in {time.monotonic() - started:.0f}s", flush=True)
     if any(state.values()):
         problems["stuck"].append(f"did not settle: {state}")
     if ledger.retries:
@@ -138,8 +141,10 @@ def main():
                          "SQS_VISIBILITY_TIMEOUT": str(VISIBILITY), "FLASH_LEASE_MS": "20000",
                          "LAMBDA_TIMEOUT_SECONDS": str(VISIBILITY)})
     try:
+        started = time.monotonic()
         stack.start_servers()
         stack.setup()
+        print(f"servers up and set up in {time.monotonic() - started:.0f}s", flush=True)
         checks, nemesis, ledger, state = run(args, stack)
         return report(args, checks, nemesis, ledger, state)
     finally:

@@ -21,9 +21,10 @@ import time
 
 
 class Nemesis:
-    def __init__(self, stack, seed, interval, visibility, log=print):
+    def __init__(self, stack, seed, interval, visibility, log=print, pauses=True):
         self.stack, self.seed, self.interval, self.visibility = stack, seed, interval, visibility
         self.rng = random.Random(seed)
+        self.pauses = pauses  # False: no fault that outlasts a visibility timeout (a smoke run)
         self.tally = collections.Counter()
         self.log = log
         self.stop = threading.Event()
@@ -31,12 +32,12 @@ class Nemesis:
         self.t0 = time.monotonic()
 
     def kinds(self):
-        kinds = ["kill_mysql", "kill_redis_cache", "kill_redis_state", "freeze_aws", "down_aws"]
-        kinds += [f"cut_{name}" for name in sorted(self.stack.proxies)]
-        kinds += [f"kill_{name}" for name in sorted(self.stack.procs)]
-        kinds += [f"pause_{name}" for name in sorted(self.stack.procs) if name.startswith("poller:")
-                  and name.endswith((":0", ":1")) and self._has_twin(name)]
-        return kinds
+        """Families of faults, each as likely as the others whatever its number of targets."""
+        procs = sorted(self.stack.procs)
+        families = [["kill_mysql"], ["kill_redis_cache", "kill_redis_state"], ["freeze_aws", "down_aws"],
+                    [f"cut_{name}" for name in sorted(self.stack.proxies)], [f"kill_{name}" for name in procs]]
+        pauses = [f"pause_{name}" for name in procs if name.startswith("poller:") and self._has_twin(name)]
+        return families + [pauses] if self.pauses else families
 
     def _has_twin(self, name):
         base = name.rsplit(":", 1)[0]
@@ -69,7 +70,7 @@ class Nemesis:
             proc.signal(signal.SIGSTOP)
             time.sleep(self.visibility + 2)
             proc.signal(signal.SIGCONT)
-        self.tally[kind.split(":")[0] if kind.startswith("pause_") else kind] += 1
+        self.tally[kind] += 1
 
     def run(self, until):
         kinds = self.kinds()
@@ -77,7 +78,7 @@ class Nemesis:
             wait = self.rng.uniform(*self.interval)
             if time.monotonic() + wait >= until or self.stop.wait(wait):
                 return
-            self.inject(self.rng.choice(kinds))
+            self.inject(self.rng.choice(self.rng.choice(kinds)))
 
     def start(self, seconds):
         until = time.monotonic() + seconds
