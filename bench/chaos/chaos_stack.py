@@ -179,6 +179,7 @@ class Stack:
             self.procs[name] = Proc(name, argv, self.env, self.work).start()
         self.wait_for_api()
         threading.Thread(target=self._supervise, daemon=True).start()
+        threading.Thread(target=self._reconcile, daemon=True).start()
 
     def wait_for_api(self, timeout=90):
         deadline = time.monotonic() + timeout
@@ -197,8 +198,11 @@ class Stack:
                     proc.start()
             time.sleep(0.5)
 
-    def processes(self):
-        return list(self.procs.values())
+    def _reconcile(self, every=10):
+        """The scheduled flash reconcile (every minute in AWS; sooner here, as the run is short)."""
+        while not self._supervising.wait(every):
+            with contextlib.suppress(Exception):  # a dependency down: the next call tries again
+                bootstrap.flash_admin().reconcile_all()
 
     # --- healing and teardown -----------------------------------------------
 
