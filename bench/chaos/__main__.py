@@ -63,7 +63,7 @@ def seed_catalog(count=24):
     for n in range(count):
         word = WORDS[n % len(WORDS)]
         product = catalog.create({"sku": f"C-{uuid.uuid4().hex[:10]}", "name": f"{word} {n}", "category": "chaos",
-                                  "price_cents": 500 + n, "stock": 400, "low_stock_threshold": 50})
+                                  "price_cents": 500 + n, "stock": 1500, "low_stock_threshold": 100})
         initial[product["id"]] = product["stock"]
     return initial
 
@@ -127,7 +127,7 @@ def report(args, checks, nemesis, ledger, state):
 def collections_count(ledger):
     counts = {}
     for intent in ledger.intents:
-        key = f"{intent.kind}:{intent.told}"
+        key = f"{intent.kind}:{intent.told}" + (f":{intent.error}" if intent.error else "")
         counts[key] = counts.get(key, 0) + 1
     counts.update(paid=len(ledger.paid), cancelled=len(ledger.cancelled), fulfilled=len(ledger.fulfilled))
     return counts

@@ -171,6 +171,7 @@ class Workload:
             else:
                 request = self._new_request(rng, rng.choice(kinds))
             left = self.send(client, request)
+            time.sleep(0.03)  # a steady load the consumers keep up with on two shared cores
             if left:
                 owed.append(left)
                 time.sleep(0.05)

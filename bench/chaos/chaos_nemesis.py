@@ -46,7 +46,10 @@ class Nemesis:
     def inject(self, kind):
         """One fault and its recovery; returns once the stack is whole again."""
         stack, down = self.stack, self.rng.uniform(1.0, 4.0)
-        self.log(f"[nemesis +{time.monotonic() - self.t0:6.1f}s] {kind} ({down:.1f}s)")
+        if kind.startswith("pause_"):
+            down = self.visibility + 2
+        timed = not kind.startswith(("cut_", "kill_")) or kind in ("kill_mysql", "kill_redis_cache", "kill_redis_state")
+        self.log(f"[nemesis +{time.monotonic() - self.t0:6.1f}s] {kind}" + (f" ({down:.1f}s)" if timed else ""))
         if kind in ("kill_mysql", "kill_redis_cache", "kill_redis_state"):
             server = {"kill_mysql": stack.mariadb, "kill_redis_cache": stack.cache,
                       "kill_redis_state": stack.state}[kind]
@@ -68,7 +71,7 @@ class Nemesis:
         elif kind.startswith("pause_"):
             proc = stack.procs[kind[6:]]
             proc.signal(signal.SIGSTOP)
-            time.sleep(self.visibility + 2)
+            time.sleep(down)
             proc.signal(signal.SIGCONT)
         self.tally[kind] += 1
 

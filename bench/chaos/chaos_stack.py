@@ -26,8 +26,9 @@ from tests.support.tcp_proxy import TcpProxy
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 DATABASE = "shop_chaos"
-# Queues whose consumers run twice: a paused consumer's batch is then redelivered to the other.
-DOUBLED = ("ORDER_QUEUE_NAME", "FLASH_QUEUE_NAME")
+# Queues whose consumers run twice: a paused consumer's batch is then redelivered to the other
+# (and the emails, several per order, keep up).
+DOUBLED = ("ORDER_QUEUE_NAME", "FLASH_QUEUE_NAME", "NOTIFY_QUEUE_NAME")
 CUSTOMER_PASSWORD = "Chaos-Passw0rd!"
 
 
