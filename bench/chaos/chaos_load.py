@@ -243,7 +243,8 @@ class Workload:
             action = rng.choices(("price", "stock", "status"), (4, 4, 1))[0]
             if action == "price":
                 client.call("PATCH", f"/products/{pid}", key=ADMIN_KEY, json={"price_cents": rng.randint(100, 9999)})
-            elif action == "status":
+            elif action == "status":  # one product off sale at a time: most orders stay sellable
+                pid = next(iter(inactive), pid)
                 status = "active" if pid in inactive else "inactive"
                 response = client.call("PATCH", f"/products/{pid}", key=ADMIN_KEY, json={"status": status})
                 if response is not None and response.status_code == 200:
