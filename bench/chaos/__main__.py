@@ -52,7 +52,7 @@ def parse_args():
     parser.add_argument("--seed", type=int, help="the nemesis's and the workload's seed (default: random)")
     args = parser.parse_args()
     args.seconds = args.seconds or (10 if args.smoke else 150 if args.quick else 1200)
-    args.interval = (2, 3) if args.smoke else (6, 12)
+    args.interval = (2, 3) if args.smoke else (4, 9)
     args.minimum = 2 if args.smoke else 10 if args.quick else 100
     args.seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10 ** 6)
     return args
