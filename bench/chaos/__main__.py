@@ -28,6 +28,7 @@ common.clean_up_on_sigterm()
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import random  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
@@ -137,19 +138,23 @@ def main():
     args = parse_args()
     logging.basicConfig(level=logging.CRITICAL)  # the outages' warnings are the point; the processes log to files
     work = tempfile.mkdtemp(prefix="bench-chaos-")
-    print(f"seed {args.seed}; {args.seconds:.0f}s of load; logs in {work}", flush=True)
+    print(f"seed {args.seed}; {args.seconds:.0f}s of load; logs in {work} (removed if every check passes)", flush=True)
     stack = Stack(work, {"ORDER_PAYMENT_WINDOW_SECONDS": "6", "CUSTOMER_PAYMENT_WINDOW_SECONDS": "6",
                          "SQS_VISIBILITY_TIMEOUT": str(VISIBILITY), "FLASH_LEASE_MS": "20000",
                          "LAMBDA_TIMEOUT_SECONDS": str(VISIBILITY)})
+    code = 1
     try:
         started = time.monotonic()
         stack.start_servers()
         stack.setup()
         print(f"servers up and set up in {time.monotonic() - started:.0f}s", flush=True)
         checks, nemesis, ledger, state = run(args, stack)
-        return report(args, checks, nemesis, ledger, state)
+        code = report(args, checks, nemesis, ledger, state)
+        return code
     finally:
         stack.close()
+        if code == 0:  # the processes' logs are kept only when something was found
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -4,16 +4,14 @@ the API are compared with what every client was told. Each check returns the
 problems it found, one line each; the counts are the last line's fields."""
 import collections
 import contextlib
-import json
 import time
-from datetime import datetime
 
 import requests
 
 from chalicelib import bootstrap
 from scripts import localstack
 
-from chaos_load import ADMIN_KEY, DEV_KEY, SEARCH_WORDS
+from chaos_load import DEV_KEY, SEARCH_WORDS
 from chaos_stack import DATABASE
 
 MAILED = {"order.created", "order.paid", "order.cancelled", "order.expired"}

@@ -39,7 +39,6 @@ class Proc:
         self.name, self.argv, self.env = name, argv, env
         self.log_path = Path(log_dir) / (name.replace(":", "-") + ".log")
         self.proc = None
-        self.paused = False
 
     def start(self):
         with open(self.log_path, "ab") as log:
@@ -78,12 +77,12 @@ class Endpoint:
         self.port, self.log_path, self.proc = port, log_path, None
 
     def start(self, advertised_port):
-        saved = os.environ.get("MOTO_PORT")
-        os.environ["MOTO_PORT"] = str(advertised_port)  # queue URLs name the proxy, as clients reach it
+        # Queue URLs name the proxy, the address clients reach the endpoint at (start_moto copies os.environ).
+        os.environ["MOTO_PORT"] = str(advertised_port)
         try:
             self.proc = localstack.start_moto("127.0.0.1", self.port, Path(self.log_path))
         finally:
-            os.environ.pop("MOTO_PORT") if saved is None else os.environ.__setitem__("MOTO_PORT", saved)
+            del os.environ["MOTO_PORT"]
 
     def signal(self, sig):
         with contextlib.suppress(ProcessLookupError):
@@ -217,7 +216,6 @@ class Stack:
             proxy.restore()
         for proc in self.procs.values():
             proc.signal(signal.SIGCONT)
-            proc.paused = False
         self.wait_for_api()
 
     def close(self):
