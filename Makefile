@@ -8,6 +8,7 @@
 #   make openapi    rewrite docs/openapi.json from chalicelib/entrypoints/openapi/
 #   make lock       re-pin requirements*.txt (with hashes) from requirements*.in
 #   make bench-orders | bench-search | bench-ingest | bench-endpoint | bench-flash | bench-lambda-sizes | bench-writer-cost | bench-lifecycle | bench-related
+#   make chaos      the whole shop under a seeded nemesis, then checked (ARGS=--quick: ~3 minutes)
 #   make flash-reconcile  compare and repair the flash-sale gates (Redis) against MySQL
 
 SHELL := /bin/bash
@@ -37,10 +38,10 @@ export AWS_SECRET_ACCESS_KEY ?= test
 export AWS_DEFAULT_REGION ?= us-east-1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv run test chromium setup queues redrive seed package deploy clients openapi lock bench-orders bench-search bench-ingest bench-endpoint bench-flash flash-reconcile bench-lambda-sizes bench-writer-cost bench-lifecycle bench-related clean-venv
+.PHONY: help venv run test chromium setup queues redrive seed package deploy clients openapi lock bench-orders bench-search bench-ingest bench-endpoint bench-flash flash-reconcile bench-lambda-sizes bench-writer-cost bench-lifecycle bench-related chaos clean-venv
 
 help:
-	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,12p' Makefile | sed 's/^# \{0,1\}//'
 
 # Re-installs only when a lock file changed (or the venv is new). The lock files
 # pin every package with its hashes: pip refuses anything else.
@@ -133,6 +134,10 @@ bench-lifecycle: $(STAMP)
 # "Bought together": the consumer's events/s and the related route's cached/uncached latency.
 bench-related: $(STAMP)
 	$(PY) bench/related $(ARGS)
+
+# Everything at once while a seeded nemesis kills, freezes and cuts its dependencies; then checked.
+chaos: $(STAMP)
+	$(PY) bench/chaos $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

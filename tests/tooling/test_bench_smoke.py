@@ -16,6 +16,7 @@ from tests.conftest import BASE_DATABASE_URL, BASE_REDIS_URL, ROOT
 
 # bench -> the fields of its last line. A new bench (or one that gets --smoke) adds its row.
 LAST_LINE_FIELDS = {
+    "chaos": {"faults", "operations", "oversold", "lost", "duplicated", "stuck", "stale_cache", "events_missing"},
     "endpoint": {"endpoint", "send_msg_s", "drain_msg_s", "moto_send_msg_s"},
     "faults": {"normal_orders_per_s", "redis_down_orders_per_s", "mysql_down_503_share", "redis_recovery_ms",
                "mysql_recovery_ms", "oversold", "problems", "cold_start_min_ms"},
