@@ -159,6 +159,10 @@ class MySQLOrderRepository:
                          "WHERE id = %s", (lifecycle, order_id))
 
     def set_lifecycle(self, order_id, lifecycle, payment_reference=None):
+        if payment_reference is not None:
+            # Unique per client (migration 0019): DuplicateKey when another of the client's orders has it.
+            self.cur.execute("INSERT INTO payment_references (client, reference, order_id) "
+                             "SELECT client, %s, id FROM orders WHERE id = %s", (payment_reference, order_id))
         self.cur.execute("UPDATE orders SET lifecycle = %s, payment_reference = COALESCE(%s, payment_reference) "
                          "WHERE id = %s", (lifecycle, payment_reference, order_id))
 

@@ -179,10 +179,10 @@ class FakeOrders:
 
     def set_lifecycle(self, order_id, lifecycle, payment_reference=None):
         client = self.store.orders[order_id].client
-        if payment_reference is not None and any(  # MySQL's unique key (client, payment_reference)
+        if payment_reference is not None and any(  # MySQL's payment_references (client, reference)
                 o.id != order_id and (o.client, o.payment_reference) == (client, payment_reference)
                 for o in self.store.orders.values()):
-            raise DuplicateKey("uq_orders_client_payment_reference")
+            raise DuplicateKey("payment_references.PRIMARY")
         self.store.orders[order_id] = replace(self.store.orders[order_id], lifecycle=lifecycle,
                                               payment_reference=payment_reference)
 
