@@ -36,8 +36,8 @@ LIMITED_KEY = "shop-local-limited-key-0001"
 pytest_plugins = ["tests.support.failed_tests"]
 # Wiped before each test. Not `customers`: the app never deletes one, and a server process keeps
 # the ids it has seen (CustomerDirectory), which a customer's order locks by.
-TABLES = ("notifications_sent", "product_pairs", "related_events", "order_events", "order_items", "orders",
-          "batch_results", "batches", "flash_sales", "products")
+TABLES = ("notifications_sent", "product_pairs", "related_events", "order_events", "order_items",
+          "payment_references", "orders", "batch_results", "batches", "flash_sales", "products")
 
 
 def free_port():

@@ -16,7 +16,7 @@ from tests.support.tcp_proxy import TcpProxy
 from scripts.servers import ThrowawayMariaDB, ThrowawayRedis
 
 DB_NAME = "shop_faults"
-TABLES = ("order_items", "orders", "batch_results", "batches", "products")
+TABLES = ("order_items", "payment_references", "orders", "batch_results", "batches", "products")
 
 
 class Stack:

@@ -21,8 +21,9 @@ from tests.conftest import ADMIN_KEY, DEV_KEY, delete_prefix
 pytestmark = pytest.mark.replica
 
 DB_NAME = "shop_replica"
-TABLES = ("notifications_sent", "product_pairs", "related_events", "order_events", "order_items", "orders",
-          "batch_results", "batches", "flash_sales", "products", "search_terms", "search_typos")
+TABLES = ("notifications_sent", "product_pairs", "related_events", "order_events", "order_items",
+          "payment_references", "orders", "batch_results", "batches", "flash_sales", "products", "search_terms",
+          "search_typos")
 MAX_LAG_MS = 3000
 
 
