@@ -18,38 +18,55 @@ class BatchStore:
     def ensure(self, batch_id, order_count, client=""):
         self.db.run(lambda cur: self._ensure(cur, batch_id, order_count, client))
 
-    def recorded_positions(self, batch_id, positions):
-        if not positions:
-            return set()
-        placeholders = ",".join(["%s"] * len(positions))
-        rows = self.db.query(f"SELECT position FROM batch_results WHERE batch_id = %s AND position IN ({placeholders})",
-                             [batch_id, *positions])
-        return {row["position"] for row in rows}
+    def recorded_positions(self, wanted):
+        """{batch_id: the positions of `wanted` {batch_id: positions} that have a result}, one query."""
+        found = {batch_id: set() for batch_id in wanted}
+        wanted = {batch_id: list(positions) for batch_id, positions in wanted.items() if positions}
+        if wanted:
+            where = " OR ".join(f"(batch_id = %s AND position IN ({','.join(['%s'] * len(p))}))"
+                                for p in wanted.values())
+            for row in self.db.query(f"SELECT batch_id, position FROM batch_results WHERE {where}",
+                                     [v for batch_id, p in wanted.items() for v in (batch_id, *p)]):
+                found[row["batch_id"]].add(row["position"])
+        return found
 
     def record(self, batch_id, order_count, results, client=""):
-        """Record {position: OrderResult} for the batch (creating its row if needed) and
-        bring its status up to date, in one transaction. Returns the status.
+        """record_many of one batch: its status."""
+        return self.record_many({batch_id: (order_count, results, client)})[batch_id]
+
+    def record_many(self, batches):
+        """Record {batch_id: (order_count, {position: OrderResult}, client)} (creating the
+        batch rows if needed) and bring each batch's status up to date, in one transaction.
+        Returns {batch_id: status}.
 
         A position's result is written once: when two deliveries of one message
         race, the first recorded result stays (the other is a replay of it)."""
+        ids = sorted(batches)
 
         def work(cur):
-            self._ensure(cur, batch_id, order_count, client)
-            # Serialises the writers of one batch so the count below is exact.
-            cur.execute("SELECT order_count FROM batches WHERE id = %s FOR UPDATE", (batch_id,))
-            expected = cur.fetchone()["order_count"]
+            rows = ",".join(["(%s, %s, %s, 'queued')"] * len(ids))
+            cur.execute(f"INSERT INTO batches (id, client, order_count, status) VALUES {rows} "
+                        "ON DUPLICATE KEY UPDATE id = id",
+                        [v for b in ids for v in (b, batches[b][2], batches[b][0])])
+            # Serialises the writers of each batch (rows locked in ascending id order) so the counts are exact.
+            cur.execute(f"SELECT id, order_count FROM batches WHERE id IN ({','.join(['%s'] * len(ids))}) "
+                        "ORDER BY id FOR UPDATE", ids)
+            expected = {row["id"]: row["order_count"] for row in cur.fetchall()}
+            results = [(b, pos, json.dumps(res.to_api(), ensure_ascii=False))
+                       for b in ids for pos, res in sorted(batches[b][1].items())]
             if results:
-                cur.executemany(
-                    "INSERT INTO batch_results (batch_id, position, result) VALUES (%s, %s, %s) "
-                    "ON DUPLICATE KEY UPDATE batch_id = batch_id",
-                    [(batch_id, pos, json.dumps(res.to_api(), ensure_ascii=False)) for pos, res in sorted(results.items())],
-                )
-            cur.execute("SELECT COUNT(*) AS n FROM batch_results WHERE batch_id = %s LOCK IN SHARE MODE", (batch_id,))
-            count = cur.fetchone()["n"]
-            status = "done" if count >= expected else ("processing" if count else "queued")
-            cur.execute("UPDATE batches SET status = %s, updated_at = CURRENT_TIMESTAMP(6) WHERE id = %s",
-                        (status, batch_id))
-            return status
+                cur.executemany("INSERT INTO batch_results (batch_id, position, result) VALUES (%s, %s, %s) "
+                                "ON DUPLICATE KEY UPDATE batch_id = batch_id", results)
+            cur.execute(f"SELECT batch_id, COUNT(*) AS n FROM batch_results WHERE batch_id IN "
+                        f"({','.join(['%s'] * len(ids))}) GROUP BY batch_id LOCK IN SHARE MODE", ids)
+            counts = {row["batch_id"]: row["n"] for row in cur.fetchall()}
+            statuses = {b: "done" if counts.get(b, 0) >= expected[b] else ("processing" if counts.get(b) else "queued")
+                        for b in ids}
+            cases = " ".join(["WHEN %s THEN %s"] * len(ids))
+            cur.execute(f"UPDATE batches SET status = CASE id {cases} END, updated_at = CURRENT_TIMESTAMP(6) "
+                        f"WHERE id IN ({','.join(['%s'] * len(ids))})",
+                        [v for b in ids for v in (b, statuses[b])] + ids)
+            return statuses
 
         return self.db.run(work)
 

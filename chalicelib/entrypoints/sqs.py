@@ -27,8 +27,8 @@ def _partial_response(event, context, record_handler):
 
 def handle_order_event(event, context=None, ingest=None):
     """The order-ingest Lambda: `{"batchItemFailures": [{"itemIdentifier": id}...]}`. The
-    records of one invocation are placed together (OrderIngest.process_all): the orders of
-    one batch in one transaction."""
+    records of one invocation are placed together (OrderIngest.process_all): their orders in
+    one transaction."""
     ingest = ingest or bootstrap.order_ingest()
     records = event.get("Records", [])
     remaining = getattr(context, "get_remaining_time_in_millis", None)
@@ -37,9 +37,7 @@ def handle_order_event(event, context=None, ingest=None):
         answers = {r["messageId"]: TransientFailure("Too little time left in this invocation; SQS will redeliver "
                                                      "the message.") for r in records}
     else:
-        # Each batch after the first starts only with time left (the records were just checked).
-        answers = ingest.process_all([(r["body"], r["messageId"]) for r in records],
-                                     has_time=lambda: remaining is None or remaining() >= TIME_RESERVE_MS)
+        answers = ingest.process_all([(r["body"], r["messageId"]) for r in records])
     failed = []
     for record in records:
         exc = answers[record["messageId"]]

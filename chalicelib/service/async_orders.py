@@ -121,13 +121,12 @@ class OrderIngest:
             raise answer
         return answer
 
-    def process_all(self, records, has_time=None):
+    def process_all(self, records):
         """{message_id: summary, or the exception that has SQS redeliver the record} for
-        records [(body, message_id)]. The orders of every message of one batch are placed in
-        one run of the order service (one transaction) and their results recorded together;
-        a position two records carry (a duplicate delivery) is placed once. `has_time()`
-        is asked before every batch but the first: False hands the rest back unstarted."""
-        answers, by_batch = {}, {}
+        records [(body, message_id)]. The orders of every record are placed in one run of the
+        order service (one transaction, whichever batches they came in) and their results
+        recorded together; a position two records carry (a duplicate delivery) is placed once."""
+        answers, items = {}, []
         for body, message_id in records:
             try:
                 prepared = self._prepare(body, message_id)
@@ -137,25 +136,24 @@ class OrderIngest:
             if isinstance(prepared, dict):
                 answers[message_id] = prepared
             else:
-                by_batch.setdefault(prepared[0].batch_id, []).append((message_id, *prepared))
-        for n, (batch_id, items) in enumerate(by_batch.items()):
-            if n and has_time is not None and not has_time():
-                self.emit("IngestRecordsDeferred", len(items))
-                answers.update({message_id: TransientFailure(
-                    "Too little time left in this invocation; SQS will redeliver the message.")
-                    for message_id, *_ in items})
-                continue
-            try:
-                # Positions already placed and recorded by an earlier delivery are skipped.
-                done = self.batches.recorded_positions(batch_id, sorted({p for _, m, _ in items for p in m.positions}))
-                orders = {}
-                for _, message, parsed in items:
-                    for position, order in zip(message.positions, parsed):
-                        if position not in done:
-                            orders.setdefault(position, order)
-                answers.update(self._finish(batch_id, items, self.orders.place_all(orders.items(), batch_id), done))
-            except Exception as exc:
-                answers.update({message_id: exc for message_id, *_ in items})
+                items.append((message_id, *prepared))
+        if not items:
+            return answers
+        try:
+            # Positions already placed and recorded by an earlier delivery are skipped.
+            wanted = {}
+            for _, message, _ in items:
+                wanted.setdefault(message.batch_id, set()).update(message.positions)
+            done = self.batches.recorded_positions({b: sorted(p) for b, p in wanted.items()})
+            orders = {}
+            for _, message, parsed in items:
+                for position, order in zip(message.positions, parsed):
+                    if position not in done[message.batch_id]:
+                        orders.setdefault((message.batch_id, position), order)
+            answers.update(self._finish(items, self.orders.place_all(orders.items(), batch_of=lambda key: key[0]),
+                                        done))
+        except Exception as exc:
+            answers.update({message_id: exc for message_id, *_ in items})
         return answers
 
     def _prepare(self, body, message_id):
@@ -181,36 +179,41 @@ class OrderIngest:
             return {"batch_id": message.batch_id, "recorded": len(message.positions), "rejected": True}
         return message, parsed
 
-    def _finish(self, batch_id, items, outcome, done):
-        """Record the batch's results of `outcome` and answer each message: its summary, or
-        the exception that retries it (an order of it hit contention, or was not reached)."""
+    def _finish(self, items, outcome, done):
+        """Record every batch's results of `outcome` in one transaction and answer each message:
+        its summary, or the exception that retries it (an order of it hit contention, or was
+        not reached)."""
         # A transient failure is not recorded: the message is retried.
-        results = {pos: r for pos, r in outcome.results.items() if not r.transient}
-        errors = {}
+        results = {key: r for key, r in outcome.results.items() if not r.transient}
+        errors, batches = {}, {}
         for message_id, message, _ in items:
-            mine = [pos for pos in message.positions if pos not in done]
-            if outcome.interrupted is not None and any(pos not in outcome.results for pos in mine):
+            batch_id = message.batch_id
+            mine = [(batch_id, pos) for pos in message.positions if pos not in done[batch_id]]
+            if outcome.interrupted is not None and any(key not in outcome.results for key in mine):
                 errors[message_id] = outcome.interrupted
-            elif any(outcome.results[pos].transient for pos in mine):
-                transient = [pos for pos in mine if outcome.results[pos].transient]
+            elif any(outcome.results[key].transient for key in mine):
+                transient = [key[1] for key in mine if outcome.results[key].transient]
                 errors[message_id] = TransientFailure(
                     f"{len(transient)} order(s) of batch {batch_id} hit contention (positions {transient}); "
                     "retrying the message")
             if message.enqueued_at:
-                for pos in mine:
-                    result = results.get(pos)
+                for key in mine:
+                    result = results.get(key)
                     if result is not None and result.status == "created" and result.created and not result.duplicate:
                         self.emit("IngestLatency", max(0.0, (time.time() - message.enqueued_at) * 1000),
                                   unit="Milliseconds")
-        first = items[0][1]
+            batches.setdefault(batch_id, (message.order_count, {}, message.client))
+        for (batch_id, pos), result in results.items():
+            batches[batch_id][1][pos] = result
         try:
-            status = self.batches.record(batch_id, first.order_count, results, first.client)
+            statuses = self.batches.record_many(batches)
         except Exception:
             if outcome.interrupted is None:
                 raise
             # Keep what was placed before the outage, if MySQL still takes it.
-            log.warning("could not record partial results of batch %s", batch_id)
-            status = None
+            log.warning("could not record partial results of batches %s", sorted(batches))
+            statuses = {}
         return {message_id: errors.get(message_id) or {
-            "batch_id": batch_id, "recorded": sum(1 for pos in message.positions if pos in results), "status": status}
+            "batch_id": message.batch_id, "status": statuses.get(message.batch_id),
+            "recorded": sum(1 for pos in message.positions if (message.batch_id, pos) in results)}
             for message_id, message, _ in items}

@@ -47,18 +47,19 @@ class BatchWriter:
         self.lock_first = lock_first
 
     def write(self, session: WriteSession, orders: Sequence[tuple[K, OrderRequest]],
-              batch_id=None) -> Optional[dict[K, OrderResult]]:
+              batch_of: Callable[[K], Optional[str]] = lambda key: None) -> Optional[dict[K, OrderResult]]:
         """{key: result} of every order, committed together; None when the batch must be
-        placed order by order (nothing of it was written). ServiceUnavailable propagates."""
+        placed order by order (nothing of it was written). `batch_of(key)`: the async batch
+        the order came in. ServiceUnavailable propagates."""
         try:
             try:
-                return session.run(lambda tx: self._write(tx, orders, batch_id, lock=self.lock_first))
+                return session.run(lambda tx: self._write(tx, orders, batch_of, lock=self.lock_first))
             except _NeedsLockedWrite:
-                return session.run(lambda tx: self._write(tx, orders, batch_id, lock=True))
+                return session.run(lambda tx: self._write(tx, orders, batch_of, lock=True))
         except (DuplicateOrderKey, ConcurrencyExhausted):
             return None
 
-    def _write(self, tx: ProductTransaction, orders, batch_id, lock):
+    def _write(self, tx: ProductTransaction, orders, batch_of, lock):
         repo = self.repository(tx.cursor)
         customers = sorted({order.customer_id for _, order in orders if order.customer_id})
         # Customer rows first, then product rows, each in ascending id order: the per-order path's order too.
@@ -98,7 +99,7 @@ class BatchWriter:
             first_of_key[key] = NewOrder(order.client, order.customer_id, order.user_id, order.client_order_id,
                                          order.request_hash, sum(qty * rows[pid]["price_cents"]
                                                                  for pid, qty in order.quantities.items()),
-                                         lines, window, batch_id, order.contact_email)
+                                         lines, window, batch_of(k), order.contact_email)
             new.append((k, first_of_key[key]))
         if not new:
             return results

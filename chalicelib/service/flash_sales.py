@@ -130,12 +130,12 @@ class FlashSales:
         except CacheUnavailable:
             return recorded, False, mysql_down
 
-    def take_sale_orders(self, orders, batch_id=None):
+    def take_sale_orders(self, orders, batch_of=lambda key: None):
         """Split `orders` [(key, order)]: the sale orders are admitted through the gate
         and handed to SQS here; returns ({key: OrderResult} of sale orders, the other
         orders, the MySQL outage met on the way or None: the caller need not pay for it twice).
-        Raises ServiceUnavailable (nothing taken) when the hand-off fails. `batch_id`:
-        the async batch the orders came in (their rows record it)."""
+        Raises ServiceUnavailable (nothing taken) when the hand-off fails. `batch_of(key)`:
+        the async batch the order came in (its row records it)."""
         requests = [o for _, o in orders if isinstance(o, OrderRequest)]
         on_sale, gate_up, mysql_down = self.sale_products({pid for o in requests for pid in o.quantities})
         if not on_sale:
@@ -181,7 +181,7 @@ class FlashSales:
             if admission is None or (admission.outcome == "REPLAY" and record is None):
                 results[key] = _gate_down(order)   # Redis did not answer
                 continue
-            results[key] = self._answer(order, admission, record, accepted, replayed, batch_id)
+            results[key] = self._answer(order, admission, record, accepted, replayed, batch_of(key))
         self._hand_off(accepted, replayed)
         return results, rest, mysql_down
 

@@ -4,7 +4,7 @@ Reads and cancels see only the caller's own orders (`owner`; None: any)."""
 import time
 from collections import Counter
 from dataclasses import replace
-from typing import Callable, Iterable, Union
+from typing import Callable, Iterable, Optional, Union
 
 from chalicelib.domain import order_lifecycle as lifecycle
 from chalicelib.domain.customer_limits import CustomerLimits
@@ -68,8 +68,9 @@ class OrderService:
         self._admission = InFlightLimit(max_in_flight)
 
     def place_all(self, orders: Iterable[tuple[K, Union[OrderRequest, InvalidOrder]]],
-                  batch_id=None) -> BatchOutcome[K]:
-        """The one batch loop (sync batches and SQS ingestion). Orders for products on
+                  batch_of: Callable[[K], Optional[str]] = lambda key: None) -> BatchOutcome[K]:
+        """The one batch loop (sync batches and SQS ingestion; `batch_of(key)`: the async batch
+        an order came in, which its row records). Orders for products on
         a flash sale are admitted through its gate and handed to SQS first (results
         `pending`; a failed hand-off raises ServiceUnavailable with nothing taken or
         placed); the others are placed each on its own, in order. The products of
@@ -78,30 +79,30 @@ class OrderService:
         orders = list(orders)
         sale, mysql_down = {}, None
         if self.flash is not None:
-            sale, orders, mysql_down = self.flash.take_sale_orders(orders, batch_id)
+            sale, orders, mysql_down = self.flash.take_sale_orders(orders, batch_of)
         if mysql_down is not None and any(isinstance(o, OrderRequest) for _, o in orders):
             # MySQL just failed us: the ordinary orders would only pay for the outage a second time.
             return BatchOutcome(sale, mysql_down)
         results = dict(sale)
         with self._admission, self.writes.session(enqueue=False) as session:
             try:
-                placed = self._place_together(session, orders, batch_id)
+                placed = self._place_together(session, orders, batch_of)
                 for key, order in orders:
                     if isinstance(order, InvalidOrder):
                         results[key] = failed(order.client_order_id, order.error)
                     else:
-                        results[key] = placed[key] if key in placed else self.place(session, order, batch_id)
+                        results[key] = placed[key] if key in placed else self.place(session, order, batch_of(key))
             except ServiceUnavailable as exc:
                 return BatchOutcome(results, exc)
         return BatchOutcome(results)
 
-    def _place_together(self, session, orders, batch_id):
+    def _place_together(self, session, orders, batch_of):
         """{key: result} of the valid orders placed in one transaction, or {} (none placed)."""
         valid = [(key, order) for key, order in orders if isinstance(order, OrderRequest)]
         if self.batch_writer is None or len(valid) < 2:
             return {}
         started = time.perf_counter()
-        placed = self.batch_writer.write(session, valid, batch_id)
+        placed = self.batch_writer.write(session, valid, batch_of)
         if placed is None:
             self.emit("BatchesPlacedOneByOne", 1)
             return {}
@@ -115,9 +116,9 @@ class OrderService:
             self.emit("OrdersFailed", count, code=code)
         return placed
 
-    def place_batch(self, parsed, batch_id=None):
+    def place_batch(self, parsed):
         """A sync batch: results in request order, or a 503 that says which orders committed."""
-        outcome = self.place_all(enumerate(parsed), batch_id)
+        outcome = self.place_all(enumerate(parsed))
         if outcome.interrupted is not None:
             exc = outcome.interrupted
             # Accepted sale orders (pending) are on SQS: a retry of the batch returns them as replays too.

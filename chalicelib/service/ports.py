@@ -186,10 +186,14 @@ class Outbox(Protocol):
 class BatchStore(Protocol):
     def ensure(self, batch_id: str, order_count: int, client: str = "") -> None: ...
 
-    def recorded_positions(self, batch_id: str, positions: Sequence[int]) -> set[int]: ...
+    def recorded_positions(self, wanted: Mapping[str, Sequence[int]]) -> dict[str, set[int]]:
+        """{batch_id: those of its `wanted` positions that have a result}."""
 
     def record(self, batch_id: str, order_count: int, results: Mapping, client: str = "") -> str:
         """Record {position: OrderResult} and bring the batch's status up to date; the status."""
+
+    def record_many(self, batches: Mapping[str, tuple[int, Mapping, str]]) -> dict[str, str]:
+        """record() of {batch_id: (order_count, results, client)} in one transaction; {batch_id: status}."""
 
     def get(self, batch_id, owner=None, resolve=None) -> dict: ...
 

@@ -48,9 +48,9 @@ def writes_counted(monkeypatch):
     counted = {"optimistic": 0, "locked": 0}
     write = batch_writer.BatchWriter._write
 
-    def counting(self, tx, orders, batch_id, lock):
+    def counting(self, tx, orders, batch_of, lock):
         counted["locked" if lock else "optimistic"] += 1
-        return write(self, tx, orders, batch_id, lock)
+        return write(self, tx, orders, batch_of, lock)
 
     monkeypatch.setattr(batch_writer.BatchWriter, "_write", counting)
     return counted

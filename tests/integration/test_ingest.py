@@ -130,6 +130,51 @@ def test_redelivery_after_crash_between_commit_and_delete(clean_db, sqs, fast_qu
     assert depth(sqs, url) == 0
 
 
+class CountingOrders(OrderService):
+    """The real OrderService, counting its runs of the batch loop."""
+
+    def __init__(self, real):
+        super().__init__(real.db, real.strategy, real.writes, real.repository, batch_writer=real.batch_writer)
+        self.runs = 0
+
+    def place_all(self, orders, batch_of=lambda key: None):
+        self.runs += 1
+        return super().place_all(orders, batch_of)
+
+
+def test_records_of_several_batches_are_placed_in_one_run_and_recorded_under_their_batches(
+        clean_db, sqs, fast_queue):
+    spec, url, _ = fast_queue
+    product = make_product(bootstrap.catalog(), stock=100)
+    # Messages of three batches interleaved, as concurrent submits leave them on the queue; one
+    # sent twice (both in this invocation), one position of "many-b" recorded by an earlier delivery.
+    bodies = [{"batch_id": f"many-{b}", "orders": [order(f"many-{b}-{i}", product["id"], 1, user_id=10 + i)
+                                                   for i in (2 * m, 2 * m + 1)],
+               "positions": [2 * m, 2 * m + 1], "order_count": 4} for m in range(2) for b in "abc"]
+    bodies.append(bodies[0])
+    counting = CountingOrders(bootstrap.orders())
+    ingest = async_orders.OrderIngest(counting, BatchStore(bootstrap.database()))
+    ingest.process(json.dumps({"batch_id": "many-b", "orders": [order("many-b-0", product["id"], 1, user_id=10)],
+                               "positions": [0], "order_count": 4}), "earlier")
+    counting.runs = 0
+    send(sqs, url, *bodies)
+    poller = Poller(sqs, spec.name, lambda event, context: sqs_handlers.handle_order_event(event, context, ingest),
+                    wait_seconds=1)
+    messages = receive_all(poller, len(bodies))
+
+    assert poller.invoke(messages) == set()
+    assert counting.runs == 1
+    rows = orders_for("many-")
+    assert sorted((r["client_order_id"], r["batch_id"]) for r in rows) == sorted(
+        (f"many-{b}-{i}", f"many-{b}") for b in "abc" for i in range(4))
+    assert stock(product["id"]) == 100 - 12
+    for b in "abc":
+        batch = bootstrap.batch_store().get(f"many-{b}")
+        assert batch["status"] == "done" and batch["summary"] == {"created": 4, "failed": 0, "pending": 0}
+        assert [r["client_order_id"] for r in batch["results"]] == [f"many-{b}-{i}" for i in range(4)]
+        assert all(r["duplicate"] is False for r in batch["results"])
+
+
 def test_same_orders_by_api_and_by_queue_are_created_once(clean_db, sqs, fast_queue):
     spec, url, _ = fast_queue
     product = make_product(bootstrap.catalog(), stock=10)

@@ -212,14 +212,17 @@ class FakeBatches:
     def __init__(self):
         self.results = {}
 
-    def recorded_positions(self, batch_id, positions):
-        return set(self.results.get(batch_id, {})) & set(positions)
+    def recorded_positions(self, wanted):
+        return {b: set(self.results.get(b, {})) & set(positions) for b, positions in wanted.items()}
 
     def record(self, batch_id, order_count, results, client=""):
         recorded = self.results.setdefault(batch_id, {})
         for position, result in results.items():
             recorded.setdefault(position, result)
         return "done" if len(recorded) >= order_count else "processing"
+
+    def record_many(self, batches):
+        return {b: self.record(b, count, results, client) for b, (count, results, client) in batches.items()}
 
 
 def order_service(world, inventory=None, metrics=None, payment_window=0):
