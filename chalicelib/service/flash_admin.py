@@ -17,21 +17,10 @@ from chalicelib.domain.errors import (
 from chalicelib.domain.products import iso
 from chalicelib.domain.sale_mode import check_offer, holdings, validate_sale
 from chalicelib.ops.logs import logger
-from chalicelib.ops.metrics import emit
-from chalicelib.service.flash_sales import SalesOnRecord, report_swept
-from chalicelib.service.ports import FlashGate, SaleRecords
+from chalicelib.service.flash_sales import SaleParts, report_swept
 
 
-class FlashSaleAdmin:
-    def __init__(self, records: SaleRecords, gate: FlashGate, on_record: SalesOnRecord, publisher, queue_name,
-                 metrics=emit):
-        self.records = records
-        self.gate = gate
-        self.on_record = on_record
-        self.publisher = publisher
-        self.queue_name = queue_name
-        self.emit = metrics
-
+class FlashSaleAdmin(SaleParts):
     def _to_api(self, row, live=None):
         sale = {"product_id": row["product_id"], "sale_id": row["sale_id"], "sale_stock": row["sale_stock"],
                 "per_customer_limit": row["per_customer_limit"], "on_sale": True,

@@ -87,7 +87,10 @@ def report_swept(emit_metric, swept):
         emit_metric("FlashLeasesSwept", swept)
 
 
-class FlashSales:
+class SaleParts:
+    """What the order path and the admin of flash sales both work with: MySQL's record of
+    the sales, the gate in Redis, the sales on record, and the flash-order queue."""
+
     def __init__(self, records: SaleRecords, gate: FlashGate, on_record: SalesOnRecord, publisher, queue_name,
                  metrics=emit):
         self.records = records
@@ -96,6 +99,9 @@ class FlashSales:
         self.publisher = publisher
         self.queue_name = queue_name
         self.emit = metrics
+
+
+class FlashSales(SaleParts):
 
     def give_back(self, order, lines):
         """After a cancel or expiry committed (MySQL has its stock back): its sale lines'

@@ -4,7 +4,6 @@ products in different orders, every per-order answer kept (each failure kind in
 one batch, answered as the per-order path answers it), a replay racing its
 first request, and an outage mid-batch that leaves nothing half-written."""
 import random
-import threading
 
 import pytest
 
@@ -16,6 +15,7 @@ from chalicelib.domain.orders import parse_batch
 from chalicelib.service import batch_writer
 from tests.conftest import make_product
 from tests.integration.test_customer_limits import customer
+from tests.support.threads import run_together
 
 
 def stock(pid):
@@ -69,24 +69,13 @@ def test_concurrent_batches_sharing_products_in_any_order_reconcile(clean_db, wr
             rng.shuffle(lines)  # any order in the request: the writer locks in ascending id order
             orders.append(order(f"c-{b}-{k}", *lines))
         batches.append(orders)
-    results, errors = [None] * len(batches), []
-    start = threading.Barrier(8)
+    results = [None] * len(batches)
 
     def client(indexes):
-        try:
-            start.wait(30)
-            for i in indexes:
-                results[i] = place(batches[i])
-        except Exception as exc:
-            errors.append(repr(exc))
+        for i in indexes:
+            results[i] = place(batches[i])
 
-    threads = [threading.Thread(target=client, args=(list(range(t, len(batches), 8)),)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-    assert errors == []
+    assert run_together(client, [list(range(t, len(batches), 8)) for t in range(8)]) == []
     flat = [r for batch in results for r in batch]
     assert {r["error"]["code"] for r in flat if r["status"] == "failed"} <= {"INSUFFICIENT_STOCK"}
     assert any(r["status"] == "failed" for r in flat) and any(r["status"] == "created" for r in flat)
@@ -108,14 +97,7 @@ def test_a_hot_product_never_oversells_through_concurrent_batches(clean_db):
     batches = [[order(f"h-{b}-{k}", (hot, 1), user_id=b * 10 + k + 1) for k in range(10)] for b in range(16)]
     results = []
 
-    def client(batch):
-        results.extend(place(batch))
-
-    threads = [threading.Thread(target=client, args=(batch,)) for batch in batches]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    assert run_together(lambda batch: results.extend(place(batch)), batches) == []
 
     assert sum(1 for r in results if r["status"] == "created") == 100
     assert {r["error"]["code"] for r in results if r["status"] == "failed"} == {"INSUFFICIENT_STOCK"}
@@ -202,23 +184,10 @@ def test_a_customers_unpaid_cap_counts_the_batchs_own_orders(clean_db):
 def test_a_replay_racing_its_first_request_is_created_once(clean_db):
     pids = [make_product(bootstrap.catalog(), stock=100)["id"] for _ in range(3)]
     batch = [order(f"r-{k}", (pids[k % 3], 1), (pids[(k + 1) % 3], 2)) for k in range(20)]
-    responses, errors = [], []
-    start = threading.Barrier(6)
+    responses = []
 
-    def client():
-        try:
-            start.wait(30)
-            responses.append(place(batch))
-        except Exception as exc:
-            errors.append(repr(exc))
-
-    threads = [threading.Thread(target=client) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-    assert errors == [] and len(responses) == 6
+    assert run_together(lambda _: responses.append(place(batch)), range(6)) == []
+    assert len(responses) == 6
     for k in range(20):
         mine = [response[k] for response in responses]
         assert {r["status"] for r in mine} == {"created"}

@@ -12,6 +12,7 @@ from chalicelib.adapters.inventory import STRATEGIES
 from chalicelib.domain.orders import parse_batch
 from tests.conftest import make_product
 from tests.support.order_load import process_main, run_buyers
+from tests.support.threads import run_together
 
 pytestmark = pytest.mark.parametrize("strategy", STRATEGIES)
 
@@ -184,23 +185,9 @@ def test_concurrent_cancels_restock_once(clean_db, strategy):
     order_id = placed["results"][0]["order_id"]
     assert _stock(product["id"]) == 7
 
-    outcomes, errors = [], []
-    barrier = threading.Barrier(16)
+    outcomes = []
 
-    def cancel():
-        try:
-            barrier.wait(10)
-            outcomes.append(service.cancel(order_id)["status"])
-        except Exception as exc:
-            errors.append(repr(exc))
-
-    threads = [threading.Thread(target=cancel) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-
-    assert errors == []
+    assert run_together(lambda _: outcomes.append(service.cancel(order_id)["status"]), range(16), timeout=10) == []
     assert outcomes == ["cancelled"] * 16
     assert _stock(product["id"]) == 10
     assert service.get(order_id)["status"] == "cancelled"
