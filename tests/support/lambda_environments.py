@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+import zipfile
 from pathlib import Path
 
 import boto3
@@ -45,6 +46,17 @@ def _python(version):
         if subprocess.run([str(candidate), "-c", ""], capture_output=True).returncode == 0:
             return str(candidate)
     raise AssertionError(f"no python{version} on this machine: the template's runtime cannot be tested")
+
+
+def packaged_functions(out):
+    """The stack packaged for prod into `out` and its zip unpacked as Lambda's task root:
+    (the template, the task root)."""
+    from scripts import package
+    template = json.loads(package.package(stage="prod", out=out, quiet=True).read_text())
+    task_root = out / "task"
+    with zipfile.ZipFile(out / "deployment.zip") as archive:
+        archive.extractall(task_root)
+    return template, task_root
 
 
 def runtime_python(version):

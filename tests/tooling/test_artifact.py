@@ -14,7 +14,6 @@ import json
 import shutil
 import time
 import uuid
-import zipfile
 
 import boto3
 import pymysql
@@ -23,10 +22,9 @@ import redis
 
 import app as shop_app
 from chalicelib.entrypoints import openapi
-from scripts import package
 from tests.conftest import ROOT
 from tests.support.lambda_environments import (APP_KEY_ID, EVENTS, ISSUER, ExecutionEnvironment, cloud_endpoints,
-                                               function_environment)
+                                               function_environment, packaged_functions)
 from tests.support.lambda_environments import body as _body
 from tests.support.lambda_environments import proxy_event
 from tests.support.lambda_environments import resource_for as _resource_for
@@ -36,11 +34,7 @@ from tests.support.lambda_environments import sqs_event as _sqs_event
 
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory):
-    out = tmp_path_factory.mktemp("artifact")
-    template = json.loads(package.package(stage="prod", out=out, quiet=True).read_text())
-    task_root = out / "task"
-    with zipfile.ZipFile(out / "deployment.zip") as archive:
-        archive.extractall(task_root)
+    template, task_root = packaged_functions(tmp_path_factory.mktemp("artifact"))
     functions = {name: r["Properties"] for name, r in template["Resources"].items()
                  if r["Type"] == "AWS::Serverless::Function"}
     return template, functions, task_root

@@ -6,28 +6,20 @@ The packaged API from the zip, on the runtime's interpreter with the runtime's
 hooks library (requirements-runtime.txt), snapshotted and restored by
 tests/support/lambda_driver.py --snapstart; and the hooks in this process
 against connections it holds, on the real MariaDB and Redis."""
-import json
-import zipfile
-
 import pytest
 from snapshot_restore_py import get_after_restore, get_before_snapshot
 
 from chalicelib import bootstrap, snapstart  # noqa: F401 - registers the hooks, as app.py does
-from scripts import package
 from tests.support.lambda_environments import (ExecutionEnvironment, body, cloud_endpoints, function_environment,
-                                               open_connections, proxy_event, runtime_python, sqs_event)
+                                               open_connections, packaged_functions, proxy_event, runtime_python,
+                                               sqs_event)
 
 MYSQL_PORT, REDIS_PORT = 3306, 6379
 
 
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory):
-    out = tmp_path_factory.mktemp("snapstart")
-    template = json.loads(package.package(stage="prod", out=out, quiet=True).read_text())
-    task_root = out / "task"
-    with zipfile.ZipFile(out / "deployment.zip") as archive:
-        archive.extractall(task_root)
-    return template, task_root
+    return packaged_functions(tmp_path_factory.mktemp("snapstart"))
 
 
 @pytest.fixture(scope="module")
