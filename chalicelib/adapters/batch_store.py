@@ -20,13 +20,37 @@ class BatchStore:
 
     def recorded_positions(self, wanted):
         """{batch_id: the positions of `wanted` {batch_id: positions} that have a result}, one query."""
+        return self._recorded(self.db.query, wanted)
+
+    def recorded_in(self, cursor, keys):
+        """Inside an order transaction (`cursor`): the (batch_id, position) of `keys` another delivery
+        has recorded. Takes the batches' rows shared until that transaction ends, so no result is
+        recorded for them meanwhile (record_many takes them exclusive), and reads the results as
+        committed (a locking read: the transaction's snapshot is left to its own first read)."""
+        ids = sorted({batch_id for batch_id, _ in keys})
+        if not ids:
+            return set()
+        cursor.execute(f"SELECT id FROM batches WHERE id IN ({','.join(['%s'] * len(ids))}) ORDER BY id "
+                       "LOCK IN SHARE MODE", ids)
+        wanted = {}
+        for batch_id, position in keys:
+            wanted.setdefault(batch_id, []).append(position)
+
+        def query(sql, params):
+            cursor.execute(sql + " LOCK IN SHARE MODE", params)
+            return cursor.fetchall()
+
+        return {(batch_id, pos) for batch_id, positions in self._recorded(query, wanted).items() for pos in positions}
+
+    @staticmethod
+    def _recorded(query, wanted):
         found = {batch_id: set() for batch_id in wanted}
-        wanted = {batch_id: list(positions) for batch_id, positions in wanted.items() if positions}
+        wanted = {batch_id: sorted(positions) for batch_id, positions in wanted.items() if positions}
         if wanted:
             where = " OR ".join(f"(batch_id = %s AND position IN ({','.join(['%s'] * len(p))}))"
                                 for p in wanted.values())
-            for row in self.db.query(f"SELECT batch_id, position FROM batch_results WHERE {where}",
-                                     [v for batch_id, p in wanted.items() for v in (batch_id, *p)]):
+            for row in query(f"SELECT batch_id, position FROM batch_results WHERE {where}",
+                             [v for batch_id, p in wanted.items() for v in (batch_id, *p)]):
                 found[row["batch_id"]].add(row["position"])
         return found
 
@@ -34,13 +58,16 @@ class BatchStore:
         """record_many of one batch: its status."""
         return self.record_many({batch_id: (order_count, results, client)})[batch_id]
 
-    def record_many(self, batches):
+    def record_many(self, batches, settle=None):
         """Record {batch_id: (order_count, {position: OrderResult}, client)} (creating the
         batch rows if needed) and bring each batch's status up to date, in one transaction.
         Returns {batch_id: status}.
 
         A position's result is written once: when two deliveries of one message
-        race, the first recorded result stays (the other is a replay of it)."""
+        race, the first recorded result stays (the other is a replay of it).
+        `settle(cursor, {(batch_id, position): result})`, called once the batches' rows
+        are held, returns results to record instead (a failure whose order another
+        delivery has since created becomes that order's replay)."""
         ids = sorted(batches)
 
         def work(cur):
@@ -52,7 +79,8 @@ class BatchStore:
             cur.execute(f"SELECT id, order_count FROM batches WHERE id IN ({','.join(['%s'] * len(ids))}) "
                         "ORDER BY id FOR UPDATE", ids)
             expected = {row["id"]: row["order_count"] for row in cur.fetchall()}
-            results = [(b, pos, json.dumps(res.to_api(), ensure_ascii=False))
+            settled = settle(cur, {(b, pos): res for b in ids for pos, res in batches[b][1].items()}) if settle else {}
+            results = [(b, pos, json.dumps(settled.get((b, pos), res).to_api(), ensure_ascii=False))
                        for b in ids for pos, res in sorted(batches[b][1].items())]
             if results:
                 cur.executemany("INSERT INTO batch_results (batch_id, position, result) VALUES (%s, %s, %s) "

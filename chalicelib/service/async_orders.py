@@ -59,9 +59,10 @@ import uuid
 
 from chalicelib.domain.errors import ServiceUnavailable, ShopError
 from chalicelib.domain.ingest_message import chunk_messages, decode_message
-from chalicelib.domain.orders import failed, parse_batch
+from chalicelib.domain.orders import OrderRequest, failed, parse_batch
 from chalicelib.ops.logs import logger
 from chalicelib.ops.metrics import emit
+from chalicelib.service.batch_writer import BatchWriter, key_of
 from chalicelib.service.ports import BatchStore, QueuePublisher
 
 log = logging.getLogger(__name__)
@@ -150,8 +151,17 @@ class OrderIngest:
                 for position, order in zip(message.positions, parsed):
                     if position not in done[message.batch_id]:
                         orders.setdefault((message.batch_id, position), order)
-            answers.update(self._finish(items, self.orders.place_all(orders.items(), batch_of=lambda key: key[0]),
-                                        done))
+            # A concurrent delivery of the same message may answer positions meanwhile: each order
+            # transaction asks again, holding the batches' rows (docs/design.md, invariant 3).
+            answered = set()
+
+            def recorded(cursor, keys):
+                found = self.batches.recorded_in(cursor, keys)
+                answered.update(found)
+                return found
+
+            outcome = self.orders.place_all(orders.items(), batch_of=lambda key: key[0], recorded=recorded)
+            answers.update(self._finish(items, outcome, done, answered, orders))
         except Exception as exc:
             answers.update({message_id: exc for message_id, *_ in items})
         return answers
@@ -179,16 +189,17 @@ class OrderIngest:
             return {"batch_id": message.batch_id, "recorded": len(message.positions), "rejected": True}
         return message, parsed
 
-    def _finish(self, items, outcome, done):
+    def _finish(self, items, outcome, done, answered, orders):
         """Record every batch's results of `outcome` in one transaction and answer each message:
         its summary, or the exception that retries it (an order of it hit contention, or was
-        not reached)."""
+        not reached). `answered`: the positions a concurrent delivery recorded meanwhile."""
         # A transient failure is not recorded: the message is retried.
         results = {key: r for key, r in outcome.results.items() if not r.transient}
         errors, batches = {}, {}
         for message_id, message, _ in items:
             batch_id = message.batch_id
-            mine = [(batch_id, pos) for pos in message.positions if pos not in done[batch_id]]
+            mine = [(batch_id, pos) for pos in message.positions
+                    if pos not in done[batch_id] and (batch_id, pos) not in answered]
             if outcome.interrupted is not None and any(key not in outcome.results for key in mine):
                 errors[message_id] = outcome.interrupted
             elif any(outcome.results[key].transient for key in mine):
@@ -206,7 +217,8 @@ class OrderIngest:
         for (batch_id, pos), result in results.items():
             batches[batch_id][1][pos] = result
         try:
-            statuses = self.batches.record_many(batches)
+            statuses = self.batches.record_many(batches, settle=lambda cursor, recording: self._settle(
+                cursor, recording, orders))
         except Exception:
             if outcome.interrupted is None:
                 raise
@@ -217,3 +229,15 @@ class OrderIngest:
             "batch_id": message.batch_id, "status": statuses.get(message.batch_id),
             "recorded": sum(1 for pos in message.positions if (message.batch_id, pos) in results)}
             for message_id, message, _ in items}
+
+    def _settle(self, cursor, recording, orders):
+        """Inside the record transaction, the batches' rows held: a failure about to be recorded
+        whose key has an order by now (a concurrent delivery created it) is recorded as that
+        order's replay instead."""
+        failed_orders = {key: orders[key] for key, result in recording.items()
+                         if not result.created and isinstance(orders.get(key), OrderRequest)}
+        if not failed_orders:
+            return {}
+        existing = self.orders.repository(cursor).find_many([key_of(o) for o in failed_orders.values()])
+        return {key: BatchWriter.replay(existing[key_of(o)], o) for key, o in failed_orders.items()
+                if key_of(o) in existing}

@@ -47,19 +47,24 @@ class BatchWriter:
         self.lock_first = lock_first
 
     def write(self, session: WriteSession, orders: Sequence[tuple[K, OrderRequest]],
-              batch_of: Callable[[K], Optional[str]] = lambda key: None) -> Optional[dict[K, OrderResult]]:
-        """{key: result} of every order, committed together; None when the batch must be
-        placed order by order (nothing of it was written). `batch_of(key)`: the async batch
-        the order came in. ServiceUnavailable propagates."""
+              batch_of: Callable[[K], Optional[str]] = lambda key: None,
+              recorded: Optional[Callable[[object, list], set]] = None) -> Optional[dict[K, OrderResult]]:
+        """{key: result} of every order, committed together (None for a key `recorded(cursor,
+        keys)`, asked first in the transaction, says another delivery answered); None when the
+        batch must be placed order by order (nothing of it was written). `batch_of(key)`: the
+        async batch the order came in. ServiceUnavailable propagates."""
         try:
             try:
-                return session.run(lambda tx: self._write(tx, orders, batch_of, lock=self.lock_first))
+                return session.run(lambda tx: self._write(tx, orders, batch_of, recorded, lock=self.lock_first))
             except _NeedsLockedWrite:
-                return session.run(lambda tx: self._write(tx, orders, batch_of, lock=True))
+                return session.run(lambda tx: self._write(tx, orders, batch_of, recorded, lock=True))
         except (DuplicateOrderKey, ConcurrencyExhausted):
             return None
 
-    def _write(self, tx: ProductTransaction, orders, batch_of, lock):
+    def _write(self, tx: ProductTransaction, orders, batch_of, recorded, lock):
+        # Before any other row: what a concurrent delivery answered is its to answer.
+        answered = recorded(tx.cursor, [k for k, _ in orders]) if recorded is not None else set()
+        orders = [(k, order) for k, order in orders if k not in answered]
         repo = self.repository(tx.cursor)
         customers = sorted({order.customer_id for _, order in orders if order.customer_id})
         # Customer rows first, then product rows, each in ascending id order: the per-order path's order too.
@@ -70,11 +75,11 @@ class BatchWriter:
         existing = repo.find_many([key_of(order) for _, order in orders])
         held = repo.unpaid_units_many(customers)
         left = {pid: row["stock"] for pid, row in rows.items()}
-        results, new, first_of_key = {}, [], {}
+        results, new, first_of_key = dict.fromkeys(answered), [], {}
         for k, order in orders:
             key = key_of(order)
             if key in existing or key in first_of_key:
-                results[k] = self._replay(existing.get(key) or first_of_key[key], order)
+                results[k] = self.replay(existing.get(key) or first_of_key[key], order)
                 continue
             units = sum(order.quantities.values())
             window = self.payment_windows.for_order(order.customer_id)
@@ -120,7 +125,7 @@ class BatchWriter:
         return results
 
     @staticmethod
-    def _replay(earlier, order: OrderRequest) -> OrderResult:
+    def replay(earlier, order: OrderRequest) -> OrderResult:
         """The answer to a key used before: by a committed order (StoredOrder) or earlier in this batch (NewOrder)."""
         if earlier.request_hash != order.request_hash:
             return failed(order.client_order_id, idempotency_conflict(order.client_order_id, order.user_id))

@@ -68,9 +68,12 @@ class OrderService:
         self._admission = InFlightLimit(max_in_flight)
 
     def place_all(self, orders: Iterable[tuple[K, Union[OrderRequest, InvalidOrder]]],
-                  batch_of: Callable[[K], Optional[str]] = lambda key: None) -> BatchOutcome[K]:
+                  batch_of: Callable[[K], Optional[str]] = lambda key: None,
+                  recorded: Optional[Callable[[object, list], set]] = None) -> BatchOutcome[K]:
         """The one batch loop (sync batches and SQS ingestion; `batch_of(key)`: the async batch
-        an order came in, which its row records). Orders for products on
+        an order came in, which its row records; `recorded(cursor, keys)`, asked first in every
+        order transaction: the keys another delivery has answered, left out of this run and of
+        its results). Orders for products on
         a flash sale are admitted through its gate and handed to SQS first (results
         `pending`; a failed hand-off raises ServiceUnavailable with nothing taken or
         placed); the others are placed each on its own, in order. The products of
@@ -86,33 +89,37 @@ class OrderService:
         results = dict(sale)
         with self._admission, self.writes.session(enqueue=False) as session:
             try:
-                placed = self._place_together(session, orders, batch_of)
+                placed = self._place_together(session, orders, batch_of, recorded)
                 for key, order in orders:
                     if isinstance(order, InvalidOrder):
                         results[key] = failed(order.client_order_id, order.error)
-                    else:
-                        results[key] = placed[key] if key in placed else self.place(session, order, batch_of(key))
+                        continue
+                    result = placed[key] if key in placed else self.place(
+                        session, order, batch_of(key), recorded and (lambda cursor, key=key: recorded(cursor, [key])))
+                    if result is not None:
+                        results[key] = result
             except ServiceUnavailable as exc:
                 return BatchOutcome(results, exc)
         return BatchOutcome(results)
 
-    def _place_together(self, session, orders, batch_of):
-        """{key: result} of the valid orders placed in one transaction, or {} (none placed)."""
+    def _place_together(self, session, orders, batch_of, recorded=None):
+        """{key: result, or None when another delivery answered it} of the valid orders placed
+        in one transaction, or {} (none placed)."""
         valid = [(key, order) for key, order in orders if isinstance(order, OrderRequest)]
         if self.batch_writer is None or len(valid) < 2:
             return {}
         started = time.perf_counter()
-        placed = self.batch_writer.write(session, valid, batch_of)
+        placed = self.batch_writer.write(session, valid, batch_of, recorded)
         if placed is None:
             self.emit("BatchesPlacedOneByOne", 1)
             return {}
-        created = sum(1 for r in placed.values() if r.created and not r.duplicate)
+        created = sum(1 for r in placed.values() if r is not None and r.created and not r.duplicate)
         if created:
             self.emit("OrdersCreated", created)
             # Every order of the batch committed with the batch: each one's latency is the batch's.
             latency = (time.perf_counter() - started) * 1000
             self.emit_values("OrderLatency", [latency] * created, unit="Milliseconds")
-        for code, count in Counter(r.error.code for r in placed.values() if not r.created).items():
+        for code, count in Counter(r.error.code for r in placed.values() if r is not None and not r.created).items():
             self.emit("OrdersFailed", count, code=code)
         return placed
 
@@ -132,14 +139,16 @@ class OrderService:
         results = [outcome.results[i].to_api() for i in range(len(parsed))]
         return {"results": results, "summary": summarize(results)}
 
-    def place(self, session: WriteSession, order: OrderRequest, batch_id=None) -> OrderResult:
-        """One order in its own transaction of `session`. Business failures are
-        results; infrastructure failures (ServiceUnavailable) propagate so the
-        caller can answer 503 or retry."""
+    def place(self, session: WriteSession, order: OrderRequest, batch_id=None,
+              answered: Optional[Callable[[object], bool]] = None) -> Optional[OrderResult]:
+        """One order in its own transaction of `session`; None if `answered(cursor)`, asked
+        first in the transaction, says another delivery has answered it. Business failures
+        are results; infrastructure failures (ServiceUnavailable) propagate so the caller
+        can answer 503 or retry."""
         started = time.perf_counter()
         try:
             result = self.strategy.transact(session, order.quantities,
-                                            lambda tx, reserver: self._place(tx, reserver, order, batch_id))
+                                            lambda tx, reserver: self._place(tx, reserver, order, batch_id, answered))
         except ConcurrencyExhausted as exc:
             # Contention, not an outage: this order fails retryably, the batch goes on.
             result = failed(order.client_order_id, exc)
@@ -147,6 +156,8 @@ class OrderService:
             raise
         except ShopError as exc:
             result = failed(order.client_order_id, exc)
+        if result is None:
+            return None
         if result.created and not result.duplicate:
             self.emit("OrdersCreated", 1)
             self.emit("OrderLatency", (time.perf_counter() - started) * 1000, unit="Milliseconds")
@@ -154,7 +165,10 @@ class OrderService:
             self.emit("OrdersFailed", 1, code=result.error.code)
         return result
 
-    def _place(self, tx: ProductTransaction, reserver: Reserver, order: OrderRequest, batch_id) -> OrderResult:
+    def _place(self, tx: ProductTransaction, reserver: Reserver, order: OrderRequest, batch_id,
+               answered=None) -> Optional[OrderResult]:
+        if answered is not None and answered(tx.cursor):
+            return None
         orders = self.repository(tx.cursor)
         if order.customer_id:
             # The customer's orders one at a time (the customer row, before the order and product rows), so

@@ -192,8 +192,15 @@ class BatchStore(Protocol):
     def record(self, batch_id: str, order_count: int, results: Mapping, client: str = "") -> str:
         """Record {position: OrderResult} and bring the batch's status up to date; the status."""
 
-    def record_many(self, batches: Mapping[str, tuple[int, Mapping, str]]) -> dict[str, str]:
-        """record() of {batch_id: (order_count, results, client)} in one transaction; {batch_id: status}."""
+    def recorded_in(self, cursor, keys: Sequence[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Inside an order transaction: the (batch_id, position) of `keys` already answered, the
+        batches' rows held shared until it ends."""
+
+    def record_many(self, batches: Mapping[str, tuple[int, Mapping, str]],
+                    settle: Optional[Callable[[object, Mapping], Mapping]] = None) -> dict[str, str]:
+        """record() of {batch_id: (order_count, results, client)} in one transaction, the batches'
+        rows held; `settle(cursor, {(batch_id, position): result})` may replace results first.
+        {batch_id: status}."""
 
     def get(self, batch_id, owner=None, resolve=None) -> dict: ...
 

@@ -213,8 +213,8 @@ def test_sync_batch_cut_mid_way_names_what_committed_and_leaves_no_stale_copy(st
     monkeypatch.setattr(service, "batch_writer", None)
     place = service.place
 
-    def place_then_lose_mysql(session, order, batch_id=None):
-        outcome = place(session, order, batch_id)
+    def place_then_lose_mysql(session, order, batch_id=None, answered=None):
+        outcome = place(session, order, batch_id, answered)
         if order.client_order_id == "mid-1":
             stack.mysql_proxy.blackhole()
             stack.mysql_proxy.cut()

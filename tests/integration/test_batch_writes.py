@@ -48,9 +48,9 @@ def writes_counted(monkeypatch):
     counted = {"optimistic": 0, "locked": 0}
     write = batch_writer.BatchWriter._write
 
-    def counting(self, tx, orders, batch_of, lock):
+    def counting(self, tx, orders, batch_of, recorded, lock):
         counted["locked" if lock else "optimistic"] += 1
-        return write(self, tx, orders, batch_of, lock)
+        return write(self, tx, orders, batch_of, recorded, lock)
 
     monkeypatch.setattr(batch_writer.BatchWriter, "_write", counting)
     return counted

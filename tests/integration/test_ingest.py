@@ -138,9 +138,9 @@ class CountingOrders(OrderService):
         super().__init__(real.db, real.strategy, real.writes, real.repository, batch_writer=real.batch_writer)
         self.runs = 0
 
-    def place_all(self, orders, batch_of=lambda key: None):
+    def place_all(self, orders, batch_of=lambda key: None, recorded=None):
         self.runs += 1
-        return super().place_all(orders, batch_of)
+        return super().place_all(orders, batch_of, recorded)
 
 
 def test_records_of_several_batches_are_placed_in_one_run_and_recorded_under_their_batches(
@@ -190,8 +190,6 @@ class _RecordedThenHeld(BatchStore):
         return found
 
 
-@pytest.mark.xfail(strict=True, reason="two deliveries of one message decide apart: a failure one records can "
-                                       "stand beside the order the other creates (found by bench/chaos)")
 def test_two_deliveries_that_decide_apart_never_leave_a_failure_beside_an_order(clean_db):
     """Delivery B reads the recorded positions (none) and is held; delivery A, with the product
     inactive, fails the order and records the failure; the product comes back and B goes on."""
@@ -214,6 +212,51 @@ def test_two_deliveries_that_decide_apart_never_leave_a_failure_beside_an_order(
     result = bootstrap.batch_store().get("apart")["results"][0]
     rows = orders_for("apart-")
     assert (result["status"], len(rows)) in {("failed", 0), ("created", 1)}, (result, rows)
+
+
+class _HeldBeforeRecording(BatchStore):
+    """The real batch store; waits for `go` before recording."""
+
+    def __init__(self, db, placed, go):
+        super().__init__(db)
+        self.placed, self.go = placed, go
+
+    def record_many(self, batches, settle=None):
+        self.placed.set()
+        assert self.go.wait(30)
+        return super().record_many(batches, settle)
+
+
+class _DiesBeforeRecording(BatchStore):
+    def record_many(self, batches, settle=None):
+        raise RuntimeError("the consumer died between its commit and its record")
+
+
+def test_a_failure_recorded_after_another_delivery_created_the_order_becomes_its_replay(clean_db):
+    """Delivery A fails the order (its product inactive) and is held before recording; the product
+    comes back, delivery B creates the order and dies before recording; A then records."""
+    catalog = bootstrap.catalog()
+    pid = make_product(catalog, stock=10)["id"]
+    body = json.dumps({"batch_id": "after", "client": "dev", "orders": [order("after-1", pid)]})
+    placed, go = threading.Event(), threading.Event()
+    first = async_orders.OrderIngest(bootstrap.orders(), _HeldBeforeRecording(bootstrap.database(), placed, go))
+    catalog.update(pid, {"status": "inactive"})
+    answers = {}
+    delivery_a = threading.Thread(target=lambda: answers.update(a=first.process_all([(body, "m-a")])))
+    delivery_a.start()
+    try:
+        assert placed.wait(30)
+        catalog.update(pid, {"status": "active"})
+        died = async_orders.OrderIngest(bootstrap.orders(), _DiesBeforeRecording(bootstrap.database()))
+        assert isinstance(died.process_all([(body, "m-b")])["m-b"], RuntimeError)
+    finally:
+        go.set()
+        delivery_a.join(30)
+    rows = orders_for("after-")
+    result = bootstrap.batch_store().get("after")["results"][0]
+    assert len(rows) == 1 and stock(pid) == 9
+    assert (result["status"], result["order_id"], result["duplicate"]) == ("created", rows[0]["id"], True)
+    assert answers["a"]["m-a"]["status"] == "done"
 
 
 def test_same_orders_by_api_and_by_queue_are_created_once(clean_db, sqs, fast_queue):
@@ -313,12 +356,12 @@ class FlakyOrders(OrderService):
         self.outage_users = set(outage_users)
         self.contention_users = set(contention_users)
 
-    def place(self, session, order, batch_id=None):
+    def place(self, session, order, batch_id=None, answered=None):
         if order.user_id in self.outage_users:
             raise ServiceUnavailable("simulated outage")
         if order.user_id in self.contention_users:
             return failed(order.client_order_id, ConcurrencyExhausted("Too much contention; retry shortly."))
-        return super().place(session, order, batch_id)
+        return super().place(session, order, batch_id, answered)
 
 
 def test_mixed_batch_reports_only_the_failed_ids(clean_db, sqs, fast_queue):

@@ -221,7 +221,11 @@ class FakeBatches:
             recorded.setdefault(position, result)
         return "done" if len(recorded) >= order_count else "processing"
 
-    def record_many(self, batches):
+    def recorded_in(self, cursor, keys):
+        return {(b, p) for b, p in keys if p in self.results.get(b, {})}
+
+    def record_many(self, batches, settle=None):
+        # One delivery at a time here: nothing for `settle` to find.
         return {b: self.record(b, count, results, client) for b, (count, results, client) in batches.items()}
 
 
