@@ -143,7 +143,8 @@ class ThrowawayRedisCluster:
     """`masters` redis-servers in cluster mode (no replicas), the 16384 slots split evenly
     between them. A killed master's slots stay its own (nobody takes them over), and the
     others keep serving theirs (cluster-require-full-coverage no, as on ElastiCache):
-    what a dead shard holds fails, nothing else. Restarted, it rejoins empty."""
+    what a dead shard holds fails, nothing else. Restarted, it rejoins empty. The app enters
+    through one more member that holds no slots (`url`)."""
 
     SLOTS = 16384
 
@@ -152,15 +153,20 @@ class ThrowawayRedisCluster:
         args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", "1000", "--cluster-require-full-coverage", "no"]
         # The bus port of its own: the default (port + 10000) of a high free port does not exist.
-        self.bus_ports = [free_port() for _ in range(masters)]
+        self.bus_ports = [free_port() for _ in range(masters + 1)]
         self.nodes = [ThrowawayRedis(maxmemory=maxmemory, policy=policy, base_dir=Path(self.dir) / str(i),
                                      extra_args=[*args, "--cluster-port", str(bus)])
-                      for i, bus in enumerate(self.bus_ports)]
+                      for i, bus in enumerate(self.bus_ports[:masters])]
+        # The app's entry point: a member that holds no slots, so no test kills it. ElastiCache's
+        # configuration endpoint likewise always answers with the live nodes; a killed master
+        # named in the URL would instead leave a client made afterwards no way in.
+        self.entry = ThrowawayRedis(maxmemory=maxmemory, policy=policy, base_dir=Path(self.dir) / "entry",
+                                    extra_args=[*args, "--cluster-port", str(self.bus_ports[-1])])
 
     @property
     def url(self):
-        """The app's URL: any one node; the client learns the others from it."""
-        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}/0"
+        """The app's URL: the slotless entry node; the client learns the masters from it."""
+        return f"redis+cluster://127.0.0.1:{self.entry.port}/0"
 
     def ranges(self):
         """[(first slot, last slot)] of each node, in `nodes` order."""
@@ -173,15 +179,16 @@ class ThrowawayRedisCluster:
         return redis.Redis(port=node.port, socket_timeout=2, decode_responses=True)
 
     def start(self, timeout=30):
-        for node in self.nodes:
+        for node in (*self.nodes, self.entry):
             node.start()
-        clients = [self._client(node) for node in self.nodes]
+        clients = [self._client(node) for node in (*self.nodes, self.entry)]
         try:
             for i, (client, (first, last)) in enumerate(zip(clients, self.ranges())):
                 # Distinct config epochs, as `redis-cli --cluster create` sets them: no collision to settle.
                 client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
                 client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
-            for node, bus in zip(self.nodes[1:], self.bus_ports[1:]):
+            clients[-1].execute_command("CLUSTER", "SET-CONFIG-EPOCH", len(self.nodes) + 1)
+            for node, bus in zip((*self.nodes[1:], self.entry), self.bus_ports[1:]):
                 clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port, bus)
             self.wait_ok(clients, timeout)
         finally:
@@ -194,7 +201,7 @@ class ThrowawayRedisCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             infos = [client.cluster("info") for client in clients]
-            if all(i["cluster_state"] == "ok" and int(i["cluster_known_nodes"]) == len(self.nodes)
+            if all(i["cluster_state"] == "ok" and int(i["cluster_known_nodes"]) == len(self.nodes) + 1
                    and int(i["cluster_slots_assigned"]) == self.SLOTS for i in infos):
                 return
             time.sleep(0.05)
@@ -220,7 +227,7 @@ class ThrowawayRedisCluster:
     def restart(self, node, timeout=30):
         """Start a killed node again: it rejoins with its slots (nodes.conf), empty."""
         node.start()
-        clients = [self._client(n) for n in self.nodes if n.running]
+        clients = [self._client(n) for n in (*self.nodes, self.entry) if n.running]
         try:
             self.wait_ok(clients, timeout)
         finally:
@@ -228,7 +235,7 @@ class ThrowawayRedisCluster:
                 client.close()
 
     def close(self):
-        for node in self.nodes:
+        for node in (*self.nodes, self.entry):
             node.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -20,7 +20,7 @@ import time
 
 from chalicelib.adapters.breaker import CircuitBreaker, CircuitOpen
 from chalicelib.domain.errors import CacheUnavailable, StoreFull
-from chalicelib.adapters.redis_cluster import ClusterRouting, Script, is_cluster_url
+from chalicelib.adapters.redis_cluster import ClusterRouting, Script, any_node_cluster, is_cluster_url
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class RedisGateway(ClusterRouting):
         if self.cluster:
             # One such pool per master. Made on the first call, not here: RedisCluster reads the
             # slot map when made, and a cluster down at cold start must cost a call, not the process.
-            self._connect = lambda: redis.RedisCluster.from_url(
+            self._connect = lambda: any_node_cluster().from_url(
                 url, connection_pool_class=redis.BlockingConnectionPool, retry=Retry(NoBackoff(), 0), **options)
         else:
             pool = redis.BlockingConnectionPool.from_url(url, **options)

@@ -1,6 +1,7 @@
 """What the Redis gateway (adapters/cache.py) needs to speak Redis Cluster besides redis-py's
 RedisCluster: which URLs mean a cluster, routing by slot and master (a breaker per master),
 and scripts a cluster can run."""
+import functools
 import hashlib
 import logging
 
@@ -119,3 +120,24 @@ class ClusterRouting:
             raise CacheUnavailable(str(exc)) from exc
         self.breaker.record_success()
 
+
+@functools.cache
+def any_node_cluster():
+    """redis.RedisCluster, except that it takes its command table from any master that answers.
+    redis-py asks only the master of slot 0 when a client is made, so with that one master down
+    no client could be made and every key would bypass the cache, not just that master's.
+    Made on first use: redis is imported lazily."""
+    import redis
+
+    class AnyNodeCluster(redis.RedisCluster):
+        def command(self, **kwargs):
+            nodes = {node.name: node for node in [self.get_default_node(), *self.get_primaries()]}
+            error = None
+            for node in nodes.values():
+                try:
+                    return self.execute_command("COMMAND", target_nodes=node, **kwargs)
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                    error = exc
+            raise error
+
+    return AnyNodeCluster
