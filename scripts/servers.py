@@ -234,6 +234,12 @@ class ThrowawayRedisCluster:
             for client in clients:
                 client.close()
 
+    def restart_killed(self):
+        """Every master a test killed, started again."""
+        for node in self.nodes:
+            if not node.running:
+                self.restart(node)
+
     def close(self):
         for node in (*self.nodes, self.entry):
             node.close()

@@ -21,7 +21,8 @@ class Script:
     """A Lua script; on a single node redis-py's registered one. On a cluster it is never loaded
     with SCRIPT LOAD, which redis-py sends to every master (one dead master would fail every
     call of a script some live master had not run yet): EVALSHA, and EVAL where the master
-    lacks it, which caches it there. In a cluster pipeline, which refuses EVALSHA, always EVAL.
+    lacks it, which caches it there. In a cluster pipeline, which refuses EVALSHA, always EVAL, sent
+    to the master of its keys.
     `script` (the source) and `sha` as on redis-py's (bench/flash pipelines them itself)."""
 
     def __init__(self, source, registered=None):
@@ -36,8 +37,11 @@ class Script:
         if self.registered is not None:
             return self.registered(keys=keys, args=args, client=client)
         if isinstance(client, self._cluster_pipeline):
-            # (ClusterPipeline.eval is a stub that takes no script.)
-            return client.execute_command("EVAL", self.script, len(keys), *keys, *args)
+            # (ClusterPipeline.eval is a stub that takes no script.) The master is named: unnamed,
+            # the pipeline asks its client's default node for an EVAL's keys (COMMAND GETKEYS), so
+            # with that one master dead the scripts of every live master would fail too.
+            master = {"target_nodes": client.nodes_manager.get_node_from_slot(client.keyslot(keys[0]))} if keys else {}
+            return client.execute_command("EVAL", self.script, len(keys), *keys, *args, **master)
         try:
             return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
         except self._no_script:
