@@ -42,6 +42,7 @@ from chaos_stack import Stack  # noqa: E402
 
 FIELDS = ("oversold", "lost", "duplicated", "stuck", "stale_cache", "events_missing")
 VISIBILITY = 8  # seconds: a paused consumer's batch comes back to the other one this soon
+STALL_SECONDS = 120  # after the load, what has not shrunk for this long is stuck
 WORDS = ("chaos phone", "chaos lamp", "desk lamp", "usb cable", "华为手机", "chaos desk")
 
 
@@ -93,9 +94,9 @@ def run(args, stack):
     workload.finish()
     stack.heal()
     checks = Checks(stack, ledger, initial, sale)
-    checks.settle(60)  # a sale Redis lost is rebuilt once its queue is quiet; owed orders need it
+    checks.settle(60, 60)  # a sale Redis lost is rebuilt once its queue is quiet; owed orders need it
     drained = workload.drain(time.monotonic() + 120)
-    state = checks.settle(max(240, args.seconds / 2))  # the email backlog grows with the load
+    state = checks.settle(STALL_SECONDS, max(240, args.seconds * 2))  # the email backlog grows with the load
     print(f"settled in {time.monotonic() - started:.0f}s: {state}; owed requests answered: {drained}", flush=True)
     return checks, nemesis, ledger, state
 

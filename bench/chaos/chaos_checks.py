@@ -51,10 +51,13 @@ class Checks:
         leases = bootstrap.flash_gate().leases()
         return {"queued": depth, "leases": leases, **{k: int(v) for k, v in row.items()}}
 
-    def settle(self, seconds):
-        """Wait (bounded) until nothing moves; the flash reconcile runs as its schedule would."""
-        deadline, state = time.monotonic() + seconds, None
-        while time.monotonic() < deadline:
+    def settle(self, stall_seconds, cap_seconds):
+        """Wait until nothing moves; the flash reconcile runs as its schedule would. Gives up when
+        nothing left has shrunk for `stall_seconds` (stuck), or at `cap_seconds` in all: a backlog
+        that drains slowly is waited for, one that stops is reported."""
+        started = time.monotonic()
+        state, least, progressed = None, None, started
+        while time.monotonic() - started < cap_seconds:
             with contextlib.suppress(Exception):
                 bootstrap.flash_admin().reconcile_all()
             try:
@@ -62,6 +65,11 @@ class Checks:
             except Exception as exc:  # a dependency still coming back
                 state = {"error": str(exc)[:100]}
             if not any(v for v in state.values()):
+                return state
+            left = sum(v for v in state.values() if isinstance(v, int))
+            if least is None or left < least:
+                least, progressed = left, time.monotonic()
+            elif time.monotonic() - progressed > stall_seconds:
                 return state
             time.sleep(2)
         return state
