@@ -1,6 +1,7 @@
 """The SQS-triggered Lambda handlers: partial batch responses around the
-order-ingest consumer (its records placed together) and, through Powertools,
-the cache-invalidation apply and the other consumers."""
+order-ingest consumer (its records placed together), the notification consumer
+(its emails sent together) and, through Powertools, the cache-invalidation apply
+and the other consumers."""
 import json
 from collections import Counter
 
@@ -147,29 +148,30 @@ def handle_invalidation_event(event, context=None):
 
 
 def handle_notification_event(event, context=None, notifier=None):
-    """The notifications Lambda (service/notifications.py): one email per mailed event.
-    A failed send (SES, MySQL, Cognito) fails its record: SQS redelivers it, then
-    the DLQ after 5 receives. A message that is not an event is reported (logged,
-    `NotificationMessagesRejected`) and failed too, so it lands in the DLQ after
-    its receives instead of being dropped: nothing is lost, nothing crashes."""
+    """The notifications Lambda (service/notifications.py): one email per mailed event, the
+    records of an invocation handled together (their emails sent at once). A failed send
+    (SES, MySQL) fails its record: SQS redelivers it, then the DLQ after 5 receives. A
+    message that is not an event is reported (logged, `NotificationMessagesRejected`) and
+    failed too, so it lands in the DLQ after its receives instead of being dropped: nothing
+    is lost, nothing crashes."""
     from chalicelib.domain.errors import ValidationError
 
     notifier = notifier or bootstrap.notifier()
-
-    def record_handler(record):
-        try:
-            return notifier.process(record.body)
-        except ValidationError as exc:
+    records = event.get("Records", [])
+    outcomes = notifier.process_all([r["body"] for r in records])
+    failed = []
+    for record, outcome in zip(records, outcomes):
+        if not isinstance(outcome, Exception):
+            continue
+        failed.append(record["messageId"])
+        if isinstance(outcome, ValidationError):
             logger.error("notification message is not an order event; it goes to the DLQ",
-                         extra={"message_id": record.message_id, "reason": exc.message,
-                                "body": str(record.body)[:500]})
+                         extra={"message_id": record["messageId"], "reason": outcome.message,
+                                "body": str(record["body"])[:500]})
             emit("NotificationMessagesRejected", 1)
-            raise
-        except Exception as exc:
-            logger.warning("notification not sent; SQS will redeliver it",
-                           extra={"message_id": record.message_id, "error": f"{type(exc).__name__}: {exc}",
-                                  "receive_count": record.attributes.approximate_receive_count})
-            emit("NotificationsFailed", 1)
-            raise
-
-    return _partial_response(event, context, record_handler)
+            continue
+        logger.warning("notification not sent; SQS will redeliver it",
+                       extra={"message_id": record["messageId"], "error": f"{type(outcome).__name__}: {outcome}",
+                              "receive_count": record.get("attributes", {}).get("ApproximateReceiveCount")})
+        emit("NotificationsFailed", 1)
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}

@@ -208,20 +208,22 @@ class BatchStore(Protocol):
 class NotificationLog(Protocol):
     """The events mailed, once each (adapters/notification_log.py), and what an email says."""
 
-    def recorded(self, event_id: str) -> bool: ...
+    def recorded(self, event_ids: list[str]) -> set[str]:
+        """Those of `event_ids` mailed already."""
 
-    def product(self, product_id: int) -> Optional[dict]:
-        """{sku, name} of the product, or None."""
+    def products(self, product_ids: list[int]) -> dict[int, dict]:
+        """{id: {sku, name}} of those that exist."""
 
-    def order(self, order_id: int) -> Optional[dict]:
-        """{total_cents, contact_email} of the order, or None."""
+    def orders(self, order_ids: list[int]) -> dict[int, dict]:
+        """{id: {total_cents, contact_email}} of those that exist."""
 
-    def order_items(self, order_id: int) -> list[dict]:
-        """[{product_id, quantity, unit_price_cents, name}] in product order."""
+    def order_items(self, order_ids: list[int]) -> dict[int, list[dict]]:
+        """{order_id: [{product_id, quantity, unit_price_cents, name}] in product order}."""
 
-    def record_and_send(self, event_id: str, event_type: str, recipient: Optional[str],
-                        send: Optional[Callable[[], str]] = None) -> bool:
-        """Record the event and call `send` in one transaction; False if it was recorded already."""
+    def record_and_send(self, entries: list[tuple[str, str, Optional[str]]],
+                        send_all: Callable[[list[str]], dict]) -> dict:
+        """Record each (event_id, type, recipient) and call `send_all(event ids recorded now)` in one
+        transaction; {event_id: True | False (recorded already) | the exception its send raised}."""
 
 
 class SaleRecords(Protocol):

@@ -22,7 +22,7 @@ from chalicelib.adapters.inventory import STRATEGIES
 from chalicelib.domain.orders import parse_batch
 from chalicelib.entrypoints import sqs as sqs_handlers
 from chalicelib.service import expiry_and_outbox
-from chalicelib.service.notifications import Notifier
+from chalicelib.service.notifications import EMAILS_IN_FLIGHT, Notifier
 from scripts import localstack
 from scripts.poller import Poller
 from tests.conftest import make_product
@@ -280,3 +280,67 @@ def test_concurrent_duplicates_send_one_email(clean_db, aws_endpoint):
     with ThreadPoolExecutor(6) as pool:
         assert all(f == set() for f in pool.map(one, range(6)))
     assert len(mailbox(aws_endpoint, to)) == 1
+
+
+class MeetingMailer:
+    """The local SES behind a meeting point: each send waits (at most 10 s) until `together` sends
+    are in flight, so a consumer that sends one after another fails them all."""
+
+    def __init__(self, mailer, together):
+        self.mailer, self.meeting = mailer, threading.Barrier(together, timeout=10)
+
+    def send(self, to, subject, text):
+        self.meeting.wait()
+        return self.mailer.send(to, subject, text)
+
+
+def test_an_invocations_emails_are_sent_together_each_once(clean_db, test_env, aws_endpoint):
+    product = make_product(bootstrap.catalog(), stock=50)
+    to = f"together-{uuid.uuid4().hex[:8]}@example.com"
+    bodies = [_created_event(place(product["id"], f"t{i}", contact_email=to)["order_id"])
+              for i in range(EMAILS_IN_FLIGHT)]
+    mailer = MeetingMailer(SesMailer(test_env["AWS_ENDPOINT_URL"], "us-east-1", test_env.get("NOTIFY_FROM_EMAIL")),
+                           EMAILS_IN_FLIGHT)
+    notifier = Notifier(MySQLNotificationLog(bootstrap.database()), mailer)
+    event = {"Records": [record(f"m{i}", body) for i, body in enumerate(bodies)]}
+    assert sqs_handlers.handle_notification_event(event, notifier=notifier) == {"batchItemFailures": []}
+    assert len(mailbox(aws_endpoint, to)) == len(bodies)
+    # Delivered again, twice in one invocation this time: nothing more is sent.
+    twice = {"Records": [record(f"again{i}", body) for i, body in enumerate(bodies + bodies)]}
+    assert sqs_handlers.handle_notification_event(twice) == {"batchItemFailures": []}
+    assert len(mailbox(aws_endpoint, to)) == len(bodies)
+
+
+def test_two_deliveries_of_one_event_in_one_invocation_send_one_email(clean_db, aws_endpoint):
+    to = f"pair-{uuid.uuid4().hex[:8]}@example.com"
+    body = _created_event(place(make_product(bootstrap.catalog(), stock=5)["id"], "pair", contact_email=to)["order_id"])
+    assert deliver(body, body, body) == set()
+    assert len(mailbox(aws_endpoint, to)) == 1
+
+
+class RefusingMailer:
+    """The local SES, except that it refuses to mail `refused`."""
+
+    def __init__(self, mailer, refused):
+        self.mailer, self.refused = mailer, refused
+
+    def send(self, to, subject, text):
+        if to == self.refused:
+            raise RuntimeError("SES refused the message")
+        return self.mailer.send(to, subject, text)
+
+
+def test_a_refused_email_fails_its_record_alone_and_records_nothing_for_it(clean_db, test_env, aws_endpoint):
+    product = make_product(bootstrap.catalog(), stock=50)
+    tag = uuid.uuid4().hex[:8]
+    addresses = [f"r{i}-{tag}@example.com" for i in range(3)]
+    bodies = [_created_event(place(product["id"], f"r{i}", contact_email=to)["order_id"])
+              for i, to in enumerate(addresses)]
+    ses = SesMailer(test_env["AWS_ENDPOINT_URL"], "us-east-1", test_env.get("NOTIFY_FROM_EMAIL"))
+    refusing = Notifier(MySQLNotificationLog(bootstrap.database()), RefusingMailer(ses, addresses[1]))
+    event = {"Records": [record(f"m{i}", body) for i, body in enumerate(bodies)]}
+    assert sqs_handlers.handle_notification_event(event, notifier=refusing) == {
+        "batchItemFailures": [{"itemIdentifier": "m1"}]}
+    assert [len(mailbox(aws_endpoint, to)) for to in addresses] == [1, 0, 1]
+    assert deliver(*bodies) == set()   # SQS redelivers the whole batch: only the refused one is sent
+    assert [len(mailbox(aws_endpoint, to)) for to in addresses] == [1, 1, 1]
