@@ -20,18 +20,16 @@ class MySQLNotificationLog:
         return {row["event_id"] for row in rows}
 
     def products(self, product_ids):
-        if not product_ids:
-            return {}
-        rows = self.db.query(f"SELECT id, sku, name FROM products WHERE id IN ({_marks(product_ids)})",
-                             tuple(product_ids))
-        return {row.pop("id"): row for row in rows}
+        return self._by_id("SELECT id, sku, name FROM products", product_ids)
 
     def orders(self, order_ids):
-        if not order_ids:
+        return self._by_id("SELECT id, total_cents, contact_email FROM orders", order_ids)
+
+    def _by_id(self, select, ids):
+        """{id: the rest of its row} of the rows `select` finds among `ids`."""
+        if not ids:
             return {}
-        rows = self.db.query(f"SELECT id, total_cents, contact_email FROM orders WHERE id IN ({_marks(order_ids)})",
-                             tuple(order_ids))
-        return {row.pop("id"): row for row in rows}
+        return {row.pop("id"): row for row in self.db.query(f"{select} WHERE id IN ({_marks(ids)})", tuple(ids))}
 
     def order_items(self, order_ids):
         if not order_ids:
