@@ -32,13 +32,6 @@ class Notifier:
         self.mailer = mailer
         self.operator_email = operator_email
 
-    def process(self, body):
-        """process_all of one message: its outcome, or raises what failed it."""
-        [outcome] = self.process_all([body])
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
     def process_all(self, bodies):
         """One outcome per body, in order: 'sent', 'duplicate', 'no_address' or 'ignored', or the
         exception that failed it (ValidationError for a message that is not an event; anything
