@@ -315,6 +315,7 @@ class FlashGate:
             return
         # One argument per settlement: encoding ten per order cost more than the script's own work.
         packed = ["\x1f".join((s.rid, s.lines, s.customer, s.outcome, "1" if s.took else "0",
-                                "1" if s.give_back else "0", str(s.order_id), str(s.total_cents), s.code, s.detail))
+                                "1" if s.give_back else "0", str(s.order_id), str(s.total_cents), s.code,
+                                s.request_hash, s.detail))
                   for s in settlements]
         self._run(_SETTLE, [s.key for s in settlements], [self.prefix, FINAL_TTL_SECONDS, *packed])

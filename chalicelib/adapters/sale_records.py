@@ -47,13 +47,15 @@ class MySQLSaleRecords:
 
     def snapshot(self, product_id, sale_id):
         """One consistent read: (the product's stock, the newest order id, the sale's order
-        lines [{client, customer_id, user_id, id, status, quantity}])."""
+        lines [{client, customer_id, user_id, id, status, quantity, client_order_id, request_hash,
+        flash_reservation, total_cents}])."""
         def read(cur):
             cur.execute("SELECT stock FROM products WHERE id = %s", (product_id,))
             stock = cur.fetchone()["stock"]
             cur.execute("SELECT COALESCE(MAX(id), 0) AS watermark FROM orders")
             watermark = int(cur.fetchone()["watermark"])
-            cur.execute("SELECT o.client, o.customer_id, o.user_id, o.id, o.status, i.quantity FROM order_items i "
+            cur.execute("SELECT o.client, o.customer_id, o.user_id, o.id, o.status, i.quantity, o.client_order_id, "
+                        "o.request_hash, o.flash_reservation, o.total_cents FROM order_items i "
                         "JOIN orders o ON o.id = i.order_id WHERE i.flash_sale_id = %s AND i.product_id = %s",
                         (sale_id, product_id))
             return stock, watermark, list(cur.fetchall())

@@ -34,6 +34,7 @@ class Settlement:
     total_cents: int = 0
     code: str = ""
     detail: str = ""
+    request_hash: str = ""  # kept in a record Redis lost: a replay of the key answers from it, not CONFLICT
 
 
 def owner_key(client, customer_id, user_id, client_order_id):

@@ -3,7 +3,7 @@ offered, and what MySQL says a sale's customers hold. Pure: no I/O."""
 from chalicelib.domain import validation as v
 from chalicelib.domain.errors import InsufficientStock, ProductNotFound, ValidationError
 from chalicelib.domain.products import MAX_STOCK
-from chalicelib.domain.reservations import customer_key
+from chalicelib.domain.reservations import Settlement, customer_key, owner_key
 
 SALE_FIELDS = ("sale_stock", "per_customer_limit")
 MAX_PER_CUSTOMER_LIMIT = 1_000_000
@@ -42,3 +42,14 @@ def holdings(lines):
             continue
         held[customer] = held.get(customer, 0) + int(r["quantity"])
     return held, returned
+
+
+def written_reservations(lines, reservation_key):
+    """The records of the sale's written orders as their settle left them ("created", the order's id,
+    total and request hash), from its order lines as MySQL records them; `reservation_key(owner)`
+    names a record. Units are left alone (no lines): the rebuild counts them."""
+    return [Settlement(reservation_key(owner_key(r["client"], r["customer_id"], r["user_id"], r["client_order_id"])),
+                       r["flash_reservation"], "", customer_key(r["client"], r["customer_id"], r["user_id"]),
+                       "created", took=False, give_back=False, order_id=int(r["id"]),
+                       total_cents=int(r["total_cents"]), request_hash=r["request_hash"])
+            for r in lines if r["flash_reservation"]]

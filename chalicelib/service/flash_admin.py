@@ -15,9 +15,12 @@ from chalicelib.domain.errors import (
     StoreFull,
 )
 from chalicelib.domain.products import iso
-from chalicelib.domain.sale_mode import check_offer, holdings, validate_sale
+from chalicelib.domain.sale_mode import check_offer, holdings, validate_sale, written_reservations
 from chalicelib.ops.logs import logger
 from chalicelib.service.flash_sales import SaleParts, report_swept
+
+# Reservation records a rebuild writes per Redis call: a big sale's are not one long script.
+RECORDS_PER_CALL = 500
 
 
 class FlashSaleAdmin(SaleParts):
@@ -125,6 +128,11 @@ class FlashSaleAdmin(SaleParts):
             waited = time.time() * 1000 - self.gate.lost_since(product_id)
             if not quiet or waited < self.gate.lease_ms:
                 return {**report, "action": "waiting", "remaining": None}
+            # The records of its written orders first, as the sale then reopens: Redis lost them with it, and
+            # an order sent again must replay the order it became, not be admitted anew or refused as sold out.
+            records = written_reservations(lines, self.gate.reservation_key)
+            for start in range(0, len(records), RECORDS_PER_CALL):
+                self.gate.settle(records[start:start + RECORDS_PER_CALL])
             self.gate.restore(product_id, sale_id, row["sale_stock"], row["per_customer_limit"], most, watermark,
                               held, [order_id for order_id, _, _ in returned])
             logger.warning("flash sale rebuilt from MySQL", extra=report)

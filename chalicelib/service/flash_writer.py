@@ -93,7 +93,8 @@ class FlashWriter:
             detail = f"{d.error.extra.get('product_id', '')}|{d.error.message}"
         return Settlement(self.gate.reservation_key(owner_key(r.client, r.customer_id, r.user_id, r.client_order_id)),
                           r.rid, r.packed_lines, customer_key(r.client, r.customer_id, r.user_id), d.outcome,
-                          d.took, d.give_back, d.order_id, d.total, d.error.code if d.error else "", detail)
+                          d.took, d.give_back, d.order_id, d.total, d.error.code if d.error else "", detail,
+                          r.request_hash)
 
     def _write(self, tx: ProductTransaction, reservations, windows: order_lifecycle.PaymentWindows, lock=True):
         repo = self.repository(tx.cursor)

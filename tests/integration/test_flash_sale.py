@@ -384,6 +384,41 @@ def test_a_redis_restart_loses_the_sale_and_reconcile_rebuilds_it(sqs, flash_que
         redis_server.close()
 
 
+def test_an_order_sent_again_after_redis_lost_the_sale_replays_the_order_mysql_has(sqs, flash_queue, monkeypatch):
+    """A buyer's app sends its order again (the same key) after Redis lost the sale: the one
+    written before the loss and the one still on SQS at the loss both answer as the order
+    they became, never as a new order of a sold-out sale or a key used for another request."""
+    short_lease_sends(monkeypatch)
+    redis_server = ThrowawayRedis().start()
+    reset(REDIS_STATE_URL=redis_server.url)
+    try:
+        pid = on_sale(stock=5, sale_stock=2)
+        assert place(order("a", 1, (pid, 1)))["results"][0]["status"] == "pending"
+        consume(sqs, flash_queue)
+        assert place(order("b", 2, (pid, 1)))["results"][0]["status"] == "pending"   # on SQS at the loss
+
+        redis_server.kill()
+        redis_server.start()
+        reset(REDIS_STATE_URL=redis_server.url, FLASH_LEASE_MS=500)
+        consume(sqs, flash_queue)
+        assert bootstrap.flash_admin().reconcile(pid)["action"] == "waiting"   # one lease from here
+        time.sleep(bootstrap.flash_gate().lease_ms / 1000)
+        assert bootstrap.flash_admin().reconcile(pid)["action"] == "rebuilt"   # sold out: both units written
+
+        ids = {r["client_order_id"]: r["id"] for r in bootstrap.database().query(
+            "SELECT client_order_id, id FROM orders WHERE client_order_id IN ('a', 'b')")}
+        again = place(order("a", 1, (pid, 1)), order("b", 2, (pid, 1)))["results"]
+        assert [(r["status"], r.get("order_id"), r.get("duplicate")) for r in again] == \
+            [("created", ids["a"], True), ("created", ids["b"], True)]
+        conflict = place(order("a", 1, (pid, 2)))["results"][0]
+        assert conflict["error"]["code"] == "IDEMPOTENCY_CONFLICT"
+        assert stock(pid) == 3 and remaining(pid) == 0
+        reconcile(pid, 5)
+    finally:
+        reset()
+        redis_server.close()
+
+
 def test_reconcile_sets_the_gate_to_what_mysql_can_still_sell(sqs, flash_queue):
     pid = on_sale(stock=10, sale_stock=10)
     bootstrap.catalog().adjust_stock(pid, {"delta": -7})

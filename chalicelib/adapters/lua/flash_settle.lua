@@ -1,10 +1,11 @@
 #!lua flags=allow-oom
 -- The consumer's outcomes, after its MySQL commit. KEYS: reservation keys.
--- ARGV: prefix, final ttl s, then per reservation one value of 10 fields joined
+-- ARGV: prefix, final ttl s, then per reservation one value of 11 fields joined
 --   by byte 31: rid, lines, customer, outcome (created | failed), took (1: MySQL
 --   took the units for this very reservation), give_back (1: return the units to
 --   the sale; 0 when MySQL had fewer than Redis admitted, so Redis comes down to
---   MySQL), order_id, total_cents, code, detail.
+--   MySQL), order_id, total_cents, code, request hash (kept where the record was
+--   lost: the key's replays answer from it), detail.
 -- A reservation already settled is left alone (a duplicate delivery).
 local prefix, ttl = ARGV[1], tonumber(ARGV[2])
 -- Per sale, read once per call: whether it still runs and its watermark; its seq moves once per call.
@@ -28,12 +29,12 @@ end
 -- One argument per settlement, its fields joined by the unit separator (byte 31); the detail, last, may hold anything.
 local function fields(packed)
   local out, start = {}, 1
-  for n = 1, 9 do
+  for n = 1, 10 do
     local stop = string.find(packed, '\31', start, true)
     out[n] = string.sub(packed, start, stop - 1)
     start = stop + 1
   end
-  out[10] = string.sub(packed, start)
+  out[11] = string.sub(packed, start)
   return out
 end
 for i, key in ipairs(KEYS) do
@@ -61,7 +62,8 @@ for i, key in ipairs(KEYS) do
     end
     if mine or not rec[1] then
       redis.call('HSET', key, 'rid', rid, 'state', outcome, 'order_id', f[7], 'total_cents', f[8],
-                 'code', f[9], 'detail', f[10], 'lines', lines, 'customer', customer)
+                 'code', f[9], 'detail', f[11], 'lines', lines, 'customer', customer)
+      if f[10] ~= '' then redis.call('HSET', key, 'hash', f[10]) end
       redis.call('EXPIRE', key, ttl)
       redis.call('SET', prefix .. 'flash:ref:' .. rid, key, 'EX', ttl)
     end
