@@ -42,3 +42,21 @@ def test_what_a_sales_customers_hold_counts_a_token_customer_once_and_skips_give
     held, returned = holdings(lines)
     assert held == {"customer:9": 3, "partner|0|9": 4}
     assert returned == [(4, "partner|0|9", 3)]
+
+
+def test_a_rebuild_remembers_each_written_order_as_its_settle_left_it_and_moves_no_units():
+    from chalicelib.domain.sale_mode import written_reservations
+
+    lines = [
+        {"client": "dev", "customer_id": 0, "user_id": 7, "id": 41, "status": "created", "quantity": 2,
+         "client_order_id": "a", "request_hash": "h1", "flash_reservation": "r1", "total_cents": 1000},
+        {"client": "app", "customer_id": 9, "user_id": 0, "id": 42, "status": "cancelled", "quantity": 1,
+         "client_order_id": "b", "request_hash": "h2", "flash_reservation": "r2", "total_cents": 500},
+        {"client": "dev", "customer_id": 0, "user_id": 8, "id": 43, "status": "created", "quantity": 1,
+         "client_order_id": "c", "request_hash": "h3", "flash_reservation": None, "total_cents": 500},
+    ]
+    records = written_reservations(lines, lambda owner: f"res:{owner}")
+    assert [(r.key, r.rid, r.customer, r.order_id, r.total_cents, r.request_hash) for r in records] == [
+        ("res:dev|0|7|a", "r1", "dev|0|7", 41, 1000, "h1"),
+        ("res:app|9|0|b", "r2", "customer:9", 42, 500, "h2")]
+    assert all(r.outcome == "created" and r.lines == "" and not r.took and not r.give_back for r in records)
