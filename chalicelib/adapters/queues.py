@@ -3,6 +3,8 @@ import json
 import os
 import threading
 
+from chalicelib.domain.errors import NothingSent
+
 # Every AWS call gives up after ATTEMPTS tries of at most CONNECT_TIMEOUT + READ_TIMEOUT seconds
 # each, with botocore's standard-mode backoff between them (its default mode: at most 1 s, then
 # 2 s for throttling; 50 ms, then 100 ms otherwise): CALL_SECONDS bounds one call. The flash
@@ -34,14 +36,29 @@ class QueuePublisher:
         self._client = None
         self._urls = {}
         self._lock = threading.Lock()
+        self._sends = threading.local()  # whether this thread's failing send may have reached SQS
 
     @property
     def client(self):
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = aws_client("sqs", self.endpoint_url, self.region)
+                    client = aws_client("sqs", self.endpoint_url, self.region)
+                    client.meta.events.register_first("needs-retry.sqs.SendMessageBatch", self._attempt_ended)
+                    self._client = client
         return self._client
+
+    def _attempt_ended(self, response=None, caught_exception=None, **_):
+        """botocore's note after each attempt of a SendMessageBatch (its retries hide all but the last
+        error): whether this one may have reached SQS. Returns None: the retry decision stays botocore's."""
+        from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
+
+        if caught_exception is not None:
+            reached = not isinstance(caught_exception, (EndpointConnectionError, ConnectTimeoutError))
+        else:  # SQS answered; a 5xx may follow work it did
+            reached = (response or [None, {}])[1].get("ResponseMetadata", {}).get("HTTPStatusCode", 200) >= 500
+        if reached:
+            self._sends.reached = True
 
     def queue_url(self, name):
         if name not in self._urls:
@@ -54,14 +71,23 @@ class QueuePublisher:
     def send_batch(self, queue_name, bodies, delays=None):
         """Send up to 10 bodies per SQS call, each hidden for its `delays` seconds
         (SQS: 0-900) if given; raises if any message was refused."""
-        url = self.queue_url(queue_name)
+        try:
+            url = self.queue_url(queue_name)
+        except Exception as exc:
+            raise NothingSent(f"{type(exc).__name__}: {exc}") from exc
         for start in range(0, len(bodies), SQS_BATCH):
             chunk = bodies[start:start + SQS_BATCH]
             entries = [{"Id": str(i), "MessageBody": json.dumps(b)} for i, b in enumerate(chunk)]
             if delays is not None:
                 for entry, delay in zip(entries, delays[start:start + SQS_BATCH]):
                     entry["DelaySeconds"] = delay
-            response = self.client.send_message_batch(QueueUrl=url, Entries=entries)
+            self._sends.reached = False
+            try:
+                response = self.client.send_message_batch(QueueUrl=url, Entries=entries)
+            except Exception as exc:
+                if start == 0 and not self._sends.reached:
+                    raise NothingSent(f"{type(exc).__name__}: {exc}") from exc
+                raise
             if response.get("Failed"):
                 raise RuntimeError(f"SQS refused {len(response['Failed'])} message(s): {response['Failed']}")
 

@@ -169,6 +169,12 @@ class CacheUnavailable(Exception):
     """Redis (the cache or the state store) did not answer, or its breaker is open."""
 
 
+class NothingSent(Exception):
+    """An SQS send failed before any of its attempts could reach SQS (each one failed to connect, or
+    SQS answered with a refusal): none of its messages is on the queue. Any other failure of a send
+    may have left some on it."""
+
+
 class StoreFull(CacheUnavailable):
     """Redis answered OOM: a `noeviction` store at maxmemory refuses writes. It is up (the
     breaker is not told otherwise); a caller that guards a rule must refuse rather than skip it."""

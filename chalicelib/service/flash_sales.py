@@ -19,6 +19,7 @@ from chalicelib.domain.errors import (
     CacheUnavailable,
     IdempotencyConflict,
     InsufficientStock,
+    NothingSent,
     ProductNotFound,
     ReservationNotFound,
     SaleLimitExceeded,
@@ -254,15 +255,29 @@ class FlashSales(SaleParts):
         lease = self.gate.lease_ms / 1000
         admitted = min(r.accepted_at for r in accepted)
         try:
-            self.publisher.queue_url(self.queue_name)  # looked up once per process: the bound below is the sends'
+            try:
+                self.publisher.queue_url(self.queue_name)  # looked up once per process: the bound below is the sends'
+            except Exception as exc:
+                raise NothingSent(f"{type(exc).__name__}: {exc}") from exc
             calls = -(-len(bodies) // self.publisher.batch_size)
             too_late = time.time() + calls * self.publisher.call_seconds > admitted + lease
             if not too_late:
                 self.publisher.send_batch(self.queue_name, bodies)
-        except Exception as exc:
+        except NothingSent as exc:
             self._give_back(handles, replayed, "flash-order hand-off failed", f"{type(exc).__name__}: {exc}")
             raise ServiceUnavailable("The flash-order queue is unavailable; the sale orders were not accepted. "
                                      "Retry shortly.") from exc
+        except Exception as exc:
+            # It may have reached SQS (an answer lost, a timeout; botocore's last error hides the earlier
+            # attempts): given back, the units could be sold to another buyer while this order is written
+            # after all, and its buyer's retry refused as sold out. Kept leased, a retry with the same key
+            # replays it and hands it off again (the consumer writes a key once); the lease returns the
+            # units of one nobody retries, and the consumer takes them again if its message did arrive.
+            logger.warning("flash-order hand-off failed after it may have reached SQS; the reservations stay "
+                           "leased", extra={"reservations": len(handles), "error": f"{type(exc).__name__}: {exc}"})
+            self.emit("FlashHandOffsUnknown", len(handles))
+            raise ServiceUnavailable("The flash-order queue did not confirm the sale orders; retry them with the "
+                                     "same client_order_id to learn their outcome.") from exc
         if too_late:
             self.emit("FlashHandOffsTooLate", len(accepted))
             self._give_back(handles, replayed, "flash-order hand-off too late for its lease",

@@ -280,7 +280,7 @@ class QueuePublisher(Protocol):
     def send(self, queue_name: str, body: dict) -> str: ...
 
     def send_batch(self, queue_name: str, bodies: Sequence[dict], delays: Optional[Sequence[int]] = None) -> None:
-        """Raises if any message was refused."""
+        """Raises if any message was refused: NothingSent when none can be on the queue."""
 
     def depth(self, queue_name: str) -> int: ...
 

@@ -25,6 +25,7 @@ from chalicelib.service import flash_sales, flash_writer
 from chalicelib.domain.errors import ServiceUnavailable
 from scripts import localstack
 from tests.conftest import make_product
+from tests.support.tcp_proxy import TcpProxy
 from scripts.servers import ThrowawayRedis
 
 
@@ -282,6 +283,48 @@ def test_a_failed_send_gives_the_units_back_and_answers_503(flash_queue, test_en
     # Nothing half-taken: the same order is accepted afresh once SQS is back.
     assert place(order("a", 1, (pid, 2)))["results"][0]["status"] == "pending"
     assert remaining(pid) == 3
+
+
+def test_a_send_that_may_have_reached_sqs_keeps_its_units_for_the_buyers_retry(sqs, flash_queue, test_env):
+    """SQS took the message but its answer was lost, and botocore's retry then found the endpoint
+    down: the last error says "could not connect", yet the order is on its way. Given back, its unit
+    would go to another buyer while the first is written after all and its retry refused as sold out."""
+    pid = on_sale(stock=5, sale_stock=2)
+    endpoint_port = int(test_env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
+    with TcpProxy(endpoint_port) as proxy:
+        reset(AWS_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}")
+        try:
+            assert place(order("w", 3, (pid, 1)))["results"][0]["status"] == "pending"   # SQS reached; one unit left
+            consume(sqs, flash_queue)
+            proxy.deaf()
+
+            def down_once_queued():
+                while int(sqs.get_queue_attributes(QueueUrl=flash_queue, AttributeNames=[
+                        "ApproximateNumberOfMessages"])["Attributes"]["ApproximateNumberOfMessages"]) == 0:
+                    time.sleep(0.02)
+                proxy.down()
+
+            watcher = threading.Thread(target=down_once_queued, daemon=True)
+            watcher.start()
+            with pytest.raises(ServiceUnavailable):
+                place(order("a", 1, (pid, 1)))
+            watcher.join(5)
+            assert remaining(pid) == 0   # still a's
+            other = place(order("z", 2, (pid, 1)))["results"][0]
+            assert other["status"] == "failed" and other["error"]["code"] == "INSUFFICIENT_STOCK"
+
+            proxy.restore()
+            retry = place(order("a", 1, (pid, 1)))["results"][0]
+            assert retry["status"] == "pending"
+            consume(sqs, flash_queue)   # the message the lost answer hid and the retry's: one order
+            written = place(order("a", 1, (pid, 1)))["results"][0]
+            assert written["status"] == "created" and written["duplicate"] is True
+        finally:
+            reset()
+    rows = bootstrap.database().query("SELECT client_order_id FROM orders WHERE client_order_id IN ('a', 'z')")
+    assert [r["client_order_id"] for r in rows] == ["a"]
+    assert stock(pid) == 3
+    reconcile(pid, 5)
 
 
 def test_an_expired_lease_returns_the_units_and_a_late_message_takes_them_again(sqs, flash_queue):

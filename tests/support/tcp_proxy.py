@@ -8,6 +8,8 @@ dependency (MySQL, Redis). It can:
 - `blackhole()` accept connections but never forward a byte either way (a
                 partition: the worst case for timeouts);
 - `delay(s)`    forward every chunk `s` seconds late;
+- `deaf()`      forward what clients send, lose what the server answers (a
+                request done whose answer never comes back);
 - `restore()`   back to a transparent pipe on the same port.
 
 `connections` counts the client connections accepted so far.
@@ -18,7 +20,7 @@ import socket
 import threading
 import time
 
-UP, DOWN, BLACKHOLE = "up", "down", "blackhole"
+UP, DOWN, BLACKHOLE, DEAF = "up", "down", "blackhole", "deaf"
 
 
 def _free_port():
@@ -72,6 +74,10 @@ class TcpProxy:
         """Accept connections, forward nothing; open connections stall too."""
         self.mode = BLACKHOLE
         self._listen()
+
+    def deaf(self):
+        """Forward requests, swallow the answers."""
+        self.mode = DEAF
 
     def delay(self, seconds):
         self.latency = seconds
@@ -139,7 +145,7 @@ class TcpProxy:
                         return
                     if self.latency:
                         time.sleep(self.latency)
-                    if self.mode == BLACKHOLE:
+                    if self.mode == BLACKHOLE or (self.mode == DEAF and src is upstream):
                         continue  # swallowed
                     peer[src].sendall(data)
         except (OSError, ValueError):
