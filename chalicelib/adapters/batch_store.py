@@ -4,6 +4,7 @@ import json
 from chalicelib.domain.errors import BatchNotFound, ServiceUnavailable
 from chalicelib.domain.orders import summarize
 from chalicelib.domain.validation import echo
+from chalicelib.adapters.db import placeholders
 
 
 class BatchStore:
@@ -30,7 +31,7 @@ class BatchStore:
         ids = sorted({batch_id for batch_id, _ in keys})
         if not ids:
             return set()
-        cursor.execute(f"SELECT id FROM batches WHERE id IN ({','.join(['%s'] * len(ids))}) ORDER BY id "
+        cursor.execute(f"SELECT id FROM batches WHERE id IN ({placeholders(len(ids))}) ORDER BY id "
                        "LOCK IN SHARE MODE", ids)
         wanted = {}
         for batch_id, position in keys:
@@ -47,7 +48,7 @@ class BatchStore:
         found = {batch_id: set() for batch_id in wanted}
         wanted = {batch_id: sorted(positions) for batch_id, positions in wanted.items() if positions}
         if wanted:
-            where = " OR ".join(f"(batch_id = %s AND position IN ({','.join(['%s'] * len(p))}))"
+            where = " OR ".join(f"(batch_id = %s AND position IN ({placeholders(len(p))}))"
                                 for p in wanted.values())
             for row in query(f"SELECT batch_id, position FROM batch_results WHERE {where}",
                              [v for batch_id, p in wanted.items() for v in (batch_id, *p)]):
@@ -76,7 +77,7 @@ class BatchStore:
                         "ON DUPLICATE KEY UPDATE id = id",
                         [v for b in ids for v in (b, batches[b][2], batches[b][0])])
             # Serialises the writers of each batch (rows locked in ascending id order) so the counts are exact.
-            cur.execute(f"SELECT id, order_count FROM batches WHERE id IN ({','.join(['%s'] * len(ids))}) "
+            cur.execute(f"SELECT id, order_count FROM batches WHERE id IN ({placeholders(len(ids))}) "
                         "ORDER BY id FOR UPDATE", ids)
             expected = {row["id"]: row["order_count"] for row in cur.fetchall()}
             settled = settle(cur, {(b, pos): res for b in ids for pos, res in batches[b][1].items()}) if settle else {}
@@ -86,13 +87,13 @@ class BatchStore:
                 cur.executemany("INSERT INTO batch_results (batch_id, position, result) VALUES (%s, %s, %s) "
                                 "ON DUPLICATE KEY UPDATE batch_id = batch_id", results)
             cur.execute(f"SELECT batch_id, COUNT(*) AS n FROM batch_results WHERE batch_id IN "
-                        f"({','.join(['%s'] * len(ids))}) GROUP BY batch_id LOCK IN SHARE MODE", ids)
+                        f"({placeholders(len(ids))}) GROUP BY batch_id LOCK IN SHARE MODE", ids)
             counts = {row["batch_id"]: row["n"] for row in cur.fetchall()}
             statuses = {b: "done" if counts.get(b, 0) >= expected[b] else ("processing" if counts.get(b) else "queued")
                         for b in ids}
             cases = " ".join(["WHEN %s THEN %s"] * len(ids))
             cur.execute(f"UPDATE batches SET status = CASE id {cases} END, updated_at = CURRENT_TIMESTAMP(6) "
-                        f"WHERE id IN ({','.join(['%s'] * len(ids))})",
+                        f"WHERE id IN ({placeholders(len(ids))})",
                         [v for b in ids for v in (b, statuses[b])] + ids)
             return statuses
 

@@ -19,6 +19,12 @@ from chalicelib.domain.errors import ConcurrencyExhausted, DuplicateKey, Service
 
 log = logging.getLogger(__name__)
 
+
+def placeholders(n):
+    """`%s,%s,...`: the parameter marks of an IN list or a row of `n` values."""
+    return ",".join(["%s"] * n)
+
+
 DEADLOCK = 1213
 LOCK_WAIT_TIMEOUT = 1205
 RETRYABLE_ERRNOS = frozenset({DEADLOCK, LOCK_WAIT_TIMEOUT})

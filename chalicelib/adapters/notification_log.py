@@ -2,10 +2,8 @@
 service/ports.py): `notifications_sent`, one row per mailed event, and what
 the emails of an invocation say about their orders or products."""
 from chalicelib.domain.errors import DuplicateKey
+from chalicelib.adapters.db import placeholders
 
-
-def _marks(values):
-    return ", ".join(["%s"] * len(values))
 
 
 class MySQLNotificationLog:
@@ -15,8 +13,8 @@ class MySQLNotificationLog:
     def recorded(self, event_ids):
         if not event_ids:
             return set()
-        rows = self.db.query(f"SELECT event_id FROM notifications_sent WHERE event_id IN ({_marks(event_ids)})",
-                             tuple(event_ids))
+        rows = self.db.query("SELECT event_id FROM notifications_sent "
+                             f"WHERE event_id IN ({placeholders(len(event_ids))})", tuple(event_ids))
         return {row["event_id"] for row in rows}
 
     def products(self, product_ids):
@@ -29,14 +27,15 @@ class MySQLNotificationLog:
         """{id: the rest of its row} of the rows `select` finds among `ids`."""
         if not ids:
             return {}
-        return {row.pop("id"): row for row in self.db.query(f"{select} WHERE id IN ({_marks(ids)})", tuple(ids))}
+        rows = self.db.query(f"{select} WHERE id IN ({placeholders(len(ids))})", tuple(ids))
+        return {row.pop("id"): row for row in rows}
 
     def order_items(self, order_ids):
         if not order_ids:
             return {}
         rows = self.db.query("SELECT i.order_id, i.product_id, i.quantity, i.unit_price_cents, p.name "
                              "FROM order_items i LEFT JOIN products p ON p.id = i.product_id "
-                             f"WHERE i.order_id IN ({_marks(order_ids)}) ORDER BY i.order_id, i.product_id",
+                             f"WHERE i.order_id IN ({placeholders(len(order_ids))}) ORDER BY i.order_id, i.product_id",
                              tuple(order_ids))
         items = {}
         for row in rows:
@@ -68,12 +67,13 @@ class MySQLNotificationLog:
             sent = send_all([event_id for event_id, inserted in outcome.items() if inserted])
             failed = [event_id for event_id, reply in sent.items() if isinstance(reply, Exception)]
             if failed:
-                cur.execute(f"DELETE FROM notifications_sent WHERE event_id IN ({_marks(failed)})", tuple(failed))
+                cur.execute(f"DELETE FROM notifications_sent WHERE event_id IN ({placeholders(len(failed))})",
+                            tuple(failed))
             message_ids = [(event_id, reply) for event_id, reply in sent.items() if event_id not in failed]
             if message_ids:
                 cases = " ".join(["WHEN %s THEN %s"] * len(message_ids))
                 cur.execute(f"UPDATE notifications_sent SET ses_message_id = CASE event_id {cases} END "
-                            f"WHERE event_id IN ({_marks(message_ids)})",
+                            f"WHERE event_id IN ({placeholders(len(message_ids))})",
                             (*[v for pair in message_ids for v in pair], *[event_id for event_id, _ in message_ids]))
             outcome.update({event_id: sent[event_id] for event_id in failed})
             return outcome

@@ -7,6 +7,7 @@ import uuid
 from chalicelib.domain import order_lifecycle
 from chalicelib.domain.errors import DuplicateKey, DuplicateOrderKey, OrderNotFound
 from chalicelib.domain.order_records import OrderEvent, OrderLine, StoredOrder
+from chalicelib.adapters.db import placeholders
 
 _ORDER_COLUMNS = ("id, client, customer_id, client_order_id, user_id, status, total_cents, request_hash, created_at, "
                   "lifecycle, expires_at, payment_reference, contact_email, flash_reservation")
@@ -15,9 +16,6 @@ _ORDER_COLUMNS = ("id, client, customer_id, client_order_id, user_id, status, to
 _KEY_COLUMNS = ("client", "customer_id", "user_id", "client_order_id")  # uq_orders_owner, the idempotency key
 _KEY = ", ".join(_KEY_COLUMNS)
 
-
-def _marks(n):
-    return ",".join(["%s"] * n)
 
 
 def _key_marks(n):
@@ -73,7 +71,7 @@ class MySQLOrderRepository:
         if not ids:
             return
         # Ascending ids: two transactions that lock the same customers cannot deadlock on them.
-        if self.cur.execute(f"SELECT id FROM customers WHERE id IN ({_marks(len(ids))}) ORDER BY id FOR UPDATE",
+        if self.cur.execute(f"SELECT id FROM customers WHERE id IN ({placeholders(len(ids))}) ORDER BY id FOR UPDATE",
                             ids) != len(ids):
             raise LookupError(f"some of customers {ids} are not in customers")
 
@@ -91,7 +89,7 @@ class MySQLOrderRepository:
             return {}
         self.cur.execute("SELECT o.customer_id, COALESCE(SUM(i.quantity), 0) AS units FROM orders o "
                          "JOIN order_items i ON i.order_id = o.id "
-                         f"WHERE o.customer_id IN ({_marks(len(ids))}) AND o.lifecycle = 'pending_payment' "
+                         f"WHERE o.customer_id IN ({placeholders(len(ids))}) AND o.lifecycle = 'pending_payment' "
                          "GROUP BY o.customer_id", ids)
         units = {row["customer_id"]: int(row["units"]) for row in self.cur.fetchall()}
         return {cid: units.get(cid, 0) for cid in ids}

@@ -1,6 +1,7 @@
 """The outbox and the payment clock in MySQL: the relay's reads and stamps of
 `order_events`, the consumers' dedupe records, and the orders waiting for
 payment (the `Outbox` port of service/ports.py)."""
+from chalicelib.adapters.db import placeholders
 
 # The consumers' dedupe records: table -> the column that dates a record.
 _DEDUPE_TABLES = {"related_events": "processed_at", "notifications_sent": "sent_at"}
@@ -16,7 +17,7 @@ class MySQLOutbox:
 
     def mark_published(self, ids):
         self.db.run(lambda cur: cur.execute("UPDATE order_events SET published_at = CURRENT_TIMESTAMP(6) "
-                                            f"WHERE id IN ({','.join(['%s'] * len(ids))})", list(ids)))
+                                            f"WHERE id IN ({placeholders(len(ids))})", list(ids)))
 
     def oldest_unpublished_seconds(self):
         rows = self.db.query("SELECT TIMESTAMPDIFF(MICROSECOND, created_at, CURRENT_TIMESTAMP(6)) / 1e6 AS waited "
@@ -48,5 +49,5 @@ class MySQLOutbox:
             return {}
         rows = self.db.query("SELECT id, TIMESTAMPDIFF(MICROSECOND, CURRENT_TIMESTAMP(6), expires_at) AS us "
                              "FROM orders WHERE lifecycle = 'pending_payment' "
-                             f"AND id IN ({','.join(['%s'] * len(order_ids))})", list(order_ids))
+                             f"AND id IN ({placeholders(len(order_ids))})", list(order_ids))
         return {row["id"]: row["us"] / 1e6 for row in rows}

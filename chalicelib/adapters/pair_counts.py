@@ -1,6 +1,7 @@
 """The co-purchase counts in MySQL (the `PairCounts` port of service/ports.py):
 `related_events` (each counted event once), `product_pairs` (orders per pair)
 and the ranking read from them."""
+from chalicelib.adapters.db import placeholders
 
 
 class _CountingTransaction:
@@ -17,7 +18,7 @@ class _CountingTransaction:
         lines = {}
         if order_ids:
             self.cur.execute("SELECT order_id, product_id, quantity FROM order_items WHERE order_id IN "
-                             f"({','.join(['%s'] * len(order_ids))})", list(order_ids))
+                             f"({placeholders(len(order_ids))})", list(order_ids))
             for row in self.cur.fetchall():
                 lines.setdefault(row["order_id"], {})[row["product_id"]] = row["quantity"]
         return lines

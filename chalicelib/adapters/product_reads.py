@@ -2,10 +2,8 @@
 service/ports.py): rows by id, their versions, and the products the cache
 warmer preloads."""
 from chalicelib.domain.products import PRODUCT_COLUMNS
+from chalicelib.adapters.db import placeholders
 
-
-def _marks(n):
-    return ",".join(["%s"] * n)
 
 
 class MySQLProductReads:
@@ -17,14 +15,14 @@ class MySQLProductReads:
         ids = list(ids)
         if not ids:
             return []
-        return self.db.query(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN ({_marks(len(ids))})", ids)
+        return self.db.query(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN ({placeholders(len(ids))})", ids)
 
     def versions(self, ids):
         """{id: version now} of those of `ids` that exist."""
         ids = list(ids)
         if not ids:
             return {}
-        rows = self.db.query(f"SELECT id, version FROM products WHERE id IN ({_marks(len(ids))})", ids)
+        rows = self.db.query(f"SELECT id, version FROM products WHERE id IN ({placeholders(len(ids))})", ids)
         return {row["id"]: row["version"] for row in rows}
 
     def best_sellers(self, n, recent_orders):

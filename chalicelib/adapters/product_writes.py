@@ -35,6 +35,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Ty
 
 from chalicelib.domain.products import PRODUCT_COLUMNS
 from chalicelib.service.ports import CacheInvalidator, SearchIndex, StockLowOutbox
+from chalicelib.adapters.db import placeholders
 
 _ALL_COLUMNS = frozenset(c.strip() for c in PRODUCT_COLUMNS.split(","))
 
@@ -44,9 +45,6 @@ T = TypeVar("T")
 # An assignment to `stock` (not `low_stock_threshold`): such a write must say its delta.
 _WRITES_STOCK = re.compile(r"(?<![\w.])stock\s*=")
 
-
-def _marks(n: int) -> str:
-    return ",".join(["%s"] * n)
 
 
 def quantity_case(values: Mapping[int, int]):
@@ -94,7 +92,7 @@ class ProductTransaction:
             return {}
         wanted = [c.strip() for c in columns.split(",")]
         wanted += [c for c in ("id", "version") if c not in wanted]
-        self.cursor.execute(f"SELECT {', '.join(wanted)} FROM products WHERE id IN ({_marks(len(ids))})"
+        self.cursor.execute(f"SELECT {', '.join(wanted)} FROM products WHERE id IN ({placeholders(len(ids))})"
                             + (" ORDER BY id FOR UPDATE" if lock else ""), ids)
         rows = {row["id"]: row for row in self.cursor.fetchall()}
         for pid, row in rows.items():
@@ -131,7 +129,7 @@ class ProductTransaction:
         finally:
             self.cursor.products_writable = False
         skus = [p["sku"] for p in products]
-        self.cursor.execute(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE sku IN ({_marks(len(skus))})", skus)
+        self.cursor.execute(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE sku IN ({placeholders(len(skus))})", skus)
         by_sku = {row["sku"]: row for row in self.cursor.fetchall()}
         rows = [by_sku[sku] for sku in skus]
         for row in rows:
@@ -152,7 +150,7 @@ class ProductTransaction:
         sets = f"{assignments}, " if assignments else ""
         changed = self._write(
             f"UPDATE products SET {sets}version = version + 1, updated_at = CURRENT_TIMESTAMP(6) "
-            f"WHERE id IN ({_marks(len(ids))})" + (f" AND {where}" if where else ""),
+            f"WHERE id IN ({placeholders(len(ids))})" + (f" AND {where}" if where else ""),
             [*params, *ids, *where_params])
         for pid in ids:
             self._full_rows.pop(pid, None)

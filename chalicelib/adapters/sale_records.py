@@ -1,6 +1,7 @@
 """MySQL's record of the flash sales (`flash_sales`), the `SaleRecords` port
 of service/ports.py: what sale mode starts and stops, and the snapshot
 reconcile rebuilds or repairs a gate from."""
+from chalicelib.adapters.db import placeholders
 
 
 class MySQLSaleRecords:
@@ -43,7 +44,7 @@ class MySQLSaleRecords:
             return []
         return self.db.query("SELECT id, client, customer_id, user_id, client_order_id, total_cents, status, "
                              "flash_reservation FROM orders "
-                             f"WHERE flash_reservation IN ({','.join(['%s'] * len(rids))})", rids)
+                             f"WHERE flash_reservation IN ({placeholders(len(rids))})", rids)
 
     def snapshot(self, product_id, sale_id):
         """One consistent read: (the product's stock, the newest order id, the sale's order

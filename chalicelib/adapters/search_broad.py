@@ -7,6 +7,7 @@ import math
 from chalicelib.adapters import search_paging
 from chalicelib.adapters.search_paging import ORDER
 from chalicelib.adapters.search_sql import atom_sql, filters, has, prefix_words, probe, tier_score
+from chalicelib.adapters.db import placeholders
 
 # Per sort: the index a walk reads, its ORDER BY, and the keyset condition.
 _WALKS = {
@@ -231,7 +232,7 @@ class BroadPlan:
         joins = "".join(f" STRAIGHT_JOIN search_terms j{i} FORCE INDEX (PRIMARY) "
                         f"ON j{i}.term = %s AND j{i}.product_id = d.product_id" for i in range(len(joined)))
         if words[driver] is not None:
-            cond, arg = f"d.term IN ({','.join(['%s'] * len(words[driver]))})", list(words[driver])
+            cond, arg = f"d.term IN ({placeholders(len(words[driver]))})", list(words[driver])
         else:
             sql, one = atom_sql("d", driver)
             cond, arg = sql, [one]

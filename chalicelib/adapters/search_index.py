@@ -4,6 +4,7 @@ sorts read (search_meta, copied on every posting) and the typo dictionary
 (search_typos), all written inside the product's own transaction."""
 from chalicelib.adapters.search_sql import LISTED_IN_STOCK, LISTED_SOLD_OUT, listing
 from chalicelib.domain.search_text import dictionary_variants, document_terms, normalize
+from chalicelib.adapters.db import placeholders
 
 
 def meta(row):
@@ -20,7 +21,7 @@ def index(cur, rows):
     ids = sorted({int(r["id"]) for r in rows})
     wanted = {int(r["id"]): document_terms(r["name"], r.get("description") or "") for r in rows}
     docs = {int(r["id"]): (normalize(r["name"]), normalize(r.get("description") or "")) for r in rows}
-    marks = ",".join(["%s"] * len(ids))
+    marks = placeholders(len(ids))
     # A plain read: the caller holds the product row (created or locked
     # FOR UPDATE), so no other transaction is re-indexing these products;
     # a locking read here would gap-lock and deadlock concurrent creates.
@@ -43,7 +44,7 @@ def index(cur, rows):
         stale = sorted(t for t in have if t not in want)
         for start in range(0, len(stale), 500):
             chunk = stale[start:start + 500]
-            cur.execute(f"DELETE FROM search_terms WHERE product_id = %s AND term IN ({','.join(['%s'] * len(chunk))})",
+            cur.execute(f"DELETE FROM search_terms WHERE product_id = %s AND term IN ({placeholders(len(chunk))})",
                         (pid, *chunk))
         upserts += [(t, pid, flag, *metas[pid]) for t, flag in want.items() if have.get(t) != flag]
     upserts.sort()
@@ -96,7 +97,7 @@ def _add_typo_words(cur, terms):
     words = sorted(t for t in terms if dictionary_variants(t))
     if not words:
         return
-    marks = ",".join(["%s"] * len(words))
+    marks = placeholders(len(words))
     cur.execute(f"SELECT term FROM search_typos WHERE variant IN ({marks}) AND term = variant", words)
     known = {r["term"] for r in cur.fetchall()}
     rows = sorted({(v, w) for w in words if w not in known for v in dictionary_variants(w)})

@@ -11,6 +11,7 @@ from chalicelib.adapters.search_paging import keyset_rows, page
 from chalicelib.adapters.search_sql import PROBE_WORDS, atom_sql, prefix_words
 from chalicelib.domain.search_query import TOTAL_CAP, SearchPage
 from chalicelib.domain.search_text import MAX_TYPO_CANDIDATES, Alternative, deletions, edit_distance, typo_budget
+from chalicelib.adapters.db import placeholders
 
 
 class MySQLSearchBackend:
@@ -56,7 +57,7 @@ class MySQLSearchBackend:
         if not budgets:
             return alts
         variants = sorted({v for t, k in budgets.items() for v in deletions(t.text, k)})
-        cur.execute(f"SELECT DISTINCT term FROM search_typos WHERE variant IN ({','.join(['%s'] * len(variants))})",
+        cur.execute(f"SELECT DISTINCT term FROM search_typos WHERE variant IN ({placeholders(len(variants))})",
                     variants)
         found = [r["term"] for r in cur.fetchall()]
         for term, budget in budgets.items():

@@ -2,6 +2,7 @@
 their keyset conditions, the next cursor, and the products read for the page."""
 from chalicelib.domain.search_query import SearchPage, encode_cursor
 from chalicelib.domain.products import PRODUCT_COLUMNS
+from chalicelib.adapters.db import placeholders
 
 # ORDER BY, the keyset condition "strictly after the cursor" and the cursor's first column, per sort.
 ORDER = {
@@ -45,7 +46,7 @@ def page(cur, query, keys, total, total_cap):
     if keys:
         from chalicelib.domain.products import to_api
         ids = [int(k["id"]) for k in keys]
-        cur.execute(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN ({','.join(['%s'] * len(ids))})", ids)
+        cur.execute(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id IN ({placeholders(len(ids))})", ids)
         by_id = {int(r["id"]): r for r in cur.fetchall()}
         for k in keys:
             if int(k["id"]) in by_id:
