@@ -26,17 +26,16 @@ class MySQLOrderRepository:
     def __init__(self, cursor):
         self.cur = cursor
 
-    def add(self, client, customer_id, user_id, client_order_id, request_hash, batch_id, payment_window=0,
-            contact_email=None):
+    def add(self, client, customer_id, user_id, client_order_id, request_hash, total_cents, batch_id,
+            payment_window=0, contact_email=None):
         """payment_window (seconds): the order waits for payment until then (pending_payment); 0: paid at once."""
         try:
-            # The unique key makes a concurrent duplicate wait here until we commit
-            # or roll back, before either of us touches stock.
+            # The unique key makes a concurrent duplicate wait here until we commit or roll back.
             self.cur.execute(
                 "INSERT INTO orders (client, customer_id, user_id, client_order_id, request_hash, total_cents, "
-                "batch_id, lifecycle, expires_at, contact_email) VALUES (%s, %s, %s, %s, %s, 0, %s, %s, "
+                "batch_id, lifecycle, expires_at, contact_email) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, "
                 "IF(%s > 0, CURRENT_TIMESTAMP(6) + INTERVAL %s SECOND, NULL), %s)",
-                (client, customer_id, user_id, client_order_id, request_hash, batch_id,
+                (client, customer_id, user_id, client_order_id, request_hash, total_cents, batch_id,
                  "pending_payment" if payment_window else "paid", payment_window, payment_window, contact_email))
         except DuplicateKey:
             return None
@@ -44,8 +43,10 @@ class MySQLOrderRepository:
 
     def find(self, client, customer_id, user_id, client_order_id):
         self.cur.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE client = %s AND customer_id = %s "
-                         "AND user_id = %s AND client_order_id = %s", (client, customer_id, user_id, client_order_id))
-        return StoredOrder(**self.cur.fetchone())
+                         "AND user_id = %s AND client_order_id = %s LOCK IN SHARE MODE",
+                         (client, customer_id, user_id, client_order_id))
+        row = self.cur.fetchone()
+        return StoredOrder(**row) if row else None
 
     def lock_customer(self, customer_id):
         # First in the transaction, so its first consistent read (unpaid_units) is taken after this
@@ -131,9 +132,6 @@ class MySQLOrderRepository:
                                      {line.product_id: line.quantity for line in o.lines}, o.flash_reservation),
                                  ensure_ascii=False))])
         return order_ids
-
-    def set_total(self, order_id, total_cents):
-        self.cur.execute("UPDATE orders SET total_cents = %s WHERE id = %s", (total_cents, order_id))
 
     def load(self, order_id, lock=False):
         self.cur.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE id = %s" + (" FOR UPDATE" if lock else ""),

@@ -40,6 +40,14 @@ from chalicelib.service.ports import (
 )
 
 
+class _Replayed(Exception):
+    """The order's key was used before: the transaction rolls back and the caller answers `result`."""
+
+    def __init__(self, result: OrderResult):
+        super().__init__(result.client_order_id)
+        self.result = result
+
+
 class OrderService:
     def __init__(self, db, strategy: InventoryStrategy, writes: ProductWrites,
                  repository: Callable[[object], OrderRepository], max_in_flight=16,
@@ -149,6 +157,8 @@ class OrderService:
         try:
             result = self.strategy.transact(session, order.quantities,
                                             lambda tx, reserver: self._place(tx, reserver, order, batch_id, answered))
+        except _Replayed as replayed:
+            result = replayed.result
         except ConcurrencyExhausted as exc:
             # Contention, not an outage: this order fails retryably, the batch goes on.
             result = failed(order.client_order_id, exc)
@@ -171,25 +181,40 @@ class OrderService:
             return None
         orders = self.repository(tx.cursor)
         if order.customer_id:
-            # The customer's orders one at a time (the customer row, before the order and product rows), so
+            # The customer's orders one at a time (the customer row, before the product and order rows), so
             # two concurrent batches of theirs, through any client, cannot together pass the unpaid cap.
             orders.lock_customer(order.customer_id)
         window = self.payment_windows.for_order(order.customer_id)
-        order_id = orders.add(order.client, order.customer_id, order.user_id, order.client_order_id,
-                              order.request_hash, batch_id, window, order.contact_email)
-        if order_id is None:
-            return self._replay(orders.find(order.client, order.customer_id, order.user_id, order.client_order_id),
-                                order)
-        if order.customer_id:
-            self.customer_limits.check_unpaid(orders.unpaid_units(order.customer_id), sum(order.quantities.values()))
-        prices = reserver.reserve(tx, order.quantities)
-        orders.add_lines(order_id, {pid: OrderLine(pid, qty, prices[pid]) for pid, qty in order.quantities.items()})
+        try:
+            if order.customer_id:
+                self.customer_limits.check_unpaid(orders.unpaid_units(order.customer_id),
+                                                  sum(order.quantities.values()))
+            prices = reserver.reserve(tx, order.quantities)
+        except ServiceUnavailable:
+            raise
+        except ShopError:
+            # A key used before is answered as a replay, whatever its order could get now.
+            self._raise_if_used(orders, order)
+            raise
+        # The stock is taken and the prices known: the order row goes in with its total (no second write).
         total = sum(qty * prices[pid] for pid, qty in order.quantities.items())
-        orders.set_total(order_id, total)
+        order_id = orders.add(order.client, order.customer_id, order.user_id, order.client_order_id,
+                              order.request_hash, total, batch_id, window, order.contact_email)
+        if order_id is None:
+            self._raise_if_used(orders, order)
+            raise ConcurrencyExhausted("The order's key was taken and released again meanwhile; retry.")
+        orders.add_lines(order_id, {pid: OrderLine(pid, qty, prices[pid]) for pid, qty in order.quantities.items()})
         orders.add_event(order_id, lifecycle.CREATED, lifecycle.created_event(
             order_id, order.client_order_id, order.user_id, total, lifecycle.PENDING if window else lifecycle.PAID,
             order.quantities), first=True)
         return OrderResult(order.client_order_id, order_id, total)
+
+    def _raise_if_used(self, orders: OrderRepository, order: OrderRequest):
+        """Roll the transaction back (the stock it took goes back) with the replay of the order
+        that holds this key, or an idempotency conflict; nothing if no order holds it."""
+        existing = orders.find(order.client, order.customer_id, order.user_id, order.client_order_id)
+        if existing is not None:
+            raise _Replayed(self._replay(existing, order))
 
     @staticmethod
     def _replay(existing: StoredOrder, order: OrderRequest) -> OrderResult:

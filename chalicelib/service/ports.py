@@ -112,12 +112,14 @@ class InventoryStrategy(Protocol):
 
 class OrderRepository(Protocol):
     def add(self, client: str, customer_id: int, user_id: int, client_order_id: str, request_hash: str,
-            batch_id: Optional[str], payment_window: int = 0, contact_email: Optional[str] = None) -> Optional[int]:
+            total_cents: int, batch_id: Optional[str], payment_window: int = 0,
+            contact_email: Optional[str] = None) -> Optional[int]:
         """A new order's id, or None if (client, customer_id, user_id, client_order_id)
         exists. A concurrent duplicate waits until the first one commits or rolls back."""
 
-    def find(self, client: str, customer_id: int, user_id: int, client_order_id: str) -> StoredOrder:
-        """The order with this idempotency key (it exists)."""
+    def find(self, client: str, customer_id: int, user_id: int, client_order_id: str) -> Optional[StoredOrder]:
+        """The order with this idempotency key, or None. A locking read: it sees an order
+        committed after the transaction's snapshot, and waits for one still being written."""
 
     def lock_customer(self, customer_id: int) -> None:
         """Hold the customer's row (customers.id) until the transaction ends: their
@@ -140,8 +142,6 @@ class OrderRepository(Protocol):
     def add_many(self, orders: Sequence[NewOrder]) -> list[int]:
         """Write the orders, their lines and their order.created outbox rows in a few
         multi-row statements; their ids in the given order. DuplicateOrderKey if a key exists."""
-
-    def set_total(self, order_id: int, total_cents: int) -> None: ...
 
     def load(self, order_id: int, lock: bool = False) -> tuple[StoredOrder, list[OrderLine]]:
         """The order and its lines (ascending product id); OrderNotFound if unknown.

@@ -177,6 +177,28 @@ def test_concurrent_duplicates_create_one_order(clean_db, strategy):
     assert _stock(product["id"]) == 8
 
 
+def test_a_key_used_before_is_answered_as_a_replay_when_its_order_could_not_be_placed_now(clean_db, strategy):
+    """The order took the last units (then the product went inactive): its replays, racing
+    it or after it, are told duplicate, never INSUFFICIENT_STOCK; another body for the key
+    is an idempotency conflict; nothing a replay took stays taken."""
+    product = make_product(bootstrap.catalog(), stock=3)
+    order = {"client_order_id": "last-units", "user_id": 7, "items": [{"product_id": product["id"], "quantity": 3}]}
+    results, errors = run_buyers(strategy, [order] * 16, threads=16)
+
+    assert errors == []
+    assert {r["status"] for r in results} == {"created"}, [r.get("error") for r in results]
+    assert len({r["order_id"] for r in results}) == 1 and sum(not r["duplicate"] for r in results) == 1
+    assert _stock(product["id"]) == 0
+    service = bootstrap.orders(strategy)
+    bootstrap.catalog().update(product["id"], {"status": "inactive"})
+    again = service.place_batch(parse_batch({"orders": [order]}))["results"][0]
+    assert again["duplicate"] is True and again["order_id"] == results[0]["order_id"]
+    other = dict(order, items=[{"product_id": product["id"], "quantity": 2}])
+    conflict = service.place_batch(parse_batch({"orders": [other]}))["results"][0]
+    assert conflict["error"]["code"] == "IDEMPOTENCY_CONFLICT"
+    assert _stock(product["id"]) == 0 and _sold(product["id"]) == 3
+
+
 def test_concurrent_cancels_restock_once(clean_db, strategy):
     product = make_product(bootstrap.catalog(), stock=10)
     service = bootstrap.orders(strategy)

@@ -135,21 +135,21 @@ class FakeOrders:
     def _key(o):
         return o.client, o.customer_id, o.user_id, o.client_order_id
 
-    def add(self, client, customer_id, user_id, client_order_id, request_hash, batch_id, payment_window=0,
-            contact_email=None):
+    def add(self, client, customer_id, user_id, client_order_id, request_hash, total_cents, batch_id,
+            payment_window=0, contact_email=None):
         if any(self._key(o) == (client, customer_id, user_id, client_order_id) for o in self.store.orders.values()):
             return None
         order_id = self.store.next_id
         self.store.next_id += 1
         self.store.orders[order_id] = StoredOrder(order_id, client, customer_id, client_order_id, user_id, "created",
-                                                  0, request_hash, datetime.now(timezone.utc),
+                                                  total_cents, request_hash, datetime.now(timezone.utc),
                                                   "pending_payment" if payment_window else "paid",
                                                   contact_email=contact_email)
         return order_id
 
     def find(self, client, customer_id, user_id, client_order_id):
         key = (client, customer_id, user_id, client_order_id)
-        return next(o for o in self.store.orders.values() if self._key(o) == key)
+        return next((o for o in self.store.orders.values() if self._key(o) == key), None)
 
     def lock_customer(self, customer_id):
         """One transaction at a time here: nothing to hold."""
@@ -161,9 +161,6 @@ class FakeOrders:
 
     def add_lines(self, order_id, lines):
         self.store.lines[order_id] = sorted(lines.values(), key=lambda line: line.product_id)
-
-    def set_total(self, order_id, total_cents):
-        self.store.orders[order_id] = replace(self.store.orders[order_id], total_cents=total_cents)
 
     def load(self, order_id, lock=False):
         if order_id not in self.store.orders:
