@@ -18,7 +18,7 @@ def is_cluster_url(url):
 
 
 class Script:
-    """A Lua script; on a single node redis-py's registered one. On a cluster it is never loaded
+    """A Lua script; on a single node redis-py's registered one (EVAL in a pipeline). On a cluster it is never loaded
     with SCRIPT LOAD, which redis-py sends to every master (one dead master would fail every
     call of a script some live master had not run yet): EVALSHA, and EVAL where the master
     lacks it, which caches it there. In a cluster pipeline, which refuses EVALSHA, always EVAL, sent
@@ -26,15 +26,20 @@ class Script:
     `script` (the source) and `sha` as on redis-py's (bench/flash pipelines them itself)."""
 
     def __init__(self, source, registered=None):
+        from redis.client import Pipeline
         from redis.cluster import ClusterPipeline
         from redis.exceptions import NoScriptError
 
         self.script, self.registered = source, registered
         self.sha = hashlib.sha1(source.encode()).hexdigest()
-        self._cluster_pipeline, self._no_script = ClusterPipeline, NoScriptError
+        self._pipeline, self._cluster_pipeline, self._no_script = Pipeline, ClusterPipeline, NoScriptError
 
     def __call__(self, keys=(), args=(), client=None):
         if self.registered is not None:
+            if isinstance(client, self._pipeline):
+                # redis-py's pipeline asks Redis whether each of its scripts is loaded (SCRIPT EXISTS)
+                # before it sends them: a round trip more for every order's invalidation. EVAL needs none.
+                return client.execute_command("EVAL", self.script, len(keys), *keys, *args)
             return self.registered(keys=keys, args=args, client=client)
         if isinstance(client, self._cluster_pipeline):
             # (ClusterPipeline.eval is a stub that takes no script.) The master is named: unnamed,

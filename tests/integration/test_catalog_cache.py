@@ -10,8 +10,11 @@ import pytest
 import redis
 
 from chalicelib import bootstrap
+from chalicelib.adapters.cache import SEARCH_GENERATION_KEY
 from chalicelib.domain.errors import ServiceUnavailable
-from tests.conftest import make_product
+from chalicelib.domain.orders import parse_batch
+from scripts.servers import ThrowawayRedis
+from tests.conftest import make_product, session_settings
 
 
 def test_miss_then_hit_then_fresh_after_write(catalog):
@@ -221,3 +224,29 @@ def test_closing_the_gateway_never_breaks_a_command_in_flight(clean_db):
         sys.setswitchinterval(switch_interval)
     assert errors == [], (closes, errors[:3])
     assert gateway.call(lambda r: r.ping())
+
+
+def test_an_orders_invalidation_is_one_redis_round_trip(clean_db):
+    """The fence and the search generation go in one pipeline, its script as EVAL: redis-py's
+    registered script would first ask whether it is loaded (SCRIPT EXISTS), a round trip more
+    on every order."""
+    own = ThrowawayRedis(maxmemory=None).start()
+    try:
+        bootstrap.reset(**{**session_settings(clean_db), "REDIS_URL": own.url, "REDIS_STATE_URL": ""})
+        product = make_product(bootstrap.catalog(), stock=5)
+        server = redis.Redis.from_url(own.url, decode_responses=True)
+        server.config_resetstat()
+        generation = server.get(bootstrap.redis_gateway().key(SEARCH_GENERATION_KEY))
+        placed = bootstrap.orders().place_batch(parse_batch({"orders": [
+            {"client_order_id": "one-trip", "user_id": 1, "items": [{"product_id": product["id"], "quantity": 1}]}]}))
+        assert placed["summary"]["created"] == 1
+        calls = {name: stats["calls"] for name, stats in server.info("commandstats").items()}
+        assert not any(name.startswith("cmdstat_script") for name in calls), calls
+        assert calls.get("cmdstat_eval") == 1 and "cmdstat_evalsha" not in calls, calls
+        fence = server.get(bootstrap.product_cache().fence_key(product["id"]))
+        assert int(fence) == bootstrap.database().query("SELECT version FROM products WHERE id = %s",
+                                                        (product["id"],))[0]["version"]
+        assert server.get(bootstrap.redis_gateway().key(SEARCH_GENERATION_KEY)) != generation
+    finally:
+        bootstrap.reset()
+        own.close()
