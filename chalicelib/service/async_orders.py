@@ -57,7 +57,7 @@ import logging
 import time
 import uuid
 
-from chalicelib.domain.errors import ServiceUnavailable, ShopError
+from chalicelib.domain.errors import NothingSent, ServiceUnavailable, ShopError
 from chalicelib.domain.ingest_message import chunk_messages, decode_message
 from chalicelib.domain.orders import OrderRequest, failed, parse_batch
 from chalicelib.ops.logs import logger
@@ -92,10 +92,15 @@ class AsyncBatches:
         messages = chunk_messages(batch_id, orders, client=client)
         try:
             self.publisher.send_batch(self.queue_name, messages)
-        except Exception as exc:
-            logger.exception("could not queue async batch", extra={"batch_id": batch_id})
+        except NothingSent as exc:
+            logger.warning("could not queue async batch", extra={"batch_id": batch_id, "error": str(exc)})
             raise ServiceUnavailable("The order queue is unavailable; the batch was not accepted. "
                                      "Retry shortly.") from exc
+        except Exception as exc:
+            # An answer lost on the way back: the messages may be on the queue, under a batch id nobody was told.
+            logger.exception("async batch may have been queued", extra={"batch_id": batch_id})
+            raise ServiceUnavailable("The order queue did not confirm the batch; some of it may have been queued. "
+                                     "Retry shortly: orders placed already are answered as duplicates.") from exc
         recorded = True
         try:
             self.batches.ensure(batch_id, len(orders), client)

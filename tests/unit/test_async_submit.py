@@ -2,7 +2,7 @@
 SQS first, then the batch row; MySQL down still accepts, SQS down refuses."""
 import pytest
 
-from chalicelib.domain.errors import ServiceUnavailable
+from chalicelib.domain.errors import NothingSent, ServiceUnavailable
 from chalicelib.domain.ingest_message import ORDERS_PER_MESSAGE
 from chalicelib.service import async_orders
 
@@ -10,13 +10,15 @@ from chalicelib.service import async_orders
 class Queue:
     batch_size, call_seconds = 10, 1.0
 
-    def __init__(self, down=False):
-        self.down, self.sent = down, []
+    def __init__(self, down=False, answer_lost=False):
+        self.down, self.answer_lost, self.sent = down, answer_lost, []
 
     def send_batch(self, queue_name, bodies, delays=None):
         if self.down:
-            raise ConnectionError("sqs down")
+            raise NothingSent("ConnectionError: sqs down")
         self.sent += [(queue_name, body) for body in bodies]
+        if self.answer_lost:
+            raise ConnectionError("read timeout")
 
 
 class Batches:
@@ -56,6 +58,14 @@ def test_mysql_down_still_accepts_the_batch_the_consumer_records_it():
 
 def test_sqs_down_refuses_the_batch_and_records_nothing():
     queue, batches = Queue(down=True), Batches()
-    with pytest.raises(ServiceUnavailable, match="order queue is unavailable"):
+    with pytest.raises(ServiceUnavailable, match="order queue is unavailable; the batch was not accepted"):
         async_orders.AsyncBatches(queue, batches, "ingest").submit(orders(3))
     assert batches.rows == {}
+
+
+def test_a_send_whose_answer_was_lost_is_not_called_refused():
+    """SQS may hold the messages: the 503 says the batch may have been queued, not that it was not."""
+    queue, batches = Queue(answer_lost=True), Batches()
+    with pytest.raises(ServiceUnavailable, match="may have been queued") as refused:
+        async_orders.AsyncBatches(queue, batches, "ingest").submit(orders(3))
+    assert "not accepted" not in refused.value.message and len(queue.sent) == 1 and batches.rows == {}
