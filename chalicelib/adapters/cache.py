@@ -292,7 +292,7 @@ class ProductCache:
             keys, args = by_slot.setdefault(self.gateway.slot(self.key(pid)), ([], []))
             keys += [self.key(pid), self.fence_key(pid)]
             args.append(int(version))
-        commands = [(keys[0], lambda pipe, keys=keys, args=args: script(keys=keys, args=args, client=pipe))
+        commands = [(keys[0], lambda pipe, keys=keys, args=args: script.once_in(pipe, keys, args))
                     for keys, args in by_slot.values()]
         if bump_search:
             generation = self.gateway.key(SEARCH_GENERATION_KEY)

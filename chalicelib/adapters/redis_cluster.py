@@ -18,7 +18,7 @@ def is_cluster_url(url):
 
 
 class Script:
-    """A Lua script; on a single node redis-py's registered one (EVAL in a pipeline). On a cluster it is never loaded
+    """A Lua script; on a single node redis-py's registered one. On a cluster it is never loaded
     with SCRIPT LOAD, which redis-py sends to every master (one dead master would fail every
     call of a script some live master had not run yet): EVALSHA, and EVAL where the master
     lacks it, which caches it there. In a cluster pipeline, which refuses EVALSHA, always EVAL, sent
@@ -36,10 +36,6 @@ class Script:
 
     def __call__(self, keys=(), args=(), client=None):
         if self.registered is not None:
-            if isinstance(client, self._pipeline):
-                # redis-py's pipeline asks Redis whether each of its scripts is loaded (SCRIPT EXISTS)
-                # before it sends them: a round trip more for every order's invalidation. EVAL needs none.
-                return client.execute_command("EVAL", self.script, len(keys), *keys, *args)
             return self.registered(keys=keys, args=args, client=client)
         if isinstance(client, self._cluster_pipeline):
             # (ClusterPipeline.eval is a stub that takes no script.) The master is named: unnamed,
@@ -51,6 +47,15 @@ class Script:
             return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
         except self._no_script:
             return client.execute_command("EVAL", self.script, len(keys), *keys, *args)
+
+    def once_in(self, pipe, keys=(), args=()):
+        """The script's one call in a pipeline: EVAL with its source. redis-py asks Redis whether
+        a registered script is loaded (SCRIPT EXISTS) before a pipeline that carries it, a round
+        trip more; a pipeline of many calls of one script (a flash batch's admissions) is cheaper
+        that way, through __call__, than with the source in every call."""
+        if isinstance(pipe, self._pipeline):
+            return pipe.execute_command("EVAL", self.script, len(keys), *keys, *args)
+        return self(keys=keys, args=args, client=pipe)
 
 
 class ClusterRouting:
