@@ -43,7 +43,10 @@ class QueuePublisher:
         if self._client is None:
             with self._lock:
                 if self._client is None:
+                    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
+
                     client = aws_client("sqs", self.endpoint_url, self.region)
+                    self._not_connected = (EndpointConnectionError, ConnectTimeoutError)
                     client.meta.events.register_first("needs-retry.sqs.SendMessageBatch", self._attempt_ended)
                     self._client = client
         return self._client
@@ -51,18 +54,20 @@ class QueuePublisher:
     def _attempt_ended(self, response=None, caught_exception=None, **_):
         """botocore's note after each attempt of a SendMessageBatch (its retries hide all but the last
         error): whether this one may have reached SQS. Returns None: the retry decision stays botocore's."""
-        from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
-
         if caught_exception is not None:
-            reached = not isinstance(caught_exception, (EndpointConnectionError, ConnectTimeoutError))
+            reached = not isinstance(caught_exception, self._not_connected)
         else:  # SQS answered; a 5xx may follow work it did
             reached = (response or [None, {}])[1].get("ResponseMetadata", {}).get("HTTPStatusCode", 200) >= 500
         if reached:
             self._sends.reached = True
 
     def queue_url(self, name):
+        """Looked up once per process; a failed lookup raises NothingSent (nothing went through it)."""
         if name not in self._urls:
-            self._urls[name] = self.client.get_queue_url(QueueName=name)["QueueUrl"]
+            try:
+                self._urls[name] = self.client.get_queue_url(QueueName=name)["QueueUrl"]
+            except Exception as exc:
+                raise NothingSent(f"{type(exc).__name__}: {exc}") from exc
         return self._urls[name]
 
     def send(self, queue_name, body):
@@ -71,10 +76,7 @@ class QueuePublisher:
     def send_batch(self, queue_name, bodies, delays=None):
         """Send up to 10 bodies per SQS call, each hidden for its `delays` seconds
         (SQS: 0-900) if given; raises if any message was refused."""
-        try:
-            url = self.queue_url(queue_name)
-        except Exception as exc:
-            raise NothingSent(f"{type(exc).__name__}: {exc}") from exc
+        url = self.queue_url(queue_name)
         for start in range(0, len(bodies), SQS_BATCH):
             chunk = bodies[start:start + SQS_BATCH]
             entries = [{"Id": str(i), "MessageBody": json.dumps(b)} for i, b in enumerate(chunk)]

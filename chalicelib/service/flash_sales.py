@@ -255,10 +255,7 @@ class FlashSales(SaleParts):
         lease = self.gate.lease_ms / 1000
         admitted = min(r.accepted_at for r in accepted)
         try:
-            try:
-                self.publisher.queue_url(self.queue_name)  # looked up once per process: the bound below is the sends'
-            except Exception as exc:
-                raise NothingSent(f"{type(exc).__name__}: {exc}") from exc
+            self.publisher.queue_url(self.queue_name)  # looked up once per process: the bound below is the sends'
             calls = -(-len(bodies) // self.publisher.batch_size)
             too_late = time.time() + calls * self.publisher.call_seconds > admitted + lease
             if not too_late:

@@ -275,7 +275,8 @@ class QueuePublisher(Protocol):
     batch_size: int       # the most messages one SendMessageBatch call takes
     call_seconds: float   # the longest one call may take, its retries included
 
-    def queue_url(self, name: str) -> str: ...
+    def queue_url(self, name: str) -> str:
+        """Looked up once per process; NothingSent if the lookup fails."""
 
     def send(self, queue_name: str, body: dict) -> str: ...
 
