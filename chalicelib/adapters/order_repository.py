@@ -111,13 +111,15 @@ class MySQLOrderRepository:
                                              o.payment_window, o.contact_email, o.flash_reservation)])
         except DuplicateKey as exc:
             raise DuplicateOrderKey(str(exc)) from None
-        # Read the ids back by key: consecutive auto-increment values are not promised everywhere
-        # (interleaved lock mode, an auto_increment_increment above 1).
+        # Read the ids back: consecutive auto-increment values are not promised everywhere (interleaved
+        # lock mode, an auto_increment_increment above 1), increasing ones are: within one statement
+        # each row's id is above the one before it, so the ids in ascending order are the rows' in order.
         keys = sorted(o.key for o in orders)
-        self.cur.execute(f"SELECT id, {_KEY} FROM orders WHERE ({_KEY}) IN ({_key_marks(len(keys))})",
+        self.cur.execute(f"SELECT id FROM orders WHERE ({_KEY}) IN ({_key_marks(len(keys))}) ORDER BY id",
                          [x for key in keys for x in key])
-        ids = {tuple(r[c] for c in _KEY_COLUMNS): r["id"] for r in self.cur.fetchall()}
-        order_ids = [ids[o.key] for o in orders]
+        order_ids = [r["id"] for r in self.cur.fetchall()]
+        if len(order_ids) != len(orders):
+            raise AssertionError(f"{len(orders)} orders inserted, {len(order_ids)} found by their keys")
         lines = [(order_id, line) for order_id, o in zip(order_ids, orders) for line in o.lines]
         self.cur.execute("INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents, flash_sale_id) "
                          "VALUES " + ",".join(["(%s, %s, %s, %s, %s)"] * len(lines)),
