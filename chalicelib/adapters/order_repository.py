@@ -111,15 +111,7 @@ class MySQLOrderRepository:
                                              o.payment_window, o.contact_email, o.flash_reservation)])
         except DuplicateKey as exc:
             raise DuplicateOrderKey(str(exc)) from None
-        # Read the ids back: consecutive auto-increment values are not promised everywhere (interleaved
-        # lock mode, an auto_increment_increment above 1), increasing ones are: within one statement
-        # each row's id is above the one before it, so the ids in ascending order are the rows' in order.
-        keys = sorted(o.key for o in orders)
-        self.cur.execute(f"SELECT id FROM orders WHERE ({_KEY}) IN ({_key_marks(len(keys))}) ORDER BY id",
-                         [x for key in keys for x in key])
-        order_ids = [r["id"] for r in self.cur.fetchall()]
-        if len(order_ids) != len(orders):
-            raise AssertionError(f"{len(orders)} orders inserted, {len(order_ids)} found by their keys")
+        order_ids = self._ids_of_inserted(orders)
         lines = [(order_id, line) for order_id, o in zip(order_ids, orders) for line in o.lines]
         self.cur.execute("INSERT INTO order_items (order_id, product_id, quantity, unit_price_cents, flash_sale_id) "
                          "VALUES " + ",".join(["(%s, %s, %s, %s, %s)"] * len(lines)),
@@ -134,6 +126,24 @@ class MySQLOrderRepository:
                                      {line.product_id: line.quantity for line in o.lines}, o.flash_reservation),
                                  ensure_ascii=False))])
         return order_ids
+
+    def _ids_of_inserted(self, orders):
+        """The ids of `orders`, just inserted by one statement, in their order. Within one statement
+        each row's id is above the one before it (every auto-increment lock mode), so the ids in
+        ascending order are the rows' in order. They are consecutive too, almost always but not
+        everywhere (interleaved lock mode, an auto_increment_increment above 1): one aggregate row
+        says when they are, before the rows themselves are read."""
+        keys = sorted(o.key for o in orders)
+        where, params = f"WHERE ({_KEY}) IN ({_key_marks(len(keys))})", [x for key in keys for x in key]
+        self.cur.execute(f"SELECT COUNT(*) AS n, MIN(id) AS first, MAX(id) AS last FROM orders {where}", params)
+        span = self.cur.fetchone()
+        if span["n"] == len(orders) and span["last"] - span["first"] == len(orders) - 1:
+            return list(range(span["first"], span["last"] + 1))
+        self.cur.execute(f"SELECT id FROM orders {where} ORDER BY id", params)
+        ids = [r["id"] for r in self.cur.fetchall()]
+        if len(ids) != len(orders):
+            raise AssertionError(f"{len(orders)} orders inserted, {len(ids)} found by their keys")
+        return ids
 
     def load(self, order_id, lock=False):
         self.cur.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE id = %s" + (" FOR UPDATE" if lock else ""),

@@ -11,6 +11,7 @@ from chalicelib import bootstrap
 from chalicelib.adapters.order_repository import MySQLOrderRepository
 from chalicelib.adapters.product_writes import ProductTransaction
 from chalicelib.domain.errors import ServiceUnavailable
+from chalicelib.domain.order_records import NewOrder, OrderLine
 from chalicelib.domain.orders import parse_batch
 from chalicelib.service import batch_writer
 from tests.conftest import make_product
@@ -246,3 +247,25 @@ def test_a_key_committed_by_another_request_sends_the_batch_order_by_order(clean
         ("first", "created", False), ("raced", "created", True), ("third", "created", False)]
     assert results[1]["order_id"] == raced[0]["order_id"]
     assert stock(pid) == 4 and count("SELECT COUNT(*) AS n FROM orders") == 3
+
+
+@pytest.mark.parametrize("step", [1, 3])
+def test_a_bulk_insert_gives_each_order_its_own_id_whatever_the_auto_increment_step(clean_db, step):
+    """Ids read back after one multi-row INSERT: consecutive (step 1, told by one aggregate row) or
+    spaced (an auto_increment_increment of 3, as some replication setups have: the rows are read)."""
+    pid = make_product(bootstrap.catalog(), stock=100)["id"]
+    orders = [NewOrder("", 0, 1, f"ids-{step}-{k}", "h", 100 + k, [OrderLine(pid, 1, 100 + k)]) for k in range(6)]
+    with bootstrap.database().connection() as conn, conn.cursor() as cur:
+        cur.execute("SET SESSION auto_increment_increment = %s", (step,))
+        try:
+            conn.begin()
+            ids = MySQLOrderRepository(cur).add_many(orders)
+            conn.commit()
+        finally:
+            cur.execute("SET SESSION auto_increment_increment = 1")
+    stored = {r["client_order_id"]: (r["id"], r["total_cents"], r["line_cents"]) for r in bootstrap.database().query(
+        "SELECT o.id, o.client_order_id, o.total_cents, i.unit_price_cents AS line_cents FROM orders o "
+        "JOIN order_items i ON i.order_id = o.id")}
+    assert [stored[o.client_order_id] for o in orders] == [(i, o.total_cents, o.total_cents)
+                                                          for i, o in zip(ids, orders)]
+    assert {b - a for a, b in zip(ids, ids[1:])} == {step}
