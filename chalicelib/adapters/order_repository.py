@@ -18,8 +18,10 @@ _KEY = ", ".join(_KEY_COLUMNS)
 
 
 
-def _key_marks(n):
-    return ",".join(["(%s, %s, %s, %s)"] * n)
+def _with_keys(keys):
+    """`WHERE` for the orders of these idempotency keys (distinct, sorted), and its parameters."""
+    return (f"WHERE ({_KEY}) IN ({','.join(['(%s, %s, %s, %s)'] * len(keys))})",
+            [x for key in keys for x in key])
 
 
 class MySQLOrderRepository:
@@ -80,8 +82,8 @@ class MySQLOrderRepository:
         keys = sorted(set(keys))
         if not keys:
             return {}
-        self.cur.execute(f"SELECT {_ORDER_COLUMNS} FROM orders WHERE ({_KEY}) IN ({_key_marks(len(keys))})",
-                         [x for key in keys for x in key])
+        where, params = _with_keys(keys)
+        self.cur.execute(f"SELECT {_ORDER_COLUMNS} FROM orders {where}", params)
         return {tuple(r[c] for c in _KEY_COLUMNS): StoredOrder(**r) for r in self.cur.fetchall()}
 
     def unpaid_units_many(self, customer_ids):
@@ -133,8 +135,7 @@ class MySQLOrderRepository:
         ascending order are the rows' in order. They are consecutive too, almost always but not
         everywhere (interleaved lock mode, an auto_increment_increment above 1): one aggregate row
         says when they are, before the rows themselves are read."""
-        keys = sorted(o.key for o in orders)
-        where, params = f"WHERE ({_KEY}) IN ({_key_marks(len(keys))})", [x for key in keys for x in key]
+        where, params = _with_keys(sorted(o.key for o in orders))
         self.cur.execute(f"SELECT COUNT(*) AS n, MIN(id) AS first, MAX(id) AS last FROM orders {where}", params)
         span = self.cur.fetchone()
         if span["n"] == len(orders) and span["last"] - span["first"] == len(orders) - 1:
